@@ -1,0 +1,131 @@
+"""API plumbing shared by every app: errors, pagination, and the organization-scoped base view.
+
+Errors always look like ``{"error": {"code": str, "message": str, "fields": {name: [str]}}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, pagination, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from tenants.context import Actor
+from tenants.errors import NotFound, PermissionMissing, ServiceError, ValidationFailed
+from tenants.models import ApiToken, Organization
+from tenants.roles import PERMISSION_DESCRIPTIONS, PERMISSION_SCOPE
+from tenants.selectors import membership_for_user
+
+
+class CursorPagination(pagination.CursorPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+    ordering = "-id"
+
+
+def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def _flatten_fields(detail: Any) -> dict[str, Any]:
+    if isinstance(detail, dict):
+        return {
+            key: [str(v) for v in value] if isinstance(value, list) else _flatten_fields(value)
+            if isinstance(value, dict) else [str(value)]
+            for key, value in detail.items()
+        }
+    if isinstance(detail, list):
+        return {"non_field_errors": [str(v) for v in detail]}
+    return {"non_field_errors": [str(detail)]}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = error_body("invalid", "The input is not valid.", _flatten_fields(exc.detail))
+        return response
+    if isinstance(exc, exceptions.APIException):
+        detail = exc.detail
+        message = str(detail) if not isinstance(detail, dict | list) else "Request failed."
+        code = getattr(detail, "code", None) or exc.default_code
+        if isinstance(exc, exceptions.NotAuthenticated):
+            response.status_code = status.HTTP_401_UNAUTHORIZED
+            message = "Authentication is required: send 'Authorization: Bearer <token>'."
+            response["WWW-Authenticate"] = 'Bearer realm="strata"'
+        if isinstance(exc, exceptions.Throttled):
+            message = f"Too many requests; retry in {exc.wait:.0f} seconds." if exc.wait else "Too many requests."
+        response.data = error_body(str(code), message)
+    return response
+
+
+class OrgAPIView(APIView):
+    """Base view of every organization-scoped endpoint.
+
+    The organization comes from the token, or for a logged-in session from the URL
+    (``/api/v1/o/<slug>/...``). A slug the caller has no access to answers 404, like any
+    other tenant's object. ``permissions_required`` maps HTTP methods to permission names.
+    """
+
+    permissions_required: dict[str, str] = {}
+    org: Organization
+    actor: Actor
+    granted: frozenset[str]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        slug = kwargs.get("org_slug")
+        if isinstance(request.auth, ApiToken):
+            token = request.auth
+            if slug is not None and slug != token.organization.slug:
+                raise NotFound("Organization not found.")
+            self.org = token.organization
+            self.granted = token.permissions
+            self.actor = Actor.from_request(request._request, token=token)
+        else:
+            if slug is None:
+                raise ValidationFailed(
+                    "Session requests name the organization in the URL: /api/v1/o/<slug>/...",
+                    code="organization_required",
+                )
+            org = Organization.objects.filter(slug=slug).first()
+            membership = membership_for_user(org=org, user=request.user) if org else None
+            if org is None or membership is None:
+                raise NotFound("Organization not found.")
+            if not org.is_active:
+                raise PermissionMissing(
+                    f"The organization '{org.slug}' is {org.status}; access is refused.",
+                    code="organization_inactive",
+                )
+            self.org = org
+            self.granted = membership.permissions
+            self.actor = Actor.from_request(request._request)
+        needed = self.permissions_required.get(request.method or "GET")
+        if needed is None and request.method in ("HEAD", "OPTIONS"):
+            needed = self.permissions_required.get("GET")
+        if needed is not None:
+            self.require(needed)
+
+    def require(self, permission: str) -> None:
+        if permission in self.granted:
+            return
+        what = PERMISSION_DESCRIPTIONS.get(permission, permission)
+        if isinstance(self.request.auth, ApiToken):
+            scope = PERMISSION_SCOPE.get(permission, "admin")
+            message = f"This token lacks the scope '{scope}' needed for the permission '{permission}' ({what})."
+        else:
+            message = f"Your role lacks the permission '{permission}' ({what})."
+        raise PermissionMissing(message, code="permission_denied", fields={"permission": [permission]})

@@ -1,0 +1,19 @@
+"""The Celery app. Queues: ingest, tiering, billing, webhooks (and celery for the rest)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings.base")
+
+app = Celery("strata")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+app.conf.beat_schedule = {
+    "webhook-sweep": {"task": "tenants.tasks.webhook_sweep", "schedule": crontab(minute="*/5")},
+}
+app.conf.task_default_queue = "celery"

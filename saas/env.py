@@ -1,0 +1,120 @@
+"""Every setting that comes from the environment is read here, and only here.
+
+A bad value stops the process at start-up with an ``ImproperlyConfigured`` that names the
+variable and says what was expected, instead of failing later on a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_env = environ.Env()
+
+# The embedded defaults: a machine with only Python gets a working system.
+DEFAULT_VAR_DIR = BASE_DIR / "var"
+_INSECURE_DEV_KEY = "strata-insecure-development-key-do-not-use-in-production"  # noqa: S105
+
+
+def _fail(name: str, expected: str, value: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"Environment variable {name}={value!r} is invalid: expected {expected}.")
+
+
+def raw(name: str) -> str | None:
+    return _env.str(name, default=None)
+
+
+def string(name: str, default: str) -> str:
+    value = raw(name)
+    return default if value in (None, "") else str(value)
+
+
+def boolean(name: str, default: bool) -> bool:
+    value = raw(name)
+    if value in (None, ""):
+        return default
+    lowered = str(value).strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise _fail(name, "a boolean (1/0, true/false, yes/no, on/off)", str(value))
+
+
+def integer(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = raw(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise _fail(name, "an integer", str(value)) from None
+    if minimum is not None and number < minimum:
+        raise _fail(name, f"an integer >= {minimum}", str(value))
+    return number
+
+
+def choice(name: str, default: str, choices: list[str]) -> str:
+    value = string(name, default).upper()
+    if value not in choices:
+        raise _fail(name, "one of " + ", ".join(choices), value)
+    return value
+
+
+def csv_list(name: str, default: list[str]) -> list[str]:
+    value = raw(name)
+    if value in (None, ""):
+        return list(default)
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+def database(name: str, default: str) -> dict[str, Any]:
+    url = string(name, default)
+    try:
+        config = environ.Env.db_url_config(url)
+    except Exception as exc:  # django-environ raises several types for a malformed URL
+        raise _fail(name, "a database URL such as postgres://user@host:5432/db", url) from exc
+    if not config.get("ENGINE") or not config.get("NAME"):
+        raise _fail(name, "a database URL such as postgres://user@host:5432/db", url)
+    return dict(config)
+
+
+def email(name: str, default: str) -> dict[str, Any]:
+    url = string(name, default)
+    try:
+        return dict(environ.Env.email_url_config(url))
+    except Exception as exc:
+        raise _fail(name, "an email URL such as smtp://user:pass@host:587 or consolemail://", url) from exc
+
+
+def redis_url(name: str) -> str | None:
+    value = raw(name)
+    if value in (None, ""):
+        return None
+    if not str(value).startswith(("redis://", "rediss://", "unix://")):
+        raise _fail(name, "a Redis URL such as redis://127.0.0.1:6379/0", str(value))
+    return str(value)
+
+
+def throttle_rate(name: str, default: str) -> str:
+    value = string(name, default)
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period not in {"s", "sec", "m", "min", "h", "hour", "d", "day"}:
+        raise _fail(name, "a rate such as 1200/min (count/s|min|hour|day)", value)
+    return value
+
+
+def secret_key(debug: bool) -> str:
+    value = raw("SECRET_KEY")
+    if value:
+        if len(value) < 32:
+            raise _fail("SECRET_KEY", "at least 32 characters", "<hidden>")
+        return str(value)
+    if debug:
+        return _INSECURE_DEV_KEY
+    raise ImproperlyConfigured("Environment variable SECRET_KEY is required when DEBUG is off.")

@@ -1,0 +1,100 @@
+"""The one permission matrix: which role, and which token scope, may do what.
+
+Roles belong to people (memberships); scopes belong to API tokens. Both resolve to the same
+permission names, so every view checks a permission and never a role or a scope directly.
+Only an owner may grant, change or remove the owner role (enforced in services).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    BILLING = "billing", "Billing"
+    AUDITOR = "auditor", "Auditor"
+    MEMBER = "member", "Member"
+
+
+class Scope(models.TextChoices):
+    DICOM_READ = "dicom:read", "Read images (QIDO-RS, WADO-RS)"
+    DICOM_WRITE = "dicom:write", "Send images (STOW-RS)"
+    USAGE_READ = "usage:read", "Read usage and invoices"
+    ADMIN = "admin", "Administer the organization"
+
+
+class Perm:
+    ORG_VIEW = "org.view"
+    MEMBERS_VIEW = "members.view"
+    MEMBERS_MANAGE = "members.manage"
+    TOKENS_MANAGE = "tokens.manage"
+    WEBHOOKS_MANAGE = "webhooks.manage"
+    STORAGE_MANAGE = "storage.manage"
+    POLICIES_MANAGE = "policies.manage"
+    SETTINGS_MANAGE = "settings.manage"
+    INVOICES_VIEW = "invoices.view"
+    BILLING_MANAGE = "billing.manage"
+    IMAGES_READ = "images.read"
+    IMAGES_WRITE = "images.write"
+    AUDIT_READ = "audit.read"
+
+
+PERMISSION_DESCRIPTIONS: dict[str, str] = {
+    Perm.ORG_VIEW: "see the organization",
+    Perm.MEMBERS_VIEW: "see the members",
+    Perm.MEMBERS_MANAGE: "invite, change and remove members",
+    Perm.TOKENS_MANAGE: "create and revoke API tokens",
+    Perm.WEBHOOKS_MANAGE: "manage webhooks",
+    Perm.STORAGE_MANAGE: "manage storage locations",
+    Perm.POLICIES_MANAGE: "manage archive policies",
+    Perm.SETTINGS_MANAGE: "change organization settings",
+    Perm.INVOICES_VIEW: "see usage and invoices",
+    Perm.BILLING_MANAGE: "manage budgets and billing settings",
+    Perm.IMAGES_READ: "read images",
+    Perm.IMAGES_WRITE: "send images",
+    Perm.AUDIT_READ: "read the audit log",
+}
+
+_MANAGE = {
+    Perm.MEMBERS_MANAGE,
+    Perm.TOKENS_MANAGE,
+    Perm.WEBHOOKS_MANAGE,
+    Perm.STORAGE_MANAGE,
+    Perm.POLICIES_MANAGE,
+    Perm.SETTINGS_MANAGE,
+    Perm.BILLING_MANAGE,
+}
+_EVERYONE = {Perm.ORG_VIEW, Perm.MEMBERS_VIEW}
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Role.OWNER: frozenset(set(PERMISSION_DESCRIPTIONS)),
+    Role.ADMIN: frozenset(set(PERMISSION_DESCRIPTIONS)),
+    Role.BILLING: frozenset(_EVERYONE | {Perm.INVOICES_VIEW, Perm.BILLING_MANAGE}),
+    Role.AUDITOR: frozenset(_EVERYONE | {Perm.AUDIT_READ, Perm.INVOICES_VIEW}),
+    Role.MEMBER: frozenset(_EVERYONE | {Perm.IMAGES_READ, Perm.IMAGES_WRITE}),
+}
+
+SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Scope.DICOM_READ: frozenset({Perm.ORG_VIEW, Perm.IMAGES_READ}),
+    Scope.DICOM_WRITE: frozenset({Perm.ORG_VIEW, Perm.IMAGES_WRITE}),
+    Scope.USAGE_READ: frozenset({Perm.ORG_VIEW, Perm.INVOICES_VIEW}),
+    Scope.ADMIN: frozenset(_EVERYONE | _MANAGE | {Perm.AUDIT_READ, Perm.INVOICES_VIEW}),
+}
+
+# Which scope a token needs for a permission, to name it in a 403.
+PERMISSION_SCOPE: dict[str, str] = {
+    perm: scope for scope, perms in reversed(list(SCOPE_PERMISSIONS.items())) for perm in perms
+}
+
+
+def role_permissions(role: str) -> frozenset[str]:
+    return ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def scopes_permissions(scopes: list[str]) -> frozenset[str]:
+    result: set[str] = set()
+    for scope in scopes:
+        result |= SCOPE_PERMISSIONS.get(scope, frozenset())
+    return frozenset(result)

@@ -1,0 +1,590 @@
+"""Every write of the tenancy core: organizations, members, invitations, tokens, audit, webhooks.
+
+Each service validates, changes state in one transaction, writes its audit event in that same
+transaction, and queues follow-up work (emails, webhook deliveries) with ``on_commit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email, validate_slug
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants.context import Actor
+from tenants.errors import Conflict, NotFound, PermissionMissing, ValidationFailed
+from tenants.models import (
+    ApiToken,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
+from tenants.roles import Role, Scope
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "strata_"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def audit_record(
+    *,
+    org: Organization | None,
+    actor: Actor,
+    action: str,
+    target: Any = None,
+    target_type: str = "",
+    target_id: str = "",
+    target_label: str = "",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one audit event. Call it inside the transaction of the change it describes."""
+    if target is not None:
+        target_type = target_type or target._meta.model_name
+        target_id = target_id or str(target.pk)
+        target_label = target_label or str(target)
+    return AuditEvent.objects.create(
+        organization=org,
+        actor_user=actor.user if actor.user is not None and actor.user.pk else None,
+        actor_token=actor.token,
+        actor_label=actor.label[:255],
+        action=action,
+        target_type=target_type[:64],
+        target_id=target_id[:64],
+        target_label=target_label[:255],
+        ip=actor.ip,
+        user_agent=actor.user_agent[:512],
+        details=details or {},
+    )
+
+
+# --- organizations ---------------------------------------------------------------------------
+
+
+def _user_get_or_create(*, email: str) -> tuple[AbstractBaseUser, bool]:
+    User = get_user_model()
+    existing = User.objects.filter(email__iexact=email).first()
+    if existing is not None:
+        return existing, False
+    user = User.objects.create_user(username=email.lower(), email=email.lower())
+    user.set_unusable_password()
+    user.save(update_fields=["password"])
+    return user, True
+
+
+def organization_create(
+    *, name: str, slug: str, owner_email: str, actor: Actor, owner_password: str | None = None
+) -> Organization:
+    """Create a hospital with its first owner (an existing user, or a new one by email).
+
+    A new owner without a password gets a password-reset style email to set one.
+    """
+    errors: dict[str, list[str]] = {}
+    name = (name or "").strip()
+    slug = (slug or "").strip().lower()
+    owner_email = (owner_email or "").strip().lower()
+    if not name:
+        errors["name"] = ["This field is required."]
+    try:
+        validate_slug(slug)
+        if len(slug) > 63:
+            raise ValidationError("too long")
+    except ValidationError:
+        errors["slug"] = ["Use 1-63 letters, digits, hyphens or underscores."]
+    try:
+        validate_email(owner_email)
+    except ValidationError:
+        errors["owner_email"] = ["Enter a valid email address."]
+    if not errors.get("slug") and Organization.objects.filter(slug=slug).exists():
+        errors["slug"] = [f"An organization with slug '{slug}' already exists."]
+    if errors:
+        raise ValidationFailed("The organization could not be created.", fields=errors)
+    try:
+        with transaction.atomic():
+            org = Organization.objects.create(name=name, slug=slug)
+            owner, created = _user_get_or_create(email=owner_email)
+            if owner_password:
+                owner.set_password(owner_password)
+                owner.save(update_fields=["password"])
+            Membership.objects.create(user=owner, organization=org, role=Role.OWNER)
+            audit_record(
+                org=org,
+                actor=actor,
+                action="organization.created",
+                target=org,
+                details={"owner": owner_email, "owner_created": created},
+            )
+    except IntegrityError:
+        raise ValidationFailed(
+            "The organization could not be created.",
+            fields={"slug": [f"An organization with slug '{slug}' already exists."]},
+        ) from None
+    return org
+
+
+def organization_update(*, org: Organization, actor: Actor, name: str) -> Organization:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("Invalid organization.", fields={"name": ["This field is required."]})
+    with transaction.atomic():
+        old = org.name
+        org.name = name[:200]
+        org.save(update_fields=["name"])
+        audit_record(
+            org=org, actor=actor, action="organization.updated", target=org,
+            details={"name": {"from": old, "to": org.name}},
+        )
+    return org
+
+
+def organization_set_status(*, org: Organization, actor: Actor, status: str) -> Organization:
+    if status not in Organization.Status.values:
+        raise ValidationFailed("Invalid status.", fields={"status": [f"Choose one of {Organization.Status.values}."]})
+    with transaction.atomic():
+        old = org.status
+        org.status = status
+        org.save(update_fields=["status"])
+        audit_record(
+            org=org, actor=actor, action="organization.status_changed", target=org,
+            details={"status": {"from": old, "to": status}},
+        )
+    return org
+
+
+# --- members ---------------------------------------------------------------------------------
+
+
+def _actor_is_owner(*, org: Organization, actor: Actor) -> bool:
+    if actor.user is None:
+        return False
+    return Membership.objects.for_org(org).filter(user=actor.user, role=Role.OWNER).exists()
+
+
+def _check_owner_change(*, org: Organization, actor: Actor, from_role: str, to_role: str | None) -> None:
+    touches_owner = from_role == Role.OWNER or to_role == Role.OWNER
+    if touches_owner and not _actor_is_owner(org=org, actor=actor):
+        raise PermissionMissing(
+            "Only an owner may grant, change or remove the owner role.", code="owner_required"
+        )
+
+
+def _owners_after_removal_locked(*, org: Organization, membership: Membership) -> int:
+    """Count the owners left if ``membership`` stopped being one.
+
+    Precondition: runs inside a transaction; the owner rows are locked so that two concurrent
+    demotions cannot both see "another owner remains".
+    """
+    owners = list(
+        Membership.objects.for_org(org).select_for_update().filter(role=Role.OWNER).values_list("id", flat=True)
+    )
+    return len([pk for pk in owners if pk != membership.pk])
+
+
+def membership_change_role(*, org: Organization, membership: Membership, role: str, actor: Actor) -> Membership:
+    if membership.organization_id != org.pk:
+        raise NotFound("Member not found.")
+    if role not in Role.values:
+        raise ValidationFailed("Invalid role.", fields={"role": [f"Choose one of: {', '.join(Role.values)}."]})
+    if role == membership.role:
+        return membership
+    _check_owner_change(org=org, actor=actor, from_role=membership.role, to_role=role)
+    with transaction.atomic():
+        if membership.role == Role.OWNER and _owners_after_removal_locked(org=org, membership=membership) == 0:
+            raise Conflict("The last owner cannot be demoted; make someone else owner first.", code="last_owner")
+        old = membership.role
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit_record(
+            org=org, actor=actor, action="member.role_changed", target=membership,
+            target_label=membership.user.email, details={"role": {"from": old, "to": role}},
+        )
+    return membership
+
+
+def membership_remove(*, org: Organization, membership: Membership, actor: Actor) -> None:
+    if membership.organization_id != org.pk:
+        raise NotFound("Member not found.")
+    _check_owner_change(org=org, actor=actor, from_role=membership.role, to_role=None)
+    with transaction.atomic():
+        if membership.role == Role.OWNER and _owners_after_removal_locked(org=org, membership=membership) == 0:
+            raise Conflict("The last owner cannot be removed; make someone else owner first.", code="last_owner")
+        audit_record(
+            org=org, actor=actor, action="member.removed", target=membership,
+            target_label=membership.user.email, details={"role": membership.role},
+        )
+        membership.delete()
+
+
+# --- invitations -----------------------------------------------------------------------------
+
+
+def invitation_create(*, org: Organization, email: str, role: str, actor: Actor) -> tuple[Invitation, str]:
+    """Invite someone by email. Returns the invitation and the one-time secret (only in the email link)."""
+    email = (email or "").strip().lower()
+    errors: dict[str, list[str]] = {}
+    try:
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = ["Enter a valid email address."]
+    if role not in Role.values:
+        errors["role"] = [f"Choose one of: {', '.join(Role.values)}."]
+    if not errors and Membership.objects.for_org(org).filter(user__email__iexact=email).exists():
+        errors["email"] = ["This person is already a member."]
+    if errors:
+        raise ValidationFailed("The invitation could not be sent.", fields=errors)
+    _check_owner_change(org=org, actor=actor, from_role="", to_role=role)
+    secret = secrets.token_urlsafe(32)
+    now = timezone.now()
+    with transaction.atomic():
+        # A new invitation replaces any pending one for the same address.
+        Invitation.objects.for_org(org).filter(
+            email=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=now)
+        invitation = Invitation.objects.create(
+            organization=org,
+            email=email,
+            role=role,
+            token_hash=_hash(secret),
+            invited_by=actor.user,
+            created_at=now,
+            expires_at=now + timedelta(hours=settings.INVITATION_TTL_HOURS),
+        )
+        audit_record(
+            org=org, actor=actor, action="invitation.created", target=invitation,
+            target_label=email, details={"role": role},
+        )
+        transaction.on_commit(lambda: _invitation_send_email(invitation=invitation, secret=secret))
+    return invitation, secret
+
+
+def invitation_url(secret: str) -> str:
+    return f"{settings.SITE_URL}/invitations/{secret}/"
+
+
+def _invitation_send_email(*, invitation: Invitation, secret: str) -> None:
+    org = invitation.organization
+    body = (
+        f"You have been invited to join {org.name} on Strata as {invitation.get_role_display()}.\n\n"
+        f"Accept the invitation: {invitation_url(secret)}\n\n"
+        f"The link works once and expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC.\n"
+    )
+    send_mail(
+        subject=f"Invitation to {org.name} on Strata",
+        message=body,
+        from_email=None,
+        recipient_list=[invitation.email],
+    )
+
+
+def invitation_get_by_secret(*, secret: str) -> Invitation:
+    invitation = Invitation.objects.select_related("organization").filter(token_hash=_hash(secret or "")).first()
+    if invitation is None:
+        raise NotFound("This invitation link is not valid.", code="invitation_invalid")
+    return invitation
+
+
+def invitation_accept(*, secret: str, user: AbstractBaseUser, actor: Actor) -> Membership:
+    """Accept an invitation once, before it expires, as the invited email's user."""
+    with transaction.atomic():
+        invitation = invitation_get_by_secret(secret=secret)
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        state = invitation.state
+        if state == "accepted":
+            raise Conflict("This invitation has already been used.", code="invitation_used")
+        if state == "revoked":
+            raise Conflict("This invitation was withdrawn.", code="invitation_revoked")
+        if state == "expired":
+            raise Conflict("This invitation has expired; ask for a new one.", code="invitation_expired")
+        if (getattr(user, "email", "") or "").lower() != invitation.email:
+            raise PermissionMissing(
+                f"This invitation is for {invitation.email}; sign in with that address.", code="invitation_wrong_user"
+            )
+        org = invitation.organization
+        if not org.is_active:
+            raise PermissionMissing(f"The organization {org.name} is {org.status}.", code="organization_inactive")
+        membership, created = Membership.objects.get_or_create(
+            user=user, organization=org, defaults={"role": invitation.role}
+        )
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        audit_record(
+            org=org, actor=actor, action="invitation.accepted", target=invitation,
+            target_label=invitation.email, details={"role": membership.role, "new_member": created},
+        )
+    return membership
+
+
+def invitation_revoke(*, org: Organization, invitation: Invitation, actor: Actor) -> Invitation:
+    if invitation.organization_id != org.pk:
+        raise NotFound("Invitation not found.")
+    if invitation.state != "pending":
+        raise Conflict(f"This invitation is {invitation.state} and cannot be revoked.", code="invitation_not_pending")
+    with transaction.atomic():
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(org=org, actor=actor, action="invitation.revoked", target=invitation, target_label=invitation.email)
+    return invitation
+
+
+# --- API tokens ------------------------------------------------------------------------------
+
+
+def token_create(
+    *, org: Organization, name: str, scopes: list[str], actor: Actor, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """Create a token. Returns it with its secret, which is shown once and stored only as a hash."""
+    name = (name or "").strip()
+    errors: dict[str, list[str]] = {}
+    if not name:
+        errors["name"] = ["This field is required."]
+    elif len(name) > 100:
+        errors["name"] = ["At most 100 characters."]
+    unknown = [s for s in scopes if s not in Scope.values]
+    if not scopes:
+        errors["scopes"] = [f"Choose at least one of: {', '.join(Scope.values)}."]
+    elif unknown:
+        errors["scopes"] = [f"Unknown scope(s) {', '.join(unknown)}; choose from {', '.join(Scope.values)}."]
+    if expires_at is not None and expires_at <= timezone.now():
+        errors["expires_at"] = ["The expiry must be in the future."]
+    if errors:
+        raise ValidationFailed("The token could not be created.", fields=errors)
+    prefix = secrets.token_hex(4)
+    secret = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            organization=org,
+            name=name,
+            prefix=prefix,
+            secret_hash=_hash(secret),
+            scopes=sorted(set(scopes)),
+            created_by=actor.user,
+            expires_at=expires_at,
+        )
+        audit_record(
+            org=org, actor=actor, action="token.created", target=token,
+            details={"scopes": token.scopes, "expires_at": expires_at.isoformat() if expires_at else None},
+        )
+    return token, secret
+
+
+def token_revoke(*, org: Organization, token: ApiToken, actor: Actor) -> ApiToken:
+    if token.organization_id != org.pk:
+        raise NotFound("Token not found.")
+    if token.revoked_at is not None:
+        return token
+    with transaction.atomic():
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_record(org=org, actor=actor, action="token.revoked", target=token)
+    return token
+
+
+class TokenRejected(Exception):
+    def __init__(self, code: str, message: str, token: ApiToken | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.token = token
+
+
+def token_parse_prefix(raw: str) -> str | None:
+    if not raw.startswith(TOKEN_PREFIX):
+        return None
+    prefix, sep, rest = raw[len(TOKEN_PREFIX):].partition("_")
+    if not sep or len(prefix) != 8 or not rest:
+        return None
+    return prefix
+
+
+def token_authenticate(*, raw: str) -> ApiToken:
+    """Resolve a bearer secret to a usable token or raise ``TokenRejected`` saying why.
+
+    Records last-used time at most once a minute per token (a conditional update, no lock).
+    """
+    prefix = token_parse_prefix(raw)
+    if prefix is None:
+        raise TokenRejected("token_malformed", "The bearer token is malformed.")
+    token = ApiToken.objects.select_related("organization").filter(prefix=prefix).first()
+    if token is None or not hmac.compare_digest(token.secret_hash, _hash(raw)):
+        raise TokenRejected("token_unknown", "The bearer token is not valid.")
+    if token.revoked_at is not None:
+        raise TokenRejected("token_revoked", "The bearer token has been revoked.", token)
+    now = timezone.now()
+    if token.expires_at is not None and token.expires_at <= now:
+        raise TokenRejected("token_expired", "The bearer token has expired.", token)
+    if not token.organization.is_active:
+        raise TokenRejected(
+            "organization_inactive",
+            f"The organization '{token.organization.slug}' is {token.organization.status}; its tokens are refused.",
+            token,
+        )
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+# --- webhooks --------------------------------------------------------------------------------
+
+
+def _webhook_validate(*, url: str, event_types: list[str]) -> dict[str, list[str]]:
+    from tenants.webhooks import EVENT_TYPES, UnsafeURL, url_check_safe
+
+    errors: dict[str, list[str]] = {}
+    try:
+        url_check_safe(url)
+    except UnsafeURL as exc:
+        errors["url"] = [str(exc)]
+    unknown = [t for t in event_types if t not in EVENT_TYPES]
+    if unknown:
+        errors["event_types"] = [f"Unknown event type(s): {', '.join(unknown)}."]
+    return errors
+
+
+def webhook_endpoint_create(
+    *, org: Organization, url: str, actor: Actor, description: str = "", event_types: list[str] | None = None
+) -> WebhookEndpoint:
+    event_types = sorted(set(event_types or []))
+    errors = _webhook_validate(url=url, event_types=event_types)
+    if errors:
+        raise ValidationFailed("The webhook could not be saved.", fields=errors)
+    with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.create(
+            organization=org,
+            url=url,
+            description=(description or "")[:200],
+            secret=f"whsec_{secrets.token_urlsafe(32)}",
+            event_types=event_types,
+        )
+        audit_record(org=org, actor=actor, action="webhook.created", target=endpoint, details={"event_types": event_types})
+    return endpoint
+
+
+def webhook_endpoint_update(
+    *,
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    actor: Actor,
+    url: str | None = None,
+    description: str | None = None,
+    event_types: list[str] | None = None,
+    enabled: bool | None = None,
+) -> WebhookEndpoint:
+    if endpoint.organization_id != org.pk:
+        raise NotFound("Webhook not found.")
+    new_url = endpoint.url if url is None else url
+    new_types = endpoint.event_types if event_types is None else sorted(set(event_types))
+    errors = _webhook_validate(url=new_url, event_types=new_types)
+    if errors:
+        raise ValidationFailed("The webhook could not be saved.", fields=errors)
+    changes: dict[str, Any] = {}
+    with transaction.atomic():
+        if new_url != endpoint.url:
+            changes["url"] = {"from": endpoint.url, "to": new_url}
+            endpoint.url = new_url
+        if description is not None and description != endpoint.description:
+            changes["description"] = {"from": endpoint.description, "to": description[:200]}
+            endpoint.description = description[:200]
+        if new_types != endpoint.event_types:
+            changes["event_types"] = {"from": endpoint.event_types, "to": new_types}
+            endpoint.event_types = new_types
+        if enabled is not None:
+            new_state = (
+                WebhookEndpoint.State.HEALTHY if enabled else WebhookEndpoint.State.DISABLED
+            )
+            if enabled and endpoint.state != WebhookEndpoint.State.DISABLED:
+                new_state = endpoint.state
+            if new_state != endpoint.state:
+                changes["state"] = {"from": endpoint.state, "to": new_state}
+                endpoint.state = new_state
+                endpoint.consecutive_failures = 0
+        endpoint.save()
+        if changes:
+            audit_record(org=org, actor=actor, action="webhook.updated", target=endpoint, details=changes)
+    return endpoint
+
+
+def webhook_endpoint_rotate_secret(*, org: Organization, endpoint: WebhookEndpoint, actor: Actor) -> WebhookEndpoint:
+    if endpoint.organization_id != org.pk:
+        raise NotFound("Webhook not found.")
+    with transaction.atomic():
+        endpoint.secret = f"whsec_{secrets.token_urlsafe(32)}"
+        endpoint.save(update_fields=["secret"])
+        audit_record(org=org, actor=actor, action="webhook.secret_rotated", target=endpoint)
+    return endpoint
+
+
+def webhook_endpoint_delete(*, org: Organization, endpoint: WebhookEndpoint, actor: Actor) -> None:
+    if endpoint.organization_id != org.pk:
+        raise NotFound("Webhook not found.")
+    with transaction.atomic():
+        audit_record(org=org, actor=actor, action="webhook.deleted", target=endpoint)
+        endpoint.delete()
+
+
+def webhook_event_emit(
+    *, org: Organization, event_type: str, payload: dict[str, Any], only_endpoint: WebhookEndpoint | None = None
+) -> WebhookEvent:
+    """Record an event and one delivery per subscribed endpoint; deliveries go out after commit.
+
+    Never blocks the caller on the network: sending happens in the ``webhooks`` queue.
+    """
+    from tenants.webhooks import EVENT_TYPES
+
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"Unknown webhook event type {event_type!r}")
+    with transaction.atomic():
+        event = WebhookEvent.objects.create(organization=org, type=event_type, payload=payload)
+        endpoints = (
+            [only_endpoint]
+            if only_endpoint is not None
+            else [e for e in WebhookEndpoint.objects.for_org(org) if e.wants(event_type)]
+        )
+        deliveries = WebhookDelivery.objects.bulk_create(
+            [WebhookDelivery(organization=org, endpoint=e, event=event) for e in endpoints]
+        )
+
+        def _queue() -> None:
+            from tenants.tasks import webhook_deliver
+
+            for delivery in deliveries:
+                webhook_deliver.delay(org.pk, delivery.pk)
+
+        transaction.on_commit(_queue)
+    return event
+
+
+def webhook_send_test(*, org: Organization, endpoint: WebhookEndpoint, actor: Actor) -> WebhookEvent:
+    if endpoint.organization_id != org.pk:
+        raise NotFound("Webhook not found.")
+    with transaction.atomic():
+        event = webhook_event_emit(
+            org=org,
+            event_type="webhook.test",
+            payload={"message": "This is a test event from Strata.", "endpoint_id": endpoint.pk},
+            only_endpoint=endpoint,
+        )
+        audit_record(org=org, actor=actor, action="webhook.test_sent", target=endpoint, details={"event_id": str(event.id)})
+    return event

@@ -1,0 +1,211 @@
+"""Webhook delivery: the event catalog, URL safety, signing and one delivery attempt.
+
+Signature: header ``Strata-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`` where the HMAC key is
+the endpoint secret and the message is ``"<t>.<raw body>"``. A receiver recomputes it, compares in
+constant time, and rejects timestamps older than a few minutes (replay protection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tenants.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
+
+# Every event type any app emits. Later capabilities emit through ``webhook_event_emit``.
+EVENT_TYPES: dict[str, str] = {
+    "webhook.test": "A test event sent from the portal or the API.",
+    "ingest.completed": "A study finished ingesting and settled.",
+    "invoice.finalized": "A monthly invoice was finalized.",
+    "budget.threshold": "Spend crossed a budget threshold.",
+    "restore.ready": "An archived study was restored and is readable.",
+}
+
+SIGNATURE_HEADER = "Strata-Signature"
+# A delivery stuck in "sending" longer than this is assumed lost with its worker and retried.
+SENDING_LEASE = timedelta(minutes=5)
+
+
+class UnsafeURL(ValueError):
+    pass
+
+
+def url_check_safe(url: str) -> None:
+    """Refuse URLs that would make the platform call into private networks (SSRF).
+
+    Checked when an endpoint is saved and again before every delivery, because DNS can change.
+    """
+    parts = urlsplit(url or "")
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise UnsafeURL("Enter an http:// or https:// URL with a host name.")
+    if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, ValueError):
+        raise UnsafeURL(f"The host {parts.hostname} cannot be resolved.") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+        ):
+            raise UnsafeURL(
+                f"The host {parts.hostname} resolves to {address}, a private, loopback or link-local "
+                "address; webhooks must point at a public address."
+            )
+
+
+def sign(*, secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(*, secret: str, header: str, body: bytes, tolerance_seconds: int = 300, now: int | None = None) -> bool:
+    """What a receiver does; shipped here for the documentation and the tests."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now or int(time.time())) - timestamp) > tolerance_seconds:
+        return False
+    expected = sign(secret=secret, timestamp=timestamp, body=body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def backoff_seconds(attempt_number: int) -> int:
+    """Exponential backoff after the n-th failed attempt: base * 2^(n-1), capped at 6 hours."""
+    return int(min(settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt_number - 1), 6 * 3600))
+
+
+def delivery_claim(*, org_id: int, delivery_id: int) -> WebhookDelivery | None:
+    """Claim a due delivery for one attempt with a conditional UPDATE; None if someone else has it."""
+    now = timezone.now()
+    claimed = (
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, organization_id=org_id, next_attempt_at__lte=now
+        )
+        .filter(state=WebhookDelivery.State.PENDING)
+        .update(state=WebhookDelivery.State.SENDING, claimed_at=now)
+    )
+    if not claimed:
+        # A sender that died mid-attempt leaves "sending" behind; take it over after the lease.
+        claimed = WebhookDelivery.objects.filter(
+            pk=delivery_id,
+            organization_id=org_id,
+            state=WebhookDelivery.State.SENDING,
+            claimed_at__lt=now - SENDING_LEASE,
+        ).update(claimed_at=now)
+    if not claimed:
+        return None
+    return WebhookDelivery.objects.select_related("endpoint", "event").get(pk=delivery_id)
+
+
+def delivery_attempt(*, org_id: int, delivery_id: int) -> WebhookDelivery | None:
+    """Make one attempt at a delivery and record it. Returns the delivery, or None if not claimable.
+
+    The HTTP call happens outside any database transaction.
+    """
+    delivery = delivery_claim(org_id=org_id, delivery_id=delivery_id)
+    if delivery is None:
+        return None
+    endpoint = delivery.endpoint
+    event = delivery.event
+    body = json.dumps(
+        {
+            "id": str(event.id),
+            "type": event.type,
+            "created_at": event.created_at.isoformat(),
+            "organization": endpoint.organization.slug,
+            "data": event.payload,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+    number = delivery.attempt_count + 1
+    status_code: int | None = None
+    error = ""
+    excerpt = ""
+    started = time.monotonic()
+    try:
+        url_check_safe(endpoint.url)
+        response = requests.post(
+            endpoint.url,
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "Strata-Webhooks/1.0",
+                SIGNATURE_HEADER: sign(secret=endpoint.secret, timestamp=int(time.time()), body=body),
+                "Strata-Event": event.type,
+                "Strata-Delivery": str(delivery.pk),
+                "Strata-Event-Id": str(event.id),
+            },
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            allow_redirects=False,
+        )
+        status_code = response.status_code
+        excerpt = response.text[:500]
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+    except UnsafeURL as exc:
+        error = str(exc)[:500]
+    except requests.Timeout:
+        error = f"Timed out after {settings.WEBHOOK_TIMEOUT_SECONDS}s"
+    except requests.RequestException as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+    latency_ms = int((time.monotonic() - started) * 1000)
+    succeeded = not error
+    with transaction.atomic():
+        WebhookAttempt.objects.create(
+            organization_id=org_id,
+            delivery=delivery,
+            number=number,
+            status_code=status_code,
+            latency_ms=latency_ms,
+            error=error,
+            response_excerpt=excerpt,
+        )
+        delivery.attempt_count = number
+        if succeeded:
+            delivery.state = WebhookDelivery.State.SUCCEEDED
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).exclude(
+                state=WebhookEndpoint.State.DISABLED
+            ).update(consecutive_failures=0, state=WebhookEndpoint.State.HEALTHY)
+        elif number >= settings.WEBHOOK_MAX_ATTEMPTS:
+            delivery.state = WebhookDelivery.State.FAILED
+        else:
+            delivery.state = WebhookDelivery.State.PENDING
+            delivery.next_attempt_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
+        if not succeeded:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+            WebhookEndpoint.objects.filter(
+                pk=endpoint.pk,
+                state=WebhookEndpoint.State.HEALTHY,
+                consecutive_failures__gte=settings.WEBHOOK_FAILING_AFTER,
+            ).update(state=WebhookEndpoint.State.FAILING)
+        delivery.claimed_at = None
+        delivery.save(update_fields=["attempt_count", "state", "next_attempt_at", "claimed_at"])
+    if not succeeded:
+        logger.info("webhook delivery %s attempt %s failed: %s", delivery.pk, number, error)
+    return delivery
