@@ -36,8 +36,11 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
 def _flatten_fields(detail: Any) -> dict[str, Any]:
     if isinstance(detail, dict):
         return {
-            key: [str(v) for v in value] if isinstance(value, list) else _flatten_fields(value)
-            if isinstance(value, dict) else [str(value)]
+            key: [str(v) for v in value]
+            if isinstance(value, list)
+            else _flatten_fields(value)
+            if isinstance(value, dict)
+            else [str(value)]
             for key, value in detail.items()
         }
     if isinstance(detail, list):
@@ -56,7 +59,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        response.data = error_body("invalid", "The input is not valid.", _flatten_fields(exc.detail))
+        response.data = error_body(
+            "invalid", "The input is not valid.", _flatten_fields(exc.detail)
+        )
         return response
     if isinstance(exc, exceptions.APIException):
         detail = exc.detail
@@ -67,7 +72,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             message = "Authentication is required: send 'Authorization: Bearer <token>'."
             response["WWW-Authenticate"] = 'Bearer realm="strata"'
         if isinstance(exc, exceptions.Throttled):
-            message = f"Too many requests; retry in {exc.wait:.0f} seconds." if exc.wait else "Too many requests."
+            wait = getattr(exc, "wait", None)
+            message = (
+                f"Too many requests; retry in {wait:.0f} seconds." if wait else "Too many requests."
+            )
         response.data = error_body(str(code), message)
     return response
 
@@ -128,4 +136,6 @@ class OrgAPIView(APIView):
             message = f"This token lacks the scope '{scope}' needed for the permission '{permission}' ({what})."
         else:
             message = f"Your role lacks the permission '{permission}' ({what})."
-        raise PermissionMissing(message, code="permission_denied", fields={"permission": [permission]})
+        raise PermissionMissing(
+            message, code="permission_denied", fields={"permission": [permission]}
+        )

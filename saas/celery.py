@@ -17,3 +17,10 @@ app.conf.beat_schedule = {
     "webhook-sweep": {"task": "tenants.tasks.webhook_sweep", "schedule": crontab(minute="*/5")},
 }
 app.conf.task_default_queue = "celery"
+# Work is routed by app to its own queue so each can get its own workers (see DESIGN.md).
+app.conf.task_routes = {
+    "tenants.tasks.webhook_*": {"queue": "webhooks"},
+    "archive.tasks.ingest_*": {"queue": "ingest"},
+    "archive.tasks.tier_*": {"queue": "tiering"},
+    "billing.tasks.*": {"queue": "billing"},
+}

@@ -22,7 +22,9 @@ _INSECURE_DEV_KEY = "strata-insecure-development-key-do-not-use-in-production"  
 
 
 def _fail(name: str, expected: str, value: str) -> ImproperlyConfigured:
-    return ImproperlyConfigured(f"Environment variable {name}={value!r} is invalid: expected {expected}.")
+    return ImproperlyConfigured(
+        f"Environment variable {name}={value!r} is invalid: expected {expected}."
+    )
 
 
 def raw(name: str) -> str | None:
@@ -66,6 +68,11 @@ def choice(name: str, default: str, choices: list[str]) -> str:
     return value
 
 
+def path(name: str, default: Path) -> Path:
+    value = raw(name)
+    return default if value in (None, "") else Path(str(value)).expanduser().resolve()
+
+
 def csv_list(name: str, default: list[str]) -> list[str]:
     value = raw(name)
     if value in (None, ""):
@@ -89,7 +96,9 @@ def email(name: str, default: str) -> dict[str, Any]:
     try:
         return dict(environ.Env.email_url_config(url))
     except Exception as exc:
-        raise _fail(name, "an email URL such as smtp://user:pass@host:587 or consolemail://", url) from exc
+        raise _fail(
+            name, "an email URL such as smtp://user:pass@host:587 or consolemail://", url
+        ) from exc
 
 
 def redis_url(name: str) -> str | None:

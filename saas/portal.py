@@ -30,7 +30,12 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     {"key": "billing", "label": "Usage & billing", "url_name": None, "perm": "invoices.view"},
     {"key": "members", "label": "Members", "url_name": "portal-members", "perm": "members.view"},
     {"key": "tokens", "label": "API tokens", "url_name": "portal-tokens", "perm": "tokens.manage"},
-    {"key": "webhooks", "label": "Webhooks", "url_name": "portal-webhooks", "perm": "webhooks.manage"},
+    {
+        "key": "webhooks",
+        "label": "Webhooks",
+        "url_name": "portal-webhooks",
+        "perm": "webhooks.manage",
+    },
     {"key": "audit", "label": "Audit log", "url_name": "portal-audit", "perm": "audit.read"},
 ]
 
@@ -46,7 +51,9 @@ class PortalContext:
         return permission in self.permissions
 
 
-def org_view(permission: str = "org.view") -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def org_view(
+    permission: str = "org.view",
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Decorate a portal view ``view(request, ctx: PortalContext, ...)`` under ``/o/<slug>/``."""
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -58,9 +65,7 @@ def org_view(permission: str = "org.view") -> Callable[[Callable[..., HttpRespon
             if org is None or membership is None:
                 raise Http404("Organization not found.")
             if not org.is_active:
-                return render(
-                    request, "saas/org_inactive.html", {"inactive_org": org}, status=403
-                )
+                return render(request, "saas/org_inactive.html", {"inactive_org": org}, status=403)
             ctx = PortalContext(org, membership, request)
             request.portal = ctx  # type: ignore[attr-defined]
             if permission not in ctx.permissions:

@@ -30,11 +30,16 @@ def dashboard(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 
 def not_found(request: HttpRequest, exception: Any = None) -> HttpResponse:
     if request.path.startswith(("/api/", "/dicomweb/")):
-        return JsonResponse({"error": {"code": "not_found", "message": "Not found.", "fields": {}}}, status=404)
+        return JsonResponse(
+            {"error": {"code": "not_found", "message": "Not found.", "fields": {}}}, status=404
+        )
     return render(request, "404.html", status=404)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith(("/api/", "/dicomweb/")):
-        return JsonResponse({"error": {"code": "server_error", "message": "Internal error.", "fields": {}}}, status=500)
+        return JsonResponse(
+            {"error": {"code": "server_error", "message": "Internal error.", "fields": {}}},
+            status=500,
+        )
     return render(request, "500.html", status=500)

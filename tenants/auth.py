@@ -54,11 +54,15 @@ class BearerTokenAuthentication(BaseAuthentication):
             return None
         if len(header) != 2:
             self._audit_failure(request, None, "token_malformed")
-            raise exceptions.AuthenticationFailed("The Authorization header must be 'Bearer <token>'.", code="token_malformed")
+            raise exceptions.AuthenticationFailed(
+                "The Authorization header must be 'Bearer <token>'.", code="token_malformed"
+            )
         try:
             raw = header[1].decode()
         except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("The bearer token is malformed.", code="token_malformed") from None
+            raise exceptions.AuthenticationFailed(
+                "The bearer token is malformed.", code="token_malformed"
+            ) from None
         try:
             token = token_authenticate(raw=raw)
         except TokenRejected as rejected:

@@ -28,7 +28,11 @@ def organization_get_by_slug(*, slug: str) -> Organization:
 
 
 def memberships_for_user(*, user: Any) -> QuerySet[Membership]:
-    return Membership.objects.filter(user=user).select_related("organization").order_by("organization__name")
+    return (
+        Membership.objects.filter(user=user)
+        .select_related("organization")
+        .order_by("organization__name")
+    )
 
 
 def membership_for_user(*, org: Organization, user: Any) -> Membership | None:
@@ -37,7 +41,9 @@ def membership_for_user(*, org: Organization, user: Any) -> Membership | None:
     return Membership.objects.for_org(org).filter(user=user).first()
 
 
-def member_list(*, org: Organization, role: str | None = None, q: str | None = None) -> QuerySet[Membership]:
+def member_list(
+    *, org: Organization, role: str | None = None, q: str | None = None
+) -> QuerySet[Membership]:
     qs = Membership.objects.for_org(org).select_related("user")
     if role:
         qs = qs.filter(role=role)
@@ -62,7 +68,9 @@ def invitation_list(*, org: Organization, state: str | None = None) -> QuerySet[
     elif state == "pending":
         from django.utils import timezone
 
-        qs = qs.filter(accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now())
+        qs = qs.filter(
+            accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+        )
     return qs.order_by("-created_at", "-id")
 
 
@@ -100,7 +108,11 @@ def audit_list(
     if actor:
         qs = qs.filter(actor_label__icontains=actor)
     if action:
-        qs = qs.filter(action__startswith=action) if action.endswith(".") else qs.filter(action=action)
+        qs = (
+            qs.filter(action__startswith=action)
+            if action.endswith(".")
+            else qs.filter(action=action)
+        )
     if since:
         qs = qs.filter(created_at__gte=since)
     if until:
@@ -130,7 +142,9 @@ def webhook_get(*, org: Organization, endpoint_id: int | str) -> WebhookEndpoint
         raise NotFound("Webhook not found.") from None
 
 
-def webhook_deliveries(*, org: Organization, endpoint: WebhookEndpoint) -> QuerySet[WebhookDelivery]:
+def webhook_deliveries(
+    *, org: Organization, endpoint: WebhookEndpoint
+) -> QuerySet[WebhookDelivery]:
     return (
         WebhookDelivery.objects.for_org(org)
         .filter(endpoint=endpoint)

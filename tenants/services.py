@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email, validate_slug
@@ -82,12 +82,12 @@ def audit_record(
 # --- organizations ---------------------------------------------------------------------------
 
 
-def _user_get_or_create(*, email: str) -> tuple[AbstractBaseUser, bool]:
-    User = get_user_model()
-    existing = User.objects.filter(email__iexact=email).first()
+def _user_get_or_create(*, email: str) -> tuple[User, bool]:
+    user_model = get_user_model()
+    existing = user_model.objects.filter(email__iexact=email).first()
     if existing is not None:
         return existing, False
-    user = User.objects.create_user(username=email.lower(), email=email.lower())
+    user = user_model.objects.create_user(username=email.lower(), email=email.lower())
     user.set_unusable_password()
     user.save(update_fields=["password"])
     return user, True
@@ -146,13 +146,18 @@ def organization_create(
 def organization_update(*, org: Organization, actor: Actor, name: str) -> Organization:
     name = (name or "").strip()
     if not name:
-        raise ValidationFailed("Invalid organization.", fields={"name": ["This field is required."]})
+        raise ValidationFailed(
+            "Invalid organization.", fields={"name": ["This field is required."]}
+        )
     with transaction.atomic():
         old = org.name
         org.name = name[:200]
         org.save(update_fields=["name"])
         audit_record(
-            org=org, actor=actor, action="organization.updated", target=org,
+            org=org,
+            actor=actor,
+            action="organization.updated",
+            target=org,
             details={"name": {"from": old, "to": org.name}},
         )
     return org
@@ -160,13 +165,18 @@ def organization_update(*, org: Organization, actor: Actor, name: str) -> Organi
 
 def organization_set_status(*, org: Organization, actor: Actor, status: str) -> Organization:
     if status not in Organization.Status.values:
-        raise ValidationFailed("Invalid status.", fields={"status": [f"Choose one of {Organization.Status.values}."]})
+        raise ValidationFailed(
+            "Invalid status.", fields={"status": [f"Choose one of {Organization.Status.values}."]}
+        )
     with transaction.atomic():
         old = org.status
         org.status = status
         org.save(update_fields=["status"])
         audit_record(
-            org=org, actor=actor, action="organization.status_changed", target=org,
+            org=org,
+            actor=actor,
+            action="organization.status_changed",
+            target=org,
             details={"status": {"from": old, "to": status}},
         )
     return org
@@ -181,7 +191,9 @@ def _actor_is_owner(*, org: Organization, actor: Actor) -> bool:
     return Membership.objects.for_org(org).filter(user=actor.user, role=Role.OWNER).exists()
 
 
-def _check_owner_change(*, org: Organization, actor: Actor, from_role: str, to_role: str | None) -> None:
+def _check_owner_change(
+    *, org: Organization, actor: Actor, from_role: str, to_role: str | None
+) -> None:
     touches_owner = from_role == Role.OWNER or to_role == Role.OWNER
     if touches_owner and not _actor_is_owner(org=org, actor=actor):
         raise PermissionMissing(
@@ -196,28 +208,45 @@ def _owners_after_removal_locked(*, org: Organization, membership: Membership) -
     demotions cannot both see "another owner remains".
     """
     owners = list(
-        Membership.objects.for_org(org).select_for_update().filter(role=Role.OWNER).values_list("id", flat=True)
+        Membership.objects.for_org(org)
+        .select_for_update()
+        .filter(role=Role.OWNER)
+        .values_list("id", flat=True)
     )
     return len([pk for pk in owners if pk != membership.pk])
 
 
-def membership_change_role(*, org: Organization, membership: Membership, role: str, actor: Actor) -> Membership:
+def membership_change_role(
+    *, org: Organization, membership: Membership, role: str, actor: Actor
+) -> Membership:
     if membership.organization_id != org.pk:
         raise NotFound("Member not found.")
     if role not in Role.values:
-        raise ValidationFailed("Invalid role.", fields={"role": [f"Choose one of: {', '.join(Role.values)}."]})
+        raise ValidationFailed(
+            "Invalid role.", fields={"role": [f"Choose one of: {', '.join(Role.values)}."]}
+        )
     if role == membership.role:
         return membership
     _check_owner_change(org=org, actor=actor, from_role=membership.role, to_role=role)
     with transaction.atomic():
-        if membership.role == Role.OWNER and _owners_after_removal_locked(org=org, membership=membership) == 0:
-            raise Conflict("The last owner cannot be demoted; make someone else owner first.", code="last_owner")
+        if (
+            membership.role == Role.OWNER
+            and _owners_after_removal_locked(org=org, membership=membership) == 0
+        ):
+            raise Conflict(
+                "The last owner cannot be demoted; make someone else owner first.",
+                code="last_owner",
+            )
         old = membership.role
         membership.role = role
         membership.save(update_fields=["role"])
         audit_record(
-            org=org, actor=actor, action="member.role_changed", target=membership,
-            target_label=membership.user.email, details={"role": {"from": old, "to": role}},
+            org=org,
+            actor=actor,
+            action="member.role_changed",
+            target=membership,
+            target_label=membership.user.email,
+            details={"role": {"from": old, "to": role}},
         )
     return membership
 
@@ -227,11 +256,21 @@ def membership_remove(*, org: Organization, membership: Membership, actor: Actor
         raise NotFound("Member not found.")
     _check_owner_change(org=org, actor=actor, from_role=membership.role, to_role=None)
     with transaction.atomic():
-        if membership.role == Role.OWNER and _owners_after_removal_locked(org=org, membership=membership) == 0:
-            raise Conflict("The last owner cannot be removed; make someone else owner first.", code="last_owner")
+        if (
+            membership.role == Role.OWNER
+            and _owners_after_removal_locked(org=org, membership=membership) == 0
+        ):
+            raise Conflict(
+                "The last owner cannot be removed; make someone else owner first.",
+                code="last_owner",
+            )
         audit_record(
-            org=org, actor=actor, action="member.removed", target=membership,
-            target_label=membership.user.email, details={"role": membership.role},
+            org=org,
+            actor=actor,
+            action="member.removed",
+            target=membership,
+            target_label=membership.user.email,
+            details={"role": membership.role},
         )
         membership.delete()
 
@@ -239,7 +278,9 @@ def membership_remove(*, org: Organization, membership: Membership, actor: Actor
 # --- invitations -----------------------------------------------------------------------------
 
 
-def invitation_create(*, org: Organization, email: str, role: str, actor: Actor) -> tuple[Invitation, str]:
+def invitation_create(
+    *, org: Organization, email: str, role: str, actor: Actor
+) -> tuple[Invitation, str]:
     """Invite someone by email. Returns the invitation and the one-time secret (only in the email link)."""
     email = (email or "").strip().lower()
     errors: dict[str, list[str]] = {}
@@ -271,8 +312,12 @@ def invitation_create(*, org: Organization, email: str, role: str, actor: Actor)
             expires_at=now + timedelta(hours=settings.INVITATION_TTL_HOURS),
         )
         audit_record(
-            org=org, actor=actor, action="invitation.created", target=invitation,
-            target_label=email, details={"role": role},
+            org=org,
+            actor=actor,
+            action="invitation.created",
+            target=invitation,
+            target_label=email,
+            details={"role": role},
         )
         transaction.on_commit(lambda: _invitation_send_email(invitation=invitation, secret=secret))
     return invitation, secret
@@ -298,13 +343,17 @@ def _invitation_send_email(*, invitation: Invitation, secret: str) -> None:
 
 
 def invitation_get_by_secret(*, secret: str) -> Invitation:
-    invitation = Invitation.objects.select_related("organization").filter(token_hash=_hash(secret or "")).first()
+    invitation = (
+        Invitation.objects.select_related("organization")
+        .filter(token_hash=_hash(secret or ""))
+        .first()
+    )
     if invitation is None:
         raise NotFound("This invitation link is not valid.", code="invitation_invalid")
     return invitation
 
 
-def invitation_accept(*, secret: str, user: AbstractBaseUser, actor: Actor) -> Membership:
+def invitation_accept(*, secret: str, user: User, actor: Actor) -> Membership:
     """Accept an invitation once, before it expires, as the invited email's user."""
     with transaction.atomic():
         invitation = invitation_get_by_secret(secret=secret)
@@ -315,14 +364,19 @@ def invitation_accept(*, secret: str, user: AbstractBaseUser, actor: Actor) -> M
         if state == "revoked":
             raise Conflict("This invitation was withdrawn.", code="invitation_revoked")
         if state == "expired":
-            raise Conflict("This invitation has expired; ask for a new one.", code="invitation_expired")
+            raise Conflict(
+                "This invitation has expired; ask for a new one.", code="invitation_expired"
+            )
         if (getattr(user, "email", "") or "").lower() != invitation.email:
             raise PermissionMissing(
-                f"This invitation is for {invitation.email}; sign in with that address.", code="invitation_wrong_user"
+                f"This invitation is for {invitation.email}; sign in with that address.",
+                code="invitation_wrong_user",
             )
         org = invitation.organization
         if not org.is_active:
-            raise PermissionMissing(f"The organization {org.name} is {org.status}.", code="organization_inactive")
+            raise PermissionMissing(
+                f"The organization {org.name} is {org.status}.", code="organization_inactive"
+            )
         membership, created = Membership.objects.get_or_create(
             user=user, organization=org, defaults={"role": invitation.role}
         )
@@ -330,8 +384,12 @@ def invitation_accept(*, secret: str, user: AbstractBaseUser, actor: Actor) -> M
         invitation.accepted_by = user
         invitation.save(update_fields=["accepted_at", "accepted_by"])
         audit_record(
-            org=org, actor=actor, action="invitation.accepted", target=invitation,
-            target_label=invitation.email, details={"role": membership.role, "new_member": created},
+            org=org,
+            actor=actor,
+            action="invitation.accepted",
+            target=invitation,
+            target_label=invitation.email,
+            details={"role": membership.role, "new_member": created},
         )
     return membership
 
@@ -340,11 +398,20 @@ def invitation_revoke(*, org: Organization, invitation: Invitation, actor: Actor
     if invitation.organization_id != org.pk:
         raise NotFound("Invitation not found.")
     if invitation.state != "pending":
-        raise Conflict(f"This invitation is {invitation.state} and cannot be revoked.", code="invitation_not_pending")
+        raise Conflict(
+            f"This invitation is {invitation.state} and cannot be revoked.",
+            code="invitation_not_pending",
+        )
     with transaction.atomic():
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
-        audit_record(org=org, actor=actor, action="invitation.revoked", target=invitation, target_label=invitation.email)
+        audit_record(
+            org=org,
+            actor=actor,
+            action="invitation.revoked",
+            target=invitation,
+            target_label=invitation.email,
+        )
     return invitation
 
 
@@ -352,7 +419,12 @@ def invitation_revoke(*, org: Organization, invitation: Invitation, actor: Actor
 
 
 def token_create(
-    *, org: Organization, name: str, scopes: list[str], actor: Actor, expires_at: datetime | None = None
+    *,
+    org: Organization,
+    name: str,
+    scopes: list[str],
+    actor: Actor,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token. Returns it with its secret, which is shown once and stored only as a hash."""
     name = (name or "").strip()
@@ -365,7 +437,9 @@ def token_create(
     if not scopes:
         errors["scopes"] = [f"Choose at least one of: {', '.join(Scope.values)}."]
     elif unknown:
-        errors["scopes"] = [f"Unknown scope(s) {', '.join(unknown)}; choose from {', '.join(Scope.values)}."]
+        errors["scopes"] = [
+            f"Unknown scope(s) {', '.join(unknown)}; choose from {', '.join(Scope.values)}."
+        ]
     if expires_at is not None and expires_at <= timezone.now():
         errors["expires_at"] = ["The expiry must be in the future."]
     if errors:
@@ -383,8 +457,14 @@ def token_create(
             expires_at=expires_at,
         )
         audit_record(
-            org=org, actor=actor, action="token.created", target=token,
-            details={"scopes": token.scopes, "expires_at": expires_at.isoformat() if expires_at else None},
+            org=org,
+            actor=actor,
+            action="token.created",
+            target=token,
+            details={
+                "scopes": token.scopes,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
         )
     return token, secret
 
@@ -412,7 +492,7 @@ class TokenRejected(Exception):
 def token_parse_prefix(raw: str) -> str | None:
     if not raw.startswith(TOKEN_PREFIX):
         return None
-    prefix, sep, rest = raw[len(TOKEN_PREFIX):].partition("_")
+    prefix, sep, rest = raw[len(TOKEN_PREFIX) :].partition("_")
     if not sep or len(prefix) != 8 or not rest:
         return None
     return prefix
@@ -464,7 +544,12 @@ def _webhook_validate(*, url: str, event_types: list[str]) -> dict[str, list[str
 
 
 def webhook_endpoint_create(
-    *, org: Organization, url: str, actor: Actor, description: str = "", event_types: list[str] | None = None
+    *,
+    org: Organization,
+    url: str,
+    actor: Actor,
+    description: str = "",
+    event_types: list[str] | None = None,
 ) -> WebhookEndpoint:
     event_types = sorted(set(event_types or []))
     errors = _webhook_validate(url=url, event_types=event_types)
@@ -478,7 +563,13 @@ def webhook_endpoint_create(
             secret=f"whsec_{secrets.token_urlsafe(32)}",
             event_types=event_types,
         )
-        audit_record(org=org, actor=actor, action="webhook.created", target=endpoint, details={"event_types": event_types})
+        audit_record(
+            org=org,
+            actor=actor,
+            action="webhook.created",
+            target=endpoint,
+            details={"event_types": event_types},
+        )
     return endpoint
 
 
@@ -511,22 +602,26 @@ def webhook_endpoint_update(
             changes["event_types"] = {"from": endpoint.event_types, "to": new_types}
             endpoint.event_types = new_types
         if enabled is not None:
-            new_state = (
+            new_state: str = (
                 WebhookEndpoint.State.HEALTHY if enabled else WebhookEndpoint.State.DISABLED
             )
             if enabled and endpoint.state != WebhookEndpoint.State.DISABLED:
-                new_state = endpoint.state
+                new_state = str(endpoint.state)
             if new_state != endpoint.state:
                 changes["state"] = {"from": endpoint.state, "to": new_state}
                 endpoint.state = new_state
                 endpoint.consecutive_failures = 0
         endpoint.save()
         if changes:
-            audit_record(org=org, actor=actor, action="webhook.updated", target=endpoint, details=changes)
+            audit_record(
+                org=org, actor=actor, action="webhook.updated", target=endpoint, details=changes
+            )
     return endpoint
 
 
-def webhook_endpoint_rotate_secret(*, org: Organization, endpoint: WebhookEndpoint, actor: Actor) -> WebhookEndpoint:
+def webhook_endpoint_rotate_secret(
+    *, org: Organization, endpoint: WebhookEndpoint, actor: Actor
+) -> WebhookEndpoint:
     if endpoint.organization_id != org.pk:
         raise NotFound("Webhook not found.")
     with transaction.atomic():
@@ -545,7 +640,11 @@ def webhook_endpoint_delete(*, org: Organization, endpoint: WebhookEndpoint, act
 
 
 def webhook_event_emit(
-    *, org: Organization, event_type: str, payload: dict[str, Any], only_endpoint: WebhookEndpoint | None = None
+    *,
+    org: Organization,
+    event_type: str,
+    payload: dict[str, Any],
+    only_endpoint: WebhookEndpoint | None = None,
 ) -> WebhookEvent:
     """Record an event and one delivery per subscribed endpoint; deliveries go out after commit.
 
@@ -576,7 +675,9 @@ def webhook_event_emit(
     return event
 
 
-def webhook_send_test(*, org: Organization, endpoint: WebhookEndpoint, actor: Actor) -> WebhookEvent:
+def webhook_send_test(
+    *, org: Organization, endpoint: WebhookEndpoint, actor: Actor
+) -> WebhookEvent:
     if endpoint.organization_id != org.pk:
         raise NotFound("Webhook not found.")
     with transaction.atomic():
@@ -586,5 +687,11 @@ def webhook_send_test(*, org: Organization, endpoint: WebhookEndpoint, actor: Ac
             payload={"message": "This is a test event from Strata.", "endpoint_id": endpoint.pk},
             only_endpoint=endpoint,
         )
-        audit_record(org=org, actor=actor, action="webhook.test_sent", target=endpoint, details={"event_id": str(event.id)})
+        audit_record(
+            org=org,
+            actor=actor,
+            action="webhook.test_sent",
+            target=endpoint,
+            details={"event_id": str(event.id)},
+        )
     return event

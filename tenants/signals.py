@@ -14,7 +14,9 @@ from tenants.models import Membership
 
 
 def _orgs_of(user: Any) -> list[Any]:
-    return [m.organization for m in Membership.objects.filter(user=user).select_related("organization")]
+    return [
+        m.organization for m in Membership.objects.filter(user=user).select_related("organization")
+    ]
 
 
 @receiver(user_logged_in)
@@ -24,11 +26,15 @@ def audit_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     actor = Actor.from_request(request) if request is not None else Actor(user=user)
     actor = Actor(user=user, ip=actor.ip, user_agent=actor.user_agent)
     for org in _orgs_of(user):
-        audit_record(org=org, actor=actor, action="auth.login", target=user, target_label=user.email)
+        audit_record(
+            org=org, actor=actor, action="auth.login", target=user, target_label=user.email
+        )
 
 
 @receiver(user_login_failed)
-def audit_login_failed(sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any) -> None:
+def audit_login_failed(
+    sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any
+) -> None:
     from tenants.services import audit_record
 
     username = str(credentials.get("username", ""))[:150]

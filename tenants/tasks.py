@@ -11,7 +11,7 @@ from tenants.models import WebhookDelivery
 SWEEP_BATCH = 500
 
 
-@shared_task(queue="webhooks", ignore_result=True)
+@shared_task(ignore_result=True)
 def webhook_deliver(org_id: int, delivery_id: int) -> None:
     delivery = webhooks.delivery_attempt(org_id=org_id, delivery_id=delivery_id)
     if delivery is not None and delivery.state == WebhookDelivery.State.PENDING:
@@ -19,7 +19,7 @@ def webhook_deliver(org_id: int, delivery_id: int) -> None:
         webhook_deliver.apply_async((org_id, delivery_id), countdown=delay)
 
 
-@shared_task(queue="webhooks", ignore_result=True)
+@shared_task(ignore_result=True)
 def webhook_sweep() -> int:
     """Beat job: re-queue due deliveries whose task was lost (broker restart, killed worker).
 

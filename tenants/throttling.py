@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # importing rest_framework.views here would be circular at se
 class TokenRateThrottle(SimpleRateThrottle):
     scope = "token"
 
-    def get_cache_key(self, request: Request, view: "APIView") -> str | None:
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
         if isinstance(request.auth, ApiToken):
             ident = f"t{request.auth.pk}"
         elif request.user is not None and getattr(request.user, "is_authenticated", False):

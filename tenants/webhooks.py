@@ -81,7 +81,9 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def verify(*, secret: str, header: str, body: bytes, tolerance_seconds: int = 300, now: int | None = None) -> bool:
+def verify(
+    *, secret: str, header: str, body: bytes, tolerance_seconds: int = 300, now: int | None = None
+) -> bool:
     """What a receiver does; shipped here for the documentation and the tests."""
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     try:
@@ -156,7 +158,9 @@ def delivery_attempt(*, org_id: int, delivery_id: int) -> WebhookDelivery | None
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "Strata-Webhooks/1.0",
-                SIGNATURE_HEADER: sign(secret=endpoint.secret, timestamp=int(time.time()), body=body),
+                SIGNATURE_HEADER: sign(
+                    secret=endpoint.secret, timestamp=int(time.time()), body=body
+                ),
                 "Strata-Event": event.type,
                 "Strata-Delivery": str(delivery.pk),
                 "Strata-Event-Id": str(event.id),
@@ -198,7 +202,9 @@ def delivery_attempt(*, org_id: int, delivery_id: int) -> WebhookDelivery | None
             delivery.state = WebhookDelivery.State.PENDING
             delivery.next_attempt_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
         if not succeeded:
-            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=F("consecutive_failures") + 1
+            )
             WebhookEndpoint.objects.filter(
                 pk=endpoint.pk,
                 state=WebhookEndpoint.State.HEALTHY,

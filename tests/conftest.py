@@ -58,7 +58,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def _tcp_open(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1
+        ):
             return True
     except OSError:
         return False
@@ -67,7 +69,9 @@ def _tcp_open(url: str, default_port: int) -> bool:
 @pytest.fixture
 def postgres() -> None:
     engine = settings.DATABASES["default"]["ENGINE"]
-    require_service("PostgreSQL", engine == "django.db.backends.postgresql", "DATABASE_URL is not PostgreSQL")
+    require_service(
+        "PostgreSQL", engine == "django.db.backends.postgresql", "DATABASE_URL is not PostgreSQL"
+    )
 
 
 @pytest.fixture
@@ -117,7 +121,9 @@ def owner(org: Organization, make_member: Callable[..., Membership]) -> Membersh
 
 @pytest.fixture
 def make_token(db: Any) -> Callable[..., tuple[ApiToken, str]]:
-    def make(org: Organization, scopes: list[str] | None = None, **kwargs: Any) -> tuple[ApiToken, str]:
+    def make(
+        org: Organization, scopes: list[str] | None = None, **kwargs: Any
+    ) -> tuple[ApiToken, str]:
         return token_create(
             org=org,
             name=kwargs.pop("name", "integration"),
@@ -165,7 +171,11 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 receiver.requests.append(
-                    {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
                 )
                 if receiver.delay:
                     time.sleep(receiver.delay)

@@ -61,6 +61,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'strata.sqlite3'}")}
+if str(DATABASES["default"]["NAME"]).startswith(str(VAR_DIR)):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded default lives in ./var
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the worker and the web process write without "database is locked".
@@ -71,13 +73,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.redis_url("REDIS_URL")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -91,10 +98,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", VAR_DIR / "staticfiles")
+STATIC_ROOT.mkdir(
+    parents=True, exist_ok=True
+)  # collectstatic's target; whitenoise wants it to exist
 STATICFILES_DIRS = [BASE_DIR / "saas" / "static"]
 WHITENOISE_USE_FINDERS = True  # serve straight from installed packages; no collectstatic needed
-MEDIA_ROOT = env.string("STORAGE_ROOT", str(VAR_DIR / "storage"))
+MEDIA_ROOT = str(env.path("STORAGE_ROOT", VAR_DIR / "storage"))
 
 EMAIL_CONFIG = env.email("EMAIL_URL", "consolemail://")
 vars().update(EMAIL_CONFIG)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from tenants.context import Actor
+from tenants.models import Membership, Organization
+from tenants.roles import Role
+from tenants.services import organization_create
+
+DEMO_EMAIL = "owner@demo-hospital.example"
+DEMO_PASSWORD = "strata-demo-2026"  # noqa: S105 - a published demo login for the local demo only
+
+STAFF = [
+    ("radiology.admin@demo-hospital.example", Role.ADMIN),
+    ("finance@demo-hospital.example", Role.BILLING),
+    ("compliance@demo-hospital.example", Role.AUDITOR),
+    ("radiologist@demo-hospital.example", Role.MEMBER),
+]
+
+
+class Command(BaseCommand):
+    help = "Create (or keep) the demo hospitals and their accounts for a local run. Idempotent."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--quiet", action="store_true")
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        actor = Actor.system("manage.py seed_demo")
+        User = get_user_model()
+        org = Organization.objects.filter(slug="demo-hospital").first()
+        if org is None:
+            org = organization_create(
+                name="Demo General Hospital",
+                slug="demo-hospital",
+                owner_email=DEMO_EMAIL,
+                actor=actor,
+            )
+        owner = User.objects.get(email=DEMO_EMAIL)
+        owner.set_password(DEMO_PASSWORD)
+        owner.first_name, owner.last_name = "Dana", "Owner"
+        owner.is_staff = owner.is_superuser = True  # the local demo's owner is also platform staff
+        owner.save()
+        for email, role in STAFF:
+            user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
+            if not user.has_usable_password():
+                user.set_password(DEMO_PASSWORD)
+                user.save(update_fields=["password"])
+            Membership.objects.get_or_create(user=user, organization=org, defaults={"role": role})
+        second = Organization.objects.filter(slug="demo-imaging-center").first()
+        if second is None:
+            second = organization_create(
+                name="Demo Imaging Center",
+                slug="demo-imaging-center",
+                owner_email=DEMO_EMAIL,
+                actor=actor,
+            )
+        if not options["quiet"]:
+            self.stdout.write(
+                "\nDemo ready: open http://localhost:8000/ and sign in as\n"
+                f"  email:    {DEMO_EMAIL}\n  password: {DEMO_PASSWORD}\n"
+                f"Organizations: {org.slug}, {second.slug}. Other demo accounts use the same password:\n"
+                + "".join(f"  {email} ({role})\n" for email, role in STAFF)
+            )
