@@ -167,6 +167,10 @@ WEBHOOK_MAX_ATTEMPTS = env.integer("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_RETRY_BASE_SECONDS = env.integer("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=0)
 WEBHOOK_FAILING_AFTER = env.integer("WEBHOOK_FAILING_AFTER", 3, minimum=1)
 
+# Billing
+BILLING_GRACE_DAYS = env.integer("BILLING_GRACE_DAYS", 3, minimum=0)
+BILLING_MAX_REPORT_DAYS = env.integer("BILLING_MAX_REPORT_DAYS", 400, minimum=1)
+
 LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 LOGGING = {
     "version": 1,

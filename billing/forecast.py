@@ -1,0 +1,83 @@
+"""Month-end forecast: storage carried forward at its current level, other meters on their trend.
+
+For the month containing ``now``: storage byte-seconds so far plus the current balance per tier
+times the hours left; every other meter's month-to-date quantity scaled by total hours / elapsed
+hours (its average hourly rate so far). The projection is priced exactly like an invoice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from billing.invoicing import DraftLine, usage_lines
+from billing.meters import STORAGE
+from billing.periods import hours_between, month_bounds
+from billing.rollups import floor_hour
+from billing.selectors import storage_balance_now, usage_totals
+from tenants.models import Organization
+
+
+@dataclass
+class Forecast:
+    period_start: datetime
+    period_end: datetime
+    as_of: datetime
+    currency: str
+    actual: list[DraftLine]
+    projected: list[DraftLine]
+
+    @property
+    def actual_total(self) -> Decimal:
+        return sum((ln.amount for ln in self.actual), Decimal("0.00"))
+
+    @property
+    def projected_total(self) -> Decimal:
+        return sum((ln.amount for ln in self.projected), Decimal("0.00"))
+
+    def per_meter(self) -> list[dict[str, object]]:
+        rows: dict[tuple[str, str], dict[str, object]] = {}
+        for kind, lines in (("actual", self.actual), ("forecast", self.projected)):
+            for ln in lines:
+                key = (ln.meter or ln.kind, ln.tier)
+                row = rows.setdefault(
+                    key,
+                    {
+                        "meter": key[0],
+                        "tier": key[1],
+                        "actual": Decimal("0.00"),
+                        "forecast": Decimal("0.00"),
+                    },
+                )
+                row[kind] = row[kind] + ln.amount  # type: ignore[operator]
+        return list(rows.values())
+
+
+def forecast_month(*, org: Organization, now: datetime) -> Forecast:
+    start, end = month_bounds(now)
+    as_of = min(max(floor_hour(now), start), end)
+    balances = storage_balance_now(org=org)
+
+    def projected_totals(seg_start: datetime, seg_end: datetime) -> dict[tuple[str, str], int]:
+        so_far = usage_totals(org=org, start=seg_start, end=min(seg_end, as_of))
+        seg_elapsed = max(hours_between(seg_start, min(seg_end, as_of)), 0)
+        seg_hours = hours_between(seg_start, seg_end)
+        remaining = max(seg_hours - seg_elapsed, 0)
+        out: dict[tuple[str, str], int] = {}
+        for (meter, dim), qty in so_far.items():
+            if meter == STORAGE:
+                continue
+            out[(meter, dim)] = qty * seg_hours // max(seg_elapsed, 1) if seg_elapsed else qty
+        for tier, balance in balances.items():
+            key = (STORAGE, f"tier={tier}")
+            out[key] = so_far.get(key, 0) + balance * remaining * 3600
+        return out
+
+    actual, currency = usage_lines(org=org, period_start=start, period_end=end)
+    projector: Callable[[datetime, datetime], dict[tuple[str, str], int]] = projected_totals
+    projected, _ = usage_lines(
+        org=org, period_start=start, period_end=end, totals_by_segment=projector
+    )
+    return Forecast(start, end, as_of, currency, actual, projected)

@@ -1,0 +1,168 @@
+"""The public metering API: how other apps report consumption. Import only from here.
+
+Every call writes inside the caller's transaction, so a usage event or ledger delta commits or
+rolls back together with the change it bills. A repeated idempotency key is a no-op, enforced by a
+unique constraint (INSERT ... ON CONFLICT DO NOTHING / a savepoint), never by read-then-write.
+
+    with transaction.atomic():
+        instance = Instance.objects.create(...)
+        record_usage(org=org, meter="ingest.bytes", quantity=size, at=now,
+                     idempotency_key=f"ingest:{instance.sop_uid}")
+        storage_delta(org=org, tier="hot", delta_bytes=size, at=now,
+                      idempotency_key=f"store:{instance.sop_uid}")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.meters import TIERS, dimension_key, meter_get
+from billing.models import StorageDelta, UsageEvent
+from tenants.errors import ValidationFailed
+from tenants.models import Organization
+
+BULK_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One event for ``record_usage_bulk``."""
+
+    meter: str
+    quantity: int
+    at: datetime
+    idempotency_key: str
+    dimensions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One ledger delta for ``storage_delta_bulk``."""
+
+    tier: str
+    delta_bytes: int
+    at: datetime
+    idempotency_key: str
+
+
+def _fail(field_name: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, code="invalid_usage", fields={field_name: [message]})
+
+
+def _check_at(at: Any) -> None:
+    if not isinstance(at, datetime):
+        raise _fail("at", "'at' must be a datetime.")
+    if timezone.is_naive(at):
+        raise _fail("at", "'at' must be timezone-aware (UTC); a naive datetime is ambiguous.")
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise _fail(
+            "idempotency_key",
+            "The idempotency key must be a non-empty string of at most 200 characters.",
+        )
+
+
+def _check_tier(tier: Any) -> None:
+    if tier not in TIERS:
+        raise _fail("tier", f"Unknown tier {tier!r}; tiers are {', '.join(TIERS)}.")
+
+
+def _usage_row(org: Organization, item: Usage) -> UsageEvent:
+    try:
+        meter = meter_get(item.meter)
+    except ValueError as exc:
+        raise _fail("meter", str(exc)) from None
+    if meter.key == "storage":
+        raise _fail("meter", "Storage is metered through storage_delta(), not record_usage().")
+    if not isinstance(item.quantity, int) or isinstance(item.quantity, bool):
+        raise _fail("quantity", "The quantity must be an integer in the meter's base unit.")
+    if item.quantity < 0:
+        raise _fail("quantity", f"The quantity of {meter.key} cannot be negative.")
+    _check_at(item.at)
+    _check_key(item.idempotency_key)
+    dims = {str(k): str(v) for k, v in (item.dimensions or {}).items()}
+    if meter.by_tier:
+        _check_tier(dims.get("tier"))
+    elif "tier" in dims:
+        _check_tier(dims["tier"])
+    return UsageEvent(
+        organization=org,
+        meter=meter.key,
+        quantity=item.quantity,
+        at=item.at,
+        idempotency_key=item.idempotency_key,
+        dimensions=dims,
+        dimension_key=dimension_key(dims),
+    )
+
+
+def _delta_row(org: Organization, item: Delta) -> StorageDelta:
+    _check_tier(item.tier)
+    if not isinstance(item.delta_bytes, int) or isinstance(item.delta_bytes, bool):
+        raise _fail("delta_bytes", "delta_bytes must be an integer.")
+    _check_at(item.at)
+    _check_key(item.idempotency_key)
+    return StorageDelta(
+        organization=org,
+        tier=item.tier,
+        delta_bytes=item.delta_bytes,
+        at=item.at,
+        idempotency_key=item.idempotency_key,
+    )
+
+
+def _insert_once(row: UsageEvent | StorageDelta) -> bool:
+    # The savepoint keeps the caller's transaction usable when the key already exists.
+    try:
+        with transaction.atomic():
+            row.save(force_insert=True)
+        return True
+    except IntegrityError:
+        return False
+
+
+def record_usage(
+    *,
+    org: Organization,
+    meter: str,
+    quantity: int,
+    at: datetime,
+    idempotency_key: str,
+    dimensions: dict[str, str] | None = None,
+) -> bool:
+    """Record one usage event. Returns False when the idempotency key was already recorded."""
+    row = _usage_row(org, Usage(meter, quantity, at, idempotency_key, dimensions or {}))
+    return _insert_once(row)
+
+
+def storage_delta(
+    *, org: Organization, tier: str, delta_bytes: int, at: datetime, idempotency_key: str
+) -> bool:
+    """Append a ledger delta (+ stored, - removed). Returns False for an already-seen key."""
+    return _insert_once(_delta_row(org, Delta(tier, delta_bytes, at, idempotency_key)))
+
+
+def record_usage_bulk(*, org: Organization, events: Iterable[Usage]) -> int:
+    """Record many events in few statements; repeated keys are skipped. Returns the number offered.
+
+    Every event is validated before anything is written: one bad event records nothing.
+    """
+    rows = [_usage_row(org, item) for item in events]
+    for start in range(0, len(rows), BULK_BATCH):
+        UsageEvent.objects.bulk_create(rows[start : start + BULK_BATCH], ignore_conflicts=True)
+    return len(rows)
+
+
+def storage_delta_bulk(*, org: Organization, deltas: Iterable[Delta]) -> int:
+    rows = [_delta_row(org, item) for item in deltas]
+    for start in range(0, len(rows), BULK_BATCH):
+        StorageDelta.objects.bulk_create(rows[start : start + BULK_BATCH], ignore_conflicts=True)
+    return len(rows)

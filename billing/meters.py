@@ -1,0 +1,133 @@
+"""The meter catalog: every billable thing, its base unit and how it is billed.
+
+Base units are integers and exact. Storage is integrated from the ledger in byte-seconds (exact),
+reported as byte-hours (byte-seconds / 3600) and billed in GiB-months, as S3 does:
+``GiB-months = byte-hours / 2^30 / hours in the calendar month``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+GIB = 2**30
+
+TIERS = ("hot", "warm", "cold", "archive")
+
+
+@dataclass(frozen=True)
+class Meter:
+    key: str
+    label: str
+    base_unit: str
+    billing_unit: str
+    # How many base units make one billing unit; storage's divisor depends on the month (see above).
+    divisor: int
+    by_tier: bool = False
+    description: str = ""
+
+
+STORAGE = "storage"
+
+METERS: dict[str, Meter] = {
+    m.key: m
+    for m in [
+        Meter(
+            STORAGE,
+            "Storage",
+            "byte-second",
+            "GiB-month",
+            0,
+            by_tier=True,
+            description="Bytes stored per tier, integrated over time.",
+        ),
+        Meter(
+            "ingest.bytes",
+            "Ingest volume",
+            "byte",
+            "GiB",
+            GIB,
+            description="Bytes received and stored.",
+        ),
+        Meter(
+            "ingest.instances",
+            "Ingested instances",
+            "instance",
+            "1,000 instances",
+            1000,
+            description="DICOM instances received and stored.",
+        ),
+        Meter(
+            "egress.bytes",
+            "Egress",
+            "byte",
+            "GiB",
+            GIB,
+            description="Bytes read out (WADO-RS, downloads).",
+        ),
+        Meter(
+            "restore.bytes",
+            "Restores",
+            "byte",
+            "GiB",
+            GIB,
+            description="Bytes brought back from archive.",
+        ),
+        Meter(
+            "tier.transitions",
+            "Tier transitions",
+            "object",
+            "1,000 transitions",
+            1000,
+            by_tier=True,
+            description="Objects moved between tiers (dimension: target tier).",
+        ),
+        Meter(
+            "early_deletion",
+            "Early deletion",
+            "byte-day",
+            "GiB-day",
+            GIB,
+            by_tier=True,
+            description="Byte-days charged when data leaves a tier before its minimum storage duration.",
+        ),
+        Meter(
+            "compute.seconds",
+            "Compute",
+            "second",
+            "hour",
+            3600,
+            description="Worker CPU seconds spent on the organization's jobs.",
+        ),
+        Meter(
+            "api.requests",
+            "API requests",
+            "request",
+            "1,000 requests",
+            1000,
+            description="REST API and DICOMweb requests.",
+        ),
+    ]
+}
+
+
+def meter_get(key: str) -> Meter:
+    try:
+        return METERS[key]
+    except KeyError:
+        raise ValueError(f"Unknown meter {key!r}; known meters: {', '.join(METERS)}.") from None
+
+
+def dimension_key(dimensions: dict[str, str] | None) -> str:
+    """A stable text form of dimensions, used for grouping: ``tier=hot`` or ``""``."""
+    if not dimensions:
+        return ""
+    return ",".join(f"{k}={dimensions[k]}" for k in sorted(dimensions))
+
+
+def billing_quantity(meter: Meter, base_quantity: int, *, hours_in_month: int) -> Decimal:
+    """Base units to billing units, exact (Decimal); rounding happens on the invoice line only."""
+    if meter.key == STORAGE:
+        # byte-seconds -> byte-hours -> GiB-months
+        return Decimal(base_quantity) / Decimal(3600) / Decimal(GIB) / Decimal(hours_in_month)
+    return Decimal(base_quantity) / Decimal(meter.divisor)
