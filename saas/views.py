@@ -1,23 +1,40 @@
+"""The portal shell: sign-in, the list of a user's organizations, the dashboard, error pages."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.forms import AuthenticationForm
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, HttpResponseServerError, JsonResponse
 from django.shortcuts import redirect, render
+from django.template import loader
 
 from saas.portal import PortalContext, org_view
-from tenants.selectors import memberships_for_user
+from tenants import selectors
+from tenants.forms import EmailAuthenticationForm
+from tenants.models import WebhookEndpoint
+from tenants.roles import Perm, Role
+
+DASHBOARD_AUDIT_EVENTS = 10
+DASHBOARD_INVITATIONS = 10
 
 
 class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
+    form_class = EmailAuthenticationForm
+
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        response.status_code = 400
+        return response
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    memberships = list(memberships_for_user(user=request.user))
+    memberships = list(selectors.memberships_for_user(user=request.user))
     if len(memberships) == 1:
         return redirect("portal-dashboard", memberships[0].organization.slug)
     return render(request, "saas/home.html", {"memberships": memberships})
@@ -25,7 +42,42 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @org_view()
 def dashboard(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    return render(request, "saas/dashboard.html", {"ctx": ctx})
+    org = ctx.org
+    by_role = dict(
+        selectors.member_list(org=org)
+        .order_by()
+        .values_list("role")
+        .annotate(count=Count("id"))
+        .values_list("role", "count")
+    )
+    roles = [{"value": v, "label": label, "count": by_role.get(v, 0)} for v, label in Role.choices]
+    endpoints = list(selectors.webhook_list(org=org))
+    pending = selectors.invitation_list(org=org, state="pending")
+    # "Active" is the model's own definition (not revoked, not expired); an organization has few
+    # tokens, so they are counted here rather than re-stating the rule as a query.
+    active_tokens = sum(
+        1 for t in selectors.token_list(org=org, include_revoked=False) if t.state == "active"
+    )
+    context: dict[str, Any] = {
+        "ctx": ctx,
+        "active_section": "dashboard",
+        "roles": roles,
+        "member_total": sum(r["count"] for r in roles),
+        "active_tokens": active_tokens,
+        "endpoints": endpoints,
+        "endpoint_states": {
+            state: sum(1 for e in endpoints if e.state == state)
+            for state in WebhookEndpoint.State.values
+        },
+        "pending_count": pending.count(),
+        "pending_invitations": list(pending[:DASHBOARD_INVITATIONS]),
+        "audit_events": (
+            list(selectors.audit_list(org=org)[:DASHBOARD_AUDIT_EVENTS])
+            if ctx.can(Perm.AUDIT_READ)
+            else None
+        ),
+    }
+    return render(request, "saas/dashboard.html", context)
 
 
 def not_found(request: HttpRequest, exception: Any = None) -> HttpResponse:
@@ -42,4 +94,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
             {"error": {"code": "server_error", "message": "Internal error.", "fields": {}}},
             status=500,
         )
-    return render(request, "500.html", status=500)
+    # No request context: the context processors query the database, which may be what failed.
+    return HttpResponseServerError(loader.get_template("500.html").render())

@@ -7,16 +7,18 @@ field errors appear next to the field they name.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.forms import AuthenticationForm
 
 from tenants.errors import ServiceError
 from tenants.roles import Role, Scope
 from tenants.webhooks import EVENT_TYPES
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def form_apply_service_error(form: forms.Form, exc: ServiceError) -> None:
@@ -206,12 +208,14 @@ class InvitationSignupForm(PortalForm):
         super().__init__(*args, **kwargs)
         self.email = email
 
-    def _unsaved_user(self) -> AbstractBaseUser:
+    def _unsaved_user(self) -> User:
         first, _, last = (self.cleaned_data.get("name") or "").strip().partition(" ")
-        user: Any = get_user_model()(username=self.email, email=self.email)
-        user.first_name = first[:150]
-        user.last_name = last.strip()[:150]
-        return user
+        return get_user_model()(
+            username=self.email,
+            email=self.email,
+            first_name=first[:150],
+            last_name=last.strip()[:150],
+        )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -225,7 +229,7 @@ class InvitationSignupForm(PortalForm):
                 self.add_error("password1", exc)
         return cleaned
 
-    def save(self) -> AbstractBaseUser:
+    def save(self) -> User:
         """Create the user. Call inside the transaction that also accepts the invitation."""
         user = self._unsaved_user()
         user.set_password(self.cleaned_data["password1"])

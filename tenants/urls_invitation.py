@@ -1,3 +1,9 @@
-from django.urls import URLPattern
+"""The public invitation page, mounted at ``/invitations/<secret>/``."""
 
-urlpatterns: list[URLPattern] = []
+from django.urls import URLPattern, path
+
+from tenants import views
+
+urlpatterns: list[URLPattern] = [
+    path("", views.invitation_accept, name="invitation-accept"),
+]
