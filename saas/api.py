@@ -33,19 +33,39 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
-def _flatten_fields(detail: Any) -> dict[str, Any]:
+def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail -> {"field" or "field.sub": [messages]}.
+
+    Errors of list items stay on the list's field, prefixed with the item's position.
+    """
+    out: dict[str, list[str]] = {}
+
+    def add(key: str, messages: list[str]) -> None:
+        out.setdefault(key or "non_field_errors", []).extend(messages)
+
     if isinstance(detail, dict):
-        return {
-            key: [str(v) for v in value]
-            if isinstance(value, list)
-            else _flatten_fields(value)
-            if isinstance(value, dict)
-            else [str(value)]
-            for key, value in detail.items()
-        }
-    if isinstance(detail, list):
-        return {"non_field_errors": [str(v) for v in detail]}
-    return {"non_field_errors": [str(detail)]}
+        for key, value in detail.items():
+            if isinstance(key, int) or str(key).isdigit():
+                for sub_key, messages in _flatten_fields(value).items():
+                    item = f"Item {int(key) + 1}: "
+                    target = prefix if sub_key == "non_field_errors" else f"{prefix}.{sub_key}"
+                    add(target, [item + m for m in messages])
+            else:
+                for sub_key, messages in _flatten_fields(
+                    value, f"{prefix}.{key}" if prefix else str(key)
+                ).items():
+                    add(sub_key, messages)
+    elif isinstance(detail, list):
+        for i, value in enumerate(detail):
+            if isinstance(value, dict | list):
+                if value:
+                    for sub_key, messages in _flatten_fields({i: value}, prefix).items():
+                        add(sub_key, messages)
+            else:
+                add(prefix, [str(value)])
+    else:
+        add(prefix, [str(detail)])
+    return out
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

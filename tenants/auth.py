@@ -60,6 +60,7 @@ class BearerTokenAuthentication(BaseAuthentication):
         try:
             raw = header[1].decode()
         except UnicodeDecodeError:
+            self._audit_failure(request, None, "token_malformed")
             raise exceptions.AuthenticationFailed(
                 "The bearer token is malformed.", code="token_malformed"
             ) from None

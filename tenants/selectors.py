@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from tenants.errors import NotFound
 from tenants.models import (
@@ -18,6 +18,22 @@ from tenants.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+
+
+def organization_list(*, status: str | None = None, q: str | None = None) -> QuerySet[Organization]:
+    qs = Organization.objects.all()
+    if status:
+        qs = qs.filter(status=status)
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(slug__icontains=q))
+    return qs.order_by("name", "id")
+
+
+def organization_get(*, organization_id: int | str) -> Organization:
+    try:
+        return Organization.objects.get(pk=int(organization_id))
+    except (Organization.DoesNotExist, ValueError):
+        raise NotFound("Organization not found.") from None
 
 
 def organization_get_by_slug(*, slug: str) -> Organization:
@@ -104,7 +120,7 @@ def audit_list(
     until: datetime | None = None,
 ) -> QuerySet[AuditEvent]:
     """Audit events of one organization; ``since`` inclusive, ``until`` exclusive."""
-    qs = AuditEvent.objects.for_org(org)
+    qs = AuditEvent.objects.for_org(org).select_related("actor_user")
     if actor:
         qs = qs.filter(actor_label__icontains=actor)
     if action:

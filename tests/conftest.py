@@ -95,12 +95,12 @@ def chromium_path() -> str:
 
 @pytest.fixture
 def org(db: Any) -> Organization:
-    return OrganizationFactory(name="St. Mary Hospital", slug="st-mary")
+    return OrganizationFactory.create(name="St. Mary Hospital", slug="st-mary")
 
 
 @pytest.fixture
 def other_org(db: Any) -> Organization:
-    return OrganizationFactory(name="Other Clinic", slug="other-clinic")
+    return OrganizationFactory.create(name="Other Clinic", slug="other-clinic")
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def make_member(db: Any) -> Callable[..., Membership]:
         kwargs: dict[str, Any] = {"organization": org, "role": role}
         if email:
             kwargs["user"] = UserFactory(email=email, username=email)
-        return MembershipFactory(**kwargs)
+        return MembershipFactory.create(**kwargs)
 
     return make
 
