@@ -141,6 +141,8 @@ class OrgAPIView(APIView):
             self.org = org
             self.granted = membership.permissions
             self.actor = Actor.from_request(request._request)
+        # Read by saas.middleware.ApiUsageMiddleware to meter the request for this organization.
+        request._request.strata_org = self.org  # type: ignore[attr-defined]
         needed = self.permissions_required.get(request.method or "GET")
         if needed is None and request.method in ("HEAD", "OPTIONS"):
             needed = self.permissions_required.get("GET")
