@@ -16,7 +16,10 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "webhook-sweep": {"task": "tenants.tasks.webhook_sweep", "schedule": crontab(minute="*/5")},
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
-    "billing-finalize": {"task": "billing.tasks.billing_finalize_due", "schedule": crontab(minute=15, hour="*")},
+    "billing-finalize": {
+        "task": "billing.tasks.billing_finalize_due",
+        "schedule": crontab(minute=15, hour="*"),
+    },
 }
 app.conf.task_default_queue = "celery"
 # Work is routed by app to its own queue so each can get its own workers (see DESIGN.md).

@@ -11,7 +11,8 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
 from tenants.context import Actor
@@ -27,7 +28,12 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     {"key": "ingest", "label": "Ingest", "url_name": None, "perm": "images.write"},
     {"key": "policies", "label": "Archive policies", "url_name": None, "perm": "policies.manage"},
     {"key": "storage", "label": "Storage", "url_name": None, "perm": "storage.manage"},
-    {"key": "billing", "label": "Usage & billing", "url_name": None, "perm": "invoices.view"},
+    {
+        "key": "billing",
+        "label": "Usage & billing",
+        "url_name": None,
+        "perm": "invoices.view",
+    },
     {"key": "members", "label": "Members", "url_name": "portal-members", "perm": "members.view"},
     {"key": "tokens", "label": "API tokens", "url_name": "portal-tokens", "perm": "tokens.manage"},
     {
@@ -53,13 +59,15 @@ class PortalContext:
 
 def org_view(
     permission: str = "org.view",
-) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
     """Decorate a portal view ``view(request, ctx: PortalContext, ...)`` under ``/o/<slug>/``."""
 
-    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    def decorator(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
         @login_required
         @wraps(view)
-        def wrapper(request: HttpRequest, org_slug: str, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(
+            request: HttpRequest, org_slug: str, *args: Any, **kwargs: Any
+        ) -> HttpResponseBase:
             org = Organization.objects.filter(slug=org_slug).first()
             membership = membership_for_user(org=org, user=request.user) if org else None
             if org is None or membership is None:

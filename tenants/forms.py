@@ -149,7 +149,6 @@ class AuditFilterForm(PortalForm):
         label="Until",
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
-        help_text="Inclusive; dates are UTC.",
     )
 
     def __init__(self, *args: Any, actions: list[str], **kwargs: Any) -> None:
@@ -228,10 +227,3 @@ class InvitationSignupForm(PortalForm):
             except forms.ValidationError as exc:
                 self.add_error("password1", exc)
         return cleaned
-
-    def save(self) -> User:
-        """Create the user. Call inside the transaction that also accepts the invitation."""
-        user = self._unsaved_user()
-        user.set_password(self.cleaned_data["password1"])
-        user.save()
-        return user

@@ -128,6 +128,8 @@ def organization_create(
                 owner.set_password(owner_password)
                 owner.save(update_fields=["password"])
             Membership.objects.create(user=owner, organization=org, role=Role.OWNER)
+            if not owner.has_usable_password():
+                transaction.on_commit(lambda: _owner_send_welcome(org=org, user=owner))
             audit_record(
                 org=org,
                 actor=actor,
@@ -141,6 +143,31 @@ def organization_create(
             fields={"slug": [f"An organization with slug '{slug}' already exists."]},
         ) from None
     return org
+
+
+def _owner_send_welcome(*, org: Organization, user: User) -> None:
+    """A new owner has no password yet: send a one-time link to set it (Django's reset token)."""
+    from django.contrib.auth.tokens import default_token_generator
+    from django.urls import reverse
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    path = reverse(
+        "password_reset_confirm",
+        kwargs={
+            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
+            "token": default_token_generator.make_token(user),
+        },
+    )
+    send_mail(
+        subject=f"Your Strata organization {org.name} is ready",
+        message=(
+            f"{org.name} has been created on Strata with you as its owner.\n\n"
+            f"Set your password to sign in: {settings.SITE_URL}{path}\n"
+        ),
+        from_email=None,
+        recipient_list=[user.email],
+    )
 
 
 def organization_update(*, org: Organization, actor: Actor, name: str) -> Organization:
@@ -392,6 +419,43 @@ def invitation_accept(*, secret: str, user: User, actor: Actor) -> Membership:
             details={"role": membership.role, "new_member": created},
         )
     return membership
+
+
+def invitation_signup(*, secret: str, name: str, password: str, actor: Actor) -> Membership:
+    """Create the invited person's account and accept the invitation, in one transaction.
+
+    The email comes from the invitation. A refused acceptance leaves no account behind; an
+    existing account for the email must sign in and accept instead.
+    """
+    user_model = get_user_model()
+    with transaction.atomic():
+        invitation = invitation_get_by_secret(secret=secret)
+        if user_model.objects.filter(email__iexact=invitation.email).exists():
+            raise Conflict(
+                "An account with this email address already exists; sign in to accept.",
+                code="account_exists",
+            )
+        first, _, last = (name or "").strip().partition(" ")
+        user = user_model(
+            username=invitation.email,
+            email=invitation.email,
+            first_name=first[:150],
+            last_name=last.strip()[:150],
+        )
+        user.set_password(password)
+        try:
+            with transaction.atomic():
+                user.save()
+        except IntegrityError:
+            raise Conflict(
+                "An account with this email address already exists; sign in to accept.",
+                code="account_exists",
+            ) from None
+        return invitation_accept(
+            secret=secret,
+            user=user,
+            actor=Actor(user=user, ip=actor.ip, user_agent=actor.user_agent),
+        )
 
 
 def invitation_revoke(*, org: Organization, invitation: Invitation, actor: Actor) -> Invitation:

@@ -251,3 +251,52 @@ def test_audit_events_are_append_only(org, owner):
         AuditEvent.objects.for_org(org).update(action="tampered")
     with pytest.raises(PermissionError):
         AuditEvent.objects.for_org(org).delete()
+
+
+def test_new_owner_gets_a_set_password_link(django_capture_on_commit_callbacks, client):
+    with django_capture_on_commit_callbacks(execute=True):
+        organization_create(
+            name="East", slug="east", owner_email="new.owner@east.example", actor=Actor.system()
+        )
+    assert len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert message.to == ["new.owner@east.example"]
+    link = next(word for word in message.body.split() if "/accounts/reset/" in word)
+    path = link.split("localhost:8000", 1)[1]
+    response = client.get(path, follow=True)
+    assert response.status_code == 200
+    assert b"new_password1" in response.content
+
+
+def test_invitation_signup_creates_account_and_membership(org, owner):
+    from tenants.services import invitation_signup
+
+    _, secret = invitation_create(
+        org=org, email="fresh@stmary.example", role=Role.AUDITOR, actor=as_user(owner)
+    )
+    membership = invitation_signup(
+        secret=secret, name="Fresh Face", password="a-long-passphrase-9", actor=Actor()
+    )
+    assert membership.role == Role.AUDITOR
+    assert membership.user.check_password("a-long-passphrase-9")
+    assert membership.user.first_name == "Fresh"
+    with pytest.raises(Conflict):
+        invitation_signup(
+            secret=secret, name="Again", password="a-long-passphrase-9", actor=Actor()
+        )
+
+
+def test_invitation_signup_refused_leaves_no_account(org, owner):
+    from django.contrib.auth import get_user_model
+
+    from tenants.services import invitation_signup
+
+    invitation, secret = invitation_create(
+        org=org, email="late2@stmary.example", role=Role.MEMBER, actor=as_user(owner)
+    )
+    Invitation.objects.filter(pk=invitation.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    with pytest.raises(Conflict):
+        invitation_signup(secret=secret, name="Late", password="a-long-passphrase-9", actor=Actor())
+    assert not get_user_model().objects.filter(email="late2@stmary.example").exists()
