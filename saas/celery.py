@@ -15,6 +15,7 @@ app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
     "webhook-sweep": {"task": "tenants.tasks.webhook_sweep", "schedule": crontab(minute="*/5")},
+    "archive-orphans": {"task": "archive.tasks.archive_orphans_cleanup", "schedule": crontab(minute="*/15")},
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
     "billing-finalize": {
         "task": "billing.tasks.billing_finalize_due",
@@ -26,6 +27,7 @@ app.conf.task_default_queue = "celery"
 app.conf.task_routes = {
     "tenants.tasks.webhook_*": {"queue": "webhooks"},
     "archive.tasks.ingest_*": {"queue": "ingest"},
+    "archive.tasks.study_*": {"queue": "ingest"},
     "archive.tasks.tier_*": {"queue": "tiering"},
     "billing.tasks.*": {"queue": "billing"},
 }

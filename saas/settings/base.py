@@ -169,6 +169,20 @@ WEBHOOK_MAX_ATTEMPTS = env.integer("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_RETRY_BASE_SECONDS = env.integer("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=0)
 WEBHOOK_FAILING_AFTER = env.integer("WEBHOOK_FAILING_AFTER", 3, minimum=1)
 
+# Archive: the platform's default storage location (hospitals may add their own buckets).
+ARCHIVE_BACKEND = env.choice("ARCHIVE_BACKEND", "FILESYSTEM", ["FILESYSTEM", "S3"]).lower()
+ARCHIVE_ROOT = env.path("ARCHIVE_ROOT", VAR_DIR / "archive")
+ARCHIVE_SPOOL_ROOT = env.path("ARCHIVE_SPOOL_ROOT", VAR_DIR / "spool")
+ARCHIVE_S3_ENDPOINT_URL = env.string("ARCHIVE_S3_ENDPOINT_URL", "") or None
+ARCHIVE_S3_REGION = env.string("ARCHIVE_S3_REGION", "us-east-1")
+ARCHIVE_S3_BUCKET = env.string("ARCHIVE_S3_BUCKET", "strata-archive")
+ARCHIVE_S3_PREFIX = env.string("ARCHIVE_S3_PREFIX", "")
+ARCHIVE_S3_ACCESS_KEY_ID = env.string("ARCHIVE_S3_ACCESS_KEY_ID", "") or None
+ARCHIVE_S3_SECRET_ACCESS_KEY = env.string("ARCHIVE_S3_SECRET_ACCESS_KEY", "") or None
+STORAGE_CREDENTIALS_KEY = env.string("STORAGE_CREDENTIALS_KEY", "") or SECRET_KEY
+ARCHIVE_ORPHAN_AGE_MINUTES = env.integer("ARCHIVE_ORPHAN_AGE_MINUTES", 60, minimum=1)
+ARCHIVE_SETTLE_SECONDS = env.integer("ARCHIVE_SETTLE_SECONDS", 120, minimum=0)
+
 # Billing
 BILLING_GRACE_DAYS = env.integer("BILLING_GRACE_DAYS", 3, minimum=0)
 BILLING_MAX_REPORT_DAYS = env.integer("BILLING_MAX_REPORT_DAYS", 400, minimum=1)

@@ -1,0 +1,136 @@
+"""Any S3 API (AWS S3, MinIO, Ceph) through boto3. Tiers are storage classes."""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from archive.storage.base import CHUNK, StorageUnavailable, StoredObject
+
+# Multipart above 64 MiB keeps memory flat for 3 GB objects (a few parts in flight at a time).
+TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
+)
+
+
+class S3Store:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        storage_classes: dict[str, str],
+        encryption: str = "",
+        kms_key_id: str = "",
+        spool_root: str | None = None,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.storage_classes = storage_classes
+        self.encryption = encryption
+        self.kms_key_id = kms_key_id
+        self._spool_root = spool_root
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or None,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+            config=Config(
+                retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _extra(self, tier: str) -> dict[str, str]:
+        extra = {"StorageClass": self.storage_classes[tier]}
+        if self.encryption:
+            extra["ServerSideEncryption"] = self.encryption
+            if self.encryption == "aws:kms" and self.kms_key_id:
+                extra["SSEKMSKeyId"] = self.kms_key_id
+        return extra
+
+    def spool_dir(self) -> Path:
+        path = Path(self._spool_root or tempfile.gettempdir()) / "strata-incoming"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put_file(self, *, key: str, path: Path, tier: str, sha256: str) -> StoredObject:
+        extra = self._extra(tier)
+        if sha256:
+            # S3 verifies the SHA-256 itself for a single-part upload.
+            if path.stat().st_size < TRANSFER.multipart_threshold:
+                extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+            extra["Metadata"] = {"sha256": sha256}  # type: ignore[assignment]
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=TRANSFER
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"Could not store {key}: {exc}") from exc
+        finally:
+            path.unlink(missing_ok=True)
+        stored = self.head(key=key, tier=tier)
+        if stored is None:
+            raise StorageUnavailable(f"{key} is missing right after it was stored.")
+        return stored
+
+    def head(self, *, key: str, tier: str) -> StoredObject | None:
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StorageUnavailable(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        return StoredObject(
+            key=key,
+            size=int(meta["ContentLength"]),
+            storage_class=meta.get("StorageClass", "STANDARD"),
+        )
+
+    def iter_bytes(self, *, key: str, tier: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"Could not read {key}: {exc}") from exc
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def delete(self, *, key: str, tier: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
+    def probe(self) -> str:
+        key = f"_probe/{uuid.uuid4().hex}"
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=b"strata-probe", **self._extra("hot")
+            )
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if body != b"strata-probe":
+            raise StorageUnavailable("The probe object read back different bytes.")
+        return f"Wrote, read and deleted a probe object in s3://{self.bucket}/{self.prefix}."

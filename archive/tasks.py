@@ -1,0 +1,20 @@
+"""Thin archive tasks: load by id, call one service, safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from archive import ingest
+
+
+@shared_task(ignore_result=True)
+def study_settle(org_id: int, study_id: int) -> None:
+    """Emit ``ingest.completed`` once a study stops receiving instances."""
+    from archive.services import study_settle_check
+
+    study_settle_check(org_id=org_id, study_id=study_id)
+
+
+@shared_task(ignore_result=True)
+def archive_orphans_cleanup() -> int:
+    return ingest.orphans_cleanup()
