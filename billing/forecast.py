@@ -15,7 +15,7 @@ from decimal import Decimal
 from billing.invoicing import DraftLine, usage_lines
 from billing.meters import STORAGE
 from billing.periods import hours_between, month_bounds
-from billing.rollups import floor_hour
+from billing.rollups import HOUR, floor_hour
 from billing.selectors import storage_balance_now, usage_totals
 from tenants.models import Organization
 
@@ -65,11 +65,20 @@ def forecast_month(*, org: Organization, now: datetime) -> Forecast:
         seg_elapsed = max(hours_between(seg_start, min(seg_end, as_of)), 0)
         seg_hours = hours_between(seg_start, seg_end)
         remaining = max(seg_hours - seg_elapsed, 0)
+        # Events of the current, unfinished hour are already rolled up (and billed as actual
+        # usage): they are added once, not extrapolated, so the projection never falls below it.
+        current = (
+            usage_totals(org=org, start=as_of, end=min(seg_end, as_of + HOUR))
+            if seg_start <= as_of < seg_end
+            else {}
+        )
         out: dict[tuple[str, str], int] = {}
-        for (meter, dim), qty in so_far.items():
+        for meter, dim in set(so_far) | set(current):
             if meter == STORAGE:
                 continue
-            out[(meter, dim)] = qty * seg_hours // max(seg_elapsed, 1) if seg_elapsed else qty
+            qty = so_far.get((meter, dim), 0)
+            trend = qty * seg_hours // seg_elapsed if seg_elapsed else qty
+            out[(meter, dim)] = trend + current.get((meter, dim), 0)
         for tier, balance in balances.items():
             key = (STORAGE, f"tier={tier}")
             out[key] = so_far.get(key, 0) + balance * remaining * 3600

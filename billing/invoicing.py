@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db.models import Q, Sum
 
-from billing.meters import METERS, billing_quantity
+from billing.meters import METERS, TIERS, billing_quantity
 from billing.models import Invoice, InvoiceLine, PlanPrice, PricePlan, Subscription
 from billing.periods import hours_between, month_bounds, month_start
 from billing.pricing import PriceSpec, parse_tiers, price, round_money
@@ -198,11 +198,13 @@ def usage_lines(
                     )
                 )
     order = {k: i for i, k in enumerate(METERS)}
+    tier_order = {f"tier={t}": i for i, t in enumerate(TIERS)}
     lines.sort(
         key=lambda ln: (
             ln.kind != "usage",
             ln.usage_start or period_start,
             order.get(ln.meter, 99),
+            tier_order.get(ln.dimension_key, 99),
             ln.dimension_key,
         )
     )

@@ -258,7 +258,9 @@ class InvoiceLine(models.Model):
     usage_start = models.DateTimeField(null=True, blank=True)
     usage_end = models.DateTimeField(null=True, blank=True)
     plan_code = models.CharField(max_length=50, blank=True)
-    base_quantity = models.BigIntegerField(default=0)
+    # A month of storage in byte-seconds passes 2^63 at about 3.3 TiB: exact on PostgreSQL
+    # (numeric); SQLite, the development default, keeps 15 significant digits beyond 2^63.
+    base_quantity = models.DecimalField(max_digits=38, decimal_places=0, default=Decimal(0))
     quantity = models.DecimalField(max_digits=24, decimal_places=9, default=Decimal("0"))
     unit = models.CharField(max_length=32, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2)

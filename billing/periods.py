@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from django.utils import timezone
 
@@ -50,7 +50,7 @@ def check_range(
             "The range is reversed or empty: 'end' must be after 'start'.",
             fields={"end": ["Must be after start."]},
         )
-    if (end - start).days > max_days:
+    if end - start > timedelta(days=max_days):
         raise ValidationFailed(
             f"The range is longer than {max_days} days.",
             fields={"end": [f"At most {max_days} days after start."]},

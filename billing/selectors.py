@@ -7,7 +7,8 @@ from datetime import datetime
 from django.db.models import Max, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
-from billing.models import Rollup
+from billing.models import Budget, BudgetAlert, Invoice, InvoiceLine, Rollup
+from tenants.errors import NotFound
 from tenants.models import Organization
 
 
@@ -93,3 +94,41 @@ def rollups_for_line(
         .filter(meter=meter, dimension_key=dimension_key, hour__gte=start, hour__lt=end)
         .order_by("hour")
     )
+
+
+def invoice_list(*, org: Organization) -> QuerySet[Invoice]:
+    return Invoice.objects.for_org(org).order_by("-id")
+
+
+def invoice_get(*, org: Organization, invoice_id: int) -> Invoice:
+    """One invoice of ``org`` with its lines and credit notes; another tenant's id is NotFound."""
+    invoice = (
+        Invoice.objects.for_org(org)
+        .select_related("organization")
+        .prefetch_related("lines", "credit_notes")
+        .filter(pk=invoice_id)
+        .first()
+    )
+    if invoice is None:
+        raise NotFound("Invoice not found.")
+    return invoice
+
+
+def invoice_line_get(*, org: Organization, invoice_id: int, line_id: int) -> InvoiceLine:
+    line = (
+        InvoiceLine.objects.for_org(org)
+        .select_related("invoice")
+        .filter(pk=line_id, invoice_id=invoice_id)
+        .first()
+    )
+    if line is None:
+        raise NotFound("Invoice line not found.")
+    return line
+
+
+def budget_get(*, org: Organization) -> Budget | None:
+    return Budget.objects.for_org(org).first()
+
+
+def budget_alert_list(*, org: Organization) -> QuerySet[BudgetAlert]:
+    return BudgetAlert.objects.for_org(org).order_by("-id")

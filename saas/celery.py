@@ -15,7 +15,10 @@ app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
     "webhook-sweep": {"task": "tenants.tasks.webhook_sweep", "schedule": crontab(minute="*/5")},
-    "archive-orphans": {"task": "archive.tasks.archive_orphans_cleanup", "schedule": crontab(minute="*/15")},
+    "archive-orphans": {
+        "task": "archive.tasks.archive_orphans_cleanup",
+        "schedule": crontab(minute="*/15"),
+    },
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
     "billing-finalize": {
         "task": "billing.tasks.billing_finalize_due",

@@ -1,24 +1,10 @@
-"""The portal's tenant context: ``/o/<slug>/...`` pages resolve the organization and the member.
-
-A slug the user is not a member of answers 404 (never 403, never data); a missing permission
-answers 403 naming it; a suspended or closed organization is refused with a clear page.
-"""
+"""The portal shell's navigation: its sections, in order, and the permission each needs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest
-from django.http.response import HttpResponseBase
-from django.shortcuts import render
-
-from tenants.context import Actor
-from tenants.models import Membership, Organization
-from tenants.roles import PERMISSION_DESCRIPTIONS
-from tenants.selectors import membership_for_user
+from tenants.portal import PortalContext, org_view  # noqa: F401  (moved to tenants; kept importable)
 
 # The portal's sections, in navigation order. ``url_name`` None: the section is not available yet
 # for this deployment and is shown disabled (later capabilities enable it by naming its view).
@@ -31,7 +17,7 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     {
         "key": "billing",
         "label": "Usage & billing",
-        "url_name": None,
+        "url_name": "portal-billing",
         "perm": "invoices.view",
     },
     {"key": "members", "label": "Members", "url_name": "portal-members", "perm": "members.view"},
@@ -44,51 +30,3 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     },
     {"key": "audit", "label": "Audit log", "url_name": "portal-audit", "perm": "audit.read"},
 ]
-
-
-class PortalContext:
-    def __init__(self, org: Organization, membership: Membership, request: HttpRequest):
-        self.org = org
-        self.membership = membership
-        self.permissions = membership.permissions
-        self.actor = Actor.from_request(request)
-
-    def can(self, permission: str) -> bool:
-        return permission in self.permissions
-
-
-def org_view(
-    permission: str = "org.view",
-) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
-    """Decorate a portal view ``view(request, ctx: PortalContext, ...)`` under ``/o/<slug>/``."""
-
-    def decorator(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-        @login_required
-        @wraps(view)
-        def wrapper(
-            request: HttpRequest, org_slug: str, *args: Any, **kwargs: Any
-        ) -> HttpResponseBase:
-            org = Organization.objects.filter(slug=org_slug).first()
-            membership = membership_for_user(org=org, user=request.user) if org else None
-            if org is None or membership is None:
-                raise Http404("Organization not found.")
-            if not org.is_active:
-                return render(request, "saas/org_inactive.html", {"inactive_org": org}, status=403)
-            ctx = PortalContext(org, membership, request)
-            request.portal = ctx  # type: ignore[attr-defined]
-            if permission not in ctx.permissions:
-                return render(
-                    request,
-                    "saas/forbidden.html",
-                    {
-                        "ctx": ctx,
-                        "permission": permission,
-                        "permission_text": PERMISSION_DESCRIPTIONS.get(permission, permission),
-                    },
-                    status=403,
-                )
-            return view(request, ctx, *args, **kwargs)
-
-        return wrapper
-
-    return decorator

@@ -7,6 +7,7 @@ from saas import health, views
 
 api_v1 = [
     path("", include("tenants.urls_api")),
+    path("", include("billing.urls_api")),
 ]
 
 urlpatterns = [
@@ -44,6 +45,7 @@ urlpatterns = [
     path("invitations/<str:secret>/", include("tenants.urls_invitation")),
     path("o/<slug:org_slug>/", views.dashboard, name="portal-dashboard"),
     path("o/<slug:org_slug>/", include("tenants.urls_portal")),
+    path("o/<slug:org_slug>/billing/", include("billing.urls_portal")),
 ]
 
 handler404 = "saas.views.not_found"

@@ -12,10 +12,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseServerError, Json
 from django.shortcuts import redirect, render
 from django.template import loader
 
-from saas.portal import PortalContext, org_view
 from tenants import selectors
 from tenants.forms import EmailAuthenticationForm
 from tenants.models import WebhookEndpoint
+from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm, Role
 
 DASHBOARD_AUDIT_EVENTS = 10

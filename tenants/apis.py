@@ -1,10 +1,10 @@
 """REST API of the tenancy core: organization, members, invitations, tokens, audit log, webhooks.
 
-Every organization-scoped view subclasses ``saas.api.OrgAPIView``: the organization comes from the
+Every organization-scoped view subclasses ``tenants.api.OrgAPIView``: the organization comes from the
 bearer token (``/api/v1/...``) or, for a signed-in session, from the URL (``/api/v1/o/<slug>/...``),
 and ``permissions_required`` names the permission each HTTP method needs. Views stay thin: a
 serializer validates the input, a selector reads, a service writes (and writes the audit event),
-a serializer shapes the output. Service errors propagate to ``saas.api.exception_handler``.
+a serializer shapes the output. Service errors propagate to ``tenants.api.exception_handler``.
 
 The platform views at the end are not organization-scoped: they serve Strata's own staff.
 """
@@ -34,8 +34,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from saas.api import CursorPagination, OrgAPIView
 from tenants import selectors, services
+from tenants.api import CursorPagination, OrgAPIView
 from tenants.context import Actor
 from tenants.models import (
     ApiToken,

@@ -34,7 +34,6 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from saas.portal import PortalContext, org_view
 from tenants import selectors, services
 from tenants.context import Actor
 from tenants.errors import NotFound, ServiceError
@@ -48,6 +47,7 @@ from tenants.forms import (
     form_apply_service_error,
 )
 from tenants.models import AuditEvent, Invitation, Organization, WebhookEndpoint
+from tenants.portal import PortalContext, org_view
 from tenants.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, Scope
 from tenants.webhooks import EVENT_TYPES
 

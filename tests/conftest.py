@@ -207,3 +207,20 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+@pytest.fixture(autouse=True)
+def _default_price_plan(request: pytest.FixtureRequest) -> None:
+    """Keep the migration-shipped default plan present: transactional tests flush every table,
+    data migrations included, and later tests price usage with it."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None and not {"db", "transactional_db"} & set(request.fixturenames):
+        return
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from billing.models import PricePlan
+
+    if not PricePlan.objects.filter(code="standard").exists():
+        import_module("billing.migrations.0002_default_plan").create(apps, None)

@@ -4,7 +4,6 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import transaction
 
 from tenants.context import Actor
 from tenants.models import Membership, Organization
@@ -28,7 +27,6 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quiet", action="store_true")
 
-    @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         actor = Actor.system("manage.py seed_demo")
         User = get_user_model()
@@ -59,10 +57,29 @@ class Command(BaseCommand):
                 owner_email=DEMO_EMAIL,
                 actor=actor,
             )
+        studies = self._ingest_demo_studies(org)
         if not options["quiet"]:
             self.stdout.write(
                 "\nDemo ready: open http://localhost:8000/ and sign in as\n"
                 f"  email:    {DEMO_EMAIL}\n  password: {DEMO_PASSWORD}\n"
                 f"Organizations: {org.slug}, {second.slug}. Other demo accounts use the same password:\n"
                 + "".join(f"  {email} ({role})\n" for email, role in STAFF)
+                + f"Demo images: {studies} studies ingested through the pipeline.\n"
             )
+
+    def _ingest_demo_studies(self, org: Organization) -> int:
+        """A CT, an MR and a multi-frame tomosynthesis study, generated here and ingested for real."""
+        from archive.ingest import instance_ingest, location_primary, spool_chunks
+        from archive.models import Study
+        from archive.storage import store_for
+        from archive.synthetic import demo_studies, to_bytes
+
+        if Study.objects.for_org(org).exists():
+            return Study.objects.for_org(org).count()
+        store = store_for(location_primary(org))
+        for datasets in demo_studies():
+            for ds in datasets:
+                result = instance_ingest(org=org, spooled=spool_chunks(store, [to_bytes(ds)]))
+                if not result.ok:
+                    raise RuntimeError(f"demo ingest failed: {result.reason}")
+        return Study.objects.for_org(org).count()

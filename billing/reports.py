@@ -1,0 +1,848 @@
+"""Usage reports and invoice documents: JSON-ready rows, CSV and PDF.
+
+Everything here is a read. Usage comes only from rollups (``billing.selectors``), never from raw
+events or the ledger, so a report agrees with the invoice computed from the same rollups.
+
+Conventions every document states:
+
+- Base quantities are exact integers in the meter's base unit (storage: byte-seconds).
+- Billing quantities are derived from them exactly and shown to 9 decimal places (as invoice
+  lines store them). Storage: ``GiB-months = byte-hours / 2^30 / hours in the calendar month``,
+  so a range that spans months converts each month's usage with that month's hours.
+- Money: each invoice line is rounded half-up to the cent once; every total is the sum of the
+  rounded lines.
+- Times are UTC; a billing period and a report range are half-open ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from io import BytesIO
+from typing import Any
+from xml.sax.saxutils import escape
+
+from django.conf import settings
+from django.utils import timezone
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import (
+    Flowable,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from billing.forecast import Forecast, forecast_month
+from billing.invoicing import InvoiceDraft, invoice_compute
+from billing.meters import METERS, STORAGE, TIERS, billing_quantity
+from billing.models import Budget, Invoice
+from billing.periods import check_range, hours_in_month, month_start
+from billing.selectors import usage_daily
+from tenants.errors import ValidationFailed
+from tenants.models import Organization
+
+GROUPINGS = ("meter", "tier", "day")
+QUANTITY_STEP = Decimal("0.000000001")  # 9 places, as InvoiceLine.quantity stores them
+ISSUER = "Strata"
+ROUNDING_NOTE = (
+    "Amounts: each line is rounded half-up to the cent once; every total is the sum of the "
+    "rounded lines."
+)
+STORAGE_NOTE = (
+    "Storage: GiB-month = byte-hours / 2^30 / hours in the month. "
+    "Times are UTC; periods are half-open [start, end)."
+)
+
+
+# Room for byte-hours of petabytes over a year plus 9 places; the default 28 digits is not.
+_WIDE = Context(prec=60, rounding=ROUND_HALF_EVEN)
+
+
+def quantity_shown(value: Decimal) -> Decimal:
+    """A billing quantity as documents show it: 9 decimal places, rounded as ``invoice_finalize``
+    stores line quantities (the default context's half-even)."""
+    return value.quantize(QUANTITY_STEP, context=_WIDE)
+
+
+def tier_of(dimension_key: str) -> str:
+    """The tier named in a dimension key (``tier=hot`` -> ``hot``), or ``""``."""
+    for part in dimension_key.split(","):
+        name, _, value = part.partition("=")
+        if name == "tier":
+            return value
+    return ""
+
+
+# --- usage report ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    meter: str
+    label: str
+    # None when the rows are not split by tier, or the meter has no tier dimension.
+    tier: str | None
+    # None when the rows are not split by day.
+    day: date | None
+    base_quantity: int
+    base_unit: str
+    quantity: Decimal
+    unit: str
+    # Storage only: byte-seconds / 3600, to 9 decimal places.
+    byte_hours: Decimal | None
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    organization: Organization
+    start: datetime
+    end: datetime
+    group_by: tuple[str, ...]
+    rows: list[UsageRow]
+    generated_at: datetime
+
+
+def group_by_clean(group_by: Iterable[str]) -> tuple[str, ...]:
+    """Validate the groupings; returns them in canonical order, deduplicated, always with meter."""
+    wanted = [g.strip() for g in group_by if g.strip()]
+    unknown = [g for g in wanted if g not in GROUPINGS]
+    if unknown:
+        raise ValidationFailed(
+            "Unknown grouping.",
+            fields={
+                "group_by": [
+                    f"Unknown grouping {g!r}; choose any of {', '.join(GROUPINGS)}."
+                    for g in unknown
+                ]
+            },
+        )
+    return tuple(g for g in GROUPINGS if g == "meter" or g in wanted)
+
+
+def _day(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _int(value: object) -> int:
+    # SUM over a bigint column is an int on SQLite and a Decimal (numeric) on PostgreSQL.
+    if value is None:
+        return 0
+    if isinstance(value, int | Decimal):
+        return int(value)
+    raise TypeError(f"Unexpected rollup total {value!r}.")
+
+
+def usage_report(
+    *, org: Organization, start: datetime, end: datetime, group_by: Iterable[str]
+) -> UsageReport:
+    """Usage of ``org`` over the hours that start in ``[start, end)``, read from rollups.
+
+    Rows are always per meter: quantities of different meters have different units and are never
+    added up, so ``meter`` is implied. ``tier`` splits rows by tier, ``day`` by UTC day.
+    Raises ``ValidationFailed`` for an unknown grouping, a naive, reversed or empty range, or one
+    longer than ``settings.BILLING_MAX_REPORT_DAYS``.
+    """
+    groups = group_by_clean(group_by)
+    start, end = check_range(start, end, max_days=settings.BILLING_MAX_REPORT_DAYS)
+    by_tier = "tier" in groups
+    by_day = "day" in groups
+    # Base quantities per row and calendar month: storage converts with its own month's hours.
+    acc: dict[tuple[date | None, str, str | None], dict[datetime, int]] = defaultdict(
+        lambda: defaultdict(int)
+    )
+    for row in usage_daily(org=org, start=start, end=end):
+        meter_key = str(row["meter"])
+        if meter_key not in METERS:
+            continue
+        row_day = _day(row["day"])
+        tier = (tier_of(str(row["dimension_key"])) or None) if by_tier else None
+        key = (row_day if by_day else None, meter_key, tier)
+        acc[key][month_start(row_day)] += _int(row["total"])
+    rows: list[UsageRow] = []
+    for (day, meter_key, tier), months in acc.items():
+        base = sum(months.values())
+        if not base:
+            continue
+        meter = METERS[meter_key]
+        quantity = sum(
+            (
+                billing_quantity(meter, qty, hours_in_month=hours_in_month(month))
+                for month, qty in months.items()
+            ),
+            Decimal(0),
+        )
+        rows.append(
+            UsageRow(
+                meter=meter_key,
+                label=meter.label,
+                tier=tier,
+                day=day,
+                base_quantity=base,
+                base_unit=meter.base_unit,
+                quantity=quantity_shown(quantity),
+                unit=meter.billing_unit,
+                byte_hours=(
+                    quantity_shown(_WIDE.divide(Decimal(base), Decimal(3600)))
+                    if meter_key == STORAGE
+                    else None
+                ),
+            )
+        )
+    meter_order = {k: i for i, k in enumerate(METERS)}
+    tier_order = {t: i for i, t in enumerate(TIERS)}
+    rows.sort(
+        key=lambda r: (
+            r.day or date.min,
+            meter_order[r.meter],
+            -1 if r.tier is None else tier_order.get(r.tier, len(TIERS)),
+        )
+    )
+    return UsageReport(
+        organization=org,
+        start=start,
+        end=end,
+        group_by=groups,
+        rows=rows,
+        generated_at=timezone.now(),
+    )
+
+
+# --- invoice documents -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentLine:
+    position: int
+    kind: str  # usage | minimum | adjustment
+    description: str
+    meter: str
+    tier: str
+    quantity: Decimal
+    unit: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class DocumentCredit:
+    number: str
+    created_at: datetime
+    reason: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class InvoiceDocument:
+    """A finalized or void invoice, or a live draft, in the one shape CSV and PDF are made from."""
+
+    organization: Organization
+    number: str | None  # None: a live draft
+    status: str  # draft | finalized | void
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    issued_at: datetime  # finalization time, or when the draft was computed
+    lines: list[DocumentLine]
+    subtotal: Decimal
+    minimum_adjustment: Decimal
+    adjustments: Decimal
+    total: Decimal
+    credit_notes: list[DocumentCredit] = field(default_factory=list)
+    voided_at: datetime | None = None
+    void_reason: str = ""
+
+    @property
+    def is_draft(self) -> bool:
+        return self.number is None
+
+    @property
+    def credited(self) -> Decimal:
+        return sum((c.amount for c in self.credit_notes), Decimal("0.00"))
+
+
+def _sum(lines: Iterable[DocumentLine], kind: str) -> Decimal:
+    return sum((ln.amount for ln in lines if ln.kind == kind), Decimal("0.00"))
+
+
+def invoice_document(
+    source: Invoice | InvoiceDraft, *, as_of: datetime | None = None
+) -> InvoiceDocument:
+    """Normalize a stored invoice (with its lines and credit notes) or a draft.
+
+    A stored invoice's totals are the ones of record; they equal the sums of its lines because
+    ``invoice_finalize`` stores both from the same draft and neither can change afterwards.
+    """
+    if isinstance(source, InvoiceDraft):
+        lines = [
+            DocumentLine(
+                position=i,
+                kind=ln.kind,
+                description=ln.description,
+                meter=ln.meter,
+                tier=ln.tier,
+                quantity=quantity_shown(ln.quantity),
+                unit=ln.unit,
+                amount=ln.amount,
+            )
+            for i, ln in enumerate(source.lines, start=1)
+        ]
+        return InvoiceDocument(
+            organization=source.organization,
+            number=None,
+            status="draft",
+            period_start=source.period_start,
+            period_end=source.period_end,
+            currency=source.currency,
+            issued_at=as_of or timezone.now(),
+            lines=lines,
+            subtotal=source.subtotal,
+            minimum_adjustment=source.minimum_adjustment,
+            adjustments=_sum(lines, "adjustment"),
+            total=source.total,
+        )
+    lines = [
+        DocumentLine(
+            position=ln.position,
+            kind=ln.kind,
+            description=ln.description,
+            meter=ln.meter,
+            tier=tier_of(ln.dimension_key),
+            quantity=quantity_shown(ln.quantity),
+            unit=ln.unit,
+            amount=ln.amount,
+        )
+        for ln in sorted(source.lines.all(), key=lambda ln: ln.position)
+    ]
+    credits = [
+        DocumentCredit(number=c.number, created_at=c.created_at, reason=c.reason, amount=c.amount)
+        for c in sorted(source.credit_notes.all(), key=lambda c: (c.created_at, c.pk))
+    ]
+    return InvoiceDocument(
+        organization=source.organization,
+        number=source.number,
+        status=source.status,
+        period_start=source.period_start,
+        period_end=source.period_end,
+        currency=source.currency,
+        issued_at=source.finalized_at,
+        lines=lines,
+        subtotal=source.subtotal,
+        minimum_adjustment=source.minimum_adjustment,
+        adjustments=_sum(lines, "adjustment"),
+        total=source.total,
+        credit_notes=credits,
+        voided_at=source.voided_at,
+        void_reason=source.void_reason,
+    )
+
+
+# --- the current month ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A budget against the figures its alerts compare (``budget_check``): spend so far and the
+    month-end forecast, both usage plus minimum commitment."""
+
+    monthly_amount: Decimal
+    thresholds: list[int]
+    updated_at: datetime
+    spent: Decimal
+    percent_used: Decimal
+    forecast: Decimal
+    forecast_percent: Decimal
+
+
+@dataclass(frozen=True)
+class DraftOverview:
+    draft: InvoiceDraft
+    as_of: datetime
+    forecast: Forecast
+    budget: BudgetStatus | None
+
+
+def _percent(part: Decimal, whole: Decimal) -> Decimal:
+    # A display figure, not money: one decimal place.
+    return (part * 100 / whole).quantize(Decimal("0.1")) if whole else Decimal("0.0")
+
+
+def draft_overview(*, org: Organization, now: datetime) -> DraftOverview:
+    """The live invoice of the month containing ``now``, its forecast and the budget if set."""
+    draft = invoice_compute(org=org, period_start=month_start(now))
+    forecast = forecast_month(org=org, now=now)
+    budget = Budget.objects.for_org(org).first()
+    status = None
+    if budget is not None:
+        status = BudgetStatus(
+            monthly_amount=budget.monthly_amount,
+            thresholds=[int(t) for t in budget.thresholds],
+            updated_at=budget.updated_at,
+            spent=forecast.actual_total,
+            percent_used=_percent(forecast.actual_total, budget.monthly_amount),
+            forecast=forecast.projected_total,
+            forecast_percent=_percent(forecast.projected_total, budget.monthly_amount),
+        )
+    return DraftOverview(draft=draft, as_of=now, forecast=forecast, budget=status)
+
+
+def draft_document(*, org: Organization, now: datetime) -> InvoiceDocument:
+    """The live draft of the month containing ``now`` as a document."""
+    return invoice_document(invoice_compute(org=org, period_start=month_start(now)), as_of=now)
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+# A cell starting with one of these is a formula to a spreadsheet; organization names and
+# reasons are typed by people, so text cells get a leading apostrophe. Numbers are left alone.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str) -> str:
+    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
+
+
+class _Echo:
+    """A file-like object whose write returns the line, so csv.writer can feed a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat() if value is not None else ""
+
+
+def usage_report_csv(report: UsageReport) -> Iterator[str]:
+    """CSV lines: a few ``key,value`` header lines, a blank line, then one row per report row."""
+    writer = csv.writer(_Echo())
+    org = report.organization
+    yield writer.writerow(["Organization", _text(org.name), org.slug])
+    yield writer.writerow(["Start (UTC, inclusive)", _iso(report.start)])
+    yield writer.writerow(["End (UTC, exclusive)", _iso(report.end)])
+    yield writer.writerow(["Grouped by", ", ".join(report.group_by)])
+    yield writer.writerow(["Generated at", _iso(report.generated_at)])
+    yield writer.writerow([])
+    by_tier = "tier" in report.group_by
+    by_day = "day" in report.group_by
+    columns = [
+        *(["day"] if by_day else []),
+        "meter",
+        "description",
+        *(["tier"] if by_tier else []),
+        "base_quantity",
+        "base_unit",
+        "byte_hours",
+        "quantity",
+        "unit",
+    ]
+    yield writer.writerow(columns)
+    for row in report.rows:
+        yield writer.writerow(
+            [
+                *([row.day.isoformat() if row.day else ""] if by_day else []),
+                row.meter,
+                row.label,
+                *([row.tier or ""] if by_tier else []),
+                row.base_quantity,
+                row.base_unit,
+                "" if row.byte_hours is None else row.byte_hours,
+                row.quantity,
+                row.unit,
+            ]
+        )
+
+
+INVOICE_CSV_COLUMNS = ["position", "description", "meter", "tier", "quantity", "unit", "amount"]
+
+
+def invoice_csv(doc: InvoiceDocument) -> Iterator[str]:
+    """CSV lines: header lines, one row per line, then subtotal, minimum, adjustments and total
+    in the amount column (each the sum of its lines), then credit notes if any."""
+    writer = csv.writer(_Echo())
+    org = doc.organization
+    blank = [""] * (len(INVOICE_CSV_COLUMNS) - 1)
+    yield writer.writerow(["Issuer", ISSUER])
+    yield writer.writerow(["Organization", _text(org.name), org.slug])
+    yield writer.writerow(["Invoice", doc.number or "DRAFT"])
+    yield writer.writerow(["Status", doc.status])
+    yield writer.writerow(["Period start (UTC, inclusive)", _iso(doc.period_start)])
+    yield writer.writerow(["Period end (UTC, exclusive)", _iso(doc.period_end)])
+    yield writer.writerow(["Issued" if not doc.is_draft else "As of", _iso(doc.issued_at)])
+    yield writer.writerow(["Currency", doc.currency])
+    if doc.status == "void":
+        yield writer.writerow(["Voided at", _iso(doc.voided_at)])
+        yield writer.writerow(["Void reason", _text(doc.void_reason)])
+    yield writer.writerow([])
+    yield writer.writerow(INVOICE_CSV_COLUMNS)
+    for ln in doc.lines:
+        yield writer.writerow(
+            [
+                ln.position,
+                _text(ln.description),
+                ln.meter,
+                ln.tier,
+                ln.quantity if ln.unit else "",
+                ln.unit,
+                ln.amount,
+            ]
+        )
+    yield writer.writerow([])
+    yield writer.writerow(["Subtotal", *blank[:-1], doc.subtotal])
+    yield writer.writerow(["Minimum commitment", *blank[:-1], doc.minimum_adjustment])
+    yield writer.writerow(["Adjustments", *blank[:-1], doc.adjustments])
+    yield writer.writerow(["Total", *blank[:-1], doc.total])
+    if doc.credit_notes:
+        yield writer.writerow([])
+        yield writer.writerow(["credit_note", "reason", "created_at", "", "", "", "amount"])
+        for note in doc.credit_notes:
+            yield writer.writerow(
+                [note.number, _text(note.reason), _iso(note.created_at), "", "", "", note.amount]
+            )
+        yield writer.writerow(["Total after credit notes", *blank[:-1], doc.total - doc.credited])
+
+
+# --- PDF -------------------------------------------------------------------------------------
+
+
+def day_label(value: date) -> str:
+    """``1 Apr 2026``: no leading zero, unambiguous in every locale."""
+    return f"{value.day} {value:%b %Y}"
+
+
+def period_label(start: datetime, end: datetime) -> str:
+    """A half-open range as people read it: whole days inclusive, otherwise times (end excluded)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    midnight = datetime.min.time()
+    if start.time() == midnight and end.time() == midnight:
+        last = (end - timedelta(days=1)).date()
+        return f"{day_label(start.date())} – {day_label(last)}"
+    return f"{day_label(start.date())} {start:%H:%M} – {day_label(end.date())} {end:%H:%M} UTC (end excluded)"
+
+
+def quantity_label(value: Decimal) -> str:
+    """9 places at most, trailing zeros dropped, thousands separated: ``10``, ``0.333333333``."""
+    text = format(quantity_shown(value).normalize(_WIDE), ",f")
+    return text if text not in ("-0", "") else "0"
+
+
+def amount_of_unit(value: Decimal, unit: str) -> str:
+    """``10 GiB-month``; a unit that is itself a count reads as a multiple: ``5 × 1,000 requests``."""
+    if not unit:
+        return ""
+    joiner = " × " if unit[:1].isdigit() else " "
+    return f"{quantity_label(value)}{joiner}{unit}"
+
+
+def money_label(value: Decimal) -> str:
+    # Amounts are whole cents already (rounded once, on the line); this only formats them.
+    return format(value, ",.2f")
+
+
+_STYLES = getSampleStyleSheet()
+_BODY = ParagraphStyle("StrataBody", parent=_STYLES["BodyText"], fontSize=9, leading=11)
+_SMALL = ParagraphStyle("StrataSmall", parent=_BODY, fontSize=8, leading=10)
+_RIGHT = ParagraphStyle("StrataRight", parent=_BODY, alignment=TA_RIGHT)
+_TITLE = ParagraphStyle("StrataTitle", parent=_STYLES["Title"], alignment=0, fontSize=18)
+_H2 = ParagraphStyle("StrataH2", parent=_STYLES["Heading2"], fontSize=11, spaceBefore=8)
+_GRID = TableStyle(
+    [
+        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9),
+        ("FONT", (0, 1), (-1, -1), "Helvetica", 9),
+        ("LINEBELOW", (0, 0), (-1, 0), 0.75, colors.black),
+        ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+    ]
+)
+
+
+def _p(text: str, style: ParagraphStyle = _BODY) -> Paragraph:
+    # Paragraph text is markup: names and reasons typed by people must be escaped.
+    return Paragraph(escape(text), style)
+
+
+def _key_values(rows: Sequence[tuple[str, str]]) -> Table:
+    table = Table(
+        [[_p(k, _SMALL), _p(v)] for k, v in rows], colWidths=[40 * mm, 130 * mm], hAlign="LEFT"
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
+                ("TEXTCOLOR", (0, 0), (0, -1), colors.grey),
+            ]
+        )
+    )
+    return table
+
+
+def _page_decorator(
+    *, footer: Sequence[str], watermark: str | None
+) -> Any:  # reportlab's onPage callback: (canvas, doc) -> None
+    def decorate(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        canvas.saveState()
+        if watermark:
+            canvas.setFont("Helvetica-Bold", 96)
+            canvas.setFillColor(colors.Color(0.8, 0.1, 0.1, alpha=0.18))
+            canvas.translate(A4[0] / 2, A4[1] / 2)
+            canvas.rotate(45)
+            canvas.drawCentredString(0, 0, watermark)
+            canvas.rotate(-45)
+            canvas.translate(-A4[0] / 2, -A4[1] / 2)
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillColor(colors.grey)
+        y = 16 * mm
+        for text in [*footer, f"Page {doc.page}"]:
+            canvas.drawString(doc.leftMargin, y, text)
+            y -= 3.2 * mm
+        canvas.restoreState()
+
+    return decorate
+
+
+def _build(
+    story: list[Flowable], *, title: str, footer: Sequence[str], watermark: str | None
+) -> bytes:
+    buffer = BytesIO()
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=20 * mm,
+        rightMargin=20 * mm,
+        topMargin=18 * mm,
+        bottomMargin=28 * mm,
+        title=title,
+        author=ISSUER,
+        creator=ISSUER,
+    )
+    decorate = _page_decorator(footer=footer, watermark=watermark)
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    return buffer.getvalue()
+
+
+def _party_block(org: Organization, *, label: str) -> Table:
+    left = [
+        _p("From", _SMALL),
+        Paragraph(f"<b>{escape(ISSUER)}</b>", _BODY),
+        _p("Medical image archive", _SMALL),
+    ]
+    right = [
+        _p(label, _SMALL),
+        Paragraph(f"<b>{escape(org.name)}</b>", _BODY),
+        _p(f"Organization: {org.slug}", _SMALL),
+    ]
+    table = Table([[left, right]], colWidths=[85 * mm, 85 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    return table
+
+
+def invoice_pdf(doc: InvoiceDocument) -> bytes:
+    """A filing-grade invoice (or clearly marked draft) as PDF bytes; documents are small."""
+    if doc.is_draft:
+        title, number = "Draft invoice", "DRAFT — not a final invoice"
+    elif doc.status == "void":
+        title, number = "Invoice (VOID)", str(doc.number)
+    else:
+        title, number = "Invoice", str(doc.number)
+    period = period_label(doc.period_start, doc.period_end)
+    start_utc = doc.period_start.astimezone(UTC)
+    end_utc = doc.period_end.astimezone(UTC)
+    issued = doc.issued_at.astimezone(UTC)
+    meta: list[tuple[str, str]] = [
+        ("Invoice number", number),
+        (
+            "Billing period",
+            f"{period} (UTC; from {day_label(start_utc.date())} {start_utc:%H:%M} up to, "
+            f"not including, {day_label(end_utc.date())} {end_utc:%H:%M})",
+        ),
+        (
+            "As of" if doc.is_draft else "Issue date",
+            f"{day_label(issued.date())} {issued:%H:%M} UTC"
+            if doc.is_draft
+            else day_label(issued.date()),
+        ),
+        ("Currency", doc.currency),
+        ("Status", doc.status.upper() if doc.status == "void" else doc.status.capitalize()),
+    ]
+    if doc.status == "void" and doc.voided_at is not None:
+        meta.append(
+            (
+                "Voided",
+                f"{day_label(doc.voided_at.astimezone(UTC).date())}: {doc.void_reason}",
+            )
+        )
+    story: list[Flowable] = [
+        _p(f"{ISSUER} — {title}", _TITLE),
+        _party_block(doc.organization, label="Bill to"),
+        Spacer(1, 4 * mm),
+        _key_values(meta),
+        Spacer(1, 6 * mm),
+    ]
+    if doc.is_draft:
+        story.append(
+            _p(
+                "This draft shows usage recorded so far this month. It is not a request for "
+                "payment; the final invoice is issued after the month ends.",
+                _SMALL,
+            )
+        )
+        story.append(Spacer(1, 3 * mm))
+    rows: list[list[Any]] = [["#", "Description", "Quantity", f"Amount ({doc.currency})"]]
+    for ln in doc.lines:
+        rows.append(
+            [
+                str(ln.position),
+                _p(ln.description),
+                _p(amount_of_unit(ln.quantity, ln.unit), _RIGHT),
+                money_label(ln.amount),
+            ]
+        )
+    if not doc.lines:
+        rows.append(["", _p("No billable usage in this period."), "", money_label(Decimal(0))])
+    lines_table = Table(
+        rows, colWidths=[10 * mm, 78 * mm, 52 * mm, 30 * mm], repeatRows=1, hAlign="LEFT"
+    )
+    lines_table.setStyle(_GRID)
+    lines_table.setStyle(TableStyle([("ALIGN", (2, 0), (3, -1), "RIGHT")]))
+    story.append(lines_table)
+    story.append(Spacer(1, 4 * mm))
+    totals = [
+        ["Subtotal (usage)", money_label(doc.subtotal)],
+        ["Minimum commitment", money_label(doc.minimum_adjustment)],
+        ["Adjustments", money_label(doc.adjustments)],
+        [f"Total ({doc.currency})", money_label(doc.total)],
+    ]
+    totals_table = Table(totals, colWidths=[50 * mm, 30 * mm], hAlign="RIGHT")
+    totals_table.setStyle(
+        TableStyle(
+            [
+                ("FONT", (0, 0), (-1, -1), "Helvetica", 9),
+                ("FONT", (0, -1), (-1, -1), "Helvetica-Bold", 10),
+                ("ALIGN", (1, 0), (1, -1), "RIGHT"),
+                ("LINEABOVE", (0, -1), (-1, -1), 0.75, colors.black),
+            ]
+        )
+    )
+    story.append(KeepTogether(totals_table))
+    if doc.credit_notes:
+        credit_rows: list[list[Any]] = [
+            ["Credit note", "Date", "Reason", f"Amount ({doc.currency})"]
+        ]
+        for note in doc.credit_notes:
+            credit_rows.append(
+                [
+                    note.number,
+                    day_label(note.created_at.astimezone(UTC).date()),
+                    _p(note.reason),
+                    money_label(note.amount),
+                ]
+            )
+        credit_rows.append(
+            ["", "", _p("Total after credit notes"), money_label(doc.total - doc.credited)]
+        )
+        credit_table = Table(
+            credit_rows, colWidths=[36 * mm, 26 * mm, 78 * mm, 30 * mm], hAlign="LEFT"
+        )
+        credit_table.setStyle(_GRID)
+        credit_table.setStyle(TableStyle([("ALIGN", (3, 0), (3, -1), "RIGHT")]))
+        story += [_p("Credit notes", _H2), credit_table]
+    ref = doc.number or "DRAFT"
+    return _build(
+        story,
+        title=f"{ISSUER} {title} {ref} — {doc.organization.name}",
+        footer=[
+            f"{ISSUER} · {doc.organization.slug} · {ref} · {period}",
+            ROUNDING_NOTE,
+            STORAGE_NOTE,
+        ],
+        watermark="VOID" if doc.status == "void" else "DRAFT" if doc.is_draft else None,
+    )
+
+
+def usage_report_pdf(report: UsageReport) -> bytes:
+    """The usage report as a table (by meter, and tier/day as grouped) in PDF bytes."""
+    org = report.organization
+    range_label = period_label(report.start, report.end)
+    by_tier = "tier" in report.group_by
+    by_day = "day" in report.group_by
+    story: list[Flowable] = [
+        _p(f"{ISSUER} — Usage report", _TITLE),
+        _party_block(org, label="Organization"),
+        Spacer(1, 4 * mm),
+        _key_values(
+            [
+                ("Range", f"{range_label} (UTC; hours starting in [start, end))"),
+                ("Grouped by", ", ".join(report.group_by)),
+                (
+                    "Generated",
+                    f"{day_label(report.generated_at.date())} {report.generated_at:%H:%M} UTC",
+                ),
+            ]
+        ),
+        Spacer(1, 6 * mm),
+    ]
+    header = [
+        *(["Day"] if by_day else []),
+        "Meter",
+        *(["Tier"] if by_tier else []),
+        "Quantity",
+        "Base quantity",
+    ]
+    rows: list[list[Any]] = [header]
+    for row in report.rows:
+        rows.append(
+            [
+                *([day_label(row.day) if row.day else ""] if by_day else []),
+                _p(row.label),
+                *([row.tier or "—"] if by_tier else []),
+                _p(amount_of_unit(row.quantity, row.unit), _RIGHT),
+                _p(f"{row.base_quantity:,} {row.base_unit}", _RIGHT),
+            ]
+        )
+    if not report.rows:
+        rows.append([""] * (len(header) - 1) + ["No usage in this range."])
+    fixed = (24 * mm if by_day else 0) + (18 * mm if by_tier else 0)
+    free = 170 * mm - fixed
+    widths = [
+        *([24 * mm] if by_day else []),
+        free * 0.3,
+        *([18 * mm] if by_tier else []),
+        free * 0.3,
+        free * 0.4,
+    ]
+    table = Table(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    table.setStyle(_GRID)
+    table.setStyle(TableStyle([("ALIGN", (-2, 0), (-1, 0), "RIGHT")]))
+    story += [
+        table,
+        Spacer(1, 8 * mm),
+        _p(
+            "Quantities are derived exactly from the integer base quantities and shown to 9 "
+            "decimal places. Usage of a meter is never added to another meter's.",
+            _SMALL,
+        ),
+    ]
+    return _build(
+        story,
+        title=f"{ISSUER} usage report — {org.name}",
+        footer=[f"{ISSUER} · {org.slug} · usage {range_label}", STORAGE_NOTE],
+        watermark=None,
+    )
