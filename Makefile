@@ -18,6 +18,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_usage --org demo-hospital --months 12
 	$(BIN)/python manage.py serve
 
 test: install

@@ -91,12 +91,16 @@ def spool_chunks(store: ObjectStore, chunks: Iterable[bytes]) -> Spooled:
     path = store.spool_dir() / f"{uuid.uuid4().hex}.part"
     digest = hashlib.sha256()
     size = 0
-    with open(path, "wb") as out:
-        for chunk in chunks:
-            if chunk:
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+    try:
+        with open(path, "wb") as out:
+            for chunk in chunks:
+                if chunk:
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return Spooled(path=path, size=size, sha256=digest.hexdigest())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from archive import ingest
+from archive.job_tasks import ingest_job_run, ingest_jobs_sweep  # noqa: F401  (registered here for autodiscovery)
 
 
 @shared_task(ignore_result=True)

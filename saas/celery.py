@@ -19,6 +19,10 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.archive_orphans_cleanup",
         "schedule": crontab(minute="*/15"),
     },
+    "archive-ingest-jobs": {
+        "task": "archive.tasks.ingest_jobs_sweep",
+        "schedule": crontab(minute="*/5"),
+    },
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
     "billing-finalize": {
         "task": "billing.tasks.billing_finalize_due",

@@ -10,10 +10,10 @@ from tenants.portal import PortalContext, org_view  # noqa: F401  (moved to tena
 # for this deployment and is shown disabled (later capabilities enable it by naming its view).
 NAV_SECTIONS: list[dict[str, Any]] = [
     {"key": "dashboard", "label": "Dashboard", "url_name": "portal-dashboard", "perm": "org.view"},
-    {"key": "studies", "label": "Studies", "url_name": None, "perm": "images.read"},
-    {"key": "ingest", "label": "Ingest", "url_name": None, "perm": "images.write"},
+    {"key": "studies", "label": "Studies", "url_name": "portal-studies", "perm": "images.read"},
+    {"key": "ingest", "label": "Ingest", "url_name": "portal-ingest", "perm": "images.write"},
     {"key": "policies", "label": "Archive policies", "url_name": None, "perm": "policies.manage"},
-    {"key": "storage", "label": "Storage", "url_name": None, "perm": "storage.manage"},
+    {"key": "storage", "label": "Storage", "url_name": "portal-storage", "perm": "storage.manage"},
     {
         "key": "billing",
         "label": "Usage & billing",

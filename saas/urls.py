@@ -8,6 +8,7 @@ from saas import health, views
 api_v1 = [
     path("", include("tenants.urls_api")),
     path("", include("billing.urls_api")),
+    path("", include("archive.urls_api")),
 ]
 
 urlpatterns = [
@@ -46,6 +47,7 @@ urlpatterns = [
     path("o/<slug:org_slug>/", views.dashboard, name="portal-dashboard"),
     path("o/<slug:org_slug>/", include("tenants.urls_portal")),
     path("o/<slug:org_slug>/billing/", include("billing.urls_portal")),
+    path("o/<slug:org_slug>/archive/", include("archive.urls_portal")),
 ]
 
 handler404 = "saas.views.not_found"

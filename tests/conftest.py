@@ -214,8 +214,11 @@ def _default_price_plan(request: pytest.FixtureRequest) -> None:
     """Keep the migration-shipped default plan present: transactional tests flush every table,
     data migrations included, and later tests price usage with it."""
     marker = request.node.get_closest_marker("django_db")
-    if marker is None and not {"db", "transactional_db"} & set(request.fixturenames):
+    requested = {"db", "transactional_db"} & set(request.fixturenames)
+    if marker is None and not requested:
         return
+    for name in sorted(requested, reverse=True):  # set the database up before using it
+        request.getfixturevalue(name)
     from importlib import import_module
 
     from django.apps import apps

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -81,7 +82,7 @@ class S3Store:
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=TRANSFER
             )
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, Boto3Error) as exc:
             raise StorageUnavailable(f"Could not store {key}: {exc}") from exc
         finally:
             path.unlink(missing_ok=True)

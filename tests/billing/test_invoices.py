@@ -30,8 +30,8 @@ pytestmark = pytest.mark.django_db
 SYSTEM = Actor.system("tests")
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def april_usage(org) -> None:

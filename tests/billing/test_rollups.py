@@ -17,8 +17,8 @@ from billing.selectors import storage_balance_daily, usage_totals
 pytestmark = pytest.mark.django_db
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_mid_hour_changes_integrate_exactly():

@@ -16,10 +16,10 @@ from tenants.webhooks import verify
 
 def _reset_connections() -> None:
     """Drop pooled broker connections so the next use connects to the current broker_url."""
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    app.amqp._producer_pool = None
+    if app._pool is not None:  # type: ignore[attr-defined]
+        app._pool.force_close_all()  # type: ignore[attr-defined]
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,880 @@
+"""REST API of the archive: the DICOM index (studies, series, instances), ingest jobs (progress,
+failures, bucket imports), storage locations (with the connection test), the storage quota and
+the AE titles of the C-STORE listener.
+
+Every view subclasses ``tenants.api.OrgAPIView`` (organization from the bearer token or from
+``/api/v1/o/<slug>/``; ``permissions_required`` per HTTP method). Another organization's id answers
+404. Secrets go in and never come out: a location says only whether its secret key is set.
+Component names start with "Archive" so that they never collide with other apps' components.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from archive import ae as ae_services
+from archive import jobs, locations, selectors
+from archive.locations import ENCRYPTION_MODES, STORAGE_CLASSES, LocationInput
+from archive.models import TIERS, DicomAE, IngestJob, StorageLocation
+from tenants.api import CursorPagination, OrgAPIView
+from tenants.apis import ErrorSerializer, NamedChoiceField
+from tenants.errors import ValidationFailed
+from tenants.roles import Perm
+
+# --- OpenAPI plumbing ------------------------------------------------------------------------
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The input is not valid; `error.fields` names each invalid field.",
+    401: "No credentials, or the bearer token is malformed, unknown, revoked or expired.",
+    403: "The role or token scope lacks the permission (named in `error.fields.permission`), "
+    "or the organization is suspended or closed.",
+    404: "No such object in this organization, or no access to the organization.",
+    409: "The change conflicts with the current state (e.g. the location holds images).",
+    429: "Too many requests; retry later.",
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """Error responses of an operation; 401, 403, 404 and 429 apply to every endpoint."""
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code])
+        for code in sorted({401, 403, 404, 429, *codes})
+    }
+
+
+class NewestFirstPagination(CursorPagination):
+    # Ids grow with insertion time: "-id" is newest first and a stable, unique cursor.
+    ordering = "-id"
+
+
+class OldestFirstPagination(CursorPagination):
+    ordering = "id"
+
+
+def _paginated(
+    view: OrgAPIView,
+    request: Request,
+    queryset: QuerySet[Any],
+    serializer_class: type[serializers.BaseSerializer[Any]],
+) -> Response:
+    paginator: CursorPagination = getattr(view, "pagination_class", NewestFirstPagination)()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+TIER_CHOICES = [(t, t.capitalize()) for t in TIERS]
+
+
+def _tier_field(**kwargs: Any) -> NamedChoiceField:
+    return NamedChoiceField(enum_name="ArchiveTierEnum", choices=TIER_CHOICES, **kwargs)
+
+
+class TierBytesSerializer(serializers.Serializer):
+    hot = serializers.IntegerField(source="bytes_hot")
+    warm = serializers.IntegerField(source="bytes_warm")
+    cold = serializers.IntegerField(source="bytes_cold")
+    archive = serializers.IntegerField(source="bytes_archive")
+
+    class Meta:
+        ref_name = "ArchiveTierBytes"
+
+
+# --- studies, series, instances --------------------------------------------------------------
+
+
+class StudyOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    study_instance_uid = serializers.CharField(source="study_uid")
+    patient_id = serializers.CharField()
+    patient_name = serializers.CharField(help_text="DICOM person name, e.g. Curie^Marie.")
+    patient_birth_date = serializers.DateField(allow_null=True)
+    patient_sex = serializers.CharField()
+    accession_number = serializers.CharField()
+    study_date = serializers.DateField(allow_null=True)
+    study_time = serializers.TimeField(allow_null=True)
+    study_description = serializers.CharField()
+    study_id = serializers.CharField()
+    referring_physician = serializers.CharField()
+    modalities = serializers.ListField(child=serializers.CharField(), source="modality_list")
+    series_count = serializers.IntegerField()
+    instance_count = serializers.IntegerField()
+    total_bytes = serializers.IntegerField()
+    bytes_by_tier = TierBytesSerializer(source="*")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    last_accessed_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "ArchiveStudy"
+
+
+class StudyFilterSerializer(serializers.Serializer):
+    patient = serializers.CharField(
+        required=False,
+        max_length=100,
+        help_text="Part of the patient name (any case), or the start of the patient ID.",
+    )
+    accession = serializers.CharField(
+        required=False, max_length=64, help_text="The accession number, exactly."
+    )
+    modality = serializers.CharField(
+        required=False, max_length=16, help_text="One modality, e.g. CT (CT does not match CTA)."
+    )
+    date_from = serializers.DateField(required=False, help_text="Study date, inclusive.")
+    date_to = serializers.DateField(required=False, help_text="Study date, inclusive.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        start, end = attrs.get("date_from"), attrs.get("date_to")
+        if start and end and start > end:
+            raise serializers.ValidationError({"date_to": ["Must not be before 'date_from'."]})
+        return attrs
+
+
+class StudyListApi(OrgAPIView):
+    """Studies of the organization, newest first, with the portal's search filters."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(
+        tags=["studies"],
+        summary="Search studies",
+        parameters=[StudyFilterSerializer],
+        responses={200: StudyOutputSerializer(many=True), **_errors(400)},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        filters = StudyFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        studies = selectors.study_list(org=self.org, **filters.validated_data)
+        return _paginated(self, request, studies, StudyOutputSerializer)
+
+
+class StudyDetailApi(OrgAPIView):
+    """One study with its aggregates (series, instances, bytes per tier)."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["studies"], summary="One study", responses={200: StudyOutputSerializer, **_errors()}
+    )
+    def get(self, request: Request, study_id: int, **kwargs: Any) -> Response:
+        study = selectors.study_get(org=self.org, study_id=study_id)
+        return Response(StudyOutputSerializer(study).data)
+
+
+class SeriesOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    study = serializers.IntegerField(source="study_id")
+    series_instance_uid = serializers.CharField(source="series_uid")
+    modality = serializers.CharField()
+    series_number = serializers.IntegerField(allow_null=True)
+    series_description = serializers.CharField()
+    body_part = serializers.CharField()
+    instance_count = serializers.IntegerField()
+    total_bytes = serializers.IntegerField()
+    bytes_by_tier = TierBytesSerializer(source="*")
+    tiers = serializers.SerializerMethodField(
+        help_text="The tiers this series' bytes are in, hottest first."
+    )
+    created_at = serializers.DateTimeField()
+    last_accessed_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "ArchiveSeries"
+
+    def get_tiers(self, obj: Any) -> list[str]:
+        return selectors.tiers_of(obj)
+
+
+class StudySeriesListApi(OrgAPIView):
+    """The series of one study, by series number."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+    pagination_class = OldestFirstPagination
+
+    @extend_schema(
+        tags=["studies"],
+        summary="Series of a study",
+        responses={200: SeriesOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, study_id: int, **kwargs: Any) -> Response:
+        study = selectors.study_get(org=self.org, study_id=study_id)
+        series = selectors.series_list(org=self.org, study=study)
+        return _paginated(self, request, series, SeriesOutputSerializer)
+
+
+class SeriesDetailApi(OrgAPIView):
+    """One series."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["studies"], summary="One series", responses={200: SeriesOutputSerializer, **_errors()}
+    )
+    def get(self, request: Request, series_id: int, **kwargs: Any) -> Response:
+        series = selectors.series_get(org=self.org, series_id=series_id)
+        return Response(SeriesOutputSerializer(series).data)
+
+
+class InstanceOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    study = serializers.IntegerField(source="study_id")
+    series = serializers.IntegerField(source="series_id")
+    sop_instance_uid = serializers.CharField()
+    sop_class_uid = serializers.CharField()
+    transfer_syntax_uid = serializers.CharField()
+    instance_number = serializers.IntegerField(allow_null=True)
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField(help_text="SHA-256 of the stored bytes, verified at ingest.")
+    tier = _tier_field()
+    readable = serializers.SerializerMethodField(
+        help_text="False in the archive tier: the object must be restored before it can be read."
+    )
+    received_at = serializers.DateTimeField()
+    last_accessed_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "ArchiveInstance"
+
+    def get_readable(self, obj: Any) -> bool:
+        return bool(obj.tier != "archive")
+
+
+class SeriesInstanceListApi(OrgAPIView):
+    """The instances of one series, by instance number."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+    pagination_class = OldestFirstPagination
+
+    @extend_schema(
+        tags=["studies"],
+        summary="Instances of a series",
+        responses={200: InstanceOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, series_id: int, **kwargs: Any) -> Response:
+        series = selectors.series_get(org=self.org, series_id=series_id)
+        instances = selectors.instance_list(org=self.org, series=series)
+        return _paginated(self, request, instances, InstanceOutputSerializer)
+
+
+class InstanceDetailApi(OrgAPIView):
+    """One instance."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["studies"],
+        summary="One instance",
+        responses={200: InstanceOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, instance_id: int, **kwargs: Any) -> Response:
+        instance = selectors.instance_get(org=self.org, instance_id=instance_id)
+        return Response(InstanceOutputSerializer(instance).data)
+
+
+# --- ingest jobs -----------------------------------------------------------------------------
+
+PHASES = [(key, label) for key, label in selectors.PHASE_LABELS.items()]
+
+
+class IngestJobOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = NamedChoiceField(enum_name="ArchiveIngestJobKindEnum", choices=IngestJob.Kind.choices)
+    state = NamedChoiceField(enum_name="ArchiveIngestJobStateEnum", choices=IngestJob.State.choices)
+    phase = NamedChoiceField(
+        enum_name="ArchiveIngestJobPhaseEnum",
+        choices=PHASES,
+        help_text="Finer than state: receiving (upload still open), queued, count (listing the "
+        "bucket), ingest, done, failed.",
+    )
+    # A declared field (the metaclass moves it out of the class), not ``Field.source``.
+    source = serializers.CharField()  # type: ignore[assignment]
+    total_files = serializers.IntegerField(
+        allow_null=True, help_text="Known once the upload is finished or the bucket listed."
+    )
+    total_bytes = serializers.IntegerField(allow_null=True)
+    received = serializers.IntegerField(help_text="Objects processed so far.")
+    stored = serializers.IntegerField()
+    duplicate = serializers.IntegerField(help_text="Already stored with the same bytes; skipped.")
+    failed = serializers.IntegerField(help_text="See the job's failures for the reasons.")
+    bytes_received = serializers.IntegerField()
+    bytes_stored = serializers.IntegerField()
+    percent = serializers.IntegerField(allow_null=True)
+    rate_bytes_per_second = serializers.IntegerField(allow_null=True)
+    eta_seconds = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(help_text="Why the job stopped, when it failed.")
+    created_by = serializers.EmailField(source="created_by.email", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    heartbeat_at = serializers.DateTimeField(
+        allow_null=True, help_text="The worker's last sign of life."
+    )
+
+    class Meta:
+        ref_name = "ArchiveIngestJob"
+
+    def to_representation(self, instance: IngestJob) -> dict[str, Any]:
+        # The derived figures come from one progress computation, read by the fields above.
+        progress = selectors.job_progress(instance)
+        instance.phase = progress.phase  # type: ignore[attr-defined]
+        instance.percent = progress.percent  # type: ignore[attr-defined]
+        instance.rate_bytes_per_second = progress.rate_bytes_per_second  # type: ignore[attr-defined]
+        instance.eta_seconds = progress.eta_seconds  # type: ignore[attr-defined]
+        return dict(super().to_representation(instance))
+
+
+class IngestJobFilterSerializer(serializers.Serializer):
+    kind = NamedChoiceField(
+        enum_name="ArchiveIngestJobKindEnum", choices=IngestJob.Kind.choices, required=False
+    )
+    state = NamedChoiceField(
+        enum_name="ArchiveIngestJobStateEnum", choices=IngestJob.State.choices, required=False
+    )
+
+
+class IngestJobListApi(OrgAPIView):
+    """Ingest jobs (portal uploads and bucket imports), newest first; POST starts an import."""
+
+    permissions_required = {"GET": Perm.IMAGES_WRITE, "POST": Perm.IMAGES_WRITE}
+    pagination_class = NewestFirstPagination
+
+    class InputSerializer(serializers.Serializer):
+        bucket = serializers.CharField(max_length=63)
+        prefix = serializers.CharField(max_length=255, required=False, allow_blank=True)
+        endpoint_url = serializers.CharField(
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            help_text="Empty for AWS S3; e.g. https://minio.hospital.example for another S3 API.",
+        )
+        region = serializers.CharField(max_length=64, required=False, allow_blank=True)
+        access_key_id = serializers.CharField(max_length=255)
+        secret_access_key = serializers.CharField(
+            max_length=255,
+            write_only=True,
+            help_text="Stored encrypted until the import ends, then removed; never returned.",
+        )
+
+        class Meta:
+            ref_name = "ArchiveImportJobCreate"
+
+    @extend_schema(
+        tags=["ingest"],
+        summary="List ingest jobs",
+        parameters=[IngestJobFilterSerializer],
+        responses={200: IngestJobOutputSerializer(many=True), **_errors(400)},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        filters = IngestJobFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        job_list = selectors.job_list(org=self.org, **filters.validated_data)
+        return _paginated(self, request, job_list, IngestJobOutputSerializer)
+
+    @extend_schema(
+        tags=["ingest"],
+        summary="Import every object under an S3 prefix",
+        description="Queues a job that lists `s3://bucket/prefix` and ingests each object (DICOM "
+        "files and ZIP archives of them). The bucket is contacted by the job, not by this "
+        "request: an unreachable bucket or wrong credentials make the job fail with the reason "
+        "in `error`. Follow the job at `GET /ingest-jobs/{id}/`.",
+        request=InputSerializer,
+        responses={201: IngestJobOutputSerializer, **_errors(400)},
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        job = jobs.import_job_create(
+            org=self.org, data=jobs.ImportInput(**serializer.validated_data), actor=self.actor
+        )
+        job.refresh_from_db()
+        return Response(IngestJobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class IngestJobDetailApi(OrgAPIView):
+    """One ingest job with its progress: counters, rate and the time left."""
+
+    permissions_required = {"GET": Perm.IMAGES_WRITE}
+
+    @extend_schema(
+        tags=["ingest"],
+        summary="One ingest job (progress)",
+        responses={200: IngestJobOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, job_id: int, **kwargs: Any) -> Response:
+        job = selectors.job_get(org=self.org, job_id=job_id)
+        return Response(IngestJobOutputSerializer(job).data)
+
+
+class IngestFailureOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    source = serializers.CharField(  # type: ignore[assignment]
+        help_text="The file name, ZIP member or object key."
+    )
+    sop_instance_uid = serializers.CharField()
+    reason_code = serializers.IntegerField(help_text="PS3.18 / PS3.4 failure reason code.")
+    reason_code_hex = serializers.SerializerMethodField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "ArchiveIngestFailure"
+
+    def get_reason_code_hex(self, obj: Any) -> str:
+        return f"{obj.reason_code:#06x}"
+
+
+class IngestJobFailureListApi(OrgAPIView):
+    """Why objects of a job were not stored, newest first."""
+
+    permissions_required = {"GET": Perm.IMAGES_WRITE}
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(
+        tags=["ingest"],
+        summary="Failures of an ingest job",
+        responses={200: IngestFailureOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, job_id: int, **kwargs: Any) -> Response:
+        job = selectors.job_get(org=self.org, job_id=job_id)
+        failures = selectors.job_failures(org=self.org, job=job)
+        return _paginated(self, request, failures, IngestFailureOutputSerializer)
+
+
+# --- storage locations -----------------------------------------------------------------------
+
+ENCRYPTION_CHOICES = [(mode, locations.ENCRYPTION_LABELS[mode]) for mode in ENCRYPTION_MODES]
+STORAGE_CLASS_CHOICES = [(c, c) for c in STORAGE_CLASSES]
+
+
+def _storage_class_field(**kwargs: Any) -> NamedChoiceField:
+    return NamedChoiceField(
+        enum_name="ArchiveStorageClassEnum", choices=STORAGE_CLASS_CHOICES, **kwargs
+    )
+
+
+class StorageClassesSerializer(serializers.Serializer):
+    hot = _storage_class_field()
+    warm = _storage_class_field()
+    cold = _storage_class_field()
+    archive = _storage_class_field()
+
+    class Meta:
+        ref_name = "ArchiveStorageClasses"
+
+
+class StorageClassesInputSerializer(serializers.Serializer):
+    hot = _storage_class_field(required=False)
+    warm = _storage_class_field(required=False)
+    cold = _storage_class_field(required=False)
+    archive = _storage_class_field(required=False)
+
+    class Meta:
+        ref_name = "ArchiveStorageClassesInput"
+
+
+class LocationOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = NamedChoiceField(
+        enum_name="ArchiveLocationKindEnum", choices=StorageLocation.Kind.choices
+    )
+    role = NamedChoiceField(
+        enum_name="ArchiveLocationRoleEnum", choices=StorageLocation.Role.choices
+    )
+    endpoint_url = serializers.CharField()
+    region = serializers.CharField()
+    bucket = serializers.CharField()
+    prefix = serializers.CharField()
+    access_key_id = serializers.CharField()
+    secret_access_key_set = serializers.SerializerMethodField(
+        help_text="Whether a secret key is stored. The key itself is never returned."
+    )
+    encryption = serializers.SerializerMethodField()
+    kms_key_id = serializers.CharField()
+    storage_classes = serializers.SerializerMethodField()
+    in_use = serializers.SerializerMethodField(help_text="Images are stored in this location.")
+    created_at = serializers.DateTimeField()
+    last_test_at = serializers.DateTimeField(allow_null=True)
+    last_test_ok = serializers.BooleanField(allow_null=True)
+    last_test_message = serializers.CharField()
+
+    class Meta:
+        ref_name = "ArchiveStorageLocation"
+
+    def get_secret_access_key_set(self, obj: StorageLocation) -> bool:
+        return bool(obj.secret_access_key_encrypted)
+
+    @extend_schema_field(
+        NamedChoiceField(enum_name="ArchiveEncryptionEnum", choices=ENCRYPTION_CHOICES)
+    )
+    def get_encryption(self, obj: StorageLocation) -> str:
+        return locations.encryption_mode(obj.encryption)
+
+    @extend_schema_field(StorageClassesSerializer)
+    def get_storage_classes(self, obj: StorageLocation) -> dict[str, str]:
+        return {tier: obj.storage_class(tier) for tier in TIERS}
+
+    def get_in_use(self, obj: StorageLocation) -> bool:
+        return selectors.location_in_use(org=obj.organization, location=obj)
+
+
+class LocationInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    role = NamedChoiceField(
+        enum_name="ArchiveLocationRoleEnum",
+        choices=StorageLocation.Role.choices,
+        default=StorageLocation.Role.REPLICA,
+        help_text="primary: new images go here (only before the first image is stored).",
+    )
+    endpoint_url = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    region = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    bucket = serializers.CharField(max_length=63)
+    prefix = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    access_key_id = serializers.CharField(max_length=255)
+    secret_access_key = serializers.CharField(
+        max_length=255,
+        write_only=True,
+        help_text="Stored encrypted; never returned. On PATCH, omit it to keep the stored one.",
+    )
+    encryption = NamedChoiceField(
+        enum_name="ArchiveEncryptionEnum", choices=ENCRYPTION_CHOICES, default="sse-s3"
+    )
+    kms_key_id = serializers.CharField(
+        max_length=2048, required=False, allow_blank=True, help_text="Only with sse-kms."
+    )
+    storage_classes = StorageClassesInputSerializer(
+        required=False,
+        help_text="Per tier; defaults STANDARD, STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE.",
+    )
+
+    class Meta:
+        ref_name = "ArchiveStorageLocationInput"
+
+
+def _location_input(data: dict[str, Any], base: StorageLocation | None = None) -> LocationInput:
+    """Validated input -> the service's input; on PATCH, omitted fields keep their value."""
+    current: dict[str, Any] = {}
+    if base is not None:
+        current = {
+            "name": base.name,
+            "role": base.role,
+            "endpoint_url": base.endpoint_url,
+            "region": base.region,
+            "bucket": base.bucket,
+            "prefix": base.prefix,
+            "access_key_id": base.access_key_id,
+            "encryption": locations.encryption_mode(base.encryption),
+            "kms_key_id": base.kms_key_id,
+            "storage_classes": {tier: base.storage_class(tier) for tier in TIERS},
+        }
+    merged = {**current, **data}
+    classes = {**current.get("storage_classes", {}), **(data.get("storage_classes") or {})}
+    return LocationInput(
+        name=merged["name"],
+        role=merged.get("role", StorageLocation.Role.REPLICA),
+        endpoint_url=merged.get("endpoint_url", ""),
+        region=merged.get("region", ""),
+        bucket=merged["bucket"],
+        prefix=merged.get("prefix", ""),
+        access_key_id=merged["access_key_id"],
+        secret_access_key=data.get("secret_access_key", ""),
+        encryption=merged.get("encryption", "sse-s3"),
+        kms_key_id=merged.get("kms_key_id", ""),
+        storage_classes=classes or None,
+    )
+
+
+class LocationListApi(OrgAPIView):
+    """The organization's storage locations: the platform default or its own buckets."""
+
+    permissions_required = {"GET": Perm.STORAGE_MANAGE, "POST": Perm.STORAGE_MANAGE}
+    pagination_class = OldestFirstPagination
+
+    @extend_schema(
+        tags=["storage"],
+        summary="List storage locations",
+        responses={200: LocationOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return _paginated(
+            self, request, selectors.location_list(org=self.org), LocationOutputSerializer
+        )
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Add an S3 bucket",
+        description="Nothing is contacted: test the connection with "
+        "`POST /storage-locations/{id}/test/`. As primary (only while the organization has no "
+        "images) it replaces the platform default; a bucket that was primary becomes a replica.",
+        request=LocationInputSerializer,
+        responses={201: LocationOutputSerializer, **_errors(400, 409)},
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        serializer = LocationInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        location = locations.location_create(
+            org=self.org, data=_location_input(serializer.validated_data), actor=self.actor
+        )
+        return Response(LocationOutputSerializer(location).data, status=status.HTTP_201_CREATED)
+
+
+class LocationDetailApi(OrgAPIView):
+    """One storage location."""
+
+    permissions_required = {
+        "GET": Perm.STORAGE_MANAGE,
+        "PATCH": Perm.STORAGE_MANAGE,
+        "DELETE": Perm.STORAGE_MANAGE,
+    }
+
+    @extend_schema(
+        tags=["storage"],
+        summary="One storage location",
+        responses={200: LocationOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, location_id: int, **kwargs: Any) -> Response:
+        location = selectors.location_get(org=self.org, location_id=location_id)
+        return Response(LocationOutputSerializer(location).data)
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Change a storage location",
+        description="Omitted fields keep their value. The bucket, prefix, endpoint and region "
+        "are fixed once images are stored in the location; credentials and encryption are not.",
+        request=LocationInputSerializer,
+        responses={200: LocationOutputSerializer, **_errors(400, 409)},
+    )
+    def patch(self, request: Request, location_id: int, **kwargs: Any) -> Response:
+        location = selectors.location_get(org=self.org, location_id=location_id)
+        serializer = LocationInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        location = locations.location_update(
+            org=self.org,
+            location=location,
+            data=_location_input(serializer.validated_data, base=location),
+            actor=self.actor,
+        )
+        return Response(LocationOutputSerializer(location).data)
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Remove a storage location",
+        description="Refused while images are stored in it. Nothing in the bucket is deleted.",
+        responses={204: None, **_errors(409)},
+    )
+    def delete(self, request: Request, location_id: int, **kwargs: Any) -> Response:
+        location = selectors.location_get(org=self.org, location_id=location_id)
+        locations.location_delete(org=self.org, location=location, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LocationTestApi(OrgAPIView):
+    """Write, read back and delete a probe object in the bucket."""
+
+    permissions_required = {"POST": Perm.STORAGE_MANAGE}
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Test a storage location's connection",
+        description="The outcome is kept on the location (`last_test_*`) and returned; a failed "
+        "test is a 200 with `last_test_ok: false` and the reason in `last_test_message`.",
+        request=None,
+        responses={200: LocationOutputSerializer, **_errors(409)},
+    )
+    def post(self, request: Request, location_id: int, **kwargs: Any) -> Response:
+        location = selectors.location_get(org=self.org, location_id=location_id)
+        location = locations.location_test(org=self.org, location=location, actor=self.actor)
+        return Response(LocationOutputSerializer(location).data)
+
+
+class ArchiveSettingsOutputSerializer(serializers.Serializer):
+    storage_quota_bytes = serializers.IntegerField(
+        allow_null=True, help_text="Null: no quota. Ingest refuses images beyond it."
+    )
+    stored_bytes = serializers.IntegerField()
+    bytes_by_tier = serializers.DictField(child=serializers.IntegerField())
+
+    class Meta:
+        ref_name = "ArchiveSettings"
+
+
+class ArchiveSettingsApi(OrgAPIView):
+    """The storage quota and what is stored per tier."""
+
+    permissions_required = {"GET": Perm.STORAGE_MANAGE, "PATCH": Perm.STORAGE_MANAGE}
+
+    class InputSerializer(serializers.Serializer):
+        storage_quota_bytes = serializers.IntegerField(allow_null=True, min_value=1)
+
+        class Meta:
+            ref_name = "ArchiveSettingsUpdate"
+
+    def _output(self) -> Response:
+        tiers = selectors.bytes_by_tier(org=self.org)
+        config = selectors.archive_settings_get(org=self.org)
+        data = {
+            "storage_quota_bytes": config.storage_quota_bytes,
+            "stored_bytes": sum(tiers.values()),
+            "bytes_by_tier": tiers,
+        }
+        return Response(ArchiveSettingsOutputSerializer(data).data)
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Storage quota and usage",
+        responses={200: ArchiveSettingsOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return self._output()
+
+    @extend_schema(
+        tags=["storage"],
+        summary="Set or remove the storage quota",
+        request=InputSerializer,
+        responses={200: ArchiveSettingsOutputSerializer, **_errors(400)},
+    )
+    def patch(self, request: Request, **kwargs: Any) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        locations.archive_settings_update(
+            org=self.org,
+            storage_quota_bytes=serializer.validated_data["storage_quota_bytes"],
+            actor=self.actor,
+        )
+        return self._output()
+
+
+# --- AE titles -------------------------------------------------------------------------------
+
+
+class AEOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    ae_title = serializers.CharField(help_text="The called AE title; unique across Strata.")
+    allowed_calling_ae_titles = serializers.ListField(
+        child=serializers.CharField(), help_text="Empty: any calling AE title."
+    )
+    allowed_networks = serializers.ListField(
+        child=serializers.CharField(), help_text="IP addresses or CIDR ranges; empty: any."
+    )
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "ArchiveDicomAE"
+
+
+class AEInputSerializer(serializers.Serializer):
+    ae_title = serializers.CharField(max_length=64)
+    allowed_calling_ae_titles = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list
+    )
+    allowed_networks = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list
+    )
+
+    class Meta:
+        ref_name = "ArchiveDicomAECreate"
+
+
+class AEUpdateSerializer(serializers.Serializer):
+    allowed_calling_ae_titles = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False
+    )
+    allowed_networks = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False
+    )
+
+    class Meta:
+        ref_name = "ArchiveDicomAEUpdate"
+
+
+class AEListApi(OrgAPIView):
+    """The called AE titles of the organization on the shared C-STORE listener."""
+
+    permissions_required = {"GET": Perm.STORAGE_MANAGE, "POST": Perm.STORAGE_MANAGE}
+    pagination_class = OldestFirstPagination
+
+    @extend_schema(
+        tags=["dicom-aes"],
+        summary="List AE titles",
+        responses={200: AEOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return _paginated(self, request, ae_services.ae_list(org=self.org), AEOutputSerializer)
+
+    @extend_schema(
+        tags=["dicom-aes"],
+        summary="Add an AE title",
+        request=AEInputSerializer,
+        responses={201: AEOutputSerializer, **_errors(400)},
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        serializer = AEInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        ae = ae_services.ae_create(org=self.org, actor=self.actor, **serializer.validated_data)
+        return Response(AEOutputSerializer(ae).data, status=status.HTTP_201_CREATED)
+
+
+class AEDetailApi(OrgAPIView):
+    """One AE title."""
+
+    permissions_required = {
+        "GET": Perm.STORAGE_MANAGE,
+        "PATCH": Perm.STORAGE_MANAGE,
+        "DELETE": Perm.STORAGE_MANAGE,
+    }
+
+    @extend_schema(
+        tags=["dicom-aes"],
+        summary="One AE title",
+        responses={200: AEOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
+        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        return Response(AEOutputSerializer(ae).data)
+
+    @extend_schema(
+        tags=["dicom-aes"],
+        summary="Change who may send to an AE title",
+        description="The title itself cannot be renamed: add a new one and delete the old.",
+        request=AEUpdateSerializer,
+        responses={200: AEOutputSerializer, **_errors(400)},
+    )
+    def patch(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
+        ae: DicomAE = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        body = request.data if isinstance(request.data, dict) else {}
+        if "ae_title" in body and body["ae_title"] != ae.ae_title:
+            raise ValidationFailed(
+                "An AE title cannot be renamed.",
+                fields={"ae_title": ["Add a new AE title and delete this one instead."]},
+            )
+        serializer = AEUpdateSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        ae = ae_services.ae_update(
+            org=self.org,
+            ae=ae,
+            allowed_calling_ae_titles=data.get(
+                "allowed_calling_ae_titles", ae.allowed_calling_ae_titles
+            ),
+            allowed_networks=data.get("allowed_networks", ae.allowed_networks),
+            actor=self.actor,
+        )
+        return Response(AEOutputSerializer(ae).data)
+
+    @extend_schema(
+        tags=["dicom-aes"],
+        summary="Delete an AE title",
+        description="The listener refuses associations to it from then on.",
+        responses={204: None, **_errors()},
+    )
+    def delete(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
+        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        ae_services.ae_delete(org=self.org, ae=ae, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,238 @@
+"""Portal forms of the archive: they check shape; the services in ``archive.locations``,
+``archive.jobs`` and ``archive.ae`` check the rules and refuse with field errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+
+from archive.jobs import ImportInput
+from archive.locations import ENCRYPTION_LABELS, STORAGE_CLASSES, LocationInput
+from archive.models import DEFAULT_STORAGE_CLASSES, TIERS, StorageLocation
+from tenants.forms import PortalForm
+
+GIB = 2**30
+MODALITIES = ["CT", "MR", "CR", "DX", "MG", "US", "NM", "PT", "XA", "RF", "OT", "SM"]
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+
+class StudySearchForm(PortalForm):
+    patient = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Patient name or ID",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "e.g. Curie or PAT12345"}),
+    )
+    accession = forms.CharField(required=False, max_length=64, label="Accession number")
+    modality = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any")] + [(m, m) for m in MODALITIES],
+        label="Modality",
+    )
+    date_from = forms.DateField(required=False, label="Study date from", widget=DateInput())
+    date_to = forms.DateField(required=False, label="to", widget=DateInput())
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        start, end = data.get("date_from"), data.get("date_to")
+        if start and end and start > end:
+            self.add_error("date_to", "The end date is before the start date.")
+        return data
+
+    def filters(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "patient": data.get("patient") or "",
+            "accession": data.get("accession") or "",
+            "modality": data.get("modality") or "",
+            "date_from": data.get("date_from"),
+            "date_to": data.get("date_to"),
+        }
+
+
+def _storage_class_field(tier: str) -> forms.ChoiceField:
+    return forms.ChoiceField(
+        choices=[(c, c) for c in STORAGE_CLASSES],
+        initial=DEFAULT_STORAGE_CLASSES[tier],
+        label=f"{tier.capitalize()} tier",
+    )
+
+
+class LocationForm(PortalForm):
+    name = forms.CharField(max_length=100, help_text="How the portal names this location.")
+    role = forms.ChoiceField(
+        choices=StorageLocation.Role.choices,
+        initial=StorageLocation.Role.REPLICA,
+        help_text="New images go to the primary location. The primary can only change before "
+        "the first image is stored.",
+    )
+    endpoint_url = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Endpoint URL",
+        help_text="Leave empty for AWS S3. For MinIO, Ceph or another S3 API: "
+        "https://s3.hospital.example.",
+    )
+    region = forms.CharField(required=False, max_length=64, help_text="e.g. eu-central-1")
+    bucket = forms.CharField(max_length=63)
+    # Named as the service's field; the form's own ``prefix`` is an instance attribute.
+    prefix = forms.CharField(  # type: ignore[assignment]
+        required=False, max_length=255, label="Key prefix", help_text="e.g. strata/ (optional)"
+    )
+    access_key_id = forms.CharField(max_length=255, label="Access key id")
+    secret_access_key = forms.CharField(
+        required=False,
+        max_length=255,
+        label="Secret access key",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    encryption = forms.ChoiceField(
+        choices=list(ENCRYPTION_LABELS.items()),
+        initial="sse-s3",
+        label="Server-side encryption",
+    )
+    kms_key_id = forms.CharField(
+        required=False, max_length=2048, label="KMS key id", help_text="Only for SSE-KMS."
+    )
+    storage_class_hot = _storage_class_field("hot")
+    storage_class_warm = _storage_class_field("warm")
+    storage_class_cold = _storage_class_field("cold")
+    storage_class_archive = _storage_class_field("archive")
+
+    def __init__(self, *args: Any, secret_set: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.secret_set = secret_set
+        field = self.fields["secret_access_key"]
+        if secret_set:
+            field.help_text = "Set. Leave empty to keep it; it is stored encrypted and never shown."
+        else:
+            field.required = True
+            field.help_text = "Stored encrypted and never shown again."
+
+    @classmethod
+    def initial_for(cls, location: StorageLocation) -> dict[str, Any]:
+        from archive.locations import encryption_mode
+
+        initial: dict[str, Any] = {
+            "name": location.name,
+            "role": location.role,
+            "endpoint_url": location.endpoint_url,
+            "region": location.region,
+            "bucket": location.bucket,
+            "prefix": location.prefix,
+            "access_key_id": location.access_key_id,
+            "encryption": encryption_mode(location.encryption),
+            "kms_key_id": location.kms_key_id,
+        }
+        for tier in TIERS:
+            initial[f"storage_class_{tier}"] = location.storage_class(tier)
+        return initial
+
+    def to_input(self) -> LocationInput:
+        data = self.cleaned_data
+        return LocationInput(
+            name=data["name"],
+            role=data["role"],
+            endpoint_url=data.get("endpoint_url") or "",
+            region=data.get("region") or "",
+            bucket=data["bucket"],
+            prefix=data.get("prefix") or "",
+            access_key_id=data["access_key_id"],
+            secret_access_key=data.get("secret_access_key") or "",
+            encryption=data["encryption"],
+            kms_key_id=data.get("kms_key_id") or "",
+            storage_classes={tier: data[f"storage_class_{tier}"] for tier in TIERS},
+        )
+
+
+class QuotaForm(PortalForm):
+    quota_gib = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.001"),
+        max_value=Decimal(2**30),
+        decimal_places=3,
+        label="Storage quota (GiB)",
+        help_text="Ingest refuses images beyond this size. Leave empty for no quota.",
+    )
+
+    def quota_bytes(self) -> int | None:
+        value = self.cleaned_data.get("quota_gib")
+        return None if value is None else int(value * GIB)
+
+
+class ImportForm(PortalForm):
+    bucket = forms.CharField(max_length=63)
+    prefix = forms.CharField(  # type: ignore[assignment]
+        required=False,
+        max_length=255,
+        label="Key prefix",
+        help_text="Only objects whose key starts with this are imported, e.g. exports/2024/.",
+    )
+    endpoint_url = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Endpoint URL",
+        help_text="Leave empty for AWS S3.",
+    )
+    region = forms.CharField(required=False, max_length=64)
+    access_key_id = forms.CharField(max_length=255, label="Access key id")
+    secret_access_key = forms.CharField(
+        max_length=255,
+        label="Secret access key",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Read-only access is enough. Stored encrypted until the import ends, then removed.",
+    )
+
+    def to_input(self) -> ImportInput:
+        data = self.cleaned_data
+        return ImportInput(
+            bucket=data["bucket"],
+            prefix=data.get("prefix") or "",
+            endpoint_url=data.get("endpoint_url") or "",
+            region=data.get("region") or "",
+            access_key_id=data["access_key_id"],
+            secret_access_key=data["secret_access_key"],
+        )
+
+
+def _lines(value: str) -> list[str]:
+    return [item.strip() for item in value.replace(",", "\n").splitlines() if item.strip()]
+
+
+class AEForm(PortalForm):
+    ae_title = forms.CharField(
+        max_length=16,
+        label="Called AE title",
+        help_text="What the PACS sends to, e.g. STMARY_ARCHIVE. Unique across Strata.",
+    )
+    allowed_calling_ae_titles = forms.CharField(
+        required=False,
+        label="Allowed calling AE titles",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        help_text="One per line. Empty: any calling AE title.",
+    )
+    allowed_networks = forms.CharField(
+        required=False,
+        label="Allowed networks",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        help_text="IP addresses or CIDR ranges, one per line, e.g. 203.0.113.0/24. Empty: any.",
+    )
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if editing:
+            field = self.fields["ae_title"]
+            field.disabled = True
+            field.required = False
+            field.help_text = "An AE title cannot be renamed; add a new one instead."
+
+    def calling(self) -> list[str]:
+        return _lines(self.cleaned_data.get("allowed_calling_ae_titles") or "")
+
+    def networks(self) -> list[str]:
+        return _lines(self.cleaned_data.get("allowed_networks") or "")

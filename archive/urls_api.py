@@ -1,0 +1,44 @@
+"""The archive's REST API, mounted by saas.urls at /api/v1/ (token) and /api/v1/o/<org_slug>/
+(session). Ids use the ``int`` converter: a non-numeric id is a plain 404."""
+
+from django.urls import URLPattern, path
+
+from archive import apis
+
+urlpatterns: list[URLPattern] = [
+    path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
+    path("studies/<int:study_id>/", apis.StudyDetailApi.as_view(), name="api-study"),
+    path(
+        "studies/<int:study_id>/series/",
+        apis.StudySeriesListApi.as_view(),
+        name="api-study-series",
+    ),
+    path("series/<int:series_id>/", apis.SeriesDetailApi.as_view(), name="api-series"),
+    path(
+        "series/<int:series_id>/instances/",
+        apis.SeriesInstanceListApi.as_view(),
+        name="api-series-instances",
+    ),
+    path("instances/<int:instance_id>/", apis.InstanceDetailApi.as_view(), name="api-instance"),
+    path("ingest-jobs/", apis.IngestJobListApi.as_view(), name="api-ingest-jobs"),
+    path("ingest-jobs/<int:job_id>/", apis.IngestJobDetailApi.as_view(), name="api-ingest-job"),
+    path(
+        "ingest-jobs/<int:job_id>/failures/",
+        apis.IngestJobFailureListApi.as_view(),
+        name="api-ingest-job-failures",
+    ),
+    path("storage-locations/", apis.LocationListApi.as_view(), name="api-storage-locations"),
+    path(
+        "storage-locations/<int:location_id>/",
+        apis.LocationDetailApi.as_view(),
+        name="api-storage-location",
+    ),
+    path(
+        "storage-locations/<int:location_id>/test/",
+        apis.LocationTestApi.as_view(),
+        name="api-storage-location-test",
+    ),
+    path("archive-settings/", apis.ArchiveSettingsApi.as_view(), name="api-archive-settings"),
+    path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
+    path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
+]

@@ -1,0 +1,52 @@
+"""Portal URLs of the archive, mounted at ``/o/<slug>/archive/``."""
+
+from django.urls import URLPattern, path
+
+from archive import views
+
+urlpatterns: list[URLPattern] = [
+    path("studies/", views.studies, name="portal-studies"),
+    path("studies/<int:study_id>/", views.study_detail, name="portal-study"),
+    path("studies/<int:study_id>/download/", views.study_download, name="portal-study-download"),
+    path("ingest/", views.ingest_page, name="portal-ingest"),
+    path("ingest/uploads/", views.upload_create, name="portal-ingest-upload"),
+    path("ingest/import/", views.import_create, name="portal-ingest-import"),
+    path("ingest/jobs/<int:job_id>/", views.job_detail, name="portal-ingest-job"),
+    path(
+        "ingest/jobs/<int:job_id>/progress/",
+        views.job_progress,
+        name="portal-ingest-job-progress",
+    ),
+    path("ingest/jobs/<int:job_id>/files/", views.upload_chunk, name="portal-ingest-upload-chunk"),
+    path(
+        "ingest/jobs/<int:job_id>/finish/",
+        views.upload_finish,
+        name="portal-ingest-upload-finish",
+    ),
+    path("ingest/ae-titles/new/", views.ae_create, name="portal-ae-create"),
+    path("ingest/ae-titles/<int:ae_id>/edit/", views.ae_edit, name="portal-ae-edit"),
+    path("ingest/ae-titles/<int:ae_id>/delete/", views.ae_delete, name="portal-ae-delete"),
+    path("storage/", views.storage, name="portal-storage"),
+    path("storage/quota/", views.storage_quota, name="portal-storage-quota"),
+    path("storage/locations/new/", views.location_create, name="portal-location-create"),
+    path(
+        "storage/locations/<int:location_id>/edit/",
+        views.location_edit,
+        name="portal-location-edit",
+    ),
+    path(
+        "storage/locations/<int:location_id>/test/",
+        views.location_test,
+        name="portal-location-test",
+    ),
+    path(
+        "storage/locations/<int:location_id>/test/clear/",
+        views.location_test_clear,
+        name="portal-location-test-clear",
+    ),
+    path(
+        "storage/locations/<int:location_id>/delete/",
+        views.location_delete,
+        name="portal-location-delete",
+    ),
+]
