@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -75,39 +76,73 @@ def _rollup_usage(since: datetime, until: datetime, stats: RollupStats) -> None:
         stats.usage_rows_read += 1
     now = timezone.now()
     for (org_id, meter, dim), hours in series.items():
-        for first, last in _contiguous_runs(sorted(hours)):
-            sums = (
-                UsageEvent.objects.filter(
-                    organization_id=org_id,
-                    meter=meter,
-                    dimension_key=dim,
-                    at__gte=first,
-                    at__lt=last + HOUR,
-                )
-                .annotate(hour=TruncHour("at"))
-                .values("hour")
-                .annotate(total=Sum("quantity"), n=Count("id"))
+        rows = [
+            Rollup(
+                organization_id=org_id,
+                meter=meter,
+                dimension_key=dim,
+                hour=hour,
+                quantity=total,
+                events=n,
+                updated_at=now,
             )
-            rows = [
-                Rollup(
-                    organization_id=org_id,
-                    meter=meter,
-                    dimension_key=dim,
-                    hour=row["hour"],
-                    quantity=row["total"] or 0,
-                    events=row["n"],
-                    updated_at=now,
-                )
-                for row in sums
-                if row["hour"] in hours
-            ]
-            Rollup.objects.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["organization", "meter", "dimension_key", "hour"],
-                update_fields=["quantity", "events", "updated_at"],
+            for hour, total, n in _hour_sums(org_id, meter, dim, sorted(hours))
+            if hour in hours
+        ]
+        Rollup.objects.bulk_create(
+            rows,
+            batch_size=5000,
+            update_conflicts=True,
+            unique_fields=["organization", "meter", "dimension_key", "hour"],
+            update_fields=["quantity", "events", "updated_at"],
+        )
+        stats.usage_buckets += len(rows)
+
+
+# Touched hours thinner than this share of their span (late events scattered over months) are
+# summed hour by hour with one index scan each instead of re-reading the whole span.
+SPARSE_SHARE = 0.25
+HOURS_PER_QUERY = 2000
+_HOUR_SUMS_SQL = """
+    SELECT h.hour, s.total, s.n
+    FROM unnest(%s::timestamptz[]) AS h(hour)
+    CROSS JOIN LATERAL (
+        SELECT SUM(e.quantity) AS total, COUNT(*) AS n FROM billing_usageevent e
+        WHERE e.organization_id = %s AND e.meter = %s AND e.dimension_key = %s
+          AND e.at >= h.hour AND e.at < h.hour + interval '1 hour'
+    ) AS s
+    WHERE s.n > 0
+"""
+
+
+def _hour_sums(
+    org_id: int, meter: str, dim: str, hours: list[datetime]
+) -> Iterator[tuple[datetime, int, int]]:
+    """(hour, total, events) for a series' touched hours (sorted)."""
+    span = int((hours[-1] - hours[0]) / HOUR) + 1
+    if connection.vendor == "postgresql" and len(hours) < SPARSE_SHARE * span:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")  # compiling costs more than these short scans
+            for i in range(0, len(hours), HOURS_PER_QUERY):
+                cursor.execute(_HOUR_SUMS_SQL, [hours[i : i + HOURS_PER_QUERY], org_id, meter, dim])
+                for hour, total, n in cursor.fetchall():
+                    yield hour, int(total), n
+        return
+    for first, last in _contiguous_runs(hours):
+        sums = (
+            UsageEvent.objects.filter(
+                organization_id=org_id,
+                meter=meter,
+                dimension_key=dim,
+                at__gte=first,
+                at__lt=last + HOUR,
             )
-            stats.usage_buckets += len(rows)
+            .annotate(hour=TruncHour("at"))
+            .values_list("hour")
+            .annotate(total=Sum("quantity"), n=Count("id"))
+        )
+        for hour, total, n in sums:
+            yield hour, int(total or 0), n
 
 
 def _opening_balance(org_id: int, tier: str, start: datetime) -> int:

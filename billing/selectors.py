@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Max, QuerySet, Sum
+from django.db.models import F, Max, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
 from billing.models import Budget, BudgetAlert, Invoice, InvoiceLine, Rollup
 from tenants.errors import NotFound
 from tenants.models import Organization
+
+# SQLite's SUM() overflows past 2^63 (a month of byte-seconds of ~3.1 TiB in one tier); summing
+# quotient and remainder by 10^9 separately keeps both small and the total exact everywhere.
+_SPLIT = 10**9
 
 
 def usage_totals(
@@ -20,9 +24,12 @@ def usage_totals(
         Rollup.objects.for_org(org)
         .filter(hour__gte=start, hour__lt=end)
         .values_list("meter", "dimension_key")
-        .annotate(total=Sum("quantity"))
+        .annotate(
+            high=Sum(F("quantity") / _SPLIT),
+            low=Sum(F("quantity") - F("quantity") / _SPLIT * _SPLIT),
+        )
     )
-    return {(meter, dim): int(total or 0) for meter, dim, total in rows}
+    return {(meter, dim): int(high or 0) * _SPLIT + int(low or 0) for meter, dim, high, low in rows}
 
 
 def usage_daily(*, org: Organization, start: datetime, end: datetime) -> list[dict[str, object]]:

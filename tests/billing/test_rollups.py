@@ -145,3 +145,45 @@ def test_other_org_usage_is_separate(org, other_org):
     rollup_run(now=at(2026, 8, 2))
     assert usage_totals(org=org, start=at(2026, 8, 1), end=at(2026, 9, 1)) == {}
     assert timedelta(0) == timedelta(0)
+
+
+def test_totals_beyond_2_to_the_63_are_exact(org):
+    # ~30 TiB in archive for a month is more byte-seconds than a 64-bit SUM holds
+    big = 2**62 + 12345
+    Rollup.objects.bulk_create(
+        [
+            Rollup(
+                organization=org,
+                meter="storage",
+                dimension_key="tier=archive",
+                hour=at(2026, 9, 1, h),
+                quantity=big,
+            )
+            for h in range(3)
+        ]
+    )
+    assert usage_totals(org=org, start=at(2026, 9, 1), end=at(2026, 10, 1)) == {
+        ("storage", "tier=archive"): 3 * big
+    }
+
+
+def test_late_events_scattered_over_months_roll_up_exactly(org):
+    """Exercises the sparse path (hour by hour on PostgreSQL) and the range path elsewhere."""
+    hours = [at(2026, 1, 5, 3), at(2026, 3, 9, 14), at(2026, 6, 20, 23)]
+    for i, hour in enumerate(hours):
+        for minute in (1, 30):
+            record_usage(
+                org=org,
+                meter="egress.bytes",
+                quantity=1000 + i,
+                at=hour + timedelta(minutes=minute),
+                idempotency_key=f"s{i}{minute}",
+            )
+    record_usage(
+        org=org, meter="egress.bytes", quantity=5, at=at(2026, 4, 1, 0, 5), idempotency_key="noise"
+    )
+    rollup_run(now=at(2026, 7, 1))
+    got = dict(
+        Rollup.objects.for_org(org).filter(meter="egress.bytes").values_list("hour", "quantity")
+    )
+    assert got == {hours[0]: 2000, hours[1]: 2002, hours[2]: 2004, at(2026, 4, 1, 0): 5}
