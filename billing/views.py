@@ -32,10 +32,10 @@ from billing.invoicing import DraftLine, invoice_compute
 from billing.meters import METERS, STORAGE, TIERS, Meter, billing_quantity
 from billing.models import Budget, BudgetAlert, Invoice, Rollup
 from billing.periods import hours_in_month, month_start
-from saas.portal import PortalContext, org_view
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.models import Organization
+from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 
 USAGE_DAYS = 30

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenants.portal import PortalContext, org_view  # noqa: F401  (moved to tenants; kept importable)
-
 # The portal's sections, in navigation order. ``url_name`` None: the section is not available yet
 # for this deployment and is shown disabled (later capabilities enable it by naming its view).
 NAV_SECTIONS: list[dict[str, Any]] = [
