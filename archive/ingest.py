@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from archive.dicom import (
@@ -396,7 +396,7 @@ def _quota_left(org: Organization) -> int | None:
     config = ArchiveSettings.objects.for_org(org).first()
     if config is None or config.storage_quota_bytes is None:
         return None
-    used = sum(Study.objects.for_org(org).values_list("total_bytes", flat=True))
+    used = Study.objects.for_org(org).aggregate(total=Sum("total_bytes"))["total"] or 0
     return max(config.storage_quota_bytes - used, 0)
 
 

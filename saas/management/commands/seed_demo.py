@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -58,6 +59,18 @@ class Command(BaseCommand):
                 actor=actor,
             )
         studies = self._ingest_demo_studies(org)
+        from archive.models import DicomAE
+
+        if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
+            from archive.ae import ae_create
+
+            ae_create(
+                org=org,
+                ae_title="DEMO_HOSPITAL",
+                allowed_calling_ae_titles=[],
+                allowed_networks=[],
+                actor=actor,
+            )
         if not options["quiet"]:
             self.stdout.write(
                 "\nDemo ready: open http://localhost:8000/ and sign in as\n"
@@ -65,6 +78,8 @@ class Command(BaseCommand):
                 f"Organizations: {org.slug}, {second.slug}. Other demo accounts use the same password:\n"
                 + "".join(f"  {email} ({role})\n" for email, role in STAFF)
                 + f"Demo images: {studies} studies ingested through the pipeline.\n"
+                + "Send more: STOW-RS to http://localhost:8000/dicomweb/studies (make a token with dicom:write),\n"
+                + f"or C-STORE to called AE title DEMO_HOSPITAL at localhost:{settings.DICOM_SCP_PORT}.\n"
             )
 
     def _ingest_demo_studies(self, org: Organization) -> int:

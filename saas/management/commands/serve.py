@@ -55,11 +55,20 @@ class Command(BaseCommand):
                 "-s",
                 str(settings.CELERY_BEAT_SCHEDULE_FILENAME),
             ],
+            "dicom": [
+                python,
+                "manage.py",
+                "run_scp",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.DICOM_SCP_PORT),
+            ],
             "web": [python, "manage.py", "runserver", options["addr"]],
         }
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
         self.stdout.write(
-            f"Strata running at http://{options['addr']}/ (Ctrl-C stops web, worker and beat)"
+            f"Strata running at http://{options['addr']}/, DICOM C-STORE on port {settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
         )
         try:
             while True:

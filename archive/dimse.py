@@ -1,0 +1,801 @@
+"""The DIMSE listener (C-STORE and C-ECHO SCP) that every organization shares on one port.
+
+The called AE title says which organization an association belongs to (``DicomAE``); the calling
+AE title and the peer's address must be allowed by that AE's rules (``archive.ae.ae_admit``).
+Anything else is refused at association time with an A-ASSOCIATE-RJ, before a byte of data flows:
+rejected-permanent, source service-user, diagnostic 7 (called AE title not recognised) for an
+unknown title or an organization that is not active, diagnostic 3 (calling AE title not
+recognised) for a calling title or an address that the AE does not allow. When the check itself
+fails (database unreachable): rejected-transient, service-provider, temporary congestion.
+
+Presentation contexts: every storage SOP class and Verification, each with every transfer syntax
+pynetdicom knows. Per context the sender's first proposed syntax is accepted, and the data set's
+bytes are stored exactly as received (compressed ones too).
+
+Receiving (invariant 5, constant memory): pynetdicom writes each incoming data set to a temporary
+file as the P-DATA fragments arrive (``_config.STORE_RECV_CHUNKED_DATASET``); the C-STORE handler
+then streams that file into a spool file of the organization's store with Strata's own File Meta
+Information in front, hashing on the way, and hands it to the one ingest pipeline
+(``archive.ingest.instance_ingest``). Nothing holds a whole data set in memory.
+
+Acknowledgement (invariant 2, no lost data): a C-STORE success status is sent only once the
+pipeline has stored, verified and indexed the object, or found the identical object already stored.
+
+C-STORE response statuses (PS3.4 Table B.2-1, PS3.7 Annex C):
+
+    0x0000  success: stored, or the identical object was already stored (a duplicate is not an
+            error for the sender; the association's ingest job counts it as duplicate)
+    0xA700  refused, out of resources: the organization's storage quota is exhausted
+    0xA701  refused, out of resources: the object store failed; the sender should retry later
+    0xA702  refused, out of resources: an internal error (e.g. the database is unreachable);
+            retry later
+    0xA900  error, data set does not match SOP class: a required UID is missing
+    0xC000  error, cannot understand: the data set cannot be parsed or is truncated
+    0xC111  error, cannot understand: a different object is already stored under this SOP
+            Instance UID; it is not overwritten ("11" echoes PS3.7's 0x0111 Duplicate SOP
+            Instance, which is not a valid C-STORE status)
+    0xC409  error, cannot understand: the series already belongs to another study
+    0x0122  refused: SOP class not supported
+
+Every failure carries an Error Comment (at most 64 characters) with the reason.
+
+Each association that sends at least one C-STORE gets one ``IngestJob`` (kind ``cstore``) with its
+counts and an ``IngestFailure`` row per refused object; when the association ends (released,
+aborted or broken) the job is closed, the CPU seconds spent on it are metered as
+``compute.seconds`` (rounded up) and one ``ingest.cstore`` audit event is written. A C-ECHO-only
+association (a PACS checking connectivity) creates no job.
+
+Threads: pynetdicom runs every association in its own thread (the handlers below run there) plus
+a socket-reading thread. Each association thread uses its own database connection, in autocommit
+outside the ingest transactions, and closes it when the association ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import os
+import queue
+import socket
+import socketserver
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from django.db import connection, connections, transaction
+from django.utils import timezone
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    VerificationPresentationContexts,
+    _config,
+    evt,
+)
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from archive.ae import ae_admit
+from archive.dicom import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+    STUDY_UID_MISMATCH,
+)
+from archive.ingest import IngestResult, Spooled, instance_ingest, location_primary
+from archive.models import DicomAE, IngestFailure, IngestJob, StorageLocation
+from archive.storage import ObjectStore, store_for
+from billing.metering import record_usage
+from tenants.context import Actor
+from tenants.models import Organization
+from tenants.services import audit_record
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+DEFAULT_AE_TITLE = "STRATA"
+DEFAULT_PORT = 11112
+# The largest P-DATA PDU a sender may send us. pynetdicom reads a PDU whole into memory, so this
+# bounds the per-association buffer; 1 MiB keeps the per-PDU overhead small at full speed.
+DEFAULT_MAX_PDU = 1024 * 1024
+ERROR_COMMENT_MAX = 64  # LO
+RECV_CHUNK = 1024 * 1024  # most bytes one socket read asks for
+# Tolerance above the announced maximum PDU length for senders that miscount their headers.
+PDU_LENGTH_SLACK = 64 * 1024
+JOB_FLUSH_SECONDS = 2.0  # how stale an association's job counts may be while it runs
+
+# C-STORE statuses; see the module docstring.
+SUCCESS = 0x0000
+STATUS_QUOTA_EXCEEDED = 0xA700
+STATUS_STORE_UNAVAILABLE = 0xA701
+STATUS_INTERNAL_ERROR = 0xA702
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DIFFERENT_OBJECT = 0xC111
+STATUS_STUDY_MISMATCH = 0xC409
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+_STATUS_FOR_REASON = {
+    OUT_OF_RESOURCES: STATUS_QUOTA_EXCEEDED,
+    PROCESSING_FAILURE: STATUS_STORE_UNAVAILABLE,
+    DATASET_DOES_NOT_MATCH: STATUS_DATASET_MISMATCH,
+    CANNOT_UNDERSTAND: STATUS_CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE: STATUS_DIFFERENT_OBJECT,
+    STUDY_UID_MISMATCH: STATUS_STUDY_MISMATCH,
+    SOP_CLASS_NOT_SUPPORTED: STATUS_SOP_CLASS_NOT_SUPPORTED,
+}
+
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, diagnostic.
+REJECT_PERMANENT = 0x01
+REJECT_TRANSIENT = 0x02
+SOURCE_SERVICE_USER = 0x01
+SOURCE_PROVIDER_PRESENTATION = 0x03
+DIAG_CALLING_AE_NOT_RECOGNISED = 0x03
+DIAG_CALLED_AE_NOT_RECOGNISED = 0x07
+DIAG_TEMPORARY_CONGESTION = 0x01
+
+
+def cstore_status(result: IngestResult) -> int:
+    """The C-STORE response status for an ingest result."""
+    if result.ok:
+        return SUCCESS
+    code = result.reason_code
+    if code in _STATUS_FOR_REASON:
+        return _STATUS_FOR_REASON[code]
+    if 0xA700 <= code <= 0xA7FF or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF:
+        return code
+    return STATUS_CANNOT_UNDERSTAND
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # Error Comment is LO: 64 characters of the default repertoire, no backslash.
+    comment = reason.replace("\\", "/").encode("ascii", "replace").decode("ascii")
+    if len(comment) > ERROR_COMMENT_MAX:
+        comment = comment[: ERROR_COMMENT_MAX - 3] + "..."
+    ds.ErrorComment = comment
+    return ds
+
+
+def rejection_reason(*, called_ae: str, calling_ae: str, address: str) -> tuple[int, str]:
+    """Why ``ae_admit`` refused: the A-ASSOCIATE-RJ diagnostic and a reason for the log.
+
+    Only called after ``ae_admit`` returned None; the decision itself is ``ae_admit``'s. A
+    suspended organization's title is treated as unknown (its existence is not the sender's
+    business); an address outside the allowed networks counts as an unrecognised calling AE, since
+    an AE is its title at its address.
+    """
+    dicom_ae = (
+        DicomAE.objects.select_related("organization").filter(ae_title=called_ae.strip()).first()
+    )
+    if dicom_ae is None:
+        return DIAG_CALLED_AE_NOT_RECOGNISED, "unknown called AE title"
+    if not dicom_ae.organization.is_active:
+        return DIAG_CALLED_AE_NOT_RECOGNISED, "organization not active"
+    allowed = dicom_ae.allowed_calling_ae_titles
+    if allowed and calling_ae.strip() not in allowed:
+        return DIAG_CALLING_AE_NOT_RECOGNISED, "calling AE title not allowed"
+    return DIAG_CALLING_AE_NOT_RECOGNISED, "address outside the allowed networks"
+
+
+def _thread_cpu_seconds(native_id: int | None) -> float:
+    """CPU seconds of another thread of this process (Linux /proc); 0.0 where unavailable."""
+    if native_id is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0.0
+    # Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    fields = stat.rsplit(b")", 1)[-1].split()
+    try:
+        ticks = int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _dataset_offset(handle: Any) -> int:
+    """Where the data set starts in a Part 10 file: after preamble, prefix and File Meta group.
+
+    pynetdicom always writes the group length element first, so the offset follows from it.
+    """
+    head = handle.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("the received file has no File Meta group length")
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+@dataclass
+class _Session:
+    """What one admitted association needs; used only from its own thread, except ``outcome``."""
+
+    dicom_ae: DicomAE
+    org: Organization
+    called_ae: str
+    calling_ae: str
+    address: str
+    dul_native_id: int | None = None
+    dul_cpu: float = 0.0
+    outcome: str = ""
+    job: IngestJob | None = None
+    location: StorageLocation | None = None
+    store: ObjectStore | None = None
+    flushed_at: float = 0.0
+    counts: dict[str, int] = field(
+        default_factory=lambda: {
+            "received": 0,
+            "stored": 0,
+            "duplicate": 0,
+            "failed": 0,
+            "bytes_received": 0,
+            "bytes_stored": 0,
+        }
+    )
+
+    @property
+    def source(self) -> str:
+        return f"{self.calling_ae}@{self.address} -> {self.called_ae}"
+
+
+class _AcceptorSocket(AssociationSocket):
+    """pynetdicom's socket, reading up to ``RECV_CHUNK`` per call instead of 4 KiB.
+
+    A 512 KB data set took 128 ``recv`` calls, each a system call and a hand-over of the GIL;
+    now it takes a few. Still never more than the PDU length asks for, and what a closed
+    connection left is returned as before.
+
+    A PDU longer than the maximum we announced is refused before it is read (pynetdicom would
+    buffer all of it): the OSError makes pynetdicom treat the connection as closed.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        limit = self.assoc.acceptor.maximum_length
+        if limit and nr_bytes > limit + PDU_LENGTH_SLACK:
+            logger.warning(
+                "dimse: refusing a %d byte PDU from %s (maximum %d)",
+                nr_bytes,
+                self.assoc.requestor.address,
+                limit,
+            )
+            raise OSError(f"PDU of {nr_bytes} bytes exceeds the maximum of {limit}")
+        sock = cast(socket.socket, self.socket)
+        data = bytearray()
+        while len(data) < nr_bytes:
+            chunk = sock.recv(min(nr_bytes - len(data), RECV_CHUNK))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class _AcceptorAssociation(Association):
+    """An accepted association whose thread always ends with ``StrataSCP._finish``.
+
+    pynetdicom has no end-of-thread hook: the released/aborted events do not fire on every path,
+    and a thread's database connection can only be closed from that thread.
+    """
+
+    scp: StrataSCP
+
+    def run(self) -> None:
+        cpu_start = time.thread_time()
+        try:
+            super().run()
+        finally:
+            self.scp._finish(self, cpu_start)
+
+
+class _RequestHandler(RequestHandler):
+    """Per connection: TCP_NODELAY, the faster socket reads, the end-of-association hook."""
+
+    server: _Server
+
+    def handle(self) -> None:
+        sock = self.request
+        if isinstance(sock, socket.socket):
+            # C-STORE is request/response: Nagle would hold back each small response.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assoc = self._create_association()
+        # Subclasses that only add behaviour, no state: swapping the class of pynetdicom's fully
+        # built objects keeps its own set-up (contexts, handlers, the socket's first event).
+        assoc.__class__ = _AcceptorAssociation
+        assert isinstance(assoc, _AcceptorAssociation)
+        assoc.scp = self.server.scp
+        if type(assoc.dul.socket) is AssociationSocket:
+            assoc.dul.socket.__class__ = _AcceptorSocket
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+
+
+class _Server(ThreadedAssociationServer):
+    scp: StrataSCP
+
+    def shutdown(self) -> None:
+        """Stop accepting. Not ``AssociationServer.shutdown``: that expects the server in the AE's
+        own list, which only ``AE.start_server`` fills."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+class StrataSCP:
+    """The shared C-STORE / C-ECHO listener.
+
+    ``start()`` binds and serves in a background thread; ``stop()`` stops accepting, waits up to
+    ``grace`` seconds for running associations and aborts the rest.
+    """
+
+    def __init__(
+        self,
+        *,
+        ae_title: str = DEFAULT_AE_TITLE,
+        max_associations: int = 10,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        network_timeout: float = 60,
+    ) -> None:
+        # Process-wide pynetdicom switches: receive data sets to disk, and no per-PDU/DIMSE
+        # logging (it would cost CPU on every fragment and could log identifiers).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.LOG_HANDLER_LEVEL = "none"
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_associations = max_associations
+        self.ae.maximum_pdu_size = max_pdu
+        self.ae.network_timeout = network_timeout
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = 60
+        for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
+            # Every transfer syntax pynetdicom knows: compressed data sets are stored as received.
+            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for cx in VerificationPresentationContexts:
+            assert cx.abstract_syntax is not None
+            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sessions: dict[Association, _Session] = {}
+        self._lock = threading.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> tuple[str, int]:  # noqa: S104
+        """Bind and serve in a background thread. Returns the bound (host, port)."""
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        server = self.ae.make_server(
+            (host, port),
+            evt_handlers=handlers,
+            server_class=_Server,
+            request_handler=_RequestHandler,
+        )
+        assert isinstance(server, _Server)
+        server.scp = self
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="strata-scp"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        address = server.server_address
+        return str(address[0]), int(address[1])
+
+    @property
+    def associations(self) -> list[Association]:
+        return self.server.active_associations if self.server is not None else []
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let running associations finish for ``grace`` seconds, abort the rest."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for assoc in server.active_associations:
+            logger.warning(
+                "dimse: aborting association from %s at shutdown", assoc.requestor.address
+            )
+            assoc.abort()
+        # An aborted association may still be inside a C-STORE handler: let it finish storing or
+        # cleaning up (its object is not acknowledged, so the sender will send it again).
+        for assoc in server.active_associations:
+            assoc.join(timeout=60)
+
+    # --- association acceptance -------------------------------------------------------------
+
+    def _on_requested(self, event: Event) -> None:
+        """Admit or reject (A-ASSOCIATE-RJ) the association before negotiation."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        called = str(getattr(request, "called_ae_title", "") or "").strip()
+        calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+        address = str(assoc.requestor.address)
+        try:
+            dicom_ae = ae_admit(called_ae=called, calling_ae=calling, address=address)
+            if dicom_ae is None:
+                diagnostic, why = rejection_reason(
+                    called_ae=called, calling_ae=calling, address=address
+                )
+                logger.warning(
+                    "dimse: rejected association %s -> %s from %s: %s",
+                    calling,
+                    called,
+                    address,
+                    why,
+                )
+                _reject(assoc, REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)
+                return
+        except Exception:
+            # A notification handler's exception would let negotiation go on: refuse instead.
+            logger.exception("dimse: cannot check association %s -> %s", calling, called)
+            _reject(
+                assoc, REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, DIAG_TEMPORARY_CONGESTION
+            )
+            return
+        session = _Session(
+            dicom_ae=dicom_ae,
+            org=dicom_ae.organization,
+            called_ae=called,
+            calling_ae=calling,
+            address=_clean_address(address),
+            dul_native_id=assoc.dul.native_id,
+        )
+        _prefer_senders_transfer_syntax(assoc)
+        with self._lock:
+            self._sessions[assoc] = session
+        logger.info(
+            "dimse: accepted association %s -> %s from %s for org %s",
+            calling,
+            called,
+            address,
+            session.org.pk,
+        )
+
+    def _session(self, assoc: Association) -> _Session | None:
+        with self._lock:
+            return self._sessions.get(assoc)
+
+    def _on_released(self, event: Event) -> None:
+        session = self._session(event.assoc)
+        if session is not None:
+            session.outcome = session.outcome or "released"
+            session.dul_cpu = max(session.dul_cpu, _thread_cpu_seconds(session.dul_native_id))
+
+    def _on_aborted(self, event: Event) -> None:
+        session = self._session(event.assoc)
+        if session is not None:
+            session.outcome = session.outcome or "aborted"
+
+    # --- services -----------------------------------------------------------------------------
+
+    def _on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Event) -> int | Dataset:
+        session = self._session(event.assoc)
+        if session is None:  # only admitted associations get this far
+            return _failure(STATUS_INTERNAL_ERROR, "Association not admitted.")
+        session.dul_cpu = max(session.dul_cpu, _thread_cpu_seconds(session.dul_native_id))
+        try:
+            return self._store(session, event)
+        except Exception:
+            logger.exception("dimse: C-STORE failed for org %s", session.org.pk)
+            # A broken connection must not fail every later C-STORE of the association.
+            connection.close()
+            reason = "Internal error; please retry later."
+            if session.job is not None:
+                failed = IngestResult(
+                    status="failed",
+                    sop_instance_uid=_requested_sop_instance(event),
+                    reason_code=STATUS_INTERNAL_ERROR,
+                    reason=reason,
+                )
+                try:
+                    self._count(session, failed, STATUS_INTERNAL_ERROR)
+                except Exception:
+                    logger.exception(
+                        "dimse: counting the failure failed for org %s", session.org.pk
+                    )
+                    connection.close()
+            return _failure(STATUS_INTERNAL_ERROR, reason)
+
+    def _store(self, session: _Session, event: Event) -> int | Dataset:
+        if session.job is None:
+            now = timezone.now()
+            session.location = location_primary(session.org)
+            session.store = store_for(session.location)
+            session.job = IngestJob.objects.create(
+                organization=session.org,
+                kind=IngestJob.Kind.CSTORE,
+                state=IngestJob.State.RUNNING,
+                source=session.source[:1000],
+                params={
+                    "called_ae": session.called_ae,
+                    "calling_ae": session.calling_ae,
+                    "address": session.address,
+                },
+                started_at=now,
+                heartbeat_at=now,
+            )
+        assert session.store is not None
+        request = cast(C_STORE, event.request)
+        context = event.context
+        try:
+            spooled = spool_received(
+                event.dataset_path,
+                session.store.spool_dir(),
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                transfer_syntax_uid=str(context.transfer_syntax),
+                sending_ae=session.calling_ae,
+                receiving_ae=session.called_ae,
+            )
+        except (OSError, ValueError) as exc:
+            logger.warning("dimse: spooling failed for org %s: %s", session.org.pk, exc)
+            result = IngestResult(
+                status="failed",
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                reason_code=PROCESSING_FAILURE,
+                reason="The received data set could not be spooled; please retry later.",
+            )
+        else:
+            result = instance_ingest(org=session.org, spooled=spooled, location=session.location)
+        status = cstore_status(result)
+        self._count(session, result, status)
+        if status == SUCCESS:
+            return SUCCESS
+        logger.info("dimse: C-STORE refused for org %s with status 0x%04X", session.org.pk, status)
+        return _failure(status, result.reason)
+
+    def _count(self, session: _Session, result: IngestResult, status: int) -> None:
+        """Count the object; the job row is written at most every ``JOB_FLUSH_SECONDS``.
+
+        Writing it per object would add a statement to every C-STORE for a progress figure nobody
+        needs at that rate; the counts are complete when the association ends (``_close_job``).
+        """
+        job = session.job
+        assert job is not None
+        outcome = result.status if result.status in ("stored", "duplicate") else "failed"
+        session.counts["received"] += 1
+        session.counts[outcome] += 1
+        session.counts["bytes_received"] += result.size
+        if outcome == "stored":
+            session.counts["bytes_stored"] += result.size
+        if outcome == "failed":
+            IngestFailure.objects.create(
+                organization=session.org,
+                job=job,
+                source=f"C-STORE {session.calling_ae}@{session.address}"[:1000],
+                sop_instance_uid=result.sop_instance_uid[:64],
+                reason_code=status,
+                reason=(result.reason or "Refused.")[:500],
+            )
+        if outcome == "failed" or time.monotonic() - session.flushed_at >= JOB_FLUSH_SECONDS:
+            self._flush(session, job)
+
+    def _flush(self, session: _Session, job: IngestJob, **extra: Any) -> None:
+        # Absolute values: only this association's thread writes this job row.
+        IngestJob.objects.filter(pk=job.pk).update(
+            heartbeat_at=timezone.now(), **session.counts, **extra
+        )
+        session.flushed_at = time.monotonic()
+
+    # --- end of association -----------------------------------------------------------------
+
+    def _finish(self, assoc: Association, cpu_start: float) -> None:
+        """In the association's thread, after it ended: clean up, close the job, meter, audit."""
+        with self._lock:
+            session = self._sessions.pop(assoc, None)
+        try:
+            _discard_partial_datasets(assoc)
+            if session is not None and session.job is not None:
+                cpu = time.thread_time() - cpu_start + session.dul_cpu
+                self._close_job(session, session.job, cpu)
+            if session is not None:
+                counts = session.counts
+                logger.info(
+                    "dimse: association %s -> %s from %s %s: %d received, %d stored, "
+                    "%d duplicate, %d failed",
+                    session.calling_ae,
+                    session.called_ae,
+                    session.address,
+                    session.outcome or "ended",
+                    counts["received"],
+                    counts["stored"],
+                    counts["duplicate"],
+                    counts["failed"],
+                )
+        except Exception:
+            logger.exception("dimse: closing the association's ingest job failed")
+        finally:
+            # This thread's connections only: each association thread has its own.
+            connections.close_all()
+
+    def _close_job(self, session: _Session, job: IngestJob, cpu_seconds: float) -> None:
+        now = timezone.now()
+        released = session.outcome == "released"
+        state = IngestJob.State.DONE if released else IngestJob.State.FAILED
+        error = (
+            ""
+            if released
+            else "The association was aborted before it was released; objects acknowledged "
+            "with success are stored, the others were not."
+        )
+        seconds = max(1, math.ceil(cpu_seconds))
+        with transaction.atomic():
+            self._flush(session, job, state=state, finished_at=now, error=error)
+            job.refresh_from_db()
+            record_usage(
+                org=session.org,
+                meter="compute.seconds",
+                quantity=seconds,
+                at=now,
+                idempotency_key=f"compute.seconds:ingest-job:{job.pk}",
+            )
+            audit_record(
+                org=session.org,
+                actor=Actor(
+                    ip=session.address or None,
+                    label_override=f"dicom:{session.calling_ae}"[:255],
+                ),
+                action="ingest.cstore",
+                target=job,
+                details={
+                    "called_ae": session.called_ae,
+                    "calling_ae": session.calling_ae,
+                    "outcome": session.outcome or "ended",
+                    "received": job.received,
+                    "stored": job.stored,
+                    "duplicate": job.duplicate,
+                    "failed": job.failed,
+                    "bytes_received": job.bytes_received,
+                    "bytes_stored": job.bytes_stored,
+                    "compute_seconds": seconds,
+                },
+            )
+
+
+def _reject(assoc: Association, result: int, source: int, diagnostic: int) -> None:
+    """Send the A-ASSOCIATE-RJ and wait until it is on the wire, as pynetdicom's own rejections do.
+
+    Without the wait the association thread would close the socket while the reject PDU is still
+    queued, and the peer would see an abort instead of the reason.
+    """
+    assoc.acse.send_reject(result, source, diagnostic)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def _prefer_senders_transfer_syntax(assoc: Association) -> None:
+    """Accept, per presentation context, the first transfer syntax the sender proposed.
+
+    pynetdicom picks the first of the acceptor's syntaxes that the requestor proposed; ordering
+    this association's copy of the supported contexts by the sender's proposals means a data set
+    is received in the encoding the sender holds it in (stored as received: no lossy compression
+    forced on it, no decompression). Precondition: before negotiation (EVT_REQUESTED).
+    """
+    request = assoc.requestor.primitive
+    proposed: dict[str, list[str]] = {}
+    for cx in getattr(request, "presentation_context_definition_list", None) or []:
+        merged = proposed.setdefault(str(cx.abstract_syntax), [])
+        merged.extend(str(ts) for ts in cx.transfer_syntax if str(ts) not in merged)
+    for cx in assoc.acceptor.supported_contexts:
+        wanted = proposed.get(str(cx.abstract_syntax))
+        if wanted:
+            ours = [str(ts) for ts in cx.transfer_syntax]
+            ordered: list[str | bytes | UID] = [ts for ts in wanted if ts in ours]
+            ordered.extend(ts for ts in ours if ts not in wanted)
+            cx.transfer_syntax = ordered
+
+
+def _requested_sop_instance(event: Event) -> str:
+    return str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "")
+
+
+def _clean_address(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return ""
+
+
+def _discard_partial_datasets(assoc: Association) -> None:
+    """Delete pynetdicom's temporary files of data sets that never reached the C-STORE handler.
+
+    pynetdicom deletes the file after the handler ran, but not one whose transfer was cut off
+    (abort, broken connection) or that was still queued when the association ended. Best effort:
+    these are pynetdicom internals, checked defensively.
+    """
+    dimse = getattr(assoc, "dimse", None)
+    partial = getattr(getattr(dimse, "message", None), "_data_set_file", None)
+    handles = [partial] if partial is not None else []
+    pending = getattr(dimse, "msg_queue", None)
+    while pending is not None and not pending.empty():
+        try:
+            entry = pending.get_nowait()
+        except queue.Empty:
+            break
+        handle = getattr(entry[-1] if isinstance(entry, tuple) else entry, "_dataset_file", None)
+        if handle is not None:
+            handles.append(handle)
+    for handle in handles:
+        try:
+            handle.close()
+            Path(handle.name).unlink(missing_ok=True)
+        except OSError:
+            logger.warning("dimse: could not delete a partial received data set")
+
+
+def spool_received(
+    received: Path,
+    spool_dir: Path,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    sending_ae: str,
+    receiving_ae: str,
+) -> Spooled:
+    """Stream a received data set into a new Part 10 spool file with Strata's File Meta header.
+
+    ``received`` is pynetdicom's file (its own File Meta, then the data set exactly as sent in the
+    accepted transfer syntax). The data set bytes are copied unchanged, so compressed data sets are
+    stored as received; the header records who sent it to which AE title. Hashes while copying:
+    one pass, constant memory.
+    """
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class_uid),
+        sop_instance_uid=UID(sop_instance_uid),
+        transfer_syntax=UID(transfer_syntax_uid),
+    )
+    meta.SourceApplicationEntityTitle = receiving_ae
+    if sending_ae:
+        meta.SendingApplicationEntityTitle = sending_ae
+    meta.ReceivingApplicationEntityTitle = receiving_ae
+    header = DicomBytesIO()
+    header.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(header, meta, enforce_standard=True)
+    path = spool_dir / f"{uuid.uuid4().hex}.part"
+    head = header.getvalue()
+    digest = hashlib.sha256(head)
+    size = len(head)
+    buffer = bytearray(CHUNK)  # reused for every chunk: no allocation per chunk
+    view = memoryview(buffer)
+    try:
+        with open(received, "rb") as source, open(path, "wb") as out:
+            source.seek(_dataset_offset(source))
+            out.write(head)
+            while count := source.readinto(buffer):
+                digest.update(view[:count])
+                out.write(view[:count])
+                size += count
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Spooled(path=path, size=size, sha256=digest.hexdigest())

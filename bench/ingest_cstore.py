@@ -1,0 +1,301 @@
+"""C-STORE ingest through the DICOM listener (manage.py run_scp) on PostgreSQL + filesystem storage.
+
+    .venv/bin/python bench/ingest_cstore.py
+
+Creates the scratch database strata_bench_cstore on the PostgreSQL server of DATABASE_URL (or
+postgres://postgres@127.0.0.1:5432) and drops it at the end; storage is a temporary folder.
+Skips with a message when PostgreSQL is unreachable.
+
+(a) 400 CT instances of ~512 KB over one association from pynetdicom's SCU (streamed from files):
+    instances/s and MB/s, association set-up to release (target >= 150 instances/s).
+(b) One 1 GiB instance: the listener process's peak resident memory above its idle level
+    (target < 150 MB), sampled from /proc/<pid>/status while the transfer runs.
+
+BENCH_CSTORE_INSTANCES=400 and BENCH_CSTORE_LARGE_MB=1024 change the sizes; BENCH_KEEP=1 keeps the
+scratch database and the storage folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB_NAME = "strata_bench_cstore"
+SERVER_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+INSTANCES = int(os.environ.get("BENCH_CSTORE_INSTANCES", "400"))
+LARGE_MB = int(os.environ.get("BENCH_CSTORE_LARGE_MB", "1024"))
+KEEP = os.environ.get("BENCH_KEEP") == "1"
+CALLED_AE = "BENCH-HOSP"
+CALLING_AE = "BENCH-SCU"
+MB = 1_000_000
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def pg_url(dbname: str) -> str:
+    parts = urlsplit(SERVER_URL)
+    scheme = "postgresql" if parts.scheme in ("postgres", "pgsql") else parts.scheme
+    return urlunsplit((scheme, parts.netloc, f"/{dbname}", parts.query, ""))
+
+
+def prepare_database() -> None:
+    if not SERVER_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
+        print("SKIP: ingest_cstore.py needs PostgreSQL; DATABASE_URL is not PostgreSQL.")
+        sys.exit(0)
+    try:
+        admin = psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        print(f"SKIP: PostgreSQL is unreachable at {urlsplit(SERVER_URL).netloc}: {exc}".strip())
+        sys.exit(0)
+    with admin:
+        admin.execute(
+            f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'
+        )  # a killed run's leftover
+        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def drop_database() -> None:
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+prepare_database()
+WORK = Path(tempfile.mkdtemp(prefix="strata-bench-cstore-"))
+ENV = {
+    **os.environ,
+    "DATABASE_URL": pg_url(DB_NAME),
+    "DJANGO_SETTINGS_MODULE": "saas.settings.base",
+    "DEBUG": "0",
+    "SECRET_KEY": os.environ.get("SECRET_KEY") or "strata-bench-cstore-secret-0123456789abcdef",
+    "ARCHIVE_BACKEND": "FILESYSTEM",
+    "ARCHIVE_ROOT": str(WORK / "archive"),
+    "ARCHIVE_SPOOL_ROOT": str(WORK / "spool"),
+    # An in-process broker: the follow-up task is queued as in production, nothing leaves.
+    "CELERY_BROKER_URL": "memory://",
+    "LOG_LEVEL": "WARNING",
+}
+os.environ.update(ENV)
+
+import django  # noqa: E402
+
+django.setup()
+
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pynetdicom import AE, _config  # noqa: E402
+from pynetdicom.association import Association  # noqa: E402
+
+from archive.ae import ae_create  # noqa: E402
+from archive.models import IngestJob, Instance  # noqa: E402
+from archive.synthetic import make_instance, study_spec, write  # noqa: E402
+from tenants.context import Actor  # noqa: E402
+from tenants.models import Organization  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def associate(port: int) -> Association:
+    scu = AE(ae_title=CALLING_AE)
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 600
+    scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    scu.add_requested_context(UID(VERIFICATION), [ExplicitVRLittleEndian])
+    assoc = scu.associate("127.0.0.1", port, ae_title=CALLED_AE)
+    if not assoc.is_established:
+        raise RuntimeError("the listener did not accept the association")
+    return assoc
+
+
+def start_listener(port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "manage.py", "run_scp", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"run_scp exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.1)
+    assoc = associate(port)  # the first association also warms up the listener
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    return proc
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_ct_files(folder: Path, count: int) -> list[Path]:
+    """``count`` CT instances of one series, 512 x 512 x 16 bit (~513 KB each)."""
+    folder.mkdir(parents=True)
+    spec = study_spec("CT")
+    series = generate_uid()
+    return [
+        write(
+            make_instance(
+                spec, series_uid=series, instance_number=n + 1, rows=512, columns=512, seed=n + 1
+            ),
+            folder / f"ct-{n:04d}.dcm",
+        )
+        for n in range(count)
+    ]
+
+
+def write_large_instance(path: Path, megabytes: int) -> Path:
+    """A multi-frame CT of about ``megabytes`` MiB, written frame by frame (never in memory)."""
+    rows = columns = 512
+    frame_bytes = rows * columns * 2
+    frames = max(1, megabytes * 1024 * 1024 // frame_bytes)
+    header = make_instance(study_spec("CT"), series_uid=generate_uid(), rows=rows, columns=columns)
+    del header.PixelData
+    header.NumberOfFrames = frames
+    write(header, path)
+    frame = os.urandom(frame_bytes)
+    with open(path, "ab") as out:
+        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (frames * frame_bytes).to_bytes(4, "little"))
+        for _ in range(frames):
+            out.write(frame)
+    return path
+
+
+def bench_many(port: int, pid: int, files: list[Path]) -> None:
+    total = sum(p.stat().st_size for p in files)
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    assoc = associate(port)
+    statuses = [assoc.send_c_store(path).Status for path in files]
+    assoc.release()
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    failed = [s for s in statuses if s != 0x0000]
+    stored = Instance.objects.count()
+    print(
+        f"(a) {len(files)} CT instances ({total / MB:.1f} MB) over one association: "
+        f"{elapsed:.2f} s, {len(files) / elapsed:.1f} instances/s, {total / MB / elapsed:.1f} MB/s "
+        f"(target >= 150 instances/s); {len(failed)} failed, {stored} indexed; "
+        f"listener CPU {cpu * 1000 / len(files):.1f} ms/instance",
+        flush=True,
+    )
+
+
+def bench_large(port: int, pid: int, path: Path) -> None:
+    size = path.stat().st_size
+    idle_kb = status_kb(pid, "VmRSS")
+    peak_kb = idle_kb
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_kb
+        while not done.is_set():
+            try:
+                peak_kb = max(peak_kb, status_kb(pid, "VmRSS"))
+            except (OSError, KeyError):
+                return
+            time.sleep(0.01)
+
+    # The kernel's own high-water mark catches spikes between samples; reset it where allowed.
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    assoc = associate(port)
+    status = assoc.send_c_store(path).Status
+    assoc.release()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if hwm_reset:
+        peak_kb = max(peak_kb, status_kb(pid, "VmHWM"))
+    above_mb = (peak_kb - idle_kb) * 1024 / MB
+    print(
+        f"(b) one {size / MB:.0f} MB instance: status 0x{status:04X}, {elapsed:.1f} s "
+        f"({size / MB / elapsed:.1f} MB/s); listener RSS idle {idle_kb * 1024 / MB:.1f} MB, "
+        f"peak {peak_kb * 1024 / MB:.1f} MB, {above_mb:.1f} MB above idle (target < 150 MB)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    org = Organization.objects.create(name="Bench Hospital", slug="bench-hospital")
+    ae_create(
+        org=org,
+        ae_title=CALLED_AE,
+        allowed_calling_ae_titles=[CALLING_AE],
+        allowed_networks=["127.0.0.0/8"],
+        actor=Actor.system("bench"),
+    )
+    files = write_ct_files(WORK / "send", INSTANCES)
+    large = write_large_instance(WORK / "large.dcm", LARGE_MB)
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the SCU streams from the files
+    port = free_port()
+    proc = start_listener(port, WORK / "run_scp.log")
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        print(f"{os.cpu_count()} CPUs, load average {load} before the run", flush=True)
+        bench_many(port, proc.pid, files)
+        bench_large(port, proc.pid, large)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        print(f"run_scp stopped on SIGTERM with exit code {code}", flush=True)
+        if code != 0:
+            print((WORK / "run_scp.log").read_text())
+    jobs = list(IngestJob.objects.order_by("id").values_list("state", "received", "stored"))
+    print(f"ingest jobs (state, received, stored): {jobs}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        if KEEP:
+            print(f"kept database {DB_NAME} and folder {WORK}")
+        else:
+            drop_database()
+            shutil.rmtree(WORK, ignore_errors=True)

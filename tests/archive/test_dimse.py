@@ -1,0 +1,522 @@
+"""The shared C-STORE / C-ECHO listener, driven by pynetdicom's SCU over real TCP in-process.
+
+The listener runs in threads with their own database connections, hence transactional tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import socket
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from django.conf import settings
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    BreastTomosynthesisImageStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+
+from archive import dimse
+from archive.ae import ae_create
+from archive.dimse import StrataSCP
+from archive.models import ArchiveSettings, IngestFailure, IngestJob, Instance
+from archive.storage import store_for
+from archive.synthetic import make_instance, study_spec, write
+from billing.models import UsageEvent
+from tenants.context import Actor
+from tenants.models import AuditEvent, Organization
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CALLED = "ST-MARY"
+OTHER_CALLED = "OTHER-CLINIC"
+MODALITY = "CT-SCANNER-1"
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+Verification = UID("1.2.840.10008.1.1")
+
+
+@dataclass
+class Listener:
+    scp: StrataSCP
+    host: str
+    port: int
+    receive_dir: Path
+
+    def wait_idle(self, timeout: float = 20.0) -> None:
+        """Wait until every association thread has ended (and so has closed its job)."""
+        deadline = time.monotonic() + timeout
+        while self.scp.associations:
+            if time.monotonic() > deadline:
+                raise AssertionError("associations still running")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Listener]:
+    # StrataSCP flips process-wide pynetdicom switches; put them back after the test.
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
+    receive_dir = tmp_path / "dimse-receive"
+    receive_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(receive_dir))
+    scp = StrataSCP(ae_title="STRATA")
+    host, port = scp.start("127.0.0.1", 0)
+    yield Listener(scp=scp, host=host, port=port, receive_dir=receive_dir)
+    scp.stop(grace=5)
+
+
+@pytest.fixture
+def dicom_ae(org: Organization) -> Any:
+    return ae_create(
+        org=org,
+        ae_title=CALLED,
+        allowed_calling_ae_titles=[],
+        allowed_networks=[],
+        actor=Actor.system("tests"),
+    )
+
+
+def associate(
+    listener: Listener,
+    *,
+    called: str = CALLED,
+    calling: str = MODALITY,
+    contexts: Sequence[tuple[str, Sequence[str]]] | None = None,
+    timeout: float = 30,
+) -> Association:
+    scu = AE(ae_title=calling)
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = timeout
+    for sop_class, syntaxes in contexts or [
+        (CTImageStorage, SYNTAXES),
+        (MRImageStorage, SYNTAXES),
+        (BreastTomosynthesisImageStorage, SYNTAXES),
+        (Verification, SYNTAXES),
+    ]:
+        scu.add_requested_context(sop_class, syntaxes)
+    return scu.associate(listener.host, listener.port, ae_title=called)
+
+
+def ct(rows: int = 64, columns: int = 64, **kwargs: Any) -> Dataset:
+    return make_instance(
+        study_spec("CT"), series_uid=generate_uid(), rows=rows, columns=columns, **kwargs
+    )
+
+
+def stored_dataset(org: Organization, sop_instance_uid: str) -> Dataset:
+    instance = Instance.objects.for_org(org).get(sop_instance_uid=sop_instance_uid)
+    data = b"".join(store_for(instance.location).iter_bytes(key=instance.object_key, tier="hot"))
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def assert_same_dataset(stored: Dataset, sent: Dataset) -> None:
+    assert [e.tag for e in stored] == [e.tag for e in sent]
+    for element in sent:
+        assert stored[element.tag].value == element.value, element.keyword
+
+
+def send_one(listener: Listener, ds: Dataset, **kwargs: Any) -> Dataset:
+    assoc = associate(listener, **kwargs)
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    listener.wait_idle()
+    return status
+
+
+def test_c_echo_succeeds_and_creates_no_job(listener, dicom_ae):
+    assoc = associate(listener)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    listener.wait_idle()
+    assert not IngestJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("modality", "size"),
+    [
+        ("CT", {"rows": 128, "columns": 128}),
+        ("MR", {"rows": 96, "columns": 96}),
+        ("MG", {"rows": 64, "columns": 48, "frames": 12}),
+    ],
+)
+def test_c_store_indexes_and_stores_the_dataset_element_for_element(
+    listener, org, dicom_ae, modality, size
+):
+    sent = make_instance(study_spec(modality), series_uid=generate_uid(), **size)
+    status = send_one(listener, sent)
+    assert status.Status == 0x0000
+    instance = Instance.objects.for_org(org).get(sop_instance_uid=sent.SOPInstanceUID)
+    assert instance.sop_class_uid == sent.SOPClassUID
+    assert instance.transfer_syntax_uid == ExplicitVRLittleEndian
+    stored = stored_dataset(org, sent.SOPInstanceUID)
+    assert_same_dataset(stored, sent)
+    assert stored.PixelData == sent.PixelData
+    assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert stored.file_meta.MediaStorageSOPInstanceUID == sent.SOPInstanceUID
+    assert stored.file_meta.SendingApplicationEntityTitle == MODALITY
+    assert stored.file_meta.ReceivingApplicationEntityTitle == CALLED
+    assert not list(listener.receive_dir.iterdir())  # pynetdicom's temporary file is gone
+
+
+def test_implicit_vr_and_compressed_datasets_are_stored_as_received(listener, org, dicom_ae):
+    implicit = ct()
+    compressed = ct(rows=32, columns=32)
+    compressed.compress(RLELossless)
+    assoc = associate(
+        listener,
+        contexts=[(CTImageStorage, [ImplicitVRLittleEndian]), (MRImageStorage, [RLELossless])],
+    )
+    assert assoc.is_established
+    assert assoc.send_c_store(implicit).Status == 0x0000
+    assoc.release()
+    listener.wait_idle()
+    # The sender's first choice wins when it offers several syntaxes.
+    assoc = associate(listener, contexts=[(CTImageStorage, [RLELossless, ExplicitVRLittleEndian])])
+    assert assoc.accepted_contexts[0].transfer_syntax == [RLELossless]
+    assert assoc.send_c_store(compressed).Status == 0x0000
+    assoc.release()
+    listener.wait_idle()
+    stored = stored_dataset(org, implicit.SOPInstanceUID)
+    assert stored.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert_same_dataset(stored, implicit)
+    stored = stored_dataset(org, compressed.SOPInstanceUID)
+    assert stored.file_meta.TransferSyntaxUID == RLELossless
+    assert stored.PixelData == compressed.PixelData  # the encapsulated fragments, unchanged
+
+
+def test_duplicate_send_succeeds_and_keeps_one_instance(listener, org, dicom_ae):
+    sent = ct()
+    assoc = associate(listener)
+    assert assoc.send_c_store(sent).Status == 0x0000
+    assert assoc.send_c_store(sent).Status == 0x0000
+    assoc.release()
+    listener.wait_idle()
+    assert Instance.objects.for_org(org).count() == 1
+    job = IngestJob.objects.for_org(org).get()
+    assert (job.received, job.stored, job.duplicate, job.failed) == (2, 1, 1, 0)
+
+
+def test_different_object_under_the_same_uid_fails_and_keeps_the_original(listener, org, dicom_ae):
+    original = ct()
+    assert send_one(listener, original).Status == 0x0000
+    changed = pydicom.dcmread(io.BytesIO(_encoded(original)))
+    changed.PatientName = "Changed^Name"
+    status = send_one(listener, changed)
+    assert status.Status == dimse.STATUS_DIFFERENT_OBJECT
+    assert "different object" in status.ErrorComment
+    assert stored_dataset(org, original.SOPInstanceUID).PatientName == original.PatientName
+    failure = IngestFailure.objects.for_org(org).get()
+    assert failure.reason_code == dimse.STATUS_DIFFERENT_OBJECT
+    assert failure.sop_instance_uid == original.SOPInstanceUID
+
+
+def _encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_missing_uid_and_quota_are_refused_with_their_status(listener, org, dicom_ae):
+    broken = ct()
+    del broken.SeriesInstanceUID
+    ArchiveSettings.objects.create(organization=org, storage_quota_bytes=1000)
+    assoc = associate(listener)
+    missing = assoc.send_c_store(broken)
+    over_quota = assoc.send_c_store(ct())
+    assoc.release()
+    listener.wait_idle()
+    assert missing.Status == dimse.STATUS_DATASET_MISMATCH
+    assert "SeriesInstanceUID" in missing.ErrorComment
+    assert over_quota.Status == dimse.STATUS_QUOTA_EXCEEDED
+    assert not Instance.objects.exists()
+    assert sorted(IngestFailure.objects.for_org(org).values_list("reason_code", flat=True)) == [
+        dimse.STATUS_QUOTA_EXCEEDED,
+        dimse.STATUS_DATASET_MISMATCH,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("called", "rules", "suspend", "diagnostic"),
+    [
+        ("NOBODY", {}, False, 0x07),  # called AE title not recognised
+        (CALLED, {"allowed_calling_ae_titles": ["PACS-MAIN"]}, False, 0x03),  # calling AE
+        (CALLED, {"allowed_networks": ["10.20.0.0/16"]}, False, 0x03),  # 127.0.0.1 is outside
+        (CALLED, {}, True, 0x07),  # a suspended organization's title is not served
+    ],
+    ids=["unknown-called-ae", "calling-ae-not-allowed", "address-not-allowed", "org-suspended"],
+)
+def test_association_is_rejected_when_not_admitted(
+    listener, org, called, rules, suspend, diagnostic
+):
+    ae_create(
+        org=org,
+        ae_title=CALLED,
+        allowed_calling_ae_titles=rules.get("allowed_calling_ae_titles", []),
+        allowed_networks=rules.get("allowed_networks", []),
+        actor=Actor.system("tests"),
+    )
+    if suspend:
+        Organization.objects.filter(pk=org.pk).update(status=Organization.Status.SUSPENDED)
+    assoc = associate(listener, called=called)
+    assert assoc.is_rejected and not assoc.is_established
+    reject = assoc.acceptor.primitive
+    assert reject is not None
+    # rejected-permanent, by the service user, with the reason
+    assert (reject.result, reject.result_source, reject.diagnostic) == (0x01, 0x01, diagnostic)
+    listener.wait_idle()
+    assert not IngestJob.objects.exists()
+
+
+def test_allowed_calling_ae_and_network_are_admitted(listener, org):
+    ae_create(
+        org=org,
+        ae_title=CALLED,
+        allowed_calling_ae_titles=[MODALITY],
+        allowed_networks=["127.0.0.0/8"],
+        actor=Actor.system("tests"),
+    )
+    assoc = associate(listener)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_accepted_sockets_have_tcp_nodelay(listener, dicom_ae):
+    assoc = associate(listener)
+    assert assoc.is_established
+    (server_side,) = listener.scp.associations
+    sock = server_side.dul.socket.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assoc.release()
+
+
+def test_job_counts_metering_and_audit_per_association(listener, org, dicom_ae):
+    sent = [ct() for _ in range(3)]
+    assoc = associate(listener)
+    statuses = [assoc.send_c_store(ds).Status for ds in [*sent, sent[0]]]
+    assoc.release()
+    listener.wait_idle()
+    assert statuses == [0, 0, 0, 0]
+    job = IngestJob.objects.for_org(org).get()
+    assert job.kind == IngestJob.Kind.CSTORE and job.state == IngestJob.State.DONE
+    assert (job.received, job.stored, job.duplicate, job.failed) == (4, 3, 1, 0)
+    stored_sizes = sum(Instance.objects.for_org(org).values_list("size_bytes", flat=True))
+    assert job.bytes_stored == stored_sizes
+    assert job.bytes_received > stored_sizes
+    assert job.started_at and job.finished_at and MODALITY in job.source
+    compute = UsageEvent.objects.for_org(org).get(meter="compute.seconds")
+    assert compute.quantity >= 1 and compute.idempotency_key.endswith(f":{job.pk}")
+    audit = AuditEvent.objects.filter(organization=org, action="ingest.cstore").get()
+    assert audit.target_id == str(job.pk) and audit.ip == "127.0.0.1"
+    assert audit.details["stored"] == 3 and audit.details["calling_ae"] == MODALITY
+    assert audit.details["outcome"] == "released"
+
+
+def test_other_organizations_ae_title_stores_into_its_own_organization(
+    listener, org, other_org, dicom_ae
+):
+    ae_create(
+        org=other_org,
+        ae_title=OTHER_CALLED,
+        allowed_calling_ae_titles=[],
+        allowed_networks=[],
+        actor=Actor.system("tests"),
+    )
+    ours, theirs = ct(), ct()
+    assert send_one(listener, ours).Status == 0x0000
+    assert send_one(listener, theirs, called=OTHER_CALLED).Status == 0x0000
+    assert send_one(listener, ours, called=OTHER_CALLED).Status == 0x0000  # same UID, new org
+    assert set(Instance.objects.for_org(org).values_list("sop_instance_uid", flat=True)) == {
+        ours.SOPInstanceUID
+    }
+    assert set(Instance.objects.for_org(other_org).values_list("sop_instance_uid", flat=True)) == {
+        ours.SOPInstanceUID,
+        theirs.SOPInstanceUID,
+    }
+    for instance in Instance.objects.all():
+        assert instance.object_key.startswith(f"org-{instance.organization_id}/")
+    assert IngestJob.objects.for_org(org).count() == 1
+    assert IngestJob.objects.for_org(other_org).count() == 2
+
+
+def write_large_instance(
+    path: Path, *, frames: int, rows: int = 512, columns: int = 512
+) -> Dataset:
+    """A multi-frame CT written to disk frame by frame: the test never holds it in memory."""
+    header = ct(rows=rows, columns=columns)
+    del header.PixelData
+    header.NumberOfFrames = frames
+    write(header, path)
+    frame = os.urandom(rows * columns * 2)
+    with open(path, "ab") as out:
+        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (frames * len(frame)).to_bytes(4, "little"))
+        for _ in range(frames):
+            out.write(frame)
+    return header
+
+
+def test_100_mb_dataset_is_received_to_disk_in_constant_memory(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    path = tmp_path / "large.dcm"
+    header = write_large_instance(path, frames=200)  # 200 x 512 KiB = 100 MiB of pixel data
+    size = path.stat().st_size
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the SCU streams too
+    assoc = associate(listener, contexts=[(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert assoc.is_established
+
+    peaks: list[int] = []
+    original_store = listener.scp._store
+
+    def measured_store(session: Any, event: Any) -> Any:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        try:
+            return original_store(session, event)
+        finally:
+            peaks.append(tracemalloc.get_traced_memory()[1] - start)
+
+    monkeypatch.setattr(listener.scp, "_store", measured_store)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        status = assoc.send_c_store(path)
+        overall = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assoc.release()
+    listener.wait_idle()
+    assert status.Status == 0x0000
+    instance = Instance.objects.for_org(org).get(sop_instance_uid=header.SOPInstanceUID)
+    assert instance.size_bytes > size - 1024  # the whole object, with Strata's file meta
+    # The handler (spool, hash, parse, store, index) and the whole transfer (SCU send, PDU
+    # receive, handler) stay far below the data set's size.
+    print(f"handler peak {peaks[0]:,} B, transfer peak {overall:,} B for {size:,} B")
+    assert peaks and peaks[0] < size // 20, peaks
+    assert overall < size // 10, overall
+    stored_path = Path(settings.ARCHIVE_ROOT) / "hot" / instance.object_key
+    assert dataset_digest(stored_path) == dataset_digest(path)  # byte for byte, pixels included
+    assert pydicom.dcmread(stored_path, stop_before_pixels=True).NumberOfFrames == 200
+
+
+def dataset_digest(path: Path) -> str:
+    """SHA-256 of the data set after the File Meta group, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(dimse._dataset_offset(handle))
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# The SCU's own socket thread complains about the send cut short by its abort: not our side.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_aborted_transfer_leaves_no_temporary_file_and_fails_the_job(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    path = tmp_path / "large.dcm"
+    write_large_instance(path, frames=400)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = associate(listener, contexts=[(CTImageStorage, [ExplicitVRLittleEndian])], timeout=3)
+    assert assoc.send_c_store(ct(rows=512, columns=512)).Status == 0x0000
+
+    sender = threading.Thread(target=_send_ignoring_errors, args=(assoc, path), daemon=True)
+    sender.start()
+    _wait_for(lambda: any(p.stat().st_size > 8_000_000 for p in listener.receive_dir.iterdir()))
+    assoc.abort()
+    sender.join(timeout=30)
+    listener.wait_idle()
+    assert not list(listener.receive_dir.iterdir())
+    job = IngestJob.objects.for_org(org).get()
+    assert job.state == IngestJob.State.FAILED and "aborted" in job.error
+    assert (job.received, job.stored) == (1, 1)
+    assert AuditEvent.objects.get(action="ingest.cstore").details["outcome"] == "aborted"
+
+
+def _send_ignoring_errors(assoc: Association, path: Path) -> None:
+    with contextlib.suppress(Exception):  # the abort cuts the send short
+        assoc.send_c_store(path)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def test_a_pdu_longer_than_the_announced_maximum_is_refused_unread(listener, caplog):
+    with socket.create_connection((listener.host, listener.port), timeout=5) as raw:
+        # An A-ASSOCIATE-RQ header claiming 200 MB: refused before a byte of it is buffered.
+        raw.sendall(b"\x01\x00" + (200_000_000).to_bytes(4, "big") + b"\x00" * 1024)
+        _wait_for(lambda: "refusing a 200000000 byte PDU" in caplog.text, timeout=10)
+
+
+def test_run_scp_serves_until_sigterm_and_clears_stale_receive_files(
+    dicom_ae, monkeypatch, tmp_path, settings
+):
+    """The management command: listens, answers, and returns cleanly on SIGTERM."""
+    import logging
+    import re
+    import signal
+
+    from django.core.management import call_command
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    pynetdicom_logger = logging.getLogger("pynetdicom")
+    monkeypatch.setattr(pynetdicom_logger, "level", pynetdicom_logger.level)
+    settings.DICOM_SCP_RECEIVE_DIR = tmp_path / "receive"
+    settings.DICOM_SCP_RECEIVE_DIR.mkdir()
+    stale = settings.DICOM_SCP_RECEIVE_DIR / "tmpstale.dcm"  # a killed listener's partial file
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = settings.DICOM_SCP_RECEIVE_DIR / "tmpfresh.dcm"  # another listener's, still receiving
+    fresh.write_bytes(b"receiving")
+    out = io.StringIO()
+    echoes: list[int] = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def client() -> None:
+        _wait_for(lambda: "DICOM listener on" in out.getvalue(), timeout=20)
+        match = re.search(r":(\d+) ", out.getvalue())
+        assert match is not None
+        port = int(match.group(1))
+        scu = AE(ae_title=MODALITY)
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", port, ae_title=CALLED)
+        echoes.append(assoc.send_c_echo().Status)
+        assoc.release()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    call_command("run_scp", "--host", "127.0.0.1", "--port", "0", "--grace", "5", stdout=out)
+    thread.join(timeout=10)
+    assert echoes == [0x0000]
+    assert tempfile.tempdir == str(tmp_path / "receive")  # received data sets land on disk
+    assert not stale.exists() and fresh.exists()
+    assert signal.getsignal(signal.SIGTERM) == previous
