@@ -48,6 +48,7 @@ urlpatterns = [
     path("o/<slug:org_slug>/", include("tenants.urls_portal")),
     path("o/<slug:org_slug>/billing/", include("billing.urls_portal")),
     path("o/<slug:org_slug>/archive/", include("archive.urls_portal")),
+    path("dicomweb/", include("archive.dicomweb.urls")),
 ]
 
 handler404 = "saas.views.not_found"

@@ -1,0 +1,177 @@
+"""What every DICOMweb view shares: the base view, errors, media types and URLs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.utils.http import parse_header_parameters
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tenants.api import OrgAPIView
+from tenants.errors import ServiceError
+
+DICOM_JSON = "application/dicom+json"
+DICOM = "application/dicom"
+MULTIPART_RELATED = "multipart/related"
+
+
+class NotAcceptable(ServiceError):
+    status = 406
+    code = "not_acceptable"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class LengthRequired(ServiceError):
+    status = 411
+    code = "length_required"
+
+
+class RestoreRequired(ServiceError):
+    """Some of the requested objects sit in a tier that cannot be read without a restore."""
+
+    status = 503
+    code = "restore_required"
+
+    def __init__(self, message: str, *, retry_after: int, fields: dict[str, list[str]]):
+        super().__init__(message, fields=fields)
+        self.retry_after = retry_after
+
+
+class StreamParser(BaseParser):
+    """Hands DRF the raw stream untouched: bodies are read by the view, chunk by chunk.
+
+    Any media type: a DICOMweb body is never parsed by DRF (``request.data`` is not used).
+    """
+
+    media_type = "*/*"
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: Any = None,
+    ) -> Any:
+        return stream
+
+
+class DicomWebView(OrgAPIView):
+    """Token auth, the organization and permission checks and JSON errors come from OrgAPIView.
+
+    Content negotiation is the view's own business (PS3.18 media types are not DRF renderers);
+    errors are always rendered as JSON, whatever the Accept header asked for.
+    """
+
+    parser_classes = [StreamParser]
+    renderer_classes = [JSONRenderer]
+    # DICOMweb is a standard API documented by its conformance statement, not by the OpenAPI schema.
+    schema = None
+
+    def perform_content_negotiation(
+        self, request: Request, force: bool = False
+    ) -> tuple[BaseRenderer, str]:
+        return super().perform_content_negotiation(request, force=True)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        if isinstance(exc, RestoreRequired):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
+
+
+def dicom_json_response(data: Any, *, status: int = 200, warning: str = "") -> HttpResponse:
+    response = HttpResponse(
+        json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+        content_type=DICOM_JSON,
+        status=status,
+    )
+    if warning:
+        response["Warning"] = warning
+    return response
+
+
+def warning_header(request: HttpRequest, text: str) -> str:
+    """An RFC 7234 ``Warning: 299 <agent> "<text>"`` value, as PS3.18 8.3.3.2 uses it."""
+    safe = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 {request.get_host()} "{safe}"'
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    media_type: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+
+def _split_outside_quotes(value: str, separator: str) -> list[str]:
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def accepted_ranges(request: HttpRequest) -> list[MediaRange]:
+    """The Accept header's media ranges with q > 0; an absent header accepts anything."""
+    header = request.headers.get("Accept", "").strip()
+    if not header:
+        return [MediaRange("*/*")]
+    ranges = []
+    for item in _split_outside_quotes(header, ","):
+        try:
+            media_type, params = parse_header_parameters(item)
+        except ValueError:
+            continue
+        params = {k.lower(): v.strip('"') for k, v in params.items()}
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q > 0:
+            ranges.append(MediaRange(media_type.strip().lower(), params, q))
+    return ranges
+
+
+def require_json_acceptable(request: HttpRequest) -> None:
+    """QIDO-RS, metadata and STOW-RS answers are DICOM JSON (XML is not offered)."""
+    for media in accepted_ranges(request):
+        if media.media_type in (DICOM_JSON, "application/json", "application/*", "*/*"):
+            return
+    raise NotAcceptable(
+        f"This resource is available as {DICOM_JSON} (or application/json) only; "
+        f"the request accepts {request.headers.get('Accept', '')!r}.",
+        fields={"Accept": [f"Send 'Accept: {DICOM_JSON}'."]},
+    )
+
+
+def base_url(request: HttpRequest) -> str:
+    return request.build_absolute_uri("/dicomweb")
+
+
+def study_url(base: str, study_uid: str) -> str:
+    return f"{base}/studies/{study_uid}"
+
+
+def series_url(base: str, study_uid: str, series_uid: str) -> str:
+    return f"{base}/studies/{study_uid}/series/{series_uid}"
+
+
+def instance_url(base: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    return f"{base}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"

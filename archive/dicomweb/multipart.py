@@ -1,0 +1,246 @@
+"""multipart/related (RFC 2046, RFC 2387) in constant memory: a streaming reader and the writer's framing.
+
+The reader pulls the body from a ``read(n)`` callable and hands out one part at a time; a part's
+bytes come as chunks that are never longer than the read size, however large the part is. A
+delimiter split across two reads is still found: the last ``len(delimiter) - 1`` bytes of the
+buffer are held back until the next read shows whether they start a delimiter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+from django.utils.http import parse_header_parameters
+
+READ_SIZE = 256 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+# RFC 2046 5.1.1: 1 to 70 characters of bcharsnospace / space, not ending in a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_IDENTITY_ENCODINGS = {"", "binary", "8bit", "7bit"}
+
+
+class MultipartError(Exception):
+    """The body is not a multipart message the reader can frame (nothing of it was used)."""
+
+
+def valid_boundary(boundary: str) -> bool:
+    return bool(_BOUNDARY.fullmatch(boundary))
+
+
+class Part:
+    """One body part. Read ``chunks()`` (or ``discard()``) before asking the reader for the next;
+    the reader discards what is left otherwise.
+
+    ``error`` says why the part cannot be used: its headers ask for something unsupported, or the
+    body ended before the part's closing delimiter (``truncated``: the part is incomplete).
+    It is final only once the chunks were read.
+    """
+
+    def __init__(self, reader: MultipartReader, index: int, headers: dict[str, str]):
+        self._reader = reader
+        self.index = index
+        self.headers = headers
+        self.size = 0
+        self.error: str | None = None
+        self.done = False
+        # The body ended before this part's closing delimiter: nothing follows it.
+        self.truncated = False
+        media_type, params = parse_header_parameters(headers.get("content-type", ""))
+        self.media_type = media_type.strip().lower()
+        self.params = {k.lower(): v for k, v in params.items()}
+        encoding = headers.get("content-transfer-encoding", "").strip().lower()
+        if encoding not in _IDENTITY_ENCODINGS:
+            self.error = f"Content-Transfer-Encoding {encoding!r} is not supported; send the bytes as they are (binary)."
+
+    def chunks(self) -> Iterator[bytes]:
+        """The part's bytes. Never raises for a broken body: it stops and sets ``error``."""
+        if self.done:
+            return
+        for chunk in self._reader._body_chunks(self):
+            self.size += len(chunk)
+            yield chunk
+
+    def discard(self) -> None:
+        for _ in self.chunks():
+            pass
+
+
+class MultipartReader:
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        boundary: str,
+        *,
+        read_size: int = READ_SIZE,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ):
+        self._read = read
+        self._delimiter = b"\r\n--" + boundary.encode("latin-1")
+        # The leading CRLF lets a body that opens with "--boundary" match like every later one.
+        self._buf = bytearray(b"\r\n")
+        self._eof = False
+        self._read_size = read_size
+        self._max_header_bytes = max_header_bytes
+        self.bytes_read = 0
+        self.read_error: str | None = None
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        try:
+            data = self._read(self._read_size)
+        except OSError as exc:  # the client went away mid-body
+            data = b""
+            self.read_error = f"The connection broke while reading the body ({exc})."
+        if not data:
+            self._eof = True
+            return False
+        self.bytes_read += len(data)
+        self._buf += data
+        return True
+
+    def _need(self, count: int) -> bool:
+        while len(self._buf) < count:
+            if not self._fill():
+                return False
+        return True
+
+    def _skip_preamble(self) -> bool:
+        """Discard everything up to and including the first delimiter; False if there is none."""
+        keep = len(self._delimiter) - 1
+        while True:
+            found = self._buf.find(self._delimiter)
+            if found >= 0:
+                del self._buf[: found + len(self._delimiter)]
+                return True
+            if len(self._buf) > keep:
+                del self._buf[: len(self._buf) - keep]
+            if not self._fill():
+                return False
+
+    def _after_delimiter(self) -> str:
+        """Consume what follows a delimiter: ``"close"`` for ``--``, else ``"part"``.
+
+        Raises ``MultipartError`` when the line does not end after optional white space, which is
+        what a boundary that is only a prefix of the body's real one looks like.
+        """
+        if not self._need(2):
+            raise MultipartError("The body ended right after a boundary delimiter.")
+        if self._buf[:2] == b"--":
+            del self._buf[:2]
+            return "close"
+        while True:
+            end = self._buf.find(b"\r\n")
+            if end >= 0:
+                break
+            if len(self._buf) > 1024 or not self._fill():
+                raise MultipartError("A boundary delimiter is not followed by a line break.")
+        padding = bytes(self._buf[:end])
+        if padding.strip(b" \t"):
+            raise MultipartError(
+                "The body's boundary does not match the boundary named in the Content-Type header."
+            )
+        del self._buf[: end + 2]
+        return "part"
+
+    def _headers(self) -> dict[str, str]:
+        if not self._need(2):
+            raise MultipartError("The body ended inside a part's headers.")
+        if self._buf[:2] == b"\r\n":  # no headers at all
+            del self._buf[:2]
+            return {}
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(self._buf) > self._max_header_bytes:
+                raise MultipartError(
+                    f"A part's headers are longer than {self._max_header_bytes} bytes."
+                )
+            if not self._fill():
+                raise MultipartError("The body ended inside a part's headers.")
+        block = bytes(self._buf[:end]).decode("latin-1")
+        del self._buf[: end + 4]
+        headers: dict[str, str] = {}
+        name = ""
+        for line in block.split("\r\n"):
+            if line[:1] in (" ", "\t") and name:  # obsolete line folding
+                headers[name] += " " + line.strip()
+                continue
+            key, sep, value = line.partition(":")
+            if not sep or not key.strip():
+                raise MultipartError(f"A part header line is malformed: {line[:80]!r}.")
+            name = key.strip().lower()
+            headers[name] = value.strip()
+        return headers
+
+    def _body_chunks(self, part: Part) -> Iterator[bytes]:
+        keep = len(self._delimiter) - 1
+        while True:
+            found = self._buf.find(self._delimiter)
+            if found >= 0:
+                if found:
+                    yield bytes(self._buf[:found])
+                del self._buf[: found + len(self._delimiter)]
+                part.done = True
+                return
+            if len(self._buf) > keep:
+                cut = len(self._buf) - keep
+                yield bytes(self._buf[:cut])
+                del self._buf[:cut]
+            if not self._fill():
+                part.done = part.truncated = True
+                part.error = (
+                    part.error
+                    or self.read_error
+                    or (
+                        "The body ended inside this part, before its closing boundary: "
+                        "the part is incomplete."
+                    )
+                )
+                return
+
+    def parts(self) -> Iterator[Part]:
+        """Yield the parts in order. ``MultipartError`` before the first part means the body was
+        unusable as a whole; after that, a framing problem ends the iteration with a failed part.
+        """
+        if not self._skip_preamble():
+            raise MultipartError(
+                "The boundary named in the Content-Type header does not occur in the body."
+            )
+        index = 0
+        while True:
+            try:
+                if self._after_delimiter() == "close":
+                    if index == 0:
+                        raise MultipartError("The multipart body contains no parts.")
+                    return
+                headers = self._headers()
+            except MultipartError as exc:
+                if index == 0:
+                    raise
+                broken = Part(self, index, {})
+                broken.done = broken.truncated = True
+                broken.error = str(exc)
+                yield broken
+                return
+            part = Part(self, index, headers)
+            yield part
+            if not part.done:
+                part.discard()
+            if part.truncated:
+                return
+            index += 1
+
+
+def part_header(boundary: str, content_type: str, size: int, location: str = "") -> bytes:
+    """The delimiter line and headers that open one part of a response body."""
+    lines = [f"--{boundary}", f"Content-Type: {content_type}", f"Content-Length: {size}"]
+    if location:
+        lines.append(f"Content-Location: {location}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("latin-1")

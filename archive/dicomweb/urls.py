@@ -1,0 +1,36 @@
+"""PS3.18 resource paths, mounted at /dicomweb/ (the service root clients are given)."""
+
+from django.urls import URLPattern, path
+
+from archive.dicomweb import views
+
+_STUDY = "studies/<str:study>"
+_SERIES = f"{_STUDY}/series/<str:series>"
+_INSTANCE = f"{_SERIES}/instances/<str:instance>"
+
+urlpatterns: list[URLPattern] = [
+    path("studies", views.StudiesView.as_view(), name="dicomweb-studies"),
+    path("series", views.SeriesSearchView.as_view(), name="dicomweb-series"),
+    path("instances", views.InstanceSearchView.as_view(), name="dicomweb-instances"),
+    path(_STUDY, views.StudyView.as_view(), name="dicomweb-study"),
+    path(f"{_STUDY}/metadata", views.MetadataView.as_view(), name="dicomweb-study-metadata"),
+    path(f"{_STUDY}/series", views.SeriesSearchView.as_view(), name="dicomweb-study-series"),
+    path(
+        f"{_STUDY}/instances",
+        views.InstanceSearchView.as_view(),
+        name="dicomweb-study-instances",
+    ),
+    path(_SERIES, views.SeriesView.as_view(), name="dicomweb-series-retrieve"),
+    path(f"{_SERIES}/metadata", views.MetadataView.as_view(), name="dicomweb-series-metadata"),
+    path(
+        f"{_SERIES}/instances",
+        views.InstanceSearchView.as_view(),
+        name="dicomweb-series-instances",
+    ),
+    path(_INSTANCE, views.InstanceView.as_view(), name="dicomweb-instance"),
+    path(
+        f"{_INSTANCE}/metadata",
+        views.MetadataView.as_view(),
+        name="dicomweb-instance-metadata",
+    ),
+]

@@ -1,0 +1,197 @@
+"""The DICOMweb resources: thin views over stow / qido / wado, all OrgAPIView subclasses.
+
+Reading needs the ``images.read`` permission (token scope ``dicom:read``), storing needs
+``images.write`` (``dicom:write``). UIDs of another organization answer 404 like unknown ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http.response import HttpResponseBase
+from rest_framework.request import Request
+
+from archive.dicomweb import qido, selectors, stow, wado
+from archive.dicomweb.common import (
+    DicomWebView,
+    base_url,
+    dicom_json_response,
+    require_json_acceptable,
+    warning_header,
+)
+from tenants.roles import Perm
+
+MORE_RESULTS = (
+    "The number of results exceeded the maximum supported by the server. "
+    "Additional results can be requested."
+)
+
+
+class _Search(DicomWebView):
+    permissions_required = {"GET": Perm.IMAGES_READ}
+    level = "study"
+
+    def search(self, request: Request, scope: qido.Scope) -> HttpResponseBase:
+        require_json_acceptable(request._request)
+        result = qido.search(org=self.org, request=request._request, level=self.level, scope=scope)
+        warning = warning_header(request._request, MORE_RESULTS) if result.more else ""
+        return dicom_json_response(result.items, warning=warning)
+
+
+class _Store(DicomWebView):
+    def store(self, request: Request, study_uid: str | None) -> HttpResponseBase:
+        require_json_acceptable(request._request)
+        body = stow.stow_body(request._request)
+        outcome = stow.stow_receive(
+            org=self.org,
+            actor=self.actor,
+            body=body,
+            expected_study_uid=study_uid,
+            source=f"STOW-RS {self.actor.label}",
+        )
+        data = stow.stow_response_body(
+            outcome, base=base_url(request._request), expected_study_uid=study_uid
+        )
+        return dicom_json_response(data, status=outcome.http_status)
+
+
+class StudiesView(_Search, _Store):
+    """GET /studies: search studies. POST /studies: store instances (STOW-RS)."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ, "POST": Perm.IMAGES_WRITE}
+
+    def get(self, request: Request) -> HttpResponseBase:
+        return self.search(request, qido.Scope())
+
+    def post(self, request: Request) -> HttpResponseBase:
+        return self.store(request, None)
+
+
+class StudyView(_Store):
+    """GET /studies/{study}: retrieve the study. POST: store instances of this study only."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ, "POST": Perm.IMAGES_WRITE}
+
+    def get(self, request: Request, study: str) -> HttpResponseBase:
+        row = selectors.study_get(org=self.org, study_uid=study)
+        instances = list(
+            selectors.instances_of(org=self.org, study=row).select_related("location", "series")
+        )
+        return wado.retrieve_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=row,
+            series=None,
+            instances=instances,
+        )
+
+    def post(self, request: Request, study: str) -> HttpResponseBase:
+        return self.store(request, study)
+
+
+class SeriesSearchView(_Search):
+    """GET /series and /studies/{study}/series."""
+
+    level = "series"
+
+    def get(self, request: Request, study: str | None = None) -> HttpResponseBase:
+        scope = qido.Scope()
+        if study is not None:
+            scope.study = selectors.study_get(org=self.org, study_uid=study)
+        return self.search(request, scope)
+
+
+class InstanceSearchView(_Search):
+    """GET /instances, /studies/{study}/instances, /studies/{study}/series/{series}/instances."""
+
+    level = "instance"
+
+    def get(
+        self, request: Request, study: str | None = None, series: str | None = None
+    ) -> HttpResponseBase:
+        scope = qido.Scope()
+        if study is not None:
+            scope.study = selectors.study_get(org=self.org, study_uid=study)
+            if series is not None:
+                scope.series = selectors.series_get(
+                    org=self.org, study=scope.study, series_uid=series
+                )
+        return self.search(request, scope)
+
+
+class SeriesView(DicomWebView):
+    """GET /studies/{study}/series/{series}: retrieve the series."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(self, request: Request, study: str, series: str) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        instances = list(
+            selectors.instances_of(org=self.org, study=study_row, series=series_row).select_related(
+                "location", "series"
+            )
+        )
+        return wado.retrieve_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instances=instances,
+        )
+
+
+class InstanceView(DicomWebView):
+    """GET /studies/{study}/series/{series}/instances/{instance}: retrieve one instance."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
+        row.series = series_row
+        return wado.retrieve_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instances=[row],
+        )
+
+
+class MetadataView(DicomWebView):
+    """GET .../metadata of a study, a series or an instance."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(self, request: Request, study: str, **kwargs: Any) -> HttpResponseBase:
+        require_json_acceptable(request._request)
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = None
+        instances = selectors.instances_of(org=self.org, study=study_row)
+        count = study_row.instance_count
+        if "series" in kwargs:
+            series_row = selectors.series_get(
+                org=self.org, study=study_row, series_uid=kwargs["series"]
+            )
+            instances = instances.filter(series=series_row)
+            count = series_row.instance_count
+        if "instance" in kwargs:
+            assert series_row is not None  # the URL names the series before the instance
+            row = selectors.instance_get(
+                org=self.org, series=series_row, sop_uid=kwargs["instance"]
+            )
+            instances = instances.filter(pk=row.pk)
+            count = 1
+        return wado.metadata_response(
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instances=instances,
+            count=count,
+        )

@@ -1,0 +1,300 @@
+"""WADO-RS (PS3.18 10.4): retrieve studies, series and instances as stored, and their metadata.
+
+Instances are sent exactly as they were received (no transcoding), as
+``multipart/related; type="application/dicom"`` streamed from object storage chunk by chunk:
+the response needs the same memory for a 3 GB instance as for a 3 MB one. Metadata comes from
+the index (DICOM JSON without bulk data) and never reads object storage.
+
+Every retrieve and metadata request calls ``archive.services.access_record`` once: the access
+log, last-accessed times, ``egress.bytes`` (the instance bytes actually sent) and the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from archive.dicomweb.common import (
+    DICOM,
+    DICOM_JSON,
+    MULTIPART_RELATED,
+    NotAcceptable,
+    RestoreRequired,
+    accepted_ranges,
+    base_url,
+    instance_url,
+)
+from archive.dicomweb.multipart import closing, part_header
+from archive.models import AccessEvent, Instance, Series, Study
+from archive.services import access_record
+from archive.storage import ObjectStore, StorageUnavailable, store_for
+from tenants.context import Actor
+from tenants.errors import NotFound, ServiceError
+from tenants.models import Organization
+
+logger = logging.getLogger(__name__)
+
+# Standard retrieval from a deep-archive tier takes up to 12 hours.
+RESTORE_RETRY_AFTER_SECONDS = 12 * 3600
+UNREADABLE_TIERS = ("archive",)
+
+
+class StorageFailed(ServiceError):
+    status = 503
+    code = "storage_unavailable"
+
+
+def _require_readable(instances: list[Instance]) -> None:
+    """Refuse a retrieve that includes objects a restore must bring back first.
+
+    The one place that decides whether stored bytes can be read now: restores plug in here.
+    """
+    archived = [i for i in instances if i.tier in UNREADABLE_TIERS]
+    if not archived:
+        return
+    raise RestoreRequired(
+        f"{len(archived)} of {len(instances)} instance(s) are in the archive tier and cannot be "
+        "read directly: they must be restored first. Restores are not available yet; "
+        f"retry after {RESTORE_RETRY_AFTER_SECONDS} seconds.",
+        retry_after=RESTORE_RETRY_AFTER_SECONDS,
+        fields={"archived_instances": [i.sop_instance_uid for i in archived[:20]]},
+    )
+
+
+def acceptable_transfer_syntaxes(request: HttpRequest) -> set[str] | None:
+    """Transfer syntaxes the Accept header allows; None: any (as stored).
+
+    Accepted: ``multipart/related; type="application/dicom"`` (with or without a
+    ``transfer-syntax``), ``multipart/related`` alone, ``multipart/*`` and ``*/*``.
+    """
+    syntaxes: set[str] = set()
+    for media in accepted_ranges(request):
+        if media.media_type in ("*/*", "multipart/*"):
+            return None
+        if media.media_type != MULTIPART_RELATED:
+            continue
+        if media.params.get("type", DICOM).lower() not in (DICOM, "application/*", "*/*"):
+            continue
+        syntax = media.params.get("transfer-syntax", "*")
+        if syntax == "*":
+            return None
+        syntaxes.add(syntax)
+    if not syntaxes:
+        raise NotAcceptable(
+            f'Instances are sent as {MULTIPART_RELATED}; type="{DICOM}"; the request accepts '
+            f"{request.headers.get('Accept', '')!r}. Rendered, bulk data and XML forms are not "
+            "offered.",
+            fields={"Accept": [f"Send 'Accept: {MULTIPART_RELATED}; type=\"{DICOM}\"'."]},
+        )
+    return syntaxes
+
+
+def _require_transfer_syntax(instances: list[Instance], syntaxes: set[str] | None) -> None:
+    if syntaxes is None:
+        return
+    other = sorted({i.transfer_syntax_uid for i in instances} - syntaxes)
+    if other:
+        raise NotAcceptable(
+            f"Instances are stored in transfer syntax {', '.join(other)} and are sent as stored "
+            "(no transcoding); ask for transfer-syntax=* or leave the parameter out.",
+            fields={"Accept": ["transfer-syntax=*"]},
+        )
+
+
+@dataclass
+class _Item:
+    instance: Instance
+    header: bytes
+    store: ObjectStore
+
+
+class RetrieveStream:
+    """The multipart body as an iterable; ``on_done(bytes, instances)`` runs exactly once.
+
+    It runs after the last instance's bytes and before the closing delimiter, so a client that
+    has the whole response also sees the access recorded; on an abort it runs with what was
+    sent, and ``close()`` covers a response the server never iterated.
+    """
+
+    def __init__(
+        self,
+        items: list[_Item],
+        boundary: str,
+        first_chunks: Iterator[bytes],
+        on_done: Callable[[int, int], None],
+    ):
+        self._items = items
+        self._boundary = boundary
+        self._first_chunks = first_chunks
+        self._on_done = on_done
+        self._done = False
+        self._sent_bytes = 0
+        self._sent_instances = 0
+        self._generator: Generator[bytes, None, None] = self._generate()
+
+    def content_length(self) -> int:
+        return sum(len(i.header) + i.instance.size_bytes + 2 for i in self._items) + len(
+            closing(self._boundary)
+        )
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._on_done(self._sent_bytes, self._sent_instances)
+
+    def _generate(self) -> Generator[bytes, None, None]:
+        try:
+            for position, item in enumerate(self._items):
+                instance = item.instance
+                yield item.header
+                chunks = (
+                    self._first_chunks
+                    if position == 0
+                    else item.store.iter_bytes(key=instance.object_key, tier=instance.tier)
+                )
+                size = 0
+                for chunk in chunks:
+                    size += len(chunk)
+                    self._sent_bytes += len(chunk)
+                    yield chunk
+                if size != instance.size_bytes:
+                    # The framing promised size_bytes; sending more or less would corrupt it.
+                    logger.error(
+                        "wado: object %s has %d bytes, the index says %d",
+                        instance.object_key,
+                        size,
+                        instance.size_bytes,
+                    )
+                    raise StorageUnavailable("stored object size differs from the index")
+                yield b"\r\n"
+                self._sent_instances += 1
+            self._finish()
+            yield closing(self._boundary)
+        except StorageUnavailable as exc:
+            # Headers are out: all that is left is to cut the response short (the client sees
+            # fewer bytes than Content-Length).
+            logger.warning("wado: storage failed mid-response: %s", exc)
+            raise
+        finally:
+            self._finish()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._generator
+
+    def close(self) -> None:
+        self._generator.close()
+        self._finish()
+
+
+def retrieve_response(
+    *,
+    request: HttpRequest,
+    org: Organization,
+    actor: Actor,
+    study: Study,
+    series: Series | None,
+    instances: list[Instance],
+) -> HttpResponseBase:
+    """The multipart response for ``instances`` (already scoped to ``org``)."""
+    syntaxes = acceptable_transfer_syntaxes(request)
+    if not instances:
+        raise NotFound(f"Study {study.study_uid} has no instances.", code="instance_not_found")
+    _require_transfer_syntax(instances, syntaxes)
+    _require_readable(instances)
+    base = base_url(request)
+    boundary = uuid.uuid4().hex
+    stores: dict[int, ObjectStore] = {}
+    items = []
+    for instance in instances:
+        store = stores.get(instance.location_id)
+        if store is None:
+            store = stores[instance.location_id] = store_for(instance.location)
+        content_type = DICOM
+        if instance.transfer_syntax_uid:
+            content_type += f"; transfer-syntax={instance.transfer_syntax_uid}"
+        location = instance_url(
+            base, study.study_uid, instance.series.series_uid, instance.sop_instance_uid
+        )
+        header = part_header(boundary, content_type, instance.size_bytes, location)
+        items.append(_Item(instance=instance, header=header, store=store))
+    content_type = f'{MULTIPART_RELATED}; type="{DICOM}"; boundary={boundary}'
+    if request.method == "HEAD":
+        head = HttpResponse(content_type=content_type)
+        head["Content-Length"] = str(
+            RetrieveStream(items, boundary, iter(()), lambda *_: None).content_length()
+        )
+        return head
+    first = items[0]
+    # Open the first object before answering, so a missing or unreachable object is a clear 503
+    # instead of a response cut short.
+    try:
+        first_chunks = first.store.iter_bytes(
+            key=first.instance.object_key, tier=first.instance.tier
+        )
+        opening = next(first_chunks, b"")
+    except StorageUnavailable as exc:
+        logger.warning("wado: storage unavailable for org %s: %s", org.pk, exc)
+        raise StorageFailed(
+            "The object store cannot be read right now; retry later.", code="storage_unavailable"
+        ) from None
+
+    def primed() -> Iterator[bytes]:
+        if opening:
+            yield opening
+        yield from first_chunks
+
+    def record(sent_bytes: int, sent_instances: int) -> None:
+        access_record(
+            org=org,
+            study=study,
+            series=series,
+            kind=AccessEvent.Kind.RETRIEVE,
+            actor=actor,
+            bytes_read=sent_bytes,
+            instances=sent_instances,
+        )
+
+    stream = RetrieveStream(items, boundary, primed(), record)
+    response = StreamingHttpResponse(stream, content_type=content_type)
+    response["Content-Length"] = str(stream.content_length())
+    return response
+
+
+def metadata_response(
+    *,
+    org: Organization,
+    actor: Actor,
+    study: Study,
+    series: Series | None,
+    instances: QuerySet[Instance],
+    count: int,
+) -> StreamingHttpResponse:
+    """A JSON array of the instances' stored DICOM JSON, streamed from the database in batches."""
+    access_record(
+        org=org,
+        study=study,
+        series=series,
+        kind=AccessEvent.Kind.METADATA,
+        actor=actor,
+        bytes_read=0,
+        instances=count,
+    )
+    # The stored JSON text as it is: no decoding and re-encoding per instance.
+    rows = instances.annotate(raw=Cast("metadata", output_field=TextField())).values_list(
+        "raw", flat=True
+    )
+
+    def generate() -> Iterator[bytes]:
+        yield b"["
+        for position, raw in enumerate(rows.iterator(chunk_size=500)):
+            yield (b"," if position else b"") + str(raw).encode()
+        yield b"]"
+
+    return StreamingHttpResponse(generate(), content_type=DICOM_JSON)
