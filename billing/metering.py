@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.meters import TIERS, dimension_key, meter_get
@@ -120,7 +120,25 @@ def _delta_row(org: Organization, item: Delta) -> StorageDelta:
 
 
 def _insert_once(row: UsageEvent | StorageDelta) -> bool:
-    # The savepoint keeps the caller's transaction usable when the key already exists.
+    """Insert unless the (organization, idempotency key) exists; True if this call inserted.
+
+    PostgreSQL and SQLite: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. Elsewhere a
+    savepoint keeps the caller's transaction usable when the key already exists.
+    """
+    if connection.vendor in ("postgresql", "sqlite"):
+        fields = [f for f in row._meta.concrete_fields if not f.primary_key]
+        quote = connection.ops.quote_name
+        # Identifiers come from the model and are quoted; values are parameters.
+        table = quote(row._meta.db_table)
+        columns = ", ".join(quote(f.column) for f in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        conflict = f"{quote('organization_id')}, {quote('idempotency_key')}"
+        sql = "INSERT INTO " + table + " (" + columns + ") VALUES (" + placeholders + ") "  # noqa: S608
+        sql += "ON CONFLICT (" + conflict + ") DO NOTHING RETURNING " + quote("id")
+        values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            return cursor.fetchone() is not None
     try:
         with transaction.atomic():
             row.save(force_insert=True)

@@ -52,7 +52,16 @@ class _Store(DicomWebView):
         data = stow.stow_response_body(
             outcome, base=base_url(request._request), expected_study_uid=study_uid
         )
-        return dicom_json_response(data, status=outcome.http_status)
+        duplicates = outcome.count("duplicate")
+        warning = (
+            warning_header(
+                request._request,
+                f"{duplicates} instance(s) were already stored; the stored copy was kept.",
+            )
+            if duplicates
+            else ""
+        )
+        return dicom_json_response(data, status=outcome.http_status, warning=warning)
 
 
 class StudiesView(_Search, _Store):

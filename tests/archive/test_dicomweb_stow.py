@@ -105,6 +105,7 @@ def test_sending_the_same_instance_again_is_200_already_stored(org, token_client
 
     assert first.status_code == again.status_code == 200
     assert again.json()[REFERENCED]["Value"] == first.json()[REFERENCED]["Value"]
+    assert "Warning" not in first and "already stored" in again["Warning"]
     assert Instance.objects.for_org(org).count() == 1
     latest = IngestJob.objects.for_org(org).first()
     assert (latest.stored, latest.duplicate) == (0, 1)

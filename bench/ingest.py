@@ -1,0 +1,509 @@
+"""Ingest throughput and search latency on PostgreSQL, each measurement in its own function.
+
+Needs PostgreSQL: a scratch database ``strata_bench_ingest`` on the server of DATABASE_URL (or
+postgres://postgres@127.0.0.1:5432), created here and dropped at the end (BENCH_KEEP=1 keeps
+it). Skips with a message when PostgreSQL is unreachable. Objects go to a temporary filesystem
+storage root.
+
+- stow_throughput: 400 CT instances of ~512 KB, 10 per STOW-RS request, sent by 4 concurrent
+  clients (threads with requests) to a real server process (``manage.py runserver --noreload``,
+  threaded) on the scratch database; prints instances/s, MB/s and the web process CPU time per
+  instance. Run again with two web processes (clients spread over them), the scale-out path.
+- qido_latency: 100k, then 1M studies (each with a series and an instance) of one hospital loaded
+  with COPY; p50/p95 of study searches by PatientID and by PatientName wildcard (prefix, and
+  infix), through the full Django stack in-process (test client). Each size is measured with the
+  schema as it is and again with the indexes proposed for the name search (created in the scratch
+  database only, see PROPOSED_INDEXES).
+
+Targets: STOW >= 200 instances/s with 4 clients; QIDO p95 < 20 ms by PatientID and < 100 ms by
+wildcard name at 1M studies. BENCH_STUDIES=100000,1000000 and BENCH_STOW=400 change the sizes;
+BENCH_ONLY=stow or BENCH_ONLY=qido runs one part.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "strata_bench_ingest"
+SERVER_URL = os.environ.get("DATABASE_URL", "")
+if not SERVER_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
+    SERVER_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+STOW_INSTANCES = int(os.environ.get("BENCH_STOW", "400"))
+STOW_PER_REQUEST = 10
+STOW_CLIENTS = 4
+STUDY_SIZES = [int(n) for n in os.environ.get("BENCH_STUDIES", "100000,1000000").split(",")]
+QIDO_SAMPLES = 200
+BOUNDARY = "strata-bench-boundary"
+
+# The indexes this benchmark shows the name search needs (to be added by a migration of
+# archive.models.Study; measured here only in the scratch database).
+PROPOSED_INDEXES = [
+    # PatientName / ReferringPhysicianName matching ignores case: UPPER(col) = / LIKE 'PREFIX%'.
+    "CREATE INDEX study_org_name_upper ON archive_study "
+    "(organization_id, upper(patient_name) text_pattern_ops)",
+    # Leading wildcards ('*SMITH*') need trigrams.
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX study_name_upper_trgm ON archive_study USING gin "
+    "(upper(patient_name) gin_trgm_ops)",
+]
+
+
+def pg_url(dbname: str) -> str:
+    parts = urlsplit(SERVER_URL)
+    scheme = "postgresql" if parts.scheme in ("postgres", "pgsql") else parts.scheme
+    return urlunsplit((scheme, parts.netloc, f"/{dbname}", parts.query, ""))
+
+
+def admin_connect() -> psycopg.Connection[Any]:
+    return psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=3)
+
+
+def create_database() -> None:
+    try:
+        admin = admin_connect()
+    except psycopg.OperationalError as exc:
+        print(f"SKIP: ingest.py needs PostgreSQL at {urlsplit(SERVER_URL).netloc}: {exc}".strip())
+        sys.exit(0)
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')  # a killed run's
+        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def drop_database() -> None:
+    from django.db import connections
+
+    connections.close_all()
+    if os.environ.get("BENCH_KEEP") == "1":
+        print(f"kept database {DB_NAME}")
+        return
+    with admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+SCRATCH = Path(tempfile.mkdtemp(prefix="strata-bench-ingest-"))
+create_database()
+# The server process inherits this environment: production settings, scratch database and storage.
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "saas.settings.base",
+        "DATABASE_URL": pg_url(DB_NAME),
+        "DEBUG": "0",
+        "SECRET_KEY": "strata-bench-ingest-secret-key-0123456789abcdef",
+        "ARCHIVE_BACKEND": "FILESYSTEM",
+        "ARCHIVE_ROOT": str(SCRATCH / "archive"),
+        "ARCHIVE_SPOOL_ROOT": str(SCRATCH / "spool"),
+        "CELERY_BROKER_URL": "memory://",  # follow-up tasks are queued, not run, as in production
+        "API_THROTTLE_RATE": "1000000/min",
+        "LOG_LEVEL": "WARNING",
+    }
+)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import setup_test_environment  # noqa: E402
+
+from archive.models import Instance, StorageLocation  # noqa: E402
+from tenants.context import Actor  # noqa: E402
+from tenants.models import Organization  # noqa: E402
+from tenants.services import token_create  # noqa: E402
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+def pct(samples: list[float], p: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+
+
+def bench_org(slug: str, scopes: list[str]) -> tuple[Organization, str]:
+    """A hospital and a token secret with ``scopes``."""
+    org = Organization.objects.create(name=f"Bench {slug}", slug=slug)
+    _, secret = token_create(org=org, name="bench", scopes=scopes, actor=Actor.system("bench"))
+    return org, secret
+
+
+def ct_corpus(count: int, per_study: int, *, rows: int = 512, columns: int = 512) -> list[bytes]:
+    """``count`` CT instances (Part 10 bytes), ``per_study`` per study; 512x512 16-bit ~ 512 KB."""
+    from pydicom.uid import generate_uid
+
+    from archive.synthetic import make_instance, study_spec, to_bytes
+
+    rng = random.Random(11)
+    files: list[bytes] = []
+    while len(files) < count:
+        spec = study_spec("CT", rng=rng)
+        series = generate_uid()
+        for n in range(min(per_study, count - len(files))):
+            ds = make_instance(
+                spec, series_uid=series, instance_number=n + 1, rows=rows, columns=columns
+            )
+            files.append(to_bytes(ds))
+    return files
+
+
+def multipart(parts: list[bytes]) -> bytes:
+    out = io.BytesIO()
+    for part in parts:
+        out.write(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        out.write(part)
+        out.write(b"\r\n")
+    out.write(f"--{BOUNDARY}--\r\n".encode())
+    return out.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux), 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def web_servers(count: int) -> Iterator[list[tuple[str, int]]]:
+    """``count`` ``manage.py runserver`` processes (threaded, no autoreload) on the scratch
+    database, as stateless web processes behind a load balancer would be; yields (URL, pid)."""
+    processes: list[tuple[subprocess.Popen[bytes], int]] = []
+    log = open(SCRATCH / "server.log", "ab")  # noqa: SIM115 - closed below
+    try:
+        for _ in range(count):
+            port = free_port()
+            command = [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+            processes.append(
+                (subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), port)  # noqa: S603
+            )
+        deadline = time.monotonic() + 60
+        for process, port in processes:
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the server did not start; see {SCRATCH / 'server.log'}"
+                        ) from None
+                    time.sleep(0.2)
+        yield [(f"http://127.0.0.1:{port}", process.pid) for process, port in processes]
+    finally:
+        for process, _ in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+# --- STOW-RS throughput ---------------------------------------------------------------------------
+
+
+def stow_throughput(processes: int = 1) -> None:
+    """4 clients, 10 instances per request, against ``processes`` web processes."""
+    import requests
+
+    org, secret = bench_org(f"stow-{processes}", ["dicom:write"])
+    files = ct_corpus(STOW_INSTANCES + STOW_PER_REQUEST * processes, STOW_PER_REQUEST)
+    warm_up, files = files[: STOW_PER_REQUEST * processes], files[STOW_PER_REQUEST * processes :]
+    bodies = [
+        multipart(files[i : i + STOW_PER_REQUEST]) for i in range(0, len(files), STOW_PER_REQUEST)
+    ]
+    total_bytes = sum(map(len, files))
+    headers = {
+        "Authorization": f"Bearer {secret}",
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Accept": "application/dicom+json",
+    }
+    with web_servers(processes) as servers:
+        urls = [f"{base}/dicomweb/studies" for base, _ in servers]
+        with requests.Session() as session:  # first requests: imports, connections, caches
+            for n, url in enumerate(urls):
+                part = warm_up[n * STOW_PER_REQUEST : (n + 1) * STOW_PER_REQUEST]
+                response = session.post(url, data=multipart(part), headers=headers, timeout=120)
+                assert response.status_code == 200, response.text[:500]
+        work: queue.Queue[bytes] = queue.Queue()
+        for body in bodies:
+            work.put(body)
+        statuses: list[int] = []
+        latencies: list[float] = []
+        lock = threading.Lock()
+
+        def client(url: str) -> None:
+            with requests.Session() as session:
+                while True:
+                    try:
+                        body = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    t0 = time.perf_counter()
+                    answer = session.post(url, data=body, headers=headers, timeout=300)
+                    with lock:
+                        statuses.append(answer.status_code)
+                        latencies.append((time.perf_counter() - t0) * 1000)
+
+        threads = [
+            threading.Thread(target=client, args=(urls[n % len(urls)],))
+            for n in range(STOW_CLIENTS)
+        ]
+        cpu0 = sum(cpu_seconds(pid) for _, pid in servers)
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - t0
+        cpu = sum(cpu_seconds(pid) for _, pid in servers) - cpu0
+    stored = Instance.objects.for_org(org).count() - len(warm_up)
+    assert statuses == [200] * len(bodies), sorted(set(statuses))
+    assert stored == len(files), (stored, len(files))
+    print(
+        f"STOW-RS {STOW_CLIENTS} clients, {processes} web process(es): {len(files)} instances in "
+        f"{elapsed:.2f} s = {len(files) / elapsed:7.1f} instances/s, "
+        f"{total_bytes / elapsed / 1e6:6.1f} MB/s; request p50 {pct(latencies, 50):.0f} ms, "
+        f"p95 {pct(latencies, 95):.0f} ms; web CPU {cpu * 1000 / len(files):.1f} ms/instance"
+    )
+
+
+# --- C-STORE throughput --------------------------------------------------------------------------
+# (measured by a separate function added here; main() runs it after stow_throughput)
+
+
+# --- QIDO-RS latency -----------------------------------------------------------------------------
+
+# fmt: off
+FAMILIES = [
+    a + b + c
+    for a in ("BAR", "KAL", "MOR", "SEV", "TAN", "VIL", "HOL", "DEN", "RAS", "FOR")
+    for b in ("AN", "EL", "OR", "IS", "UM")
+    for c in ("DO", "SKI", "TON", "MAN", "EZ", "BERG", "SEN", "OV")
+]  # 400 family names
+GIVEN = [
+    "ADA", "ALAN", "ANNA", "BORIS", "CARLA", "DAVID", "EMMA", "FELIX", "GRACE", "HUGO",
+    "IRIS", "JONAS", "KARIN", "LEON", "MARIE", "NIELS", "OLGA", "PAUL", "ROSA", "SVEN",
+    "TARA", "URS", "VERA", "WALT", "XENIA", "YUSUF", "ZOE", "AMIR", "BEA", "CLEO",
+]
+# fmt: on
+MODALITIES = ["CT", "MR", "CR", "US", "MG"]
+
+
+def patient(index: int) -> tuple[str, str]:
+    """Patient ``index``: (ID, name). About two studies per patient."""
+    n = index // 2
+    return f"P{n:08d}", f"{FAMILIES[n % len(FAMILIES)]}^{GIVEN[(n // len(FAMILIES)) % len(GIVEN)]}"
+
+
+def _copy(table: str, columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        with raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+STUDY_COLUMNS = [
+    "id", "organization_id", "study_uid", "patient_id", "patient_name", "patient_birth_date",
+    "patient_sex", "accession_number", "study_date", "study_time", "study_description",
+    "study_id", "referring_physician", "modalities", "series_count", "instance_count",
+    "total_bytes", "bytes_hot", "bytes_warm", "bytes_cold", "bytes_archive", "created_at",
+    "updated_at", "metadata",
+]  # fmt: skip
+SERIES_COLUMNS = [
+    "id", "organization_id", "study_id", "series_uid", "modality", "series_number",
+    "series_description", "body_part", "instance_count", "total_bytes", "bytes_hot",
+    "bytes_warm", "bytes_cold", "bytes_archive", "created_at", "metadata",
+]  # fmt: skip
+INSTANCE_COLUMNS = [
+    "id", "organization_id", "study_id", "series_id", "sop_instance_uid", "sop_class_uid",
+    "transfer_syntax_uid", "instance_number", "size_bytes", "sha256", "location_id",
+    "object_key", "tier", "received_at", "metadata",
+]  # fmt: skip
+SIZE = 524_288
+
+
+def _next_id(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")
+        return int(cursor.fetchone()[0])
+
+
+def load_studies(org: Organization, location: StorageLocation, first: int, last: int) -> None:
+    """Studies ``first``..``last - 1``, one series and one instance each, loaded with COPY."""
+    rng = random.Random(first)
+    now = datetime.now(UTC)
+    study0, series0, instance0 = (
+        _next_id(t) for t in ("archive_study", "archive_series", "archive_instance")
+    )
+    count = last - first
+    modalities = [rng.choice(MODALITIES) for _ in range(count)]
+    dates = [date(2016, 1, 1) + timedelta(days=rng.randrange(3650)) for _ in range(count)]
+
+    def study_row(k: int) -> tuple[Any, ...]:
+        i = first + k
+        patient_id, name = patient(i)
+        uid, accession, day = f"1.2.826.0.1.3680043.10.1.{i}", f"A{i:09d}", dates[k]
+        metadata = {
+            "00080005": {"vr": "CS", "Value": ["ISO_IR 100"]},
+            "00080020": {"vr": "DA", "Value": [day.strftime("%Y%m%d")]},
+            "00080030": {"vr": "TM", "Value": ["101500"]},
+            "00080050": {"vr": "SH", "Value": [accession]},
+            "00080090": {"vr": "PN", "Value": [{"Alphabetic": "WELBY^MARCUS"}]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+            "00100020": {"vr": "LO", "Value": [patient_id]},
+            "00100030": {"vr": "DA", "Value": ["19700101"]},
+            "00100040": {"vr": "CS", "Value": ["O"]},
+            "0020000D": {"vr": "UI", "Value": [uid]},
+            "00081030": {"vr": "LO", "Value": [f"{modalities[k]} EXAM"]},
+        }
+        return (
+            study0 + k, org.pk, uid, patient_id, name, date(1970, 1, 1), "O", accession, day,
+            "10:15:00", f"{modalities[k]} EXAM", str(i % 10**6), "WELBY^MARCUS",
+            f"\\{modalities[k]}\\", 1, 1, SIZE, SIZE, 0, 0, 0, now, now, json.dumps(metadata),
+        )  # fmt: skip
+
+    def series_row(k: int) -> tuple[Any, ...]:
+        return (
+            series0 + k, org.pk, study0 + k, f"1.2.826.0.1.3680043.10.2.{first + k}",
+            modalities[k], 1, "", "", 1, SIZE, SIZE, 0, 0, 0, now,
+            json.dumps({"00080060": {"vr": "CS", "Value": [modalities[k]]}}),
+        )  # fmt: skip
+
+    def instance_row(k: int) -> tuple[Any, ...]:
+        return (
+            instance0 + k, org.pk, study0 + k, series0 + k,
+            f"1.2.826.0.1.3680043.10.3.{first + k}", "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.1.2.1", 1, SIZE, "0" * 64, location.pk,
+            f"org-{org.pk}/{first + k}.dcm", "hot", now, "{}",
+        )  # fmt: skip
+
+    _copy("archive_study", STUDY_COLUMNS, (study_row(k) for k in range(count)))
+    _copy("archive_series", SERIES_COLUMNS, (series_row(k) for k in range(count)))
+    _copy("archive_instance", INSTANCE_COLUMNS, (instance_row(k) for k in range(count)))
+    with connection.cursor() as cursor:
+        for table in ("archive_study", "archive_series", "archive_instance"):
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT MAX(id) FROM {table}))"
+            )
+            cursor.execute(f"ANALYZE {table}")
+
+
+def measure(client: Client, secret: str, make_path: Callable[[random.Random], str]) -> list[float]:
+    rng = random.Random(5)
+    headers = {"Authorization": f"Bearer {secret}", "Accept": "application/dicom+json"}
+    for _ in range(10):
+        client.get(make_path(rng), headers=headers)
+    samples = []
+    for _ in range(QIDO_SAMPLES):
+        path = make_path(rng)
+        t0 = time.perf_counter()
+        response = client.get(path, headers=headers)
+        samples.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200, response.content[:300]
+        assert response.json(), f"no match for {path}"
+    return samples
+
+
+def qido_latency() -> None:
+    setup_test_environment()
+    org, secret = bench_org("qido", ["dicom:read"])
+    location = StorageLocation.objects.create(organization=org, name="Platform storage")
+    client = Client()
+    loaded = 0
+    for size in STUDY_SIZES:
+        t0 = time.perf_counter()
+        load_studies(org, location, loaded, size)
+        loaded = size
+        print(
+            f"QIDO-RS index: {size:,} studies / series / instances (loaded in "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
+
+        def by_id(rng: random.Random, count: int = size) -> str:
+            return f"/dicomweb/studies?PatientID={patient(rng.randrange(count))[0]}"
+
+        def by_name_prefix(rng: random.Random, count: int = size) -> str:
+            family, given = patient(rng.randrange(count))[1].split("^")
+            return f"/dicomweb/studies?PatientName={family}^{given[:2]}*"
+
+        def by_name_infix(rng: random.Random, count: int = size) -> str:
+            family, given = patient(rng.randrange(count))[1].split("^")
+            return f"/dicomweb/studies?PatientName=*{family[1:]}^{given}*"
+
+        for label, schema in (("schema as is", []), ("proposed indexes", PROPOSED_INDEXES)):
+            with connection.cursor() as cursor:
+                for statement in schema:
+                    cursor.execute(statement)
+                cursor.execute("ANALYZE archive_study")
+            for name, make_path in (
+                ("PatientID exact", by_id),
+                ("PatientName FAMILY^GI*", by_name_prefix),
+                ("PatientName *AMILY^GIVEN*", by_name_infix),
+            ):
+                samples = measure(client, secret, make_path)
+                print(
+                    f"  {size:>9,} studies, {label:<16} {name:<26} p50 {pct(samples, 50):7.2f} "
+                    f"ms  p95 {pct(samples, 95):7.2f} ms"
+                )
+        with connection.cursor() as cursor:  # the next size starts from the schema as it is
+            cursor.execute("DROP INDEX IF EXISTS study_org_name_upper")
+            cursor.execute("DROP INDEX IF EXISTS study_name_upper_trgm")
+
+
+def main() -> None:
+    call_command("migrate", verbosity=0)
+    print(
+        f"database: PostgreSQL {getattr(connection, 'pg_version', 0) // 10000}, scratch {DB_NAME}; CPUs: "
+        f"{os.cpu_count()}"
+    )
+    only = {name for name in os.environ.get("BENCH_ONLY", "").split(",") if name}
+    try:
+        if not only or "stow" in only:
+            print(
+                f"STOW-RS corpus: {STOW_INSTANCES} CT instances of 512x512x16 bit (~513 KB), "
+                f"{STOW_PER_REQUEST} per request"
+            )
+            stow_throughput(processes=1)  # the target: one web process
+            stow_throughput(processes=2)  # scale-out: processes behind a load balancer
+        if not only or "qido" in only:
+            qido_latency()
+    finally:
+        drop_database()
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
