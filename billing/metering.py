@@ -130,7 +130,7 @@ def _insert_once(row: UsageEvent | StorageDelta) -> bool:
         quote = connection.ops.quote_name
         # Identifiers come from the model and are quoted; values are parameters.
         table = quote(row._meta.db_table)
-        columns = ", ".join(quote(f.column) for f in fields)
+        columns = ", ".join(quote(str(f.column)) for f in fields)
         placeholders = ", ".join(["%s"] * len(fields))
         conflict = f"{quote('organization_id')}, {quote('idempotency_key')}"
         sql = "INSERT INTO " + table + " (" + columns + ") VALUES (" + placeholders + ") "  # noqa: S608
