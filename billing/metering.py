@@ -131,9 +131,9 @@ def _insert_once(row: UsageEvent | StorageDelta) -> bool:
         # Identifiers come from the model and are quoted; values are parameters.
         table = quote(row._meta.db_table)
         columns = ", ".join(quote(str(f.column)) for f in fields)
-        placeholders = ", ".join(["%s"] * len(fields))
+        markers = ", ".join(["%s"] * len(fields))
         conflict = f"{quote('organization_id')}, {quote('idempotency_key')}"
-        sql = "INSERT INTO " + table + " (" + columns + ") VALUES (" + placeholders + ") "  # noqa: S608
+        sql = "INSERT INTO " + table + " (" + columns + ") VALUES (" + markers + ") "  # noqa: S608
         sql += "ON CONFLICT (" + conflict + ") DO NOTHING RETURNING " + quote("id")
         values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
         with connection.cursor() as cursor:
