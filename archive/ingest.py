@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -269,9 +270,18 @@ def _index(
         PendingObject.objects.filter(pk=pending.pk).delete()
 
         def _follow_up() -> None:
-            from archive.tasks import study_settle
+            # One settle check per study and settle window, not one queued task per instance:
+            # the check re-queues itself while the study is still receiving.
+            if cache.add(
+                f"archive:settle:{org.pk}:{study.pk}",
+                1,
+                timeout=max(settings.ARCHIVE_SETTLE_SECONDS, 1),
+            ):
+                from archive.tasks import study_settle
 
-            study_settle.apply_async((org.pk, study.pk), countdown=settings.ARCHIVE_SETTLE_SECONDS)
+                study_settle.apply_async(
+                    (org.pk, study.pk), countdown=settings.ARCHIVE_SETTLE_SECONDS
+                )
 
         transaction.on_commit(_follow_up)
     return instance

@@ -31,7 +31,14 @@ def study_settle_check(*, org_id: int, study_id: int) -> bool:
         return False
     quiet_since = timezone.now() - timedelta(seconds=settings.ARCHIVE_SETTLE_SECONDS)
     if study.updated_at > quiet_since:
-        return False  # still receiving; the later instance's check will send it
+        # Still receiving: look again once the settle time after the last instance has passed.
+        # (Inline task execution, a debugging mode, would spin instead of waiting: skip it there.)
+        if not settings.CELERY_TASK_ALWAYS_EAGER:
+            from archive.tasks import study_settle
+
+            wait = (study.updated_at - quiet_since).total_seconds()
+            study_settle.apply_async((org.pk, study.pk), countdown=max(wait, 1.0))
+        return False
     with transaction.atomic():
         claimed = (
             Study.objects.for_org(org)

@@ -227,3 +227,12 @@ def _default_price_plan(request: pytest.FixtureRequest) -> None:
 
     if not PricePlan.objects.filter(code="standard").exists():
         import_module("billing.migrations.0002_default_plan").create(apps, None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    """Cache entries (throttle counters, settle debouncing) never leak from one test to the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

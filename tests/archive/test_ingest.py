@@ -225,3 +225,41 @@ def test_ingest_completed_webhook_once_per_settled_study(
     import json
 
     assert json.loads(receiver.requests[0]["body"])["data"]["instances"] == 3
+
+
+def test_one_settle_check_is_queued_per_study_burst(
+    org, ct_study, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.core.cache import cache
+
+    from archive import tasks
+
+    cache.clear()
+    settings.ARCHIVE_SETTLE_SECONDS = 120
+    queued: list[tuple] = []
+    monkeypatch.setattr(
+        tasks.study_settle, "apply_async", lambda args, countdown: queued.append((args, countdown))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        for data in ct_study:
+            ingest_bytes(org, data)
+    study = Study.objects.for_org(org).get()
+    assert queued == [((org.pk, study.pk), 120)]
+
+
+def test_settle_check_requeues_itself_while_the_study_is_receiving(
+    org, ct_study, settings, monkeypatch
+):
+    from archive import tasks
+    from archive.services import study_settle_check
+
+    ingest_bytes(org, ct_study[0])
+    study = Study.objects.for_org(org).get()
+    settings.ARCHIVE_SETTLE_SECONDS = 120
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    queued: list[tuple] = []
+    monkeypatch.setattr(
+        tasks.study_settle, "apply_async", lambda args, countdown: queued.append((args, countdown))
+    )
+    assert study_settle_check(org_id=org.pk, study_id=study.pk) is False
+    assert len(queued) == 1 and queued[0][0] == (org.pk, study.pk) and 100 < queued[0][1] <= 120
