@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -22,7 +21,12 @@ from archive import ae as ae_services
 from archive import jobs, locations, selectors
 from archive.locations import ENCRYPTION_MODES, STORAGE_CLASSES, LocationInput
 from archive.models import TIERS, DicomAE, IngestJob, StorageLocation
-from tenants.api import CursorPagination, OrgAPIView
+from tenants.api import (
+    NewestFirstPagination,
+    OldestFirstPagination,
+    OrgAPIView,
+    paginated,
+)
 from tenants.apis import ErrorSerializer, NamedChoiceField
 from tenants.errors import ValidationFailed
 from tenants.roles import Perm
@@ -46,26 +50,6 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code])
         for code in sorted({401, 403, 404, 429, *codes})
     }
-
-
-class NewestFirstPagination(CursorPagination):
-    # Ids grow with insertion time: "-id" is newest first and a stable, unique cursor.
-    ordering = "-id"
-
-
-class OldestFirstPagination(CursorPagination):
-    ordering = "id"
-
-
-def _paginated(
-    view: OrgAPIView,
-    request: Request,
-    queryset: QuerySet[Any],
-    serializer_class: type[serializers.BaseSerializer[Any]],
-) -> Response:
-    paginator: CursorPagination = getattr(view, "pagination_class", NewestFirstPagination)()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 TIER_CHOICES = [(t, t.capitalize()) for t in TIERS]
@@ -152,7 +136,7 @@ class StudyListApi(OrgAPIView):
         filters = StudyFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         studies = selectors.study_list(org=self.org, **filters.validated_data)
-        return _paginated(self, request, studies, StudyOutputSerializer)
+        return paginated(self, request, studies, StudyOutputSerializer)
 
 
 class StudyDetailApi(OrgAPIView):
@@ -206,7 +190,7 @@ class StudySeriesListApi(OrgAPIView):
     def get(self, request: Request, study_id: int, **kwargs: Any) -> Response:
         study = selectors.study_get(org=self.org, study_id=study_id)
         series = selectors.series_list(org=self.org, study=study)
-        return _paginated(self, request, series, SeriesOutputSerializer)
+        return paginated(self, request, series, SeriesOutputSerializer)
 
 
 class SeriesDetailApi(OrgAPIView):
@@ -260,7 +244,7 @@ class SeriesInstanceListApi(OrgAPIView):
     def get(self, request: Request, series_id: int, **kwargs: Any) -> Response:
         series = selectors.series_get(org=self.org, series_id=series_id)
         instances = selectors.instance_list(org=self.org, series=series)
-        return _paginated(self, request, instances, InstanceOutputSerializer)
+        return paginated(self, request, instances, InstanceOutputSerializer)
 
 
 class InstanceDetailApi(OrgAPIView):
@@ -375,7 +359,7 @@ class IngestJobListApi(OrgAPIView):
         filters = IngestJobFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         job_list = selectors.job_list(org=self.org, **filters.validated_data)
-        return _paginated(self, request, job_list, IngestJobOutputSerializer)
+        return paginated(self, request, job_list, IngestJobOutputSerializer)
 
     @extend_schema(
         tags=["ingest"],
@@ -444,7 +428,7 @@ class IngestJobFailureListApi(OrgAPIView):
     def get(self, request: Request, job_id: int, **kwargs: Any) -> Response:
         job = selectors.job_get(org=self.org, job_id=job_id)
         failures = selectors.job_failures(org=self.org, job=job)
-        return _paginated(self, request, failures, IngestFailureOutputSerializer)
+        return paginated(self, request, failures, IngestFailureOutputSerializer)
 
 
 # --- storage locations -----------------------------------------------------------------------
@@ -603,7 +587,7 @@ class LocationListApi(OrgAPIView):
         responses={200: LocationOutputSerializer(many=True), **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        return _paginated(
+        return paginated(
             self, request, selectors.location_list(org=self.org), LocationOutputSerializer
         )
 
@@ -806,7 +790,7 @@ class AEListApi(OrgAPIView):
         responses={200: AEOutputSerializer(many=True), **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        return _paginated(self, request, ae_services.ae_list(org=self.org), AEOutputSerializer)
+        return paginated(self, request, ae_services.ae_list(org=self.org), AEOutputSerializer)
 
     @extend_schema(
         tags=["dicom-aes"],

@@ -43,7 +43,7 @@ from billing.models import (
 )
 from billing.periods import month_bounds
 from billing.selectors import rollups_for_line
-from tenants.api import CursorPagination, OrgAPIView
+from tenants.api import NewestFirstPagination, OrgAPIView
 from tenants.apis import ErrorSerializer
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
@@ -75,11 +75,6 @@ class DownloadSchema(AutoSchema):
     def get_operation_id(self) -> str:
         # Paths end in ".csv" / ".pdf"; a dot in an operationId trips client generators.
         return str(super().get_operation_id()).replace(".", "_").replace("__", "_")
-
-
-class NewestFirstPagination(CursorPagination):
-    # Ids grow with insertion time: "-id" is newest first and a stable, unique cursor.
-    ordering = "-id"
 
 
 class AwareDateTimeField(serializers.DateTimeField):

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.extensions import (
@@ -35,7 +34,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants import selectors, services
-from tenants.api import CursorPagination, OrgAPIView
+from tenants.api import (
+    NewestFirstPagination,
+    OldestFirstPagination,
+    OrgAPIView,
+    paginated,
+)
 from tenants.context import Actor
 from tenants.models import (
     ApiToken,
@@ -139,28 +143,6 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 # --- pagination ------------------------------------------------------------------------------
 
 
-class NewestFirstPagination(CursorPagination):
-    # Ids grow with insertion time, so "-id" is newest first and a stable, unique cursor.
-    ordering = "-id"
-
-
-class OldestFirstPagination(CursorPagination):
-    ordering = "id"
-
-
-def _paginated(
-    *,
-    view: APIView,
-    request: Request,
-    queryset: QuerySet[Any],
-    serializer_class: type[serializers.BaseSerializer[Any]],
-) -> Response:
-    paginator: CursorPagination = getattr(view, "pagination_class", CursorPagination)()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    data = serializer_class(page, many=True).data
-    return paginator.get_paginated_response(data)
-
-
 # --- organization ----------------------------------------------------------------------------
 
 
@@ -252,7 +234,7 @@ class MemberListApi(OrgAPIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         members = selectors.member_list(org=self.org, **filters.validated_data)
-        return _paginated(
+        return paginated(
             view=self, request=request, queryset=members, serializer_class=MemberOutputSerializer
         )
 
@@ -357,7 +339,7 @@ class InvitationListApi(OrgAPIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         invitations = selectors.invitation_list(org=self.org, **filters.validated_data)
-        return _paginated(
+        return paginated(
             view=self,
             request=request,
             queryset=invitations,
@@ -460,7 +442,7 @@ class TokenListApi(OrgAPIView):
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         tokens = selectors.token_list(org=self.org)
-        return _paginated(
+        return paginated(
             view=self, request=request, queryset=tokens, serializer_class=TokenOutputSerializer
         )
 
@@ -563,7 +545,7 @@ class AuditEventListApi(OrgAPIView):
         events = selectors.audit_list(org=self.org, **filters.validated_data).select_related(
             "actor_user"
         )
-        return _paginated(
+        return paginated(
             view=self, request=request, queryset=events, serializer_class=AuditEventOutputSerializer
         )
 
@@ -738,7 +720,7 @@ class WebhookListApi(OrgAPIView):
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         endpoints = selectors.webhook_list(org=self.org)
-        return _paginated(
+        return paginated(
             view=self, request=request, queryset=endpoints, serializer_class=WebhookOutputSerializer
         )
 
@@ -895,7 +877,7 @@ class WebhookDeliveryListApi(OrgAPIView):
     def get(self, request: Request, webhook_id: int, **kwargs: Any) -> Response:
         endpoint = selectors.webhook_get(org=self.org, endpoint_id=webhook_id)
         deliveries = selectors.webhook_deliveries(org=self.org, endpoint=endpoint)
-        return _paginated(
+        return paginated(
             view=self,
             request=request,
             queryset=deliveries,
@@ -977,7 +959,7 @@ class PlatformOrganizationListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         orgs = selectors.organization_list(**filters.validated_data)
-        return _paginated(
+        return paginated(
             view=self,
             request=request,
             queryset=orgs,
