@@ -25,31 +25,22 @@ from tenants.api import (
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
+    error_responses,
     paginated,
 )
-from tenants.apis import ErrorSerializer, NamedChoiceField
+from tenants.apis import NamedChoiceField
 from tenants.errors import ValidationFailed
 from tenants.roles import Perm
 
 # --- OpenAPI plumbing ------------------------------------------------------------------------
 
-_ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "The input is not valid; `error.fields` names each invalid field.",
-    401: "No credentials, or the bearer token is malformed, unknown, revoked or expired.",
-    403: "The role or token scope lacks the permission (named in `error.fields.permission`), "
-    "or the organization is suspended or closed.",
-    404: "No such object in this organization, or no access to the organization.",
-    409: "The change conflicts with the current state (e.g. the location holds images).",
-    429: "Too many requests; retry later.",
+_ERROR_TEXTS = {
+    409: "The change conflicts with the current state (e.g. the location holds images)."
 }
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """Error responses of an operation; 401, 403, 404 and 429 apply to every endpoint."""
-    return {
-        code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code])
-        for code in sorted({401, 403, 404, 429, *codes})
-    }
+    return error_responses(*codes, descriptions=_ERROR_TEXTS)
 
 
 TIER_CHOICES = [(t, t.capitalize()) for t in TIERS]

@@ -43,8 +43,7 @@ from billing.models import (
 )
 from billing.periods import month_bounds
 from billing.selectors import rollups_for_line
-from tenants.api import NewestFirstPagination, OrgAPIView
-from tenants.apis import ErrorSerializer
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import ApiToken, Organization
@@ -52,23 +51,15 @@ from tenants.roles import Perm
 
 # --- OpenAPI plumbing ------------------------------------------------------------------------
 
-_ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "The input is not valid; `error.fields` names each invalid field.",
-    401: "No credentials, or the bearer token is malformed, unknown, revoked or expired.",
+_ERROR_TEXTS = {
     403: "The role or token scope lacks the permission (named in `error.fields.permission`), "
     "the organization is suspended or closed, or (platform API) the caller is not Strata staff.",
-    404: "No such object in this organization, or no access to the organization.",
     409: "The change conflicts with the current state (e.g. the invoice is already void).",
-    429: "Too many requests; retry later.",
 }
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """Error responses of an operation; 401, 403, 404 and 429 apply to every endpoint."""
-    return {
-        code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code])
-        for code in sorted({401, 403, 404, 429, *codes})
-    }
+    return error_responses(*codes, descriptions=_ERROR_TEXTS)
 
 
 class DownloadSchema(AutoSchema):

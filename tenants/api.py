@@ -10,6 +10,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, pagination, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +29,53 @@ class CursorPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
     ordering = "-id"
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    # Declared in get_fields: a class attribute named "fields" would shadow Serializer.fields.
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "fields": serializers.DictField(
+                child=serializers.ListField(child=serializers.CharField())
+            ),
+        }
+
+    class Meta:
+        ref_name = "ErrorBody"
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorBodySerializer()
+
+    class Meta:
+        ref_name = "Error"
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The input is not valid; `error.fields` names each invalid field.",
+    401: "No credentials, or the bearer token is malformed, unknown, revoked or expired.",
+    403: "The role or token scope lacks the permission (named in `error.fields.permission`), "
+    "or the organization is suspended or closed.",
+    404: "No such object in this organization, or no access to the organization.",
+    409: "The change conflicts with the current state.",
+    429: "Too many requests; retry later.",
+}
+
+
+def error_responses(
+    *codes: int, descriptions: dict[int, str] | None = None
+) -> dict[int, OpenApiResponse]:
+    """OpenAPI error responses of an operation; 401, 403, 404 and 429 apply to every endpoint.
+
+    ``descriptions`` overrides the wording per status for one app (e.g. what a 409 means there).
+    """
+    texts = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=texts[code])
+        for code in sorted({401, 403, 404, 429, *codes})
+    }
 
 
 class NewestFirstPagination(CursorPagination):

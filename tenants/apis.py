@@ -38,6 +38,7 @@ from tenants.api import (
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
+    error_responses,
     paginated,
 )
 from tenants.context import Actor
@@ -98,46 +99,11 @@ class NamedChoiceFieldExtension(OpenApiSerializerFieldExtension):
         return dict(component.ref)
 
 
-class ErrorBodySerializer(serializers.Serializer):
-    # Declared in get_fields: a class attribute named "fields" would shadow Serializer.fields.
-    def get_fields(self) -> dict[str, serializers.Field]:
-        return {
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "fields": serializers.DictField(
-                child=serializers.ListField(child=serializers.CharField())
-            ),
-        }
-
-    class Meta:
-        ref_name = "ErrorBody"
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorBodySerializer()
-
-    class Meta:
-        ref_name = "Error"
-
-
-_ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "The input is not valid; `error.fields` names each invalid field.",
-    401: "No credentials, or the bearer token is malformed, unknown, revoked or expired.",
-    403: "The role or token scope lacks the permission (named in `error.fields.permission`), "
-    "or the organization is suspended or closed.",
-    404: "No such object in this organization, or no access to the organization.",
-    409: "The change conflicts with the current state (e.g. removing the last owner).",
-    429: "Too many requests; retry later.",
-}
+_ERROR_TEXTS = {409: "The change conflicts with the current state (e.g. removing the last owner)."}
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """Error responses of an operation; 401, 403, 404 and 429 apply to every endpoint."""
-    wanted = sorted({401, 403, 404, 429, *codes})
-    return {
-        code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code])
-        for code in wanted
-    }
+    return error_responses(*codes, descriptions=_ERROR_TEXTS)
 
 
 # --- pagination ------------------------------------------------------------------------------
