@@ -50,6 +50,8 @@ class StorageLocation(models.Model):
     encryption = models.CharField(max_length=16, choices=Encryption.choices, blank=True, default="")
     kms_key_id = models.CharField(max_length=255, blank=True)
     storage_classes = models.JSONField(default=dict, blank=True)
+    # A disaster-recovery replica keeps its copies in this tier (they are read only in a disaster).
+    replica_tier = models.CharField(max_length=16, choices=TIER_CHOICES, default="cold")
     created_at = models.DateTimeField(default=timezone.now)
     last_test_at = models.DateTimeField(null=True, blank=True)
     last_test_ok = models.BooleanField(null=True)
@@ -101,6 +103,14 @@ class Study(models.Model):
     last_accessed_at = models.DateTimeField(null=True, blank=True)
     # ``ingest.completed`` was sent for the study as it stood at this time.
     notified_at = models.DateTimeField(null=True, blank=True)
+    # Retention: a trashed study is invisible to searches and reads; it is purged (bytes first,
+    # then rows) after ``purge_after`` unless restored from the trash before.
+    trashed_at = models.DateTimeField(null=True, blank=True)
+    purge_after = models.DateTimeField(null=True, blank=True)
+    trash_reason = models.CharField(max_length=500, blank=True)
+    # Mirrors "an active LegalHold row exists" (kept in the same transaction), so that policy
+    # selection in SQL can exclude held studies with a plain column test.
+    legal_hold = models.BooleanField(default=False)
     # Study-level DICOM JSON attributes (patient/study module) for QIDO-RS answers.
     metadata = models.JSONField(default=dict, blank=True)
 
@@ -115,6 +125,11 @@ class Study(models.Model):
             models.Index(fields=["organization", "study_date"], name="study_org_date"),
             models.Index(fields=["organization", "accession_number"], name="study_org_accession"),
             models.Index(fields=["organization", "patient_name"], name="study_org_name"),
+            models.Index(
+                fields=["organization", "purge_after"],
+                condition=models.Q(trashed_at__isnull=False),
+                name="study_org_trash",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -172,6 +187,11 @@ class Instance(models.Model):
     object_key = models.CharField(max_length=512)
     tier = models.CharField(max_length=16, choices=TIER_CHOICES, default="hot")
     received_at = models.DateTimeField(default=timezone.now)
+    # When the object entered its current tier (None: since it was received). Leaving a tier
+    # before its minimum storage duration is charged as early deletion from this time.
+    tier_changed_at = models.DateTimeField(null=True, blank=True)
+    # Archive tier: a restored, readable copy exists until this time.
+    restored_until = models.DateTimeField(null=True, blank=True)
     last_accessed_at = models.DateTimeField(null=True, blank=True)
     # DICOM JSON of the dataset without bulk data (PS3.18 F.2), for WADO-RS metadata.
     metadata = models.JSONField(default=dict, blank=True)
@@ -309,6 +329,19 @@ class ArchiveSettings(models.Model):
     )
     # None: no quota. Checked on ingest against the bytes indexed.
     storage_quota_bytes = models.BigIntegerField(null=True, blank=True)
+    # The policy version the engine applies; None: no automatic moves or deletions.
+    active_policy = models.ForeignKey(
+        "PolicyVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # The shortest retention the organization's law allows: no delete rule may be shorter.
+    retention_minimum_days = models.PositiveIntegerField(null=True, blank=True)
+    trash_grace_days = models.PositiveIntegerField(default=30)
+    # How long a restored archive-tier object stays readable.
+    restore_days = models.PositiveIntegerField(default=7)
+    # A restore not ready after this long is reported as timed out.
+    restore_timeout_hours = models.PositiveIntegerField(default=72)
+    # Rate limit of tier moves handed to the workers, per organization.
+    moves_per_minute = models.PositiveIntegerField(default=6000)
 
     objects = OrgQuerySet.as_manager()
 
@@ -336,3 +369,248 @@ class DicomAE(models.Model):
 
     def __str__(self) -> str:
         return self.ae_title
+
+
+class PolicyVersion(models.Model):
+    """One version of an organization's archive policy: ordered rules, immutable once written.
+
+    ``rules`` is a list of ``{"name", "conditions": {...}, "action": {...}}`` validated by
+    ``archive.policies.rules_validate``; every change is a new version (see ``policy_save``).
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    number = models.PositiveIntegerField()
+    rules = models.JSONField(default=list)
+    note = models.CharField(max_length=500, blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_label = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "number"], name="policy_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"policy v{self.number}"
+
+
+class TierMove(models.Model):
+    """Moving one instance to another tier (and maybe location), as a resumable state machine.
+
+    planned -> copying -> verifying -> done, or failed with a reason. A worker claims a move
+    with a conditional UPDATE and holds it for ARCHIVE_MOVE_LEASE_SECONDS; a move whose lease ran
+    out is taken over and repeated from its state, which every step tolerates.
+    """
+
+    class State(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        COPYING = "copying", "Copying"
+        VERIFYING = "verifying", "Verifying"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Origin(models.TextChoices):
+        POLICY = "policy", "Archive policy"
+        MANUAL = "manual", "Manual"
+        LOCATION = "location", "Location change"
+
+    OPEN_STATES = (State.PLANNED, State.COPYING, State.VERIFYING)
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="moves")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.POLICY)
+    policy_version = models.ForeignKey(
+        PolicyVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rule_index = models.PositiveIntegerField(null=True, blank=True)
+    from_tier = models.CharField(max_length=16, choices=TIER_CHOICES)
+    to_tier = models.CharField(max_length=16, choices=TIER_CHOICES)
+    from_location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    to_location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    size_bytes = models.BigIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PLANNED)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=1000, blank=True)
+    planned_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=100, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-planned_at", "-id"]
+        constraints = [
+            # At most one open move per instance: planning twice plans nothing new.
+            models.UniqueConstraint(
+                fields=["instance"],
+                condition=models.Q(state__in=["planned", "copying", "verifying"]),
+                name="tiermove_one_open_per_instance",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "state"], name="tiermove_org_state")]
+
+    def __str__(self) -> str:
+        return f"move {self.pk}: {self.from_tier} -> {self.to_tier} ({self.state})"
+
+
+class RestoreRequest(models.Model):
+    """A restore of archive-tier instances (one read, a study, or a patient's studies)."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        TIMED_OUT = "timed_out", "Timed out"
+
+    class Scope(models.TextChoices):
+        INSTANCES = "instances", "Instances read"
+        STUDY = "study", "Study"
+        PATIENT = "patient", "Patient"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.CASCADE, related_name="restores"
+    )
+    patient_id = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    days = models.PositiveIntegerField()
+    instances_total = models.PositiveIntegerField(default=0)
+    instances_ready = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=255, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    timeout_at = models.DateTimeField()
+    checked_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=1000, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["organization", "state"], name="restore_org_state")]
+
+    def __str__(self) -> str:
+        return f"restore {self.pk} ({self.state})"
+
+
+class RestoreItem(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    restore = models.ForeignKey(RestoreRequest, on_delete=models.CASCADE, related_name="items")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="+")
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["restore", "instance"], name="restore_item_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"restore {self.restore_id} item {self.instance_id}"
+
+
+class LegalHold(models.Model):
+    """A study kept whatever the policy says, until an owner or admin lifts the hold."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="holds")
+    reason = models.CharField(max_length=500)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_by_label = models.CharField(max_length=255, blank=True)
+    set_at = models.DateTimeField(default=timezone.now)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lifted_by_label = models.CharField(max_length=255, blank=True)
+    lift_reason = models.CharField(max_length=500, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-set_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study"],
+                condition=models.Q(lifted_at__isnull=True),
+                name="legal_hold_one_active",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"hold on {self.study_id}"
+
+
+class InstanceReplica(models.Model):
+    """An instance's copy in the organization's disaster-recovery location, verified."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Replicated"
+        FAILED = "failed", "Failed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="replicas")
+    location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    tier = models.CharField(max_length=16, choices=TIER_CHOICES)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=1000, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    replicated_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "location"], name="replica_unique")
+        ]
+        indexes = [
+            models.Index(fields=["organization", "location", "state"], name="replica_org_state")
+        ]
+
+    def __str__(self) -> str:
+        return f"replica of {self.instance_id} in {self.location_id} ({self.state})"
+
+
+class ReplicaCheck(models.Model):
+    """A disaster-recovery drill: a random sample read back from the replica and verified."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    sampled = models.PositiveIntegerField(default=0)
+    verified = models.PositiveIntegerField(default=0)
+    missing = models.PositiveIntegerField(default=0)
+    mismatched = models.PositiveIntegerField(default=0)
+    bytes_read = models.BigIntegerField(default=0)
+    # Per failed sample: {"sop_instance_uid", "problem"}.
+    problems = models.JSONField(default=list, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"DR drill {self.pk}: {self.verified}/{self.sampled} verified"

@@ -33,6 +33,7 @@ class Perm:
     WEBHOOKS_MANAGE = "webhooks.manage"
     STORAGE_MANAGE = "storage.manage"
     POLICIES_MANAGE = "policies.manage"
+    HOLDS_MANAGE = "holds.manage"
     SETTINGS_MANAGE = "settings.manage"
     INVOICES_VIEW = "invoices.view"
     BILLING_MANAGE = "billing.manage"
@@ -49,6 +50,7 @@ PERMISSION_DESCRIPTIONS: dict[str, str] = {
     Perm.WEBHOOKS_MANAGE: "manage webhooks",
     Perm.STORAGE_MANAGE: "manage storage locations",
     Perm.POLICIES_MANAGE: "manage archive policies",
+    Perm.HOLDS_MANAGE: "set and lift legal holds",
     Perm.SETTINGS_MANAGE: "change organization settings",
     Perm.INVOICES_VIEW: "see usage and invoices",
     Perm.BILLING_MANAGE: "manage budgets and billing settings",
@@ -63,6 +65,7 @@ _MANAGE = {
     Perm.WEBHOOKS_MANAGE,
     Perm.STORAGE_MANAGE,
     Perm.POLICIES_MANAGE,
+    Perm.HOLDS_MANAGE,
     Perm.SETTINGS_MANAGE,
     Perm.BILLING_MANAGE,
 }

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +18,21 @@ class StoredObject:
     key: str
     size: int
     storage_class: str = ""
+    # The SHA-256 recorded with the object when it was stored ("" when the store has none).
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class RestoreStatus:
+    """Where a restore of an archive-tier object stands.
+
+    ``requested``: a restore was asked for (and not expired); ``ready``: a readable copy exists
+    until ``expires_at``.
+    """
+
+    requested: bool
+    ready: bool
+    expires_at: datetime | None = None
 
 
 class ObjectStore(Protocol):
@@ -35,3 +51,11 @@ class ObjectStore(Protocol):
 
     def probe(self) -> str:
         """Write, read back and delete a probe object; returns a human-readable result."""
+
+    def restore_start(self, *, key: str, tier: str, days: int) -> None:
+        """Ask for a readable copy of an archive-tier object for ``days`` days.
+
+        Idempotent: asking again while a restore is in progress or ready is not an error.
+        """
+
+    def restore_status(self, *, key: str, tier: str) -> RestoreStatus: ...

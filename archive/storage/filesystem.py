@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from archive.storage.base import CHUNK, StorageUnavailable, StoredObject
+from archive.storage.base import CHUNK, RestoreStatus, StorageUnavailable, StoredObject
 
 
 class FilesystemStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, restore_delay_seconds: int = 0):
         self.root = Path(root)
+        # The archive tier is a folder like the others; a restore is simulated: it becomes ready
+        # this many seconds after it was asked for, as a Deep Archive restore does after hours.
+        self.restore_delay = timedelta(seconds=restore_delay_seconds)
 
     def _path(self, key: str, tier: str) -> Path:
         if ".." in Path(key).parts or key.startswith("/"):
@@ -74,3 +79,40 @@ class FilesystemStore:
         except OSError as exc:
             raise StorageUnavailable(str(exc)) from exc
         return f"Wrote, read and deleted a probe object under {self.root}."
+
+    def _restore_marker(self, key: str, tier: str) -> Path:
+        return self.root / ".restores" / tier / f"{key}.json"
+
+    def restore_start(self, *, key: str, tier: str, days: int) -> None:
+        if self.head(key=key, tier=tier) is None:
+            raise StorageUnavailable(f"Could not restore {key}: no such object in {tier}.")
+        if self.restore_status(key=key, tier=tier).requested:
+            return
+        marker = self._restore_marker(key, tier)
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            tmp.write_text(
+                json.dumps({"requested_at": datetime.now(UTC).isoformat(), "days": days})
+            )
+            os.replace(tmp, marker)
+        except OSError as exc:
+            raise StorageUnavailable(f"Could not restore {key}: {exc.strerror or exc}") from exc
+
+    def restore_status(self, *, key: str, tier: str) -> RestoreStatus:
+        marker = self._restore_marker(key, tier)
+        try:
+            data = json.loads(marker.read_text())
+        except FileNotFoundError:
+            return RestoreStatus(requested=False, ready=False)
+        except (OSError, ValueError) as exc:
+            raise StorageUnavailable(f"Could not read the restore state of {key}: {exc}") from exc
+        ready_at = datetime.fromisoformat(data["requested_at"]) + self.restore_delay
+        expires_at = ready_at + timedelta(days=int(data["days"]))
+        now = datetime.now(UTC)
+        if now >= expires_at:
+            marker.unlink(missing_ok=True)
+            return RestoreStatus(requested=False, ready=False)
+        if now < ready_at:
+            return RestoreStatus(requested=True, ready=False)
+        return RestoreStatus(requested=True, ready=True, expires_at=expires_at)

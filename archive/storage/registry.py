@@ -29,7 +29,9 @@ def platform_store() -> ObjectStore:
             storage_classes=DEFAULT_STORAGE_CLASSES,
             spool_root=str(settings.ARCHIVE_SPOOL_ROOT),
         )
-    return FilesystemStore(settings.ARCHIVE_ROOT)
+    return FilesystemStore(
+        settings.ARCHIVE_ROOT, restore_delay_seconds=settings.ARCHIVE_FS_RESTORE_SECONDS
+    )
 
 
 def store_for(location: StorageLocation) -> ObjectStore:

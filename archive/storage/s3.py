@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archive.storage.base import CHUNK, StorageUnavailable, StoredObject
+from archive.storage.base import CHUNK, RestoreStatus, StorageUnavailable, StoredObject
 
 # Multipart above 64 MiB keeps memory flat for 3 GB objects (a few parts in flight at a time).
 TRANSFER = TransferConfig(
@@ -104,6 +107,7 @@ class S3Store:
             key=key,
             size=int(meta["ContentLength"]),
             storage_class=meta.get("StorageClass", "STANDARD"),
+            sha256=(meta.get("Metadata") or {}).get("sha256", ""),
         )
 
     def iter_bytes(self, *, key: str, tier: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -135,3 +139,45 @@ class S3Store:
         if body != b"strata-probe":
             raise StorageUnavailable("The probe object read back different bytes.")
         return f"Wrote, read and deleted a probe object in s3://{self.bucket}/{self.prefix}."
+
+    def restore_start(self, *, key: str, tier: str, days: int) -> None:
+        try:
+            self.client.restore_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": "Standard"}},
+            )
+        except ClientError as exc:
+            # Asked twice: S3 answers 409 while the first restore runs; that is the state we want.
+            if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                return
+            raise StorageUnavailable(f"Could not restore {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"Could not restore {key}: {exc}") from exc
+
+    def restore_status(self, *, key: str, tier: str) -> RestoreStatus:
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"Could not read the restore state of {key}: {exc}") from exc
+        return restore_status_parse(meta.get("Restore"))
+
+
+_ONGOING = re.compile(r'ongoing-request="(true|false)"')
+_EXPIRY = re.compile(r'expiry-date="([^"]+)"')
+
+
+def restore_status_parse(header: str | None) -> RestoreStatus:
+    """The ``x-amz-restore`` header: ``ongoing-request="false", expiry-date="Fri, 21 Dec ..."``."""
+    if not header:
+        return RestoreStatus(requested=False, ready=False)
+    ongoing = _ONGOING.search(header)
+    if ongoing is None or ongoing.group(1) == "true":
+        return RestoreStatus(requested=True, ready=False)
+    expiry = _EXPIRY.search(header)
+    expires_at = parsedate_to_datetime(expiry.group(1)) if expiry else None
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        return RestoreStatus(requested=False, ready=False)
+    return RestoreStatus(requested=True, ready=True, expires_at=expires_at)

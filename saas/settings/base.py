@@ -188,6 +188,11 @@ DICOM_SCP_PORT = env.integer("DICOM_SCP_PORT", 11112, minimum=1)
 ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = env.boolean("ARCHIVE_ALLOW_PRIVATE_ENDPOINTS", DEBUG)
 ARCHIVE_ORPHAN_AGE_MINUTES = env.integer("ARCHIVE_ORPHAN_AGE_MINUTES", 60, minimum=1)
 ARCHIVE_SETTLE_SECONDS = env.integer("ARCHIVE_SETTLE_SECONDS", 120, minimum=0)
+# Tiering and restores (per-organization knobs live in ArchiveSettings).
+# The filesystem backend simulates an archive-tier restore: ready after this many seconds.
+ARCHIVE_FS_RESTORE_SECONDS = env.integer("ARCHIVE_FS_RESTORE_SECONDS", 60, minimum=0)
+# Moves and restores claimed by a worker that stopped are taken over after this lease.
+ARCHIVE_MOVE_LEASE_SECONDS = env.integer("ARCHIVE_MOVE_LEASE_SECONDS", 300, minimum=10)
 
 # Billing
 BILLING_GRACE_DAYS = env.integer("BILLING_GRACE_DAYS", 3, minimum=0)
