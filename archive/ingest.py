@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.cache import cache
@@ -37,7 +37,7 @@ from archive.dicom import (
 )
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
 from archive.storage import ObjectStore, StorageUnavailable, store_for
-from billing.metering import record_usage, storage_delta
+from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -159,16 +159,60 @@ def _study_upsert_locked(org: Organization, header: Header, now: datetime) -> St
     if study is None:
         try:
             with transaction.atomic():
-                study = Study.objects.create(
-                    organization=org,
-                    study_uid=header.study_uid,
-                    metadata=header.study_json,
-                    created_at=now,
-                    **header.study,
-                )
+                study = Study.objects.create(**_study_fields(org, header, now))
         except IntegrityError:
             study = Study.objects.for_org(org).select_for_update().get(study_uid=header.study_uid)
     return study
+
+
+def _study_fields(org: Organization, header: Header, now: datetime) -> dict[str, Any]:
+    return {
+        "organization": org,
+        "study_uid": header.study_uid,
+        "metadata": header.study_json,
+        "created_at": now,
+        **header.study,
+    }
+
+
+def _series_fields(
+    org: Organization, study: Study, header: Header, now: datetime
+) -> dict[str, Any]:
+    return {
+        "organization": org,
+        "study": study,
+        "series_uid": header.series_uid,
+        "metadata": header.series_json,
+        "created_at": now,
+        **header.series,
+    }
+
+
+def _instance_row(
+    org: Organization,
+    location: StorageLocation,
+    study: Study,
+    series: Series,
+    item: _Stored,
+    now: datetime,
+) -> Instance:
+    header, spooled = item.header, item.spooled
+    return Instance(
+        organization=org,
+        study=study,
+        series=series,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        instance_number=header.instance_number,
+        size_bytes=spooled.size,
+        sha256=spooled.sha256,
+        location=location,
+        object_key=item.key,
+        tier="hot",
+        received_at=now,
+        metadata=header.metadata,
+    )
 
 
 def _series_upsert(
@@ -179,32 +223,162 @@ def _series_upsert(
         return series, False
     try:
         with transaction.atomic():
-            return (
-                Series.objects.create(
-                    organization=org,
-                    study=study,
-                    series_uid=header.series_uid,
-                    metadata=header.series_json,
-                    created_at=now,
-                    **header.series,
-                ),
-                True,
-            )
+            return Series.objects.create(**_series_fields(org, study, header, now)), True
     except IntegrityError:
         return Series.objects.for_org(org).get(series_uid=header.series_uid), False
 
 
-def _index(
-    *,
-    org: Organization,
-    location: StorageLocation,
-    header: Header,
-    spooled: Spooled,
-    key: str,
-    pending: PendingObject,
-) -> Instance:
-    """Write the index rows, aggregates, usage and ledger in one transaction."""
+@dataclass
+class _Stored:
+    """An object whose bytes are stored and verified, waiting for its index row."""
+
+    header: Header
+    spooled: Spooled
+    key: str
+    pending_id: int
+    instance_id: int | None = None
+
+
+class _BatchConflict(Exception):
+    """The batch cannot be indexed in one go (a series of another study); index one by one."""
+
+
+def _meter(org: Organization, items: list[_Stored], now: datetime) -> None:
+    """Usage events and ledger deltas of the items: two statements, idempotent per object."""
+    events: list[Usage] = []
+    deltas: list[Delta] = []
+    for item in items:
+        base_key = f"{item.header.sop_instance_uid}:{item.spooled.sha256}"
+        events.append(Usage("ingest.bytes", item.spooled.size, now, f"ingest.bytes:{base_key}"))
+        events.append(Usage("ingest.instances", 1, now, f"ingest.instances:{base_key}"))
+        deltas.append(Delta("hot", item.spooled.size, now, f"store:{base_key}"))
+    record_usage_bulk(org=org, events=events)
+    storage_delta_bulk(org=org, deltas=deltas)
+
+
+def _settle_on_commit(org: Organization, study_ids: Iterable[int]) -> None:
+    ids = sorted(set(study_ids))
+
+    def _follow_up() -> None:
+        # One settle check per study and settle window, not one queued task per instance:
+        # the check re-queues itself while the study is still receiving.
+        from archive.tasks import study_settle
+
+        for study_id in ids:
+            if cache.add(
+                f"archive:settle:{org.pk}:{study_id}",
+                1,
+                timeout=max(settings.ARCHIVE_SETTLE_SECONDS, 1),
+            ):
+                study_settle.apply_async(
+                    (org.pk, study_id), countdown=settings.ARCHIVE_SETTLE_SECONDS
+                )
+
+    transaction.on_commit(_follow_up)
+
+
+def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]) -> None:
+    """Index stored objects: rows, aggregates, usage and ledger of all of them in one transaction.
+
+    Sets ``instance_id`` of every item. Preconditions: every item's bytes are stored and verified,
+    their SOP Instance UIDs are distinct. Raises ``IntegrityError`` (a concurrent ingest of the
+    same study, series or instance won a race) or ``_BatchConflict``; then nothing was written and
+    the caller indexes the items one by one with ``_index_one``, which sorts out each case.
+    """
     now = timezone.now()
+    first: dict[str, Header] = {}
+    series_first: dict[str, Header] = {}
+    for item in items:
+        first.setdefault(item.header.study_uid, item.header)
+        series_first.setdefault(item.header.series_uid, item.header)
+    with transaction.atomic():
+        # Locked: the aggregates below are read-modify-write (modalities).
+        studies = {
+            s.study_uid: s
+            for s in Study.objects.for_org(org)
+            .select_for_update()
+            .filter(study_uid__in=list(first))
+        }
+        missing = [uid for uid in first if uid not in studies]
+        if missing:
+            created = Study.objects.bulk_create(
+                [Study(**_study_fields(org, first[uid], now)) for uid in missing]
+            )
+            studies.update({s.study_uid: s for s in created})
+        series = {
+            s.series_uid: s
+            for s in Series.objects.for_org(org).filter(series_uid__in=list(series_first))
+        }
+        new_series = [uid for uid in series_first if uid not in series]
+        if new_series:
+            created_series = Series.objects.bulk_create(
+                [
+                    Series(
+                        **_series_fields(
+                            org, studies[series_first[uid].study_uid], series_first[uid], now
+                        )
+                    )
+                    for uid in new_series
+                ]
+            )
+            series.update({s.series_uid: s for s in created_series})
+        for item in items:
+            if series[item.header.series_uid].study_id != studies[item.header.study_uid].pk:
+                raise _BatchConflict(item.header.series_uid)
+        rows = Instance.objects.bulk_create(
+            [
+                _instance_row(
+                    org,
+                    location,
+                    studies[item.header.study_uid],
+                    series[item.header.series_uid],
+                    item,
+                    now,
+                )
+                for item in items
+            ]
+        )
+        for item, row in zip(items, rows, strict=True):
+            item.instance_id = row.pk
+        per_series: dict[str, list[_Stored]] = {}
+        for item in items:
+            per_series.setdefault(item.header.series_uid, []).append(item)
+        for uid, members in per_series.items():
+            size = sum(m.spooled.size for m in members)
+            Series.objects.filter(pk=series[uid].pk).update(
+                instance_count=F("instance_count") + len(members),
+                total_bytes=F("total_bytes") + size,
+                bytes_hot=F("bytes_hot") + size,
+            )
+        for uid, study in studies.items():
+            members = [item for item in items if item.header.study_uid == uid]
+            size = sum(m.spooled.size for m in members)
+            study_update: dict[str, object] = {
+                "instance_count": F("instance_count") + len(members),
+                "total_bytes": F("total_bytes") + size,
+                "bytes_hot": F("bytes_hot") + size,
+                "updated_at": now,
+            }
+            added = sum(1 for s in new_series if series_first[s].study_uid == uid)
+            if added:
+                study_update["series_count"] = F("series_count") + added
+            modalities = study.modalities or ""
+            for member in members:
+                modality = member.header.series.get("modality") or ""
+                if modality and f"\\{modality}\\" not in (modalities or "\\"):
+                    modalities = (modalities or "\\") + f"{modality}\\"
+            if modalities != (study.modalities or ""):
+                study_update["modalities"] = modalities
+            Study.objects.filter(pk=study.pk).update(**study_update)
+        _meter(org, items, now)
+        PendingObject.objects.filter(pk__in=[item.pending_id for item in items]).delete()
+        _settle_on_commit(org, (s.pk for s in studies.values()))
+
+
+def _index_one(*, org: Organization, location: StorageLocation, item: _Stored) -> None:
+    """Index one stored object, sorting out races with concurrent ingests row by row."""
+    now = timezone.now()
+    header, spooled = item.header, item.spooled
     with transaction.atomic():
         study = _study_upsert_locked(org, header, now)
         series, new_series = _series_upsert(org, study, header, now)
@@ -212,22 +386,9 @@ def _index(
             raise DicomRejected(
                 STUDY_UID_MISMATCH, f"Series {header.series_uid} already belongs to another study."
             )
-        instance = Instance.objects.create(
-            organization=org,
-            study=study,
-            series=series,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            instance_number=header.instance_number,
-            size_bytes=spooled.size,
-            sha256=spooled.sha256,
-            location=location,
-            object_key=key,
-            tier="hot",
-            received_at=now,
-            metadata=header.metadata,
-        )
+        instance = _instance_row(org, location, study, series, item, now)
+        instance.save(force_insert=True)
+        item.instance_id = instance.pk
         Series.objects.filter(pk=series.pk).update(
             instance_count=F("instance_count") + 1,
             total_bytes=F("total_bytes") + spooled.size,
@@ -245,46 +406,33 @@ def _index(
         if modality and f"\\{modality}\\" not in (study.modalities or ""):
             study_update["modalities"] = (study.modalities or "\\") + f"{modality}\\"
         Study.objects.filter(pk=study.pk).update(**study_update)
-        base_key = f"{header.sop_instance_uid}:{spooled.sha256}"
-        record_usage(
-            org=org,
-            meter="ingest.bytes",
-            quantity=spooled.size,
-            at=now,
-            idempotency_key=f"ingest.bytes:{base_key}",
-        )
-        record_usage(
-            org=org,
-            meter="ingest.instances",
-            quantity=1,
-            at=now,
-            idempotency_key=f"ingest.instances:{base_key}",
-        )
-        storage_delta(
-            org=org,
-            tier="hot",
-            delta_bytes=spooled.size,
-            at=now,
-            idempotency_key=f"store:{base_key}",
-        )
-        PendingObject.objects.filter(pk=pending.pk).delete()
+        _meter(org, [item], now)
+        PendingObject.objects.filter(pk=item.pending_id).delete()
+        _settle_on_commit(org, [study.pk])
 
-        def _follow_up() -> None:
-            # One settle check per study and settle window, not one queued task per instance:
-            # the check re-queues itself while the study is still receiving.
-            if cache.add(
-                f"archive:settle:{org.pk}:{study.pk}",
-                1,
-                timeout=max(settings.ARCHIVE_SETTLE_SECONDS, 1),
-            ):
-                from archive.tasks import study_settle
 
-                study_settle.apply_async(
-                    (org.pk, study.pk), countdown=settings.ARCHIVE_SETTLE_SECONDS
-                )
+class Quota:
+    """What an organization may still store, read once per request or association.
 
-        transaction.on_commit(_follow_up)
-    return instance
+    Counted down as objects are stored; concurrent requests each check against what was left
+    when they started, as before (the quota is a limit for runaway senders, not a reservation).
+    """
+
+    def __init__(self, org: Organization):
+        self.left = _quota_left(org)
+
+    def take(self, size: int) -> bool:
+        if self.left is None:
+            return True
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
+
+    def give_back(self, size: int) -> None:
+        """An object that was not stored after all."""
+        if self.left is not None:
+            self.left += size
 
 
 def instance_ingest(
@@ -293,83 +441,200 @@ def instance_ingest(
     spooled: Spooled,
     expected_study_uid: str | None = None,
     location: StorageLocation | None = None,
+    quota: Quota | None = None,
 ) -> IngestResult:
     """Ingest one spooled DICOM file. Never raises for bad input: the result says what happened.
 
     The spool file is consumed (moved into storage or deleted).
     """
+    return instances_ingest(
+        org=org,
+        batch=[spooled],
+        expected_study_uid=expected_study_uid,
+        location=location,
+        quota=quota,
+    )[0]
+
+
+def instances_ingest(
+    *,
+    org: Organization,
+    batch: list[Spooled],
+    expected_study_uid: str | None = None,
+    location: StorageLocation | None = None,
+    quota: Quota | None = None,
+) -> list[IngestResult]:
+    """Ingest spooled DICOM files together; one result per file, in order. Never raises for bad
+    input. Every spool file is consumed (moved into storage or deleted).
+
+    Per file the steps and outcomes are those of one file alone: validate, deduplicate, store and
+    verify. Then the stored ones are indexed in one transaction (few statements for the whole
+    batch); should that fail, each is indexed on its own, so one file's problem stays its own.
+    """
     location = location or location_primary(org)
     store = store_for(location)
-    header: Header | None = None
+    results: list[IngestResult | None] = [None] * len(batch)
+    later: list[int] = []  # a SOP Instance UID seen earlier in this batch: after the first
     try:
-        try:
-            header = read_header(spooled.path)
-        except DicomRejected as exc:
-            return _fail(None, exc.reason_code, exc.message, spooled.size)
-        if expected_study_uid and header.study_uid != expected_study_uid:
-            return _fail(
-                header,
-                STUDY_UID_MISMATCH,
-                f"The instance belongs to study {header.study_uid}, not to {expected_study_uid} named in the URL.",
-                spooled.size,
-            )
-        existing = (
-            Instance.objects.for_org(org).filter(sop_instance_uid=header.sop_instance_uid).first()
-        )
-        if existing is not None:
-            if existing.sha256 == spooled.sha256:
-                return _ok("duplicate", header, spooled.size, existing.pk)
-            return _fail(
-                header,
-                DUPLICATE_SOP_INSTANCE,
-                "A different object is already stored under this SOP Instance UID; it was not overwritten.",
-                spooled.size,
-            )
-        quota = _quota_left(org)
-        if quota is not None and spooled.size > quota:
-            return _fail(
-                header,
-                OUT_OF_RESOURCES,
-                "The organization's storage quota is exhausted.",
-                spooled.size,
-            )
-        key = object_key(org, header)
-        pending = PendingObject.objects.create(
-            organization=org, location=location, object_key=key, tier="hot"
-        )
-        try:
-            stored = store.put_file(key=key, path=spooled.path, tier="hot", sha256=spooled.sha256)
-            if stored.size != spooled.size:
-                raise StorageUnavailable(
-                    f"Stored size {stored.size} differs from received size {spooled.size}."
+        candidates: list[tuple[int, Header]] = []
+        seen: set[str] = set()
+        for n, spooled in enumerate(batch):
+            try:
+                header = read_header(spooled.path)
+            except DicomRejected as exc:
+                results[n] = _fail(None, exc.reason_code, exc.message, spooled.size)
+                continue
+            if expected_study_uid and header.study_uid != expected_study_uid:
+                results[n] = _fail(
+                    header,
+                    STUDY_UID_MISMATCH,
+                    f"The instance belongs to study {header.study_uid}, not to {expected_study_uid} named in the URL.",
+                    spooled.size,
                 )
-        except StorageUnavailable as exc:
-            _discard(store, key)
-            PendingObject.objects.filter(pk=pending.pk).delete()
-            logger.warning("ingest: storing failed for org %s: %s", org.pk, exc)
-            return _fail(
-                header, PROCESSING_FAILURE, f"The object store failed: {exc}", spooled.size
-            )
-        try:
-            instance = _index(
-                org=org, location=location, header=header, spooled=spooled, key=key, pending=pending
-            )
-        except IntegrityError:
-            # A concurrent ingest of the same SOP Instance UID won; keep its object, not ours.
-            _discard(store, key, keep_if_indexed=True, org=org)
-            PendingObject.objects.filter(pk=pending.pk).delete()
-            return _retry_as_duplicate(org, header, spooled)
-        except DicomRejected as exc:
-            _discard(store, key)
-            PendingObject.objects.filter(pk=pending.pk).delete()
-            return _fail(header, exc.reason_code, exc.message, spooled.size)
-        except Exception:
-            _discard(store, key)
-            PendingObject.objects.filter(pk=pending.pk).delete()
-            raise
-        return _ok("stored", header, spooled.size, instance.pk)
+                continue
+            if header.sop_instance_uid in seen:
+                later.append(n)
+                continue
+            seen.add(header.sop_instance_uid)
+            candidates.append((n, header))
+        existing = {
+            uid: (sha, pk)
+            for uid, sha, pk in Instance.objects.for_org(org)
+            .filter(sop_instance_uid__in=[h.sop_instance_uid for _, h in candidates])
+            .values_list("sop_instance_uid", "sha256", "pk")
+        }
+        quota = quota or Quota(org)
+        to_store: list[tuple[int, Header, str]] = []
+        for n, header in candidates:
+            spooled = batch[n]
+            if header.sop_instance_uid in existing:
+                sha, pk = existing[header.sop_instance_uid]
+                if sha == spooled.sha256:
+                    results[n] = _ok("duplicate", header, spooled.size, pk)
+                else:
+                    results[n] = _fail(
+                        header,
+                        DUPLICATE_SOP_INSTANCE,
+                        "A different object is already stored under this SOP Instance UID; it was not overwritten.",
+                        spooled.size,
+                    )
+                continue
+            if not quota.take(spooled.size):
+                results[n] = _fail(
+                    header,
+                    OUT_OF_RESOURCES,
+                    "The organization's storage quota is exhausted.",
+                    spooled.size,
+                )
+                continue
+            to_store.append((n, header, object_key(org, header)))
+        if to_store:
+            _store_and_index(org, location, store, batch, to_store, results)
+            for n, _, _ in to_store:
+                outcome = results[n]
+                if outcome is not None and outcome.status == "failed":
+                    quota.give_back(batch[n].size)
     finally:
-        spooled.path.unlink(missing_ok=True)
+        for n, spooled in enumerate(batch):
+            if n not in later:
+                spooled.path.unlink(missing_ok=True)
+    if later:
+        # Same SOP Instance UID twice in one batch: the later copies are duplicates of (or
+        # conflict with) the first, which is indexed by now.
+        again = instances_ingest(
+            org=org,
+            batch=[batch[n] for n in later],
+            expected_study_uid=expected_study_uid,
+            location=location,
+            quota=quota,
+        )
+        for n, result in zip(later, again, strict=True):
+            results[n] = result
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _store_and_index(
+    org: Organization,
+    location: StorageLocation,
+    store: ObjectStore,
+    batch: list[Spooled],
+    to_store: list[tuple[int, Header, str]],
+    results: list[IngestResult | None],
+) -> None:
+    # The intent rows are committed before any byte is stored (autocommit: one statement).
+    pending = PendingObject.objects.bulk_create(
+        [
+            PendingObject(organization=org, location=location, object_key=key, tier="hot")
+            for _, _, key in to_store
+        ]
+    )
+    stored: list[tuple[int, _Stored]] = []
+    try:
+        for (n, header, key), intent in zip(to_store, pending, strict=True):
+            spooled = batch[n]
+            try:
+                written = store.put_file(
+                    key=key, path=spooled.path, tier="hot", sha256=spooled.sha256
+                )
+                if written.size != spooled.size:
+                    raise StorageUnavailable(
+                        f"Stored size {written.size} differs from received size {spooled.size}."
+                    )
+            except StorageUnavailable as exc:
+                _discard(store, key)
+                PendingObject.objects.filter(pk=intent.pk).delete()
+                logger.warning("ingest: storing failed for org %s: %s", org.pk, exc)
+                results[n] = _fail(
+                    header, PROCESSING_FAILURE, f"The object store failed: {exc}", spooled.size
+                )
+                continue
+            stored.append((n, _Stored(header, spooled, key, intent.pk)))
+    except Exception:
+        for _, item in stored:
+            _discard(store, item.key)
+        PendingObject.objects.filter(pk__in=[p.pk for p in pending]).delete()
+        raise
+    if not stored:
+        return
+    items = [item for _, item in stored]
+    try:
+        _index(org=org, location=location, items=items)
+    except (IntegrityError, _BatchConflict):
+        for item in items:
+            item.instance_id = None
+        for n, item in stored:
+            results[n] = _index_alone(org, location, store, item)
+        return
+    except Exception:
+        for item in items:
+            _discard(store, item.key)
+        PendingObject.objects.filter(pk__in=[item.pending_id for item in items]).delete()
+        raise
+    for n, item in stored:
+        results[n] = _ok("stored", item.header, item.spooled.size, item.instance_id)
+
+
+def _index_alone(
+    org: Organization, location: StorageLocation, store: ObjectStore, item: _Stored
+) -> IngestResult:
+    header, spooled, key = item.header, item.spooled, item.key
+    try:
+        _index_one(org=org, location=location, item=item)
+    except IntegrityError:
+        # A concurrent ingest of the same SOP Instance UID won; keep its object, not ours.
+        _discard(store, key, keep_if_indexed=True, org=org)
+        PendingObject.objects.filter(pk=item.pending_id).delete()
+        return _retry_as_duplicate(org, header, spooled)
+    except DicomRejected as exc:
+        _discard(store, key)
+        PendingObject.objects.filter(pk=item.pending_id).delete()
+        return _fail(header, exc.reason_code, exc.message, spooled.size)
+    except Exception:
+        _discard(store, key)
+        PendingObject.objects.filter(pk=item.pending_id).delete()
+        raise
+    return _ok("stored", header, spooled.size, item.instance_id)
 
 
 def _retry_as_duplicate(org: Organization, header: Header, spooled: Spooled) -> IngestResult:

@@ -1,8 +1,10 @@
 """STOW-RS (PS3.18 10.5): multipart/related bodies of DICOM Part 10 files, streamed into ingest.
 
 Each part goes straight from the request stream into ``ingest.spool_chunks`` (constant memory,
-any size) and then through ``ingest.instance_ingest``, the pipeline every door shares. Parts are
-independent: one bad part fails alone, with a PS3.18 failure reason, and the others are stored.
+any size) and then, a batch of parts at a time, through ``ingest.instances_ingest``, the pipeline
+every door shares: each part is checked and stored on its own, and the batch is indexed in one
+transaction. Parts are independent: one bad part fails alone, with a PS3.18 failure reason, and
+the others are stored.
 
 Failure reasons this module adds to those of ``archive.dicom``:
 - 0xC000 (cannot understand) for a part that is not ``application/dicom``, that uses a content
@@ -25,7 +27,7 @@ from django.utils import timezone
 from django.utils.http import parse_header_parameters
 
 from archive import ingest
-from archive.dicom import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from archive.dicom import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
 from archive.dicomweb import dicomjson as dj
 from archive.dicomweb.common import (
     DICOM,
@@ -47,6 +49,10 @@ from tenants.services import audit_record
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_COMMENT = 500
+# A batch of parts is ingested (stored, then indexed in one transaction) once it holds this many
+# parts or bytes, and at the end of the body.
+BATCH_PARTS = 50
+BATCH_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -152,19 +158,13 @@ def _fail_part(index: int, code: int, reason: str, size: int = 0) -> ingest.Inge
     )
 
 
-def _ingest_part(
-    *,
-    org: Organization,
-    part: Part,
-    root_type: str,
-    expected_study_uid: str | None,
-    location: StorageLocation,
-    store: ObjectStore,
-) -> tuple[ingest.IngestResult, int]:
-    """One part -> one result and the number of its bytes that were received."""
+def _spool_part(
+    *, org: Organization, part: Part, root_type: str, store: ObjectStore
+) -> ingest.Spooled | ingest.IngestResult:
+    """One part -> its spool file, or the result that refuses it. ``part.size`` is what was read."""
     if part.error:
         part.discard()
-        return _fail_part(part.index, CANNOT_UNDERSTAND, part.error, part.size), part.size
+        return _fail_part(part.index, CANNOT_UNDERSTAND, part.error, part.size)
     media_type = part.media_type or root_type
     if media_type != DICOM:
         part.discard()
@@ -174,7 +174,7 @@ def _ingest_part(
             f"Content-Type {media_type!r} is not supported; every part must be {DICOM} "
             "(a DICOM Part 10 file).",
             part.size,
-        ), part.size
+        )
     try:
         spooled = ingest.spool_chunks(store, part.chunks())
     except OSError as exc:
@@ -182,16 +182,65 @@ def _ingest_part(
         logger.warning("stow: spooling failed for org %s: %s", org.pk, exc)
         return _fail_part(
             part.index, OUT_OF_RESOURCES, "The part could not be written to local disk.", part.size
-        ), part.size
+        )
     if part.error:  # cut off before its closing boundary: never ingest half a file
         spooled.path.unlink(missing_ok=True)
-        return _fail_part(part.index, CANNOT_UNDERSTAND, part.error, spooled.size), spooled.size
-    result = ingest.instance_ingest(
-        org=org, spooled=spooled, expected_study_uid=expected_study_uid, location=location
-    )
-    if result.status == "failed":
-        result.reason = f"Part {part.index + 1}: {result.reason}"
-    return result, spooled.size
+        return _fail_part(part.index, CANNOT_UNDERSTAND, part.error, spooled.size)
+    return spooled
+
+
+class _Batch:
+    """Spooled parts waiting to be ingested together (one index transaction for all of them).
+
+    Bounded in parts and bytes: the spool files are on local disk, and the sender's parts wait
+    for their acknowledgement no longer than one batch.
+    """
+
+    def __init__(self, outcome: StowOutcome) -> None:
+        self.outcome = outcome
+        self.slots: list[tuple[int, int, ingest.Spooled]] = []  # (result slot, part index, file)
+        self.bytes = 0
+
+    def full(self) -> bool:
+        return len(self.slots) >= BATCH_PARTS or self.bytes >= BATCH_BYTES
+
+    def add(self, part_index: int, spooled: ingest.Spooled) -> None:
+        self.outcome.results.append(_fail_part(part_index, PROCESSING_FAILURE, "Not ingested."))
+        self.slots.append((len(self.outcome.results) - 1, part_index, spooled))
+        self.bytes += spooled.size
+
+    def flush(
+        self,
+        *,
+        org: Organization,
+        expected_study_uid: str | None,
+        location: StorageLocation,
+        quota: ingest.Quota,
+    ) -> None:
+        if not self.slots:
+            return
+        slots, self.slots, self.bytes = self.slots, [], 0
+        try:
+            results = ingest.instances_ingest(
+                org=org,
+                batch=[spooled for _, _, spooled in slots],
+                expected_study_uid=expected_study_uid,
+                location=location,
+                quota=quota,
+            )
+        except BaseException:
+            for _, _, spooled in slots:
+                spooled.path.unlink(missing_ok=True)
+            raise
+        for (slot, part_index, _), result in zip(slots, results, strict=True):
+            if result.status == "failed":
+                result.reason = f"Part {part_index + 1}: {result.reason}"
+            self.outcome.results[slot] = result
+
+    def discard(self) -> None:
+        for _, _, spooled in self.slots:
+            spooled.path.unlink(missing_ok=True)
+        self.slots = []
 
 
 def stow_receive(
@@ -216,6 +265,7 @@ def stow_receive(
         raise ValidationFailed(str(exc), code="invalid_multipart") from None
     location = ingest.location_primary(org)
     store = store_for(location)
+    quota = ingest.Quota(org)
     now = timezone.now()
     outcome = StowOutcome()
     outcome.job = job = IngestJob.objects.create(
@@ -227,21 +277,27 @@ def stow_receive(
         created_at=now,
         started_at=now,
     )
+    batch = _Batch(outcome)
+
+    def flush() -> None:
+        batch.flush(org=org, expected_study_uid=expected_study_uid, location=location, quota=quota)
+
     try:
         part: Part | None = first
         while part is not None:
-            result, size = _ingest_part(
-                org=org,
-                part=part,
-                root_type=body.root_type,
-                expected_study_uid=expected_study_uid,
-                location=location,
-                store=store,
-            )
-            outcome.results.append(result)
-            outcome.bytes_received += size
+            spooled = _spool_part(org=org, part=part, root_type=body.root_type, store=store)
+            if isinstance(spooled, ingest.IngestResult):
+                outcome.results.append(spooled)
+                outcome.bytes_received += spooled.size
+            else:
+                outcome.bytes_received += spooled.size
+                batch.add(part.index, spooled)
+                if batch.full():
+                    flush()
             part = next(parts, None)
+        flush()
     except Exception as exc:
+        batch.discard()
         IngestJob.objects.filter(pk=job.pk).update(
             state=IngestJob.State.FAILED,
             finished_at=timezone.now(),

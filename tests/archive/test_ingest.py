@@ -165,7 +165,7 @@ def test_index_failure_removes_the_stored_bytes(org, ct_study, monkeypatch, arch
     def crash(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(ingest, "record_usage", crash)
+    monkeypatch.setattr(ingest, "record_usage_bulk", crash)
     with pytest.raises(RuntimeError):
         ingest_bytes(org, ct_study[0])
     assert not Instance.objects.exists()
