@@ -1,0 +1,197 @@
+"""Access analytics: how much of an organization's images is read again, and how long after.
+
+The access curve answers, for horizons of 7, 30, 90, 180 and 365 days: of the studies (and of their
+bytes) old enough to be observed at that horizon, what fraction was read again on or after that
+many days from the study's reference date. The reference date is the study date, or the day the
+study was received when the study date is missing. "Old enough" means the reference date is at
+least the horizon in the past: a study of last week says nothing about reads after 90 days.
+
+What counts as a read: the access log's ``retrieve`` (WADO-RS) and ``download`` (portal) events.
+WADO-RS ``metadata`` requests do not count: viewers fetch the metadata of a patient's priors to lay
+out hanging protocols without anyone looking at the pixels, the metadata is served from the index
+(it never needs a restore and carries no image bytes), and the index's own last-access times
+ignore it for the same reason (``archive.services.access_record``). Counting them would make old
+studies look read and keep them hot for nothing.
+
+All counting happens in SQL: each study (per modality: each series) is annotated once with the
+date of its latest read, then conditional aggregates count the observed and the re-read studies
+and bytes per horizon. Per modality, a study counts under each modality of its series, with the
+bytes of those series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import F, OuterRef, Subquery
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from archive.models import AccessEvent, Series, Study
+from tenants.models import Organization
+
+HORIZONS: tuple[int, ...] = (7, 30, 90, 180, 365)
+READ_KINDS: tuple[str, ...] = (AccessEvent.Kind.RETRIEVE, AccessEvent.Kind.DOWNLOAD)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One horizon: how many studies (bytes) were observable, how many were read again."""
+
+    days: int
+    studies_observed: int
+    studies_read: int
+    bytes_observed: int
+    bytes_read: int
+
+    @property
+    def study_fraction(self) -> float | None:
+        return self.studies_read / self.studies_observed if self.studies_observed else None
+
+    @property
+    def bytes_fraction(self) -> float | None:
+        return self.bytes_read / self.bytes_observed if self.bytes_observed else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "days": self.days,
+            "studies_observed": self.studies_observed,
+            "studies_read": self.studies_read,
+            "study_fraction": self.study_fraction,
+            "bytes_observed": self.bytes_observed,
+            "bytes_read": self.bytes_read,
+            "bytes_fraction": self.bytes_fraction,
+        }
+
+
+@dataclass
+class AccessCurve:
+    as_of: datetime
+    horizons: tuple[int, ...]
+    overall: list[CurvePoint]
+    by_modality: dict[str, list[CurvePoint]] = field(default_factory=dict)
+
+    def points(self, modality: str | None = None) -> list[CurvePoint]:
+        if modality is None:
+            return self.overall
+        return self.by_modality.get(modality, [])
+
+    def point(self, days: int, modality: str | None = None) -> CurvePoint | None:
+        return next((p for p in self.points(modality) if p.days == days), None)
+
+    @property
+    def has_data(self) -> bool:
+        return any(p.studies_observed for p in self.overall)
+
+
+def _day_gap_sql(later: str, earlier: str) -> str:
+    """Whole days from the date ``earlier`` to the date of the timestamp ``later``."""
+    if connection.vendor == "postgresql":
+        return f"(({later}) AT TIME ZONE 'UTC')::date - ({earlier})"
+    return f"CAST(julianday(date({later})) - julianday({earlier}) AS INTEGER)"
+
+
+def _latest_read(study_ref: str) -> Subquery:
+    # Newest first over the (organization, study, at) index: one short index scan per study.
+    return Subquery(
+        AccessEvent.objects.filter(
+            organization_id=OuterRef("organization_id"),
+            study_id=OuterRef(study_ref),
+            kind__in=READ_KINDS,
+        )
+        .order_by("-at")
+        .values("at")[:1]
+    )
+
+
+def _aggregates(today: date, horizons: tuple[int, ...]) -> tuple[str, list[Any]]:
+    """Conditional aggregates over rows (study_id, nbytes, ref, last_read) per horizon."""
+    gap = _day_gap_sql("t.last_read", "t.ref")
+    parts: list[str] = []
+    params: list[Any] = []
+    for h in horizons:
+        cutoff = today - timedelta(days=h)
+        observed = "t.ref <= %s"
+        read = f"t.ref <= %s AND t.last_read IS NOT NULL AND {gap} >= %s"
+        parts += [
+            f"COUNT(DISTINCT CASE WHEN {observed} THEN t.study_id END)",
+            f"COUNT(DISTINCT CASE WHEN {read} THEN t.study_id END)",
+            f"COALESCE(SUM(CASE WHEN {observed} THEN t.nbytes ELSE 0 END), 0)",
+            f"COALESCE(SUM(CASE WHEN {read} THEN t.nbytes ELSE 0 END), 0)",
+        ]
+        params += [cutoff, cutoff, h, cutoff, cutoff, h]
+    return ", ".join(parts), params
+
+
+def _points(row: tuple[Any, ...], horizons: tuple[int, ...]) -> list[CurvePoint]:
+    values = [int(v or 0) for v in row]
+    return [
+        CurvePoint(h, values[4 * i], values[4 * i + 1], values[4 * i + 2], values[4 * i + 3])
+        for i, h in enumerate(horizons)
+    ]
+
+
+def access_curve(
+    *, org: Organization, now: datetime | None = None, horizons: tuple[int, ...] = HORIZONS
+) -> AccessCurve:
+    """The organization's re-read curve, overall and per modality (see the module docstring)."""
+    now = now or timezone.now()
+    today = now.date()
+    ref = Coalesce(F("study_date"), TruncDate("created_at"))
+    studies = (
+        Study.objects.for_org(org)
+        .annotate(sid=F("pk"), nbytes=F("total_bytes"), ref=ref, last_read=_latest_read("pk"))
+        .values("sid", "nbytes", "ref", "last_read")
+    )
+    series = (
+        Series.objects.for_org(org)
+        .annotate(
+            mod=F("modality"),
+            sid=F("study_id"),
+            nbytes=F("total_bytes"),
+            ref=Coalesce(F("study__study_date"), TruncDate("study__created_at")),
+            last_read=_latest_read("study_id"),
+        )
+        .values("mod", "sid", "nbytes", "ref", "last_read")
+    )
+    aggregates, agg_params = _aggregates(today, horizons)
+    study_sql, study_params = studies.query.sql_with_params()
+    series_sql, series_params = series.query.sql_with_params()
+    # Only placeholders and SQL compiled by Django are interpolated; every value is a parameter.
+    overall_sql = (
+        f"SELECT {aggregates} FROM (SELECT i.sid AS study_id, i.nbytes AS nbytes, "  # noqa: S608
+        f"i.ref AS ref, i.last_read AS last_read FROM ({study_sql}) i) t"
+    )
+    modality_sql = (
+        f"SELECT t.modality, {aggregates} FROM (SELECT i.mod AS modality, "  # noqa: S608
+        f"i.sid AS study_id, i.nbytes AS nbytes, i.ref AS ref, "
+        f"i.last_read AS last_read FROM ({series_sql}) i) t "
+        "GROUP BY t.modality ORDER BY t.modality"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(overall_sql, [*agg_params, *study_params])
+        overall = _points(cursor.fetchone(), horizons)
+        cursor.execute(modality_sql, [*agg_params, *series_params])
+        by_modality = {str(row[0] or ""): _points(row[1:], horizons) for row in cursor.fetchall()}
+    return AccessCurve(as_of=now, horizons=horizons, overall=overall, by_modality=by_modality)
+
+
+def monthly_read_probability(fractions: dict[int, float], age_days: float) -> float:
+    """The expected share of bytes of age ``age_days`` read in one month, from a curve.
+
+    The curve says which share is read again on or after each horizon; the drop between two
+    horizons is the share whose re-reads end in that interval, spread evenly over its months.
+    Past the last horizon, its share is spread over the following year, month after month (the
+    last rate observed carries on). Before the first horizon (the first week's reads, the same
+    whatever the policy) nothing is counted.
+    """
+    points = sorted((d, f) for d, f in fractions.items() if f is not None)
+    if not points or age_days < points[0][0]:
+        return 0.0
+    for (d0, f0), (d1, f1) in zip(points, points[1:], strict=False):
+        if d0 <= age_days < d1:
+            return max(f0 - f1, 0.0) * 30.0 / (d1 - d0)
+    return max(points[-1][1], 0.0) / 12.0
