@@ -23,6 +23,10 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.ingest_jobs_sweep",
         "schedule": crontab(minute="*/5"),
     },
+    "archive-tier-policy": {
+        "task": "archive.tasks.tier_policy_evaluate",
+        "schedule": crontab(minute="*/15"),
+    },
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
     "billing-finalize": {
         "task": "billing.tasks.billing_finalize_due",
