@@ -4,7 +4,22 @@ Keys carry the organization: ``org-<id>/<study>/<series>/<sop>.dcm``. Tiers are 
 the filesystem and storage classes on S3 (per location, see ``StorageLocation.storage_class``).
 """
 
-from archive.storage.base import ObjectStore, RestoreStatus, StorageUnavailable, StoredObject
+from archive.storage.base import (
+    ObjectStore,
+    RestoreStatus,
+    StorageRefused,
+    StorageUnavailable,
+    StoredObject,
+    VerificationFailed,
+)
 from archive.storage.registry import store_for
 
-__all__ = ["ObjectStore", "RestoreStatus", "StorageUnavailable", "StoredObject", "store_for"]
+__all__ = [
+    "ObjectStore",
+    "RestoreStatus",
+    "StorageRefused",
+    "StorageUnavailable",
+    "StoredObject",
+    "VerificationFailed",
+    "store_for",
+]

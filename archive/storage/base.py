@@ -13,6 +13,17 @@ class StorageUnavailable(Exception):
     """The object store could not be reached or refused the operation (after retries)."""
 
 
+class StorageRefused(StorageUnavailable):
+    """The operation cannot succeed by trying again: the location has no storage class for the
+    tier, the object is missing, or the store refuses it in its current state (e.g. an archive
+    object not restored). The message says which, for the move's error. A StorageUnavailable, so
+    that callers which treat every store failure alike keep doing so."""
+
+
+class VerificationFailed(StorageRefused):
+    """The object is there but not as expected (size, storage class or checksum)."""
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str
@@ -59,3 +70,29 @@ class ObjectStore(Protocol):
         """
 
     def restore_status(self, *, key: str, tier: str) -> RestoreStatus: ...
+
+    def place(self) -> str:
+        """Where the objects physically are (root folder, or endpoint + bucket + prefix): two
+        locations with the same place are one store, and a copy between them is a tier change."""
+
+    def change_tier(
+        self, *, key: str, from_tier: str, to_tier: str, size: int | None = None
+    ) -> None:
+        """Make the object readable in ``to_tier`` without its bytes passing through this process.
+
+        S3: CopyObject of the key onto itself with the target storage class (multipart copy
+        above 5 GB); the object leaves ``from_tier`` at once. Filesystem: a hard link in the
+        target tier's root; the object is in both tiers until ``change_tier_finish``.
+        Idempotent: done already is not an error. ``size`` spares a HEAD when known.
+        Raises StorageRefused when the location cannot serve ``to_tier``.
+        """
+
+    def change_tier_finish(self, *, key: str, from_tier: str, to_tier: str) -> None:
+        """After the index says ``to_tier``: remove what a tier change left in ``from_tier``.
+
+        Never removes the last copy; idempotent.
+        """
+
+    def verify(self, *, key: str, tier: str, size: int, sha256: str) -> StoredObject:
+        """HEAD the object and check it is in ``tier`` with ``size`` bytes (and, where the store
+        records one, the SHA-256). Raises VerificationFailed saying what differs."""

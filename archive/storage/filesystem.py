@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from archive.storage.base import CHUNK, RestoreStatus, StorageUnavailable, StoredObject
+from archive.storage.base import (
+    CHUNK,
+    RestoreStatus,
+    StorageRefused,
+    StorageUnavailable,
+    StoredObject,
+    VerificationFailed,
+)
+
+TIER_ROOTS = ("hot", "warm", "cold", "archive")
+# Hard links are impossible across volumes or on some filesystems: copy the bytes instead.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES}
 
 
 class FilesystemStore:
@@ -116,3 +129,63 @@ class FilesystemStore:
         if now < ready_at:
             return RestoreStatus(requested=True, ready=False)
         return RestoreStatus(requested=True, ready=True, expires_at=expires_at)
+
+    # --- tier changes -------------------------------------------------------------------------
+
+    def place(self) -> str:
+        return f"file://{self.root.resolve()}"
+
+    def change_tier(
+        self, *, key: str, from_tier: str, to_tier: str, size: int | None = None
+    ) -> None:
+        """A hard link of the object in the target tier's root: no byte is copied, and the object
+        stays readable under the tier the index names until ``change_tier_finish`` after the
+        index switch. Both the link (under a temporary name) and its rename are atomic."""
+        source, target = self._path(key, from_tier), self._path(key, to_tier)
+        try:
+            if target.exists() and (not source.exists() or os.path.samefile(source, target)):
+                return  # done already (and maybe finished: the source link is gone)
+            if not source.exists():
+                raise StorageRefused(f"{key} is not in the {from_tier} tier of this location.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                with open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            try:
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"Could not move {key} to {to_tier}: {exc.strerror or exc}"
+            ) from exc
+
+    def change_tier_finish(self, *, key: str, from_tier: str, to_tier: str) -> None:
+        source = self._path(key, from_tier)
+        try:
+            others = [t for t in TIER_ROOTS if t != from_tier and self._path(key, t).exists()]
+            if others:  # never the last copy
+                source.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"Could not remove {key} from {from_tier}: {exc.strerror or exc}"
+            ) from exc
+
+    def verify(self, *, key: str, tier: str, size: int, sha256: str) -> StoredObject:
+        # The filesystem records no checksum: the size is what a HEAD can tell; the bytes were
+        # hashed when they were stored and a tier change never rewrites them.
+        stored = self.head(key=key, tier=tier)
+        if stored is None:
+            raise VerificationFailed(f"{key} is not in the {tier} tier after the move.")
+        if stored.size != size:
+            raise VerificationFailed(
+                f"{key} has {stored.size} bytes in the {tier} tier, expected {size}."
+            )
+        return stored

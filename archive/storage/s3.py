@@ -18,12 +18,40 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archive.storage.base import CHUNK, RestoreStatus, StorageUnavailable, StoredObject
+from archive.storage.base import (
+    CHUNK,
+    RestoreStatus,
+    StorageRefused,
+    StorageUnavailable,
+    StoredObject,
+    VerificationFailed,
+)
 
 # Multipart above 64 MiB keeps memory flat for 3 GB objects (a few parts in flight at a time).
 TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
 )
+
+# CopyObject takes objects up to 5 GB; above that the copy is multipart (UploadPartCopy), still
+# done by the server: the managed copy's parts are ranges of the source object, not bytes here.
+COPY_MULTIPART_THRESHOLD = 5 * 1024**3
+COPY_PART_SIZE = 256 * 1024**2
+# Error codes that retrying cannot fix: the move fails at once with the store's reason.
+_REFUSED_CODES = {
+    "404",
+    "NoSuchKey",
+    "NotFound",
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidObjectState",
+    "ObjectNotInActiveTierError",
+    "InvalidStorageClass",
+    "KMS.NotFoundException",
+}
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3Store:
@@ -47,6 +75,9 @@ class S3Store:
         self.encryption = encryption
         self.kms_key_id = kms_key_id
         self._spool_root = spool_root
+        self.endpoint_url = endpoint_url or ""
+        self.copy_multipart_threshold = COPY_MULTIPART_THRESHOLD
+        self.copy_part_size = COPY_PART_SIZE
         self.client: Any = boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
@@ -61,8 +92,17 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _class_for(self, tier: str) -> str:
+        storage_class = self.storage_classes.get(tier, "")
+        if not storage_class:
+            raise StorageRefused(
+                f"This location has no storage class for the {tier} tier, so it cannot hold "
+                f"objects there."
+            )
+        return storage_class
+
     def _extra(self, tier: str) -> dict[str, str]:
-        extra = {"StorageClass": self.storage_classes[tier]}
+        extra = {"StorageClass": self._class_for(tier)}
         if self.encryption:
             extra["ServerSideEncryption"] = self.encryption
             if self.encryption == "aws:kms" and self.kms_key_id:
@@ -139,6 +179,79 @@ class S3Store:
         if body != b"strata-probe":
             raise StorageUnavailable("The probe object read back different bytes.")
         return f"Wrote, read and deleted a probe object in s3://{self.bucket}/{self.prefix}."
+
+    # --- tier changes -------------------------------------------------------------------------
+
+    def place(self) -> str:
+        return f"s3://{self.endpoint_url or 'aws'}/{self.bucket}/{self.prefix}"
+
+    def change_tier(
+        self, *, key: str, from_tier: str, to_tier: str, size: int | None = None
+    ) -> None:
+        """CopyObject of the key onto itself with the target storage class: the server rewrites
+        the object, the metadata (the SHA-256) is kept (MetadataDirective COPY) and the
+        encryption is that of a new object of this location."""
+        extra: dict[str, Any] = {**self._extra(to_tier), "MetadataDirective": "COPY"}
+        if size is None:
+            stored = self.head(key=key, tier=from_tier)
+            if stored is None:
+                raise StorageRefused(f"{key} is not in this bucket.")
+            size = stored.size
+        source = {"Bucket": self.bucket, "Key": self._key(key)}
+        try:
+            if size < self.copy_multipart_threshold:
+                self.client.copy_object(
+                    Bucket=self.bucket, Key=self._key(key), CopySource=source, **extra
+                )
+            else:
+                config = TransferConfig(
+                    multipart_threshold=self.copy_multipart_threshold,
+                    multipart_chunksize=self.copy_part_size,
+                    max_concurrency=8,
+                )
+                self.client.copy(
+                    source, self.bucket, self._key(key), ExtraArgs=extra, Config=config
+                )
+        except ClientError as exc:
+            code = _error_code(exc)
+            message = str(exc.response.get("Error", {}).get("Message", ""))
+            # A copy onto itself that changes nothing: the object is in the target class already
+            # (a rerun after the copy succeeded).
+            if code == "InvalidRequest" and "without changing" in message:
+                return
+            if code in _REFUSED_CODES:
+                raise StorageRefused(
+                    f"Could not move {key} to {to_tier}: {code} {message}"
+                ) from exc
+            raise StorageUnavailable(f"Could not move {key} to {to_tier}: {exc}") from exc
+        except (BotoCoreError, Boto3Error) as exc:
+            raise StorageUnavailable(f"Could not move {key} to {to_tier}: {exc}") from exc
+
+    def change_tier_finish(self, *, key: str, from_tier: str, to_tier: str) -> None:
+        return  # the copy replaced the object in place: nothing is left behind
+
+    def verify(self, *, key: str, tier: str, size: int, sha256: str) -> StoredObject:
+        expected_class = self._class_for(tier)
+        stored = self.head(key=key, tier=tier)
+        if stored is None:
+            raise VerificationFailed(f"{key} is missing from the bucket.")
+        problems = []
+        if stored.storage_class != expected_class:
+            problems.append(f"storage class {stored.storage_class}, expected {expected_class}")
+        if stored.size != size:
+            problems.append(f"{stored.size} bytes, expected {size}")
+        if sha256 and stored.sha256 != sha256:
+            problems.append(
+                "SHA-256 metadata "
+                + (
+                    f"{stored.sha256[:12]}..., expected {sha256[:12]}..."
+                    if stored.sha256
+                    else "missing"
+                )
+            )
+        if problems:
+            raise VerificationFailed(f"{key} in the {tier} tier: " + "; ".join(problems) + ".")
+        return stored
 
     def restore_start(self, *, key: str, tier: str, days: int) -> None:
         try:
