@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -108,27 +109,26 @@ SERIES_KEYWORDS = [
 ]
 
 
-def _subset_json(ds: Dataset, keywords: list[str]) -> dict[str, Any]:
-    sub = Dataset()
-    for keyword in keywords:
-        if keyword in ds:
-            sub[keyword] = ds[keyword]
-    return sub.to_json_dict()
+def _tags(keywords: list[str]) -> list[str]:
+    return [f"{tag_for_keyword(k):08X}" for k in keywords]
 
 
-def _check_complete(path: Path) -> None:
+STUDY_TAGS = _tags(STUDY_KEYWORDS)
+SERIES_TAGS = _tags(SERIES_KEYWORDS)
+# Where stop_before_pixels would stop: Float / Double Float / Pixel Data.
+PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def _subset_json(metadata: dict[str, Any], tags: list[str]) -> dict[str, Any]:
+    return {tag: metadata[tag] for tag in tags if tag in metadata}
+
+
+def _check_complete(ds: Dataset, size: int) -> None:
     """Refuse a truncated file: every value must lie inside the file.
 
     pydicom reads a short pixel-data value without complaint, so the deferred values' offsets are
     checked against the file size instead (nothing large is read).
     """
-    size = os.path.getsize(path)
-    try:
-        ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD)
-    except (EOFError, OSError, ValueError) as exc:
-        raise DicomRejected(
-            CANNOT_UNDERSTAND, f"The file is truncated or corrupt ({exc})."
-        ) from None
     for raw in ds._dict.values():
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", 0)
@@ -139,10 +139,26 @@ def _check_complete(path: Path) -> None:
             )
 
 
+def _header_dataset(ds: Dataset) -> Dataset:
+    """The elements before the pixel data, as ``stop_before_pixels`` would have read them
+    (a deferred one, larger than ``BULK_THRESHOLD``, is read now; the pixel data never is)."""
+    header = Dataset()
+    for tag in list(ds._dict):
+        if tag in PIXEL_TAGS:
+            break
+        header.add(ds[tag])
+    return header
+
+
 def read_header(path: Path) -> Header:
-    """Parse what the index needs. Raises ``DicomRejected`` with the failure reason code."""
+    """Parse what the index needs. Raises ``DicomRejected`` with the failure reason code.
+
+    One pass over the file: values larger than ``BULK_THRESHOLD`` (the pixel data) are skipped,
+    not read, and their offsets checked against the file size.
+    """
+    size = os.path.getsize(path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD)
     except InvalidDicomError:
         raise DicomRejected(
             CANNOT_UNDERSTAND, "The data is not a DICOM Part 10 file (no DICM prefix / file meta)."
@@ -151,20 +167,25 @@ def read_header(path: Path) -> Header:
         raise DicomRejected(
             CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
         ) from None
-    missing = [
-        k
-        for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
-        if not _text(ds, k)
-    ]
+    try:
+        missing = [
+            k
+            for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+            if not _text(ds, k)
+        ]
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DicomRejected(
+            CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
+        ) from None
     if missing:
         raise DicomRejected(
             DATASET_DOES_NOT_MATCH, f"Required attribute(s) missing: {', '.join(missing)}."
         )
-    _check_complete(path)
+    _check_complete(ds, size)
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     try:
-        metadata = ds.to_json_dict(
+        metadata = _header_dataset(ds).to_json_dict(
             bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: ""
         )
     except Exception as exc:  # a value pydicom cannot encode as JSON
@@ -199,6 +220,6 @@ def read_header(path: Path) -> Header:
             "body_part": _text(ds, "BodyPartExamined", 64),
         },
         metadata=metadata,
-        study_json=_subset_json(ds, STUDY_KEYWORDS),
-        series_json=_subset_json(ds, SERIES_KEYWORDS),
+        study_json=_subset_json(metadata, STUDY_TAGS),
+        series_json=_subset_json(metadata, SERIES_TAGS),
     )
