@@ -682,6 +682,8 @@ def _move_aggregates(
     *, org: Organization, rules: list[dict[str, Any]], now: datetime
 ) -> tuple[list[dict[str, Any]], dict[str, int], int]:
     """GROUP BY (rule, from tier) and the distinct studies per target tier, in SQL."""
+    if not move_rules(rules):
+        return [], {}, 0
     selection = move_selection(org=org, rules=rules, now=now)
     since = Coalesce(F("tier_changed_at"), F("received_at"))
     early_whens = []
