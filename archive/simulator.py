@@ -1,0 +1,838 @@
+"""The cost simulator: what an organization's archive will cost over the next 12 months under a
+policy, priced with its own plan, from its real inventory and its real access curve.
+
+Scenarios: (a) everything stays hot, (b) the active policy, (c) a candidate policy (the one being
+edited), (d) a policy recommended here from the access curve. The model, month by month (the next
+12 calendar months, each evaluated at its first instant):
+
+- Inventory: the index aggregated in SQL into small buckets (modality of the series x current tier
+  x days since the study date x days since the last read x days in the current tier, plus SOP
+  class, study description, patient age or legal hold when a rule looks at them). Day ranges are
+  cut at every threshold the rules use, so today's decisions are exact; a bucket ages as a whole
+  and is represented by the middle of its range.
+- Policy: at each month's start every bucket is evaluated with the rule semantics of the engine:
+  the first matching move rule decides the target, data only ever moves colder; delete rules
+  trash whole buckets whose retention has passed (never under legal hold) and the bytes go after
+  the trash grace period. Moves cost a transition per instance (by target tier); leaving a tier
+  before its minimum storage duration costs early deletion for the days still owed.
+- Reads: the share of a bucket's bytes read in a month comes from the modality's access curve
+  (bytes), see ``archive.analytics.monthly_read_probability``; every re-read is egress, and a
+  re-read of archive-tier bytes is also a restore of those bytes. Re-reads are priced but do not
+  reset a bucket's last-access clock (at the rates seen, a few percent a month at most, this errs
+  towards moving slightly more than the engine will).
+- Growth: new images arrive at the organization's rate of the last 90 days (bytes and instances
+  per modality, from the index), land hot, are stored half of their first month on average and
+  then age like the rest. Ingest (``ingest.bytes``/``ingest.instances``) is priced too: the same
+  in every scenario, it keeps the totals comparable with the invoices.
+- Prices: the organization's plan in force now (its subscription, or the default plan), exactly
+  as an invoice prices each meter and tier (allowances, graduated tiers); each month's component
+  is rounded once, like an invoice line. Minimum commitments, API requests and compute are left
+  out: no policy changes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Case, Count, F, IntegerField, Sum, Value, When
+from django.db.models.functions import Coalesce, ExtractYear, TruncDate
+from django.utils import timezone
+
+from archive.analytics import AccessCurve, access_curve, monthly_read_probability
+from archive.models import ArchiveSettings, Instance, StorageLocation
+from archive.tiers import TIER_CATALOG, is_colder, location_serves
+from billing.meters import GIB, METERS
+from billing.periods import month_start, next_month
+from billing.pricing import PriceSpec, parse_tiers, price, round_money
+from tenants.models import Organization
+
+logger = logging.getLogger(__name__)
+
+TIERS = tuple(TIER_CATALOG)
+MONTHS = 12
+INGEST_WINDOW_DAYS = 90
+# Day ranges of the inventory buckets (rule thresholds are added to these).
+DAY_EDGES = (7, 30, 60, 90, 120, 180, 240, 300, 365, 455, 545, 730, 1095, 1460, 1825, 3650)
+TIER_DAY_EDGES = (30, 90, 180)
+# The recommendation: move once so little is read again that the tier's trade-off pays.
+RECOMMEND_SHARE = {"warm": 0.25, "cold": 0.10, "archive": 0.02}
+RECOMMEND_DAYS = {"warm": (30, 90), "cold": (30, 90, 180), "archive": (180, 365)}
+MIN_OBSERVED_STUDIES = 10
+MAX_RECOMMENDED_MODALITIES = 6
+
+COMPONENTS: dict[str, str] = {
+    **{f"storage_{t}": f"Storage ({t})" for t in TIERS},
+    "transitions": "Tier transitions",
+    "restores": "Restores",
+    "early_deletion": "Early deletion",
+    "egress": "Egress",
+    "ingest": "Ingest",
+}
+SCENARIO_LABELS = {
+    "all_hot": "Everything hot",
+    "active": "Active policy",
+    "candidate": "Candidate policy",
+    "recommended": "Recommended policy",
+}
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MonthCost:
+    start: date
+    components: dict[str, Decimal]
+    bytes_by_tier: dict[str, int]
+
+    @property
+    def total(self) -> Decimal:
+        return sum(self.components.values(), Decimal("0.00"))
+
+
+@dataclass
+class Scenario:
+    key: str
+    label: str
+    rules: list[dict[str, Any]] | None
+    months: list[MonthCost] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def totals(self) -> dict[str, Decimal]:
+        out = {c: Decimal("0.00") for c in COMPONENTS}
+        for month in self.months:
+            for c, amount in month.components.items():
+                out[c] += amount
+        return out
+
+    @property
+    def total(self) -> Decimal:
+        return sum((m.total for m in self.months), Decimal("0.00"))
+
+    @property
+    def monthly_average(self) -> Decimal:
+        return round_money(self.total / len(self.months)) if self.months else Decimal("0.00")
+
+
+@dataclass
+class Recommendation:
+    modality: str
+    tier: str
+    days: int
+    reread_share: float
+    saving_per_month: Decimal
+    restore_per_month: Decimal
+    text: str
+
+
+@dataclass
+class Simulation:
+    as_of: datetime
+    currency: str
+    plan_code: str
+    month_starts: list[date]
+    scenarios: list[Scenario]
+    recommendations: list[Recommendation]
+    curve: AccessCurve
+    instances: int
+    bytes: int
+    buckets: int
+    ingest_bytes_per_month: int
+    seconds: float = 0.0
+
+    def scenario(self, key: str) -> Scenario | None:
+        return next((s for s in self.scenarios if s.key == key), None)
+
+    @property
+    def components(self) -> list[tuple[str, str]]:
+        return list(COMPONENTS.items())
+
+    def component_rows(self) -> list[dict[str, Any]]:
+        """12-month totals per component (rows) and scenario (columns), for the table."""
+        totals = {s.key: s.totals for s in self.scenarios}
+        rows = []
+        for key, label in COMPONENTS.items():
+            values = [totals[s.key][key] for s in self.scenarios]
+            if any(values):
+                rows.append({"key": key, "label": label, "values": values})
+        return rows
+
+    def saving(self, key: str) -> Decimal | None:
+        """12-month saving of a scenario against everything hot."""
+        base, other = self.scenario("all_hot"), self.scenario(key)
+        if base is None or other is None:
+            return None
+        return base.total - other.total
+
+    @property
+    def chart(self) -> Any:
+        from archive.analytics_charts import simulation_chart
+
+        return simulation_chart(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of,
+            "currency": self.currency,
+            "plan": self.plan_code,
+            "months": [m.isoformat() for m in self.month_starts],
+            "inventory": {
+                "instances": self.instances,
+                "bytes": self.bytes,
+                "buckets": self.buckets,
+                "ingest_bytes_per_month": self.ingest_bytes_per_month,
+            },
+            "scenarios": [
+                {
+                    "key": s.key,
+                    "label": s.label,
+                    "rules": s.rules,
+                    "note": s.note,
+                    "total": str(s.total),
+                    "totals": {k: str(v) for k, v in s.totals.items()},
+                    "months": [
+                        {
+                            "month": m.start.isoformat(),
+                            "total": str(m.total),
+                            "components": {k: str(v) for k, v in m.components.items()},
+                            "bytes_by_tier": m.bytes_by_tier,
+                        }
+                        for m in s.months
+                    ],
+                }
+                for s in self.scenarios
+            ],
+            "recommendations": [
+                {
+                    "modality": r.modality,
+                    "tier": r.tier,
+                    "days": r.days,
+                    "reread_share": r.reread_share,
+                    "saving_per_month": str(r.saving_per_month),
+                    "restore_per_month": str(r.restore_per_month),
+                    "text": r.text,
+                }
+                for r in self.recommendations
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- inventory ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Bucket:
+    modality: str
+    tier: str
+    age: float  # days since the study date, now (negative: arrives in the future)
+    idle: float  # days since the last read (or receipt)
+    in_tier: float  # days in the current tier
+    bytes: int
+    instances: int
+    sop_class: str = ""
+    description: str = ""
+    patient_age: float | None = None
+    held: bool = False
+    arrives: int = -1  # month index of arrival for new ingest; -1: stored already
+
+
+def _edges(base: tuple[int, ...], extra: set[int]) -> list[int]:
+    return sorted({e for e in (*base, *extra) if e > 0})
+
+
+def _rep(edges: list[int], index: int) -> float:
+    """The middle of bucket ``index`` of ``edges`` (the last, open one: a fifth past its start)."""
+    lo = 0 if index == 0 else edges[index - 1]
+    if index >= len(edges):
+        return lo * 1.2
+    return (lo + edges[index]) / 2
+
+
+def _thresholds(rules: list[dict[str, Any]], name: str) -> set[int]:
+    out: set[int] = set()
+    for rule in rules:
+        rng = rule.get("conditions", {}).get(name)
+        if isinstance(rng, dict):
+            if rng.get("min") is not None:
+                out.add(int(rng["min"]))
+            if rng.get("max") is not None:
+                out.add(int(rng["max"]) + 1)
+        if name == "days_since_study_date" and rule.get("action", {}).get("type") == "delete":
+            out.add(int(rule["action"].get("after_days", 0)))
+    return out
+
+
+def _uses(rules: list[dict[str, Any]], name: str) -> bool:
+    return any(name in rule.get("conditions", {}) for rule in rules)
+
+
+def _ladder(field_name: str, cutoffs: list[Any]) -> Case:
+    """Bucket index: 0 when ``field > cutoffs[0]`` (younger than the first edge), and so on."""
+    return Case(
+        *[When(**{f"{field_name}__gt": c}, then=Value(i)) for i, c in enumerate(cutoffs)],
+        default=Value(len(cutoffs)),
+        output_field=IntegerField(),
+    )
+
+
+def inventory(
+    *, org: Organization, now: datetime, rules: list[dict[str, Any]]
+) -> tuple[list[Bucket], int, int]:
+    """The organization's stored instances as buckets (one SQL aggregate). Returns
+    (buckets, instances, bytes). ``rules`` (all scenarios' rules together) choose the cuts."""
+    today = now.date()
+    age_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_study_date"))
+    idle_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_last_access"))
+    tier_edges = list(TIER_DAY_EDGES)
+    qs = (
+        Instance.objects.for_org(org)
+        .filter(study__trashed_at__isnull=True)
+        .annotate(
+            ref=Coalesce(F("study__study_date"), TruncDate("study__created_at")),
+            seen=Coalesce(F("last_accessed_at"), F("received_at")),
+            entered=Coalesce(F("tier_changed_at"), F("received_at")),
+        )
+        .annotate(
+            age_b=_ladder("ref", [today - timedelta(days=e) for e in age_edges]),
+            idle_b=_ladder("seen", [now - timedelta(days=e) for e in idle_edges]),
+            tier_b=_ladder("entered", [now - timedelta(days=e) for e in tier_edges]),
+            mod=F("series__modality"),
+        )
+    )
+    group = ["mod", "tier", "age_b", "idle_b", "tier_b"]
+    if _uses(rules, "sop_classes"):
+        group.append("sop_class_uid")
+    if _uses(rules, "description_pattern"):
+        qs = qs.annotate(descr=F("study__study_description"))
+        group.append("descr")
+    if _uses(rules, "patient_age_years"):
+        qs = qs.annotate(
+            page=ExtractYear("ref") - ExtractYear("study__patient_birth_date"),
+        )
+        group.append("page")
+    if any(r.get("action", {}).get("type") == "delete" for r in rules):
+        qs = qs.annotate(held=F("study__legal_hold"))
+        group.append("held")
+    rows = qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by()
+    buckets: list[Bucket] = []
+    instances = total = 0
+    for row in rows:
+        n, b = int(row["n"]), int(row["b"] or 0)
+        instances += n
+        total += b
+        buckets.append(
+            Bucket(
+                modality=row["mod"] or "",
+                tier=row["tier"],
+                age=_rep(age_edges, row["age_b"]),
+                idle=_rep(idle_edges, row["idle_b"]),
+                in_tier=_rep(tier_edges, row["tier_b"]),
+                bytes=b,
+                instances=n,
+                sop_class=row.get("sop_class_uid") or "",
+                description=row.get("descr") or "",
+                patient_age=None if row.get("page") is None else float(row["page"]),
+                held=bool(row.get("held")),
+            )
+        )
+    return buckets, instances, total
+
+
+def ingest_rate(*, org: Organization, now: datetime) -> dict[str, tuple[int, int]]:
+    """Bytes and instances received per month (30 days) by modality, over the last 90 days."""
+    rows = (
+        Instance.objects.for_org(org)
+        .filter(received_at__gte=now - timedelta(days=INGEST_WINDOW_DAYS), received_at__lt=now)
+        .values(mod=F("series__modality"))
+        .annotate(n=Count("id"), b=Sum("size_bytes"))
+        .order_by()
+    )
+    months = INGEST_WINDOW_DAYS / 30
+    return {
+        (r["mod"] or ""): (round(int(r["b"] or 0) / months), round(int(r["n"]) / months))
+        for r in rows
+    }
+
+
+# --- rule evaluation on buckets ------------------------------------------------------------------
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL)
+
+
+def _in_range(value: float | None, rng: dict[str, Any]) -> bool:
+    if value is None:
+        return False
+    lo, hi = rng.get("min"), rng.get("max")
+    return (lo is None or value >= lo) and (hi is None or value < hi + 1)
+
+
+class _Compiled:
+    """A rule with its pattern compiled, evaluated on a bucket at ``shift`` days from now."""
+
+    def __init__(self, index: int, rule: dict[str, Any]):
+        self.index = index
+        self.rule = rule
+        self.conditions: dict[str, Any] = rule.get("conditions", {})
+        self.action: dict[str, Any] = rule.get("action", {})
+        pattern = self.conditions.get("description_pattern")
+        self.pattern = _wildcard(pattern) if pattern else None
+
+    def matches(self, b: Bucket, shift: float) -> bool:
+        c = self.conditions
+        if "days_since_last_access" in c and not _in_range(
+            max(b.idle + shift, 0), c["days_since_last_access"]
+        ):
+            return False
+        if "days_since_study_date" in c and not _in_range(
+            max(b.age + shift, 0), c["days_since_study_date"]
+        ):
+            return False
+        if "modalities" in c and b.modality not in c["modalities"]:
+            return False
+        if "sop_classes" in c and b.sop_class not in c["sop_classes"]:
+            return False
+        if self.pattern is not None and not self.pattern.match(b.description):
+            return False
+        if "patient_age_years" in c:
+            years = None if b.patient_age is None else b.patient_age + shift / 365.25
+            if not _in_range(years, c["patient_age_years"]):
+                return False
+        return True
+
+
+# --- pricing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prices:
+    currency: str
+    plan_code: str
+    specs: dict[tuple[str, str], PriceSpec]
+
+    def spec(self, meter: str, tier: str = "") -> PriceSpec | None:
+        return self.specs.get((meter, tier)) or self.specs.get((meter, ""))
+
+    def amount(self, meter: str, tier: str, quantity: Decimal) -> Decimal:
+        spec = self.spec(meter, tier)
+        if spec is None or quantity <= 0:
+            return Decimal(0)
+        return price(spec, quantity)[0]
+
+    def unit(self, meter: str, tier: str = "") -> Decimal:
+        """The price of one more billing unit past the allowance (for explanations only)."""
+        spec = self.spec(meter, tier)
+        if spec is None:
+            return Decimal(0)
+        if spec.model == "per_unit":
+            return spec.unit_price
+        if spec.model == "package":
+            return spec.package_price / (spec.package_size or Decimal(1))
+        return spec.tiers[0][1] if spec.tiers else Decimal(0)
+
+
+def plan_prices(*, org: Organization, now: datetime) -> _Prices:
+    """The plan in force at ``now`` (billing's own resolution of subscriptions and default)."""
+    from billing.invoicing import default_plan, plan_segments
+
+    segments = plan_segments(org=org, start=now, end=now + timedelta(hours=1))
+    plan = segments[0][2] if segments else default_plan()
+    if plan is None:
+        return _Prices("USD", "", {})
+    specs = {
+        (pp.meter, pp.tier): PriceSpec(
+            model=pp.model,
+            unit_price=pp.unit_price,
+            tiers=parse_tiers(pp.tiers),
+            package_size=pp.package_size,
+            package_price=pp.package_price,
+            included=pp.included_quantity,
+        )
+        for pp in plan.prices.all()
+    }
+    return _Prices(plan.currency, plan.code, specs)
+
+
+@dataclass
+class _Usage:
+    """One simulated month's quantities in base units (bytes, byte-days, counts)."""
+
+    storage: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    transitions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    early: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    egress: float = 0.0
+    restore: float = 0.0
+    ingest_bytes: int = 0
+    ingest_instances: int = 0
+
+
+def _price_month(prices: _Prices, usage: _Usage) -> dict[str, Decimal]:
+    gib = Decimal(GIB)
+    out: dict[str, Decimal] = {}
+    for tier in TIERS:
+        qty = Decimal(round(usage.storage.get(tier, 0))) / gib  # a month's average = GiB-months
+        out[f"storage_{tier}"] = round_money(prices.amount("storage", tier, qty))
+    per_1000 = Decimal(METERS["tier.transitions"].divisor)
+    out["transitions"] = sum(
+        (
+            round_money(prices.amount("tier.transitions", t, Decimal(n) / per_1000))
+            for t, n in usage.transitions.items()
+        ),
+        Decimal("0.00"),
+    )
+    out["restores"] = round_money(
+        prices.amount("restore.bytes", "", Decimal(round(usage.restore)) / gib)
+    )
+    out["early_deletion"] = sum(
+        (
+            round_money(prices.amount("early_deletion", t, Decimal(round(v)) / gib))
+            for t, v in usage.early.items()
+        ),
+        Decimal("0.00"),
+    )
+    out["egress"] = round_money(
+        prices.amount("egress.bytes", "", Decimal(round(usage.egress)) / gib)
+    )
+    out["ingest"] = round_money(
+        prices.amount("ingest.bytes", "", Decimal(usage.ingest_bytes) / gib)
+    ) + round_money(
+        prices.amount(
+            "ingest.instances",
+            "",
+            Decimal(usage.ingest_instances) / Decimal(METERS["ingest.instances"].divisor),
+        )
+    )
+    return out
+
+
+# --- the projection ------------------------------------------------------------------------------
+
+
+@dataclass
+class _RuleEffect:
+    """What one rule did in a scenario, summed over the months (for the explanations)."""
+
+    byte_months: float = 0.0
+    restore_bytes: float = 0.0
+
+
+def _project(
+    *,
+    rules: list[dict[str, Any]] | None,
+    buckets: list[Bucket],
+    shifts: list[float],
+    read_share: dict[str, dict[int, float]],
+    prices: _Prices,
+    grace_days: int,
+    all_hot: bool = False,
+) -> tuple[list[tuple[_Usage, dict[str, Decimal]]], dict[int, _RuleEffect]]:
+    compiled = [_Compiled(i, r) for i, r in enumerate(rules or [])]
+    moves = [c for c in compiled if c.action.get("type") == "move"]
+    deletes = [c for c in compiled if c.action.get("type") == "delete"]
+    # Per bucket: tier, day of entering it (relative to now), trashed-at shift.
+    tier = ["hot" if all_hot else b.tier for b in buckets]
+    entered = [-b.in_tier for b in buckets]
+    trashed: list[float | None] = [None] * len(buckets)
+    gone = [False] * len(buckets)
+    effects: dict[int, _RuleEffect] = defaultdict(_RuleEffect)
+    months: list[tuple[_Usage, dict[str, Decimal]]] = []
+    for k, shift in enumerate(shifts):
+        usage = _Usage()
+        for i, b in enumerate(buckets):
+            if gone[i] or (b.arrives > k):
+                continue
+            if b.arrives == k:
+                usage.storage["hot"] += b.bytes / 2
+                usage.ingest_bytes += b.bytes
+                usage.ingest_instances += b.instances
+                continue
+            minimum = TIER_CATALOG[tier[i]].minimum_storage_days
+            stayed = shift - entered[i]
+            t_at = trashed[i]
+            if t_at is not None and shift >= t_at + grace_days:
+                usage.early[tier[i]] += b.bytes * max(minimum - stayed, 0)
+                gone[i] = True
+                continue
+            if t_at is None and not b.held:
+                for rule in deletes:
+                    after = rule.action.get("after_days", 0)
+                    if b.age + shift >= after and rule.matches(b, shift):
+                        trashed[i] = shift
+                        break
+            target = next((r for r in moves if r.matches(b, shift)), None)
+            if target is not None and is_colder(target.action["tier"], tier[i]):
+                usage.early[tier[i]] += b.bytes * max(minimum - stayed, 0)
+                usage.transitions[target.action["tier"]] += b.instances
+                tier[i] = target.action["tier"]
+                entered[i] = shift
+            usage.storage[tier[i]] += b.bytes
+            share = read_share.get(b.modality) or read_share.get("*") or {}
+            reads = b.bytes * monthly_read_probability(share, b.age + shift + 15)
+            usage.egress += reads
+            if tier[i] == "archive":
+                usage.restore += reads
+            if target is not None and tier[i] == target.action["tier"]:
+                # The rule that keeps these bytes where they are (moved now or before).
+                effect = effects[target.index]
+                effect.byte_months += b.bytes
+                if tier[i] == "archive":
+                    effect.restore_bytes += reads
+        months.append((usage, _price_month(prices, usage)))
+    return months, effects
+
+
+def _read_shares(curve: AccessCurve) -> dict[str, dict[int, float]]:
+    """Bytes re-read shares per modality (with enough observations), and overall under "*"."""
+
+    def shares(points: list[Any]) -> dict[int, float]:
+        return {
+            p.days: p.bytes_fraction
+            for p in points
+            if p.bytes_fraction is not None and p.studies_observed >= MIN_OBSERVED_STUDIES
+        }
+
+    out = {m: s for m, pts in curve.by_modality.items() if (s := shares(pts))}
+    overall = shares(curve.overall)
+    if overall:
+        out["*"] = overall
+    return out
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency)
+    text = f"{round_money(amount):,.2f}"
+    return f"{symbol}{text}" if symbol else f"{text} {currency}"
+
+
+def recommend(
+    *,
+    curve: AccessCurve,
+    prices: _Prices,
+    location: StorageLocation | None,
+    modality_bytes: dict[str, int],
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, float]]]:
+    """Rules from the access curve: per modality (largest first), the earliest horizon after
+    which few enough bytes are read again for each colder tier; the coldest tier comes first.
+
+    A tier is chosen once the bytes re-read after the horizon fall below its share (warm 25%,
+    cold 10%, archive 2%: the colder, the rarer reads must be, since the plan does not price the
+    slower and costlier reads of the instant cold tiers and archive reads wait for a restore);
+    archive must also pay: its storage saving per GiB must exceed the expected restore fees.
+    Returns (rules, [(modality, tier, days, share)]).
+    """
+    served = [
+        t for t in ("archive", "cold", "warm") if location is None or location_serves(location, t)
+    ]
+    shares_by = _read_shares(curve)
+    hot_price = prices.unit("storage", "hot")
+    rules: list[dict[str, Any]] = []
+    chosen: list[tuple[str, str, int, float]] = []
+    modalities = sorted(
+        (m for m in modality_bytes if m in shares_by), key=lambda m: -modality_bytes[m]
+    )[:MAX_RECOMMENDED_MODALITIES]
+    for modality in modalities:
+        shares = shares_by[modality]
+        picked: list[tuple[str, int, float]] = []
+        later = math.inf
+        for tier in served:  # coldest first, each earlier than the colder one
+            options = [
+                d
+                for d in RECOMMEND_DAYS[tier]
+                if d < later and d in shares and shares[d] <= RECOMMEND_SHARE[tier]
+            ]
+            if not options:
+                continue
+            days = min(options)
+            if tier == "archive":
+                saving = hot_price - prices.unit("storage", "archive")
+                restore = Decimal(str(monthly_read_probability(shares, days + 15))) * (
+                    prices.unit("restore.bytes")
+                )
+                if saving <= restore:
+                    continue
+            picked.append((tier, days, shares[days]))
+            later = days
+        for tier, days, share in picked:
+            rules.append(
+                {
+                    "name": f"{modality} unread for {days} days to {tier}",
+                    "conditions": {
+                        "days_since_last_access": {"min": days},
+                        "modalities": [modality],
+                    },
+                    "action": {"type": "move", "tier": tier},
+                }
+            )
+            chosen.append((modality, tier, days, share))
+    return rules, chosen
+
+
+def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings | None]:
+    settings = ArchiveSettings.objects.for_org(org).select_related("active_policy").first()
+    if settings is None or settings.active_policy is None:
+        return None, settings
+    return list(settings.active_policy.rules or []), settings
+
+
+def simulate(
+    *,
+    org: Organization,
+    candidate_rules: list[dict[str, Any]] | None = None,
+    months: int = MONTHS,
+    now: datetime | None = None,
+) -> Simulation:
+    """Project the next ``months`` calendar months under the four scenarios (see the module
+    docstring). ``candidate_rules`` must already be validated (``archive.policies.rules_validate``)."""
+    started = time.perf_counter()
+    now = now or timezone.now()
+    active_rules, settings = _policy_rules(org)
+    grace = settings.trash_grace_days if settings else 30
+    location = (
+        StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
+    )
+    prices = plan_prices(org=org, now=now)
+    curve = access_curve(org=org, now=now)
+    rate = ingest_rate(org=org, now=now)
+
+    # The recommended rules' thresholds are horizons, already among the buckets' cuts.
+    all_rules = [*(active_rules or []), *(candidate_rules or [])]
+    buckets, instances, total_bytes = inventory(org=org, now=now, rules=all_rules)
+    modality_bytes: dict[str, int] = defaultdict(int)
+    for b in buckets:
+        modality_bytes[b.modality] += b.bytes
+    recommended_rules, chosen = recommend(
+        curve=curve, prices=prices, location=location, modality_bytes=modality_bytes
+    )
+
+    starts: list[datetime] = []
+    cursor = next_month(month_start(now))
+    for _ in range(months):
+        starts.append(cursor)
+        cursor = next_month(cursor)
+    shifts = [(s - now).total_seconds() / 86400 for s in starts]
+    cohorts = [
+        Bucket(
+            modality=m,
+            tier="hot",
+            age=-(shifts[k] + 15),
+            idle=-(shifts[k] + 15),
+            in_tier=-(shifts[k] + 15),
+            bytes=b,
+            instances=n,
+            arrives=k,
+        )
+        for k in range(months)
+        for m, (b, n) in rate.items()
+        if b or n
+    ]
+    # Cohorts' unknown attributes (description, age...) match no rule that asks for them.
+    everything = buckets + cohorts
+    read_share = _read_shares(curve)
+
+    scenarios: list[Scenario] = []
+    effects_recommended: dict[int, _RuleEffect] = {}
+    plan: list[tuple[str, list[dict[str, Any]] | None, str]] = [
+        ("all_hot", None, "Nothing moves; every byte is billed as hot storage."),
+        (
+            "active",
+            active_rules or [],
+            "" if active_rules is not None else "No policy is active: nothing moves.",
+        ),
+    ]
+    if candidate_rules is not None:
+        plan.append(("candidate", candidate_rules, ""))
+    plan.append(
+        (
+            "recommended",
+            recommended_rules,
+            "" if recommended_rules else "Not enough access history to recommend moves yet.",
+        )
+    )
+    for key, rules, note in plan:
+        projected, effects = _project(
+            rules=rules,
+            buckets=everything,
+            shifts=shifts,
+            read_share=read_share,
+            prices=prices,
+            grace_days=grace,
+            all_hot=key == "all_hot",
+        )
+        if key == "recommended":
+            effects_recommended = effects
+        scenario = Scenario(key=key, label=SCENARIO_LABELS[key], rules=rules, note=note)
+        for start, (usage, components) in zip(starts, projected, strict=True):
+            scenario.months.append(
+                MonthCost(
+                    start=start.date(),
+                    components=components,
+                    bytes_by_tier={t: round(usage.storage.get(t, 0)) for t in TIERS},
+                )
+            )
+        scenarios.append(scenario)
+
+    recommendations = []
+    gib = Decimal(GIB)
+    hot_price = prices.unit("storage", "hot")
+    for index, (modality, tier, days, share) in enumerate(chosen):
+        effect = effects_recommended.get(index, _RuleEffect())
+        saving = (
+            Decimal(round(effect.byte_months / months))
+            / gib
+            * (hot_price - prices.unit("storage", tier))
+        )
+        restore = Decimal(round(effect.restore_bytes / months)) / gib * prices.unit("restore.bytes")
+        restore_text = (
+            f"restores would cost {_money(restore, prices.currency)}/month"
+            if tier == "archive"
+            else f"no restores needed ({tier} is read instantly)"
+        )
+        recommendations.append(
+            Recommendation(
+                modality=modality,
+                tier=tier,
+                days=days,
+                reread_share=share,
+                saving_per_month=round_money(saving),
+                restore_per_month=round_money(restore),
+                text=(
+                    f"{modality or 'Other'} older than {days} days is read again "
+                    f"{share * 100:.0f}% of the time: moving it to {tier} saves "
+                    f"{_money(saving, prices.currency)}/month, {restore_text}."
+                ),
+            )
+        )
+    simulation = Simulation(
+        as_of=now,
+        currency=prices.currency,
+        plan_code=prices.plan_code,
+        month_starts=[s.date() for s in starts],
+        scenarios=scenarios,
+        recommendations=recommendations,
+        curve=curve,
+        instances=instances,
+        bytes=total_bytes,
+        buckets=len(buckets),
+        ingest_bytes_per_month=sum(b for b, _ in rate.values()),
+    )
+    simulation.seconds = time.perf_counter() - started
+    logger.info(
+        "simulated org %s: %d buckets, %d instances in %.3f s",
+        org.pk,
+        len(buckets),
+        instances,
+        simulation.seconds,
+    )
+    return simulation
