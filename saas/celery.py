@@ -23,6 +23,10 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.ingest_jobs_sweep",
         "schedule": crontab(minute="*/5"),
     },
+    "archive-tier-moves": {
+        "task": "archive.tasks.tier_moves_dispatch",
+        "schedule": crontab(minute="*"),
+    },
     "archive-tier-policy": {
         "task": "archive.tasks.tier_policy_evaluate",
         "schedule": crontab(minute="*/15"),
