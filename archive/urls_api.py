@@ -4,6 +4,7 @@
 from django.urls import URLPattern, path
 
 from archive import apis
+from archive import apis_policies as policies_api
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -41,4 +42,19 @@ urlpatterns: list[URLPattern] = [
     path("archive-settings/", apis.ArchiveSettingsApi.as_view(), name="api-archive-settings"),
     path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
+    # Archive policies.
+    path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
+    path(
+        "policies/versions/<int:number>/",
+        policies_api.PolicyVersionDetailApi.as_view(),
+        name="api-policy",
+    ),
+    path(
+        "policies/versions/<int:number>/activate/",
+        policies_api.PolicyActivateApi.as_view(),
+        name="api-policy-activate",
+    ),
+    path("policies/active/", policies_api.PolicyActiveApi.as_view(), name="api-policy-active"),
+    path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
+    path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
 ]
