@@ -51,7 +51,8 @@ def study_list(
     ``patient`` matches part of the patient name (any order of case) or the start of the patient
     ID; ``modality`` matches one modality exactly (CT does not match CTA).
     """
-    studies = Study.objects.for_org(org)
+    # Trashed studies are out of every search until they are taken out of the trash.
+    studies = Study.objects.for_org(org).filter(trashed_at__isnull=True)
     patient = (patient or "").strip()
     if patient:
         studies = studies.filter(
@@ -129,23 +130,29 @@ class DownloadPlan:
         return self.instances > 0
 
 
+def _unreadable(now: datetime) -> Q:
+    # Archive-tier objects are readable only while a restored copy exists.
+    return Q(tier="archive") & (Q(restored_until__isnull=True) | Q(restored_until__lte=now))
+
+
 def study_download_plan(*, org: Organization, study: Study) -> DownloadPlan:
-    rows = (
+    blocked_q = _unreadable(timezone.now())
+    totals = (
         Instance.objects.for_org(org)
         .filter(study=study)
-        .values("tier")
-        .annotate(n=Count("id"), size=Sum("size_bytes"))
+        .aggregate(
+            n=Count("id"),
+            size=Sum("size_bytes"),
+            blocked=Count("id", filter=blocked_q),
+            blocked_size=Sum("size_bytes", filter=blocked_q),
+        )
     )
-    instances = size = blocked = blocked_size = 0
-    for row in rows:
-        if row["tier"] == "archive":
-            blocked += row["n"]
-            blocked_size += int(row["size"] or 0)
-        else:
-            instances += row["n"]
-            size += int(row["size"] or 0)
+    blocked, blocked_size = int(totals["blocked"] or 0), int(totals["blocked_size"] or 0)
     return DownloadPlan(
-        instances=instances, bytes=size, blocked_instances=blocked, blocked_bytes=blocked_size
+        instances=int(totals["n"] or 0) - blocked,
+        bytes=int(totals["size"] or 0) - blocked_size,
+        blocked_instances=blocked,
+        blocked_bytes=blocked_size,
     )
 
 
@@ -154,7 +161,7 @@ def study_download_instances(*, org: Organization, study: Study) -> QuerySet[Ins
     return (
         Instance.objects.for_org(org)
         .filter(study=study)
-        .exclude(tier="archive")
+        .exclude(_unreadable(timezone.now()))
         .select_related("series", "location")
         .order_by("series__series_number", "series_id", "instance_number", "id")
     )

@@ -4,6 +4,7 @@
 from django.urls import URLPattern, path
 
 from archive import apis
+from archive import apis_restores as restores_api
 from archive import apis_policies as policies_api
 
 urlpatterns: list[URLPattern] = [
@@ -42,6 +43,22 @@ urlpatterns: list[URLPattern] = [
     path("archive-settings/", apis.ArchiveSettingsApi.as_view(), name="api-archive-settings"),
     path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
+    # Restores, legal holds and the trash.
+    path("restores/", restores_api.RestoreListApi.as_view(), name="api-restores"),
+    path("restores/<int:restore_id>/", restores_api.RestoreDetailApi.as_view(), name="api-restore"),
+    path("legal-holds/", restores_api.HoldListApi.as_view(), name="api-legal-holds"),
+    path("legal-holds/<int:hold_id>/", restores_api.HoldDetailApi.as_view(), name="api-legal-hold"),
+    path(
+        "legal-holds/<int:hold_id>/lift/",
+        restores_api.HoldLiftApi.as_view(),
+        name="api-legal-hold-lift",
+    ),
+    path("trash/", restores_api.TrashListApi.as_view(), name="api-trash"),
+    path(
+        "trash/<int:study_id>/untrash/",
+        restores_api.TrashUntrashApi.as_view(),
+        name="api-trash-untrash",
+    ),
     # Archive policies.
     path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
     path(

@@ -3,11 +3,29 @@
 from django.urls import URLPattern, path
 
 from archive import views
+from archive import views_restores as restores_views
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),
     path("studies/<int:study_id>/", views.study_detail, name="portal-study"),
     path("studies/<int:study_id>/download/", views.study_download, name="portal-study-download"),
+    path(
+        "studies/<int:study_id>/restore/",
+        restores_views.study_restore,
+        name="portal-study-restore",
+    ),
+    path("studies/<int:study_id>/trash/", restores_views.study_trash, name="portal-study-trash"),
+    path(
+        "studies/<int:study_id>/untrash/",
+        restores_views.study_untrash,
+        name="portal-study-untrash",
+    ),
+    path("studies/<int:study_id>/hold/", restores_views.study_hold, name="portal-study-hold"),
+    path("restores/", restores_views.restore_list, name="portal-restores"),
+    path("restores/<int:restore_id>/", restores_views.restore_detail, name="portal-restore"),
+    path("trash/", restores_views.trash_list, name="portal-trash"),
+    path("legal-holds/", restores_views.hold_list, name="portal-holds"),
+    path("legal-holds/<int:hold_id>/lift/", restores_views.hold_lift, name="portal-hold-lift"),
     path("ingest/", views.ingest_page, name="portal-ingest"),
     path("ingest/uploads/", views.upload_create, name="portal-ingest-upload"),
     path("ingest/import/", views.import_create, name="portal-ingest-import"),

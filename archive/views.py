@@ -30,13 +30,22 @@ from django.http import (
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from archive import ae as ae_services
-from archive import jobs, locations, selectors
+from archive import jobs, locations, restores, retention, selectors
 from archive.forms import AEForm, ImportForm, LocationForm, QuotaForm, StudySearchForm
-from archive.models import TIERS, AccessEvent, IngestJob, Instance, StorageLocation, Study
+from archive.models import (
+    TIERS,
+    AccessEvent,
+    IngestJob,
+    Instance,
+    RestoreRequest,
+    StorageLocation,
+    Study,
+)
 from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.errors import NotFound, ServiceError
@@ -135,6 +144,12 @@ def _tier_rows(obj: object) -> list[dict[str, Any]]:
     ]
 
 
+def _restore_rows(ctx: PortalContext, study: Study) -> list[dict[str, Any]]:
+    from archive.views_restores import restore_row
+
+    return [restore_row(r) for r in restores.study_restores(org=ctx.org, study=study)[:5]]
+
+
 @org_view(Perm.IMAGES_READ)
 @require_safe
 def study_detail(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
@@ -148,6 +163,7 @@ def study_detail(request: HttpRequest, ctx: PortalContext, study_id: int) -> Htt
         for e in selectors.study_accesses(org=ctx.org, study=study)[:ACCESSES_SHOWN]
     ]
     plan = selectors.study_download_plan(org=ctx.org, study=study)
+    holds = list(retention.study_holds(org=ctx.org, study=study))
     context = {
         "ctx": ctx,
         "active_section": "studies",
@@ -158,6 +174,13 @@ def study_detail(request: HttpRequest, ctx: PortalContext, study_id: int) -> Htt
         "accesses": accesses,
         "plan": plan,
         "blocked_size": bytes_label(plan.blocked_bytes),
+        "restore_state": restores.study_restore_state(org=ctx.org, study=study),
+        "restore_rows": _restore_rows(ctx, study),
+        "active_hold": next((h for h in holds if h.lifted_at is None), None),
+        "holds": holds,
+        "can_hold": ctx.can(Perm.HOLDS_MANAGE),
+        "can_trash": ctx.can(Perm.POLICIES_MANAGE),
+        "purge_due": study.purge_after is not None and study.purge_after <= timezone.now(),
     }
     return render(request, "archive/study_detail.html", context)
 
@@ -280,13 +303,33 @@ def _logged(stream: Iterator[bytes], study_id: int) -> Iterator[bytes]:
         raise
 
 
+def _restore_blocked(ctx: PortalContext, study: Study) -> RestoreRequest | None:
+    """Start (or find) the restore of a study's archived images that have no readable copy."""
+    archived = list(
+        Instance.objects.for_org(ctx.org).filter(study=study, tier="archive").order_by("id")
+    )
+    return restores.restore_for_read(org=ctx.org, instances=archived, actor=ctx.actor)
+
+
 @org_view(Perm.IMAGES_READ)
 @require_http_methods(["GET", "POST"])
 def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponseBase:
-    """GET: what the download contains and what its egress costs. POST: the zip itself."""
+    """GET: what the download contains and what its egress costs. POST: the zip itself, and a
+    restore of the archived images it cannot contain yet (all archived: the restore alone)."""
     study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    if study.trashed_at is not None:
+        raise Http404("The study is in the trash.")
     plan = selectors.study_download_plan(org=ctx.org, study=study)
+    restore = None
+    if request.method == "POST" and plan.blocked_instances:
+        restore = _restore_blocked(ctx, study)
     if request.method == "POST" and plan.possible:
+        if restore is not None:
+            messages.info(
+                request,
+                f"Restore {restore.pk} is bringing back the {plan.blocked_instances} archived "
+                "image(s) left out of the ZIP; download again once it is ready.",
+            )
         access_record(
             org=ctx.org,
             study=study,
@@ -303,6 +346,12 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         response["Content-Disposition"] = f'attachment; filename="study-{study.pk}{date}.zip"'
         add_never_cache_headers(response)
         return response
+    if restore is None:
+        restore = (
+            restores.study_restores(org=ctx.org, study=study)
+            .filter(state=RestoreRequest.State.IN_PROGRESS)
+            .first()
+        )
     estimate = selectors.egress_estimate(org=ctx.org, bytes_out=plan.bytes)
     context = {
         "ctx": ctx,
@@ -313,8 +362,15 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         "blocked_size": bytes_label(plan.blocked_bytes),
         "estimate": estimate,
         "cost": money_label(estimate.amount, estimate.currency),
+        "restore": restore,
+        "restore_wait": duration_label(restores.retry_after_seconds(restore))
+        if restore is not None
+        else None,
     }
-    status = 200 if plan.possible or request.method == "GET" else 409
+    status = 200
+    if request.method == "POST":
+        # Nothing readable yet: the restore the POST started is the answer (202).
+        status = 202 if restore is not None else 409
     return render(request, "archive/study_download.html", context, status=status)
 
 

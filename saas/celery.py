@@ -23,6 +23,11 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.ingest_jobs_sweep",
         "schedule": crontab(minute="*/5"),
     },
+    "archive-restores-poll": {"task": "archive.tasks.restores_poll", "schedule": crontab()},
+    "archive-trash-purge": {
+        "task": "archive.tasks.trash_purge_due",
+        "schedule": crontab(minute="*/10"),
+    },
     "archive-tier-moves": {
         "task": "archive.tasks.tier_moves_dispatch",
         "schedule": crontab(minute="*"),

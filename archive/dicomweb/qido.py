@@ -452,12 +452,15 @@ def search(
     query = query_parse(request.GET, level=level)
     base = base_url(request)
     qs: QuerySet[Any]
+    # Trashed studies are out of every search until they are taken out of the trash.
     if level == "study":
-        qs = Study.objects.for_org(org)
+        qs = Study.objects.for_org(org).filter(trashed_at__isnull=True)
     elif level == "series":
-        qs = Series.objects.for_org(org).select_related("study")
+        qs = Series.objects.for_org(org).filter(study__trashed_at__isnull=True)
+        qs = qs.select_related("study")
     else:
-        qs = Instance.objects.for_org(org).select_related("study", "series")
+        qs = Instance.objects.for_org(org).filter(study__trashed_at__isnull=True)
+        qs = qs.select_related("study", "series")
     if scope.study is not None:
         qs = qs.filter(study=scope.study)
     if scope.series is not None:

@@ -13,7 +13,8 @@ from tenants.models import Organization
 
 
 def study_get(*, org: Organization, study_uid: str) -> Study:
-    study = Study.objects.for_org(org).filter(study_uid=study_uid).first()
+    # A trashed study answers like one that does not exist (it is restorable from the portal).
+    study = Study.objects.for_org(org).filter(study_uid=study_uid, trashed_at__isnull=True).first()
     if study is None:
         raise NotFound(f"Study {study_uid[:64]} not found.", code="study_not_found")
     return study

@@ -7,6 +7,9 @@ the index (DICOM JSON without bulk data) and never reads object storage.
 
 Every retrieve and metadata request calls ``archive.services.access_record`` once: the access
 log, last-accessed times, ``egress.bytes`` (the instance bytes actually sent) and the audit log.
+
+A retrieve that includes archive-tier instances without a restored copy starts a restore and
+answers 503 with ``Retry-After`` and a JSON body naming the restore (``_require_readable``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import logging
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.urls import reverse
+from django.utils import timezone
 
 from archive.dicomweb.common import (
     DICOM,
@@ -33,6 +39,7 @@ from archive.dicomweb.common import (
 )
 from archive.dicomweb.multipart import closing, part_header
 from archive.models import AccessEvent, Instance, Series, Study
+from archive.restores import needs_restore, restore_for_read, retry_after_seconds
 from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.context import Actor
@@ -41,31 +48,76 @@ from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
-# Standard retrieval from a deep-archive tier takes up to 12 hours.
-RESTORE_RETRY_AFTER_SECONDS = 12 * 3600
-UNREADABLE_TIERS = ("archive",)
-
 
 class StorageFailed(ServiceError):
     status = 503
     code = "storage_unavailable"
 
 
-def _require_readable(instances: list[Instance]) -> None:
-    """Refuse a retrieve that includes objects a restore must bring back first.
+class RestorePending(RestoreRequired):
+    """A read touched archive-tier objects without a readable copy: a restore is under way."""
 
-    The one place that decides whether stored bytes can be read now: restores plug in here.
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        fields: dict[str, list[str]],
+        restore: dict[str, Any],
+    ):
+        super().__init__(message, retry_after=retry_after, fields=fields)
+        self.restore = restore
+
+
+def _require_readable(
+    *, request: HttpRequest, org: Organization, actor: Actor, instances: list[Instance]
+) -> None:
+    """Refuse a retrieve that includes objects a restore must bring back first, starting that
+    restore (or finding the open one) on the way: the caller retries after Retry-After.
+
+    The one place that decides whether stored bytes can be read now: readable unless the tier
+    needs a restore and no restored copy exists (``Instance.restored_until`` in the future).
     """
-    archived = [i for i in instances if i.tier in UNREADABLE_TIERS]
-    if not archived:
+    restore = restore_for_read(org=org, instances=instances, actor=actor)
+    if restore is None:
         return
-    raise RestoreRequired(
+    now = timezone.now()
+    archived = [i for i in instances if needs_restore(i, now=now)]
+    retry_after = retry_after_seconds(restore, now=now)
+    raise RestorePending(
         f"{len(archived)} of {len(instances)} instance(s) are in the archive tier and cannot be "
-        "read directly: they must be restored first. Restores are not available yet; "
-        f"retry after {RESTORE_RETRY_AFTER_SECONDS} seconds.",
-        retry_after=RESTORE_RETRY_AFTER_SECONDS,
+        f"read directly: restore {restore.pk} is bringing them back ({restore.state}); retry "
+        f"after {retry_after} seconds.",
+        retry_after=retry_after,
         fields={"archived_instances": [i.sop_instance_uid for i in archived[:20]]},
+        restore={
+            "id": restore.pk,
+            "state": restore.state,
+            "instances": len(archived),
+            "instances_total": restore.instances_total,
+            "instances_ready": restore.instances_ready,
+            "bytes": restore.bytes_total,
+            "requested_at": restore.requested_at.isoformat(),
+            "timeout_at": restore.timeout_at.isoformat(),
+            "retry_after": retry_after,
+            "url": request.build_absolute_uri(
+                reverse("api-restore", kwargs={"restore_id": restore.pk})
+            ),
+        },
     )
+
+
+def restore_pending_response(exc: RestorePending) -> JsonResponse:
+    """503 with Retry-After and a JSON body (the API's error shape plus the restore)."""
+    response = JsonResponse(
+        {
+            "error": {"code": exc.code, "message": exc.message, "fields": exc.fields},
+            "restore": exc.restore,
+        },
+        status=exc.status,
+    )
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def acceptable_transfer_syntaxes(request: HttpRequest) -> set[str] | None:
@@ -207,7 +259,10 @@ def retrieve_response(
     if not instances:
         raise NotFound(f"Study {study.study_uid} has no instances.", code="instance_not_found")
     _require_transfer_syntax(instances, syntaxes)
-    _require_readable(instances)
+    try:
+        _require_readable(request=request, org=org, actor=actor, instances=instances)
+    except RestorePending as exc:
+        return restore_pending_response(exc)
     base = base_url(request)
     boundary = uuid.uuid4().hex
     stores: dict[int, ObjectStore] = {}

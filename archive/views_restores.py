@@ -1,0 +1,234 @@
+"""Portal pages of restores, the trash and legal holds under ``/o/<slug>/archive/``.
+
+- Restores: in progress and recent, with progress and the reason of a timed-out one; a bulk
+  restore of a study starts only after its estimate (cost on the plan, typical time) is shown.
+- Trash: trashed studies with their purge date and a button to take one back out.
+- Legal holds: the list; set and lift from the study page, a reason each time (owners/admins).
+
+Thin views: a form checks the shape, a service in ``archive.restores`` / ``archive.retention``
+writes or refuses with a ``ServiceError`` (shown as a message), ids go through selectors scoped
+to the organization in the URL (another tenant's id is a 404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from archive import restores, retention, selectors
+from archive.models import RestoreRequest
+from archive.views import bytes_label, duration_label, get_or_404, money_label
+from tenants.errors import ServiceError
+from tenants.portal import PortalContext, org_view
+from tenants.roles import Perm
+
+RECENT_RESTORES = 50
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(max_length=500, strip=True)
+
+
+def restore_row(restore: RestoreRequest) -> dict[str, Any]:
+    total = restore.instances_total or 0
+    percent = int(restore.instances_ready * 100 / total) if total else 100
+    return {
+        "restore": restore,
+        "size": bytes_label(restore.bytes_total),
+        "percent": percent,
+        "open": restore.state == RestoreRequest.State.IN_PROGRESS,
+    }
+
+
+def estimate_labels(estimate: restores.RestoreEstimate) -> dict[str, str]:
+    return {
+        "size": bytes_label(estimate.bytes),
+        "cost": money_label(estimate.amount, estimate.currency),
+        "time": duration_label(estimate.typical_seconds),
+    }
+
+
+@org_view(Perm.IMAGES_READ)
+@require_safe
+def restore_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    qs = restores.restore_list(org=ctx.org)
+    open_rows = [restore_row(r) for r in qs.filter(state=RestoreRequest.State.IN_PROGRESS)]
+    recent = [
+        restore_row(r) for r in qs.exclude(state=RestoreRequest.State.IN_PROGRESS)[:RECENT_RESTORES]
+    ]
+    context = {
+        "ctx": ctx,
+        "active_section": "studies",
+        "open_rows": open_rows,
+        "recent_rows": recent,
+        "recent_shown": RECENT_RESTORES,
+    }
+    return render(request, "archive/restores.html", context)
+
+
+@org_view(Perm.IMAGES_READ)
+@require_safe
+def restore_detail(request: HttpRequest, ctx: PortalContext, restore_id: int) -> HttpResponse:
+    restore = get_or_404(restores.restore_get, org=ctx.org, restore_id=restore_id)
+    context = {
+        "ctx": ctx,
+        "active_section": "studies",
+        "row": restore_row(restore),
+        "restore": restore,
+        "retry_after": duration_label(restores.retry_after_seconds(restore))
+        if restore.state == RestoreRequest.State.IN_PROGRESS
+        else None,
+        "sop_uids": restores.restore_instance_uids(org=ctx.org, restore=restore, limit=50),
+    }
+    return render(request, "archive/restores_detail.html", context)
+
+
+@org_view(Perm.IMAGES_READ)
+@require_http_methods(["GET", "POST"])
+def study_restore(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
+    """GET: what restoring the study brings back, costs and takes. POST: start it."""
+    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    if request.method == "POST":
+        try:
+            restore = restores.restore_bulk(org=ctx.org, actor=ctx.actor, study=study)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            return redirect("portal-study", ctx.org.slug, study.pk)
+        messages.success(
+            request,
+            f"Restore {restore.pk} started: the images are readable once it is ready.",
+        )
+        return redirect("portal-restore", ctx.org.slug, restore.pk)
+    try:
+        estimate = restores.restore_estimate(org=ctx.org, study=study)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("portal-study", ctx.org.slug, study.pk)
+    context = {
+        "ctx": ctx,
+        "active_section": "studies",
+        "study": study,
+        "estimate": estimate,
+        "labels": estimate_labels(estimate),
+    }
+    return render(request, "archive/restores_confirm.html", context)
+
+
+# --- trash -------------------------------------------------------------------------------------
+
+
+@org_view(Perm.IMAGES_READ)
+@require_safe
+def trash_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    rows = [
+        {"study": s, "size": bytes_label(s.total_bytes)}
+        for s in retention.trash_list(org=ctx.org)[:500]
+    ]
+    config = selectors.archive_settings_get(org=ctx.org)
+    context = {
+        "ctx": ctx,
+        "active_section": "studies",
+        "rows": rows,
+        "grace_days": config.trash_grace_days,
+        "can_untrash": ctx.can(Perm.POLICIES_MANAGE),
+    }
+    return render(request, "archive/trash.html", context)
+
+
+@org_view(Perm.POLICIES_MANAGE)
+@require_POST
+def study_trash(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
+    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason to move the study to the trash.")
+        return redirect("portal-study", ctx.org.slug, study.pk)
+    try:
+        study = retention.study_trash(
+            org=ctx.org, study=study, actor=ctx.actor, reason=form.cleaned_data["reason"]
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("portal-study", ctx.org.slug, study.pk)
+    assert study.purge_after is not None
+    messages.success(
+        request,
+        f"Study moved to the trash; it is deleted for good on {study.purge_after:%Y-%m-%d} "
+        "unless taken back out before.",
+    )
+    return redirect("portal-trash", ctx.org.slug)
+
+
+@org_view(Perm.POLICIES_MANAGE)
+@require_POST
+def study_untrash(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
+    study = get_or_404(retention.trashed_study_get, org=ctx.org, study_id=study_id)
+    try:
+        retention.study_untrash(
+            org=ctx.org, study=study, actor=ctx.actor, reason=request.POST.get("reason", "")
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("portal-trash", ctx.org.slug)
+    messages.success(request, "Study taken out of the trash: it is searchable and readable again.")
+    return redirect("portal-study", ctx.org.slug, study.pk)
+
+
+# --- legal holds -------------------------------------------------------------------------------
+
+
+@org_view(Perm.IMAGES_READ)
+@require_safe
+def hold_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    holds = list(retention.hold_list(org=ctx.org)[:500])
+    context = {
+        "ctx": ctx,
+        "active_section": "studies",
+        "active_holds": [h for h in holds if h.lifted_at is None],
+        "lifted_holds": [h for h in holds if h.lifted_at is not None],
+        "can_manage": ctx.can(Perm.HOLDS_MANAGE),
+    }
+    return render(request, "archive/holds.html", context)
+
+
+@org_view(Perm.HOLDS_MANAGE)
+@require_POST
+def study_hold(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
+    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason for the legal hold.")
+        return redirect("portal-study", ctx.org.slug, study.pk)
+    try:
+        retention.legal_hold_set(
+            org=ctx.org, study=study, actor=ctx.actor, reason=form.cleaned_data["reason"]
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Legal hold set: the study cannot be deleted until it is lifted.")
+    return redirect("portal-study", ctx.org.slug, study.pk)
+
+
+@org_view(Perm.HOLDS_MANAGE)
+@require_POST
+def hold_lift(request: HttpRequest, ctx: PortalContext, hold_id: int) -> HttpResponse:
+    hold = get_or_404(retention.hold_get, org=ctx.org, hold_id=hold_id)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason to lift the legal hold.")
+        return redirect("portal-study", ctx.org.slug, hold.study_id)
+    try:
+        retention.legal_hold_lift(
+            org=ctx.org, hold=hold, actor=ctx.actor, reason=form.cleaned_data["reason"]
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Legal hold lifted.")
+    return redirect("portal-study", ctx.org.slug, hold.study_id)
