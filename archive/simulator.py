@@ -194,7 +194,7 @@ class Simulation:
             "scenarios": [
                 {
                     "key": s.key,
-                    "label": s.label,
+                    "title": s.label,
                     "rules": s.rules,
                     "note": s.note,
                     "total": str(s.total),

@@ -4,6 +4,7 @@
 from django.urls import URLPattern, path
 
 from archive import apis
+from archive import apis_analytics as analytics_api
 from archive import apis_restores as restores_api
 from archive import apis_policies as policies_api
 
@@ -74,4 +75,13 @@ urlpatterns: list[URLPattern] = [
     path("policies/active/", policies_api.PolicyActiveApi.as_view(), name="api-policy-active"),
     path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
     path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
+    path(
+        "analytics/access-curve/", analytics_api.AccessCurveApi.as_view(), name="api-access-curve"
+    ),
+    path("analytics/simulation/", analytics_api.SimulationApi.as_view(), name="api-simulation"),
+    path(
+        "analytics/recommendation/",
+        analytics_api.RecommendationApi.as_view(),
+        name="api-recommendation",
+    ),
 ]

@@ -4,6 +4,7 @@ from django.urls import URLPattern, path
 
 from archive import views
 from archive import views_restores as restores_views
+from archive.views_analytics import analytics as analytics_view
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),
@@ -67,4 +68,5 @@ urlpatterns: list[URLPattern] = [
         views.location_delete,
         name="portal-location-delete",
     ),
+    path("analytics/", analytics_view, name="portal-analytics"),
 ]

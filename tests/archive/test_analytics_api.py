@@ -1,0 +1,236 @@
+"""REST API and portal page of access analytics: answers, permissions, other tenants, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from tenants.models import ApiToken, Membership, Organization
+from tenants.roles import Role
+from tests.archive.analytics_helpers import add_study, read
+
+pytestmark = pytest.mark.django_db
+
+ENDPOINTS = [
+    ("get", "analytics/access-curve/", None),
+    ("post", "analytics/simulation/", {}),
+    ("get", "analytics/recommendation/", None),
+]
+
+
+@pytest.fixture
+def history(org: Organization) -> Organization:
+    now = timezone.now()
+    for n in range(12):
+        at = now - timedelta(days=200 + n)
+        study = add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 1000)])
+        read(org, study, at + timedelta(days=1))
+        if n < 3:
+            read(org, study, at + timedelta(days=100))
+    return org
+
+
+def _call(client: APIClient, method: str, url: str, body: Any) -> Any:
+    if method == "post":
+        return client.post(url, body, format="json")
+    return client.get(url)
+
+
+def test_access_curve(history: Organization, token_client: Callable[..., APIClient]) -> None:
+    response = token_client(history, ["dicom:read"]).get("/api/v1/analytics/access-curve/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["horizons"] == [7, 30, 90, 180, 365]
+    assert body["read_kinds"] == ["retrieve", "download"]
+    at_90 = next(p for p in body["overall"] if p["days"] == 90)
+    assert (at_90["studies_read"], at_90["studies_observed"]) == (3, 12)
+    assert at_90["study_fraction"] == pytest.approx(0.25)
+    assert body["by_modality"][0]["modality"] == "CT"
+
+
+def test_simulation_with_candidate_rules(
+    history: Organization, token_client: Callable[..., APIClient]
+) -> None:
+    rules = [
+        {
+            "conditions": {"days_since_last_access": {"min": 30}},
+            "action": {"type": "move", "tier": "cold"},
+        }
+    ]
+    response = token_client(history, ["admin"]).post(
+        "/api/v1/analytics/simulation/", {"candidate_rules": rules, "months": 6}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [s["key"] for s in body["scenarios"]] == [
+        "all_hot",
+        "active",
+        "candidate",
+        "recommended",
+    ]
+    assert len(body["months"]) == 6
+    candidate = body["scenarios"][2]
+    assert candidate["rules"][0]["action"] == {"type": "move", "tier": "cold"}
+    assert candidate["months"][0]["bytes_by_tier"]["cold"] == 24000
+    assert body["inventory"]["instances"] == 24
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "candidate_rules": [
+                    {"conditions": {"colour": "red"}, "action": {"type": "move", "tier": "cold"}}
+                ]
+            },
+            "rules[0].conditions",
+        ),
+        (
+            {
+                "candidate_rules": [
+                    {
+                        "conditions": {"days_since_last_access": {"min": 9, "max": 3}},
+                        "action": {"type": "move", "tier": "cold"},
+                    }
+                ]
+            },
+            "rules[0].conditions.days_since_last_access",
+        ),
+        (
+            {
+                "candidate_rules": [
+                    {
+                        "conditions": {"modalities": ["CT"]},
+                        "action": {"type": "move", "tier": "hot"},
+                    }
+                ]
+            },
+            "rules[0].action.tier",
+        ),
+        ({"candidate_rules": "all of it"}, "rules"),
+        ({"months": 0}, "months"),
+    ],
+)
+def test_simulation_bad_input_is_400_with_the_field(
+    org: Organization, token_client: Callable[..., APIClient], body: dict[str, Any], field: str
+) -> None:
+    response = token_client(org, ["admin"]).post(
+        "/api/v1/analytics/simulation/", body, format="json"
+    )
+    assert response.status_code == 400, response.content
+    fields = response.json()["error"]["fields"]
+    assert any(k.startswith(field) for k in fields), fields
+
+
+def test_recommendation(history: Organization, token_client: Callable[..., APIClient]) -> None:
+    response = token_client(history, ["dicom:read"]).get("/api/v1/analytics/recommendation/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["currency"] == "USD"
+    assert isinstance(body["rules"], list)
+    for rec, rule in zip(body["recommendations"], body["rules"], strict=True):
+        assert rec["text"].startswith(f"{rec['modality']} older than {rec['days']} days")
+        assert rule["action"]["tier"] == rec["tier"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+def test_other_tenant_gets_404(
+    method: str,
+    path: str,
+    body: Any,
+    history: Organization,
+    other_org: Organization,
+    make_member: Callable[..., Membership],
+    make_token: Callable[..., tuple[ApiToken, str]],
+) -> None:
+    # A session of another organization's owner, and a token of the other organization naming
+    # this one's slug: both 404, never data.
+    session = APIClient()
+    session.force_login(make_member(other_org, Role.OWNER).user)
+    response = _call(session, method, f"/api/v1/o/{history.slug}/{path}", body)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    _, secret = make_token(other_org)
+    token = APIClient()
+    token.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    response = _call(token, method, f"/api/v1/o/{history.slug}/{path}", body)
+    assert response.status_code == 404
+    # The other organization's own answer says nothing of this one's studies.
+    own = _call(token, method, f"/api/v1/{path}", body)
+    assert own.status_code == 200
+    assert "12" not in str(own.json().get("overall", [{}])[0].get("studies_observed", ""))
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+@pytest.mark.parametrize(
+    ("role", "status"),
+    [(Role.MEMBER, 200), (Role.ADMIN, 200), (Role.BILLING, 403), (Role.AUDITOR, 403)],
+)
+def test_permissions_by_role(
+    method: str,
+    path: str,
+    body: Any,
+    role: str,
+    status: int,
+    org: Organization,
+    make_member: Callable[..., Membership],
+) -> None:
+    client = APIClient()
+    client.force_login(make_member(org, role).user)
+    assert _call(client, method, f"/api/v1/o/{org.slug}/{path}", body).status_code == status
+
+
+def test_usage_token_lacks_the_scope(
+    org: Organization, token_client: Callable[..., APIClient]
+) -> None:
+    response = token_client(org, ["usage:read"]).get("/api/v1/analytics/access-curve/")
+    assert response.status_code == 403
+    assert response.json()["error"]["fields"]["permission"] == ["images.read"]
+
+
+def test_schema_documents_the_endpoints() -> None:
+    paths = APIClient().get("/api/schema/?format=json").json()["paths"]
+    for method, path, _ in ENDPOINTS:
+        for prefix in ("/api/v1/", "/api/v1/o/{org_slug}/"):
+            assert method in paths[prefix + path]
+
+
+# --- portal page ----------------------------------------------------------------------------------
+
+
+def test_analytics_page_shows_curve_and_simulation(
+    history: Organization, make_member: Callable[..., Membership]
+) -> None:
+    client = Client()
+    client.force_login(make_member(history, Role.MEMBER).user)
+    response = client.get(f"/o/{history.slug}/archive/analytics/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="access-curve"' in page and "<svg" in page
+    assert 'id="simulation-totals"' in page
+    assert "Everything hot" in page and "Recommended policy" in page
+    assert "25%" in page  # 3 of 12 CT studies read again after 90 days
+
+
+@pytest.mark.parametrize(("role", "status"), [(Role.BILLING, 403), (Role.OWNER, 200)])
+def test_analytics_page_permissions(
+    org: Organization, make_member: Callable[..., Membership], role: str, status: int
+) -> None:
+    client = Client()
+    client.force_login(make_member(org, role).user)
+    assert client.get(f"/o/{org.slug}/archive/analytics/").status_code == status
+
+
+def test_analytics_page_of_another_organization_is_404(
+    org: Organization, other_org: Organization, make_member: Callable[..., Membership]
+) -> None:
+    client = Client()
+    client.force_login(make_member(other_org, Role.OWNER).user)
+    assert client.get(f"/o/{org.slug}/archive/analytics/").status_code == 404
