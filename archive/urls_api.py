@@ -6,6 +6,7 @@ from django.urls import URLPattern, path
 from archive import apis
 from archive import apis_analytics as analytics_api
 from archive import apis_restores as restores_api
+from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
 
 urlpatterns: list[URLPattern] = [
@@ -84,4 +85,8 @@ urlpatterns: list[URLPattern] = [
         analytics_api.RecommendationApi.as_view(),
         name="api-recommendation",
     ),
+    # Tier moves.
+    path("tier-moves/", moves_api.MoveListApi.as_view(), name="api-tier-moves"),
+    path("tier-moves/summary/", moves_api.MoveSummaryApi.as_view(), name="api-tier-moves-summary"),
+    path("tier-moves/<int:move_id>/", moves_api.MoveDetailApi.as_view(), name="api-tier-move"),
 ]
