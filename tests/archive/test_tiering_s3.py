@@ -106,7 +106,7 @@ def test_store_failing_the_copy_leaves_the_object_readable_in_its_old_tier(
     real = tiering.store_for
 
     def failing(location: StorageLocation) -> Any:
-        store = real(location)
+        store: Any = real(location)
         store.client.meta.events.register("before-send.s3.CopyObject", internal_error)
         return store
 
