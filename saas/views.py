@@ -7,10 +7,11 @@ from typing import Any
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseServerError, JsonResponse
 from django.shortcuts import redirect, render
 from django.template import loader
+from django.utils import timezone
 
 from tenants import selectors
 from tenants.forms import EmailAuthenticationForm
@@ -77,7 +78,43 @@ def dashboard(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
             else None
         ),
     }
+    context["archive"] = archive_overview(ctx) if ctx.can(Perm.IMAGES_READ) else None
     return render(request, "saas/dashboard.html", context)
+
+
+def archive_overview(ctx: PortalContext) -> dict[str, Any]:
+    """The dashboard's archive panel: bytes per tier (now, from the index, and over the last days
+    from the storage ledger's rollups), tier moves and restores in progress."""
+    from archive.models import RestoreRequest, TierMove
+    from archive.selectors import bytes_by_tier
+    from billing.charts import TIER_COLORS
+    from billing.views import STORAGE_DAYS, bytes_label, storage_chart
+
+    org = ctx.org
+    tiers = bytes_by_tier(org=org)
+    moves = (
+        TierMove.objects.for_org(org)
+        .filter(state__in=TierMove.OPEN_STATES)
+        .aggregate(count=Count("id"), bytes=Sum("size_bytes"))
+    )
+    restores = (
+        RestoreRequest.objects.for_org(org)
+        .filter(state=RestoreRequest.State.IN_PROGRESS)
+        .aggregate(count=Count("id"), bytes=Sum("bytes_total"))
+    )
+    return {
+        "tiers": [
+            {"tier": t, "bytes": bytes_label(b), "color": TIER_COLORS[t]} for t, b in tiers.items()
+        ],
+        "total": bytes_label(sum(tiers.values())),
+        "chart": storage_chart(org=org, now=timezone.now()),
+        "chart_days": STORAGE_DAYS,
+        "moves_count": moves["count"] or 0,
+        "moves_bytes": bytes_label(moves["bytes"] or 0),
+        "restores_count": restores["count"] or 0,
+        "restores_bytes": bytes_label(restores["bytes"] or 0),
+        "can_analytics": ctx.can(Perm.IMAGES_READ) or ctx.can(Perm.POLICIES_MANAGE),
+    }
 
 
 def not_found(request: HttpRequest, exception: Any = None) -> HttpResponse:
