@@ -2,7 +2,7 @@
 
 from django.urls import URLPattern, path
 
-from archive import views
+from archive import views, views_policies
 from archive import views_restores as restores_views
 from archive.views_analytics import analytics as analytics_view
 
@@ -69,4 +69,11 @@ urlpatterns: list[URLPattern] = [
         name="portal-location-delete",
     ),
     path("analytics/", analytics_view, name="portal-analytics"),
+    path("policies/", views_policies.policies_page, name="portal-policies"),
+    path(
+        "policies/versions/<int:number>/activate/",
+        views_policies.policy_activate,
+        name="portal-policy-activate",
+    ),
+    path("policies/plan/", views_policies.policy_plan_now, name="portal-policy-plan"),
 ]

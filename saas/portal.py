@@ -10,7 +10,12 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     {"key": "dashboard", "label": "Dashboard", "url_name": "portal-dashboard", "perm": "org.view"},
     {"key": "studies", "label": "Studies", "url_name": "portal-studies", "perm": "images.read"},
     {"key": "ingest", "label": "Ingest", "url_name": "portal-ingest", "perm": "images.write"},
-    {"key": "policies", "label": "Archive policies", "url_name": None, "perm": "policies.manage"},
+    {
+        "key": "policies",
+        "label": "Archive policies",
+        "url_name": "portal-policies",
+        "perm": "policies.manage",
+    },
     {"key": "storage", "label": "Storage", "url_name": "portal-storage", "perm": "storage.manage"},
     {
         "key": "billing",

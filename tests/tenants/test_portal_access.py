@@ -307,15 +307,13 @@ def test_navigation_lists_permitted_sections_and_disables_unavailable_ones(
     content = client_for(member).get(reverse("portal-dashboard", args=[org.slug])).content.decode()
     assert f'href="/o/{org.slug}/members/"' in content
     assert f'href="/o/{org.slug}/archive/studies/"' in content
-    # An admin may manage policies, but that section is not enabled in this deployment yet.
+    # An admin may manage archive policies; a member does not see that section.
     admin = make_member(org, Role.ADMIN)
     admin_content = (
         client_for(admin).get(reverse("portal-dashboard", args=[org.slug])).content.decode()
     )
-    assert (
-        '<span class="nav-link is-disabled" aria-disabled="true" '
-        'title="Available once this capability is enabled">Archive policies</span>'
-    ) in admin_content
+    assert f'href="/o/{org.slug}/archive/policies/"' in admin_content
+    assert f'href="/o/{org.slug}/archive/policies/"' not in content
     # Sections the role lacks are not listed at all.
     assert f'href="/o/{org.slug}/tokens/"' not in content
     assert f'href="/o/{org.slug}/audit/"' not in content
