@@ -52,12 +52,14 @@ outside the ingest transactions, and closes it when the association ends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import math
 import os
 import queue
+import select
 import socket
 import socketserver
 import threading
@@ -84,7 +86,10 @@ from pynetdicom import (
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from archive.ae import ae_admit
 from archive.dicom import (
@@ -96,7 +101,7 @@ from archive.dicom import (
     SOP_CLASS_NOT_SUPPORTED,
     STUDY_UID_MISMATCH,
 )
-from archive.ingest import IngestResult, Spooled, instance_ingest, location_primary
+from archive.ingest import IngestResult, Quota, Spooled, instance_ingest, location_primary
 from archive.models import DicomAE, IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
 from billing.metering import record_usage
@@ -119,7 +124,10 @@ ERROR_COMMENT_MAX = 64  # LO
 RECV_CHUNK = 1024 * 1024  # most bytes one socket read asks for
 # Tolerance above the announced maximum PDU length for senders that miscount their headers.
 PDU_LENGTH_SLACK = 64 * 1024
-JOB_FLUSH_SECONDS = 2.0  # how stale an association's job counts may be while it runs
+JOB_FLUSH_SECONDS = 2.0
+# Longest idle wait of the association's two threads; bounds how late timers and a stopped DUL
+# thread are noticed, not how fast data is handled.
+IDLE_WAIT = 0.05  # how stale an association's job counts may be while it runs
 
 # C-STORE statuses; see the module docstring.
 SUCCESS = 0x0000
@@ -240,6 +248,7 @@ class _Session:
     job: IngestJob | None = None
     location: StorageLocation | None = None
     store: ObjectStore | None = None
+    quota: Quota | None = None  # read once per association, counted down as objects are stored
     flushed_at: float = 0.0
     counts: dict[str, int] = field(
         default_factory=lambda: {
@@ -288,8 +297,105 @@ class _AcceptorSocket(AssociationSocket):
         return data
 
 
+class _AcceptorDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, waiting on the socket instead of polling it every millisecond.
+
+    pynetdicom's loop sleeps 1 ms whenever it finds nothing to do, so a response the handler
+    queued, or the request that just arrived, waits for the end of that sleep (and the sleep
+    is often longer than asked). Here the idle wait is a ``select`` on the connection and on a
+    wake-up socket that ``send_pdu`` writes to: a PDU to send or to read is handled at once.
+    Every state-machine step sets ``activity``, on which the association thread waits.
+
+    The loop is pynetdicom 3.0's ``run_reactor`` (pinned in pyproject.toml), with only the
+    idle wait replaced and ``activity`` added.
+    """
+
+    _wake_r: socket.socket
+    _wake_w: socket.socket
+    activity: threading.Event
+
+    def _prepare(self) -> None:
+        """Precondition: the thread is not started. Its target was bound to pynetdicom's own
+        ``run_reactor`` when the object was made; point it at this class's."""
+        self._target = make_target(self.run_reactor)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.activity = threading.Event()
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        with contextlib.suppress(OSError):  # already signalled (buffer full) or closing
+            self._wake_w.send(b"\0")
+
+    def _idle_wait(self) -> None:
+        sock = getattr(self.socket, "socket", None)
+        if sock is None or not isinstance(sock, socket.socket) or hasattr(sock, "pending"):
+            # No connection (yet or any more), or TLS (buffered bytes select cannot see).
+            time.sleep(self._run_loop_delay)
+            return
+        try:
+            ready, _, _ = select.select([sock, self._wake_r], [], [], IDLE_WAIT)
+        except (OSError, ValueError):  # closed under us: the loop notices next time round
+            time.sleep(self._run_loop_delay)
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+
+    def run_reactor(self) -> None:
+        try:
+            self._reactor()
+        finally:
+            self.activity.set()  # the association thread sees that the DUL has stopped
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _reactor(self) -> None:
+        self._idle_timer.start()
+        self.socket = cast(AssociationSocket, self.socket)
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                self._idle_wait()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                logger.error("dimse: exception in the DUL reactor, aborting association")
+                logger.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            self.activity.set()
+            sleep = False
+
+
 class _AcceptorAssociation(Association):
-    """An accepted association whose thread always ends with ``StrataSCP._finish``.
+    """An accepted association whose thread always ends with ``StrataSCP._finish`` and whose
+    reactor waits for the DUL's activity instead of sleeping 1 ms per round.
 
     pynetdicom has no end-of-thread hook: the released/aborted events do not fire on every path,
     and a thread's database connection can only be closed from that thread.
@@ -303,6 +409,53 @@ class _AcceptorAssociation(Association):
             super().run()
         finally:
             self.scp._finish(self, cpu_start)
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0's acceptor loop; the 1 ms sleep per round is a wait for activity."""
+        activity = cast(_AcceptorDUL, self.dul).activity
+        self._is_paused = False
+        served = False
+        while not self._kill:
+            if not served:
+                # Woken by every DUL state-machine step; the timeout bounds the checks of the
+                # network timeout and of a DUL thread that stopped.
+                activity.wait(IDLE_WAIT)
+                activity.clear()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            served = msg is not None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                logger.error("dimse: network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
 
 
 class _RequestHandler(RequestHandler):
@@ -323,6 +476,10 @@ class _RequestHandler(RequestHandler):
         assoc.scp = self.server.scp
         if type(assoc.dul.socket) is AssociationSocket:
             assoc.dul.socket.__class__ = _AcceptorSocket
+        if type(assoc.dul) is DULServiceProvider:  # not started yet: started by assoc.start()
+            assoc.dul.__class__ = _AcceptorDUL
+            assert isinstance(assoc.dul, _AcceptorDUL)
+            assoc.dul._prepare()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
 
@@ -530,6 +687,7 @@ class StrataSCP:
             now = timezone.now()
             session.location = location_primary(session.org)
             session.store = store_for(session.location)
+            session.quota = Quota(session.org)
             session.job = IngestJob.objects.create(
                 organization=session.org,
                 kind=IngestJob.Kind.CSTORE,
@@ -565,7 +723,9 @@ class StrataSCP:
                 reason="The received data set could not be spooled; please retry later.",
             )
         else:
-            result = instance_ingest(org=session.org, spooled=spooled, location=session.location)
+            result = instance_ingest(
+                org=session.org, spooled=spooled, location=session.location, quota=session.quota
+            )
         status = cstore_status(result)
         self._count(session, result, status)
         if status == SUCCESS:
