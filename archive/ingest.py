@@ -15,6 +15,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,9 @@ from tenants.models import Organization
 logger = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# Objects of a batch up to this size are stored PARALLEL_PUTS at a time.
+PARALLEL_PUTS = 4
+PARALLEL_PUT_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -569,32 +573,53 @@ def _store_and_index(
             for _, _, key in to_store
         ]
     )
-    stored: list[tuple[int, _Stored]] = []
+
+    def put(n: int, key: str) -> StorageUnavailable | None:
+        spooled = batch[n]
+        try:
+            written = store.put_file(key=key, path=spooled.path, tier="hot", sha256=spooled.sha256)
+        except StorageUnavailable as exc:
+            return exc
+        if written.size != spooled.size:
+            return StorageUnavailable(
+                f"Stored size {written.size} differs from received size {spooled.size}."
+            )
+        return None
+
+    # Small objects are stored a few at a time: each put waits on the disk's flush or on the
+    # object store's round trips, not on this process. Large ones one by one, so that memory
+    # stays that of one upload.
+    small = [(n, key) for n, _, key in to_store if batch[n].size <= PARALLEL_PUT_MAX_BYTES]
+    outcomes: dict[int, StorageUnavailable | None] = {}
     try:
-        for (n, header, key), intent in zip(to_store, pending, strict=True):
-            spooled = batch[n]
-            try:
-                written = store.put_file(
-                    key=key, path=spooled.path, tier="hot", sha256=spooled.sha256
-                )
-                if written.size != spooled.size:
-                    raise StorageUnavailable(
-                        f"Stored size {written.size} differs from received size {spooled.size}."
-                    )
-            except StorageUnavailable as exc:
-                _discard(store, key)
-                PendingObject.objects.filter(pk=intent.pk).delete()
-                logger.warning("ingest: storing failed for org %s: %s", org.pk, exc)
-                results[n] = _fail(
-                    header, PROCESSING_FAILURE, f"The object store failed: {exc}", spooled.size
-                )
-                continue
-            stored.append((n, _Stored(header, spooled, key, intent.pk)))
-    except Exception:
-        for _, item in stored:
-            _discard(store, item.key)
+        if len(small) > 1:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_PUTS, len(small))) as pool:
+                futures = {n: pool.submit(put, n, key) for n, key in small}
+            for future in futures.values():
+                crash = future.exception()
+                if crash is not None:
+                    raise crash
+            outcomes.update({n: f.result() for n, f in futures.items()})
+        for n, _, key in to_store:
+            if n not in outcomes:
+                outcomes[n] = put(n, key)
+    except BaseException:
+        for _, _, key in to_store:
+            _discard(store, key)
         PendingObject.objects.filter(pk__in=[p.pk for p in pending]).delete()
         raise
+    stored: list[tuple[int, _Stored]] = []
+    for (n, header, key), intent in zip(to_store, pending, strict=True):
+        error = outcomes[n]
+        if error is not None:
+            _discard(store, key)
+            PendingObject.objects.filter(pk=intent.pk).delete()
+            logger.warning("ingest: storing failed for org %s: %s", org.pk, error)
+            results[n] = _fail(
+                header, PROCESSING_FAILURE, f"The object store failed: {error}", batch[n].size
+            )
+            continue
+        stored.append((n, _Stored(header, batch[n], key, intent.pk)))
     if not stored:
         return
     items = [item for _, item in stored]

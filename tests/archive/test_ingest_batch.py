@@ -130,3 +130,22 @@ def test_an_index_failure_removes_every_stored_object_of_the_batch(org, archive_
     assert not Instance.objects.exists() and not Study.objects.exists()
     assert not UsageEvent.objects.exists() and not PendingObject.objects.exists()
     assert not stored_files(archive_root)
+
+
+def test_a_crash_while_storing_removes_every_object_of_the_batch(org, archive_root, monkeypatch):
+    from archive.storage.filesystem import FilesystemStore
+
+    real_put = FilesystemStore.put_file
+    calls = []
+
+    def crashing(self, **kwargs):
+        calls.append(kwargs["key"])
+        if len(calls) == 3:
+            raise RuntimeError("disk controller reset")
+        return real_put(self, **kwargs)
+
+    monkeypatch.setattr(FilesystemStore, "put_file", crashing)
+    with pytest.raises(RuntimeError):
+        ingest_many(org, series_of(6))
+    assert not Instance.objects.exists() and not PendingObject.objects.exists()
+    assert not stored_files(archive_root)
