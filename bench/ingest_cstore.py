@@ -10,6 +10,8 @@ Skips with a message when PostgreSQL is unreachable.
     instances/s and MB/s, association set-up to release (target >= 150 instances/s).
 (b) One 1 GiB instance: the listener process's peak resident memory above its idle level
     (target < 150 MB), sampled from /proc/<pid>/status while the transfer runs.
+(c) pynetdicom's own ceiling: the same 400 instances to a bare pynetdicom SCP whose C-STORE
+    handler does nothing (same maximum PDU, data sets received to a file), in its own process.
 
 BENCH_CSTORE_INSTANCES=400 and BENCH_CSTORE_LARGE_MB=1024 change the sizes; BENCH_KEEP=1 keeps the
 scratch database and the storage folder.
@@ -254,6 +256,57 @@ def bench_large(port: int, pid: int, path: Path) -> None:
     )
 
 
+EMPTY_SCP = """
+import sys
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+_config.STORE_RECV_CHUNKED_DATASET = True
+_config.LOG_HANDLER_LEVEL = "none"
+ae = AE("EMPTY")
+ae.maximum_pdu_size = int(sys.argv[2])
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax)
+ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)])
+"""
+
+
+def bench_empty_scp(files: list[Path]) -> None:
+    from archive.dimse import DEFAULT_MAX_PDU
+
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", EMPTY_SCP, str(port), str(DEFAULT_MAX_PDU)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the empty SCP did not start") from None
+                time.sleep(0.1)
+        scu = AE(ae_title=CALLING_AE)
+        scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", port, ae_title="EMPTY")
+        assert assoc.is_established
+        started = time.perf_counter()
+        statuses = [assoc.send_c_store(path).Status for path in files]
+        elapsed = time.perf_counter() - started
+        assoc.release()
+        assert set(statuses) == {0}, set(statuses)
+        print(
+            f"(c) pynetdicom's ceiling, an SCP with an empty C-STORE handler: {len(files)} "
+            f"instances in {elapsed:.2f} s, {len(files) / elapsed:.1f} instances/s",
+            flush=True,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main() -> None:
     from django.core.management import call_command
 
@@ -276,6 +329,7 @@ def main() -> None:
         print(f"{os.cpu_count()} CPUs, load average {load} before the run", flush=True)
         bench_many(port, proc.pid, files)
         bench_large(port, proc.pid, large)
+        bench_empty_scp(files)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
