@@ -463,6 +463,7 @@ class LocationOutputSerializer(serializers.Serializer):
     role = NamedChoiceField(
         enum_name="ArchiveLocationRoleEnum", choices=StorageLocation.Role.choices
     )
+    replica_tier = _tier_field(help_text="A replica keeps its copies in this tier.")
     endpoint_url = serializers.CharField()
     region = serializers.CharField()
     bucket = serializers.CharField()
@@ -506,7 +507,11 @@ class LocationInputSerializer(serializers.Serializer):
         enum_name="ArchiveLocationRoleEnum",
         choices=StorageLocation.Role.choices,
         default=StorageLocation.Role.REPLICA,
-        help_text="primary: new images go here (only before the first image is stored).",
+        help_text="primary: new images go here (only before the first image is stored). "
+        "replica: the disaster-recovery copy (at most one; not the primary's own bucket).",
+    )
+    replica_tier = _tier_field(
+        required=False, help_text="Replica only: the tier its copies are kept in (default cold)."
     )
     endpoint_url = serializers.CharField(max_length=200, required=False, allow_blank=True)
     region = serializers.CharField(max_length=64, required=False, allow_blank=True)
@@ -540,6 +545,7 @@ def _location_input(data: dict[str, Any], base: StorageLocation | None = None) -
         current = {
             "name": base.name,
             "role": base.role,
+            "replica_tier": base.replica_tier,
             "endpoint_url": base.endpoint_url,
             "region": base.region,
             "bucket": base.bucket,
@@ -554,6 +560,7 @@ def _location_input(data: dict[str, Any], base: StorageLocation | None = None) -
     return LocationInput(
         name=merged["name"],
         role=merged.get("role", StorageLocation.Role.REPLICA),
+        replica_tier=merged.get("replica_tier", "cold"),
         endpoint_url=merged.get("endpoint_url", ""),
         region=merged.get("region", ""),
         bucket=merged["bucket"],

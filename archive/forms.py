@@ -71,6 +71,14 @@ class LocationForm(PortalForm):
         help_text="New images go to the primary location. The primary can only change before "
         "the first image is stored.",
     )
+    replica_tier = forms.ChoiceField(
+        required=False,
+        choices=[(t, t.capitalize()) for t in TIERS],
+        initial="cold",
+        label="Replica tier",
+        help_text="Replica only: the tier its copies are kept in. They are read only in a "
+        "disaster, so cold is usual; archive needs a restore before a drill can read them.",
+    )
     endpoint_url = forms.CharField(
         required=False,
         max_length=200,
@@ -121,6 +129,7 @@ class LocationForm(PortalForm):
         initial: dict[str, Any] = {
             "name": location.name,
             "role": location.role,
+            "replica_tier": location.replica_tier,
             "endpoint_url": location.endpoint_url,
             "region": location.region,
             "bucket": location.bucket,
@@ -138,6 +147,7 @@ class LocationForm(PortalForm):
         return LocationInput(
             name=data["name"],
             role=data["role"],
+            replica_tier=data.get("replica_tier") or "cold",
             endpoint_url=data.get("endpoint_url") or "",
             region=data.get("region") or "",
             bucket=data["bucket"],

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from archive import replicas
 from archive.models import (
     DEFAULT_STORAGE_CLASSES,
     TIERS,
@@ -219,6 +220,8 @@ class LocationInput:
     kms_key_id: str = ""
     storage_classes: dict[str, str] | None = None
     role: str = StorageLocation.Role.REPLICA
+    # The tier a disaster-recovery replica keeps its copies in (ignored for a primary).
+    replica_tier: str = "cold"
 
 
 def location_validate(data: LocationInput, *, creating: bool) -> dict[str, Any]:
@@ -249,6 +252,8 @@ def location_validate(data: LocationInput, *, creating: bool) -> dict[str, Any]:
         errors["kms_key_id"] = ["A KMS key is used only with SSE-KMS; leave it empty."]
     if data.role not in StorageLocation.Role.values:
         errors["role"] = ["Choose primary or replica."]
+    if data.replica_tier not in TIERS:
+        errors["replica_tier"] = [f"Choose one of: {', '.join(TIERS)}."]
     classes = _clean_storage_classes(data.storage_classes, errors)
     if errors:
         raise ValidationFailed("The storage location settings are not valid.", fields=errors)
@@ -262,6 +267,7 @@ def location_validate(data: LocationInput, *, creating: bool) -> dict[str, Any]:
         "encryption": ENCRYPTION_MODES[data.encryption],
         "kms_key_id": kms_key_id,
         "storage_classes": classes,
+        "replica_tier": data.replica_tier,
     }
 
 
@@ -311,6 +317,9 @@ def _primary_switch_locked(
         )
         current.delete()
     else:
+        replicas.replica_location_check_locked(
+            org=org, values=None, exclude_pk=new_primary.pk if new_primary else None
+        )
         current.role = StorageLocation.Role.REPLICA
         current.save(update_fields=["role"])
         audit_record(
@@ -336,6 +345,8 @@ def location_create(*, org: Organization, data: LocationInput, actor: Actor) -> 
             _lock_locations(org)
             if data.role == StorageLocation.Role.PRIMARY:
                 _primary_switch_locked(org=org, new_primary=None, actor=actor)
+            else:
+                replicas.replica_location_check_locked(org=org, values=values)
             location = StorageLocation.objects.create(
                 organization=org,
                 kind=StorageLocation.Kind.S3,
@@ -383,6 +394,12 @@ def location_update(
             "can.",
             fields={"bucket": ["Images are stored here; the bucket settings are fixed."]},
         )
+    if moved and replicas.replica_rows_exist(org=org, location=location):
+        raise Conflict(
+            "Replicas are stored in this location: its bucket, prefix, endpoint and region "
+            "cannot change. Remove the replica and add a new one instead.",
+            fields={"bucket": ["Replicas are stored here; the bucket settings are fixed."]},
+        )
     changed = sorted(f for f, v in values.items() if getattr(location, f) != v)
     try:
         with transaction.atomic():
@@ -390,6 +407,10 @@ def location_update(
             if data.role == StorageLocation.Role.PRIMARY and location.role != data.role:
                 _primary_switch_locked(org=org, new_primary=location, actor=actor)
                 changed.append("role")
+            elif data.role == StorageLocation.Role.REPLICA:
+                replicas.replica_location_check_locked(
+                    org=org, values={"kind": location.kind, **values}, exclude_pk=location.pk
+                )
             for field, value in values.items():
                 setattr(location, field, value)
             location.role = data.role
@@ -436,6 +457,8 @@ def location_delete(*, org: Organization, location: StorageLocation, actor: Acto
             and PendingObject.objects.for_org(org).filter(location=location).exists()
         ):
             raise Conflict("Images are being stored right now; try again in a minute.")
+        if location.role == StorageLocation.Role.REPLICA:
+            replicas.replica_location_release_locked(org=org, location=location, actor=actor)
         audit_record(
             org=org,
             actor=actor,
@@ -456,6 +479,7 @@ def _audit_details(location: StorageLocation) -> dict[str, Any]:
         "region": location.region,
         "encryption": encryption_mode(location.encryption),
         "storage_classes": location.storage_classes,
+        "replica_tier": location.replica_tier,
     }
 
 

@@ -5,9 +5,10 @@ from django.urls import URLPattern, path
 
 from archive import apis
 from archive import apis_analytics as analytics_api
-from archive import apis_restores as restores_api
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
+from archive import apis_replicas as replicas_api
+from archive import apis_restores as restores_api
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -45,6 +46,39 @@ urlpatterns: list[URLPattern] = [
     path("archive-settings/", apis.ArchiveSettingsApi.as_view(), name="api-archive-settings"),
     path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
+    # Archive policies.
+    path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
+    path(
+        "policies/versions/<int:number>/",
+        policies_api.PolicyVersionDetailApi.as_view(),
+        name="api-policy",
+    ),
+    path(
+        "policies/versions/<int:number>/activate/",
+        policies_api.PolicyActivateApi.as_view(),
+        name="api-policy-activate",
+    ),
+    path("policies/active/", policies_api.PolicyActiveApi.as_view(), name="api-policy-active"),
+    path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
+    path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
+    # The disaster-recovery replica.
+    path("replication/", replicas_api.ReplicationStatusApi.as_view(), name="api-replication"),
+    path(
+        "replication/failures/",
+        replicas_api.ReplicaFailureListApi.as_view(),
+        name="api-replication-failures",
+    ),
+    path(
+        "replication/failures/retry/",
+        replicas_api.ReplicaRetryApi.as_view(),
+        name="api-replication-retry",
+    ),
+    path("replication/drills/", replicas_api.DrillListApi.as_view(), name="api-replication-drills"),
+    path(
+        "replication/drills/<int:drill_id>/",
+        replicas_api.DrillDetailApi.as_view(),
+        name="api-replication-drill",
+    ),
     # Restores, legal holds and the trash.
     path("restores/", restores_api.RestoreListApi.as_view(), name="api-restores"),
     path("restores/<int:restore_id>/", restores_api.RestoreDetailApi.as_view(), name="api-restore"),
@@ -61,21 +95,6 @@ urlpatterns: list[URLPattern] = [
         restores_api.TrashUntrashApi.as_view(),
         name="api-trash-untrash",
     ),
-    # Archive policies.
-    path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
-    path(
-        "policies/versions/<int:number>/",
-        policies_api.PolicyVersionDetailApi.as_view(),
-        name="api-policy",
-    ),
-    path(
-        "policies/versions/<int:number>/activate/",
-        policies_api.PolicyActivateApi.as_view(),
-        name="api-policy-activate",
-    ),
-    path("policies/active/", policies_api.PolicyActiveApi.as_view(), name="api-policy-active"),
-    path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
-    path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
     path(
         "analytics/access-curve/", analytics_api.AccessCurveApi.as_view(), name="api-access-curve"
     ),

@@ -23,6 +23,7 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.ingest_jobs_sweep",
         "schedule": crontab(minute="*/5"),
     },
+    "archive-replicas": {"task": "archive.tasks.replica_tick", "schedule": crontab()},
     "archive-restores-poll": {"task": "archive.tasks.restores_poll", "schedule": crontab()},
     "archive-trash-purge": {
         "task": "archive.tasks.trash_purge_due",
@@ -49,5 +50,6 @@ app.conf.task_routes = {
     "archive.tasks.ingest_*": {"queue": "ingest"},
     "archive.tasks.study_*": {"queue": "ingest"},
     "archive.tasks.tier_*": {"queue": "tiering"},
+    "archive.tasks.replica_*": {"queue": "tiering"},
     "billing.tasks.*": {"queue": "billing"},
 }

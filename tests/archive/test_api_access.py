@@ -79,7 +79,9 @@ ENDPOINTS = [
             "access_key_id": "AKIA2",
             "secret_access_key": "secret",
         },
-        201,
+        # An allowed caller reaches the service, which refuses a second replica (the objects
+        # below include the organization's one replica).
+        409,
     ),
     Endpoint("GET", "storage-locations/{location}/", Perm.STORAGE_MANAGE),
     Endpoint("PATCH", "storage-locations/{location}/", Perm.STORAGE_MANAGE, {"name": "Renamed"}),
