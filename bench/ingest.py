@@ -274,11 +274,13 @@ def server_description() -> str:
 # --- STOW-RS throughput ---------------------------------------------------------------------------
 
 
-def stow_throughput(label: str, env: dict[str, str] | None = None, target: str = "") -> None:
+def stow_throughput(
+    label: str, slug: str, env: dict[str, str] | None = None, target: str = ""
+) -> None:
     """4 clients, 10 instances per request, against the production web server."""
     import requests
 
-    org, secret = bench_org(f"stow-{label}", ["dicom:write"])
+    org, secret = bench_org(f"stow-{slug}", ["dicom:write"])
     warm_count = STOW_PER_REQUEST * STOW_CLIENTS
     files = ct_corpus(STOW_INSTANCES + warm_count, STOW_PER_REQUEST)
     warm_up, files = files[:warm_count], files[warm_count:]
@@ -437,6 +439,7 @@ def stow_s3() -> None:
         moto_put_ceiling(endpoint, bucket)
         stow_throughput(
             "S3 backend (moto over HTTP; each object is a PUT and a HEAD)",
+            "s3",
             {
                 "ARCHIVE_BACKEND": "S3",
                 "ARCHIVE_S3_ENDPOINT_URL": endpoint,
@@ -764,7 +767,7 @@ def main() -> None:
                 f"{STOW_PER_REQUEST} per request"
             )
             print(f"web server: {server_description()}")
-            stow_throughput("filesystem backend", target=" (target >= 200 instances/s)")
+            stow_throughput("filesystem backend", "fs", target=" (target >= 200 instances/s)")
         if not only or "stow-s3" in only:
             stow_s3()
         if not only or "large" in only:
