@@ -13,10 +13,10 @@ out hanging protocols without anyone looking at the pixels, the metadata is serv
 ignore it for the same reason (``archive.services.access_record``). Counting them would make old
 studies look read and keep them hot for nothing.
 
-All counting happens in SQL: each study (per modality: each series) is annotated once with the
-date of its latest read, then conditional aggregates count the observed and the re-read studies
-and bytes per horizon. Per modality, a study counts under each modality of its series, with the
-bytes of those series.
+All counting happens in SQL: each study (per modality: its series of that modality, grouped) is
+joined once with the time of its latest read, then conditional aggregates count the observed and
+the re-read studies and bytes per horizon. Per modality, a study counts under each modality of
+its series, with the bytes of those series.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, OuterRef, Subquery
-from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from archive.models import AccessEvent, Series, Study
@@ -94,21 +92,15 @@ def _day_gap_sql(later: str, earlier: str) -> str:
     return f"CAST(julianday(date({later})) - julianday({earlier}) AS INTEGER)"
 
 
-def _latest_read(study_ref: str) -> Subquery:
-    # Newest first over the (organization, study, at) index: one short index scan per study.
-    return Subquery(
-        AccessEvent.objects.filter(
-            organization_id=OuterRef("organization_id"),
-            study_id=OuterRef(study_ref),
-            kind__in=READ_KINDS,
-        )
-        .order_by("-at")
-        .values("at")[:1]
-    )
+def _received_date_sql(column: str) -> str:
+    if connection.vendor == "postgresql":
+        return f"(({column}) AT TIME ZONE 'UTC')::date"
+    return f"date({column})"
 
 
 def _aggregates(today: date, horizons: tuple[int, ...]) -> tuple[str, list[Any]]:
-    """Conditional aggregates over rows (study_id, nbytes, ref, last_read) per horizon."""
+    """Conditional aggregates per horizon over rows (one per study) of
+    ``(nbytes, ref, last_read)``: observed and re-read studies and bytes."""
     gap = _day_gap_sql("t.last_read", "t.ref")
     parts: list[str] = []
     params: list[Any] = []
@@ -117,8 +109,8 @@ def _aggregates(today: date, horizons: tuple[int, ...]) -> tuple[str, list[Any]]
         observed = "t.ref <= %s"
         read = f"t.ref <= %s AND t.last_read IS NOT NULL AND {gap} >= %s"
         parts += [
-            f"COUNT(DISTINCT CASE WHEN {observed} THEN t.study_id END)",
-            f"COUNT(DISTINCT CASE WHEN {read} THEN t.study_id END)",
+            f"COALESCE(SUM(CASE WHEN {observed} THEN 1 ELSE 0 END), 0)",
+            f"COALESCE(SUM(CASE WHEN {read} THEN 1 ELSE 0 END), 0)",
             f"COALESCE(SUM(CASE WHEN {observed} THEN t.nbytes ELSE 0 END), 0)",
             f"COALESCE(SUM(CASE WHEN {read} THEN t.nbytes ELSE 0 END), 0)",
         ]
@@ -137,44 +129,42 @@ def _points(row: tuple[Any, ...], horizons: tuple[int, ...]) -> list[CurvePoint]
 def access_curve(
     *, org: Organization, now: datetime | None = None, horizons: tuple[int, ...] = HORIZONS
 ) -> AccessCurve:
-    """The organization's re-read curve, overall and per modality (see the module docstring)."""
+    """The organization's re-read curve, overall and per modality (see the module docstring).
+
+    Two statements. The latest read of every study comes from one grouped pass over the access
+    log, joined to the studies (a correlated subquery per study would be re-evaluated for each
+    aggregate that mentions it); per modality, series are first grouped per study.
+    """
     now = now or timezone.now()
     today = now.date()
-    ref = Coalesce(F("study_date"), TruncDate("created_at"))
-    studies = (
-        Study.objects.for_org(org)
-        .annotate(sid=F("pk"), nbytes=F("total_bytes"), ref=ref, last_read=_latest_read("pk"))
-        .values("sid", "nbytes", "ref", "last_read")
+    study_t = Study._meta.db_table
+    series_t = Series._meta.db_table
+    access_t = AccessEvent._meta.db_table
+    ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
+    latest = (
+        f"SELECT a.study_id AS study_id, MAX(a.at) AS last_read FROM {access_t} a "  # noqa: S608
+        f"WHERE a.organization_id = %s AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) "
+        "GROUP BY a.study_id"
     )
-    series = (
-        Series.objects.for_org(org)
-        .annotate(
-            mod=F("modality"),
-            sid=F("study_id"),
-            nbytes=F("total_bytes"),
-            ref=Coalesce(F("study__study_date"), TruncDate("study__created_at")),
-            last_read=_latest_read("study_id"),
-        )
-        .values("mod", "sid", "nbytes", "ref", "last_read")
-    )
+    latest_params: list[Any] = [org.pk, *READ_KINDS]
     aggregates, agg_params = _aggregates(today, horizons)
-    study_sql, study_params = studies.query.sql_with_params()
-    series_sql, series_params = series.query.sql_with_params()
-    # Only placeholders and SQL compiled by Django are interpolated; every value is a parameter.
+    # Only table names, placeholders and fixed SQL are interpolated; values are parameters.
     overall_sql = (
-        f"SELECT {aggregates} FROM (SELECT i.sid AS study_id, i.nbytes AS nbytes, "  # noqa: S608
-        f"i.ref AS ref, i.last_read AS last_read FROM ({study_sql}) i) t"
+        f"SELECT {aggregates} FROM (SELECT s.total_bytes AS nbytes, {ref} AS ref, "  # noqa: S608
+        f"r.last_read AS last_read FROM {study_t} s LEFT JOIN ({latest}) r "
+        "ON r.study_id = s.id WHERE s.organization_id = %s) t"
     )
     modality_sql = (
-        f"SELECT t.modality, {aggregates} FROM (SELECT i.mod AS modality, "  # noqa: S608
-        f"i.sid AS study_id, i.nbytes AS nbytes, i.ref AS ref, "
-        f"i.last_read AS last_read FROM ({series_sql}) i) t "
-        "GROUP BY t.modality ORDER BY t.modality"
+        f"SELECT t.modality, {aggregates} FROM (SELECT se.modality AS modality, "  # noqa: S608
+        f"SUM(se.total_bytes) AS nbytes, MIN({ref}) AS ref, MAX(r.last_read) AS last_read "
+        f"FROM {series_t} se JOIN {study_t} s ON s.id = se.study_id "
+        f"LEFT JOIN ({latest}) r ON r.study_id = se.study_id WHERE se.organization_id = %s "
+        "GROUP BY se.modality, se.study_id) t GROUP BY t.modality ORDER BY t.modality"
     )
     with connection.cursor() as cursor:
-        cursor.execute(overall_sql, [*agg_params, *study_params])
+        cursor.execute(overall_sql, [*agg_params, *latest_params, org.pk])
         overall = _points(cursor.fetchone(), horizons)
-        cursor.execute(modality_sql, [*agg_params, *series_params])
+        cursor.execute(modality_sql, [*agg_params, *latest_params, org.pk])
         by_modality = {str(row[0] or ""): _points(row[1:], horizons) for row in cursor.fetchall()}
     return AccessCurve(as_of=now, horizons=horizons, overall=overall, by_modality=by_modality)
 

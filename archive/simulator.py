@@ -42,12 +42,13 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, IntegerField, Sum, Value, When
 from django.db.models.functions import Coalesce, ExtractYear, TruncDate
 from django.utils import timezone
 
 from archive.analytics import AccessCurve, access_curve, monthly_read_probability
-from archive.models import ArchiveSettings, Instance, StorageLocation
+from archive.models import ArchiveSettings, Instance, Series, StorageLocation, Study
 from archive.tiers import TIER_CATALOG, is_colder, location_serves
 from billing.meters import GIB, METERS
 from billing.periods import month_start, next_month
@@ -323,7 +324,12 @@ def inventory(
     if any(r.get("action", {}).get("type") == "delete" for r in rules):
         qs = qs.annotate(held=F("study__legal_hold"))
         group.append("held")
-    rows = qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by()
+    if connection.vendor == "postgresql":
+        rows = _inventory_rows_pg(
+            org=org, now=now, group=group, edges=(age_edges, idle_edges, tier_edges)
+        )
+    else:
+        rows = list(qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by())
     buckets: list[Bucket] = []
     instances = total = 0
     for row in rows:
@@ -346,6 +352,75 @@ def inventory(
             )
         )
     return buckets, instances, total
+
+
+def _inventory_rows_pg(
+    *,
+    org: Organization,
+    now: datetime,
+    group: list[str],
+    edges: tuple[list[int], list[int], list[int]],
+) -> list[dict[str, Any]]:
+    """The same grouping as the portable query, in one statement that PostgreSQL runs fast over
+    millions of rows: ``width_bucket`` finds a bucket by binary search over the cut days (where
+    the portable CASE ladder tests them one by one), each date computed once per row."""
+    instance_t, study_t, series_t = (
+        Instance._meta.db_table,
+        Study._meta.db_table,
+        Series._meta.db_table,
+    )
+    ref = "COALESCE(s.study_date, (s.created_at AT TIME ZONE 'UTC')::date)"
+    # First the instances alone, per series and instance-level bucket (one pass, no join), then
+    # the far fewer groups joined with their series and studies for the study-level cuts.
+    inner_columns = {
+        "tier": "i.tier",
+        "idle_b": "width_bucket(EXTRACT(EPOCH FROM (%s::timestamptz - "
+        "COALESCE(i.last_accessed_at, i.received_at))) / 86400.0, %s::float8[])",
+        "tier_b": "width_bucket(EXTRACT(EPOCH FROM (%s::timestamptz - "
+        "COALESCE(i.tier_changed_at, i.received_at))) / 86400.0, %s::float8[])",
+        "sop_class_uid": "i.sop_class_uid",
+    }
+    outer_columns = {
+        "mod": "se.modality",
+        "age_b": f"width_bucket(%s::date - {ref}, %s::int[])",
+        "descr": "s.study_description",
+        "page": f"EXTRACT(YEAR FROM {ref}) - EXTRACT(YEAR FROM s.patient_birth_date)",
+        "held": "s.legal_hold",
+    }
+    age_edges, idle_edges, tier_edges = edges
+    inner_names = [n for n in group if n in inner_columns]
+    inner_params: list[Any] = []
+    for name in inner_names:
+        if name == "idle_b":
+            inner_params += [now, [float(e) for e in idle_edges]]
+        elif name == "tier_b":
+            inner_params += [now, [float(e) for e in tier_edges]]
+    outer_params: list[Any] = []
+    outer_select = []
+    for name in group:
+        if name in inner_columns:
+            outer_select.append(f"g.{name} AS {name}")
+        else:
+            outer_select.append(f"{outer_columns[name]} AS {name}")
+            if name == "age_b":
+                outer_params += [now.date(), age_edges]
+    inner_select = ", ".join(f"{inner_columns[n]} AS {n}" for n in inner_names)
+    inner_group = ", ".join(str(k + 2) for k in range(len(inner_names)))
+    # Only fixed column expressions and table names are interpolated; values are parameters.
+    sql = (
+        f"SELECT {', '.join(outer_select)}, SUM(g.n) AS n, SUM(g.b) AS b FROM ("  # noqa: S608
+        f"SELECT i.series_id AS series_id, {inner_select}, COUNT(*) AS n, "
+        f"SUM(i.size_bytes) AS b FROM {instance_t} i WHERE i.organization_id = %s "
+        f"GROUP BY 1, {inner_group}) g JOIN {series_t} se ON se.id = g.series_id "
+        f"JOIN {study_t} s ON s.id = se.study_id WHERE s.trashed_at IS NULL "
+        f"GROUP BY {', '.join(str(k + 1) for k in range(len(group)))}"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Compiling this one-off aggregate costs more than it saves.
+        cursor.execute("SET LOCAL jit = off")
+        cursor.execute(sql, [*outer_params, *inner_params, org.pk])
+        names = [c.name for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def ingest_rate(*, org: Organization, now: datetime) -> dict[str, tuple[int, int]]:

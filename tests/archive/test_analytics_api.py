@@ -17,7 +17,7 @@ from tests.archive.analytics_helpers import add_study, read
 
 pytestmark = pytest.mark.django_db
 
-ENDPOINTS = [
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("get", "analytics/access-curve/", None),
     ("post", "analytics/simulation/", {}),
     ("get", "analytics/recommendation/", None),

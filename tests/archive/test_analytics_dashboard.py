@@ -43,7 +43,8 @@ def archive_org(org: Organization) -> Organization:
             size_bytes=instance.size_bytes,
             state=TierMove.State.COPYING,
         )
-    done = Instance.objects.for_org(org).filter(study=cold).last()
+    done = Instance.objects.for_org(org).filter(study=cold).order_by("id").last()
+    assert done is not None
     TierMove.objects.create(
         organization=org,
         instance=done,

@@ -59,6 +59,9 @@ class Command(BaseCommand):
                 actor=actor,
             )
         studies = self._ingest_demo_studies(org)
+        from archive.demo import demo_access_history
+
+        history = demo_access_history(org=org)
         from archive.models import DicomAE
 
         if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
@@ -78,6 +81,12 @@ class Command(BaseCommand):
                 f"Organizations: {org.slug}, {second.slug}. Other demo accounts use the same password:\n"
                 + "".join(f"  {email} ({role})\n" for email, role in STAFF)
                 + f"Demo images: {studies} studies ingested through the pipeline.\n"
+                + (
+                    f"Access history: {history.studies} studies over two years, {history.reads} reads, "
+                    "a first archive policy (see Access analytics).\n"
+                    if not history.skipped
+                    else ""
+                )
                 + "Send more: STOW-RS to http://localhost:8000/dicomweb/studies (make a token with dicom:write),\n"
                 + f"or C-STORE to called AE title DEMO_HOSPITAL at localhost:{settings.DICOM_SCP_PORT}.\n"
             )
