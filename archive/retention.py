@@ -28,7 +28,6 @@ from django.utils import timezone
 from archive.models import (
     ArchiveSettings,
     Instance,
-    InstanceReplica,
     LegalHold,
     Series,
     Study,
@@ -169,28 +168,25 @@ def trashed_study_get(*, org: Organization, study_id: int | str) -> Study:
 # --- purge -------------------------------------------------------------------------------------
 
 
-def _delete_bytes(instances: list[Instance]) -> None:
-    """Delete every copy of ``instances``: the primary object and the replicas. Raises
-    StorageUnavailable on the first failure (the rows stay; the rerun tries again)."""
+def _delete_bytes(org: Organization, instances: list[Instance]) -> None:
+    """Delete every copy of ``instances``: the disaster-recovery replicas, then the primary
+    objects. Raises StorageUnavailable on the first failure (the rows stay; a rerun retries)."""
+    from archive.replicas import replica_objects_delete
+
+    replica_objects_delete(org=org, instance_ids=[i.pk for i in instances])
     stores: dict[int, Any] = {}
-
-    def store(location: Any) -> Any:
-        if location.pk not in stores:
-            stores[location.pk] = store_for(location)
-        return stores[location.pk]
-
-    replicas = InstanceReplica.objects.filter(
-        instance_id__in=[i.pk for i in instances]
-    ).select_related("location", "instance")
-    for replica in replicas:
-        store(replica.location).delete(key=replica.instance.object_key, tier=replica.tier)
     for instance in instances:
-        store(instance.location).delete(key=instance.object_key, tier=instance.tier)
+        store = stores.get(instance.location_id)
+        if store is None:
+            store = stores[instance.location_id] = store_for(instance.location)
+        store.delete(key=instance.object_key, tier=instance.tier)
 
 
 def _delete_rows(*, org: Organization, study: Study, ids: list[int], now: datetime) -> int:
     """One transaction: the rows of instances whose bytes are gone, with their ledger deltas and
     early-deletion charges. Returns the rows deleted (0 when the study is no longer due)."""
+    from archive.replicas import replicas_forget_locked
+
     with transaction.atomic():
         row = _locked(org, study)
         if not _purge_due(row, now) or row.legal_hold:
@@ -229,7 +225,9 @@ def _delete_rows(*, org: Organization, study: Study, ids: list[int], now: dateti
                 )
         storage_delta_bulk(org=org, deltas=deltas)
         record_usage_bulk(org=org, events=charges)
-        # Restore items, replicas and moves of these instances go with them (CASCADE).
+        # The replicas stop being billed (``replica:<id>:out``) and their rows go.
+        replicas_forget_locked(org=org, instance_ids=[r["pk"] for r in rows], at=now)
+        # Restore items and moves of these instances go with them (CASCADE).
         Instance.objects.for_org(org).filter(pk__in=[r["pk"] for r in rows]).delete()
     return len(rows)
 
@@ -289,7 +287,7 @@ def study_purge(*, org: Organization, study: Study, limit: int) -> tuple[int, bo
         if not batch:
             return purged, _finish(org=org, study=current, now=now)
         try:
-            _delete_bytes(batch)
+            _delete_bytes(org, batch)
         except StorageUnavailable as exc:
             logger.warning("purge of study %s (org %s) paused: %s", current.pk, org.pk, exc)
             return purged, False

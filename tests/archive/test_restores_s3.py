@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from archive import restores, retention
 from archive.models import InstanceReplica, RestoreRequest, StorageLocation
 from archive.tiers import TIER_CATALOG
-from billing.models import UsageEvent
+from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
 from tenants.services import webhook_endpoint_create
 from tests.archive.test_dicomweb_support import split_multipart
@@ -111,6 +111,7 @@ def test_purge_deletes_the_bucket_objects_and_their_replicas(
         role=StorageLocation.Role.REPLICA,
         name="DR bucket",
     )
+    sizes = [i.size_bytes for i in study.instances.all()]
     for instance in study.instances.all():
         client.put_object(Bucket=replica_bucket, Key=instance.object_key, Body=b"copy")
         InstanceReplica.objects.create(
@@ -129,3 +130,8 @@ def test_purge_deletes_the_bucket_objects_and_their_replicas(
     assert s3_bucket.keys() == []
     assert client.list_objects_v2(Bucket=replica_bucket).get("KeyCount", 0) == 0
     assert not InstanceReplica.objects.exists()
+    # The replica copies stop being billed in their tier, once each.
+    out = StorageDelta.objects.for_org(org).filter(idempotency_key__endswith=":out")
+    assert sorted(out.values_list("tier", "delta_bytes")) == sorted(
+        ("cold", -size) for size in sizes
+    )
