@@ -290,9 +290,13 @@ def replicas_dispatch(
     """
     now = timezone.now()
     token = now + DISPATCH_HOLD
+    location = replica_location(org=org)
+    if location is None:
+        return token, []
     ids = list(
         InstanceReplica.objects.for_org(org)
-        .filter(state=InstanceReplica.State.PENDING)
+        # The location too, so that the (organization, location, state) index answers it.
+        .filter(location=location, state=InstanceReplica.State.PENDING)
         .filter(_available(now))
         .order_by("id")
         .values_list("id", flat=True)[:limit]

@@ -440,3 +440,35 @@ def test_purged_instances_release_their_replicas(
     assert replicas.replicas_forget_locked(org=org, instance_ids=ids, at=timezone.now()) == 0
     out = ledger(org, "replica:")
     assert sum(d.delta_bytes for d in out) == instances[1].size_bytes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_worker_threads_on_the_same_rows_copy_each_once(
+    postgres: None, org: Organization, fs_replica: StorageLocation
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    ingest_instances(org, 4)
+    replicas.replicas_sync(org=org)
+    ids = list(InstanceReplica.objects.for_org(org).values_list("pk", flat=True))
+    outcomes: list[replicas.CopyOutcome] = []
+    barrier = threading.Barrier(2)
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            outcomes.append(replicas.replica_copy(org=org, replica_ids=ids))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = sorted(i for o in outcomes for i in o.done)
+    assert done == sorted(ids)
+    assert sorted(i for o in outcomes for i in o.skipped) == sorted(ids)
+    assert len(ledger(org)) == 4
