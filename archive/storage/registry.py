@@ -28,6 +28,7 @@ def platform_store() -> ObjectStore:
             secret_access_key=settings.ARCHIVE_S3_SECRET_ACCESS_KEY,
             storage_classes=DEFAULT_STORAGE_CLASSES,
             spool_root=str(settings.ARCHIVE_SPOOL_ROOT),
+            shared_client=True,
         )
     return FilesystemStore(
         settings.ARCHIVE_ROOT, restore_delay_seconds=settings.ARCHIVE_FS_RESTORE_SECONDS
@@ -48,4 +49,5 @@ def store_for(location: StorageLocation) -> ObjectStore:
         encryption=location.encryption,
         kms_key_id=location.kms_key_id,
         spool_root=str(settings.ARCHIVE_SPOOL_ROOT),
+        shared_client=True,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -54,6 +55,50 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _client(
+    endpoint_url: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        config=Config(
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=32,
+        ),
+    )
+
+
+_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _shared_client(*settings_key: str | None) -> Any:
+    """One client per endpoint and credentials per process.
+
+    Building a boto3 client costs milliseconds of CPU (it loads the service model) and a fresh
+    connection pool; a store is made per request, so without this every STOW-RS request and every
+    tier-move batch paid for both. boto3 clients are thread-safe.
+    """
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(settings_key)
+        if client is None:
+            client = _CLIENTS[settings_key] = _client(*settings_key)
+        return client
+
+
+def shared_clients_clear() -> None:
+    with _CLIENTS_LOCK:
+        _CLIENTS.clear()
+
+
 class S3Store:
     def __init__(
         self,
@@ -68,6 +113,7 @@ class S3Store:
         encryption: str = "",
         kms_key_id: str = "",
         spool_root: str | None = None,
+        shared_client: bool = False,
     ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -78,15 +124,9 @@ class S3Store:
         self.endpoint_url = endpoint_url or ""
         self.copy_multipart_threshold = COPY_MULTIPART_THRESHOLD
         self.copy_part_size = COPY_PART_SIZE
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url or None,
-            region_name=region or None,
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-            config=Config(
-                retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60
-            ),
+        settings_key = (endpoint_url or None, region or None, access_key_id, secret_access_key)
+        self.client: Any = (
+            _shared_client(*settings_key) if shared_client else _client(*settings_key)
         )
 
     def _key(self, key: str) -> str:
@@ -116,10 +156,14 @@ class S3Store:
 
     def put_file(self, *, key: str, path: Path, tier: str, sha256: str) -> StoredObject:
         extra = self._extra(tier)
+        size = path.stat().st_size
+        server_verified = False
         if sha256:
-            # S3 verifies the SHA-256 itself for a single-part upload.
-            if path.stat().st_size < TRANSFER.multipart_threshold:
+            # S3 verifies the SHA-256 itself for a single-part upload and refuses a mismatch, so
+            # a successful PUT is a verified one; multipart uploads are checked by a HEAD below.
+            if size < TRANSFER.multipart_threshold:
                 extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+                server_verified = True
             extra["Metadata"] = {"sha256": sha256}  # type: ignore[assignment]
         try:
             self.client.upload_file(
@@ -129,6 +173,10 @@ class S3Store:
             raise StorageUnavailable(f"Could not store {key}: {exc}") from exc
         finally:
             path.unlink(missing_ok=True)
+        if server_verified:
+            return StoredObject(
+                key=key, size=size, storage_class=self.storage_classes[tier], sha256=sha256
+            )
         stored = self.head(key=key, tier=tier)
         if stored is None:
             raise StorageUnavailable(f"{key} is missing right after it was stored.")

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from archive.storage.s3 import shared_clients_clear
 from archive.synthetic import make_instance, study_spec, to_bytes
+
+
+@pytest.fixture(autouse=True)
+def _fresh_s3_clients() -> Iterator[None]:
+    """Tests hook events onto store clients; a client shared across tests would carry them on."""
+    shared_clients_clear()
+    yield
+    shared_clients_clear()
 
 
 @pytest.fixture(autouse=True)
