@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["api_latency.py", "billing.py", "ingest.py", "ingest_cstore.py"]
+BENCHES = [
+    "api_latency.py",
+    "billing.py",
+    "ingest.py",
+    "ingest_cstore.py",
+    "tiering.py",
+    "simulator.py",
+]
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
