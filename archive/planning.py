@@ -12,6 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 50_000
 TRASH_BATCH = 500
+# A pass over the index that stops half way resumes within this time, else starts over.
+CURSOR_TTL = 3600
 
 _COLUMNS = (
     "organization_id, instance_id, study_id, origin, policy_version_id, rule_index, from_tier, "
@@ -33,12 +36,23 @@ _COLUMNS = (
 )
 
 
+def _cursor_key(org: Organization, version: PolicyVersion) -> str:
+    return f"archive:plan-cursor:{org.pk}:{version.pk}"
+
+
 def moves_plan_sql(
-    *, org: Organization, version: PolicyVersion, limit: int, now: datetime
+    *, org: Organization, version: PolicyVersion, limit: int, now: datetime, after_id: int = 0
 ) -> tuple[str, list[Any]]:
-    """The INSERT ... SELECT that plans up to ``limit`` moves for ``version`` (for EXPLAIN too)."""
+    """The statement that plans up to ``limit`` moves for ``version`` among instances with an id
+    above ``after_id``, in id order (for EXPLAIN too).
+
+    On PostgreSQL it answers one row (inserted, selected, last selected id); on SQLite it
+    returns the inserted instance ids (SQLite has no INSERT inside WITH).
+    """
     candidates: Any = move_selection(org=org, rules=version.rules, now=now)
-    selection = candidates.values_list(
+    if after_id:
+        candidates = candidates.filter(id__gt=after_id)
+    selection = candidates.order_by("id").values_list(
         "id", "study_id", "location_id", "size_bytes", "tier", "rule_index"
     )[:limit]
     select_sql, select_params = selection.query.sql_with_params()
@@ -48,25 +62,53 @@ def moves_plan_sql(
         whens.append("WHEN %s THEN %s")
         case_params += [i, rule["action"]["tier"]]
     planned_at = connection.ops.adapt_datetimefield_value(now)
-    # The selection sits in a derived table with its LIMIT, so the rule CASE is evaluated once
-    # per row. "WHERE 1 = 1" keeps SQLite from reading ON CONFLICT as a join constraint.
-    # Only the table name and the compiled selection are formatted in; every value is a parameter.
-    sql = (
+    # The rule CASE is evaluated once per row inside the selection; the outer CASE only maps the
+    # rule's position to its tier. "WHERE 1 = 1" keeps SQLite from reading ON CONFLICT as a join
+    # constraint. Only the table name and the compiled selection are formatted in; every value
+    # is a parameter.
+    insert = (
         f"INSERT INTO {TierMove._meta.db_table} ({_COLUMNS}) "  # noqa: S608
         f"SELECT %s, c.id, c.study_id, %s, %s, c.rule_index, c.tier, "
         f"CASE c.rule_index {' '.join(whens)} END, c.location_id, c.location_id, c.size_bytes, "
-        f"%s, 0, '', %s, '' FROM ({select_sql}) c WHERE 1 = 1 ON CONFLICT DO NOTHING"
+        f"%s, 0, '', %s, '' FROM {{source}} c WHERE 1 = 1 ON CONFLICT DO NOTHING"
     )
-    params = [
+    insert_params = [
         org.pk,
         TierMove.Origin.POLICY.value,
         version.pk,
         *case_params,
         TierMove.State.PLANNED.value,
         planned_at,
-        *select_params,
     ]
-    return sql, params
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH c AS MATERIALIZED ({select_sql}), "  # noqa: S608
+            f"ins AS ({insert.format(source='c')} RETURNING 1) "
+            "SELECT (SELECT COUNT(*) FROM ins), (SELECT COUNT(*) FROM c), "
+            "(SELECT COALESCE(MAX(id), 0) FROM c)"
+        )
+        return sql, [*select_params, *insert_params]
+    sql = insert.format(source=f"({select_sql})") + " RETURNING instance_id"
+    return sql, [*insert_params, *select_params]
+
+
+def moves_plan_batch(
+    *, org: Organization, version: PolicyVersion, limit: int, now: datetime, after_id: int = 0
+) -> tuple[int, int | None]:
+    """Plan up to ``limit`` moves among instances above ``after_id``, in id order.
+
+    Returns (moves planned, id to continue after; None when the selection ran out).
+    """
+    sql, params = moves_plan_sql(org=org, version=version, limit=limit, now=now, after_id=after_id)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            inserted, selected, last_id = cursor.fetchone()
+        else:
+            ids = [row[0] for row in cursor.fetchall()]
+            inserted = selected = len(ids)
+            last_id = max(ids, default=0)
+    return int(inserted), (int(last_id) if selected >= limit else None)
 
 
 def moves_plan(
@@ -75,15 +117,23 @@ def moves_plan(
     """Plan up to ``limit`` tier moves by the active policy; returns how many were planned.
 
     Fewer than ``limit`` means the selection is exhausted for now. Safe to run concurrently and
-    repeatedly: an instance never gets a second open move.
+    repeatedly: an instance never gets a second open move. Successive calls continue in
+    instance id order after the previous batch (a cursor in the cache, per policy version), so
+    a pass over a large index reads it once; when a pass ends, the next call starts over, which
+    picks up instances that became due since. Losing the cursor costs time, never correctness.
     """
     version = policy_active(org=org)
     if version is None or not move_rules(version.rules) or limit <= 0:
         return 0
-    sql, params = moves_plan_sql(org=org, version=version, limit=limit, now=now or timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        planned = max(cursor.rowcount, 0)
+    key = _cursor_key(org, version)
+    after_id = int(cache.get(key) or 0)
+    planned, next_after = moves_plan_batch(
+        org=org, version=version, limit=limit, now=now or timezone.now(), after_id=after_id
+    )
+    if next_after is None:
+        cache.delete(key)
+    else:
+        cache.set(key, next_after, timeout=CURSOR_TTL)
     if planned:
         logger.info(
             "planned %s tier moves for org %s (policy v%s)", planned, org.pk, version.number

@@ -328,3 +328,18 @@ def test_beat_task_plans_each_active_organization_until_done(org, other_org, own
     assert not TierMove.objects.for_org(other_org).exists()
     assert Instance.objects.for_org(org).count() == 5
     assert Study.objects.for_org(org).filter(trashed_at__isnull=False).count() == 0
+
+
+def test_batches_continue_in_id_order_and_a_finished_pass_starts_over(org, owner):
+    first, second, third = (make_instance(org) for _ in range(3))
+    _activate(org, owner, move("warm", modalities=["CT"]))
+    assert moves_plan(org=org, limit=2, now=NOW) == 2
+    planned = set(TierMove.objects.for_org(org).values_list("instance_id", flat=True))
+    assert planned == {first.pk, second.pk}
+    # The first move fails: its instance is due again, but the pass continues after the cursor.
+    TierMove.objects.for_org(org).filter(instance=first).update(state="failed")
+    assert moves_plan(org=org, limit=2, now=NOW) == 1  # third; the pass ends
+    assert moves_plan(org=org, limit=2, now=NOW) == 1  # a new pass from the start: first
+    assert moves_plan(org=org, limit=2, now=NOW) == 0
+    open_moves = TierMove.objects.for_org(org).filter(state="planned")
+    assert set(open_moves.values_list("instance_id", flat=True)) == {first.pk, second.pk, third.pk}
