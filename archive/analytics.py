@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from archive.models import AccessEvent, Series, Study
@@ -119,7 +119,7 @@ def _aggregates(today: date, horizons: tuple[int, ...]) -> tuple[str, list[Any]]
 
 
 def _points(row: tuple[Any, ...], horizons: tuple[int, ...]) -> list[CurvePoint]:
-    values = [int(v or 0) for v in row]
+    values = [int(v or 0) for v in row] or [0] * (4 * len(horizons))
     return [
         CurvePoint(h, values[4 * i], values[4 * i + 1], values[4 * i + 2], values[4 * i + 3])
         for i, h in enumerate(horizons)
@@ -131,9 +131,9 @@ def access_curve(
 ) -> AccessCurve:
     """The organization's re-read curve, overall and per modality (see the module docstring).
 
-    Two statements. The latest read of every study comes from one grouped pass over the access
-    log, joined to the studies (a correlated subquery per study would be re-evaluated for each
-    aggregate that mentions it); per modality, series are first grouped per study.
+    One statement. The latest read of every study comes from one grouped pass over the access
+    log, joined once to the studies; the overall aggregates run over those rows, the per-modality
+    ones over the series grouped per study and modality joined to them.
     """
     now = now or timezone.now()
     today = now.date()
@@ -141,31 +141,40 @@ def access_curve(
     series_t = Series._meta.db_table
     access_t = AccessEvent._meta.db_table
     ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
-    latest = (
-        f"SELECT a.study_id AS study_id, MAX(a.at) AS last_read FROM {access_t} a "  # noqa: S608
-        f"WHERE a.organization_id = %s AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) "
-        "GROUP BY a.study_id"
-    )
-    latest_params: list[Any] = [org.pk, *READ_KINDS]
     aggregates, agg_params = _aggregates(today, horizons)
     # Only table names, placeholders and fixed SQL are interpolated; values are parameters.
-    overall_sql = (
-        f"SELECT {aggregates} FROM (SELECT s.total_bytes AS nbytes, {ref} AS ref, "  # noqa: S608
-        f"r.last_read AS last_read FROM {study_t} s LEFT JOIN ({latest}) r "
-        "ON r.study_id = s.id WHERE s.organization_id = %s) t"
+    sql = (
+        f"WITH latest AS (SELECT a.study_id AS study_id, MAX(a.at) AS last_read "  # noqa: S608
+        f"FROM {access_t} a WHERE a.organization_id = %s "
+        f"AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) GROUP BY a.study_id), "
+        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {ref} AS ref, r.last_read AS "
+        f"last_read FROM {study_t} s LEFT JOIN latest r ON r.study_id = s.id "
+        "WHERE s.organization_id = %s) "
+        f"SELECT 0 AS part, '' AS modality, {aggregates} FROM st t "
+        f"UNION ALL SELECT 1 AS part, t.modality AS modality, {aggregates} FROM ("
+        "SELECT m.modality AS modality, m.nbytes AS nbytes, st.ref AS ref, "
+        "st.last_read AS last_read FROM (SELECT se.study_id AS study_id, "
+        "se.modality AS modality, SUM(se.total_bytes) AS nbytes "
+        f"FROM {series_t} se WHERE se.organization_id = %s "
+        "GROUP BY se.study_id, se.modality) m JOIN st ON st.id = m.study_id) t "
+        "GROUP BY t.modality"
     )
-    modality_sql = (
-        f"SELECT t.modality, {aggregates} FROM (SELECT se.modality AS modality, "  # noqa: S608
-        f"SUM(se.total_bytes) AS nbytes, MIN({ref}) AS ref, MAX(r.last_read) AS last_read "
-        f"FROM {series_t} se JOIN {study_t} s ON s.id = se.study_id "
-        f"LEFT JOIN ({latest}) r ON r.study_id = se.study_id WHERE se.organization_id = %s "
-        "GROUP BY se.modality, se.study_id) t GROUP BY t.modality ORDER BY t.modality"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(overall_sql, [*agg_params, *latest_params, org.pk])
-        overall = _points(cursor.fetchone(), horizons)
-        cursor.execute(modality_sql, [*agg_params, *latest_params, org.pk])
-        by_modality = {str(row[0] or ""): _points(row[1:], horizons) for row in cursor.fetchall()}
+    params = [org.pk, *READ_KINDS, org.pk, *agg_params, *agg_params, org.pk]
+    overall: list[CurvePoint] = _points((), horizons)
+    by_modality: dict[str, list[CurvePoint]] = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # A one-off aggregate: compiling it costs more than it saves, and its hash tables
+            # (one entry per study) should stay in memory.
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        for row in cursor.fetchall():
+            if row[0] == 0:
+                overall = _points(row[2:], horizons)
+            else:
+                by_modality[str(row[1] or "")] = _points(row[2:], horizons)
+    by_modality = dict(sorted(by_modality.items()))
     return AccessCurve(as_of=now, horizons=horizons, overall=overall, by_modality=by_modality)
 
 

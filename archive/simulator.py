@@ -38,8 +38,8 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import connection, transaction
@@ -47,8 +47,15 @@ from django.db.models import Case, Count, F, IntegerField, Sum, Value, When
 from django.db.models.functions import Coalesce, ExtractYear, TruncDate
 from django.utils import timezone
 
-from archive.analytics import AccessCurve, access_curve, monthly_read_probability
-from archive.models import ArchiveSettings, Instance, Series, StorageLocation, Study
+from archive.analytics import READ_KINDS, AccessCurve, access_curve, monthly_read_probability
+from archive.models import (
+    AccessEvent,
+    ArchiveSettings,
+    Instance,
+    Series,
+    StorageLocation,
+    Study,
+)
 from archive.tiers import TIER_CATALOG, is_colder, location_serves
 from billing.meters import GIB, METERS
 from billing.periods import month_start, next_month
@@ -88,15 +95,45 @@ SCENARIO_LABELS = {
 # --- results -----------------------------------------------------------------------------------
 
 
+SUBCENT = Decimal("0.0001")
+
+
+def money_text(amount: Decimal, exact: Decimal | None = None) -> str:
+    """An amount for display: to the cent, like an invoice; when that shows 0.00 but the exact
+    figure is not zero (tiny images), the exact figure to 4 decimals ("0.0032"), or "<0.0001"."""
+    rounded = round_money(amount)
+    exact = amount if exact is None else exact
+    if rounded or not exact:
+        return f"{rounded:,.2f}"
+    small = exact.quantize(SUBCENT, rounding=ROUND_HALF_UP)
+    if small:
+        return f"{small:,.4f}"
+    return "<0.0001" if exact > 0 else "-<0.0001"
+
+
+def money_cell(amount: Decimal, exact: Decimal, currency: str) -> dict[str, str]:
+    """Text and tooltip of a table cell: the amount as billed, the exact one in the title."""
+    return {
+        "text": money_text(amount, exact),
+        "title": f"{exact:,.6f} {currency} before each month's rounding to the cent",
+    }
+
+
 @dataclass
 class MonthCost:
     start: date
     components: dict[str, Decimal]
     bytes_by_tier: dict[str, int]
+    # The components before the rounding to the cent (for display of sub-cent amounts).
+    exact: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def total(self) -> Decimal:
         return sum(self.components.values(), Decimal("0.00"))
+
+    @property
+    def exact_total(self) -> Decimal:
+        return sum((self.exact or self.components).values(), Decimal(0))
 
 
 @dataclass
@@ -122,6 +159,22 @@ class Scenario:
     @property
     def monthly_average(self) -> Decimal:
         return round_money(self.total / len(self.months)) if self.months else Decimal("0.00")
+
+    @property
+    def exact_totals(self) -> dict[str, Decimal]:
+        out = {c: Decimal(0) for c in COMPONENTS}
+        for month in self.months:
+            for c, amount in (month.exact or month.components).items():
+                out[c] += amount
+        return out
+
+    @property
+    def exact_total(self) -> Decimal:
+        return sum((m.exact_total for m in self.months), Decimal(0))
+
+    @property
+    def exact_monthly_average(self) -> Decimal:
+        return self.exact_total / len(self.months) if self.months else Decimal(0)
 
 
 @dataclass
@@ -158,14 +211,32 @@ class Simulation:
         return list(COMPONENTS.items())
 
     def component_rows(self) -> list[dict[str, Any]]:
-        """12-month totals per component (rows) and scenario (columns), for the table."""
+        """12-month totals per component (rows) and scenario (columns), for the table: ``values``
+        as billed (rounded each month) and ``cells`` for display (see ``money_cell``)."""
         totals = {s.key: s.totals for s in self.scenarios}
+        exact = {s.key: s.exact_totals for s in self.scenarios}
         rows = []
         for key, label in COMPONENTS.items():
             values = [totals[s.key][key] for s in self.scenarios]
-            if any(values):
-                rows.append({"key": key, "label": label, "values": values})
+            exacts = [exact[s.key][key] for s in self.scenarios]
+            if any(values) or any(exacts):
+                cells = [
+                    money_cell(v, e, self.currency) for v, e in zip(values, exacts, strict=True)
+                ]
+                rows.append({"key": key, "label": label, "values": values, "cells": cells})
         return rows
+
+    def total_cells(self) -> list[dict[str, str]]:
+        return [
+            {"key": s.key, **money_cell(s.total, s.exact_total, self.currency)}
+            for s in self.scenarios
+        ]
+
+    def average_cells(self) -> list[dict[str, str]]:
+        return [
+            {"key": s.key, **money_cell(s.monthly_average, s.exact_monthly_average, self.currency)}
+            for s in self.scenarios
+        ]
 
     def saving(self, key: str) -> Decimal | None:
         """12-month saving of a scenario against everything hot."""
@@ -290,11 +361,266 @@ def inventory(
     *, org: Organization, now: datetime, rules: list[dict[str, Any]]
 ) -> tuple[list[Bucket], int, int]:
     """The organization's stored instances as buckets (one SQL aggregate). Returns
-    (buckets, instances, bytes). ``rules`` (all scenarios' rules together) choose the cuts."""
-    today = now.date()
+    (buckets, instances, bytes). ``rules`` (all scenarios' rules together) choose the cuts.
+
+    At series granularity (see ``_inventory_series_rows``), unless a rule looks at SOP classes,
+    an instance attribute: then every instance row is read (``_inventory_instance_rows``).
+    """
     age_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_study_date"))
     idle_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_last_access"))
     tier_edges = list(TIER_DAY_EDGES)
+    group = ["mod", "tier", "age_b", "idle_b", "tier_b"]
+    if _uses(rules, "sop_classes"):
+        group.append("sop_class_uid")
+    if _uses(rules, "description_pattern"):
+        group.append("descr")
+    if _uses(rules, "patient_age_years"):
+        group.append("page")
+    if any(r.get("action", {}).get("type") == "delete" for r in rules):
+        group.append("held")
+    edges = (age_edges, idle_edges, tier_edges)
+    if "sop_class_uid" in group:
+        rows = _inventory_instance_rows(org=org, now=now, group=group, edges=edges)
+    else:
+        rows = _inventory_series_rows(org=org, now=now, group=group, edges=edges)
+    buckets: list[Bucket] = []
+    instances = total = 0
+    for row in rows:
+        n, b = int(row["n"] or 0), int(row["b"] or 0)
+        if n <= 0 and b <= 0:
+            continue
+        instances += n
+        total += b
+        buckets.append(
+            Bucket(
+                modality=row["mod"] or "",
+                tier=row["tier"],
+                age=_rep(age_edges, int(row["age_b"])),
+                idle=_rep(idle_edges, int(row["idle_b"])),
+                in_tier=_rep(tier_edges, int(row["tier_b"])),
+                bytes=b,
+                instances=n,
+                sop_class=row.get("sop_class_uid") or "",
+                description=row.get("descr") or "",
+                patient_age=None if row.get("page") is None else float(row["page"]),
+                held=bool(row.get("held")),
+            )
+        )
+    return buckets, instances, total
+
+
+# SQL fragments per database for the series-level inventory. Only fixed expressions, table names
+# and integer day edges are interpolated into statements; values are parameters.
+
+
+def _pg() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _sql_time(value: datetime) -> Any:
+    """A timestamp parameter compared with stored ones (SQLite stores naive UTC text)."""
+    if _pg():
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+
+
+def _sql_days_since(column: str, now: datetime) -> tuple[str, list[Any]]:
+    """Days (fractional) from the timestamp ``column`` to ``now``: SQL and its parameters.
+
+    (On SQLite ``now`` is inlined as a Julian day number, so that the expression can be repeated
+    in a CASE ladder.)"""
+    if _pg():
+        return f"(EXTRACT(EPOCH FROM (%s::timestamptz - ({column}))) / 86400.0)", [now]
+    julian = (now - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() / 86400 + 2440587.5
+    return f"({float(julian)!r} - julianday({column}))", []
+
+
+def _sql_ref(alias: str) -> str:
+    """A study's reference date: its study date, or the day it was received."""
+    if _pg():
+        return f"COALESCE({alias}.study_date, ({alias}.created_at AT TIME ZONE 'UTC')::date)"
+    return f"COALESCE({alias}.study_date, date({alias}.created_at))"
+
+
+def _sql_date_days(ref: str) -> str:
+    """Whole days from the date ``ref`` to the date parameter."""
+    if _pg():
+        return f"(%s::date - {ref})"
+    return f"CAST(julianday(%s) - julianday({ref}) AS INTEGER)"
+
+
+def _sql_bucket(value: str, edges: list[int]) -> str:
+    """The number of ``edges`` at or below ``value`` (the index of its bucket)."""
+    cuts = [int(e) for e in edges]
+    if _pg():
+        return f"width_bucket(({value})::float8, ARRAY[{', '.join(map(str, cuts))}]::float8[])"
+    whens = " ".join(f"WHEN ({value}) < {e} THEN {k}" for k, e in enumerate(cuts))
+    return f"(CASE {whens} ELSE {len(cuts)} END)"
+
+
+def _sql_greatest(*values: str) -> str:
+    """The latest of non-null timestamps (the first value must not be null)."""
+    if _pg():
+        return f"GREATEST({', '.join(values)})"
+    first = values[0]
+    return f"MAX({', '.join(f'COALESCE({v}, {first})' for v in values)})"
+
+
+def _sql_years(date_sql: str) -> str:
+    if _pg():
+        return f"EXTRACT(YEAR FROM {date_sql})"
+    return f"CAST(strftime('%%Y', {date_sql}) AS INTEGER)"
+
+
+def _inventory_series_rows(
+    *,
+    org: Organization,
+    now: datetime,
+    group: list[str],
+    edges: tuple[list[int], list[int], list[int]],
+) -> list[dict[str, Any]]:
+    """The inventory from the series' aggregates, without reading every instance row.
+
+    A series' bytes per tier come from its ``bytes_<tier>`` counters (kept in the same
+    transaction as ingest and tier moves); its instances per tier are apportioned by bytes. The
+    last read is the latest read of the access log covering the series (a read of the series or
+    of its whole study; ``metadata`` requests do not count, as for ``Instance.last_accessed_at``),
+    or the series' receipt when it was read before it arrived or never: instances of a series are
+    received together and read together. Days in the current tier matter only for the minimum
+    storage durations (at most ``TIER_DAY_EDGES[-1]`` days): they are read per instance, for the
+    non-hot instances that entered their tier within that window (a partial index covering
+    them keeps this lookup off the instance rows, migration 0004); the rest of the non-hot bytes have been in their tier for longer, and
+    hot bytes owe no minimum.
+    """
+    age_edges, idle_edges, tier_edges = edges
+    instance_t, study_t, series_t, access_t = (
+        Instance._meta.db_table,
+        Study._meta.db_table,
+        Series._meta.db_table,
+        AccessEvent._meta.db_table,
+    )
+    window = _sql_time(now - timedelta(days=max(tier_edges)))
+    kinds = ", ".join(["%s"] * len(READ_KINDS))
+    moved, moved_params = _sql_days_since("i.tier_changed_at", now)
+    arrived, arrived_params = _sql_days_since("i.received_at", now)
+    received, received_params = _sql_days_since("se.created_at", now)
+    # Non-hot instances recently entered in their tier, per series, tier and days-in-tier bucket
+    # (by the time of their move, or of their receipt when never moved).
+    recent = (
+        "SELECT x.series_id AS series_id, x.tier AS tier, "  # noqa: S608
+        f"{_sql_bucket('x.d', tier_edges)} AS tier_b, COUNT(*) AS n, SUM(x.size_bytes) AS b "
+        f"FROM (SELECT i.series_id AS series_id, i.tier AS tier, i.size_bytes AS size_bytes, "
+        f"{moved} AS d FROM {instance_t} i WHERE i.organization_id = %s "
+        "AND i.tier <> 'hot' AND i.tier_changed_at > %s "
+        f"UNION ALL SELECT i.series_id, i.tier, i.size_bytes, {arrived} FROM {instance_t} i "
+        "WHERE i.organization_id = %s AND i.tier <> 'hot' AND i.tier_changed_at IS NULL "
+        "AND i.received_at > %s) x GROUP BY x.series_id, x.tier, tier_b"
+    )
+    recent_params: list[Any] = [*moved_params, org.pk, window, *arrived_params, org.pk, window]
+    # Per series and tier, what the recent instances leave (all of it for hot); the instances
+    # not among the recent ones are apportioned to the tiers by bytes.
+    rest_total = "se.total_bytes - COALESCE(ra.b, 0)"
+    rest_count = "se.instance_count - COALESCE(ra.n, 0)"
+    rest_parts: list[str] = []
+    rest_params: list[Any] = []
+    for tier in TIERS:
+        if tier == "hot":
+            rest_bytes, bucket, join = "se.bytes_hot", _sql_bucket(received, tier_edges), ""
+            keep = "se.bytes_hot > 0 OR (se.total_bytes = 0 AND se.instance_count > 0)"
+            rest_params += [*received_params, org.pk]
+        else:
+            rest_bytes = f"se.bytes_{tier} - COALESCE(r.b, 0)"
+            bucket = str(len(tier_edges))
+            join = f"LEFT JOIN recent_tier r ON r.series_id = se.id AND r.tier = '{tier}' "
+            keep = f"se.bytes_{tier} > 0"
+            rest_params += [org.pk]
+        fallback = rest_count if tier == "hot" else "0"
+        share = (
+            f"CASE WHEN {rest_total} > 0 THEN CAST(ROUND(1.0 * ({rest_count}) * ({rest_bytes}) / "
+            f"({rest_total})) AS BIGINT) ELSE {fallback} END"
+        )
+        rest_parts.append(
+            f"SELECT se.id AS series_id, '{tier}' AS tier, {bucket} AS tier_b, {share} AS n, "  # noqa: S608
+            f"{rest_bytes} AS b FROM {series_t} se {join}"
+            "LEFT JOIN recent_series ra ON ra.series_id = se.id "
+            f"WHERE se.organization_id = %s AND ({keep})"
+        )
+    study_reads = (
+        f"SELECT a.study_id AS study_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
+        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NULL "
+        "GROUP BY a.study_id"
+    )
+    series_reads = (
+        f"SELECT a.series_id AS series_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
+        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NOT NULL "
+        "GROUP BY a.series_id"
+    )
+    reads_params: list[Any] = [org.pk, *READ_KINDS, org.pk, *READ_KINDS]
+    ref = _sql_ref("s")
+    idle, idle_params = _sql_days_since(_sql_greatest("se.created_at", "sr.at", "xr.at"), now)
+    columns = {
+        "descr": "s.study_description",
+        "page": f"{_sql_years(ref)} - {_sql_years('s.patient_birth_date')}",
+        "held": "s.legal_hold",
+    }
+    extras = [name for name in group if name in columns]
+    extra_inner = "".join(f", {columns[name]} AS {name}" for name in extras)
+    extra_names = "".join(f", q.{name} AS {name}" for name in extras)
+    extra_group = "".join(f", z.{name}" for name in extras)
+    detail = (
+        f"SELECT se.modality AS mod, p.tier AS tier, p.tier_b AS tier_b, p.n AS n, p.b AS b, "  # noqa: S608
+        f"{_sql_date_days(ref)} AS age_d, {idle} AS idle_d{extra_inner} "
+        f"FROM parts p JOIN {series_t} se ON se.id = p.series_id "
+        f"JOIN {study_t} s ON s.id = se.study_id "
+        f"LEFT JOIN ({study_reads}) sr ON sr.study_id = se.study_id "
+        f"LEFT JOIN ({series_reads}) xr ON xr.series_id = se.id "
+        "WHERE s.trashed_at IS NULL AND (p.n > 0 OR p.b > 0)"
+    )
+    detail_params: list[Any] = [now.date() if _pg() else now.date().isoformat(), *idle_params]
+    sql = (
+        f"WITH recent AS ({recent}), "  # noqa: S608
+        "recent_tier AS (SELECT series_id, tier, SUM(n) AS n, SUM(b) AS b FROM recent "
+        "GROUP BY series_id, tier), "
+        "recent_series AS (SELECT series_id, SUM(n) AS n, SUM(b) AS b FROM recent "
+        "GROUP BY series_id), "
+        "parts AS (SELECT series_id, tier, tier_b, n, b FROM recent UNION ALL "
+        f"{' UNION ALL '.join(rest_parts)}) "
+        f"SELECT z.mod AS mod, z.tier AS tier, z.age_b AS age_b, z.idle_b AS idle_b, "
+        f"z.tier_b AS tier_b{''.join(f', z.{n} AS {n}' for n in extras)}, SUM(z.n) AS n, "
+        f"SUM(z.b) AS b FROM (SELECT q.mod AS mod, q.tier AS tier, "
+        f"{_sql_bucket('q.age_d', age_edges)} AS age_b, "
+        f"{_sql_bucket('q.idle_d', idle_edges)} AS idle_b, q.tier_b AS tier_b{extra_names}, "
+        f"q.n AS n, q.b AS b FROM ({detail}) q) z "
+        f"GROUP BY z.mod, z.tier, z.age_b, z.idle_b, z.tier_b{extra_group}"
+    )
+    params = [*recent_params, *rest_params, *detail_params, *reads_params]
+    return _fetch_dicts(sql, params)
+
+
+def _fetch_dicts(sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if _pg():
+            # A one-off aggregate: compiling it costs more than it saves, and its hash tables
+            # (one entry per study or series) should stay in memory.
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _inventory_instance_rows(
+    *,
+    org: Organization,
+    now: datetime,
+    group: list[str],
+    edges: tuple[list[int], list[int], list[int]],
+) -> list[dict[str, Any]]:
+    """The inventory from every instance row (rules on SOP classes need them)."""
+    if _pg():
+        return _inventory_rows_pg(org=org, now=now, group=group, edges=edges)
+    age_edges, idle_edges, tier_edges = edges
+    today = now.date()
     qs = (
         Instance.objects.for_org(org)
         .filter(study__trashed_at__isnull=True)
@@ -310,48 +636,13 @@ def inventory(
             mod=F("series__modality"),
         )
     )
-    group = ["mod", "tier", "age_b", "idle_b", "tier_b"]
-    if _uses(rules, "sop_classes"):
-        group.append("sop_class_uid")
-    if _uses(rules, "description_pattern"):
+    if "descr" in group:
         qs = qs.annotate(descr=F("study__study_description"))
-        group.append("descr")
-    if _uses(rules, "patient_age_years"):
-        qs = qs.annotate(
-            page=ExtractYear("ref") - ExtractYear("study__patient_birth_date"),
-        )
-        group.append("page")
-    if any(r.get("action", {}).get("type") == "delete" for r in rules):
+    if "page" in group:
+        qs = qs.annotate(page=ExtractYear("ref") - ExtractYear("study__patient_birth_date"))
+    if "held" in group:
         qs = qs.annotate(held=F("study__legal_hold"))
-        group.append("held")
-    if connection.vendor == "postgresql":
-        rows = _inventory_rows_pg(
-            org=org, now=now, group=group, edges=(age_edges, idle_edges, tier_edges)
-        )
-    else:
-        rows = list(qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by())
-    buckets: list[Bucket] = []
-    instances = total = 0
-    for row in rows:
-        n, b = int(row["n"]), int(row["b"] or 0)
-        instances += n
-        total += b
-        buckets.append(
-            Bucket(
-                modality=row["mod"] or "",
-                tier=row["tier"],
-                age=_rep(age_edges, row["age_b"]),
-                idle=_rep(idle_edges, row["idle_b"]),
-                in_tier=_rep(tier_edges, row["tier_b"]),
-                bytes=b,
-                instances=n,
-                sop_class=row.get("sop_class_uid") or "",
-                description=row.get("descr") or "",
-                patient_age=None if row.get("page") is None else float(row["page"]),
-                held=bool(row.get("held")),
-            )
-        )
-    return buckets, instances, total
+    return list(qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by())
 
 
 def _inventory_rows_pg(
@@ -424,17 +715,20 @@ def _inventory_rows_pg(
 
 
 def ingest_rate(*, org: Organization, now: datetime) -> dict[str, tuple[int, int]]:
-    """Bytes and instances received per month (30 days) by modality, over the last 90 days."""
+    """Bytes and instances received per month (30 days) by modality, over the last 90 days.
+
+    From the series received in the window (their instances arrive together), with what they
+    hold now."""
     rows = (
-        Instance.objects.for_org(org)
-        .filter(received_at__gte=now - timedelta(days=INGEST_WINDOW_DAYS), received_at__lt=now)
-        .values(mod=F("series__modality"))
-        .annotate(n=Count("id"), b=Sum("size_bytes"))
+        Series.objects.for_org(org)
+        .filter(created_at__gte=now - timedelta(days=INGEST_WINDOW_DAYS), created_at__lt=now)
+        .values(mod=F("modality"))
+        .annotate(n=Sum("instance_count"), b=Sum("total_bytes"))
         .order_by()
     )
     months = INGEST_WINDOW_DAYS / 30
     return {
-        (r["mod"] or ""): (round(int(r["b"] or 0) / months), round(int(r["n"]) / months))
+        (r["mod"] or ""): (round(int(r["b"] or 0) / months), round(int(r["n"] or 0) / months))
         for r in rows
     }
 
@@ -553,43 +847,43 @@ class _Usage:
     ingest_instances: int = 0
 
 
-def _price_month(prices: _Prices, usage: _Usage) -> dict[str, Decimal]:
+def _price_month(prices: _Prices, usage: _Usage) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """A month's components as billed (each rounded once to the cent, like an invoice line) and
+    before that rounding."""
     gib = Decimal(GIB)
+    exact: dict[str, Decimal] = {}
     out: dict[str, Decimal] = {}
     for tier in TIERS:
         qty = Decimal(round(usage.storage.get(tier, 0))) / gib  # a month's average = GiB-months
-        out[f"storage_{tier}"] = round_money(prices.amount("storage", tier, qty))
+        exact[f"storage_{tier}"] = prices.amount("storage", tier, qty)
     per_1000 = Decimal(METERS["tier.transitions"].divisor)
-    out["transitions"] = sum(
-        (
-            round_money(prices.amount("tier.transitions", t, Decimal(n) / per_1000))
-            for t, n in usage.transitions.items()
-        ),
-        Decimal("0.00"),
-    )
-    out["restores"] = round_money(
-        prices.amount("restore.bytes", "", Decimal(round(usage.restore)) / gib)
-    )
-    out["early_deletion"] = sum(
-        (
-            round_money(prices.amount("early_deletion", t, Decimal(round(v)) / gib))
-            for t, v in usage.early.items()
-        ),
-        Decimal("0.00"),
-    )
-    out["egress"] = round_money(
-        prices.amount("egress.bytes", "", Decimal(round(usage.egress)) / gib)
-    )
-    out["ingest"] = round_money(
-        prices.amount("ingest.bytes", "", Decimal(usage.ingest_bytes) / gib)
-    ) + round_money(
+    transitions = [
+        prices.amount("tier.transitions", t, Decimal(n) / per_1000)
+        for t, n in usage.transitions.items()
+    ]
+    early = [
+        prices.amount("early_deletion", t, Decimal(round(v)) / gib) for t, v in usage.early.items()
+    ]
+    ingest = [
+        prices.amount("ingest.bytes", "", Decimal(usage.ingest_bytes) / gib),
         prices.amount(
             "ingest.instances",
             "",
             Decimal(usage.ingest_instances) / Decimal(METERS["ingest.instances"].divisor),
-        )
-    )
-    return out
+        ),
+    ]
+    exact["transitions"] = sum(transitions, Decimal(0))
+    exact["restores"] = prices.amount("restore.bytes", "", Decimal(round(usage.restore)) / gib)
+    exact["early_deletion"] = sum(early, Decimal(0))
+    exact["egress"] = prices.amount("egress.bytes", "", Decimal(round(usage.egress)) / gib)
+    exact["ingest"] = sum(ingest, Decimal(0))
+    for key in exact:
+        out[key] = round_money(exact[key])
+    # One rounding per invoice line: per target tier, per meter.
+    out["transitions"] = sum((round_money(a) for a in transitions), Decimal("0.00"))
+    out["early_deletion"] = sum((round_money(a) for a in early), Decimal("0.00"))
+    out["ingest"] = sum((round_money(a) for a in ingest), Decimal("0.00"))
+    return out, exact
 
 
 # --- the projection ------------------------------------------------------------------------------
@@ -612,7 +906,7 @@ def _project(
     prices: _Prices,
     grace_days: int,
     all_hot: bool = False,
-) -> tuple[list[tuple[_Usage, dict[str, Decimal]]], dict[int, _RuleEffect]]:
+) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
     compiled = [_Compiled(i, r) for i, r in enumerate(rules or [])]
     moves = [c for c in compiled if c.action.get("type") == "move"]
     deletes = [c for c in compiled if c.action.get("type") == "delete"]
@@ -622,7 +916,7 @@ def _project(
     trashed: list[float | None] = [None] * len(buckets)
     gone = [False] * len(buckets)
     effects: dict[int, _RuleEffect] = defaultdict(_RuleEffect)
-    months: list[tuple[_Usage, dict[str, Decimal]]] = []
+    months: list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]] = []
     for k, shift in enumerate(shifts):
         usage = _Usage()
         for i, b in enumerate(buckets):
@@ -664,7 +958,7 @@ def _project(
                 effect.byte_months += b.bytes
                 if tier[i] == "archive":
                     effect.restore_bytes += reads
-        months.append((usage, _price_month(prices, usage)))
+        months.append((usage, *_price_month(prices, usage)))
     return months, effects
 
 
@@ -687,7 +981,9 @@ def _read_shares(curve: AccessCurve) -> dict[str, dict[int, float]]:
 
 def _money(amount: Decimal, currency: str) -> str:
     symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency)
-    text = f"{round_money(amount):,.2f}"
+    text = money_text(amount)
+    if text.startswith("<"):
+        return f"less than {symbol}0.0001" if symbol else f"less than 0.0001 {currency}"
     return f"{symbol}{text}" if symbol else f"{text} {currency}"
 
 
@@ -848,11 +1144,12 @@ def simulate(
         if key == "recommended":
             effects_recommended = effects
         scenario = Scenario(key=key, label=SCENARIO_LABELS[key], rules=rules, note=note)
-        for start, (usage, components) in zip(starts, projected, strict=True):
+        for start, (usage, components, exact) in zip(starts, projected, strict=True):
             scenario.months.append(
                 MonthCost(
                     start=start.date(),
                     components=components,
+                    exact=exact,
                     bytes_by_tier={t: round(usage.storage.get(t, 0)) for t in TIERS},
                 )
             )
