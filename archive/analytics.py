@@ -22,7 +22,7 @@ its series, with the bytes of those series.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -85,11 +85,19 @@ class AccessCurve:
         return any(p.studies_observed for p in self.overall)
 
 
-def _day_gap_sql(later: str, earlier: str) -> str:
-    """Whole days from the date ``earlier`` to the date of the timestamp ``later``."""
-    if connection.vendor == "postgresql":
+def _postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _day_gap_sql(later: str, earlier: str, *, later_is_date: bool = False) -> str:
+    """Whole days from the date ``earlier`` to the date of the timestamp ``later`` (or to the
+    date ``later``)."""
+    if _postgres():
+        if later_is_date:
+            return f"({later}::date - ({earlier}))"
         return f"(({later}) AT TIME ZONE 'UTC')::date - ({earlier})"
-    return f"CAST(julianday(date({later})) - julianday({earlier}) AS INTEGER)"
+    inner = later if later_is_date else f"date({later})"
+    return f"CAST(julianday({inner}) - julianday({earlier}) AS INTEGER)"
 
 
 def _received_date_sql(column: str) -> str:
@@ -98,24 +106,21 @@ def _received_date_sql(column: str) -> str:
     return f"date({column})"
 
 
-def _aggregates(today: date, horizons: tuple[int, ...]) -> tuple[str, list[Any]]:
-    """Conditional aggregates per horizon over rows (one per study) of
-    ``(nbytes, ref, last_read)``: observed and re-read studies and bytes."""
-    gap = _day_gap_sql("t.last_read", "t.ref")
+def _aggregates(horizons: tuple[int, ...]) -> str:
+    """Conditional aggregates per horizon over rows (one per study) of ``(nbytes, age, gap)``:
+    the study's age in days and the days from its reference date to its latest read (NULL when
+    never read); observed and re-read studies and bytes. Horizons are integers from the code."""
     parts: list[str] = []
-    params: list[Any] = []
-    for h in horizons:
-        cutoff = today - timedelta(days=h)
-        observed = "t.ref <= %s"
-        read = f"t.ref <= %s AND t.last_read IS NOT NULL AND {gap} >= %s"
+    for h in (int(h) for h in horizons):
+        observed = f"t.age >= {h}"
+        read = f"t.age >= {h} AND t.gap >= {h}"
         parts += [
             f"COALESCE(SUM(CASE WHEN {observed} THEN 1 ELSE 0 END), 0)",
             f"COALESCE(SUM(CASE WHEN {read} THEN 1 ELSE 0 END), 0)",
             f"COALESCE(SUM(CASE WHEN {observed} THEN t.nbytes ELSE 0 END), 0)",
             f"COALESCE(SUM(CASE WHEN {read} THEN t.nbytes ELSE 0 END), 0)",
         ]
-        params += [cutoff, cutoff, h, cutoff, cutoff, h]
-    return ", ".join(parts), params
+    return ", ".join(parts)
 
 
 def _points(row: tuple[Any, ...], horizons: tuple[int, ...]) -> list[CurvePoint]:
@@ -141,25 +146,27 @@ def access_curve(
     series_t = Series._meta.db_table
     access_t = AccessEvent._meta.db_table
     ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
-    aggregates, agg_params = _aggregates(today, horizons)
-    # Only table names, placeholders and fixed SQL are interpolated; values are parameters.
+    aggregates = _aggregates(horizons)
+    gap = _day_gap_sql("r.last_read", ref)
+    age = _day_gap_sql("%s", ref, later_is_date=True)
+    # Only table names, placeholders, integers and fixed SQL are interpolated; values are
+    # parameters.
     sql = (
         f"WITH latest AS (SELECT a.study_id AS study_id, MAX(a.at) AS last_read "  # noqa: S608
         f"FROM {access_t} a WHERE a.organization_id = %s "
         f"AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) GROUP BY a.study_id), "
-        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {ref} AS ref, r.last_read AS "
-        f"last_read FROM {study_t} s LEFT JOIN latest r ON r.study_id = s.id "
+        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {age} AS age, {gap} AS gap "
+        f"FROM {study_t} s LEFT JOIN latest r ON r.study_id = s.id "
         "WHERE s.organization_id = %s) "
         f"SELECT 0 AS part, '' AS modality, {aggregates} FROM st t "
         f"UNION ALL SELECT 1 AS part, t.modality AS modality, {aggregates} FROM ("
-        "SELECT m.modality AS modality, m.nbytes AS nbytes, st.ref AS ref, "
-        "st.last_read AS last_read FROM (SELECT se.study_id AS study_id, "
-        "se.modality AS modality, SUM(se.total_bytes) AS nbytes "
-        f"FROM {series_t} se WHERE se.organization_id = %s "
+        "SELECT m.modality AS modality, m.nbytes AS nbytes, st.age AS age, st.gap AS gap "
+        "FROM (SELECT se.study_id AS study_id, se.modality AS modality, "
+        f"SUM(se.total_bytes) AS nbytes FROM {series_t} se WHERE se.organization_id = %s "
         "GROUP BY se.study_id, se.modality) m JOIN st ON st.id = m.study_id) t "
         "GROUP BY t.modality"
     )
-    params = [org.pk, *READ_KINDS, org.pk, *agg_params, *agg_params, org.pk]
+    params = [org.pk, *READ_KINDS, today if _postgres() else today.isoformat(), org.pk, org.pk]
     overall: list[CurvePoint] = _points((), horizons)
     by_modality: dict[str, list[CurvePoint]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
