@@ -146,18 +146,23 @@ def simulation_chart(simulation: Simulation) -> Chart:
         Series(
             s.key,
             s.label,
-            [float(m.total) for m in s.months],
+            [float(m.exact_total) for m in s.months],
             SCENARIO_COLORS.get(s.key, ACCENT),
         )
         for s in simulation.scenarios
     ]
-    totals = ", ".join(f"{s.label.lower()} {s.total:,.2f} {currency}" for s in simulation.scenarios)
+    from archive.simulator import money_text
+
+    totals = ", ".join(
+        f"{s.label.lower()} {money_text(s.total, s.exact_total)} {currency}"
+        for s in simulation.scenarios
+    )
     return line_chart(
         label=f"Projected monthly cost per scenario over the next {len(months)} months, in "
         f"{currency}. 12-month totals: {totals}.",
         categories=months,
         series=series,
-        fmt=lambda v: f"{Decimal(str(v)):,.2f} {currency}",
+        fmt=lambda v: f"{money_text(Decimal(str(v)))} {currency}",
         fmt_tick=number_label,
         caption_head="Month",
     )
