@@ -422,18 +422,49 @@ class TierMove(models.Model):
 
     OPEN_STATES = (State.PLANNED, State.COPYING, State.VERIFYING)
 
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
-    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="moves")
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    # Planning writes up to a million rows in one statement: the foreign keys are enforced by the
+    # ORM (on_delete) rather than by deferred database checks that lock every referenced row at
+    # commit, and only the columns the engine filters on are indexed.
+    organization = models.ForeignKey(
+        Organization,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    instance = models.ForeignKey(
+        Instance, on_delete=models.CASCADE, related_name="moves", db_constraint=False
+    )
+    study = models.ForeignKey(
+        Study, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
     origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.POLICY)
     policy_version = models.ForeignKey(
-        PolicyVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        PolicyVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     rule_index = models.PositiveIntegerField(null=True, blank=True)
     from_tier = models.CharField(max_length=16, choices=TIER_CHOICES)
     to_tier = models.CharField(max_length=16, choices=TIER_CHOICES)
-    from_location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
-    to_location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    from_location = models.ForeignKey(
+        StorageLocation,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    to_location = models.ForeignKey(
+        StorageLocation,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
     size_bytes = models.BigIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.PLANNED)
     attempts = models.PositiveIntegerField(default=0)

@@ -280,6 +280,9 @@ RULES = [
 ]
 
 
+PLAN_BATCH = int(os.environ.get("BENCH_PLAN_BATCH", "50000"))
+
+
 def planning() -> Organization:
     from archive.planning import moves_plan
     from archive.policies import policy_save
@@ -295,9 +298,10 @@ def planning() -> Organization:
     planned = calls = 0
     while True:
         calls += 1
-        n = moves_plan(org=org, now=now)
+        n = moves_plan(org=org, limit=PLAN_BATCH, now=now)
         planned += n
-        if n == 0:
+        # As the beat task does: a batch that was not full ended the pass over the index.
+        if n < PLAN_BATCH:
             break
     elapsed = time.perf_counter() - t0
     by_tier = dict(
