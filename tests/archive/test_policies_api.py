@@ -115,7 +115,7 @@ def test_plan_now(client, org, owner):
 
 # --- tenancy and permissions -----------------------------------------------------------------
 
-ENDPOINTS = [
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("get", "policies/versions/", None),
     ("post", "policies/versions/", {"rules": []}),
     ("get", "policies/versions/{n}/", None),

@@ -6,6 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from django.db import models
 
 from archive.models import ArchiveSettings, Instance, Study, TierMove
 from archive.planning import moves_plan, studies_trash_due
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.django_db
 def selected(org: Any, *rules: dict[str, Any]) -> dict[int, int]:
     """instance id -> rule index the selection gives it."""
     normalized = rules_validate(org=org, rules=list(rules))
-    qs = move_selection(org=org, rules=normalized, now=NOW)
+    qs: Any = move_selection(org=org, rules=normalized, now=NOW)
     return dict(qs.values_list("id", "rule_index"))
 
 
@@ -283,6 +284,43 @@ def test_moves_plan_rerun_plans_nothing_new(org, owner):
     # A finished move leaves the instance plannable again (e.g. for the next rule's tier).
     TierMove.objects.for_org(org).update(state="failed")
     assert moves_plan(org=org, now=NOW) == 3
+
+
+def test_a_planner_that_loses_a_race_plans_nothing_and_tries_again(org, owner, monkeypatch):
+    """Two planners selecting the same instances: the partial unique constraint fails the later
+    statement as a whole; it writes nothing and the next call selects the batch again."""
+    from archive import planning
+
+    first, second = make_instance(org), make_instance(org)
+    _activate(org, owner, move("cold", modalities=["CT"]))
+    real_selection = planning.move_selection
+    # The other planner's move for ``second`` committed after this planner's snapshot: stand in
+    # for it with a selection that does not see open moves.
+    monkeypatch.setattr(
+        planning,
+        "move_selection",
+        lambda **kw: (
+            real_selection(**kw)
+            .model.objects.filter(pk__in=[first.pk, second.pk])
+            .annotate(rule_index=models.Value(0))
+            .order_by("id")
+        ),
+    )
+    TierMove.objects.create(
+        organization=org,
+        instance=second,
+        study=second.study,
+        from_tier="hot",
+        to_tier="cold",
+        from_location=second.location,
+        to_location=second.location,
+        size_bytes=second.size_bytes,
+    )
+    assert moves_plan(org=org, now=NOW) == 0
+    assert list(TierMove.objects.for_org(org).values_list("instance_id", flat=True)) == [second.pk]
+    monkeypatch.setattr(planning, "move_selection", real_selection)
+    assert moves_plan(org=org, now=NOW) == 1
+    assert TierMove.objects.for_org(org).filter(instance=first, state="planned").exists()
 
 
 def test_moves_plan_is_bounded(org, owner):
