@@ -27,7 +27,9 @@ from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 50_000
+# A quarter of a million moves per statement: a few seconds of one transaction at most, and few
+# enough statements that the per-statement joins do not dominate a pass over a large index.
+DEFAULT_BATCH = 250_000
 TRASH_BATCH = 500
 # A pass over the index that stops half way resumes within this time, else starts over.
 CURSOR_TTL = 3600

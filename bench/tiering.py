@@ -280,7 +280,7 @@ RULES = [
 ]
 
 
-PLAN_BATCH = int(os.environ.get("BENCH_PLAN_BATCH", "50000"))
+PLAN_BATCH = int(os.environ.get("BENCH_PLAN_BATCH", "250000"))
 
 
 def planning() -> Organization:
