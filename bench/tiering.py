@@ -418,12 +418,19 @@ def s3_moves(mode: str) -> None:
         calls: dict[str, int] = {}
         real_store_for = tiering.store_for
 
+        hooked: set[int] = set()
+
         def counting(loc: StorageLocation) -> Any:
             store: Any = real_store_for(loc)
-            store.client.meta.events.register(
-                "before-call.s3",
-                lambda model, **kwargs: calls.__setitem__(model.name, calls.get(model.name, 0) + 1),
-            )
+            # Stores share one client per endpoint: hook each client once.
+            if id(store.client) not in hooked:
+                hooked.add(id(store.client))
+                store.client.meta.events.register(
+                    "before-call.s3",
+                    lambda model, **kwargs: calls.__setitem__(
+                        model.name, calls.get(model.name, 0) + 1
+                    ),
+                )
             return store
 
         tiering.store_for = counting  # type: ignore[assignment]
