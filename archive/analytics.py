@@ -106,29 +106,37 @@ def _received_date_sql(column: str) -> str:
     return f"date({column})"
 
 
-def _aggregates(horizons: tuple[int, ...]) -> str:
-    """Conditional aggregates per horizon over rows (one per study) of ``(nbytes, age, gap)``:
-    the study's age in days and the days from its reference date to its latest read (NULL when
-    never read); observed and re-read studies and bytes. Horizons are integers from the code."""
-    parts: list[str] = []
-    for h in (int(h) for h in horizons):
-        observed = f"t.age >= {h}"
-        read = f"t.age >= {h} AND t.gap >= {h}"
-        parts += [
-            f"COALESCE(SUM(CASE WHEN {observed} THEN 1 ELSE 0 END), 0)",
-            f"COALESCE(SUM(CASE WHEN {read} THEN 1 ELSE 0 END), 0)",
-            f"COALESCE(SUM(CASE WHEN {observed} THEN t.nbytes ELSE 0 END), 0)",
-            f"COALESCE(SUM(CASE WHEN {read} THEN t.nbytes ELSE 0 END), 0)",
-        ]
-    return ", ".join(parts)
+def _bucket_sql(value: str, horizons: tuple[int, ...]) -> str:
+    """How many horizons are at or below ``value`` (0 when it is NULL: never read)."""
+    cuts = [int(h) for h in horizons]
+    if _postgres():
+        return f"COALESCE(width_bucket({value}, ARRAY[{', '.join(map(str, cuts))}]), 0)"
+    whens = " ".join(f"WHEN ({value}) < {h} THEN {k}" for k, h in enumerate(cuts))
+    return f"(CASE WHEN ({value}) IS NULL THEN 0 {whens} ELSE {len(cuts)} END)"
 
 
-def _points(row: tuple[Any, ...], horizons: tuple[int, ...]) -> list[CurvePoint]:
-    values = [int(v or 0) for v in row] or [0] * (4 * len(horizons))
-    return [
-        CurvePoint(h, values[4 * i], values[4 * i + 1], values[4 * i + 2], values[4 * i + 3])
-        for i, h in enumerate(horizons)
-    ]
+def _points(
+    counts: dict[tuple[int, int], tuple[int, int]], horizons: tuple[int, ...]
+) -> list[CurvePoint]:
+    """The curve from studies (and bytes) counted per (age bucket, read bucket): a study is
+    observed at the k-th horizon when its age reaches it (bucket > k), read again when its
+    latest read is that many days past its reference date too."""
+    cuts = sorted(int(h) for h in horizons)
+    points = []
+    for h in horizons:
+        k = cuts.index(int(h))
+        observed = [(n, b) for (age_b, _), (n, b) in counts.items() if age_b > k]
+        read = [(n, b) for (age_b, gap_b), (n, b) in counts.items() if age_b > k and gap_b > k]
+        points.append(
+            CurvePoint(
+                h,
+                sum(n for n, _ in observed),
+                sum(n for n, _ in read),
+                sum(b for _, b in observed),
+                sum(b for _, b in read),
+            )
+        )
+    return points
 
 
 def access_curve(
@@ -137,16 +145,18 @@ def access_curve(
     """The organization's re-read curve, overall and per modality (see the module docstring).
 
     One statement. The latest read of every study comes from one grouped pass over the access
-    log, joined once to the studies; the overall aggregates run over those rows, the per-modality
-    ones over the series grouped per study and modality joined to them.
+    log, joined once to the studies; each study gets the number of horizons its age reaches and
+    the number its latest read reaches, and the studies (overall, and per modality the series
+    grouped per study and modality) are counted per pair of those, a few dozen rows summed up
+    here per horizon.
     """
     now = now or timezone.now()
     today = now.date()
     study_t = Study._meta.db_table
     series_t = Series._meta.db_table
     access_t = AccessEvent._meta.db_table
+    cuts = tuple(sorted(int(h) for h in horizons))
     ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
-    aggregates = _aggregates(horizons)
     gap = _day_gap_sql("r.last_read", ref)
     age = _day_gap_sql("%s", ref, later_is_date=True)
     # Only table names, placeholders, integers and fixed SQL are interpolated; values are
@@ -155,20 +165,24 @@ def access_curve(
         f"WITH latest AS (SELECT a.study_id AS study_id, MAX(a.at) AS last_read "  # noqa: S608
         f"FROM {access_t} a WHERE a.organization_id = %s "
         f"AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) GROUP BY a.study_id), "
-        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {age} AS age, {gap} AS gap "
+        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {_bucket_sql(age, cuts)} AS "
+        f"age_b, {_bucket_sql(gap, cuts)} AS gap_b "
         f"FROM {study_t} s LEFT JOIN latest r ON r.study_id = s.id "
         "WHERE s.organization_id = %s) "
-        f"SELECT 0 AS part, '' AS modality, {aggregates} FROM st t "
-        f"UNION ALL SELECT 1 AS part, t.modality AS modality, {aggregates} FROM ("
-        "SELECT m.modality AS modality, m.nbytes AS nbytes, st.age AS age, st.gap AS gap "
-        "FROM (SELECT se.study_id AS study_id, se.modality AS modality, "
+        "SELECT 0 AS part, '' AS modality, t.age_b, t.gap_b, COUNT(*), SUM(t.nbytes) FROM st t "
+        "GROUP BY t.age_b, t.gap_b "
+        "UNION ALL SELECT 1 AS part, m.modality AS modality, st.age_b, st.gap_b, COUNT(*), "
+        "SUM(m.nbytes) FROM (SELECT se.study_id AS study_id, se.modality AS modality, "
         f"SUM(se.total_bytes) AS nbytes FROM {series_t} se WHERE se.organization_id = %s "
-        "GROUP BY se.study_id, se.modality) m JOIN st ON st.id = m.study_id) t "
-        "GROUP BY t.modality"
+        "GROUP BY se.study_id, se.modality) m JOIN st ON st.id = m.study_id "
+        "GROUP BY m.modality, st.age_b, st.gap_b"
     )
-    params = [org.pk, *READ_KINDS, today if _postgres() else today.isoformat(), org.pk, org.pk]
-    overall: list[CurvePoint] = _points((), horizons)
-    by_modality: dict[str, list[CurvePoint]] = {}
+    day = today if _postgres() else today.isoformat()
+    # (SQLite repeats the age expression in its CASE ladder, with its parameter.)
+    age_params = [day] if _postgres() else [day] * (len(cuts) + 1)
+    params = [org.pk, *READ_KINDS, *age_params, org.pk, org.pk]
+    overall: dict[tuple[int, int], tuple[int, int]] = {}
+    per_modality: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # A one-off aggregate: compiling it costs more than it saves, and its hash tables
@@ -176,13 +190,15 @@ def access_curve(
             cursor.execute("SET LOCAL jit = off")
             cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
-        for row in cursor.fetchall():
-            if row[0] == 0:
-                overall = _points(row[2:], horizons)
-            else:
-                by_modality[str(row[1] or "")] = _points(row[2:], horizons)
-    by_modality = dict(sorted(by_modality.items()))
-    return AccessCurve(as_of=now, horizons=horizons, overall=overall, by_modality=by_modality)
+        for part, modality, age_b, gap_b, n, nbytes in cursor.fetchall():
+            counts = overall if part == 0 else per_modality.setdefault(str(modality or ""), {})
+            counts[(int(age_b), int(gap_b))] = (int(n or 0), int(nbytes or 0))
+    return AccessCurve(
+        as_of=now,
+        horizons=horizons,
+        overall=_points(overall, horizons),
+        by_modality={m: _points(c, horizons) for m, c in sorted(per_modality.items())},
+    )
 
 
 def monthly_read_probability(fractions: dict[int, float], age_days: float) -> float:

@@ -69,7 +69,10 @@ MONTHS = 12
 INGEST_WINDOW_DAYS = 90
 # Day ranges of the inventory buckets (rule thresholds are added to these).
 DAY_EDGES = (7, 30, 60, 90, 120, 180, 240, 300, 365, 455, 545, 730, 1095, 1460, 1825, 3650)
-TIER_DAY_EDGES = (30, 90, 180)
+# Days in the current tier matter only for the minimum storage durations: cut at each of them.
+TIER_DAY_EDGES = tuple(
+    sorted({t.minimum_storage_days for t in TIER_CATALOG.values() if t.minimum_storage_days > 0})
+)
 # The recommendation: move once so little is read again that the tier's trade-off pays.
 RECOMMEND_SHARE = {"warm": 0.25, "cold": 0.10, "archive": 0.02}
 RECOMMEND_DAYS = {"warm": (30, 90), "cold": (30, 90, 180), "archive": (180, 365)}
@@ -472,6 +475,39 @@ def _sql_years(date_sql: str) -> str:
     return f"CAST(strftime('%%Y', {date_sql}) AS INTEGER)"
 
 
+def _recent_buckets(tier_edges: list[int]) -> dict[str, int]:
+    """Per tier with a minimum storage duration, how many ranges of ``tier_edges`` lie within it:
+    the days-in-tier buckets that can still owe early deletion. Past its minimum (and in hot,
+    which has none) the bytes owe nothing whatever their days in the tier, so they all take the
+    last bucket (``len(tier_edges)``, represented past every minimum)."""
+    out: dict[str, int] = {}
+    for tier in TIERS:
+        minimum = TIER_CATALOG[tier].minimum_storage_days
+        if minimum > 0:
+            out[tier] = sum(1 for e in tier_edges if e <= minimum)
+    return out
+
+
+def _settle_tier_b(rows: list[dict[str, Any]], tier_edges: list[int]) -> list[dict[str, Any]]:
+    """Rows grouped by the raw days-in-tier bucket, with the buckets past the tier's minimum
+    storage duration merged into the last one (see ``_recent_buckets``)."""
+    recent = _recent_buckets(tier_edges)
+    last = len(tier_edges)
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        tier_b = int(row["tier_b"])
+        if tier_b >= recent.get(row["tier"], 0):
+            tier_b = last
+        key = tuple((k, v) for k, v in row.items() if k not in ("tier_b", "n", "b")) + (tier_b,)
+        n, b = int(row["n"] or 0), int(row["b"] or 0)
+        if key in merged:
+            merged[key]["n"] += n
+            merged[key]["b"] += b
+        else:
+            merged[key] = {**row, "tier_b": tier_b, "n": n, "b": b}
+    return list(merged.values())
+
+
 def _inventory_series_rows(
     *,
     org: Organization,
@@ -486,11 +522,17 @@ def _inventory_series_rows(
     last read is the latest read of the access log covering the series (a read of the series or
     of its whole study; ``metadata`` requests do not count, as for ``Instance.last_accessed_at``),
     or the series' receipt when it was read before it arrived or never: instances of a series are
-    received together and read together. Days in the current tier matter only for the minimum
-    storage durations (at most ``TIER_DAY_EDGES[-1]`` days): they are read per instance, for the
-    non-hot instances that entered their tier within that window (a partial index covering
-    them keeps this lookup off the instance rows, migration 0004); the rest of the non-hot bytes have been in their tier for longer, and
-    hot bytes owe no minimum.
+    received together and read together.
+
+    Days in the current tier matter only while the tier's minimum storage duration runs (warm
+    30, cold 90, archive 180 days): they are read per instance for the non-hot instances that
+    entered their tier within its own minimum (a partial index on tier and entry time covering
+    them keeps this lookup to those index entries, migration 0006); the rest of each tier's
+    bytes (all of hot) owe no early deletion and take the last bucket (``_recent_buckets``).
+
+    One statement, one row per series: the recent instances pivoted per series (one column per
+    tier and bucket), the access log grouped once per study and series, the series' own columns
+    carried through; grouped by the series-level cuts, then unpivoted here per tier and bucket.
     """
     age_edges, idle_edges, tier_edges = edges
     instance_t, study_t, series_t, access_t = (
@@ -499,63 +541,56 @@ def _inventory_series_rows(
         Series._meta.db_table,
         AccessEvent._meta.db_table,
     )
-    window = _sql_time(now - timedelta(days=max(tier_edges)))
-    kinds = ", ".join(["%s"] * len(READ_KINDS))
-    moved, moved_params = _sql_days_since("i.tier_changed_at", now)
-    arrived, arrived_params = _sql_days_since("i.received_at", now)
-    received, received_params = _sql_days_since("se.created_at", now)
-    # Non-hot instances recently entered in their tier, per series, tier and days-in-tier bucket
-    # (by the time of their move, or of their receipt when never moved).
+    recent_buckets = _recent_buckets(tier_edges)
+    last = len(tier_edges)
+    # Non-hot instances still within their tier's minimum, per series, tier and days-in-tier
+    # bucket (by the time of their move, or of their receipt when never moved): grouped first
+    # (a few rows per series), then pivoted to one row per series. The bucket compares the
+    # timestamp with each cut, the column straight from the index. Tier names and numbers,
+    # integers and fixed SQL are interpolated; values are parameters.
+    selects: list[str] = []
+    recent_params: list[Any] = []
+    for number, (tier, count) in enumerate(recent_buckets.items()):
+        cuts = [_sql_time(now - timedelta(days=e)) for e in tier_edges[:count]]
+        for column, condition in (
+            ("i.tier_changed_at", "i.tier_changed_at > %s"),
+            ("i.received_at", "i.tier_changed_at IS NULL AND i.received_at > %s"),
+        ):
+            whens = " ".join(f"WHEN {column} > %s THEN {k}" for k in range(count - 1))
+            k_sql = f"CASE {whens} ELSE {count - 1} END" if whens else "0"
+            selects.append(
+                f"SELECT i.series_id AS series_id, {number} AS t, {k_sql} AS k, "  # noqa: S608
+                f"i.size_bytes AS size_bytes FROM {instance_t} i WHERE i.organization_id = %s "
+                f"AND i.tier = '{tier}' AND {condition}"
+            )
+            recent_params += [*cuts[: count - 1], org.pk, cuts[-1]]
+    # The pivot takes the one row of each tier and bucket (MAX: a plain value per group, where a
+    # SUM of bigints keeps a wider state for each).
+    pivot: list[str] = []
+    cols: list[tuple[str, int, str, str]] = []  # (tier, bucket, instances column, bytes column)
+    for number, (tier, count) in enumerate(recent_buckets.items()):
+        for k in range(count):
+            cond = f"x.t = {number} AND x.k = {k}"
+            pivot += [
+                f"MAX(CASE WHEN {cond} THEN x.n END) AS n_{tier}_{k}",
+                f"MAX(CASE WHEN {cond} THEN x.b END) AS b_{tier}_{k}",
+            ]
+            cols.append((tier, k, f"n_{tier}_{k}", f"b_{tier}_{k}"))
     recent = (
-        "SELECT x.series_id AS series_id, x.tier AS tier, "  # noqa: S608
-        f"{_sql_bucket('x.d', tier_edges)} AS tier_b, COUNT(*) AS n, SUM(x.size_bytes) AS b "
-        f"FROM (SELECT i.series_id AS series_id, i.tier AS tier, i.size_bytes AS size_bytes, "
-        f"{moved} AS d FROM {instance_t} i WHERE i.organization_id = %s "
-        "AND i.tier <> 'hot' AND i.tier_changed_at > %s "
-        f"UNION ALL SELECT i.series_id, i.tier, i.size_bytes, {arrived} FROM {instance_t} i "
-        "WHERE i.organization_id = %s AND i.tier <> 'hot' AND i.tier_changed_at IS NULL "
-        "AND i.received_at > %s) x GROUP BY x.series_id, x.tier, tier_b"
+        f"SELECT x.series_id AS series_id, {', '.join(pivot)} FROM (SELECT y.series_id AS "  # noqa: S608
+        "series_id, y.t AS t, y.k AS k, COUNT(*) AS n, CAST(SUM(y.size_bytes) AS BIGINT) AS b "
+        f"FROM ({' UNION ALL '.join(selects)}) y GROUP BY y.series_id, y.t, y.k) x "
+        "GROUP BY x.series_id"
     )
-    recent_params: list[Any] = [*moved_params, org.pk, window, *arrived_params, org.pk, window]
-    # Per series and tier, what the recent instances leave (all of it for hot); the instances
-    # not among the recent ones are apportioned to the tiers by bytes.
-    rest_total = "se.total_bytes - COALESCE(ra.b, 0)"
-    rest_count = "se.instance_count - COALESCE(ra.n, 0)"
-    rest_parts: list[str] = []
-    rest_params: list[Any] = []
-    for tier in TIERS:
-        if tier == "hot":
-            rest_bytes, bucket, join = "se.bytes_hot", _sql_bucket(received, tier_edges), ""
-            keep = "se.bytes_hot > 0 OR (se.total_bytes = 0 AND se.instance_count > 0)"
-            rest_params += [*received_params, org.pk]
-        else:
-            rest_bytes = f"se.bytes_{tier} - COALESCE(r.b, 0)"
-            bucket = str(len(tier_edges))
-            join = f"LEFT JOIN recent_tier r ON r.series_id = se.id AND r.tier = '{tier}' "
-            keep = f"se.bytes_{tier} > 0"
-            rest_params += [org.pk]
-        fallback = rest_count if tier == "hot" else "0"
-        share = (
-            f"CASE WHEN {rest_total} > 0 THEN CAST(ROUND(1.0 * ({rest_count}) * ({rest_bytes}) / "
-            f"({rest_total})) AS BIGINT) ELSE {fallback} END"
-        )
-        rest_parts.append(
-            f"SELECT se.id AS series_id, '{tier}' AS tier, {bucket} AS tier_b, {share} AS n, "  # noqa: S608
-            f"{rest_bytes} AS b FROM {series_t} se {join}"
-            "LEFT JOIN recent_series ra ON ra.series_id = se.id "
-            f"WHERE se.organization_id = %s AND ({keep})"
-        )
-    study_reads = (
-        f"SELECT a.study_id AS study_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
-        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NULL "
-        "GROUP BY a.study_id"
+    recent_cols = [(n_col, b_col) for _, _, n_col, b_col in cols]
+    # The access log, once: the latest read per study and series (NULL: a read of the study).
+    kinds = ", ".join(["%s"] * len(READ_KINDS))
+    reads = (
+        f"SELECT a.study_id AS study_id, a.series_id AS series_id, MAX(a.at) AS at "  # noqa: S608
+        f"FROM {access_t} a WHERE a.organization_id = %s AND a.kind IN ({kinds}) "
+        "GROUP BY a.study_id, a.series_id"
     )
-    series_reads = (
-        f"SELECT a.series_id AS series_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
-        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NOT NULL "
-        "GROUP BY a.series_id"
-    )
-    reads_params: list[Any] = [org.pk, *READ_KINDS, org.pk, *READ_KINDS]
+    reads_params: list[Any] = [org.pk, *READ_KINDS]
     ref = _sql_ref("s")
     idle, idle_params = _sql_days_since(_sql_greatest("se.created_at", "sr.at", "xr.at"), now)
     columns = {
@@ -564,37 +599,77 @@ def _inventory_series_rows(
         "held": "s.legal_hold",
     }
     extras = [name for name in group if name in columns]
-    extra_inner = "".join(f", {columns[name]} AS {name}" for name in extras)
-    extra_names = "".join(f", q.{name} AS {name}" for name in extras)
-    extra_group = "".join(f", z.{name}" for name in extras)
-    detail = (
-        f"SELECT se.modality AS mod, p.tier AS tier, p.tier_b AS tier_b, p.n AS n, p.b AS b, "  # noqa: S608
-        f"{_sql_date_days(ref)} AS age_d, {idle} AS idle_d{extra_inner} "
-        f"FROM parts p JOIN {series_t} se ON se.id = p.series_id "
-        f"JOIN {study_t} s ON s.id = se.study_id "
-        f"LEFT JOIN ({study_reads}) sr ON sr.study_id = se.study_id "
-        f"LEFT JOIN ({series_reads}) xr ON xr.series_id = se.id "
-        "WHERE s.trashed_at IS NULL AND (p.n > 0 OR p.b > 0)"
+
+    # Per series (computed once per row: the fence keeps PostgreSQL from inlining these columns
+    # into every aggregate that uses them): what the recent instances leave of each tier (all of
+    # hot), and its instances apportioned to the tiers by bytes, as the series' counters allow.
+    def recent_sum(names: list[str]) -> str:
+        return "".join(f" - COALESCE(r.{name}, 0)" for name in names)
+
+    per_series = [
+        f"se.total_bytes{recent_sum([b for _, b in recent_cols])} AS rest_total",
+        f"se.instance_count{recent_sum([n for n, _ in recent_cols])} AS rest_count",
+    ]
+    parts: list[str] = []
+    for tier in TIERS:
+        if tier == "hot":
+            per_series += [
+                "se.bytes_hot AS rest_hot",
+                "(se.bytes_hot > 0 OR (se.total_bytes = 0 AND se.instance_count > 0)) AS keep_hot",
+            ]
+            fallback = "q.rest_count"
+        else:
+            own = [b for t, k, _, b in cols if t == tier and k < last]
+            per_series += [
+                f"se.bytes_{tier}{recent_sum(own)} AS rest_{tier}",
+                f"(se.bytes_{tier} > 0) AS keep_{tier}",
+            ]
+            fallback = "0"
+        # (The share of all or none of the bytes needs no division: most series are whole.)
+        share = (
+            f"CASE WHEN q.rest_total <= 0 THEN {fallback} WHEN q.rest_{tier} = q.rest_total "
+            f"THEN q.rest_count WHEN q.rest_{tier} = 0 THEN 0 ELSE CAST(ROUND(1.0 * q.rest_count "
+            f"* q.rest_{tier} / q.rest_total) AS BIGINT) END"
+        )
+        parts += [
+            f"SUM(CASE WHEN q.keep_{tier} THEN {share} ELSE 0 END) AS n_{tier}_rest",
+            f"SUM(CASE WHEN q.keep_{tier} THEN q.rest_{tier} ELSE 0 END) AS b_{tier}_rest",
+        ]
+        cols.append((tier, last, f"n_{tier}_rest", f"b_{tier}_rest"))
+    parts += [f"SUM(q.{n}) AS {n}, SUM(q.{b}) AS {b}" for n, b in recent_cols]
+    per_series += [f"COALESCE(r.{c}, 0) AS {c}" for pair in recent_cols for c in pair]
+    inner_extras = "".join(f", {columns[name]} AS {name}" for name in extras)
+    inner = (
+        f"SELECT se.modality AS mod, {_sql_date_days(ref)} AS age_d, {idle} AS idle_d"  # noqa: S608
+        f"{inner_extras}, {', '.join(per_series)} "
+        f"FROM {series_t} se JOIN {study_t} s ON s.id = se.study_id "
+        "LEFT JOIN recent r ON r.series_id = se.id "
+        "LEFT JOIN reads sr ON sr.study_id = se.study_id AND sr.series_id IS NULL "
+        "LEFT JOIN reads xr ON xr.series_id = se.id "
+        "WHERE se.organization_id = %s AND s.trashed_at IS NULL"
+        f"{' OFFSET 0' if _pg() else ''}"
     )
-    detail_params: list[Any] = [now.date() if _pg() else now.date().isoformat(), *idle_params]
+    inner_params: list[Any] = [
+        now.date() if _pg() else now.date().isoformat(),
+        *idle_params,
+        org.pk,
+    ]
+    keys = ["mod", "age_b", "idle_b", *extras]
     sql = (
-        f"WITH recent AS ({recent}), "  # noqa: S608
-        "recent_tier AS (SELECT series_id, tier, SUM(n) AS n, SUM(b) AS b FROM recent "
-        "GROUP BY series_id, tier), "
-        "recent_series AS (SELECT series_id, SUM(n) AS n, SUM(b) AS b FROM recent "
-        "GROUP BY series_id), "
-        "parts AS (SELECT series_id, tier, tier_b, n, b FROM recent UNION ALL "
-        f"{' UNION ALL '.join(rest_parts)}) "
-        f"SELECT z.mod AS mod, z.tier AS tier, z.age_b AS age_b, z.idle_b AS idle_b, "
-        f"z.tier_b AS tier_b{''.join(f', z.{n} AS {n}' for n in extras)}, SUM(z.n) AS n, "
-        f"SUM(z.b) AS b FROM (SELECT q.mod AS mod, q.tier AS tier, "
-        f"{_sql_bucket('q.age_d', age_edges)} AS age_b, "
-        f"{_sql_bucket('q.idle_d', idle_edges)} AS idle_b, q.tier_b AS tier_b{extra_names}, "
-        f"q.n AS n, q.b AS b FROM ({detail}) q) z "
-        f"GROUP BY z.mod, z.tier, z.age_b, z.idle_b, z.tier_b{extra_group}"
+        f"WITH recent AS ({recent}), reads AS ({reads}) "  # noqa: S608
+        f"SELECT q.mod AS mod, {_sql_bucket('q.age_d', age_edges)} AS age_b, "
+        f"{_sql_bucket('q.idle_d', idle_edges)} AS idle_b"
+        f"{''.join(f', q.{name} AS {name}' for name in extras)}, {', '.join(parts)} "
+        f"FROM ({inner}) q GROUP BY {', '.join(str(k + 1) for k in range(len(keys)))}"
     )
-    params = [*recent_params, *rest_params, *detail_params, *reads_params]
-    return _fetch_dicts(sql, params)
+    out: list[dict[str, Any]] = []
+    for row in _fetch_dicts(sql, [*recent_params, *reads_params, *inner_params]):
+        base = {name: row[name] for name in keys}
+        for tier, k, n_col, b_col in cols:
+            n, b = int(row[n_col] or 0), int(row[b_col] or 0)
+            if n > 0 or b > 0:
+                out.append({**base, "tier": tier, "tier_b": k, "n": n, "b": b})
+    return out
 
 
 def _fetch_dicts(sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -618,7 +693,19 @@ def _inventory_instance_rows(
 ) -> list[dict[str, Any]]:
     """The inventory from every instance row (rules on SOP classes need them)."""
     if _pg():
-        return _inventory_rows_pg(org=org, now=now, group=group, edges=edges)
+        rows = _inventory_rows_pg(org=org, now=now, group=group, edges=edges)
+    else:
+        rows = _inventory_rows_portable(org=org, now=now, group=group, edges=edges)
+    return _settle_tier_b(rows, edges[2]) if "tier_b" in group else rows
+
+
+def _inventory_rows_portable(
+    *,
+    org: Organization,
+    now: datetime,
+    group: list[str],
+    edges: tuple[list[int], list[int], list[int]],
+) -> list[dict[str, Any]]:
     age_edges, idle_edges, tier_edges = edges
     today = now.date()
     qs = (

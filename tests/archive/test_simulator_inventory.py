@@ -150,3 +150,19 @@ def test_tiny_images_show_their_cost_below_a_cent(org):
     assert 'data-scenario-total="all_hot"' in html
     assert "<strong>0.0023</strong>" in html
     assert "0.002344 USD before each month&#x27;s rounding to the cent" in html
+
+
+def test_days_in_tier_are_cut_only_within_each_tiers_minimum(org):
+    """Cold bytes past their 90 days owe no early deletion: they share the last days-in-tier
+    bucket with older ones (the series reading looks only at the last 90 days for cold), while
+    archive bytes 100 days in still owe 80 of their 180 days."""
+    at = NOW - timedelta(days=400)
+    study = add_study(org, study_date=at.date(), received=at, series=[("CT", 3, 100)])
+    (series,) = Series.objects.filter(study=study)
+    _move(series, 1, "cold", NOW - timedelta(days=100))
+    _move(series, 1, "archive", NOW - timedelta(days=100))
+    last = len(simulator.TIER_DAY_EDGES)
+    for reader in (simulator._inventory_series_rows, simulator._inventory_instance_rows):
+        rows = _rows(org, reader)
+        tier_b = {key[1]: int(key[4]) for key in rows}
+        assert tier_b == {"hot": last, "cold": last, "archive": 2}
