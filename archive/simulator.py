@@ -993,8 +993,19 @@ def _project(
     prices: _Prices,
     grace_days: int,
     all_hot: bool = False,
+    probability_cache: dict[tuple[str, float], float] | None = None,
 ) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
     compiled = [_Compiled(i, r) for i, r in enumerate(rules or [])]
+    # Buckets of one modality and age share their read probability, in every scenario.
+    probabilities = probability_cache if probability_cache is not None else {}
+
+    def read_probability(modality: str, age: float) -> float:
+        key = (modality, age)
+        if key not in probabilities:
+            share = read_share.get(modality) or read_share.get("*") or {}
+            probabilities[key] = monthly_read_probability(share, age)
+        return probabilities[key]
+
     moves = [c for c in compiled if c.action.get("type") == "move"]
     deletes = [c for c in compiled if c.action.get("type") == "delete"]
     # Per bucket: tier, day of entering it (relative to now), trashed-at shift.
@@ -1034,8 +1045,7 @@ def _project(
                 tier[i] = target.action["tier"]
                 entered[i] = shift
             usage.storage[tier[i]] += b.bytes
-            share = read_share.get(b.modality) or read_share.get("*") or {}
-            reads = b.bytes * monthly_read_probability(share, b.age + shift + 15)
+            reads = b.bytes * read_probability(b.modality, b.age + shift + 15)
             usage.egress += reads
             if tier[i] == "archive":
                 usage.restore += reads
@@ -1198,6 +1208,7 @@ def simulate(
     # Cohorts' unknown attributes (description, age...) match no rule that asks for them.
     everything = buckets + cohorts
     read_share = _read_shares(curve)
+    probabilities: dict[tuple[str, float], float] = {}
 
     scenarios: list[Scenario] = []
     effects_recommended: dict[int, _RuleEffect] = {}
@@ -1227,6 +1238,7 @@ def simulate(
             prices=prices,
             grace_days=grace,
             all_hot=key == "all_hot",
+            probability_cache=probabilities,
         )
         if key == "recommended":
             effects_recommended = effects

@@ -5,8 +5,9 @@ policy moved already in cold and archive since the day it qualified), on Postgre
 Needs PostgreSQL: a scratch database ``strata_bench_simulator`` on the server of DATABASE_URL (or
 postgres://postgres@127.0.0.1:5432), created here and dropped at the end (BENCH_KEEP=1 keeps it).
 Index rows and access events are bulk-loaded with COPY (no bytes are stored). Prints the time of
-``access_curve`` and of ``simulate`` (cold, then warm runs; the target is < 1 s) with a candidate
-policy, and the bucket count. BENCH_STUDIES=100000 and BENCH_PER_STUDY=10 change the size.
+``access_curve``, of the inventory and of ``simulate`` (cold, then warm runs; the target is < 1 s)
+with a candidate policy, the bucket count and the load average. BENCH_STUDIES=100000 and
+BENCH_PER_STUDY=10 change the size.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from django.db import connection, connections  # noqa: E402
 from archive.analytics import access_curve  # noqa: E402
 from archive.ingest import location_primary  # noqa: E402
 from archive.models import ArchiveSettings, PolicyVersion  # noqa: E402
-from archive.simulator import simulate  # noqa: E402
+from archive.simulator import inventory, simulate  # noqa: E402
 from tenants.context import Actor  # noqa: E402
 from tenants.services import organization_create  # noqa: E402
 
@@ -229,6 +230,16 @@ def main() -> None:
         curve_times.append(time.perf_counter() - t)
     print(
         f"access_curve: min {min(curve_times):.3f} s, median {statistics.median(curve_times):.3f} s"
+    )
+    rules = [*version.rules, *candidate]
+    inventory_times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        inventory(org=org, now=datetime.now(UTC), rules=rules)
+        inventory_times.append(time.perf_counter() - t)
+    print(
+        f"inventory: min {min(inventory_times):.3f} s, "
+        f"median {statistics.median(inventory_times):.3f} s"
     )
     times = []
     sim = None
