@@ -531,8 +531,9 @@ def _inventory_series_rows(
     bytes (all of hot) owe no early deletion and take the last bucket (``_recent_buckets``).
 
     One statement, one row per series: the recent instances pivoted per series (one column per
-    tier and bucket), the access log grouped once per study and series, the series' own columns
-    carried through; grouped by the series-level cuts, then unpivoted here per tier and bucket.
+    tier and bucket), the latest reads per study and per series, the series' own columns carried
+    through (one join of the series); grouped by the series-level cuts, then unpivoted here per
+    tier and bucket.
     """
     age_edges, idle_edges, tier_edges = edges
     instance_t, study_t, series_t, access_t = (
@@ -583,14 +584,20 @@ def _inventory_series_rows(
         "GROUP BY x.series_id"
     )
     recent_cols = [(n_col, b_col) for _, _, n_col, b_col in cols]
-    # The access log, once: the latest read per study and series (NULL: a read of the study).
+    # The access log: the latest read of each study as a whole, and of each series read alone
+    # (two aggregates, so that the planner knows how many of each there are and hashes them).
     kinds = ", ".join(["%s"] * len(READ_KINDS))
-    reads = (
-        f"SELECT a.study_id AS study_id, a.series_id AS series_id, MAX(a.at) AS at "  # noqa: S608
-        f"FROM {access_t} a WHERE a.organization_id = %s AND a.kind IN ({kinds}) "
-        "GROUP BY a.study_id, a.series_id"
+    study_reads = (
+        f"SELECT a.study_id AS study_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
+        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NULL "
+        "GROUP BY a.study_id"
     )
-    reads_params: list[Any] = [org.pk, *READ_KINDS]
+    series_reads = (
+        f"SELECT a.series_id AS series_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
+        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NOT NULL "
+        "GROUP BY a.series_id"
+    )
+    reads_params: list[Any] = [org.pk, *READ_KINDS, org.pk, *READ_KINDS]
     ref = _sql_ref("s")
     idle, idle_params = _sql_days_since(_sql_greatest("se.created_at", "sr.at", "xr.at"), now)
     columns = {
@@ -644,26 +651,27 @@ def _inventory_series_rows(
         f"{inner_extras}, {', '.join(per_series)} "
         f"FROM {series_t} se JOIN {study_t} s ON s.id = se.study_id "
         "LEFT JOIN recent r ON r.series_id = se.id "
-        "LEFT JOIN reads sr ON sr.study_id = se.study_id AND sr.series_id IS NULL "
-        "LEFT JOIN reads xr ON xr.series_id = se.id "
+        f"LEFT JOIN ({study_reads}) sr ON sr.study_id = se.study_id "
+        f"LEFT JOIN ({series_reads}) xr ON xr.series_id = se.id "
         "WHERE se.organization_id = %s AND s.trashed_at IS NULL"
         f"{' OFFSET 0' if _pg() else ''}"
     )
     inner_params: list[Any] = [
         now.date() if _pg() else now.date().isoformat(),
         *idle_params,
+        *reads_params,
         org.pk,
     ]
     keys = ["mod", "age_b", "idle_b", *extras]
     sql = (
-        f"WITH recent AS ({recent}), reads AS ({reads}) "  # noqa: S608
+        f"WITH recent AS ({recent}) "  # noqa: S608
         f"SELECT q.mod AS mod, {_sql_bucket('q.age_d', age_edges)} AS age_b, "
         f"{_sql_bucket('q.idle_d', idle_edges)} AS idle_b"
         f"{''.join(f', q.{name} AS {name}' for name in extras)}, {', '.join(parts)} "
         f"FROM ({inner}) q GROUP BY {', '.join(str(k + 1) for k in range(len(keys)))}"
     )
     out: list[dict[str, Any]] = []
-    for row in _fetch_dicts(sql, [*recent_params, *reads_params, *inner_params]):
+    for row in _fetch_dicts(sql, [*recent_params, *inner_params]):
         base = {name: row[name] for name in keys}
         for tier, k, n_col, b_col in cols:
             n, b = int(row[n_col] or 0), int(row[b_col] or 0)
