@@ -1092,12 +1092,35 @@ def _money(amount: Decimal, currency: str) -> str:
     return f"{symbol}{text}" if symbol else f"{text} {currency}"
 
 
+@dataclass(frozen=True)
+class _Declined:
+    """A move the access curve allows but the fees do not: it would not pay back in a year."""
+
+    modality: str
+    tier: str
+    days: int
+    share: float
+    average_bytes: int
+    # Per 1,000 images of the modality's average size.
+    saving_per_month: Decimal
+    transition_fee: Decimal
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def recommend(
     *,
     curve: AccessCurve,
     prices: _Prices,
     location: StorageLocation | None,
     modality_bytes: dict[str, int],
+    modality_instances: dict[str, int] | None = None,
+    declined: list[_Declined] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, float]]]:
     """Rules from the access curve: per modality (largest first), the earliest horizon after
     which few enough bytes are read again for each colder tier; the coldest tier comes first.
@@ -1106,6 +1129,9 @@ def recommend(
     cold 10%, archive 2%: the colder, the rarer reads must be, since the plan does not price the
     slower and costlier reads of the instant cold tiers and archive reads wait for a restore);
     archive must also pay: its storage saving per GiB must exceed the expected restore fees.
+    And every move must pay back its own fees: a transition is charged per object, so for small
+    images (a few hundred KB) the storage saved in a year can be less than the transition fee;
+    such a move is not recommended and is reported in ``declined`` instead.
     Returns (rules, [(modality, tier, days, share)]).
     """
     served = [
@@ -1131,12 +1157,34 @@ def recommend(
             if not options:
                 continue
             days = min(options)
+            saving = hot_price - prices.unit("storage", tier)
+            restore = Decimal(0)
             if tier == "archive":
-                saving = hot_price - prices.unit("storage", "archive")
                 restore = Decimal(str(monthly_read_probability(shares, days + 15))) * (
                     prices.unit("restore.bytes")
                 )
                 if saving <= restore:
+                    continue
+            count = (modality_instances or {}).get(modality, 0)
+            if count:
+                # Per object of the modality's average size: a year of net saving against the
+                # one transition fee (priced per 1,000 objects).
+                average = Decimal(modality_bytes[modality]) / Decimal(count)
+                monthly = average / Decimal(GIB) * (saving - restore)
+                fee = prices.unit("tier.transitions", tier) / Decimal(1000)
+                if monthly * MONTHS <= fee:
+                    if declined is not None:
+                        declined.append(
+                            _Declined(
+                                modality=modality,
+                                tier=tier,
+                                days=days,
+                                share=shares[days],
+                                average_bytes=int(average),
+                                saving_per_month=monthly * 1000,
+                                transition_fee=fee * 1000,
+                            )
+                        )
                     continue
             picked.append((tier, days, shares[days]))
             later = days
@@ -1186,10 +1234,18 @@ def simulate(
     all_rules = [*(active_rules or []), *(candidate_rules or [])]
     buckets, instances, total_bytes = inventory(org=org, now=now, rules=all_rules)
     modality_bytes: dict[str, int] = defaultdict(int)
+    modality_instances: dict[str, int] = defaultdict(int)
     for b in buckets:
         modality_bytes[b.modality] += b.bytes
+        modality_instances[b.modality] += b.instances
+    declined: list[_Declined] = []
     recommended_rules, chosen = recommend(
-        curve=curve, prices=prices, location=location, modality_bytes=modality_bytes
+        curve=curve,
+        prices=prices,
+        location=location,
+        modality_bytes=modality_bytes,
+        modality_instances=modality_instances,
+        declined=declined,
     )
 
     starts: list[datetime] = []
@@ -1290,6 +1346,31 @@ def simulate(
                     f"{modality or 'Other'} older than {days} days is read again "
                     f"{share * 100:.0f}% of the time: moving it to {tier} saves "
                     f"{_money(saving, prices.currency)}/month, {restore_text}."
+                ),
+            )
+        )
+    recommended_modalities = {modality for modality, _, _, _ in chosen}
+    explained: set[str] = set()
+    for d in declined:
+        # One line per modality left hot: its warmest refused move, the cheapest to make.
+        if d.modality in recommended_modalities or d.modality in explained:
+            continue
+        explained.add(d.modality)
+        recommendations.append(
+            Recommendation(
+                modality=d.modality,
+                tier="hot",
+                days=d.days,
+                reread_share=d.share,
+                saving_per_month=Decimal(0),
+                restore_per_month=Decimal(0),
+                text=(
+                    f"{d.modality or 'Other'} older than {d.days} days is read again "
+                    f"{d.share * 100:.0f}% of the time, but its images average "
+                    f"{_size(d.average_bytes)}: moving 1,000 of them to {d.tier} would save "
+                    f"{_money(d.saving_per_month, prices.currency)}/month and cost "
+                    f"{_money(d.transition_fee, prices.currency)} in transition fees, more than "
+                    "a year of savings. Keeping them hot is cheaper."
                 ),
             )
         )

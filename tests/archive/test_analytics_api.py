@@ -29,7 +29,7 @@ def history(org: Organization) -> Organization:
     now = timezone.now()
     for n in range(12):
         at = now - timedelta(days=200 + n)
-        study = add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 1000)])
+        study = add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 50_000_000)])
         read(org, study, at + timedelta(days=1))
         if n < 3:
             read(org, study, at + timedelta(days=100))
@@ -77,7 +77,7 @@ def test_simulation_with_candidate_rules(
     assert len(body["months"]) == 6
     candidate = body["scenarios"][2]
     assert candidate["rules"][0]["action"] == {"type": "move", "tier": "cold"}
-    assert candidate["months"][0]["bytes_by_tier"]["cold"] == 24000
+    assert candidate["months"][0]["bytes_by_tier"]["cold"] == 24 * 50_000_000
     assert body["inventory"]["instances"] == 24
 
 
@@ -135,9 +135,28 @@ def test_recommendation(history: Organization, token_client: Callable[..., APICl
     body = response.json()
     assert body["currency"] == "USD"
     assert isinstance(body["rules"], list)
+    assert body["rules"]
     for rec, rule in zip(body["recommendations"], body["rules"], strict=True):
         assert rec["text"].startswith(f"{rec['modality']} older than {rec['days']} days")
         assert rule["action"]["tier"] == rec["tier"]
+
+
+def test_small_images_are_kept_hot_with_the_reason(
+    org: Organization, token_client: Callable[..., APIClient]
+) -> None:
+    """A transition is charged per object: for 20 KB images a year of storage savings does not
+    pay it back, so nothing moves and the recommendation says why."""
+    now = timezone.now()
+    for n in range(12):
+        at = now - timedelta(days=200 + n)
+        add_study(org, study_date=at.date(), received=at, series=[("CR", 3, 20_000)])
+    response = token_client(org, ["dicom:read"]).get("/api/v1/analytics/recommendation/")
+    body = response.json()
+    assert body["rules"] == []
+    (rec,) = body["recommendations"]
+    assert rec["modality"] == "CR" and rec["tier"] == "hot"
+    assert "images average 20.0 KB" in rec["text"]
+    assert rec["text"].endswith("Keeping them hot is cheaper.")
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
