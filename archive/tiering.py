@@ -12,10 +12,18 @@ A move (``TierMove``, planned by ``archive.planning`` or requested with ``move_r
   storage class; filesystem: a hard link in the target tier's root); another location, a
   streamed copy into it. No step moves bytes through the worker on the same location.
 - verifying: a HEAD of the object in the target tier (storage class, size, SHA-256 metadata).
-- switch, in ONE transaction per batch: the instance's tier / location (only if it is still
-  where the move started), the study and series bytes per tier, the storage ledger (-size from
-  the old tier, +size to the new one), the ``tier.transitions`` event, the ``early_deletion``
-  byte-days owed for leaving a tier before its minimum duration, and the move's state ``done``.
+- switch, in ONE transaction per group of verified moves: the instance's tier / location (only
+  if it is still where the move started), the study and series bytes per tier, the storage
+  ledger (-size from the old tier, +size to the new one), the ``tier.transitions`` event, the
+  ``early_deletion`` byte-days owed for leaving a tier before its minimum duration, and the
+  move's state ``done``.
+
+The object steps of a batch run in a thread pool and the database steps in the calling thread,
+as a pipeline: while one group of moves is advanced to ``verifying`` or switched, the store is
+already copying and verifying the next ones, so it is never left waiting for the database (and
+the database never for the slowest object of the batch). Every move still passes each state in
+order: its HEAD is sent only after ``verifying`` is written, its index switched only after the
+HEAD passed.
 - finish, after the switch: what the old tier or location still holds is removed (the old copy
   of a cross-location move, the old link on the filesystem; nothing on S3 in place), then
   ``finished_at`` is set. A move that is done but not finished is picked up again like an open
@@ -37,9 +45,9 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -65,6 +73,14 @@ OPEN = [State.COPYING, State.VERIFYING]
 
 # Object operations of a batch run in this many threads (each waits on the object store).
 THREADS = 8
+# Object steps queued ahead of the threads, so that they keep the store busy while the calling
+# thread writes to the database.
+QUEUED = THREADS
+# Copied moves are advanced to verifying in groups of at least this many (or whatever is left),
+# verified moves switched in groups of at least SWITCH_GROUP: few statements, and the store
+# keeps working on the rest of the batch meanwhile.
+ADVANCE_GROUP = 25
+SWITCH_GROUP = 50
 # Tries of one object step against transient store errors, with this first backoff (doubled).
 ATTEMPTS = 3
 BACKOFF_SECONDS = 0.5
@@ -346,9 +362,12 @@ def _advance(moves: list[TierMove], token: str, now: datetime) -> list[TierMove]
     if not moves:
         return []
     ids = [m.pk for m in moves]
-    TierMove.objects.filter(pk__in=ids, claimed_by=token, state=State.COPYING).update(
+    updated = TierMove.objects.filter(pk__in=ids, claimed_by=token, state=State.COPYING).update(
         state=State.VERIFYING, claimed_until=_lease(now)
     )
+    if updated == len(ids):
+        # Only the holder of the token changes a claimed move's state: every one was ours.
+        return moves
     ours = set(
         TierMove.objects.filter(pk__in=ids, claimed_by=token, state=State.VERIFYING).values_list(
             "pk", flat=True
@@ -482,6 +501,71 @@ def _finishable(org: Organization, moves: list[TierMove]) -> list[TierMove]:
     return [m for m in moves if where.get(m.instance_id) != (m.from_tier, m.from_location_id)]
 
 
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _pipeline(
+    org: Organization,
+    token: str,
+    stores: _Stores,
+    *,
+    copying: list[TierMove],
+    verifying: list[TierMove],
+) -> tuple[list[TierMove], dict[int, str]]:
+    """Copy, verify and switch the claimed moves: object steps in the pool, database steps here.
+
+    ``copying`` moves are copied, advanced to verifying (``_advance``), verified, switched;
+    ``verifying`` moves (copied by an earlier run) start at the HEAD. Verifications are queued
+    ahead of copies, so that moves reach the switch early and their groups are switched while
+    the pool works on the others. A failed object step fails its move at once (its copy undone).
+    Errors other than the store's propagate after the running steps end; the moves stay claimed
+    until their lease runs out, as when the worker dies.
+
+    Returns the moves switched (done, not finished) and the failed ones with their reasons.
+    """
+    to_copy, to_verify = deque(copying), deque(verifying)
+    copied: list[TierMove] = []  # copied, still in the copying state
+    verified: list[TierMove] = []  # verified, waiting for the switch
+    running: dict[Future[str | None], tuple[bool, TierMove]] = {}  # (is a copy, move)
+    switched: list[TierMove] = []
+    failed: dict[int, str] = {}
+    pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tier-move")
+    try:
+        while to_copy or to_verify or running or copied or verified:
+            while len(running) < THREADS + QUEUED and (to_verify or to_copy):
+                is_copy = not to_verify
+                move = to_copy.popleft() if is_copy else to_verify.popleft()
+                step = _copy if is_copy else _verify
+                running[pool.submit(_object_step, step, move, stores)] = (is_copy, move)
+            bad: dict[int, str] = {}
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    is_copy, move = running.pop(future)
+                    reason = future.result()
+                    if reason is not None:
+                        bad[move.pk] = reason
+                    else:
+                        (copied if is_copy else verified).append(move)
+            if bad:
+                _fail(bad, token, timezone.now())
+                failed.update(bad)
+            copies_left = bool(to_copy) or any(is_copy for is_copy, _ in running.values())
+            if copied and (len(copied) >= ADVANCE_GROUP or not copies_left):
+                to_verify.extend(_advance(copied, token, timezone.now()))
+                copied = []
+            if verified and (
+                len(verified) >= SWITCH_GROUP or not (running or to_copy or to_verify or copied)
+            ):
+                done_now, gone = _switch(org, verified, token, timezone.now())
+                switched += done_now
+                failed.update(gone)
+                verified = []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return switched, failed
+
+
 # --- the service -----------------------------------------------------------------------------
 
 
@@ -492,7 +576,8 @@ def moves_execute(
 
     Safe to call twice with the same ids, concurrently or after a crash: only claimable moves
     (planned, or open / unfinished with an expired lease) are taken. Object operations of the
-    batch run concurrently; the index is switched for the whole batch in one transaction.
+    batch run concurrently, pipelined with the database steps (``_pipeline``); the index is
+    switched in one transaction per group of verified moves.
     """
     cpu_started = time.process_time()
     token = f"{worker or worker_name()}#{uuid.uuid4().hex[:10]}"
@@ -519,34 +604,28 @@ def moves_execute(
         else:
             active.append(move)
 
-    copying = [m for m in active if m.state == State.COPYING]
-    outcomes = _map(lambda m: _object_step(_copy, m, stores), copying)
-    failed.update({m.pk: r for m, r in zip(copying, outcomes, strict=True) if r is not None})
-    copied = [m for m, r in zip(copying, outcomes, strict=True) if r is None]
     _fail(failed, token, timezone.now())
     result.failed += len(failed)
     result.errors.update(failed)
 
-    verifying = _advance(copied, token, timezone.now()) + [
-        m for m in active if m.state == State.VERIFYING
-    ]
-    outcomes = _map(lambda m: _object_step(_verify, m, stores), verifying)
-    bad = {m.pk: r for m, r in zip(verifying, outcomes, strict=True) if r is not None}
-    _fail(bad, token, timezone.now())
-    verified = [m for m in verifying if m.pk not in bad]
-
-    switched, gone = _switch(org, verified, token, timezone.now())
+    switched, errors = _pipeline(
+        org,
+        token,
+        stores,
+        copying=[m for m in active if m.state == State.COPYING],
+        verifying=[m for m in active if m.state == State.VERIFYING],
+    )
     result.done = len(switched)
     result.bytes_moved = sum(m.size_bytes for m in switched)
-    for errors in (bad, gone):
-        result.failed += len(errors)
-        result.errors.update(errors)
+    result.failed += len(errors)
+    result.errors.update(errors)
 
     to_finish = switched + [m for m in active if m.state == State.DONE]
     finishable = _finishable(org, to_finish)
     outcomes = _map(lambda m: _finish_step(m, stores), finishable)
     finished = [m for m, ok in zip(finishable, outcomes, strict=True) if ok]
-    _finished(finished + [m for m in to_finish if m not in finishable], token, timezone.now())
+    keep = {m.pk for m in finishable}
+    _finished(finished + [m for m in to_finish if m.pk not in keep], token, timezone.now())
     result.finished = len(finished)
 
     seconds = math.ceil(time.process_time() - cpu_started)

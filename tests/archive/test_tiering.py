@@ -388,6 +388,41 @@ def test_an_instance_moved_meanwhile_is_not_switched_twice(
     assert ledger(org) == []
 
 
+def test_each_move_is_verified_after_its_verifying_state_and_switched_in_groups(
+    org: Organization, instances: list[Instance], monkeypatch: Any
+) -> None:
+    # One thread, nothing queued, groups of one: copy, advance, verify, switch per move, in
+    # that order, while the other moves are still waiting for their copy.
+    for name, value in {"THREADS": 1, "QUEUED": 0, "ADVANCE_GROUP": 1, "SWITCH_GROUP": 1}.items():
+        monkeypatch.setattr(tiering, name, value)
+    moves = plan(org, instances, "cold")
+    steps: list[tuple[str, int]] = []
+    real_advance, real_verify, real_switch = tiering._advance, tiering._verify, tiering._switch
+
+    def advance(moves: list[TierMove], token: str, now: datetime) -> list[TierMove]:
+        ours = real_advance(moves, token, now)  # written when it returns
+        steps.extend(("advance", m.pk) for m in ours)
+        return ours
+
+    def verify(move: TierMove, stores: Any) -> None:
+        steps.append(("verify", move.pk))
+        real_verify(move, stores)
+
+    def switch(*args: Any) -> Any:
+        steps.extend(("switch", m.pk) for m in args[1])
+        return real_switch(*args)
+
+    monkeypatch.setattr(tiering, "_advance", advance)
+    monkeypatch.setattr(tiering, "_verify", verify)
+    monkeypatch.setattr(tiering, "_switch", switch)
+    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    assert (result.done, result.failed, result.finished) == (3, 0, 3)
+    expected = [(step, pk) for pk in ids(moves) for step in ("advance", "verify", "switch")]
+    assert steps == expected
+    assert len(ledger(org)) == 6
+    assert tier_totals(org) == {"cold": sum(i.size_bytes for i in instances)}
+
+
 def test_moves_of_another_organization_are_not_touched(
     org: Organization, other_org: Organization, instances: list[Instance]
 ) -> None:
