@@ -16,9 +16,8 @@ storage root.
   process that served it, sampled from /proc (target < 150 MB each).
 - qido_latency: 100k, then 1M studies (each with a series and an instance) of one hospital loaded
   with COPY; p50/p95 of study searches by PatientID and by PatientName wildcard (prefix, and
-  infix), through the full Django stack in-process (test client). Each size is measured with the
-  schema as it is and again with the indexes proposed for the name search (created in the scratch
-  database only, see PROPOSED_INDEXES).
+  infix), through the full Django stack in-process (test client), with the name indexes of
+  migration 0002.
 
 Targets: STOW >= 200 instances/s with 4 clients (filesystem); QIDO p95 < 20 ms by PatientID and < 100 ms by
 wildcard name at 1M studies. BENCH_STUDIES=100000,1000000 and BENCH_STOW=400 change the sizes;
@@ -46,17 +45,13 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import ScratchDatabase  # noqa: E402
+
 DB_NAME = "strata_bench_ingest"
-SERVER_URL = os.environ.get("DATABASE_URL", "")
-if not SERVER_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
-    SERVER_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 STOW_INSTANCES = int(os.environ.get("BENCH_STOW", "400"))
 STOW_PER_REQUEST = 10
 STOW_CLIENTS = 4
@@ -68,47 +63,10 @@ BOUNDARY = "strata-bench-boundary"
 
 # The indexes this benchmark shows the name search needs (to be added by a migration of
 # archive.models.Study; measured here only in the scratch database).
-PROPOSED_INDEXES = [
-    # PatientName / ReferringPhysicianName matching ignores case: UPPER(col) = / LIKE 'PREFIX%'.
-    "CREATE INDEX study_org_name_upper ON archive_study "
-    "(organization_id, upper(patient_name) text_pattern_ops)",
-    # Leading wildcards ('*SMITH*') need trigrams.
-    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    "CREATE INDEX study_name_upper_trgm ON archive_study USING gin "
-    "(upper(patient_name) gin_trgm_ops)",
-]
-
-
-def pg_url(dbname: str) -> str:
-    parts = urlsplit(SERVER_URL)
-    scheme = "postgresql" if parts.scheme in ("postgres", "pgsql") else parts.scheme
-    return urlunsplit((scheme, parts.netloc, f"/{dbname}", parts.query, ""))
-
-
-def admin_connect() -> psycopg.Connection[Any]:
-    return psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=3)
-
-
-def create_database() -> None:
-    try:
-        admin = admin_connect()
-    except psycopg.OperationalError as exc:
-        print(f"SKIP: ingest.py needs PostgreSQL at {urlsplit(SERVER_URL).netloc}: {exc}".strip())
-        sys.exit(0)
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')  # a killed run's
-        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    if os.environ.get("BENCH_KEEP") == "1":
-        print(f"kept database {DB_NAME}")
-        return
-    with admin_connect() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+SCRATCH_DB = ScratchDatabase(DB_NAME, "ingest.py")
+pg_url = SCRATCH_DB.url
+create_database = SCRATCH_DB.create
+drop_database = SCRATCH_DB.drop
 
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="strata-bench-ingest-"))
@@ -609,7 +567,7 @@ STUDY_COLUMNS = [
     "patient_sex", "accession_number", "study_date", "study_time", "study_description",
     "study_id", "referring_physician", "modalities", "series_count", "instance_count",
     "total_bytes", "bytes_hot", "bytes_warm", "bytes_cold", "bytes_archive", "created_at",
-    "updated_at", "metadata",
+    "updated_at", "metadata", "legal_hold", "trash_reason",
 ]  # fmt: skip
 SERIES_COLUMNS = [
     "id", "organization_id", "study_id", "series_uid", "modality", "series_number",
@@ -662,6 +620,7 @@ def load_studies(org: Organization, location: StorageLocation, first: int, last:
             study0 + k, org.pk, uid, patient_id, name, date(1970, 1, 1), "O", accession, day,
             "10:15:00", f"{modalities[k]} EXAM", str(i % 10**6), "WELBY^MARCUS",
             f"\\{modalities[k]}\\", 1, 1, SIZE, SIZE, 0, 0, 0, now, now, json.dumps(metadata),
+            False, "",
         )  # fmt: skip
 
     def series_row(k: int) -> tuple[Any, ...]:
@@ -733,24 +692,19 @@ def qido_latency() -> None:
             family, given = patient(rng.randrange(count))[1].split("^")
             return f"/dicomweb/studies?PatientName=*{family[1:]}^{given}*"
 
-        for label, schema in (("schema as is", []), ("proposed indexes", PROPOSED_INDEXES)):
-            with connection.cursor() as cursor:
-                for statement in schema:
-                    cursor.execute(statement)
-                cursor.execute("ANALYZE archive_study")
-            for name, make_path in (
-                ("PatientID exact", by_id),
-                ("PatientName FAMILY^GI*", by_name_prefix),
-                ("PatientName *AMILY^GIVEN*", by_name_infix),
-            ):
-                samples = measure(client, secret, make_path)
-                print(
-                    f"  {size:>9,} studies, {label:<16} {name:<26} p50 {pct(samples, 50):7.2f} "
-                    f"ms  p95 {pct(samples, 95):7.2f} ms"
-                )
-        with connection.cursor() as cursor:  # the next size starts from the schema as it is
-            cursor.execute("DROP INDEX IF EXISTS study_org_name_upper")
-            cursor.execute("DROP INDEX IF EXISTS study_name_upper_trgm")
+        # The name indexes of migration 0002 (UPPER text_pattern_ops, trigrams) are in place.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE archive_study")
+        for name, make_path in (
+            ("PatientID exact", by_id),
+            ("PatientName FAMILY^GI*", by_name_prefix),
+            ("PatientName *AMILY^GIVEN*", by_name_infix),
+        ):
+            samples = measure(client, secret, make_path)
+            print(
+                f"  {size:>9,} studies, {name:<26} p50 {pct(samples, 50):7.2f} "
+                f"ms  p95 {pct(samples, 95):7.2f} ms"
+            )
 
 
 def main() -> None:

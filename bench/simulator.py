@@ -21,17 +21,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import ScratchDatabase  # noqa: E402
+
 DB_NAME = "strata_bench_simulator"
-SERVER_URL = os.environ.get("DATABASE_URL", "")
-if not SERVER_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
-    SERVER_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 STUDIES = int(os.environ.get("BENCH_STUDIES", "100000"))
 PER_STUDY = int(os.environ.get("BENCH_PER_STUDY", "10"))
 RUNS = 5
@@ -40,23 +36,9 @@ MODALITIES = [("CT", 0.25, 500_000), ("MR", 0.15, 250_000), ("CR", 0.4, 8_000_00
 READS = [(1, 0.7), (45, 0.15), (200, 0.05), (400, 0.03)]
 
 
-def pg_url(dbname: str) -> str:
-    parts = urlsplit(SERVER_URL)
-    scheme = "postgresql" if parts.scheme in ("postgres", "pgsql") else parts.scheme
-    return urlunsplit((scheme, parts.netloc, f"/{dbname}", parts.query, ""))
-
-
-def admin() -> psycopg.Connection[Any]:
-    return psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=3)
-
-
-try:
-    with admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-except psycopg.OperationalError as exc:
-    print(f"SKIP: simulator.py needs PostgreSQL: {exc}".strip())
-    sys.exit(0)
+SCRATCH_DB = ScratchDatabase(DB_NAME, "simulator.py")
+pg_url = SCRATCH_DB.url
+SCRATCH_DB.create()
 
 os.environ.update(
     {
@@ -74,7 +56,7 @@ import django  # noqa: E402
 django.setup()
 
 from django.core.management import call_command  # noqa: E402
-from django.db import connection, connections  # noqa: E402
+from django.db import connection  # noqa: E402
 
 from archive.analytics import access_curve  # noqa: E402
 from archive.ingest import location_primary  # noqa: E402
@@ -263,7 +245,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        connections.close_all()
-        if os.environ.get("BENCH_KEEP") != "1":
-            with admin() as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        SCRATCH_DB.drop()
