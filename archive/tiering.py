@@ -61,6 +61,7 @@ from django.utils import timezone
 from archive import tiers
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
 from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for
+from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between
 from billing.metering import Delta, Usage, record_usage, record_usage_bulk, storage_delta_bulk
 from tenants.errors import Conflict, NotFound, ValidationFailed
@@ -228,6 +229,30 @@ class _Stores:
             self._by_location[location.pk] = store_for(location)
         return self._by_location[location.pk]
 
+    def local(self, moves: Iterable[TierMove]) -> bool:
+        """Whether every store of ``moves`` is a local filesystem: its object steps (a link, a
+        stat, an unlink) take microseconds, less than handing them to a thread."""
+        return all(
+            isinstance(self.get(loc), FilesystemStore)
+            for m in moves
+            for loc in (m.from_location, m.to_location)
+        )
+
+
+class _Inline:
+    """An executor that runs each step at once in the calling thread (for local stores)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by .result()
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
 
 def _in_place(move: TierMove, stores: _Stores) -> bool:
     if move.from_location_id == move.to_location_id:
@@ -323,8 +348,10 @@ def _finish(move: TierMove, stores: _Stores) -> None:
         stores.get(move.from_location).delete(key=key, tier=move.from_tier)
 
 
-def _map(fn: Callable[[TierMove], Any], moves: list[TierMove]) -> list[Any]:
-    if len(moves) <= 1:
+def _map(
+    fn: Callable[[TierMove], Any], moves: list[TierMove], *, inline: bool = False
+) -> list[Any]:
+    if inline or len(moves) <= 1:
         return [fn(m) for m in moves]
     with ThreadPoolExecutor(max_workers=min(THREADS, len(moves))) as pool:
         return list(pool.map(fn, moves))
@@ -342,12 +369,19 @@ def _claim(org: Organization, move_ids: Iterable[int], token: str, now: datetime
         claimed_by=token,
         claimed_until=_lease(now),
     )
-    return list(
+    moves = list(
         TierMove.objects.for_org(org)
         .filter(pk__in=ids, claimed_by=token)
-        .select_related("instance", "from_location", "to_location")
+        .select_related("instance")
         .order_by("id")
     )
+    # A batch names one or two locations: load each once, not twice per move.
+    wanted = {m.from_location_id for m in moves} | {m.to_location_id for m in moves}
+    locations = StorageLocation.objects.in_bulk(wanted)
+    for move in moves:
+        move.from_location = locations[move.from_location_id]
+        move.to_location = locations[move.to_location_id]
+    return moves
 
 
 def _fail(moves: dict[int, str], token: str, now: datetime) -> None:
@@ -397,9 +431,11 @@ def _bytes_shift(table: str, shifts: dict[int, dict[str, int]]) -> None:
 def _switch(
     org: Organization, moves: list[TierMove], token: str, now: datetime
 ) -> tuple[list[TierMove], dict[int, str]]:
-    """Switch the index for verified moves: one transaction for the batch (see the module doc).
+    """Switch the index for verified moves: one transaction for the group (see the module doc).
 
-    Returns the moves switched (now done, not yet finished) and those failed with a reason.
+    Set-based: a few statements per group whatever its size (the instances per target, the
+    study and series bytes, the metering), none per move. Returns the moves switched (now
+    done, not yet finished) and those failed with a reason.
     """
     if not moves:
         return [], {}
@@ -410,6 +446,7 @@ def _switch(
             .values_list("pk", flat=True)
         )
         moves = [m for m in moves if m.pk in ours]
+        # Locked until the end of the transaction: the check below holds when the UPDATE runs.
         rows = {
             r[0]: r
             for r in Instance.objects.select_for_update()
@@ -430,8 +467,10 @@ def _switch(
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         studies: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         series: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        deltas: list[Delta] = []
-        events: list[Usage] = []
+        out_bytes: dict[str, int] = defaultdict(int)
+        in_bytes: dict[str, int] = defaultdict(int)
+        arrived: dict[str, int] = defaultdict(int)
+        owed_by_tier: dict[str, int] = defaultdict(int)
         for move in moves:
             row = rows.get(move.instance_id)
             if row is None or row[1] != move.from_tier or row[2] != move.from_location_id:
@@ -441,30 +480,17 @@ def _switch(
                 )
                 continue
             _, _, _, changed_at, received_at, study_id, series_id, size = row
-            groups[(move.to_tier, move.to_location_id)].append(move.instance_id)
-            for target in (studies[study_id], series[series_id]):
-                target[move.from_tier] -= size
-                target[move.to_tier] += size
-            deltas += [
-                Delta(move.from_tier, -size, now, f"move:{move.pk}:out"),
-                Delta(move.to_tier, size, now, f"move:{move.pk}:in"),
-            ]
-            events.append(
-                Usage("tier.transitions", 1, now, f"move:{move.pk}", {"tier": move.to_tier})
+            source, target = move.from_tier, move.to_tier
+            groups[(target, move.to_location_id)].append(move.instance_id)
+            for shift in (studies[study_id], series[series_id]):
+                shift[source] -= size
+                shift[target] += size
+            out_bytes[source] += size
+            in_bytes[target] += size
+            arrived[target] += 1
+            owed_by_tier[source] += tiers.early_deletion_byte_days(
+                size=size, tier=source, since=changed_at or received_at, left_at=now
             )
-            owed = tiers.early_deletion_byte_days(
-                size=size, tier=move.from_tier, since=changed_at or received_at, left_at=now
-            )
-            if owed:
-                events.append(
-                    Usage(
-                        "early_deletion",
-                        owed,
-                        now,
-                        f"move:{move.pk}:early",
-                        {"tier": move.from_tier},
-                    )
-                )
             move.size_bytes = size
             switched.append(move)
         for (tier, location_id), instance_ids in groups.items():
@@ -473,14 +499,49 @@ def _switch(
             )
         _bytes_shift(Study._meta.db_table, studies)
         _bytes_shift(Series._meta.db_table, series)
-        storage_delta_bulk(org=org, deltas=deltas)
-        record_usage_bulk(org=org, events=events)
+        if switched:
+            _meter(org, [m.pk for m in switched], now, out_bytes, in_bytes, arrived, owed_by_tier)
         # Done, not finished: the lease is kept so that nobody else finishes it meanwhile.
         TierMove.objects.filter(pk__in=[m.pk for m in switched]).update(
             state=State.DONE, error="", claimed_until=_lease(now)
         )
         _fail(failed, token, now)
     return switched, failed
+
+
+def _meter(
+    org: Organization,
+    move_ids: list[int],
+    now: datetime,
+    out_bytes: dict[str, int],
+    in_bytes: dict[str, int],
+    arrived: dict[str, int],
+    owed_by_tier: dict[str, int],
+) -> None:
+    """The metering of one switched group, summed per tier: one ledger delta per tier and sign,
+    one ``tier.transitions`` event per target tier, one ``early_deletion`` event per left tier.
+
+    Precondition: called in the transaction that marks exactly these moves done. The keys are
+    derived from the group (its first and last move and its size): the group's moves leave the
+    verifying state in that same transaction, so no later switch, rerun or other worker can
+    form a group with the same first and last move again, and a rolled-back switch wrote none
+    of these rows. Each key is therefore written once, as a per-move key would be. The deltas
+    carry the switch time, so the byte-hours integrated per tier are the same as per move.
+    """
+    group = f"moves:{min(move_ids)}-{max(move_ids)}:{len(move_ids)}"
+    deltas = [Delta(t, -b, now, f"{group}:{t}:out") for t, b in sorted(out_bytes.items())]
+    deltas += [Delta(t, b, now, f"{group}:{t}:in") for t, b in sorted(in_bytes.items())]
+    events = [
+        Usage("tier.transitions", n, now, f"{group}:{t}", {"tier": t})
+        for t, n in sorted(arrived.items())
+    ]
+    events += [
+        Usage("early_deletion", owed, now, f"{group}:{t}:early", {"tier": t})
+        for t, owed in sorted(owed_by_tier.items())
+        if owed
+    ]
+    storage_delta_bulk(org=org, deltas=deltas)
+    record_usage_bulk(org=org, events=events)
 
 
 def _finished(moves: list[TierMove], token: str, now: datetime) -> None:
@@ -529,7 +590,14 @@ def _pipeline(
     running: dict[Future[str | None], tuple[bool, TierMove]] = {}  # (is a copy, move)
     switched: list[TierMove] = []
     failed: dict[int, str] = {}
-    pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tier-move")
+    advance_group, switch_group = ADVANCE_GROUP, SWITCH_GROUP
+    pool: ThreadPoolExecutor | _Inline
+    if stores.local([*copying, *verifying]):
+        # Steps done inline leave no store to keep busy: one advance and one switch for all.
+        pool = _Inline()
+        advance_group = switch_group = len(copying) + len(verifying)
+    else:
+        pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tier-move")
     try:
         while to_copy or to_verify or running or copied or verified:
             while len(running) < THREADS + QUEUED and (to_verify or to_copy):
@@ -551,11 +619,11 @@ def _pipeline(
                 _fail(bad, token, timezone.now())
                 failed.update(bad)
             copies_left = bool(to_copy) or any(is_copy for is_copy, _ in running.values())
-            if copied and (len(copied) >= ADVANCE_GROUP or not copies_left):
+            if copied and (len(copied) >= advance_group or not copies_left):
                 to_verify.extend(_advance(copied, token, timezone.now()))
                 copied = []
             if verified and (
-                len(verified) >= SWITCH_GROUP or not (running or to_copy or to_verify or copied)
+                len(verified) >= switch_group or not (running or to_copy or to_verify or copied)
             ):
                 done_now, gone = _switch(org, verified, token, timezone.now())
                 switched += done_now
@@ -622,7 +690,7 @@ def moves_execute(
 
     to_finish = switched + [m for m in active if m.state == State.DONE]
     finishable = _finishable(org, to_finish)
-    outcomes = _map(lambda m: _finish_step(m, stores), finishable)
+    outcomes = _map(lambda m: _finish_step(m, stores), finishable, inline=stores.local(finishable))
     finished = [m for m, ok in zip(finishable, outcomes, strict=True) if ok]
     keep = {m.pk for m in finishable}
     _finished(finished + [m for m in to_finish if m.pk not in keep], token, timezone.now())

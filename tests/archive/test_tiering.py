@@ -71,11 +71,26 @@ def expire_leases() -> None:
 
 
 def ledger(org: Organization) -> list[tuple[str, int, str]]:
+    """The ledger deltas of tier moves (one per tier and sign per switched group)."""
     return sorted(
         StorageDelta.objects.for_org(org)
-        .filter(idempotency_key__startswith="move:")
+        .filter(idempotency_key__startswith="moves:")
         .values_list("tier", "delta_bytes", "idempotency_key")
     )
+
+
+def moved_bytes(org: Organization) -> dict[str, int]:
+    """Bytes the moves' ledger deltas took out of ("hot:out") and put into ("cold:in") tiers."""
+    out: dict[str, int] = {}
+    for tier, delta, key in ledger(org):
+        name = f"{tier}:{key.rsplit(':', 1)[1]}"
+        out[name] = out.get(name, 0) + delta
+    return out
+
+
+def transitions(org: Organization) -> int:
+    events = UsageEvent.objects.for_org(org).filter(meter="tier.transitions")
+    return sum(events.values_list("quantity", flat=True))
 
 
 def tier_totals(org: Organization) -> dict[str, int]:
@@ -125,9 +140,14 @@ def test_move_switches_index_aggregates_ledger_and_usage(
     for row in (study, series):
         assert (row.bytes_hot, row.bytes_cold, row.total_bytes) == (0, size, size)
     assert tier_totals(org) == {"cold": size}
-    assert len(ledger(org)) == 6
-    transitions = UsageEvent.objects.for_org(org).filter(meter="tier.transitions")
-    assert sorted(transitions.values_list("quantity", "dimensions")) == [(1, {"tier": "cold"})] * 3
+    # One group: one delta per tier and sign, one transitions event counting the three moves.
+    first, last = min(ids(moves)), max(ids(moves))
+    assert ledger(org) == [
+        ("cold", size, f"moves:{first}-{last}:3:cold:in"),
+        ("hot", -size, f"moves:{first}-{last}:3:hot:out"),
+    ]
+    events = UsageEvent.objects.for_org(org).filter(meter="tier.transitions")
+    assert list(events.values_list("quantity", "dimensions")) == [(3, {"tier": "cold"})]
     # Hot has no minimum storage duration: nothing owed.
     assert not UsageEvent.objects.for_org(org).filter(meter="early_deletion").exists()
 
@@ -158,7 +178,7 @@ def test_leaving_a_tier_early_is_metered_as_early_deletion(
     event = UsageEvent.objects.for_org(org).get(meter="early_deletion")
     assert event.quantity == instance.size_bytes * 80
     assert event.dimensions == {"tier": "cold"}
-    assert event.idempotency_key == f"move:{move.pk}:early"
+    assert event.idempotency_key == f"moves:{move.pk}-{move.pk}:1:cold:early"
 
 
 def test_worker_compute_time_is_metered(
@@ -216,8 +236,8 @@ def test_a_killed_worker_is_resumed_without_loss_or_double_counting(
     for move in TierMove.objects.filter(pk__in=ids(moves)):
         assert move.state == State.DONE and move.finished_at is not None
     assert tier_totals(org) == {"cold": size}
-    assert len(ledger(org)) == 6
-    assert UsageEvent.objects.for_org(org).filter(meter="tier.transitions").count() == 3
+    assert moved_bytes(org) == {"hot:out": -size, "cold:in": size}
+    assert transitions(org) == 3
     assert Study.objects.get(pk=instances[0].study_id).bytes_cold == size
 
 
@@ -270,7 +290,9 @@ def test_a_worker_that_lost_its_lease_cannot_switch(
         move.state = State.VERIFYING
     switched, failed = tiering._switch(org, stale, "worker-a#1", timezone.now())
     assert switched == [] and failed == {}
-    assert len(ledger(org)) == 6
+    size = sum(i.size_bytes for i in instances)
+    assert moved_bytes(org) == {"hot:out": -size, "cold:in": size}
+    assert transitions(org) == 3
 
 
 @pytest.mark.django_db(transaction=True)
@@ -301,9 +323,10 @@ def test_concurrent_workers_move_each_instance_once(postgres: None, org: Organiz
         t.join()
     assert sum(r.claimed for r in results) == 24
     assert sum(r.done for r in results) == 24
-    assert len(ledger(org)) == 48
-    assert UsageEvent.objects.for_org(org).filter(meter="tier.transitions").count() == 24
-    assert tier_totals(org) == {"cold": sum(i.size_bytes for i in instances)}
+    size = sum(i.size_bytes for i in instances)
+    assert moved_bytes(org) == {"hot:out": -size, "cold:in": size}
+    assert transitions(org) == 24
+    assert tier_totals(org) == {"cold": size}
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -388,13 +411,17 @@ def test_an_instance_moved_meanwhile_is_not_switched_twice(
     assert ledger(org) == []
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["pool", "inline"])
 def test_each_move_is_verified_after_its_verifying_state_and_switched_in_groups(
-    org: Organization, instances: list[Instance], monkeypatch: Any
+    org: Organization, instances: list[Instance], monkeypatch: Any, local: bool
 ) -> None:
-    # One thread, nothing queued, groups of one: copy, advance, verify, switch per move, in
-    # that order, while the other moves are still waiting for their copy.
+    # pool (a remote store's path): one thread, nothing queued, groups of one: copy, advance,
+    # verify, switch per move, in that order, while the other moves still wait for their copy.
+    # inline (a local filesystem's path): the steps run in the calling thread, the batch is
+    # advanced and switched as one group, still each move's steps in that order.
     for name, value in {"THREADS": 1, "QUEUED": 0, "ADVANCE_GROUP": 1, "SWITCH_GROUP": 1}.items():
         monkeypatch.setattr(tiering, name, value)
+    monkeypatch.setattr(tiering._Stores, "local", lambda self, moves: local)
     moves = plan(org, instances, "cold")
     steps: list[tuple[str, int]] = []
     real_advance, real_verify, real_switch = tiering._advance, tiering._verify, tiering._switch
@@ -417,10 +444,15 @@ def test_each_move_is_verified_after_its_verifying_state_and_switched_in_groups(
     monkeypatch.setattr(tiering, "_switch", switch)
     result = tiering.moves_execute(org=org, move_ids=ids(moves))
     assert (result.done, result.failed, result.finished) == (3, 0, 3)
-    expected = [(step, pk) for pk in ids(moves) for step in ("advance", "verify", "switch")]
+    if local:
+        expected = [(step, pk) for step in ("advance", "verify", "switch") for pk in ids(moves)]
+    else:
+        expected = [(step, pk) for pk in ids(moves) for step in ("advance", "verify", "switch")]
     assert steps == expected
-    assert len(ledger(org)) == 6
-    assert tier_totals(org) == {"cold": sum(i.size_bytes for i in instances)}
+    size = sum(i.size_bytes for i in instances)
+    assert moved_bytes(org) == {"hot:out": -size, "cold:in": size}
+    assert transitions(org) == 3
+    assert tier_totals(org) == {"cold": size}
 
 
 def test_moves_of_another_organization_are_not_touched(
@@ -484,7 +516,8 @@ def test_byte_hours_per_tier_before_and_after_the_switch(
     moves = plan(org, instances, "warm")
     tiering.moves_execute(org=org, move_ids=ids(moves))
     monkeypatch.undo()
-    assert StorageDelta.objects.for_org(org).filter(at=switch_at).count() == 6
+    at_switch = StorageDelta.objects.for_org(org).filter(at=switch_at)
+    assert sorted(at_switch.values_list("tier", "delta_bytes")) == [("hot", -size), ("warm", size)]
 
     rollup_run(now=t0 + timedelta(hours=3))
     rows = {
