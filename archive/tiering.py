@@ -373,6 +373,8 @@ def _claim(org: Organization, move_ids: Iterable[int], token: str, now: datetime
         TierMove.objects.for_org(org)
         .filter(pk__in=ids, claimed_by=token)
         .select_related("instance")
+        # The object steps need the key, size and hash, never the DICOM attributes.
+        .defer("instance__metadata")
         .order_by("id")
     )
     # A batch names one or two locations: load each once, not twice per move.

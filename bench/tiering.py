@@ -583,8 +583,9 @@ def fs_moves() -> None:
     left = sum(1 for key in keys if (root / "hot" / key).exists())
     rate = FS_FILES / worker
     print(
-        f"fs moves: {FS_FILES} files of {FS_SIZE // 1024} KB: worker {rate:.0f} moves/s "
-        f"(claim, link, stat, index switch, unlink) vs bare os.replace loop {replace_rate:.0f}/s "
+        f"fs moves: {FS_FILES} files of {FS_SIZE // 1024} KB, batches of {MOVE_BATCH}: worker "
+        f"{rate:.0f} moves/s, {1000 / rate:.2f} ms per move (claim, link, stat, index switch, "
+        f"unlink) vs bare os.replace loop {replace_rate:.0f}/s "
         f"= {rate / replace_rate:.0%}; {moved} in cold, {left} left in hot; {load()}"
     )
     # The disk itself: what a byte copy would cost instead (the move copies none).
