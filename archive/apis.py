@@ -19,7 +19,7 @@ from rest_framework.response import Response
 
 from archive import ae as ae_services
 from archive import jobs, locations, selectors
-from archive.locations import ENCRYPTION_MODES, STORAGE_CLASSES, LocationInput
+from archive.locations import ENCRYPTION_MODES, NOT_AVAILABLE, STORAGE_CLASSES, LocationInput
 from archive.models import TIERS, DicomAE, IngestJob, StorageLocation
 from tenants.api import (
     NewestFirstPagination,
@@ -425,7 +425,8 @@ class IngestJobFailureListApi(OrgAPIView):
 # --- storage locations -----------------------------------------------------------------------
 
 ENCRYPTION_CHOICES = [(mode, locations.ENCRYPTION_LABELS[mode]) for mode in ENCRYPTION_MODES]
-STORAGE_CLASS_CHOICES = [(c, c) for c in STORAGE_CLASSES]
+# NONE: the store has no storage class for the tier, which it then cannot serve (not for hot).
+STORAGE_CLASS_CHOICES = [(c, c) for c in (*STORAGE_CLASSES, NOT_AVAILABLE)]
 
 
 def _storage_class_field(**kwargs: Any) -> NamedChoiceField:
@@ -495,7 +496,7 @@ class LocationOutputSerializer(serializers.Serializer):
 
     @extend_schema_field(StorageClassesSerializer)
     def get_storage_classes(self, obj: StorageLocation) -> dict[str, str]:
-        return {tier: obj.storage_class(tier) for tier in TIERS}
+        return {tier: obj.storage_class(tier) or NOT_AVAILABLE for tier in TIERS}
 
     def get_in_use(self, obj: StorageLocation) -> bool:
         return selectors.location_in_use(org=obj.organization, location=obj)
@@ -553,7 +554,7 @@ def _location_input(data: dict[str, Any], base: StorageLocation | None = None) -
             "access_key_id": base.access_key_id,
             "encryption": locations.encryption_mode(base.encryption),
             "kms_key_id": base.kms_key_id,
-            "storage_classes": {tier: base.storage_class(tier) for tier in TIERS},
+            "storage_classes": {tier: base.storage_class(tier) or NOT_AVAILABLE for tier in TIERS},
         }
     merged = {**current, **data}
     classes = {**current.get("storage_classes", {}), **(data.get("storage_classes") or {})}

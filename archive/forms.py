@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from archive.jobs import ImportInput
-from archive.locations import ENCRYPTION_LABELS, STORAGE_CLASSES, LocationInput
+from archive.locations import ENCRYPTION_LABELS, NOT_AVAILABLE, STORAGE_CLASSES, LocationInput
 from archive.models import DEFAULT_STORAGE_CLASSES, TIERS, StorageLocation
 from tenants.forms import PortalForm
 
@@ -56,8 +56,11 @@ class StudySearchForm(PortalForm):
 
 
 def _storage_class_field(tier: str) -> forms.ChoiceField:
+    choices = [(c, c) for c in STORAGE_CLASSES]
+    if tier != "hot":
+        choices.append((NOT_AVAILABLE, "Not available in this store"))
     return forms.ChoiceField(
-        choices=[(c, c) for c in STORAGE_CLASSES],
+        choices=choices,
         initial=DEFAULT_STORAGE_CLASSES[tier],
         label=f"{tier.capitalize()} tier",
     )
@@ -139,7 +142,7 @@ class LocationForm(PortalForm):
             "kms_key_id": location.kms_key_id,
         }
         for tier in TIERS:
-            initial[f"storage_class_{tier}"] = location.storage_class(tier)
+            initial[f"storage_class_{tier}"] = location.storage_class(tier) or NOT_AVAILABLE
         return initial
 
     def to_input(self) -> LocationInput:

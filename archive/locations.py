@@ -60,6 +60,9 @@ STORAGE_CLASSES = (
 # The tiers a read must not wait for: their storage classes must be instantly readable.
 INSTANT_TIERS = ("hot", "warm", "cold")
 NEEDS_RESTORE = ("GLACIER", "DEEP_ARCHIVE")
+# In place of a storage class: the store has no class for this tier (an S3-compatible store
+# without, say, Deep Archive). Stored as "" (see archive.tiers.location_serves); never for hot.
+NOT_AVAILABLE = "NONE"
 
 # API and form names of the encryption modes -> the value stored (and sent as ServerSideEncryption).
 ENCRYPTION_MODES: dict[str, str] = {
@@ -192,6 +195,13 @@ def _clean_storage_classes(
         return {}
     for tier in TIERS:
         value = str(chosen[tier]).upper()
+        if value == NOT_AVAILABLE:
+            if tier == "hot":
+                errors.setdefault("storage_classes", []).append(
+                    "hot: new images land in the hot tier; it needs a storage class."
+                )
+            chosen[tier] = ""
+            continue
         if value not in STORAGE_CLASSES:
             errors.setdefault("storage_classes", []).append(
                 f"{tier}: {chosen[tier]!r} is not an S3 storage class ({', '.join(STORAGE_CLASSES)})."

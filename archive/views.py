@@ -669,7 +669,9 @@ def _storage_page(
         rows.append(
             {
                 "location": location,
-                "classes": [(tier, location.storage_class(tier)) for tier in TIERS],
+                "classes": [
+                    (tier, location.storage_class(tier) or "not available") for tier in TIERS
+                ],
                 "encryption": locations.ENCRYPTION_LABELS[
                     locations.encryption_mode(location.encryption)
                 ].split(" (")[0],

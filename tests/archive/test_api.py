@@ -192,7 +192,7 @@ def test_locations_never_return_the_secret_and_patch_keeps_omitted_fields(
             "secret_access_key": SECRET_KEY,
             "encryption": "sse-kms",
             "kms_key_id": "arn:aws:kms:eu-west-1:1:key/k",
-            "storage_classes": {"warm": "ONEZONE_IA"},
+            "storage_classes": {"warm": "ONEZONE_IA", "archive": "NONE"},
         },
         format="json",
     )
@@ -201,17 +201,19 @@ def test_locations_never_return_the_secret_and_patch_keeps_omitted_fields(
     assert SECRET_KEY not in created.content.decode()
     assert body["secret_access_key_set"] is True and body["role"] == "replica"
     assert body["encryption"] == "sse-kms"
+    # NONE: this store has no class for the archive tier, which it then cannot serve.
     assert body["storage_classes"] == {
         "hot": "STANDARD",
         "warm": "ONEZONE_IA",
         "cold": "GLACIER_IR",
-        "archive": "DEEP_ARCHIVE",
+        "archive": "NONE",
     }
     patched = api.patch(
         f"/api/v1/storage-locations/{body['id']}/", {"name": "Renamed"}, format="json"
     ).json()
     assert patched["name"] == "Renamed" and patched["bucket"] == "stmary-dr"
     assert patched["storage_classes"]["warm"] == "ONEZONE_IA"
+    assert patched["storage_classes"]["archive"] == "NONE"
     location = StorageLocation.objects.get(pk=body["id"])
     assert decrypt(location.secret_access_key_encrypted) == SECRET_KEY
     api.patch(
@@ -228,6 +230,7 @@ def test_locations_never_return_the_secret_and_patch_keeps_omitted_fields(
         ({"encryption": "sse-kms"}, "kms_key_id"),
         ({"storage_classes": {"hot": "GLACIER"}}, "storage_classes"),
         ({"storage_classes": {"hot": "PAPER"}}, "storage_classes.hot"),
+        ({"storage_classes": {"hot": "NONE"}}, "storage_classes"),
         ({"endpoint_url": "https://s3.example.com/path"}, "endpoint_url"),
         ({"secret_access_key": ""}, "secret_access_key"),
     ],

@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from archive import ingest, locations
 from archive.locations import LocationInput
-from archive.models import ArchiveSettings, Instance, StorageLocation
+from archive.models import TIERS, ArchiveSettings, Instance, StorageLocation
 from archive.storage import store_for
 from archive.storage.credentials import decrypt
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -74,6 +74,7 @@ def valid(**overrides: Any) -> LocationInput:
         ({"encryption": "sse-s3", "kms_key_id": "arn:aws:kms:key/1"}, "kms_key_id"),
         ({"storage_classes": {"hot": "GLACIER"}}, "storage_classes"),
         ({"storage_classes": {"warm": "CHEAP"}}, "storage_classes"),
+        ({"storage_classes": {"hot": "NONE"}}, "storage_classes"),
         ({"role": "mirror"}, "role"),
     ],
 )
@@ -115,6 +116,32 @@ def test_an_update_without_a_secret_keeps_the_old_one(org) -> None:
     )
     location.refresh_from_db()
     assert location.name == "Renamed" and location.secret_access_key_encrypted == token
+
+
+def test_a_tier_the_store_lacks_is_marked_not_available_and_not_served(org) -> None:
+    """An S3-compatible store without Deep Archive: the archive tier is "NONE", which the
+    location keeps as no storage class, so tier rules and moves to it are refused."""
+    from archive.tiers import location_serves
+
+    location = locations.location_create(
+        org=org, data=valid(storage_classes={"archive": "NONE"}), actor=ACTOR
+    )
+    assert location.storage_class("archive") == ""
+    assert not location_serves(location, "archive")
+    assert location_serves(location, "cold") and location.storage_class("cold") == "GLACIER_IR"
+    # An update that leaves the storage classes alone keeps the tier unavailable.
+    locations.location_update(
+        org=org,
+        location=location,
+        data=valid(
+            secret_access_key="",
+            name="Renamed",
+            storage_classes={t: location.storage_class(t) or "NONE" for t in TIERS},
+        ),
+        actor=ACTOR,
+    )
+    location.refresh_from_db()
+    assert not location_serves(location, "archive")
 
 
 # --- the primary ------------------------------------------------------------------------------
