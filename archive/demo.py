@@ -41,6 +41,9 @@ DEFAULT_STUDIES = 240
 HISTORY_DAYS = 730
 
 MIX = [("CR", 0.35), ("CT", 0.25), ("MR", 0.15), ("US", 0.15), ("MG", 0.10)]
+# Image matrix per modality (16-bit): real sizes matter, since a tier move pays a fee per object
+# that small images never earn back; 512x512 is a CT slice (~512 KB), mammograms are larger.
+MATRIX = {"CT": 512, "MR": 256, "CR": 512, "US": 512, "MG": 1024}
 # Per modality: (first day, last day, chance) windows after the study date in which a read happens.
 READS: dict[str, list[tuple[int, int, float]]] = {
     "CT": [(0, 3, 0.95), (20, 60, 0.25), (90, 180, 0.08), (330, 420, 0.03)],
@@ -110,8 +113,8 @@ def demo_access_history(
                             spec,
                             series_uid=series_uid,
                             instance_number=n + 1,
-                            rows=16,
-                            columns=16,
+                            rows=MATRIX[modality],
+                            columns=MATRIX[modality],
                             seed=n + 1,
                         )
                     )

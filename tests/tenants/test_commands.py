@@ -65,8 +65,8 @@ def test_create_organization_duplicate_slug(org):
 
 
 def test_seed_demo_is_idempotent():
-    call_command("seed_demo", quiet=True)
-    call_command("seed_demo", quiet=True)
+    call_command("seed_demo", quiet=True, history_studies=12)
+    call_command("seed_demo", quiet=True, history_studies=12)
     assert Organization.objects.filter(slug__startswith="demo-").count() == 2
     owner = get_user_model().objects.get(email="owner@demo-hospital.example")
     assert owner.check_password("strata-demo-2026")

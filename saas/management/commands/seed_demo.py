@@ -27,6 +27,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quiet", action="store_true")
+        parser.add_argument(
+            "--history-studies",
+            type=int,
+            default=None,
+            help="Studies in the demo hospital's two-year access history (default 240).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         actor = Actor.system("manage.py seed_demo")
@@ -61,7 +67,11 @@ class Command(BaseCommand):
         studies = self._ingest_demo_studies(org)
         from archive.demo import demo_access_history
 
-        history = demo_access_history(org=org)
+        history = (
+            demo_access_history(org=org, studies=options["history_studies"])
+            if options.get("history_studies") is not None
+            else demo_access_history(org=org)
+        )
         from archive.models import DicomAE
 
         if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
