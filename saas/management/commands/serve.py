@@ -128,6 +128,13 @@ class Command(BaseCommand):
             ),
         }
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
+
+        def stop(signum: int, frame: object) -> None:
+            # SIGTERM (a service manager, `timeout`, `kill`) stops everything as Ctrl-C does;
+            # Python's default would end this process alone and leave the children running.
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         self.stdout.write(
             f"Strata running at http://{options['addr']}/, DICOM C-STORE on port {settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
         )
