@@ -159,7 +159,7 @@ def access_curve(
     ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
     gap = _day_gap_sql("r.last_read", ref)
     age = _day_gap_sql("%s", ref, later_is_date=True)
-    # Only table names, placeholders, integers and fixed SQL are interpolated; values are
+    # Only table names, parameter markers, integers and fixed SQL are interpolated; values are
     # parameters.
     sql = (
         f"WITH latest AS (SELECT a.study_id AS study_id, MAX(a.at) AS last_read "  # noqa: S608

@@ -29,14 +29,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.scratch import ScratchDatabase  # noqa: E402
+
 DB_NAME = "strata_bench_cstore"
-SERVER_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
 INSTANCES = int(os.environ.get("BENCH_CSTORE_INSTANCES", "400"))
 LARGE_MB = int(os.environ.get("BENCH_CSTORE_LARGE_MB", "1024"))
 KEEP = os.environ.get("BENCH_KEEP") == "1"
@@ -46,37 +44,11 @@ MB = 1_000_000
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-def pg_url(dbname: str) -> str:
-    parts = urlsplit(SERVER_URL)
-    scheme = "postgresql" if parts.scheme in ("postgres", "pgsql") else parts.scheme
-    return urlunsplit((scheme, parts.netloc, f"/{dbname}", parts.query, ""))
+SCRATCH_DB = ScratchDatabase(DB_NAME, "ingest_cstore.py")
+pg_url = SCRATCH_DB.url
 
 
-def prepare_database() -> None:
-    if not SERVER_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
-        print("SKIP: ingest_cstore.py needs PostgreSQL; DATABASE_URL is not PostgreSQL.")
-        sys.exit(0)
-    try:
-        admin = psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        print(f"SKIP: PostgreSQL is unreachable at {urlsplit(SERVER_URL).netloc}: {exc}".strip())
-        sys.exit(0)
-    with admin:
-        admin.execute(
-            f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'
-        )  # a killed run's leftover
-        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-
-
-prepare_database()
+SCRATCH_DB.create()
 WORK = Path(tempfile.mkdtemp(prefix="strata-bench-cstore-"))
 ENV = {
     **os.environ,
@@ -348,8 +320,8 @@ if __name__ == "__main__":
     try:
         main()
     finally:
+        SCRATCH_DB.drop()
         if KEEP:
-            print(f"kept database {DB_NAME} and folder {WORK}")
+            print(f"kept folder {WORK}")
         else:
-            drop_database()
             shutil.rmtree(WORK, ignore_errors=True)
