@@ -51,7 +51,7 @@ from archive.models import (
     TierMove,
 )
 from archive.tiers import TIER_CATALOG, location_serves
-from billing.pricing import PriceSpec, parse_tiers, price, round_money
+from billing.pricing import price, round_money
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import Organization
@@ -724,24 +724,18 @@ def _move_aggregates(
 
 
 def _plan_prices(org: Organization, now: datetime) -> tuple[Any, dict[tuple[str, str], Any]]:
-    from billing.invoicing import default_plan, plan_segments
+    from billing.invoicing import plan_in_force
 
-    segments = plan_segments(org=org, start=now, end=now + timedelta(hours=1))
-    plan = segments[0][2] if segments else default_plan()
+    plan = plan_in_force(org=org, at=now)
     if plan is None:
         return None, {}
     return plan, {(pp.meter, pp.tier): pp for pp in plan.prices.all()}
 
 
 def _marginal(pp: Any, before: Decimal, after: Decimal) -> Decimal:
-    spec = PriceSpec(
-        model=pp.model,
-        unit_price=pp.unit_price,
-        tiers=parse_tiers(pp.tiers),
-        package_size=pp.package_size,
-        package_price=pp.package_price,
-        included=pp.included_quantity,
-    )
+    from billing.invoicing import price_spec
+
+    spec = price_spec(pp)
     return price(spec, after)[0] - price(spec, before)[0]
 
 

@@ -345,29 +345,21 @@ class MeterPrice:
 def meter_price(*, org: Organization, meter: str, quantity: int) -> MeterPrice:
     """The marginal charge of ``quantity`` more base units of ``meter`` now, on the plan in
     force, counting this month's usage so far (allowances and tiers)."""
-    from billing.invoicing import default_plan, plan_segments
+    from billing.invoicing import plan_in_force, price_spec
     from billing.meters import meter_get
     from billing.models import PlanPrice
     from billing.periods import month_start
-    from billing.pricing import PriceSpec, parse_tiers, price
+    from billing.pricing import price
     from billing.selectors import usage_totals
 
     now = timezone.now()
-    segments = plan_segments(org=org, start=now, end=now + timedelta(hours=1))
-    plan = segments[0][2] if segments else default_plan()
+    plan = plan_in_force(org=org, at=now)
     if plan is None:
         return MeterPrice(None, "USD", "", "")
     pp = PlanPrice.objects.filter(plan=plan, meter=meter, tier="").first()
     if pp is None:
         return MeterPrice(None, plan.currency, plan.name, "")
-    spec = PriceSpec(
-        model=pp.model,
-        unit_price=pp.unit_price,
-        tiers=parse_tiers(pp.tiers),
-        package_size=pp.package_size,
-        package_price=pp.package_price,
-        included=pp.included_quantity,
-    )
+    spec = price_spec(pp)
     definition = meter_get(meter)
     so_far = sum(
         total

@@ -7,7 +7,7 @@ and the portal turns it into its 404 page, so another tenant's object is never c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -184,29 +184,21 @@ class EgressEstimate:
 
 
 def egress_estimate(*, org: Organization, bytes_out: int) -> EgressEstimate:
-    from billing.invoicing import default_plan, plan_segments
+    from billing.invoicing import plan_in_force, price_spec
     from billing.meters import GIB
     from billing.models import PlanPrice
     from billing.periods import month_start
-    from billing.pricing import PriceSpec, parse_tiers, price
+    from billing.pricing import price
     from billing.selectors import usage_totals
 
     now = timezone.now()
-    segments = plan_segments(org=org, start=now, end=now + timedelta(hours=1))
-    plan = segments[0][2] if segments else default_plan()
+    plan = plan_in_force(org=org, at=now)
     if plan is None:
         return EgressEstimate(bytes_out, None, "USD", "", "", Decimal(0))
     pp = PlanPrice.objects.filter(plan=plan, meter=EGRESS_METER, tier="").first()
     if pp is None:
         return EgressEstimate(bytes_out, None, plan.currency, plan.name, "", Decimal(0))
-    spec = PriceSpec(
-        model=pp.model,
-        unit_price=pp.unit_price,
-        tiers=parse_tiers(pp.tiers),
-        package_size=pp.package_size,
-        package_price=pp.package_price,
-        included=pp.included_quantity,
-    )
+    spec = price_spec(pp)
     so_far_bytes = sum(
         total
         for (meter, _dim), total in usage_totals(org=org, start=month_start(now), end=now).items()

@@ -59,7 +59,7 @@ from archive.models import (
 from archive.tiers import TIER_CATALOG, is_colder, location_serves
 from billing.meters import GIB, METERS
 from billing.periods import month_start, next_month
-from billing.pricing import PriceSpec, parse_tiers, price, round_money
+from billing.pricing import PriceSpec, price, round_money
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -909,23 +909,12 @@ class _Prices:
 
 def plan_prices(*, org: Organization, now: datetime) -> _Prices:
     """The plan in force at ``now`` (billing's own resolution of subscriptions and default)."""
-    from billing.invoicing import default_plan, plan_segments
+    from billing.invoicing import plan_in_force, price_spec
 
-    segments = plan_segments(org=org, start=now, end=now + timedelta(hours=1))
-    plan = segments[0][2] if segments else default_plan()
+    plan = plan_in_force(org=org, at=now)
     if plan is None:
         return _Prices("USD", "", {})
-    specs = {
-        (pp.meter, pp.tier): PriceSpec(
-            model=pp.model,
-            unit_price=pp.unit_price,
-            tiers=parse_tiers(pp.tiers),
-            package_size=pp.package_size,
-            package_price=pp.package_price,
-            included=pp.included_quantity,
-        )
-        for pp in plan.prices.all()
-    }
+    specs = {(pp.meter, pp.tier): price_spec(pp) for pp in plan.prices.all()}
     return _Prices(plan.currency, plan.code, specs)
 
 

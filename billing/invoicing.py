@@ -103,7 +103,14 @@ def plan_segments(
     return segments
 
 
-def _spec(pp: PlanPrice) -> PriceSpec:
+def plan_in_force(*, org: Organization, at: datetime) -> PricePlan | None:
+    """The plan that prices ``org``'s usage at ``at`` (its subscription, else the default)."""
+    segments = plan_segments(org=org, start=at, end=at + timedelta(hours=1))
+    return segments[0][2] if segments else default_plan()
+
+
+def price_spec(pp: PlanPrice) -> PriceSpec:
+    """A plan price as the pricing functions take it."""
     return PriceSpec(
         model=pp.model,
         unit_price=pp.unit_price,
@@ -160,7 +167,7 @@ def usage_lines(
                     [{"label": "not charged on this plan", "quantity": str(qty), "amount": "0"}],
                 )
             else:
-                amount, breakdown = price(_spec(pp), qty, scale=scale)
+                amount, breakdown = price(price_spec(pp), qty, scale=scale)
             line = DraftLine(
                 kind="usage",
                 description=_describe(meter_key, tier) + suffix,
