@@ -56,7 +56,7 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import math
+import multiprocessing
 import os
 import queue
 import select
@@ -65,11 +65,13 @@ import socketserver
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from django.db import connection, connections, transaction
+from django.db import connection, connections
+from django.db.models import F
 from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -101,13 +103,26 @@ from archive.dicom import (
     SOP_CLASS_NOT_SUPPORTED,
     STUDY_UID_MISMATCH,
 )
-from archive.ingest import IngestResult, Quota, Spooled, instance_ingest, location_primary
+from archive.dimse_indexer import (
+    Ended,
+    IndexerThread,
+    Queued,
+    db_serial,
+    job_queue_dir,
+    queue_recover,
+    store_down,
+)
+from archive.dimse_indexer_process import indexer_process_main
+from archive.ingest import (
+    IngestResult,
+    Quota,
+    Spooled,
+    instance_precheck,
+    location_primary,
+)
 from archive.models import DicomAE, IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
-from billing.metering import record_usage
-from tenants.context import Actor
 from tenants.models import Organization
-from tenants.services import audit_record
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -125,6 +140,11 @@ RECV_CHUNK = 1024 * 1024  # most bytes one socket read asks for
 # Tolerance above the announced maximum PDU length for senders that miscount their headers.
 PDU_LENGTH_SLACK = 64 * 1024
 JOB_FLUSH_SECONDS = 2.0
+# Accepted objects not yet indexed that the listener remembers (per organization and SOP
+# Instance UID), so that a re-send meanwhile is judged as it will be once indexed.
+PENDING_SECONDS = 600.0
+# Acknowledged objects waiting for the indexer; beyond this, new objects are refused for now.
+DEFAULT_MAX_BACKLOG = 2000
 # Longest idle wait of the association's two threads; bounds how late timers and a stopped DUL
 # thread are noticed, not how fast data is handled.
 IDLE_WAIT = 0.05  # how stale an association's job counts may be while it runs
@@ -249,17 +269,20 @@ class _Session:
     location: StorageLocation | None = None
     store: ObjectStore | None = None
     quota: Quota | None = None  # read once per association, counted down as objects are stored
+    queue_dir: Path | None = None  # where acknowledged objects wait for the indexer
+    series_studies: dict[str, str] = field(default_factory=dict)
     flushed_at: float = 0.0
+    # What the listener decides; the indexer adds stored / duplicate / failed of what it indexes.
     counts: dict[str, int] = field(
         default_factory=lambda: {
             "received": 0,
-            "stored": 0,
+            "accepted": 0,
             "duplicate": 0,
             "failed": 0,
             "bytes_received": 0,
-            "bytes_stored": 0,
         }
     )
+    flushed: dict[str, int] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -508,7 +531,14 @@ class StrataSCP:
         max_associations: int = 10,
         max_pdu: int = DEFAULT_MAX_PDU,
         network_timeout: float = 60,
+        indexer: str = "thread",
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
+        """``indexer``: "process" indexes acknowledged objects in a process of its own (``run_scp``:
+        the listener keeps its CPU for receiving); "thread" in this process (tests; SQLite in
+        memory, which another process cannot open)."""
+        if indexer not in ("thread", "process"):
+            raise ValueError(f"indexer must be 'thread' or 'process', not {indexer!r}")
         # Process-wide pynetdicom switches: receive data sets to disk, and no per-PDU/DIMSE
         # logging (it would cost CPU on every fragment and could log identifiers).
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -530,11 +560,20 @@ class StrataSCP:
         self._thread: threading.Thread | None = None
         self._sessions: dict[Association, _Session] = {}
         self._lock = threading.Lock()
+        self._pending: OrderedDict[tuple[int, str], tuple[str, float]] = OrderedDict()
+        self.max_backlog = max_backlog
+        self._indexer_kind = indexer
+        self._mp = multiprocessing.get_context("spawn")
+        self._backlog = self._mp.Value("q", 0)
+        self._inbox: Any = self._mp.JoinableQueue() if indexer == "process" else queue.Queue()
+        self._indexer: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> tuple[str, int]:  # noqa: S104
-        """Bind and serve in a background thread. Returns the bound (host, port)."""
+        """Index what a stopped listener left, start the indexer, then bind and serve in a
+        background thread. Returns the bound (host, port)."""
+        self._indexer_start()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -558,6 +597,32 @@ class StrataSCP:
         self._thread.start()
         address = server.server_address
         return str(address[0]), int(address[1])
+
+    def _indexer_start(self) -> None:
+        for message in queue_recover():
+            if isinstance(message, Queued):
+                with self._backlog.get_lock():
+                    self._backlog.value += 1
+            self._inbox.put(message)
+        if self._indexer_kind == "process":
+            database = {"NAME": connection.settings_dict["NAME"]}
+            self._indexer = self._mp.Process(
+                target=indexer_process_main,
+                args=(self._inbox, self._backlog, database),
+                name="strata-scp-indexer",
+                daemon=True,
+            )
+        else:
+            self._indexer = IndexerThread(self._inbox, self._backlog)
+        self._indexer.start()
+
+    def wait_indexed(self, timeout: float = 60.0) -> bool:
+        """Wait until every acknowledged object so far is indexed (or waits for a failing
+        store) and every ended association's job is closed. False on time-out."""
+        waiter = threading.Thread(target=self._inbox.join, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        return not waiter.is_alive()
 
     @property
     def associations(self) -> list[Association]:
@@ -583,6 +648,16 @@ class StrataSCP:
         # cleaning up (its object is not acknowledged, so the sender will send it again).
         for assoc in server.active_associations:
             assoc.join(timeout=60)
+        # The indexer finishes what was acknowledged; what it cannot finish stays queued on disk
+        # and is indexed at the next start.
+        if self._indexer is not None:
+            self._inbox.put(None)
+            self._indexer.join(timeout=max(grace, 5.0) + 60)
+            if self._indexer.is_alive():
+                logger.warning("dimse: the indexer did not stop; queued objects wait on disk")
+                if self._indexer_kind == "process":
+                    self._indexer.terminate()
+            self._indexer = None
 
     # --- association acceptance -------------------------------------------------------------
 
@@ -660,7 +735,8 @@ class StrataSCP:
             return _failure(STATUS_INTERNAL_ERROR, "Association not admitted.")
         session.dul_cpu = max(session.dul_cpu, _thread_cpu_seconds(session.dul_native_id))
         try:
-            return self._store(session, event)
+            with db_serial():
+                return self._store(session, event)
         except Exception:
             logger.exception("dimse: C-STORE failed for org %s", session.org.pk)
             # A broken connection must not fail every later C-STORE of the association.
@@ -674,7 +750,8 @@ class StrataSCP:
                     reason=reason,
                 )
                 try:
-                    self._count(session, failed, STATUS_INTERNAL_ERROR)
+                    with db_serial():
+                        self._count(session, failed, STATUS_INTERNAL_ERROR)
                 except Exception:
                     logger.exception(
                         "dimse: counting the failure failed for org %s", session.org.pk
@@ -697,20 +774,32 @@ class StrataSCP:
                     "called_ae": session.called_ae,
                     "calling_ae": session.calling_ae,
                     "address": session.address,
+                    "location_id": session.location.pk,
                 },
                 started_at=now,
                 heartbeat_at=now,
             )
-        assert session.store is not None
+            session.queue_dir = job_queue_dir(session.store, session.org.pk, session.job.pk)
+        assert session.store is not None and session.location is not None
+        assert session.queue_dir is not None and session.quota is not None
         request = cast(C_STORE, event.request)
-        context = event.context
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+        busy = self._refuse_busy(session)
+        if busy is not None:
+            result = IngestResult(
+                status="failed",
+                sop_instance_uid=sop_instance_uid,
+                reason_code=PROCESSING_FAILURE,
+                reason=busy,
+            )
+            return self._answer(session, result, discard=None)
         try:
             spooled = spool_received(
                 event.dataset_path,
-                session.store.spool_dir(),
+                session.queue_dir,
                 sop_class_uid=str(request.AffectedSOPClassUID or ""),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-                transfer_syntax_uid=str(context.transfer_syntax),
+                sop_instance_uid=sop_instance_uid,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
                 sending_ae=session.calling_ae,
                 receiving_ae=session.called_ae,
             )
@@ -718,35 +807,101 @@ class StrataSCP:
             logger.warning("dimse: spooling failed for org %s: %s", session.org.pk, exc)
             result = IngestResult(
                 status="failed",
-                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                sop_instance_uid=sop_instance_uid,
                 reason_code=PROCESSING_FAILURE,
                 reason="The received data set could not be spooled; please retry later.",
             )
-        else:
-            result = instance_ingest(
-                org=session.org, spooled=spooled, location=session.location, quota=session.quota
+            return self._answer(session, result, discard=None)
+        try:
+            decided = instance_precheck(
+                org=session.org,
+                spooled=spooled,
+                quota=session.quota,
+                pending=lambda uid: self._pending_sha(session.org.pk, uid),
+                series_studies=session.series_studies,
             )
-        status = cstore_status(result)
+            if decided is not None:
+                return self._answer(session, decided, discard=spooled.path)
+            # Durable before it is acknowledged: the file is fsynced (spool_received), renamed
+            # to its queued name, and the rename made durable.
+            queued = spooled.path.with_suffix(".dcm")
+            os.replace(spooled.path, queued)
+            _fsync_dir(session.queue_dir)
+        except BaseException:
+            spooled.path.unlink(missing_ok=True)
+            raise
+        header = spooled.header
+        assert header is not None
+        self._pending_add(session.org.pk, header.sop_instance_uid, spooled.sha256)
+        with self._backlog.get_lock():
+            self._backlog.value += 1
+        self._inbox.put(
+            Queued(
+                org_id=session.org.pk,
+                job_id=session.job.pk,
+                location_id=session.location.pk,
+                path=str(queued),
+                size=spooled.size,
+                sha256=spooled.sha256,
+                header=header,
+            )
+        )
+        accepted = IngestResult(
+            status="accepted", sop_instance_uid=header.sop_instance_uid, size=spooled.size
+        )
+        return self._answer(session, accepted, discard=None)
+
+    def _refuse_busy(self, session: _Session) -> str | None:
+        """Why new objects are refused for now (retry later), or None."""
+        assert session.store is not None and session.location is not None
+        if store_down(session.store, session.location.pk):
+            return "The object store is failing; please retry later."
+        if self._backlog.value >= self.max_backlog:
+            return "The archive is busy indexing; please retry later."
+        return None
+
+    def _answer(
+        self, session: _Session, result: IngestResult, discard: Path | None
+    ) -> int | Dataset:
+        if discard is not None:
+            discard.unlink(missing_ok=True)
+        status = SUCCESS if result.status == "accepted" else cstore_status(result)
         self._count(session, result, status)
         if status == SUCCESS:
             return SUCCESS
         logger.info("dimse: C-STORE refused for org %s with status 0x%04X", session.org.pk, status)
         return _failure(status, result.reason)
 
+    def _pending_sha(self, org_id: int, sop_instance_uid: str) -> str | None:
+        with self._lock:
+            entry = self._pending.get((org_id, sop_instance_uid))
+        return entry[0] if entry is not None else None
+
+    def _pending_add(self, org_id: int, sop_instance_uid: str, sha256: str) -> None:
+        """Remember an accepted object until the indexer has surely indexed it, so that the same
+        UID sent again meanwhile is answered as the database would answer it afterwards."""
+        now = time.monotonic()
+        with self._lock:
+            self._pending[(org_id, sop_instance_uid)] = (sha256, now)
+            self._pending.move_to_end((org_id, sop_instance_uid))
+            while self._pending:
+                _, (_, since) = next(iter(self._pending.items()))
+                if now - since < PENDING_SECONDS:
+                    break
+                self._pending.popitem(last=False)
+
     def _count(self, session: _Session, result: IngestResult, status: int) -> None:
         """Count the object; the job row is written at most every ``JOB_FLUSH_SECONDS``.
 
         Writing it per object would add a statement to every C-STORE for a progress figure nobody
-        needs at that rate; the counts are complete when the association ends (``_close_job``).
+        needs at that rate; the counts are complete when the association ends.
         """
         job = session.job
         assert job is not None
-        outcome = result.status if result.status in ("stored", "duplicate") else "failed"
+        outcome = {"accepted": "accepted", "duplicate": "duplicate"}.get(result.status, "failed")
         session.counts["received"] += 1
         session.counts[outcome] += 1
         session.counts["bytes_received"] += result.size
-        if outcome == "stored":
-            session.counts["bytes_stored"] += result.size
         if outcome == "failed":
             IngestFailure.objects.create(
                 organization=session.org,
@@ -759,35 +914,48 @@ class StrataSCP:
         if outcome == "failed" or time.monotonic() - session.flushed_at >= JOB_FLUSH_SECONDS:
             self._flush(session, job)
 
-    def _flush(self, session: _Session, job: IngestJob, **extra: Any) -> None:
-        # Absolute values: only this association's thread writes this job row.
-        IngestJob.objects.filter(pk=job.pk).update(
-            heartbeat_at=timezone.now(), **session.counts, **extra
-        )
+    def _flush(self, session: _Session, job: IngestJob) -> None:
+        """Add what changed since the last flush (the indexer writes to the same row)."""
+        delta = {
+            name: F(name) + value - session.flushed.get(name, 0)
+            for name, value in session.counts.items()
+            if name != "accepted" and value != session.flushed.get(name, 0)
+        }
+        IngestJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now(), **delta)
+        session.flushed = dict(session.counts)
         session.flushed_at = time.monotonic()
 
     # --- end of association -----------------------------------------------------------------
 
     def _finish(self, assoc: Association, cpu_start: float) -> None:
-        """In the association's thread, after it ended: clean up, close the job, meter, audit."""
+        """In the association's thread, after it ended: clean up, flush the job's counts and tell
+        the indexer that the association is over (it closes the job when its objects are done)."""
         with self._lock:
             session = self._sessions.pop(assoc, None)
         try:
             _discard_partial_datasets(assoc)
             if session is not None and session.job is not None:
                 cpu = time.thread_time() - cpu_start + session.dul_cpu
-                self._close_job(session, session.job, cpu)
+                with db_serial():
+                    self._flush(session, session.job)
+                self._inbox.put(
+                    Ended(
+                        job_id=session.job.pk,
+                        outcome=session.outcome or "ended",
+                        listener_cpu=cpu,
+                    )
+                )
             if session is not None:
                 counts = session.counts
                 logger.info(
-                    "dimse: association %s -> %s from %s %s: %d received, %d stored, "
+                    "dimse: association %s -> %s from %s %s: %d received, %d accepted, "
                     "%d duplicate, %d failed",
                     session.calling_ae,
                     session.called_ae,
                     session.address,
                     session.outcome or "ended",
                     counts["received"],
-                    counts["stored"],
+                    counts["accepted"],
                     counts["duplicate"],
                     counts["failed"],
                 )
@@ -796,49 +964,6 @@ class StrataSCP:
         finally:
             # This thread's connections only: each association thread has its own.
             connections.close_all()
-
-    def _close_job(self, session: _Session, job: IngestJob, cpu_seconds: float) -> None:
-        now = timezone.now()
-        released = session.outcome == "released"
-        state = IngestJob.State.DONE if released else IngestJob.State.FAILED
-        error = (
-            ""
-            if released
-            else "The association was aborted before it was released; objects acknowledged "
-            "with success are stored, the others were not."
-        )
-        seconds = max(1, math.ceil(cpu_seconds))
-        with transaction.atomic():
-            self._flush(session, job, state=state, finished_at=now, error=error)
-            job.refresh_from_db()
-            record_usage(
-                org=session.org,
-                meter="compute.seconds",
-                quantity=seconds,
-                at=now,
-                idempotency_key=f"compute.seconds:ingest-job:{job.pk}",
-            )
-            audit_record(
-                org=session.org,
-                actor=Actor(
-                    ip=session.address or None,
-                    label_override=f"dicom:{session.calling_ae}"[:255],
-                ),
-                action="ingest.cstore",
-                target=job,
-                details={
-                    "called_ae": session.called_ae,
-                    "calling_ae": session.calling_ae,
-                    "outcome": session.outcome or "ended",
-                    "received": job.received,
-                    "stored": job.stored,
-                    "duplicate": job.duplicate,
-                    "failed": job.failed,
-                    "bytes_received": job.bytes_received,
-                    "bytes_stored": job.bytes_stored,
-                    "compute_seconds": seconds,
-                },
-            )
 
 
 def _reject(assoc: Association, result: int, source: int, diagnostic: int) -> None:
@@ -872,6 +997,15 @@ def _prefer_senders_transfer_syntax(assoc: Association) -> None:
             ordered: list[str | bytes | UID] = [ts for ts in wanted if ts in ours]
             ordered.extend(ts for ts in ours if ts not in wanted)
             cx.transfer_syntax = ordered
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names in ``path`` durable (a rename into it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _requested_sop_instance(event: Event) -> str:
@@ -922,7 +1056,8 @@ def spool_received(
     sending_ae: str,
     receiving_ae: str,
 ) -> Spooled:
-    """Stream a received data set into a new Part 10 spool file with Strata's File Meta header.
+    """Stream a received data set into a new Part 10 spool file with Strata's File Meta header,
+    on disk (fsynced) when this returns.
 
     ``received`` is pynetdicom's file (its own File Meta, then the data set exactly as sent in the
     accepted transfer syntax). The data set bytes are copied unchanged, so compressed data sets are
@@ -955,6 +1090,8 @@ def spool_received(
                 digest.update(view[:count])
                 out.write(view[:count])
                 size += count
+            out.flush()
+            os.fsync(out.fileno())  # acknowledged objects must survive a crash
     except BaseException:
         path.unlink(missing_ok=True)
         raise

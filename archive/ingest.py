@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +73,7 @@ class Spooled:
     path: Path
     size: int
     sha256: str
+    header: Header | None = None  # already parsed from this file (the C-STORE listener does)
 
 
 def location_primary(org: Organization) -> StorageLocation:
@@ -484,7 +485,7 @@ def instances_ingest(
         seen: set[str] = set()
         for n, spooled in enumerate(batch):
             try:
-                header = read_header(spooled.path)
+                header = spooled.header or read_header(spooled.path)
             except DicomRejected as exc:
                 results[n] = _fail(None, exc.reason_code, exc.message, spooled.size)
                 continue
@@ -510,26 +511,9 @@ def instances_ingest(
         quota = quota or Quota(org)
         to_store: list[tuple[int, Header, str]] = []
         for n, header in candidates:
-            spooled = batch[n]
-            if header.sop_instance_uid in existing:
-                sha, pk = existing[header.sop_instance_uid]
-                if sha == spooled.sha256:
-                    results[n] = _ok("duplicate", header, spooled.size, pk)
-                else:
-                    results[n] = _fail(
-                        header,
-                        DUPLICATE_SOP_INSTANCE,
-                        "A different object is already stored under this SOP Instance UID; it was not overwritten.",
-                        spooled.size,
-                    )
-                continue
-            if not quota.take(spooled.size):
-                results[n] = _fail(
-                    header,
-                    OUT_OF_RESOURCES,
-                    "The organization's storage quota is exhausted.",
-                    spooled.size,
-                )
+            decided = _decide(header, batch[n], existing.get(header.sop_instance_uid), quota)
+            if decided is not None:
+                results[n] = decided
                 continue
             to_store.append((n, header, object_key(org, header)))
         if to_store:
@@ -556,6 +540,80 @@ def instances_ingest(
             results[n] = result
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+def _decide(
+    header: Header, spooled: Spooled, existing: tuple[str, int] | None, quota: Quota
+) -> IngestResult | None:
+    """The outcome decided before storing (duplicate, conflict, over quota), or None: store it.
+    ``existing``: (SHA-256, id) of the instance already indexed under the SOP Instance UID."""
+    if existing is not None:
+        sha, pk = existing
+        if sha == spooled.sha256:
+            return _ok("duplicate", header, spooled.size, pk)
+        return _fail(
+            header,
+            DUPLICATE_SOP_INSTANCE,
+            "A different object is already stored under this SOP Instance UID; it was not overwritten.",
+            spooled.size,
+        )
+    if not quota.take(spooled.size):
+        return _fail(
+            header, OUT_OF_RESOURCES, "The organization's storage quota is exhausted.", spooled.size
+        )
+    return None
+
+
+def instance_precheck(
+    *,
+    org: Organization,
+    spooled: Spooled,
+    quota: Quota,
+    pending: Callable[[str], str | None],
+    series_studies: dict[str, str],
+) -> IngestResult | None:
+    """The checks that need no storing, for a sender that is answered before the object is
+    stored and indexed (C-STORE): the header (sets ``spooled.header``), duplicate or conflicting
+    SOP Instance UID, a series that belongs to another study, the quota (counted down).
+
+    Returns the final outcome (a failure, or a duplicate: nothing more to do), or None when the
+    object is to be ingested. ``pending``: SOP Instance UID -> SHA-256 of an object accepted but
+    not yet indexed, or None; ``series_studies``: Series -> Study Instance UID seen so far (both of this
+    organization; this call adds to the second).
+    """
+    try:
+        header = read_header(spooled.path)
+    except DicomRejected as exc:
+        return _fail(None, exc.reason_code, exc.message, spooled.size)
+    spooled.header = header
+    existing: tuple[str, int] | None = None
+    accepted = pending(header.sop_instance_uid)
+    if accepted is not None:
+        existing = (accepted, 0)
+    else:
+        existing = (
+            Instance.objects.for_org(org)
+            .filter(sop_instance_uid=header.sop_instance_uid)
+            .values_list("sha256", "pk")
+            .first()
+        )
+    study_uid = series_studies.get(header.series_uid)
+    if study_uid is None:
+        study_uid = (
+            Series.objects.for_org(org)
+            .filter(series_uid=header.series_uid)
+            .values_list("study__study_uid", flat=True)
+            .first()
+        ) or header.study_uid
+        series_studies[header.series_uid] = study_uid
+    if study_uid != header.study_uid:
+        return _fail(
+            header,
+            STUDY_UID_MISMATCH,
+            f"Series {header.series_uid} already belongs to another study.",
+            spooled.size,
+        )
+    return _decide(header, spooled, existing, quota)
 
 
 def _store_and_index(

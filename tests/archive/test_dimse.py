@@ -63,12 +63,14 @@ class Listener:
     receive_dir: Path
 
     def wait_idle(self, timeout: float = 20.0) -> None:
-        """Wait until every association thread has ended (and so has closed its job)."""
+        """Wait until every association thread has ended and the indexer has indexed what they
+        acknowledged and closed their jobs."""
         deadline = time.monotonic() + timeout
         while self.scp.associations:
             if time.monotonic() > deadline:
                 raise AssertionError("associations still running")
             time.sleep(0.02)
+        assert self.scp.wait_indexed(max(deadline - time.monotonic(), 1.0)), "still indexing"
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
     manage.py run_scp [--host 0.0.0.0] [--port 11112] [--ae-title STRATA]
 
 Defaults come from the settings DICOM_SCP_HOST, DICOM_SCP_PORT, DICOM_SCP_AE_TITLE,
-DICOM_SCP_MAX_ASSOCIATIONS and DICOM_SCP_RECEIVE_DIR when they are set.
+DICOM_SCP_MAX_ASSOCIATIONS, DICOM_SCP_RECEIVE_DIR and DICOM_SCP_INDEXER when they are set.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ class Command(BaseCommand):
             default=getattr(settings, "DICOM_SCP_MAX_ASSOCIATIONS", 10),
         )
         parser.add_argument(
+            "--indexer",
+            choices=["process", "thread"],
+            default=getattr(settings, "DICOM_SCP_INDEXER", "process"),
+            help="Where acknowledged objects are stored and indexed: a process of its own "
+            "(default: the listener keeps its CPU for receiving) or a thread of the listener.",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=30.0,
@@ -73,7 +80,14 @@ class Command(BaseCommand):
         tempfile.tempdir = str(receive_dir)
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-        scp = StrataSCP(ae_title=ae_title, max_associations=int(options["max_associations"]))
+        indexer = str(options["indexer"])
+        if indexer == "process" and _in_memory_database():
+            indexer = "thread"  # another process cannot open this database
+        scp = StrataSCP(
+            ae_title=ae_title,
+            max_associations=int(options["max_associations"]),
+            indexer=indexer,
+        )
         try:
             host, bound_port = scp.start(str(options["host"]), port)
         except OSError as exc:
@@ -100,6 +114,13 @@ class Command(BaseCommand):
             logger.info("dimse: stopping (running associations get %ss)", options["grace"])
             scp.stop(grace=float(options["grace"]))
             logger.info("dimse: stopped")
+
+
+def _in_memory_database() -> bool:
+    from django.db import connection
+
+    name = str(connection.settings_dict.get("NAME") or "")
+    return connection.vendor == "sqlite" and (name == ":memory:" or "mode=memory" in name)
 
 
 def _remove_stale(folder: Path, older_than: float = STALE_SECONDS) -> int:
