@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import connection, connections
 from django.db.models import F
 from django.utils import timezone
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
@@ -83,6 +83,7 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     VerificationPresentationContexts,
     _config,
+    dimse_messages,
     evt,
 )
 from pynetdicom.association import Association
@@ -107,8 +108,10 @@ from archive.dimse_indexer import (
     Ended,
     IndexerThread,
     Queued,
+    association_queue_dir,
     db_serial,
-    job_queue_dir,
+    queue_folder_remove,
+    queue_job_record,
     queue_recover,
     store_down,
 )
@@ -253,6 +256,73 @@ def _dataset_offset(handle: Any) -> int:
     return 144 + int.from_bytes(head[140:144], "little")
 
 
+_receiving = threading.local()  # .assoc: the association whose DUL thread this is
+
+
+class _ReceiveFile:
+    """The file pynetdicom receives a C-STORE data set into, for an admitted association.
+
+    Created in the association's queue folder (on the store's volume) instead of the process's
+    temporary folder, with Strata's File Meta Information (the AE titles added), and hashed as
+    the fragments arrive in the DUL thread: the handler finds the object complete and hashed,
+    and only has to fsync it (the fsync of a new file also makes its name durable on the
+    journalling file systems Linux servers use). Otherwise pynetdicom's file would be copied.
+    pynetdicom calls ``write``, ``file.flush``, ``close`` and reads ``name``.
+    """
+
+    def __init__(self, folder: Path, session: _Session):
+        self.session = session
+        self.name = str(folder / f"{uuid.uuid4().hex}.dcm")
+        self.file = open(self.name, "wb")  # noqa: SIM115 - closed by pynetdicom
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def keep(self) -> None:
+        """The object is acknowledged: pynetdicom deletes ``name`` after the handler ran, so
+        point it at a name that never exists."""
+        self.name += ".acknowledged"
+
+    def spooled(self) -> Spooled:
+        """The complete file, flushed to disk."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return Spooled(path=Path(self.name), size=self.size, sha256=self.digest.hexdigest())
+
+
+def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """``pynetdicom.dimse_messages.NamedTemporaryFile`` while a StrataSCP runs: a _ReceiveFile
+    for admitted associations, pynetdicom's temporary file for anything else."""
+    assoc = getattr(_receiving, "assoc", None)
+    scp = getattr(assoc, "scp", None)
+    session = scp._session(assoc) if scp is not None and assoc is not None else None
+    if session is not None and session.queue_dir is not None:
+        with contextlib.suppress(OSError):
+            return _ReceiveFile(session.queue_dir, session)
+    return _pynetdicom_named_temporary_file(*args, **kwargs)
+
+
+def _write_file_meta_info(fp: Any, file_meta: FileMetaDataset, *args: Any, **kwargs: Any) -> None:
+    """``pynetdicom.dimse_messages.write_file_meta_info``: Strata's AE titles in the File Meta
+    of a _ReceiveFile (pynetdicom writes its own File Meta first, then the data set)."""
+    if isinstance(fp, _ReceiveFile):
+        file_meta.SourceApplicationEntityTitle = fp.session.called_ae
+        if fp.session.calling_ae:
+            file_meta.SendingApplicationEntityTitle = fp.session.calling_ae
+        file_meta.ReceivingApplicationEntityTitle = fp.session.called_ae
+    write_file_meta_info(fp, file_meta, *args, **kwargs)
+
+
+_pynetdicom_named_temporary_file = dimse_messages.NamedTemporaryFile
+
+
 @dataclass
 class _Session:
     """What one admitted association needs; used only from its own thread, except ``outcome``."""
@@ -376,6 +446,7 @@ class _AcceptorDUL(DULServiceProvider):
             self._wake_w.close()
 
     def _reactor(self) -> None:
+        _receiving.assoc = self.assoc  # for _ReceiveFile: data sets are decoded in this thread
         self._idle_timer.start()
         self.socket = cast(AssociationSocket, self.socket)
         sleep = False
@@ -543,6 +614,10 @@ class StrataSCP:
         # logging (it would cost CPU on every fragment and could log identifiers).
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.LOG_HANDLER_LEVEL = "none"
+        # Our associations' data sets are received straight into the spool (_ReceiveFile);
+        # both replacements fall back to pynetdicom's own behaviour for anything else.
+        dimse_messages.NamedTemporaryFile = _named_temporary_file
+        dimse_messages.write_file_meta_info = _write_file_meta_info
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu
@@ -683,6 +758,9 @@ class StrataSCP:
                 )
                 _reject(assoc, REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)
                 return
+            location = location_primary(dicom_ae.organization)
+            store = store_for(location)
+            queue_dir = association_queue_dir(store, dicom_ae.organization.pk)
         except Exception:
             # A notification handler's exception would let negotiation go on: refuse instead.
             logger.exception("dimse: cannot check association %s -> %s", calling, called)
@@ -697,6 +775,9 @@ class StrataSCP:
             calling_ae=calling,
             address=_clean_address(address),
             dul_native_id=assoc.dul.native_id,
+            location=location,
+            store=store,
+            queue_dir=queue_dir,
         )
         _prefer_senders_transfer_syntax(assoc)
         with self._lock:
@@ -760,10 +841,10 @@ class StrataSCP:
             return _failure(STATUS_INTERNAL_ERROR, reason)
 
     def _store(self, session: _Session, event: Event) -> int | Dataset:
+        assert session.store is not None and session.location is not None
+        assert session.queue_dir is not None
         if session.job is None:
             now = timezone.now()
-            session.location = location_primary(session.org)
-            session.store = store_for(session.location)
             session.quota = Quota(session.org)
             session.job = IngestJob.objects.create(
                 organization=session.org,
@@ -775,13 +856,16 @@ class StrataSCP:
                     "calling_ae": session.calling_ae,
                     "address": session.address,
                     "location_id": session.location.pk,
+                    "queue_folder": str(session.queue_dir),
                 },
                 started_at=now,
                 heartbeat_at=now,
             )
-            session.queue_dir = job_queue_dir(session.store, session.org.pk, session.job.pk)
+            queue_job_record(
+                session.queue_dir, job_id=session.job.pk, location_id=session.location.pk
+            )
         assert session.store is not None and session.location is not None
-        assert session.queue_dir is not None and session.quota is not None
+        assert session.quota is not None
         request = cast(C_STORE, event.request)
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         busy = self._refuse_busy(session)
@@ -794,15 +878,19 @@ class StrataSCP:
             )
             return self._answer(session, result, discard=None)
         try:
-            spooled = spool_received(
-                event.dataset_path,
-                session.queue_dir,
-                sop_class_uid=str(request.AffectedSOPClassUID or ""),
-                sop_instance_uid=sop_instance_uid,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                sending_ae=session.calling_ae,
-                receiving_ae=session.called_ae,
-            )
+            received = getattr(request, "_dataset_file", None)
+            if isinstance(received, _ReceiveFile):
+                spooled = received.spooled()
+            else:  # received by pynetdicom's own file: copied with our File Meta
+                spooled = spool_received(
+                    event.dataset_path,
+                    session.queue_dir,
+                    sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                    sop_instance_uid=sop_instance_uid,
+                    transfer_syntax_uid=str(event.context.transfer_syntax),
+                    sending_ae=session.calling_ae,
+                    receiving_ae=session.called_ae,
+                )
         except (OSError, ValueError) as exc:
             logger.warning("dimse: spooling failed for org %s: %s", session.org.pk, exc)
             result = IngestResult(
@@ -822,16 +910,13 @@ class StrataSCP:
             )
             if decided is not None:
                 return self._answer(session, decided, discard=spooled.path)
-            # Durable before it is acknowledged: the file is fsynced (spool_received), renamed
-            # to its queued name, and the rename made durable.
-            queued = spooled.path.with_suffix(".dcm")
-            os.replace(spooled.path, queued)
-            _fsync_dir(session.queue_dir)
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
         header = spooled.header
         assert header is not None
+        if isinstance(received, _ReceiveFile):
+            received.keep()
         self._pending_add(session.org.pk, header.sop_instance_uid, spooled.sha256)
         with self._backlog.get_lock():
             self._backlog.value += 1
@@ -840,7 +925,7 @@ class StrataSCP:
                 org_id=session.org.pk,
                 job_id=session.job.pk,
                 location_id=session.location.pk,
-                path=str(queued),
+                path=str(spooled.path),
                 size=spooled.size,
                 sha256=spooled.sha256,
                 header=header,
@@ -934,6 +1019,8 @@ class StrataSCP:
             session = self._sessions.pop(assoc, None)
         try:
             _discard_partial_datasets(assoc)
+            if session is not None and session.job is None and session.queue_dir is not None:
+                queue_folder_remove(session.queue_dir)  # nothing was acknowledged
             if session is not None and session.job is not None:
                 cpu = time.thread_time() - cpu_start + session.dul_cpu
                 with db_serial():
@@ -997,15 +1084,6 @@ def _prefer_senders_transfer_syntax(assoc: Association) -> None:
             ordered: list[str | bytes | UID] = [ts for ts in wanted if ts in ours]
             ordered.extend(ts for ts in ours if ts not in wanted)
             cx.transfer_syntax = ordered
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the names in ``path`` durable (a rename into it survives a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _requested_sop_instance(event: Event) -> str:

@@ -8,9 +8,10 @@ compared, the quota counted. Storing and indexing, the slow part, happens here, 
 process of its own (``run_scp`` starts one; tests use a thread), so that the association's next
 object is received while this one is indexed.
 
-The queue folder is the durable record of acknowledged work: ``<spool>/cstore/<org>-<job>/``,
-one ``.dcm`` file per acknowledged object (``.part`` while it is written, deleted when the
-listener refused the object). A file leaves the folder only after the pipeline
+The queue folder is the durable record of acknowledged work: ``<spool>/cstore/<org>-<token>/``
+per association, into which pynetdicom receives each data set (``archive.dimse._ReceiveFile``);
+a file is fsynced before its object is acknowledged and deleted when the listener refuses it;
+the folder's ``job`` record names the association's ingest job. A file leaves the folder only after the pipeline
 (``archive.ingest.instances_ingest``) has stored and indexed it, found it a duplicate, or
 refused it (the refusal is then an ``IngestFailure`` of the association's job, reported after
 the sender was told success: it can only happen when another association stored a different
@@ -45,7 +46,7 @@ from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from archive.dicom import PROCESSING_FAILURE, Header
+from archive.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Header
 from archive.ingest import Spooled, instances_ingest, location_primary, spool_existing
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
@@ -57,6 +58,7 @@ from tenants.services import audit_record
 logger = logging.getLogger("archive.dimse")
 
 QUEUE_DIRNAME = "cstore"
+JOB_RECORD = "job"  # in a queue folder: "<job id> <location id>", once the association has a job
 BATCH_MAX = 50
 BATCH_MAX_BYTES = 256 * 1024 * 1024
 RETRY_SECONDS = 5.0
@@ -76,6 +78,7 @@ class Queued:
     size: int
     sha256: str
     header: Header | None = None  # parsed by the listener; parsed again when recovered
+    recovered: bool = False  # found in a stopped listener's folder: maybe never acknowledged
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,40 @@ def queue_root(store: ObjectStore) -> Path:
     return store.spool_dir() / QUEUE_DIRNAME
 
 
-def job_queue_dir(store: ObjectStore, org_id: int, job_id: int) -> Path:
-    path = queue_root(store) / f"{org_id}-{job_id}"
-    path.mkdir(parents=True, exist_ok=True)
+def association_queue_dir(store: ObjectStore, org_id: int) -> Path:
+    """A new queue folder for one association; data sets are received straight into it."""
+    root = queue_root(store)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{org_id}-{uuid.uuid4().hex}"
+    path.mkdir()
+    _fsync_dir(root)
     return path
+
+
+def queue_job_record(folder: Path, *, job_id: int, location_id: int) -> None:
+    """Name the job of an association's queue folder (durably: recovery reads it)."""
+    record = folder / JOB_RECORD
+    with open(record, "w") as out:
+        out.write(f"{job_id} {location_id}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_dir(folder)
+
+
+def queue_folder_remove(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def store_down(store: ObjectStore, location_id: int) -> bool:
@@ -130,7 +163,12 @@ def _mark_store_down(store: ObjectStore, location_id: int, down: bool) -> None:
 
 def queue_recover() -> list[Queued | Ended]:
     """The work a stopped listener left: every object in every queue folder, then the end of its
-    association. Called before the listener accepts associations (their folders are new)."""
+    association. Called before the listener accepts associations (their folders are new).
+
+    A folder without a job record never acknowledged anything and is removed. In one with a
+    record, files still being received when the listener stopped (never acknowledged) fail to
+    parse and are discarded by the indexer (``Queued.recovered``).
+    """
     messages: list[Queued | Ended] = []
     roots: set[Path] = set()
     for location in StorageLocation.objects.all():
@@ -142,18 +180,16 @@ def queue_recover() -> list[Queued | Ended]:
         roots.add(root)
     for root in sorted(roots):
         for folder in sorted(p for p in root.glob("*-*") if p.is_dir()):
-            org_text, _, job_text = folder.name.partition("-")
+            org_id = int(folder.name.partition("-")[0] or 0)
             try:
-                org_id, job_id = int(org_text), int(job_text)
-            except ValueError:
+                job_text, location_text = (folder / JOB_RECORD).read_text().split()
+                job_id, location_id = int(job_text), int(location_text)
+            except (OSError, ValueError):
+                queue_folder_remove(folder)
                 continue
-            job = IngestJob.objects.filter(pk=job_id, organization_id=org_id).first()
-            if job is None:
+            if not IngestJob.objects.filter(pk=job_id, organization_id=org_id).exists():
                 logger.error("dimse: queue folder %s belongs to no ingest job; kept", folder)
                 continue
-            location_id = int(job.params.get("location_id") or 0)
-            for part in folder.glob("*.part"):  # never acknowledged
-                part.unlink(missing_ok=True)
             for path in sorted(folder.glob("*.dcm")):
                 messages.append(
                     Queued(
@@ -163,6 +199,7 @@ def queue_recover() -> list[Queued | Ended]:
                         path=str(path),
                         size=path.stat().st_size,
                         sha256="",  # hashed again when indexed
+                        recovered=True,
                     )
                 )
             messages.append(Ended(job_id=job_id, outcome="interrupted"))
@@ -298,6 +335,9 @@ class Indexer:
                 counts["bytes_stored"] += result.size
             elif result.status == "duplicate":
                 counts["duplicate"] += 1
+            elif item.recovered and result.reason_code == CANNOT_UNDERSTAND:
+                # Cut off while it was received: it was never acknowledged.
+                logger.warning("dimse: discarded the incomplete %s of job %s", item.path, job_id)
             else:
                 counts["failed"] += 1
                 logger.error(
@@ -400,15 +440,8 @@ def job_close(job_id: int, ended: Ended, *, indexer_cpu: float = 0.0) -> None:
                     "compute_seconds": seconds,
                 },
             )
-    folder_id = f"{job.organization_id}-{job.pk}"
-    location_id = int(params.get("location_id") or 0)
-    location = StorageLocation.objects.filter(pk=location_id).first()
-    if location is not None:
-        folder = queue_root(store_for(location)) / folder_id
-        with contextlib.suppress(OSError):
-            for leftover in folder.glob("*.part"):
-                leftover.unlink()
-            folder.rmdir()
+    if params.get("queue_folder"):
+        queue_folder_remove(Path(params["queue_folder"]))
 
 
 def indexer_loop(inbox: Any, backlog: Any = None) -> None:

@@ -39,6 +39,7 @@ from pynetdicom.association import Association
 from archive import dimse
 from archive.ae import ae_create
 from archive.dimse import StrataSCP
+from archive.ingest import location_primary
 from archive.models import ArchiveSettings, IngestFailure, IngestJob, Instance
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, write
@@ -445,11 +446,16 @@ def test_aborted_transfer_leaves_no_temporary_file_and_fails_the_job(
 
     sender = threading.Thread(target=_send_ignoring_errors, args=(assoc, path), daemon=True)
     sender.start()
-    _wait_for(lambda: any(p.stat().st_size > 8_000_000 for p in listener.receive_dir.iterdir()))
+    spool = store_for(location_primary(org)).spool_dir()
+
+    def receiving() -> list[Path]:  # data sets are received straight into the spool folder
+        return [*listener.receive_dir.iterdir(), *spool.glob("cstore/*/*")]
+
+    _wait_for(lambda: any(p.stat().st_size > 8_000_000 for p in receiving()))
     assoc.abort()
     sender.join(timeout=30)
     listener.wait_idle()
-    assert not list(listener.receive_dir.iterdir())
+    assert not receiving()
     job = IngestJob.objects.for_org(org).get()
     assert job.state == IngestJob.State.FAILED and "aborted" in job.error
     assert (job.received, job.stored) == (1, 1)
