@@ -24,6 +24,12 @@ class VerificationFailed(StorageRefused):
     """The object is there but not as expected (size, storage class or checksum)."""
 
 
+def range_check(offset: int, length: int | None) -> None:
+    """A byte range of ``iter_bytes``: a start at or after 0 and a length that is not negative."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"Invalid byte range: offset {offset}, length {length}.")
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str
@@ -56,7 +62,22 @@ class ObjectStore(Protocol):
 
     def head(self, *, key: str, tier: str) -> StoredObject | None: ...
 
-    def iter_bytes(self, *, key: str, tier: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
+    def iter_bytes(
+        self,
+        *,
+        key: str,
+        tier: str,
+        chunk_size: int = CHUNK,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Iterator[bytes]:
+        """The object's bytes in chunks of at most ``chunk_size``: from ``offset`` on, at most
+        ``length`` of them (None: to the end).
+
+        A ranged read: the bytes before ``offset`` and after ``offset + length`` are not
+        transferred. An offset at or past the end yields nothing. Raises StorageUnavailable on
+        the first ``next()`` when the object cannot be read.
+        """
 
     def delete(self, *, key: str, tier: str) -> None: ...
 

@@ -18,6 +18,7 @@ from archive.storage.base import (
     StorageUnavailable,
     StoredObject,
     VerificationFailed,
+    range_check,
 )
 
 # Hard links are impossible across volumes or on some filesystems: copy the bytes instead.
@@ -71,13 +72,30 @@ class FilesystemStore:
         except OSError as exc:
             raise StorageUnavailable(str(exc)) from exc
 
-    def iter_bytes(self, *, key: str, tier: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def iter_bytes(
+        self,
+        *,
+        key: str,
+        tier: str,
+        chunk_size: int = CHUNK,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Iterator[bytes]:
+        range_check(offset, length)
         try:
             handle = open(self._path(key, tier), "rb")  # noqa: SIM115 - closed by the generator
         except OSError as exc:
             raise StorageUnavailable(f"Could not read {key}: {exc.strerror or exc}") from exc
         with handle:
-            while chunk := handle.read(chunk_size):
+            if offset:
+                handle.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                chunk = handle.read(chunk_size if remaining is None else min(chunk_size, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
                 yield chunk
 
     def delete(self, *, key: str, tier: str) -> None:

@@ -26,6 +26,7 @@ from archive.storage.base import (
     StorageUnavailable,
     StoredObject,
     VerificationFailed,
+    range_check,
 )
 
 # Multipart above 64 MiB keeps memory flat for 3 GB objects (a few parts in flight at a time).
@@ -198,10 +199,30 @@ class S3Store:
             sha256=(meta.get("Metadata") or {}).get("sha256", ""),
         )
 
-    def iter_bytes(self, *, key: str, tier: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def iter_bytes(
+        self,
+        *,
+        key: str,
+        tier: str,
+        chunk_size: int = CHUNK,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Iterator[bytes]:
+        range_check(offset, length)
+        if length == 0:
+            return
+        extra: dict[str, str] = {}
+        if offset or length is not None:
+            # RFC 9110 byte range; the last position is inclusive, an open end reads to the end.
+            last = "" if length is None else str(offset + length - 1)
+            extra["Range"] = f"bytes={offset}-{last}"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        except (BotoCoreError, ClientError) as exc:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"]
+        except ClientError as exc:
+            if _error_code(exc) == "InvalidRange":
+                return  # the offset is at or past the end: no bytes there
+            raise StorageUnavailable(f"Could not read {key}: {exc}") from exc
+        except BotoCoreError as exc:
             raise StorageUnavailable(f"Could not read {key}: {exc}") from exc
         try:
             yield from body.iter_chunks(chunk_size)

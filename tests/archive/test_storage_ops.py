@@ -1,5 +1,5 @@
-"""Tier changes, copies between stores and verification, on the filesystem and on S3 (moto's
-server over HTTP)."""
+"""Tier changes, copies between stores, verification and ranged reads, on the filesystem and on
+S3 (moto's server over HTTP)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from archive.models import DEFAULT_STORAGE_CLASSES
-from archive.storage import StorageRefused, VerificationFailed
+from archive.storage import StorageRefused, StorageUnavailable, VerificationFailed
 from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between
 from archive.storage.s3 import S3Store
@@ -241,3 +241,75 @@ def test_copy_between_filesystem_and_s3(s3_bucket: Bucket, tmp_path: Path) -> No
         sha256=sha,
     )
     assert calls == ["HeadObject"]
+
+
+# --- ranged reads (both backends) --------------------------------------------------------------
+
+RANGE_DATA = bytes(range(256)) * 40  # 10,240 bytes, every offset recognisable
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "s3":
+        return s3_store(request.getfixturevalue("s3_bucket"))
+    return FilesystemStore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [
+        (0, None),
+        (1000, None),
+        (1000, 50),
+        (1000, 5000),
+        (10_000, None),
+        (10_000, 1000),  # runs past the end: what is there
+        (10_240, None),  # at the end
+        (20_000, 10),  # past the end
+        (123, 0),
+    ],
+)
+def test_iter_bytes_reads_the_range_asked_for(any_store: Any, offset: int, length: int | None):
+    put(any_store, RANGE_DATA)
+
+    chunks = list(
+        any_store.iter_bytes(key=KEY, tier="hot", chunk_size=700, offset=offset, length=length)
+    )
+
+    end = None if length is None else offset + length
+    assert b"".join(chunks) == RANGE_DATA[offset:end]
+    assert all(0 < len(chunk) <= 700 for chunk in chunks)
+
+
+def test_iter_bytes_refuses_a_negative_range(any_store: Any):
+    put(any_store, RANGE_DATA)
+
+    with pytest.raises(ValueError, match="Invalid byte range"):
+        list(any_store.iter_bytes(key=KEY, tier="hot", offset=-1))
+    with pytest.raises(ValueError, match="Invalid byte range"):
+        list(any_store.iter_bytes(key=KEY, tier="hot", length=-1))
+
+
+def test_s3_ranged_read_asks_the_server_for_the_range_only(s3_bucket: Bucket) -> None:
+    store = s3_store(s3_bucket)
+    put(store, RANGE_DATA)
+    ranges: list[str | None] = []
+    store.client.meta.events.register(
+        "before-call.s3.GetObject",
+        lambda params, **kwargs: ranges.append(params["headers"].get("Range")),
+    )
+
+    assert b"".join(store.iter_bytes(key=KEY, tier="hot", offset=10, length=5)) == RANGE_DATA[10:15]
+    assert b"".join(store.iter_bytes(key=KEY, tier="hot", offset=10_000)) == RANGE_DATA[10_000:]
+    assert b"".join(store.iter_bytes(key=KEY, tier="hot")) == RANGE_DATA
+    assert list(store.iter_bytes(key=KEY, tier="hot", offset=10, length=0)) == []
+
+    # A whole read sends no Range; an empty one sends no request at all.
+    assert ranges == ["bytes=10-14", "bytes=10000-", None]
+
+
+def test_s3_ranged_read_of_a_missing_object_is_storage_unavailable(s3_bucket: Bucket) -> None:
+    store = s3_store(s3_bucket)
+
+    with pytest.raises(StorageUnavailable, match="Could not read"):
+        next(store.iter_bytes(key=KEY, tier="hot", offset=10, length=5))
