@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import struct
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -223,3 +226,316 @@ def read_header(path: Path) -> Header:
         study_json=_subset_json(metadata, STUDY_TAGS),
         series_json=_subset_json(metadata, SERIES_TAGS),
     )
+
+
+# --- pixel data as bulk data ------------------------------------------------------------------
+#
+# The index keeps no pixel data. Which pixel data attribute an instance has, and its VR, follow
+# from the Image Pixel module attributes its stored metadata holds and from its transfer syntax
+# (``pixel_bulk_data``), so rows ingested at any time answer alike and the metadata needs no
+# object-storage read. Where the value sits in the object is found by reading the object's
+# header only (``pixel_data_locate``).
+
+PIXEL_DATA = 0x7FE00010
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+# DICOM JSON keys of the stored metadata the pixel data attribute is derived from.
+ROWS_KEY = "00280010"
+BITS_ALLOCATED_KEY = "00280100"
+PIXEL_REPRESENTATION_KEY = "00280103"
+PIXEL_DATA_PROVIDER_URL_KEY = "00287FE0"
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+NATIVE_TRANSFER_SYNTAXES = frozenset(
+    {
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+    }
+)
+
+ITEM = 0xFFFEE000
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+# A Basic Offset Table has 4 bytes per frame: this is 4 million frames.
+MAX_OFFSET_TABLE_BYTES = 16 * 1024 * 1024
+# The VRs pixel data may have in explicit VR; each has a 4-byte length field (PS3.5 7.1.2).
+_PIXEL_VRS = {"OB", "OW", "OF", "OD", "UN"}
+_WORD_SIZES = {"OW": 2, "OF": 4, "OD": 8}
+
+# How a frame's first fragment starts when no offset table says where frames begin (PS3.5 A.4):
+# the codestream's first marker or the file format's signature box.
+_JPEG = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+)
+_J2K = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
+_JPEG_XL = ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
+FRAME_STARTS: dict[str, tuple[bytes, ...]] = {
+    **dict.fromkeys(_JPEG, (b"\xff\xd8",)),
+    **dict.fromkeys(_J2K, (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")),
+    **dict.fromkeys(_JPEG_XL, (b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")),
+}
+# Video: all fragments are one stream, whatever the number of frames.
+VIDEO_TRANSFER_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109))
+
+
+class PixelDataUnreadable(Exception):
+    """A stored object's header cannot be parsed up to its pixel data, or the pixel data's
+    encapsulation (items) is broken."""
+
+
+def is_encapsulated(transfer_syntax_uid: str) -> bool:
+    """Every transfer syntax but the four native ones encapsulates pixel data (PS3.5 A.4). An
+    object without one was read as implicit VR little endian (native)."""
+    return bool(transfer_syntax_uid) and transfer_syntax_uid not in NATIVE_TRANSFER_SYNTAXES
+
+
+@dataclass(frozen=True)
+class PixelAttribute:
+    tag: int
+    vr: str
+
+    @property
+    def key(self) -> str:
+        """The DICOM JSON key: 8 upper-case hex digits."""
+        return f"{self.tag:08X}"
+
+
+def pixel_bulk_data(
+    *,
+    transfer_syntax_uid: str,
+    has_rows: bool,
+    bits_allocated: int | None,
+    has_pixel_representation: bool,
+    has_provider_url: bool,
+) -> PixelAttribute | None:
+    """The pixel data attribute an instance offers as bulk data, from its Image Pixel module
+    (PS3.3 C.7.6.3) and transfer syntax; None when it offers none.
+
+    - No Rows or Bits Allocated: not an image. A Pixel Data Provider URL: the pixels are
+      elsewhere (JPIP). A deflated dataset: its values can only be found by inflating the whole
+      object, so its pixel data is not offered as bulk data (the instance retrieve has it).
+    - Bits Allocated 32 / 64 without Pixel Representation: the Floating Point Image Pixel module,
+      Float Pixel Data (OF) / Double Float Pixel Data (OD); native only.
+    - Pixel Data: OB when encapsulated (PS3.5 A.4); OW in implicit VR (PS3.5 A.1); in explicit
+      VR, OW above 8 bits allocated and OB up to 8 (PS3.5 A.2 allows OB or OW there, the bytes
+      are the same, and OB is what pydicom writes).
+    """
+    if not has_rows or bits_allocated is None or has_provider_url:
+        return None
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return None
+    if is_encapsulated(transfer_syntax_uid):
+        return PixelAttribute(PIXEL_DATA, "OB")
+    if not has_pixel_representation and bits_allocated == 32:
+        return PixelAttribute(FLOAT_PIXEL_DATA, "OF")
+    if not has_pixel_representation and bits_allocated == 64:
+        return PixelAttribute(DOUBLE_FLOAT_PIXEL_DATA, "OD")
+    if transfer_syntax_uid in ("", IMPLICIT_VR_LITTLE_ENDIAN) or bits_allocated > 8:
+        return PixelAttribute(PIXEL_DATA, "OW")
+    return PixelAttribute(PIXEL_DATA, "OB")
+
+
+def _first_int(element: Any) -> int | None:
+    try:
+        return int(element["Value"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def pixel_bulk_data_of(metadata: dict[str, Any], transfer_syntax_uid: str) -> PixelAttribute | None:
+    """``pixel_bulk_data`` of one instance's stored DICOM JSON."""
+    return pixel_bulk_data(
+        transfer_syntax_uid=transfer_syntax_uid,
+        has_rows=ROWS_KEY in metadata,
+        bits_allocated=_first_int(metadata.get(BITS_ALLOCATED_KEY)),
+        has_pixel_representation=PIXEL_REPRESENTATION_KEY in metadata,
+        has_provider_url=PIXEL_DATA_PROVIDER_URL_KEY in metadata,
+    )
+
+
+@dataclass(frozen=True)
+class PixelValue:
+    """Where a pixel data attribute's value is in a stored object."""
+
+    tag: int
+    vr: str
+    offset: int  # the value's first byte
+    length: int | None  # None: undefined (encapsulated: items up to a sequence delimiter)
+    little_endian: bool
+    frames: int  # Number of Frames, 1 when absent
+    # Extended Offset Table (frame starts as Basic Offset Table offsets), empty when absent.
+    extended_offsets: tuple[int, ...] = ()
+
+
+def _read_exact(fileobj: BinaryIO, size: int) -> bytes:
+    data = fileobj.read(size)
+    if len(data) != size:
+        raise PixelDataUnreadable(
+            f"The object ends inside its pixel data (byte {fileobj.tell()}, {size} expected)."
+        )
+    return data
+
+
+# What pydicom raises on a header it cannot parse.
+_PARSE_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    NameError,
+    struct.error,
+)
+
+
+def pixel_data_locate(fileobj: BinaryIO, *, size: int) -> PixelValue | None:
+    """Parse a Part 10 object's header up to its pixel data and say where that value is.
+
+    ``fileobj`` is read from its start; values larger than ``BULK_THRESHOLD`` before the pixel
+    data are skipped by seeking, not read, so only the header passes through memory. None: the
+    object has no top-level pixel data attribute. Raises ``PixelDataUnreadable``.
+
+    Precondition: the object is not deflated (pydicom would inflate the whole dataset at once).
+    """
+    try:
+        ds = pydicom.dcmread(fileobj, defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+        implicit, read_little = ds.original_encoding
+        little = bool(read_little)
+        start = fileobj.tell()
+        head = fileobj.read(8)
+        if len(head) < 8:
+            return None
+        group, element = struct.unpack("<HH" if little else ">HH", head[:4])
+        tag = group << 16 | element
+        if tag not in PIXEL_TAGS:
+            raise PixelDataUnreadable(f"Pixel data expected at byte {start}, found {tag:08X}.")
+        vr = {PIXEL_DATA: "OW", FLOAT_PIXEL_DATA: "OF", DOUBLE_FLOAT_PIXEL_DATA: "OD"}[tag]
+        if implicit:
+            (length,) = struct.unpack("<L" if little else ">L", head[4:8])
+        else:
+            vr = head[4:6].decode("ascii")
+            if vr not in _PIXEL_VRS:
+                raise PixelDataUnreadable(f"Pixel data {tag:08X} has the VR {vr!r}.")
+            (length,) = struct.unpack("<L" if little else ">L", _read_exact(fileobj, 4))
+        offset = fileobj.tell()
+        frames = _int(ds, "NumberOfFrames") or 1
+        extended: tuple[int, ...] = ()
+        # A RawDataElement while unread (its value None when deferred).
+        table: Any = ds.get_item(EXTENDED_OFFSET_TABLE, keep_deferred=True)
+        if table is not None:
+            raw = table.value
+            # Deferred (above BULK_THRESHOLD): read it where it is, 8 bytes per frame.
+            if raw is None and 0 < table.length <= 2 * MAX_OFFSET_TABLE_BYTES:
+                fileobj.seek(table.value_tell)
+                raw = _read_exact(fileobj, table.length)
+            if raw:
+                extended = struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
+    except _PARSE_ERRORS as exc:
+        raise PixelDataUnreadable(f"The stored object's header cannot be parsed: {exc}") from None
+    if length == UNDEFINED_LENGTH:
+        return PixelValue(tag, vr, offset, None, little, frames, extended)
+    if offset + length > size:
+        raise PixelDataUnreadable(
+            f"The pixel data needs {offset + length} bytes, the object has {size}."
+        )
+    return PixelValue(tag, vr, offset, length, little, frames, extended)
+
+
+def to_little_endian(chunks: Iterable[bytes], *, vr: str, little: bool) -> Iterator[bytes]:
+    """Native pixel data in little endian byte order, as ``application/octet-stream`` bulk data
+    is (PS3.18 8.7.3.3.2): a big endian object's words (OW 2, OF 4, OD 8 bytes) are reversed,
+    chunk by chunk; OB values are bytes and stay as they are."""
+    size = _WORD_SIZES.get(vr, 1)
+    if little or size == 1:
+        yield from chunks
+        return
+    code = next(c for c in "HILQ" if array(c).itemsize == size)
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        cut = len(data) - len(data) % size
+        carry = data[cut:]
+        if cut:
+            words = array(code, data[:cut])
+            words.byteswap()
+            yield words.tobytes()
+    if carry:
+        yield carry  # a length that is not a whole number of words: the rest as it is
+
+
+def _item(fileobj: BinaryIO) -> tuple[int, int, int]:
+    position = fileobj.tell()
+    group, element, length = struct.unpack("<HHL", _read_exact(fileobj, 8))
+    return position, group << 16 | element, length
+
+
+def encapsulated_frames(
+    fileobj: BinaryIO, value: PixelValue, *, transfer_syntax_uid: str, chunk_size: int
+) -> Iterator[bytes | None]:
+    """The frames of encapsulated pixel data (PS3.5 A.4), streamed: ``None`` opens a frame and
+    the bytes that follow are its fragments' data, item headers left out.
+
+    A frame starts at an offset of the Basic Offset Table, else of the Extended Offset Table;
+    without either, a single-frame object (and video) is one frame of all fragments; a multi-frame
+    one starts a frame at each fragment that opens with its codestream's start marker (JPEG
+    family, JPEG 2000, JPEG XL) or at every fragment (RLE and the others keep one fragment per
+    frame). ``fileobj`` is read forward from the value's start, ``chunk_size`` bytes at a time.
+    """
+    fileobj.seek(value.offset)
+    _, tag, length = _item(fileobj)
+    if tag != ITEM or length == UNDEFINED_LENGTH or length % 4 or length > MAX_OFFSET_TABLE_BYTES:
+        raise PixelDataUnreadable("The encapsulated pixel data does not open with an offset table.")
+    table = _read_exact(fileobj, length)
+    starts: set[int] | None = None
+    if length:
+        starts = set(struct.unpack(f"<{length // 4}L", table))
+    elif value.extended_offsets:
+        starts = set(value.extended_offsets)
+    markers = FRAME_STARTS.get(transfer_syntax_uid)
+    first_fragment = fileobj.tell()
+    opened = False
+    while True:
+        position, tag, length = _item(fileobj)
+        if tag == SEQUENCE_DELIMITER:
+            return
+        if tag != ITEM or length == UNDEFINED_LENGTH:
+            raise PixelDataUnreadable(f"A fragment item was expected at byte {position}.")
+        head = _read_exact(fileobj, min(length, 12))
+        if starts is not None:
+            opens = position - first_fragment in starts
+        elif value.frames <= 1 or transfer_syntax_uid in VIDEO_TRANSFER_SYNTAXES:
+            opens = False
+        elif markers is not None:
+            opens = head.startswith(markers)
+        else:
+            opens = True
+        if opens or not opened:
+            opened = True
+            yield None
+        if head:
+            yield head
+        remaining = length - len(head)
+        while remaining > 0:
+            chunk = _read_exact(fileobj, min(chunk_size, remaining))
+            remaining -= len(chunk)
+            yield chunk

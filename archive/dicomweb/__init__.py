@@ -11,7 +11,9 @@ Conformance in short:
   answered as ``application/dicom+json`` (matching rules: see ``qido``).
 - WADO-RS: ``/studies/{study}[/series/{series}[/instances/{instance}]]`` as
   ``multipart/related; type="application/dicom"`` in the stored transfer syntax (no
-  transcoding), and ``.../metadata`` as ``application/dicom+json``. Rendered, frames and bulk data
-  resources are not offered (406 / 404).
+  transcoding), and ``.../metadata`` as ``application/dicom+json`` with each instance's pixel
+  data as a ``BulkDataURI``. The bulk data resource
+  ``.../instances/{instance}/bulkdata/{tag}`` sends that value (see ``bulkdata``). Rendered and
+  frames resources are not offered (404).
 - Errors are JSON: ``{"error": {"code", "message", "fields"}}``.
 """

@@ -33,4 +33,9 @@ urlpatterns: list[URLPattern] = [
         views.MetadataView.as_view(),
         name="dicomweb-instance-metadata",
     ),
+    path(
+        f"{_INSTANCE}/bulkdata/<str:tag>",
+        views.BulkDataView.as_view(),
+        name="dicomweb-instance-bulkdata",
+    ),
 ]

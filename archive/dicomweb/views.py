@@ -11,7 +11,7 @@ from typing import Any
 from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 
-from archive.dicomweb import qido, selectors, stow, wado
+from archive.dicomweb import bulkdata, qido, selectors, stow, wado
 from archive.dicomweb.common import (
     DicomWebView,
     base_url,
@@ -197,10 +197,34 @@ class MetadataView(DicomWebView):
             instances = instances.filter(pk=row.pk)
             count = 1
         return wado.metadata_response(
+            request=request._request,
             org=self.org,
             actor=self.actor,
             study=study_row,
             series=series_row,
             instances=instances,
             count=count,
+        )
+
+
+class BulkDataView(DicomWebView):
+    """GET .../instances/{instance}/bulkdata/{tag}: the value of a bulk data attribute (the pixel
+    data), by the BulkDataURI the instance's metadata gives."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(
+        self, request: Request, study: str, series: str, instance: str, tag: str
+    ) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
+        return bulkdata.bulkdata_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instance=row,
+            tag=tag,
         )

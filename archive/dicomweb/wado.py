@@ -3,30 +3,40 @@
 Instances are sent exactly as they were received (no transcoding), as
 ``multipart/related; type="application/dicom"`` streamed from object storage chunk by chunk:
 the response needs the same memory for a 3 GB instance as for a 3 MB one. Metadata comes from
-the index (DICOM JSON without bulk data) and never reads object storage.
+the index (the stored DICOM JSON, without bulk data values) and never reads object storage; an
+instance's pixel data is named in it by a ``BulkDataURI`` (``archive.dicomweb.bulkdata``).
 
 Every retrieve and metadata request calls ``archive.services.access_record`` once: the access
 log, last-accessed times, ``egress.bytes`` (the instance bytes actually sent) and the audit log.
 
 A retrieve that includes archive-tier instances without a restored copy starts a restore and
-answers 503 with ``Retry-After`` and a JSON body naming the restore (``_require_readable``).
+answers 503 with ``Retry-After`` and a JSON body naming the restore (``require_readable``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet, TextField
+from django.db import NotSupportedError
+from django.db.models import F, Func, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 
+from archive.dicom import (
+    BITS_ALLOCATED_KEY,
+    PIXEL_DATA_PROVIDER_URL_KEY,
+    PIXEL_REPRESENTATION_KEY,
+    ROWS_KEY,
+    pixel_bulk_data,
+)
 from archive.dicomweb.common import (
     DICOM,
     DICOM_JSON,
@@ -69,7 +79,7 @@ class RestorePending(RestoreRequired):
         self.restore = restore
 
 
-def _require_readable(
+def require_readable(
     *, request: HttpRequest, org: Organization, actor: Actor, instances: list[Instance]
 ) -> None:
     """Refuse a retrieve that includes objects a restore must bring back first, starting that
@@ -260,7 +270,7 @@ def retrieve_response(
         raise NotFound(f"Study {study.study_uid} has no instances.", code="instance_not_found")
     _require_transfer_syntax(instances, syntaxes)
     try:
-        _require_readable(request=request, org=org, actor=actor, instances=instances)
+        require_readable(request=request, org=org, actor=actor, instances=instances)
     except RestorePending as exc:
         return restore_pending_response(exc)
     base = base_url(request)
@@ -322,8 +332,73 @@ def retrieve_response(
     return response
 
 
+def bulkdata_url(base: str, study_uid: str, series_uid: str, sop_uid: str, tag: int) -> str:
+    """The bulk data resource of one attribute of an instance (the BulkDataURI)."""
+    return f"{instance_url(base, study_uid, series_uid, sop_uid)}/bulkdata/{tag:08X}"
+
+
+class JsonPathText(Func):
+    """The value at a path in a JSON column, as text (numbers may come as numbers on SQLite);
+    NULL where the path is absent. Keys are always object keys: Django's key transforms take an
+    all-digit key such as the tag ``00280010`` for an array index."""
+
+    output_field = TextField()
+
+    def __init__(self, column: str, *path: str | int):
+        super().__init__(F(column))
+        self.path = path
+
+    def as_sqlite(
+        self, compiler: Any, connection: Any, **extra_context: Any
+    ) -> tuple[str, tuple[Any, ...]]:
+        sql, params = compiler.compile(self.source_expressions[0])
+        json_path = "$" + "".join(
+            f"[{key}]" if isinstance(key, int) else f".{json.dumps(key)}" for key in self.path
+        )
+        return f"json_extract({sql}, %s)", (*params, json_path)
+
+    def as_postgresql(
+        self, compiler: Any, connection: Any, **extra_context: Any
+    ) -> tuple[str, tuple[Any, ...]]:
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"({sql} #>> %s::text[])", (*params, [str(key) for key in self.path])
+
+    def as_sql(
+        self,
+        compiler: Any,
+        connection: Any,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> tuple[str, tuple[Any, ...]]:
+        raise NotSupportedError(f"JSON paths are not implemented for {connection.vendor}.")
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def with_attribute(raw: str, key: str, element: dict[str, Any]) -> str:
+    """``raw`` (the text of a JSON object) with one more member at its end.
+
+    Stored metadata ends before the pixel data (``archive.dicom.read_header``), so a pixel data
+    tag added last keeps the tags in ascending order, as PS3.18 F.2 lists them.
+    """
+    body = raw.rstrip()
+    if not body.endswith("}"):
+        raise ValueError("The stored metadata is not a JSON object.")
+    body = body[:-1].rstrip()
+    separator = "" if body.endswith("{") else ", "
+    return f"{body}{separator}{json.dumps(key)}: {json.dumps(element)}}}"
+
+
 def metadata_response(
     *,
+    request: HttpRequest,
     org: Organization,
     actor: Actor,
     study: Study,
@@ -331,7 +406,9 @@ def metadata_response(
     instances: QuerySet[Instance],
     count: int,
 ) -> StreamingHttpResponse:
-    """A JSON array of the instances' stored DICOM JSON, streamed from the database in batches."""
+    """A JSON array of the instances' stored DICOM JSON, streamed from the database in batches,
+    each with the BulkDataURI of its pixel data (``archive.dicom.pixel_bulk_data``, derived from
+    columns the query reads along: no object-storage read)."""
     access_record(
         org=org,
         study=study,
@@ -341,15 +418,42 @@ def metadata_response(
         bytes_read=0,
         instances=count,
     )
-    # The stored JSON text as it is: no decoding and re-encoding per instance.
-    rows = instances.annotate(raw=Cast("metadata", output_field=TextField())).values_list(
-        "raw", flat=True
+    base = base_url(request)
+    # The stored JSON text as it is (no decoding and re-encoding per instance), and the few
+    # values that say which pixel data attribute the instance has.
+    rows = instances.annotate(
+        raw=Cast("metadata", output_field=TextField()),
+        pixel_rows=JsonPathText("metadata", ROWS_KEY),
+        pixel_bits=JsonPathText("metadata", BITS_ALLOCATED_KEY, "Value", 0),
+        pixel_representation=JsonPathText("metadata", PIXEL_REPRESENTATION_KEY),
+        pixel_provider=JsonPathText("metadata", PIXEL_DATA_PROVIDER_URL_KEY),
+    ).values_list(
+        "raw",
+        "transfer_syntax_uid",
+        "series__series_uid",
+        "sop_instance_uid",
+        "pixel_rows",
+        "pixel_bits",
+        "pixel_representation",
+        "pixel_provider",
     )
 
     def generate() -> Iterator[bytes]:
         yield b"["
-        for position, raw in enumerate(rows.iterator(chunk_size=500)):
-            yield (b"," if position else b"") + str(raw).encode()
+        for position, row in enumerate(rows.iterator(chunk_size=500)):
+            raw, syntax, series_uid, sop_uid, rows_, bits, representation, provider = row
+            text = str(raw)
+            attribute = pixel_bulk_data(
+                transfer_syntax_uid=syntax,
+                has_rows=rows_ is not None,
+                bits_allocated=_int_or_none(bits),
+                has_pixel_representation=representation is not None,
+                has_provider_url=provider is not None,
+            )
+            if attribute is not None:
+                uri = bulkdata_url(base, study.study_uid, series_uid, sop_uid, attribute.tag)
+                text = with_attribute(text, attribute.key, {"vr": attribute.vr, "BulkDataURI": uri})
+            yield (b"," if position else b"") + text.encode()
         yield b"]"
 
     return StreamingHttpResponse(generate(), content_type=DICOM_JSON)
