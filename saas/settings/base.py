@@ -65,6 +65,10 @@ DATABASES = {"default": env.database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'str
 if str(DATABASES["default"]["NAME"]).startswith(str(VAR_DIR)):
     VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded default lives in ./var
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# Persistent connections: a new PostgreSQL connection per request costs the server a backend
+# process and a few milliseconds; checked before reuse, so a restarted server is survived.
+DATABASES["default"]["CONN_MAX_AGE"] = env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the worker and the web process write without "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
