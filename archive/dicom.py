@@ -5,6 +5,7 @@ Failure reasons are the PS3.18 / PS3.4 codes a STOW-RS or C-STORE sender underst
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import struct
@@ -142,15 +143,21 @@ def _check_complete(ds: Dataset, size: int) -> None:
             )
 
 
-def _header_dataset(ds: Dataset) -> Dataset:
-    """The elements before the pixel data, as ``stop_before_pixels`` would have read them
-    (a deferred one, larger than ``BULK_THRESHOLD``, is read now; the pixel data never is)."""
-    header = Dataset()
-    for tag in list(ds._dict):
-        if tag in PIXEL_TAGS:
-            break
-        header.add(ds[tag])
-    return header
+@contextlib.contextmanager
+def _without_pixel_data(ds: Dataset) -> Iterator[Dataset]:
+    """``ds`` as ``stop_before_pixels`` would have read it, for the duration of the block: the
+    pixel data and whatever follows it are set aside (never read), then put back.
+
+    In place rather than copied into a new Dataset: each element is converted from its raw form
+    once, and the values read afterwards (UIDs, names, dates) are the converted ones.
+    """
+    tags = list(ds._dict)
+    cut = next((n for n, tag in enumerate(tags) if tag in PIXEL_TAGS), len(tags))
+    aside = {tag: ds._dict.pop(tag) for tag in tags[cut:]}
+    try:
+        yield ds
+    finally:
+        ds._dict.update(aside)
 
 
 def read_header(path: Path) -> Header:
@@ -188,9 +195,10 @@ def read_header(path: Path) -> Header:
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     try:
-        metadata = _header_dataset(ds).to_json_dict(
-            bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: ""
-        )
+        with _without_pixel_data(ds) as header:
+            metadata = header.to_json_dict(
+                bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _e: ""
+            )
     except Exception as exc:  # a value pydicom cannot encode as JSON
         raise DicomRejected(
             CANNOT_UNDERSTAND, f"The DICOM header cannot be converted: {exc}."
