@@ -10,8 +10,13 @@ Skips with a message when PostgreSQL is unreachable.
     instances/s and MB/s, association set-up to release (target >= 150 instances/s).
 (b) One 1 GiB instance: the listener process's peak resident memory above its idle level
     (target < 150 MB), sampled from /proc/<pid>/status while the transfer runs.
+(a2) The same corpus (other UIDs) from DCMTK's storescu when it is installed (Debian package
+    dcmtk): a sender whose own CPU cost is negligible, unlike pynetdicom's SCU in this process.
+    The listener answers once an object is durable and checked; "all indexed after" is when the
+    last one was in the index (its indexer process works meanwhile).
 (c) pynetdicom's own ceiling: the same 400 instances to a bare pynetdicom SCP whose C-STORE
-    handler does nothing (same maximum PDU, data sets received to a file), in its own process.
+    handler does nothing (same maximum PDU, data sets received to a file), in its own process;
+    (c2) the same fed by storescu.
 
 BENCH_CSTORE_INSTANCES=400 and BENCH_CSTORE_LARGE_MB=1024 change the sizes; BENCH_KEEP=1 keeps the
 scratch database and the storage folder.
@@ -324,6 +329,22 @@ def bench_empty_scp(files: list[Path]) -> None:
             f"instances in {elapsed:.2f} s, {len(files) / elapsed:.1f} instances/s",
             flush=True,
         )
+        storescu = shutil.which("storescu")
+        if storescu is not None:
+            started = time.perf_counter()
+            done = subprocess.run(  # noqa: S603
+                [storescu, "-aet", CALLING_AE, "-aec", "EMPTY", "127.0.0.1", str(port)]
+                + [str(p) for p in files],
+                capture_output=True,
+                env={**os.environ, "TCP_NODELAY": "1"},
+                check=False,
+            )
+            elapsed = time.perf_counter() - started
+            print(
+                f"(c2) the same empty SCP fed by storescu: {len(files) / elapsed:.1f} "
+                f"instances/s (exit {done.returncode})",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
