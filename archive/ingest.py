@@ -39,7 +39,9 @@ from archive.dicom import (
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
+from tenants.context import Actor
 from tenants.models import Organization
+from tenants.services import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +306,7 @@ def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]
             .select_for_update()
             .filter(study_uid__in=list(first))
         }
+        _revive_trashed(org, studies.values(), now)
         missing = [uid for uid in first if uid not in studies]
         if missing:
             created = Study.objects.bulk_create(
@@ -380,12 +383,36 @@ def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]
         _settle_on_commit(org, (s.pk for s in studies.values()))
 
 
+def _revive_trashed(org: Organization, studies: Iterable[Study], now: datetime) -> None:
+    """New instances of a study in the trash take it out of the trash (audited): a sender that
+    sends a study again wants it kept, and the new instances must not be purged with it.
+    Precondition: the studies are locked in the current transaction."""
+    for study in studies:
+        if study.trashed_at is None:
+            continue
+        Study.objects.filter(pk=study.pk).update(trashed_at=None, purge_after=None, trash_reason="")
+        audit_record(
+            org=org,
+            actor=Actor.system("ingest"),
+            action="study.untrashed",
+            target=study,
+            target_label=study.study_uid,
+            details={
+                "reason": "New instances of the study arrived.",
+                "trashed_at": study.trashed_at.isoformat(),
+            },
+        )
+        study.trashed_at = study.purge_after = None
+        study.trash_reason = ""
+
+
 def _index_one(*, org: Organization, location: StorageLocation, item: _Stored) -> None:
     """Index one stored object, sorting out races with concurrent ingests row by row."""
     now = timezone.now()
     header, spooled = item.header, item.spooled
     with transaction.atomic():
         study = _study_upsert_locked(org, header, now)
+        _revive_trashed(org, [study], now)
         series, new_series = _series_upsert(org, study, header, now)
         if series.study_id != study.pk:
             raise DicomRejected(

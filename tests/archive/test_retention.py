@@ -321,3 +321,42 @@ def test_trashed_purge_date_moves_with_the_clock(org):
     retention.study_trash(org=org, study=study, actor=SYSTEM, reason="r")
     Study.objects.filter(pk=study.pk).update(purge_after=F("purge_after") - dt.timedelta(days=29))
     assert retention.trash_purge_due() == {"studies": 0, "instances": 0}
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
+def test_new_instances_of_a_trashed_study_take_it_out_of_the_trash(
+    org, archive_root, batch, monkeypatch
+):
+    import io
+
+    import pydicom
+    from django.db import IntegrityError
+    from pydicom.uid import generate_uid
+
+    from archive import ingest
+    from archive.ingest import instances_ingest, spool_chunks
+    from archive.storage import store_for
+
+    study = study_row(org, seed_study(org, n=1))
+    retention.study_trash(org=org, study=study, actor=SYSTEM, reason="duplicate exam")
+    instance = Instance.objects.for_org(org).get()
+    data = b"".join(store_for(instance.location).iter_bytes(key=instance.object_key, tier="hot"))
+    again = pydicom.dcmread(io.BytesIO(data))
+    again.SOPInstanceUID = again.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    again.save_as(buffer, enforce_file_format=True)
+    spooled = spool_chunks(store_for(instance.location), [buffer.getvalue()])
+    if not batch:  # the batch transaction loses a race: each object is indexed on its own
+
+        def lost_race(**kwargs):
+            raise IntegrityError("concurrent insert")
+
+        monkeypatch.setattr(ingest, "_index", lost_race)
+    (result,) = instances_ingest(org=org, batch=[spooled])
+
+    assert result.status == "stored"
+    study.refresh_from_db()
+    assert study.trashed_at is None and study.purge_after is None and study.instance_count == 2
+    audit = AuditEvent.objects.filter(organization=org, action="study.untrashed").get()
+    assert audit.actor_label.endswith("ingest") and "arrived" in audit.details["reason"]
+    assert retention.trash_purge_due() == {"studies": 0, "instances": 0}
