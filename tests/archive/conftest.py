@@ -38,3 +38,50 @@ def ct_study():
         to_bytes(make_instance(spec, series_uid=series, instance_number=i + 1, rows=64, columns=64))
         for i in range(3)
     ]
+
+
+DIMSE_CALLED_AE = "ST-MARY"
+
+
+@pytest.fixture
+def dicom_ae(org):
+    """The organization's called AE title for the C-STORE listener tests, open to any sender."""
+    from archive.ae import ae_create
+    from tenants.context import Actor
+
+    return ae_create(
+        org=org,
+        ae_title=DIMSE_CALLED_AE,
+        allowed_calling_ae_titles=[],
+        allowed_networks=[],
+        actor=Actor.system("tests"),
+    )
+
+
+@pytest.fixture
+def start_listener(monkeypatch, tmp_path):
+    """Start a C-STORE listener (``StrataSCP`` options as keywords) on a free port; returns
+    ``(scp, host, port, receive_dir)``; every listener started is stopped at the end."""
+    import tempfile
+
+    from pynetdicom import _config
+
+    from archive.dimse import StrataSCP
+
+    # StrataSCP flips process-wide pynetdicom switches; put them back after the test.
+    for switch in ("STORE_RECV_CHUNKED_DATASET", "STORE_SEND_CHUNKED_DATASET", "LOG_HANDLER_LEVEL"):
+        monkeypatch.setattr(_config, switch, getattr(_config, switch))
+    receive_dir = tmp_path / "dimse-receive"
+    receive_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(receive_dir))
+    started = []
+
+    def start(**options):
+        scp = StrataSCP(ae_title="STRATA", **options)
+        host, port = scp.start("127.0.0.1", 0)
+        started.append(scp)
+        return scp, host, port, receive_dir
+
+    yield start
+    for scp in started:
+        scp.stop(grace=5)

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,11 @@ from archive.synthetic import make_instance, study_spec, write
 from billing.models import UsageEvent
 from tenants.context import Actor
 from tenants.models import AuditEvent, Organization
+from tests.archive.conftest import DIMSE_CALLED_AE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CALLED = "ST-MARY"
+CALLED = DIMSE_CALLED_AE
 OTHER_CALLED = "OTHER-CLINIC"
 MODALITY = "CT-SCANNER-1"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -75,29 +76,9 @@ class Listener:
 
 
 @pytest.fixture
-def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Listener]:
-    # StrataSCP flips process-wide pynetdicom switches; put them back after the test.
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
-    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
-    receive_dir = tmp_path / "dimse-receive"
-    receive_dir.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(receive_dir))
-    scp = StrataSCP(ae_title="STRATA")
-    host, port = scp.start("127.0.0.1", 0)
-    yield Listener(scp=scp, host=host, port=port, receive_dir=receive_dir)
-    scp.stop(grace=5)
-
-
-@pytest.fixture
-def dicom_ae(org: Organization) -> Any:
-    return ae_create(
-        org=org,
-        ae_title=CALLED,
-        allowed_calling_ae_titles=[],
-        allowed_networks=[],
-        actor=Actor.system("tests"),
-    )
+def listener(start_listener: Any) -> Listener:
+    scp, host, port, receive_dir = start_listener()
+    return Listener(scp=scp, host=host, port=port, receive_dir=receive_dir)
 
 
 def associate(

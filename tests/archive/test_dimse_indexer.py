@@ -4,18 +4,14 @@ what a stopped listener left, and the indexer in a process of its own."""
 
 from __future__ import annotations
 
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
-from pynetdicom import _config
 
 from archive import dimse, dimse_indexer
-from archive.dimse import StrataSCP
 from archive.dimse_indexer import association_queue_dir, db_serial, queue_job_record
 from archive.ingest import location_primary
 from archive.models import IngestFailure, IngestJob, Instance
@@ -29,38 +25,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+def start(start_listener: Any) -> Any:
     """Start a listener with the given options; stopped at the end of the test."""
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
-    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
-    receive_dir = tmp_path / "dimse-receive"
-    receive_dir.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(receive_dir))
-    started: list[StrataSCP] = []
 
     def run(**options: Any) -> Listener:
-        scp = StrataSCP(ae_title="STRATA", **options)
-        host, port = scp.start("127.0.0.1", 0)
-        started.append(scp)
+        scp, host, port, receive_dir = start_listener(**options)
         return Listener(scp=scp, host=host, port=port, receive_dir=receive_dir)
 
-    yield run
-    for scp in started:
-        scp.stop(grace=5)
-
-
-@pytest.fixture
-def dicom_ae(org: Any) -> Any:
-    from archive.ae import ae_create
-    from tenants.context import Actor
-
-    return ae_create(
-        org=org,
-        ae_title=CALLED,
-        allowed_calling_ae_titles=[],
-        allowed_networks=[],
-        actor=Actor.system("tests"),
-    )
+    return run
 
 
 @pytest.fixture
