@@ -21,8 +21,9 @@ its series, with the bytes of those series.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -32,6 +33,7 @@ from archive.models import AccessEvent, Series, Study
 from tenants.models import Organization
 
 HORIZONS: tuple[int, ...] = (7, 30, 90, 180, 365)
+# (The partial index of reads, migration 0007, lists the same kinds.)
 READ_KINDS: tuple[str, ...] = (AccessEvent.Kind.RETRIEVE, AccessEvent.Kind.DOWNLOAD)
 
 
@@ -139,6 +141,80 @@ def _points(
     return points
 
 
+def latest_reads_sql(*, org: Organization, whole_study: bool = False) -> tuple[str, list[Any]]:
+    """A SELECT of the latest read of each of the organization's studies read at all:
+    ``study_id`` and ``last_read`` (any read of the study or of one of its series), and with
+    ``whole_study`` also ``study_read`` (the latest read of the study as a whole; NULL when
+    only series of it were read); and its parameters.
+
+    The reads come in study order (the ORDER BY), so that they are grouped as they stream
+    from the partial index of reads by study and time (migration 0007) instead of into a hash
+    table of every study read."""
+    access_t = AccessEvent._meta.db_table
+    whole = ", MAX(a.at) FILTER (WHERE a.series_id IS NULL) AS study_read" if whole_study else ""
+    # Only table names, parameter markers and fixed SQL are interpolated; values are parameters.
+    sql = (
+        f"SELECT a.study_id AS study_id, MAX(a.at) AS last_read{whole} FROM ("  # noqa: S608
+        f"SELECT a.study_id AS study_id, a.at AS at, a.series_id AS series_id FROM {access_t} a "
+        f"WHERE a.organization_id = %s AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) "
+        "ORDER BY a.study_id) a GROUP BY a.study_id"
+    )
+    return sql, [org.pk, *READ_KINDS]
+
+
+def curve_buckets_sql(
+    *, ref: str, last_read: str, today: date, horizons: tuple[int, ...] = HORIZONS
+) -> tuple[str, list[Any]]:
+    """The select-list SQL of a study's two buckets, ``age_b`` (how many horizons its age
+    reaches) and ``gap_b`` (how many its latest read reaches), from its reference date ``ref``
+    and the time of its latest read ``last_read`` (NULL: never read); and its parameters."""
+    cuts = tuple(sorted(int(h) for h in horizons))
+    gap = _day_gap_sql(last_read, ref)
+    age = _day_gap_sql("%s", ref, later_is_date=True)
+    day = today if _postgres() else today.isoformat()
+    # (SQLite repeats the age expression in its CASE ladder, with its parameter.)
+    params = [day] if _postgres() else [day] * (len(cuts) + 1)
+    return f"{_bucket_sql(age, cuts)} AS age_b, {_bucket_sql(gap, cuts)} AS gap_b", params
+
+
+def curve_counts_sql(*, studies: str, org: Organization) -> tuple[str, list[Any]]:
+    """Two grouped SELECTs (UNION ALL) over ``studies``, a relation of the organization's
+    studies with columns ``id``, ``nbytes``, ``age_b`` and ``gap_b`` (see
+    ``curve_buckets_sql``): rows (part, modality, age_b, gap_b, studies, bytes), part 0 for all
+    studies (modality ''), part 1 per modality (a study under each modality of its series, with
+    the bytes of those series, grouped in the order of the index of series by study and
+    modality, migration 0007); and its parameters. ``curve_from_rows`` reads them."""
+    series_t = Series._meta.db_table
+    # Only table and relation names and fixed SQL are interpolated; values are parameters.
+    sql = (
+        "SELECT 0 AS part, '' AS modality, t.age_b AS age_b, t.gap_b AS gap_b, "  # noqa: S608
+        f"COUNT(*) AS studies, SUM(t.nbytes) AS bytes FROM {studies} t GROUP BY t.age_b, t.gap_b "
+        "UNION ALL SELECT 1 AS part, m.modality AS modality, t.age_b AS age_b, t.gap_b AS gap_b, "
+        "COUNT(*) AS studies, SUM(m.nbytes) AS bytes FROM (SELECT se.study_id AS study_id, "
+        f"se.modality AS modality, SUM(se.total_bytes) AS nbytes FROM {series_t} se "
+        "WHERE se.organization_id = %s GROUP BY se.study_id, se.modality) m "
+        f"JOIN {studies} t ON t.id = m.study_id GROUP BY m.modality, t.age_b, t.gap_b"
+    )
+    return sql, [org.pk]
+
+
+def curve_from_rows(
+    rows: Iterable[tuple[Any, ...]], *, now: datetime, horizons: tuple[int, ...] = HORIZONS
+) -> AccessCurve:
+    """The curve from the rows of ``curve_counts_sql``."""
+    overall: dict[tuple[int, int], tuple[int, int]] = {}
+    per_modality: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
+    for part, modality, age_b, gap_b, n, nbytes in rows:
+        counts = overall if part == 0 else per_modality.setdefault(str(modality or ""), {})
+        counts[(int(age_b), int(gap_b))] = (int(n or 0), int(nbytes or 0))
+    return AccessCurve(
+        as_of=now,
+        horizons=horizons,
+        overall=_points(overall, horizons),
+        by_modality={m: _points(c, horizons) for m, c in sorted(per_modality.items())},
+    )
+
+
 def access_curve(
     *, org: Organization, now: datetime | None = None, horizons: tuple[int, ...] = HORIZONS
 ) -> AccessCurve:
@@ -148,41 +224,26 @@ def access_curve(
     log, joined once to the studies; each study gets the number of horizons its age reaches and
     the number its latest read reaches, and the studies (overall, and per modality the series
     grouped per study and modality) are counted per pair of those, a few dozen rows summed up
-    here per horizon.
+    here per horizon. (The cost simulator runs the same counts in its inventory statement,
+    sharing its pass over the access log.)
     """
     now = now or timezone.now()
-    today = now.date()
     study_t = Study._meta.db_table
-    series_t = Series._meta.db_table
-    access_t = AccessEvent._meta.db_table
-    cuts = tuple(sorted(int(h) for h in horizons))
     ref = f"COALESCE(s.study_date, {_received_date_sql('s.created_at')})"
-    gap = _day_gap_sql("r.last_read", ref)
-    age = _day_gap_sql("%s", ref, later_is_date=True)
+    buckets, bucket_params = curve_buckets_sql(
+        ref=ref, last_read="r.last_read", today=now.date(), horizons=horizons
+    )
+    counts, count_params = curve_counts_sql(studies="st", org=org)
+    latest, latest_params = latest_reads_sql(org=org)
     # Only table names, parameter markers, integers and fixed SQL are interpolated; values are
     # parameters.
     sql = (
-        f"WITH latest AS (SELECT a.study_id AS study_id, MAX(a.at) AS last_read "  # noqa: S608
-        f"FROM {access_t} a WHERE a.organization_id = %s "
-        f"AND a.kind IN ({', '.join(['%s'] * len(READ_KINDS))}) GROUP BY a.study_id), "
-        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {_bucket_sql(age, cuts)} AS "
-        f"age_b, {_bucket_sql(gap, cuts)} AS gap_b "
+        f"WITH latest AS ({latest}), "  # noqa: S608
+        f"st AS (SELECT s.id AS id, s.total_bytes AS nbytes, {buckets} "
         f"FROM {study_t} s LEFT JOIN latest r ON r.study_id = s.id "
-        "WHERE s.organization_id = %s) "
-        "SELECT 0 AS part, '' AS modality, t.age_b, t.gap_b, COUNT(*), SUM(t.nbytes) FROM st t "
-        "GROUP BY t.age_b, t.gap_b "
-        "UNION ALL SELECT 1 AS part, m.modality AS modality, st.age_b, st.gap_b, COUNT(*), "
-        "SUM(m.nbytes) FROM (SELECT se.study_id AS study_id, se.modality AS modality, "
-        f"SUM(se.total_bytes) AS nbytes FROM {series_t} se WHERE se.organization_id = %s "
-        "GROUP BY se.study_id, se.modality) m JOIN st ON st.id = m.study_id "
-        "GROUP BY m.modality, st.age_b, st.gap_b"
+        f"WHERE s.organization_id = %s) {counts}"
     )
-    day = today if _postgres() else today.isoformat()
-    # (SQLite repeats the age expression in its CASE ladder, with its parameter.)
-    age_params = [day] if _postgres() else [day] * (len(cuts) + 1)
-    params = [org.pk, *READ_KINDS, *age_params, org.pk, org.pk]
-    overall: dict[tuple[int, int], tuple[int, int]] = {}
-    per_modality: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
+    params = [*latest_params, *bucket_params, org.pk, *count_params]
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # A one-off aggregate: compiling it costs more than it saves, and its hash tables
@@ -190,15 +251,8 @@ def access_curve(
             cursor.execute("SET LOCAL jit = off")
             cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
-        for part, modality, age_b, gap_b, n, nbytes in cursor.fetchall():
-            counts = overall if part == 0 else per_modality.setdefault(str(modality or ""), {})
-            counts[(int(age_b), int(gap_b))] = (int(n or 0), int(nbytes or 0))
-    return AccessCurve(
-        as_of=now,
-        horizons=horizons,
-        overall=_points(overall, horizons),
-        by_modality={m: _points(c, horizons) for m, c in sorted(per_modality.items())},
-    )
+        rows = cursor.fetchall()
+    return curve_from_rows(rows, now=now, horizons=horizons)
 
 
 def monthly_read_probability(fractions: dict[int, float], age_days: float) -> float:

@@ -47,7 +47,16 @@ from django.db.models import Case, Count, F, IntegerField, Sum, Value, When
 from django.db.models.functions import Coalesce, ExtractYear, TruncDate
 from django.utils import timezone
 
-from archive.analytics import READ_KINDS, AccessCurve, access_curve, monthly_read_probability
+from archive.analytics import (
+    READ_KINDS,
+    AccessCurve,
+    access_curve,
+    curve_buckets_sql,
+    curve_counts_sql,
+    curve_from_rows,
+    latest_reads_sql,
+    monthly_read_probability,
+)
 from archive.models import (
     AccessEvent,
     ArchiveSettings,
@@ -369,6 +378,16 @@ def inventory(
     At series granularity (see ``_inventory_series_rows``), unless a rule looks at SOP classes,
     an instance attribute: then every instance row is read (``_inventory_instance_rows``).
     """
+    buckets, instances, total, _ = _inventory(org=org, now=now, rules=rules, with_curve=False)
+    return buckets, instances, total
+
+
+def _inventory(
+    *, org: Organization, now: datetime, rules: list[dict[str, Any]], with_curve: bool
+) -> tuple[list[Bucket], int, int, AccessCurve | None]:
+    """``inventory``, and with ``with_curve`` the access curve as of ``now`` from the same
+    statement, which then reads the access log once for both (at series granularity; None at
+    instance granularity: ``access_curve`` then reads it on its own)."""
     age_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_study_date"))
     idle_edges = _edges(DAY_EDGES, _thresholds(rules, "days_since_last_access"))
     tier_edges = list(TIER_DAY_EDGES)
@@ -382,10 +401,13 @@ def inventory(
     if any(r.get("action", {}).get("type") == "delete" for r in rules):
         group.append("held")
     edges = (age_edges, idle_edges, tier_edges)
+    curve: AccessCurve | None = None
     if "sop_class_uid" in group:
         rows = _inventory_instance_rows(org=org, now=now, group=group, edges=edges)
     else:
-        rows = _inventory_series_rows(org=org, now=now, group=group, edges=edges)
+        rows, curve = _series_statement(
+            org=org, now=now, group=group, edges=edges, with_curve=with_curve
+        )
     buckets: list[Bucket] = []
     instances = total = 0
     for row in rows:
@@ -409,7 +431,7 @@ def inventory(
                 held=bool(row.get("held")),
             )
         )
-    return buckets, instances, total
+    return buckets, instances, total, curve
 
 
 # SQL fragments per database for the series-level inventory. Only fixed expressions, table names
@@ -427,15 +449,25 @@ def _sql_time(value: datetime) -> Any:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
 
 
-def _sql_days_since(column: str, now: datetime) -> tuple[str, list[Any]]:
-    """Days (fractional) from the timestamp ``column`` to ``now``: SQL and its parameters.
+def _sql_idle(latest: str, now: datetime) -> tuple[str, list[Any]]:
+    """The time from the timestamp ``latest`` to ``now``, to be cut by ``_sql_idle_bucket``: SQL
+    and its parameters.
 
-    (On SQLite ``now`` is inlined as a Julian day number, so that the expression can be repeated
-    in a CASE ladder.)"""
+    On PostgreSQL an interval: exact, and far cheaper per row than days as the numeric that
+    EXTRACT(EPOCH ...) returns. On SQLite fractional days, with ``now`` inlined as a Julian day
+    number so that the expression can be repeated in a CASE ladder."""
     if _pg():
-        return f"(EXTRACT(EPOCH FROM (%s::timestamptz - ({column}))) / 86400.0)", [now]
+        return f"(%s::timestamptz - ({latest}))", [now]
     julian = (now - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() / 86400 + 2440587.5
-    return f"({float(julian)!r} - julianday({column}))", []
+    return f"({float(julian)!r} - julianday({latest}))", []
+
+
+def _sql_idle_bucket(value: str, edges: list[int]) -> str:
+    """The number of ``edges`` (days) at or below the time ``value`` of ``_sql_idle``."""
+    if _pg():
+        cuts = ", ".join(f"'{int(e)} days'" for e in edges)
+        return f"width_bucket({value}, ARRAY[{cuts}]::interval[])"
+    return _sql_bucket(value, edges)
 
 
 def _sql_ref(alias: str) -> str:
@@ -515,7 +547,22 @@ def _inventory_series_rows(
     group: list[str],
     edges: tuple[list[int], list[int], list[int]],
 ) -> list[dict[str, Any]]:
-    """The inventory from the series' aggregates, without reading every instance row.
+    """The inventory rows from the series' aggregates (``_series_statement`` without the
+    curve)."""
+    rows, _ = _series_statement(org=org, now=now, group=group, edges=edges, with_curve=False)
+    return rows
+
+
+def _series_statement(
+    *,
+    org: Organization,
+    now: datetime,
+    group: list[str],
+    edges: tuple[list[int], list[int], list[int]],
+    with_curve: bool,
+) -> tuple[list[dict[str, Any]], AccessCurve | None]:
+    """The inventory from the series' aggregates, without reading every instance row; with
+    ``with_curve`` also the access curve (``archive.analytics``) as of ``now``.
 
     A series' bytes per tier come from its ``bytes_<tier>`` counters (kept in the same
     transaction as ingest and tier moves); its instances per tier are apportioned by bytes. The
@@ -531,9 +578,12 @@ def _inventory_series_rows(
     bytes (all of hot) owe no early deletion and take the last bucket (``_recent_buckets``).
 
     One statement, one row per series: the recent instances pivoted per series (one column per
-    tier and bucket), the latest reads per study and per series, the series' own columns carried
+    tier and bucket), the study's columns and latest reads, the series' own columns carried
     through (one join of the series); grouped by the series-level cuts, then unpivoted here per
-    tier and bucket.
+    tier and bucket. The studies come from one pass over them joined with one grouped pass over
+    the access log (per study its latest read, and its latest read as a whole); the curve's
+    counts (``archive.analytics.curve_counts_sql``) read the same studies, in more rows of the
+    same statement (``part`` 1 and 2; the inventory's are ``part`` 0).
     """
     age_edges, idle_edges, tier_edges = edges
     instance_t, study_t, series_t, access_t = (
@@ -544,6 +594,39 @@ def _inventory_series_rows(
     )
     recent_buckets = _recent_buckets(tier_edges)
     last = len(tier_edges)
+    kinds = ", ".join(["%s"] * len(READ_KINDS))
+    # The access log, once: per study the latest read of any part of it (the curve's) and the
+    # latest read of the study as a whole (series reads are grouped per series below).
+    reads, reads_params = latest_reads_sql(org=org, whole_study=True)
+    # The organization's studies (trashed ones too: the curve counts them, the inventory does
+    # not), with their latest reads and the columns the inventory needs of them.
+    ref = _sql_ref("s")
+    columns = {
+        "descr": "s.study_description",
+        "page": f"{_sql_years(ref)} - {_sql_years('s.patient_birth_date')}",
+        "held": "s.legal_hold",
+    }
+    extras = [name for name in group if name in columns]
+    study_cols = [
+        "s.id AS id",
+        "s.total_bytes AS nbytes",
+        "s.trashed_at IS NULL AS live",
+        f"{_sql_date_days(ref)} AS age_d",
+        "r.study_read AS study_read",
+        *(f"{columns[name]} AS {name}" for name in extras),
+    ]
+    study_params: list[Any] = [now.date() if _pg() else now.date().isoformat()]
+    if with_curve:
+        buckets, bucket_params = curve_buckets_sql(
+            ref=ref, last_read="r.last_read", today=now.date()
+        )
+        study_cols.append(buckets)
+        study_params += bucket_params
+    studies = (
+        f"st AS (SELECT {', '.join(study_cols)} FROM {study_t} s "  # noqa: S608
+        "LEFT JOIN reads r ON r.study_id = s.id WHERE s.organization_id = %s)"
+    )
+    study_params.append(org.pk)
     # Non-hot instances still within their tier's minimum, per series, tier and days-in-tier
     # bucket (by the time of their move, or of their receipt when never moved): grouped first
     # (a few rows per series), then pivoted to one row per series. The bucket compares the
@@ -578,34 +661,19 @@ def _inventory_series_rows(
             ]
             cols.append((tier, k, f"n_{tier}_{k}", f"b_{tier}_{k}"))
     recent = (
-        f"SELECT x.series_id AS series_id, {', '.join(pivot)} FROM (SELECT y.series_id AS "  # noqa: S608
-        "series_id, y.t AS t, y.k AS k, COUNT(*) AS n, CAST(SUM(y.size_bytes) AS BIGINT) AS b "
-        f"FROM ({' UNION ALL '.join(selects)}) y GROUP BY y.series_id, y.t, y.k) x "
-        "GROUP BY x.series_id"
+        f"recent AS (SELECT x.series_id AS series_id, {', '.join(pivot)} FROM (SELECT "  # noqa: S608
+        "y.series_id AS series_id, y.t AS t, y.k AS k, COUNT(*) AS n, CAST(SUM(y.size_bytes) AS "
+        f"BIGINT) AS b FROM ({' UNION ALL '.join(selects)}) y GROUP BY y.series_id, y.t, y.k) x "
+        "GROUP BY x.series_id)"
     )
     recent_cols = [(n_col, b_col) for _, _, n_col, b_col in cols]
-    # The access log: the latest read of each study as a whole, and of each series read alone
-    # (two aggregates, so that the planner knows how many of each there are and hashes them).
-    kinds = ", ".join(["%s"] * len(READ_KINDS))
-    study_reads = (
-        f"SELECT a.study_id AS study_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
-        f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NULL "
-        "GROUP BY a.study_id"
-    )
+    # The latest read of each series read alone.
     series_reads = (
         f"SELECT a.series_id AS series_id, MAX(a.at) AS at FROM {access_t} a "  # noqa: S608
         f"WHERE a.organization_id = %s AND a.kind IN ({kinds}) AND a.series_id IS NOT NULL "
         "GROUP BY a.series_id"
     )
-    reads_params: list[Any] = [org.pk, *READ_KINDS, org.pk, *READ_KINDS]
-    ref = _sql_ref("s")
-    idle, idle_params = _sql_days_since(_sql_greatest("se.created_at", "sr.at", "xr.at"), now)
-    columns = {
-        "descr": "s.study_description",
-        "page": f"{_sql_years(ref)} - {_sql_years('s.patient_birth_date')}",
-        "held": "s.legal_hold",
-    }
-    extras = [name for name in group if name in columns]
+    idle, idle_params = _sql_idle(_sql_greatest("se.created_at", "s.study_read", "xr.at"), now)
 
     # Per series (computed once per row: the fence keeps PostgreSQL from inlining these columns
     # into every aggregate that uses them): what the recent instances leave of each tier (all of
@@ -645,39 +713,51 @@ def _inventory_series_rows(
         cols.append((tier, last, f"n_{tier}_rest", f"b_{tier}_rest"))
     parts += [f"SUM(q.{n}) AS {n}, SUM(q.{b}) AS {b}" for n, b in recent_cols]
     per_series += [f"COALESCE(r.{c}, 0) AS {c}" for pair in recent_cols for c in pair]
-    inner_extras = "".join(f", {columns[name]} AS {name}" for name in extras)
+    inner_extras = "".join(f", s.{name} AS {name}" for name in extras)
     inner = (
-        f"SELECT se.modality AS mod, {_sql_date_days(ref)} AS age_d, {idle} AS idle_d"  # noqa: S608
+        f"SELECT se.modality AS mod, s.age_d AS age_d, {idle} AS idle_d"  # noqa: S608
         f"{inner_extras}, {', '.join(per_series)} "
-        f"FROM {series_t} se JOIN {study_t} s ON s.id = se.study_id "
+        f"FROM {series_t} se JOIN st s ON s.id = se.study_id "
         "LEFT JOIN recent r ON r.series_id = se.id "
-        f"LEFT JOIN ({study_reads}) sr ON sr.study_id = se.study_id "
         f"LEFT JOIN ({series_reads}) xr ON xr.series_id = se.id "
-        "WHERE se.organization_id = %s AND s.trashed_at IS NULL"
+        "WHERE se.organization_id = %s AND s.live"
         f"{' OFFSET 0' if _pg() else ''}"
     )
-    inner_params: list[Any] = [
-        now.date() if _pg() else now.date().isoformat(),
-        *idle_params,
-        *reads_params,
-        org.pk,
-    ]
+    inner_params: list[Any] = [*idle_params, org.pk, *READ_KINDS, org.pk]
     keys = ["mod", "age_b", "idle_b", *extras]
-    sql = (
-        f"WITH recent AS ({recent}) "  # noqa: S608
-        f"SELECT q.mod AS mod, {_sql_bucket('q.age_d', age_edges)} AS age_b, "
-        f"{_sql_bucket('q.idle_d', idle_edges)} AS idle_b"
-        f"{''.join(f', q.{name} AS {name}' for name in extras)}, {', '.join(parts)} "
-        f"FROM ({inner}) q GROUP BY {', '.join(str(k + 1) for k in range(len(keys)))}"
+    curve_cols = ["c_age_b", "c_gap_b", "c_studies", "c_bytes"]
+    inventory_sql = (
+        f"SELECT 0 AS part, q.mod AS mod, {_sql_bucket('q.age_d', age_edges)} AS age_b, "  # noqa: S608
+        f"{_sql_idle_bucket('q.idle_d', idle_edges)} AS idle_b"
+        f"{''.join(f', q.{name} AS {name}' for name in extras)}, {', '.join(parts)}"
+        f"{''.join(f', NULL AS {c}' for c in curve_cols) if with_curve else ''} "
+        f"FROM ({inner}) q GROUP BY {', '.join(str(k + 2) for k in range(len(keys)))}"
     )
+    main_params = inner_params
+    if with_curve:
+        # The curve's rows in the inventory's columns: its buckets and counts in their own.
+        counts, counts_params = curve_counts_sql(studies="st", org=org)
+        blanks = [*keys[1:], *(c for _, _, n, b in cols for c in (n, b))]
+        inventory_sql += (
+            " UNION ALL SELECT 1 + c.part AS part, c.modality AS mod"  # noqa: S608
+            f"{''.join(f', NULL AS {name}' for name in blanks)}, c.age_b AS c_age_b, "
+            f"c.gap_b AS c_gap_b, c.studies AS c_studies, c.bytes AS c_bytes FROM ({counts}) c"
+        )
+        main_params = [*main_params, *counts_params]
+    sql = f"WITH reads AS ({reads}), {studies}, {recent} {inventory_sql}"
     out: list[dict[str, Any]] = []
-    for row in _fetch_dicts(sql, [*recent_params, *inner_params]):
+    curve_rows: list[tuple[Any, ...]] = []
+    for row in _fetch_dicts(sql, [*reads_params, *study_params, *recent_params, *main_params]):
+        if row["part"]:
+            curve_rows.append((row["part"] - 1, row["mod"], *(row[c] for c in curve_cols)))
+            continue
         base = {name: row[name] for name in keys}
         for tier, k, n_col, b_col in cols:
             n, b = int(row[n_col] or 0), int(row[b_col] or 0)
             if n > 0 or b > 0:
                 out.append({**base, "tier": tier, "tier_b": k, "n": n, "b": b})
-    return out
+    curve = curve_from_rows(curve_rows, now=now) if with_curve else None
+    return out, curve
 
 
 def _fetch_dicts(sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -854,7 +934,17 @@ class _Compiled:
         pattern = self.conditions.get("description_pattern")
         self.pattern = _wildcard(pattern) if pattern else None
 
-    def matches(self, b: Bucket, shift: float) -> bool:
+    def matches_always(self, b: Bucket) -> bool:
+        """The conditions that time does not change (modality, SOP class, description)."""
+        c = self.conditions
+        if "modalities" in c and b.modality not in c["modalities"]:
+            return False
+        if "sop_classes" in c and b.sop_class not in c["sop_classes"]:
+            return False
+        return self.pattern is None or bool(self.pattern.match(b.description))
+
+    def matches_at(self, b: Bucket, shift: float) -> bool:
+        """The conditions on days and years, at ``shift`` days from now."""
         c = self.conditions
         if "days_since_last_access" in c and not _in_range(
             max(b.idle + shift, 0), c["days_since_last_access"]
@@ -863,12 +953,6 @@ class _Compiled:
         if "days_since_study_date" in c and not _in_range(
             max(b.age + shift, 0), c["days_since_study_date"]
         ):
-            return False
-        if "modalities" in c and b.modality not in c["modalities"]:
-            return False
-        if "sop_classes" in c and b.sop_class not in c["sop_classes"]:
-            return False
-        if self.pattern is not None and not self.pattern.match(b.description):
             return False
         if "patient_age_years" in c:
             years = None if b.patient_age is None else b.patient_age + shift / 365.25
@@ -1005,6 +1089,10 @@ def _project(
 
     moves = [c for c in compiled if c.action.get("type") == "move"]
     deletes = [c for c in compiled if c.action.get("type") == "delete"]
+    # Per bucket, the rules whose conditions that time does not change it meets (in their
+    # order: the first matching move rule decides); each month compares only days and years.
+    moves_of = [[r for r in moves if r.matches_always(b)] for b in buckets]
+    deletes_of = [[r for r in deletes if r.matches_always(b)] for b in buckets]
     # Per bucket: tier, day of entering it (relative to now), trashed-at shift.
     tier = ["hot" if all_hot else b.tier for b in buckets]
     entered = [-b.in_tier for b in buckets]
@@ -1030,12 +1118,16 @@ def _project(
                 gone[i] = True
                 continue
             if t_at is None and not b.held:
-                for rule in deletes:
+                for rule in deletes_of[i]:
                     after = rule.action.get("after_days", 0)
-                    if b.age + shift >= after and rule.matches(b, shift):
+                    if b.age + shift >= after and rule.matches_at(b, shift):
                         trashed[i] = shift
                         break
-            target = next((r for r in moves if r.matches(b, shift)), None)
+            target: _Compiled | None = None
+            for rule in moves_of[i]:
+                if rule.matches_at(b, shift):
+                    target = rule
+                    break
             if target is not None and is_colder(target.action["tier"], tier[i]):
                 usage.early[tier[i]] += b.bytes * max(minimum - stayed, 0)
                 usage.transitions[target.action["tier"]] += b.instances
@@ -1216,12 +1308,14 @@ def simulate(
         StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
     )
     prices = plan_prices(org=org, now=now)
-    curve = access_curve(org=org, now=now)
     rate = ingest_rate(org=org, now=now)
 
     # The recommended rules' thresholds are horizons, already among the buckets' cuts.
     all_rules = [*(active_rules or []), *(candidate_rules or [])]
-    buckets, instances, total_bytes = inventory(org=org, now=now, rules=all_rules)
+    buckets, instances, total_bytes, shared_curve = _inventory(
+        org=org, now=now, rules=all_rules, with_curve=True
+    )
+    curve = shared_curve if shared_curve is not None else access_curve(org=org, now=now)
     modality_bytes: dict[str, int] = defaultdict(int)
     modality_instances: dict[str, int] = defaultdict(int)
     for b in buckets:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from django.template.loader import render_to_string
 
 from archive import simulator
+from archive.analytics import access_curve
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.simulator import money_text, simulate
 from billing.meters import GIB
@@ -166,3 +167,68 @@ def test_days_in_tier_are_cut_only_within_each_tiers_minimum(org):
         rows = _rows(org, reader)
         tier_b = {key[1]: int(key[4]) for key in rows}
         assert tier_b == {"hot": last, "cold": last, "archive": 2}
+
+
+def _curve(curve):
+    return {
+        modality: [p.as_dict() for p in points]
+        for modality, points in [("", curve.overall), *curve.by_modality.items()]
+    }
+
+
+def test_simulation_curve_is_the_access_curve(org, other_org):
+    """The simulator counts the curve in its inventory statement (one pass over the access log
+    for both): the same curve as ``access_curve``, trashed studies, studies without series,
+    series-level reads and several series of one modality included."""
+    old = NOW - timedelta(days=400)
+    # Two CT series and an MR series in one study: counted once under CT, once under MR.
+    a = add_study(
+        org,
+        study_date=old.date(),
+        received=old,
+        series=[("CT", 2, 100), ("CT", 1, 50), ("MR", 1, 7000)],
+    )
+    read(org, a, NOW - timedelta(days=200))
+    # A series-level read, later than the study-level one: the study's latest read.
+    mr = Series.objects.get(study=a, modality="MR")
+    AccessEvent.objects.create(
+        organization=org, study=a, series=mr, kind="retrieve", at=NOW - timedelta(days=20)
+    )
+    b = add_study(org, study_date=None, received=NOW - timedelta(days=100), series=[("US", 3, 9)])
+    read(org, b, NOW - timedelta(days=60), kind="download")
+    read(org, b, NOW - timedelta(days=5), kind="metadata")
+    # A trashed study: out of the inventory, in the curve.
+    c = add_study(
+        org, study_date=(NOW - timedelta(days=50)).date(), received=old, series=[("CT", 1, 8)]
+    )
+    read(org, c, NOW - timedelta(days=10))
+    Study.objects.filter(pk=c.pk).update(trashed_at=NOW - timedelta(days=1))
+    # A study without series (its bytes count overall only).
+    Study.objects.create(
+        organization=org, study_uid="1.2.3.no-series", study_date=old.date(), total_bytes=5,
+        bytes_hot=5, created_at=old,
+    )  # fmt: skip
+    x = add_study(other_org, study_date=old.date(), received=old, series=[("CT", 9, 10)])
+    read(other_org, x, NOW - timedelta(days=1))
+
+    sim = simulate(org=org, now=NOW)
+    assert _curve(sim.curve) == _curve(access_curve(org=org, now=NOW))
+    assert sim.curve.point(7, "CT").studies_observed == 2
+    assert sim.curve.point(7).studies_observed == 4
+    assert sim.instances == 4 + 3
+
+
+def test_idle_days_on_a_cut_count_as_reached(org):
+    """A series last read exactly 90 days ago is 90 days idle: in the bucket from 90 days on,
+    with the series and the instance readings alike."""
+    at = NOW - timedelta(days=400)
+    study = add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 10)])
+    read(org, study, NOW - timedelta(days=90))
+    Instance.objects.filter(study=study).update(last_accessed_at=NOW - timedelta(days=90))
+    idle_edges = simulator._edges(
+        simulator.DAY_EDGES, simulator._thresholds(RULES, "days_since_last_access")
+    )
+    series_level = _rows(org, simulator._inventory_series_rows)
+    assert series_level == _rows(org, simulator._inventory_instance_rows)
+    ((key, _),) = series_level.items()
+    assert int(key[3]) == idle_edges.index(90) + 1
