@@ -66,6 +66,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -290,11 +291,17 @@ class _ReceiveFile:
         point it at a name that never exists."""
         self.name += ".acknowledged"
 
-    def spooled(self) -> Spooled:
-        """The complete file, flushed to disk."""
+    def spooled(self, syncer: ThreadPoolExecutor) -> tuple[Spooled, Future[None]]:
+        """The complete file, and its flush to disk started in ``syncer`` (the caller checks the
+        object meanwhile, and waits for the flush before it answers or lets the file close)."""
         self.file.flush()
-        os.fsync(self.file.fileno())
-        return Spooled(path=Path(self.name), size=self.size, sha256=self.digest.hexdigest())
+        synced = syncer.submit(_fdatasync, self.file.fileno())
+        return Spooled(path=Path(self.name), size=self.size, sha256=self.digest.hexdigest()), synced
+
+
+# Data and the size of a new file (what reading it back needs), without a journal commit for
+# its times; fsync where the platform has no fdatasync.
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
@@ -642,6 +649,10 @@ class StrataSCP:
         self._backlog = self._mp.Value("q", 0)
         self._inbox: Any = self._mp.JoinableQueue() if indexer == "process" else queue.Queue()
         self._indexer: Any = None
+        # Flushes received objects to disk while the handler checks them (one per association).
+        self._syncer = ThreadPoolExecutor(
+            max_workers=max_associations, thread_name_prefix="strata-scp-sync"
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -723,6 +734,7 @@ class StrataSCP:
         # cleaning up (its object is not acknowledged, so the sender will send it again).
         for assoc in server.active_associations:
             assoc.join(timeout=60)
+        self._syncer.shutdown(wait=True)
         # The indexer finishes what was acknowledged; what it cannot finish stays queued on disk
         # and is indexed at the next start.
         if self._indexer is not None:
@@ -879,9 +891,10 @@ class StrataSCP:
             return self._answer(session, result, discard=None)
         try:
             received = getattr(request, "_dataset_file", None)
+            synced: Future[None] | None = None
             if isinstance(received, _ReceiveFile):
-                spooled = received.spooled()
-            else:  # received by pynetdicom's own file: copied with our File Meta
+                spooled, synced = received.spooled(self._syncer)
+            else:  # received by pynetdicom's own file: copied with our File Meta (and synced)
                 spooled = spool_received(
                     event.dataset_path,
                     session.queue_dir,
@@ -901,13 +914,19 @@ class StrataSCP:
             )
             return self._answer(session, result, discard=None)
         try:
-            decided = instance_precheck(
-                org=session.org,
-                spooled=spooled,
-                quota=session.quota,
-                pending=lambda uid: self._pending_sha(session.org.pk, uid),
-                series_studies=session.series_studies,
-            )
+            try:
+                decided = instance_precheck(
+                    org=session.org,
+                    spooled=spooled,
+                    quota=session.quota,
+                    pending=lambda uid: self._pending_sha(session.org.pk, uid),
+                    series_studies=session.series_studies,
+                )
+            finally:
+                # Durable before it is acknowledged; and the file must not be closed (by
+                # pynetdicom, after this handler) while it is being flushed.
+                if synced is not None:
+                    synced.result()
             if decided is not None:
                 return self._answer(session, decided, discard=spooled.path)
         except BaseException:
