@@ -160,11 +160,13 @@ def _without_pixel_data(ds: Dataset) -> Iterator[Dataset]:
         ds._dict.update(aside)
 
 
-def read_header(path: Path) -> Header:
+def read_header(path: Path, *, full: bool = True) -> Header:
     """Parse what the index needs. Raises ``DicomRejected`` with the failure reason code.
 
     One pass over the file: values larger than ``BULK_THRESHOLD`` (the pixel data) are skipped,
-    not read, and their offsets checked against the file size.
+    not read, and their offsets checked against the file size. ``full=False``: the same checks,
+    but only the UIDs and transfer syntax are filled in (no DICOM JSON, no index attributes), for
+    a sender answered before the object is indexed.
     """
     size = os.path.getsize(path)
     try:
@@ -194,6 +196,14 @@ def read_header(path: Path) -> Header:
     _check_complete(ds, size)
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not full:
+        return Header(
+            sop_instance_uid=_text(ds, "SOPInstanceUID", 64),
+            sop_class_uid=_text(ds, "SOPClassUID", 64),
+            study_uid=_text(ds, "StudyInstanceUID", 64),
+            series_uid=_text(ds, "SeriesInstanceUID", 64),
+            transfer_syntax_uid=ts[:64],
+        )
     try:
         with _without_pixel_data(ds) as header:
             metadata = header.to_json_dict(

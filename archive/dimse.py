@@ -947,7 +947,6 @@ class StrataSCP:
                 path=str(spooled.path),
                 size=spooled.size,
                 sha256=spooled.sha256,
-                header=header,
             )
         )
         accepted = IngestResult(

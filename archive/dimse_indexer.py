@@ -62,6 +62,7 @@ JOB_RECORD = "job"  # in a queue folder: "<job id> <location id>", once the asso
 BATCH_MAX = 50
 BATCH_MAX_BYTES = 256 * 1024 * 1024
 RETRY_SECONDS = 5.0
+BATCH_GATHER_SECONDS = 0.2  # how long the indexer gathers acknowledged objects into a batch
 # While a location's store fails, the listener refuses new objects for it for this long after
 # the last failure (A701, retry later) instead of piling them up on the listener's disk.
 STORE_DOWN_SECONDS = 30.0
@@ -464,12 +465,17 @@ def indexer_loop(inbox: Any, backlog: Any = None) -> None:
                 continue
             messages: list[Any] = [first]
             objects = 1 if isinstance(first, Queued) else 0
-            while objects < BATCH_MAX:
+            # Gather for a moment: a batch costs a few statements whatever its size, and the
+            # senders were answered already, so waiting costs them nothing.
+            until = time.monotonic() + BATCH_GATHER_SECONDS
+            while objects < BATCH_MAX and isinstance(first, Queued):
                 try:
-                    message = inbox.get_nowait()
+                    message = inbox.get(timeout=max(until - time.monotonic(), 0.0))
                 except queue_module.Empty:
                     break
                 messages.append(message)
+                if message is None or isinstance(message, Ended):
+                    break
                 objects += isinstance(message, Queued)
             if None in messages:
                 stopping = True

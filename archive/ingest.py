@@ -606,8 +606,13 @@ def instance_precheck(
     series_studies: dict[str, str],
 ) -> IngestResult | None:
     """The checks that need no storing, for a sender that is answered before the object is
-    stored and indexed (C-STORE): the header (sets ``spooled.header``), duplicate or conflicting
-    SOP Instance UID, a series that belongs to another study, the quota (counted down).
+    stored and indexed (C-STORE): the header (complete, parsable, the UIDs there), duplicate or
+    conflicting SOP Instance UID, a series that belongs to another study, the quota (counted
+    down). Returns with ``spooled.header`` holding the UIDs only (the pipeline parses the rest).
+
+    The SOP Instance UID is looked up in the index only for series the index holds already: an
+    instance of a series new to the index can be a duplicate only of one accepted meanwhile
+    (``pending``); one stored concurrently by another sender is found by the pipeline.
 
     Returns the final outcome (a failure, or a duplicate: nothing more to do), or None when the
     object is to be ingested. ``pending``: SOP Instance UID -> SHA-256 of an object accepted but
@@ -615,29 +620,31 @@ def instance_precheck(
     organization; this call adds to the second).
     """
     try:
-        header = read_header(spooled.path)
+        header = read_header(spooled.path, full=False)
     except DicomRejected as exc:
         return _fail(None, exc.reason_code, exc.message, spooled.size)
     spooled.header = header
+    known = series_studies.get(header.series_uid)
+    if known is None:
+        indexed = (
+            Series.objects.for_org(org)
+            .filter(series_uid=header.series_uid)
+            .values_list("study__study_uid", flat=True)
+            .first()
+        )
+        # "": the series was not in the index when this sender first sent it.
+        known = series_studies[header.series_uid] = indexed or ""
+    study_uid = known or header.study_uid
     existing: tuple[str, int] | None = None
     accepted = pending(header.sop_instance_uid)
     if accepted is not None:
         existing = (accepted, 0)
-    else:
+    elif known:
         # One indexed lookup per object on the sender's clock: plain SQL, no ORM compilation.
         with connection.cursor() as cursor:
             cursor.execute(_EXISTING_SQL, [org.pk, header.sop_instance_uid])
             row = cursor.fetchone()
         existing = (str(row[0]), int(row[1])) if row else None
-    study_uid = series_studies.get(header.series_uid)
-    if study_uid is None:
-        study_uid = (
-            Series.objects.for_org(org)
-            .filter(series_uid=header.series_uid)
-            .values_list("study__study_uid", flat=True)
-            .first()
-        ) or header.study_uid
-        series_studies[header.series_uid] = study_uid
     if study_uid != header.study_uid:
         return _fail(
             header,
