@@ -66,7 +66,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -264,10 +265,10 @@ class _ReceiveFile:
     """The file pynetdicom receives a C-STORE data set into, for an admitted association.
 
     Created in the association's queue folder (on the store's volume) instead of the process's
-    temporary folder, with Strata's File Meta Information (the AE titles added), and hashed as
-    the fragments arrive in the DUL thread: the handler finds the object complete and hashed,
-    and only has to fsync it (the fsync of a new file also makes its name durable on the
-    journalling file systems Linux servers use). Otherwise pynetdicom's file would be copied.
+    temporary folder, with Strata's File Meta Information (the AE titles added): the handler
+    finds the object complete where it stays, flushes it to disk (the flush of a new file also
+    makes its name durable on the journalling file systems Linux servers use) and hashes it in
+    helper threads while it checks the header. Otherwise pynetdicom's file would be copied.
     pynetdicom calls ``write``, ``file.flush``, ``close`` and reads ``name``.
     """
 
@@ -275,11 +276,9 @@ class _ReceiveFile:
         self.session = session
         self.name = str(folder / f"{uuid.uuid4().hex}.dcm")
         self.file = open(self.name, "wb")  # noqa: SIM115 - closed by pynetdicom
-        self.digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
         self.size += len(data)
         return self.file.write(data)
 
@@ -291,12 +290,32 @@ class _ReceiveFile:
         point it at a name that never exists."""
         self.name += ".acknowledged"
 
-    def spooled(self, syncer: ThreadPoolExecutor) -> tuple[Spooled, Future[None]]:
-        """The complete file, and its flush to disk started in ``syncer`` (the caller checks the
-        object meanwhile, and waits for the flush before it answers or lets the file close)."""
+    def spooled(self, syncer: ThreadPoolExecutor) -> tuple[Spooled, Callable[[], None]]:
+        """The complete file, its flush to disk and its SHA-256 started in ``syncer``; and the
+        function that waits for both and fills in ``sha256`` (idempotent). The caller checks the
+        object meanwhile, and must call it before it answers or lets the file close."""
         self.file.flush()
+        spooled = Spooled(path=Path(self.name), size=self.size, sha256="")
         synced = syncer.submit(_fdatasync, self.file.fileno())
-        return Spooled(path=Path(self.name), size=self.size, sha256=self.digest.hexdigest()), synced
+        hashed = syncer.submit(_file_sha256, spooled.path)
+
+        def complete() -> None:
+            try:
+                synced.result()
+            finally:
+                spooled.sha256 = hashed.result()
+
+        return spooled, complete
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
 
 
 # Data and the size of a new file (what reading it back needs), without a journal commit for
@@ -649,9 +668,9 @@ class StrataSCP:
         self._backlog = self._mp.Value("q", 0)
         self._inbox: Any = self._mp.JoinableQueue() if indexer == "process" else queue.Queue()
         self._indexer: Any = None
-        # Flushes received objects to disk while the handler checks them (one per association).
+        # Flushes and hashes received objects while the handler checks them (two per association).
         self._syncer = ThreadPoolExecutor(
-            max_workers=max_associations, thread_name_prefix="strata-scp-sync"
+            max_workers=2 * max_associations, thread_name_prefix="strata-scp-sync"
         )
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -891,9 +910,9 @@ class StrataSCP:
             return self._answer(session, result, discard=None)
         try:
             received = getattr(request, "_dataset_file", None)
-            synced: Future[None] | None = None
+            complete: Callable[[], None] | None = None
             if isinstance(received, _ReceiveFile):
-                spooled, synced = received.spooled(self._syncer)
+                spooled, complete = received.spooled(self._syncer)
             else:  # received by pynetdicom's own file: copied with our File Meta (and synced)
                 spooled = spool_received(
                     event.dataset_path,
@@ -921,12 +940,13 @@ class StrataSCP:
                     quota=session.quota,
                     pending=lambda uid: self._pending_sha(session.org.pk, uid),
                     series_studies=session.series_studies,
+                    ready=complete,
                 )
             finally:
                 # Durable before it is acknowledged; and the file must not be closed (by
                 # pynetdicom, after this handler) while it is being flushed.
-                if synced is not None:
-                    synced.result()
+                if complete is not None:
+                    complete()
             if decided is not None:
                 return self._answer(session, decided, discard=spooled.path)
         except BaseException:

@@ -604,6 +604,7 @@ def instance_precheck(
     quota: Quota,
     pending: Callable[[str], str | None],
     series_studies: dict[str, str],
+    ready: Callable[[], None] | None = None,
 ) -> IngestResult | None:
     """The checks that need no storing, for a sender that is answered before the object is
     stored and indexed (C-STORE): the header (complete, parsable, the UIDs there), duplicate or
@@ -617,7 +618,8 @@ def instance_precheck(
     Returns the final outcome (a failure, or a duplicate: nothing more to do), or None when the
     object is to be ingested. ``pending``: SOP Instance UID -> SHA-256 of an object accepted but
     not yet indexed, or None; ``series_studies``: Series -> Study Instance UID seen so far (both of this
-    organization; this call adds to the second).
+    organization; this call adds to the second); ``ready``: called before ``spooled.sha256``
+    is needed.
     """
     try:
         header = read_header(spooled.path, full=False)
@@ -652,6 +654,8 @@ def instance_precheck(
             f"Series {header.series_uid} already belongs to another study.",
             spooled.size,
         )
+    if ready is not None:
+        ready()  # the caller completes ``spooled`` (its SHA-256) meanwhile
     return _decide(header, spooled, existing, quota)
 
 
