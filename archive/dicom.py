@@ -196,14 +196,15 @@ def read_header(path: Path, *, full: bool = True) -> Header:
     _check_complete(ds, size)
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    uids: dict[str, Any] = {
+        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
+        "sop_class_uid": _text(ds, "SOPClassUID", 64),
+        "study_uid": _text(ds, "StudyInstanceUID", 64),
+        "series_uid": _text(ds, "SeriesInstanceUID", 64),
+        "transfer_syntax_uid": ts[:64],
+    }
     if not full:
-        return Header(
-            sop_instance_uid=_text(ds, "SOPInstanceUID", 64),
-            sop_class_uid=_text(ds, "SOPClassUID", 64),
-            study_uid=_text(ds, "StudyInstanceUID", 64),
-            series_uid=_text(ds, "SeriesInstanceUID", 64),
-            transfer_syntax_uid=ts[:64],
-        )
+        return Header(**uids)
     try:
         with _without_pixel_data(ds) as header:
             metadata = header.to_json_dict(
@@ -216,11 +217,7 @@ def read_header(path: Path, *, full: bool = True) -> Header:
     # Bulk values are not kept; a WADO-RS client fetches them with the instance.
     metadata = {tag: v for tag, v in metadata.items() if "BulkDataURI" not in v}
     return Header(
-        sop_instance_uid=_text(ds, "SOPInstanceUID", 64),
-        sop_class_uid=_text(ds, "SOPClassUID", 64),
-        study_uid=_text(ds, "StudyInstanceUID", 64),
-        series_uid=_text(ds, "SeriesInstanceUID", 64),
-        transfer_syntax_uid=ts[:64],
+        **uids,
         instance_number=_int(ds, "InstanceNumber"),
         study={
             "patient_id": _text(ds, "PatientID", 64),
