@@ -32,11 +32,13 @@ edited), (d) a policy recommended here from the access curve. The model, month b
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -1284,6 +1286,35 @@ def recommend(
     return rules, chosen
 
 
+def _cheapest_variant(
+    rules: list[dict[str, Any]],
+    chosen: list[tuple[str, str, int, float]],
+    project: Callable[
+        [list[dict[str, Any]]], list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]]
+    ],
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, float]]]:
+    """Of the recommended rules and the policies made of only some of their tiers (say cold
+    alone instead of warm, then cold, then archive), the one whose projection costs least.
+
+    Each tier a rule stacks in front of a colder one costs its own transitions and minimum
+    duration; whether that pays depends on the plan's prices and the inventory, so it is
+    projected, not assumed. ``rules`` and ``chosen`` are parallel; ties keep the fewer tiers.
+    """
+    tiers = sorted({tier for _, tier, _, _ in chosen}, key=TIERS.index)
+    if len(tiers) < 2:
+        return rules, chosen
+    best: tuple[Decimal, int, list[int]] | None = None
+    for size in range(1, len(tiers) + 1):
+        for subset in itertools.combinations(tiers, size):
+            keep = [n for n, (_, tier, _, _) in enumerate(chosen) if tier in subset]
+            months = project([rules[n] for n in keep])
+            total = sum((sum(exact.values(), Decimal(0)) for _, _, exact in months), Decimal(0))
+            if best is None or (total, size) < (best[0], best[1]):
+                best = (total, size, keep)
+    assert best is not None
+    return [rules[n] for n in best[2]], [chosen[n] for n in best[2]]
+
+
 def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings | None]:
     settings = ArchiveSettings.objects.for_org(org).select_related("active_policy").first()
     if settings is None or settings.active_policy is None:
@@ -1356,6 +1387,20 @@ def simulate(
     everything = buckets + cohorts
     read_share = _read_shares(curve)
     probabilities: dict[tuple[str, float], float] = {}
+
+    recommended_rules, chosen = _cheapest_variant(
+        recommended_rules,
+        chosen,
+        lambda rules: _project(
+            rules=rules,
+            buckets=everything,
+            shifts=shifts,
+            read_share=read_share,
+            prices=prices,
+            grace_days=grace,
+            probability_cache=probabilities,
+        )[0],
+    )
 
     scenarios: list[Scenario] = []
     effects_recommended: dict[int, _RuleEffect] = {}

@@ -198,3 +198,49 @@ def test_other_tenant_inventory_is_not_counted(case, other_org):
         series=[("CT", 1, GIB)],
     )
     assert simulate(org=case, now=NOW).bytes == 3 * GIB
+
+
+def _rule(tier: str, days: int) -> dict:
+    return {
+        "name": f"CT to {tier}",
+        "conditions": {"days_since_last_access": {"min": days}, "modalities": ["CT"]},
+        "action": {"type": "move", "tier": tier},
+    }
+
+
+@pytest.mark.parametrize(
+    ("costs", "expected"),
+    [
+        # Stacking warm in front of cold pays its own transitions: cold alone is cheaper.
+        ({("cold", "warm"): "120", ("warm",): "150", ("cold",): "100"}, ["cold"]),
+        # Both tiers earn their keep.
+        ({("cold", "warm"): "90", ("warm",): "150", ("cold",): "100"}, ["cold", "warm"]),
+        # A tie keeps the fewer tiers.
+        ({("cold", "warm"): "100", ("warm",): "150", ("cold",): "100"}, ["cold"]),
+    ],
+    ids=["single-tier-cheaper", "stack-cheaper", "tie"],
+)
+def test_the_recommendation_keeps_only_the_tiers_that_pay(costs, expected):
+    rules = [_rule("cold", 90), _rule("warm", 30)]
+    chosen = [("CT", "cold", 90, 0.05), ("CT", "warm", 30, 0.2)]
+    projected: list[tuple[str, ...]] = []
+
+    def project(subset: list[dict]) -> list:
+        tiers = tuple(sorted(r["action"]["tier"] for r in subset))
+        projected.append(tiers)
+        half = Decimal(costs[tiers]) / 2  # two months, the total split between them
+        return [(None, {}, {"storage": half}), (None, {}, {"storage": half})]
+
+    kept_rules, kept = simulator._cheapest_variant(rules, chosen, project)
+    assert sorted(projected) == sorted(costs)
+    assert [tier for _, tier, _, _ in kept] == expected
+    assert [r["action"]["tier"] for r in kept_rules] == expected
+
+
+def test_a_single_tier_recommendation_is_not_projected_again():
+    rules, chosen = [_rule("cold", 90)], [("CT", "cold", 90, 0.05)]
+
+    def project(subset: list[dict]) -> list:
+        raise AssertionError("nothing to compare")
+
+    assert simulator._cheapest_variant(rules, chosen, project) == (rules, chosen)
