@@ -43,3 +43,16 @@ def browser_page(chromium_path: str) -> Iterator[Any]:
             # the ones Django's teardown closes; left open, PostgreSQL refuses to drop the test
             # database at the end of the session.
             connections.close_all()
+
+
+def sign_in(page: Any, live_server: Any, email: str, org_slug: str) -> None:
+    """Sign in through the login form and land on the organization's dashboard."""
+    from playwright.sync_api import expect
+
+    from tests.factories import PASSWORD
+
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{live_server.url}/o/{org_slug}/")

@@ -20,7 +20,7 @@ from billing.services import budget_set, invoice_finalize
 from tenants.context import Actor
 from tenants.models import Membership, Organization
 from tenants.roles import Role
-from tests.factories import PASSWORD
+from tests.e2e.conftest import sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -59,11 +59,7 @@ def test_owner_reads_usage_and_downloads_an_invoice_pdf(
     make_member(org, Role.OWNER, email="alice@stmary.example")
 
     page = browser_page
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.get_by_label("Email").fill("alice@stmary.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{live_server.url}/o/{org.slug}/")
+    sign_in(page, live_server, "alice@stmary.example", org.slug)
 
     page.get_by_role("navigation", name=org.name).get_by_role(
         "link", name="Usage & billing"

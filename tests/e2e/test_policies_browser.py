@@ -15,7 +15,7 @@ from archive.models import ArchiveSettings, PolicyVersion
 from tenants.models import Membership, Organization
 from tenants.roles import Role
 from tests.archive.analytics_helpers import add_study
-from tests.factories import PASSWORD
+from tests.e2e.conftest import sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -49,11 +49,7 @@ def test_owner_edits_previews_and_sees_the_simulated_cost_change(
     make_member(org, Role.OWNER, email="alice@stmary.example")
 
     page = browser_page
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.get_by_label("Email").fill("alice@stmary.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{live_server.url}/o/{org.slug}/")
+    sign_in(page, live_server, "alice@stmary.example", org.slug)
 
     page.get_by_role("link", name="Archive policies").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Archive policies")
