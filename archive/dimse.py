@@ -124,6 +124,7 @@ from archive.ingest import (
     Spooled,
     instance_precheck,
     location_primary,
+    spool_existing,
 )
 from archive.models import DicomAE, IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
@@ -297,7 +298,7 @@ class _ReceiveFile:
         self.file.flush()
         spooled = Spooled(path=Path(self.name), size=self.size, sha256="")
         synced = syncer.submit(_fdatasync, self.file.fileno())
-        hashed = syncer.submit(_file_sha256, spooled.path)
+        hashed = syncer.submit(lambda: spool_existing(spooled.path).sha256)
 
         def complete() -> None:
             try:
@@ -306,16 +307,6 @@ class _ReceiveFile:
                 spooled.sha256 = hashed.result()
 
         return spooled, complete
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as handle:
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
 
 
 # Data and the size of a new file (what reading it back needs), without a journal commit for
