@@ -3,7 +3,7 @@
 Needs PostgreSQL: a scratch database ``strata_bench_tiering`` on the server of DATABASE_URL (or
 postgres://postgres@127.0.0.1:5432), created here and dropped at the end (BENCH_KEEP=1 keeps
 it). Skips with a message when PostgreSQL is unreachable. Objects go to a temporary filesystem
-root, or to moto's S3 server (ThreadedMotoServer, in this process, over HTTP).
+root, or to moto's S3 server over HTTP (three ways of serving it, see s3_moves below).
 
 - planning: an index of 1M instances (100k studies of 10) bulk-loaded with COPY, received over
   two years and mostly never read again; a policy that moves most of them (CT/MR unread 90 days
@@ -15,15 +15,23 @@ root, or to moto's S3 server (ThreadedMotoServer, in this process, over HTTP).
   CopyObject, HEAD, index switch) against the server's own CopyObject rate measured by a bare
   boto3 loop in the same run, over as many objects of the same size, both warmed up first and
   interleaved in rounds (median of the per-round ratios). Target: >= 80%. Run against moto's
-  server in this process (thread) and in its own process (the representative one: it does not
-  share an interpreter with the worker); the latter also reports the server's CPU per request.
+  S3 served three ways (BENCH_S3_SERVERS=thread,process,keep-alive picks some):
+  - thread: ``ThreadedMotoServer`` in this process, sharing an interpreter with the worker;
+  - process: ``moto_server`` in its own process: every moto service behind a dispatcher that
+    lists moto's packages on disk for each request, on werkzeug's development server, which
+    closes the connection after each request (a TCP connection and a server thread per request);
+  - keep-alive (the representative one): moto's S3 application alone (``bench/moto_app.py``) in
+    gunicorn's threaded worker, one process, connections kept open as an S3 endpoint keeps them.
+  A move sends two requests (CopyObject and the HEAD that verifies it) where the bare loop sends
+  one, so a fixed cost per request at the server weighs twice on the worker; the process and
+  keep-alive modes report the server's CPU per request, which shows that cost.
   Also counts the requests that carry object bytes through the worker (GetObject, PutObject,
   UploadPart): must be zero.
 - fs_moves: the filesystem backend: moves per second against the rate of a bare ``os.replace``
   loop over as many files of the same size on the same disk.
 
 BENCH_ONLY=planning,simulation,s3,fs runs some parts; BENCH_INSTANCES=1000000, BENCH_S3=600 and
-BENCH_FS=2000 change the sizes.
+BENCH_FS=2000 change the sizes; BENCH_S3_SERVERS=keep-alive runs one way of serving S3.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ INSTANCES = int(os.environ.get("BENCH_INSTANCES", "1000000"))
 PER_STUDY = 10
 S3_OBJECTS = int(os.environ.get("BENCH_S3", "600"))
 S3_SIZE = 256 * 1024
+S3_SERVERS = os.environ.get("BENCH_S3_SERVERS", "thread,process,keep-alive").split(",")
 FS_FILES = int(os.environ.get("BENCH_FS", "2000"))
 FS_SIZE = 64 * 1024
 MOVE_BATCH = int(os.environ.get("BENCH_MOVE_BATCH", "100"))
@@ -350,20 +359,26 @@ class MotoServer:
     pid: int | None  # the server's own process, None in thread mode
 
     def cpu_seconds(self) -> float | None:
-        """CPU time the server process used so far (Linux /proc), None when not measurable."""
+        """CPU time the server process and its children (gunicorn's worker) used so far (Linux
+        /proc), None when not measurable."""
         if self.pid is None:
             return None
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            ticks = 0
+            for pid in [self.pid, *map(int, children)]:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
 def moto_endpoint(mode: str) -> Iterator[MotoServer]:
     """moto's S3 server: in a thread of this process (sharing its interpreter with the worker
-    and the bare loop), or as its own process (``moto_server``), as a real S3 would be."""
+    and the bare loop), as its own process (``moto_server``), or moto's S3 application alone in
+    gunicorn with connections kept open (``keep-alive``)."""
     if mode == "thread":
         from moto.server import ThreadedMotoServer
 
@@ -379,10 +394,22 @@ def moto_endpoint(mode: str) -> Iterator[MotoServer]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    if mode == "keep-alive":
+        # moto's own S3 application (the one moto_server runs) served by gunicorn's threaded
+        # worker, which keeps connections open between requests as S3 does; moto_server's
+        # development server closes every connection after one request.
+        command = [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--worker-class", "gthread", "--workers", "1", "--threads", "8",
+            "--keep-alive", "30", "--bind", f"127.0.0.1:{port}",
+            "--chdir", str(Path(__file__).resolve().parent), "moto_app:app",
+        ]  # fmt: skip
+    else:
+        command = [
+            str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port),
+        ]  # fmt: skip
     process = subprocess.Popen(  # noqa: S603
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         for _ in range(100):
@@ -612,8 +639,8 @@ def main() -> None:
             if not only or "simulation" in only:
                 simulation_at_1m(org)
         if not only or "s3" in only:
-            s3_moves("thread")
-            s3_moves("process")
+            for mode in S3_SERVERS:
+                s3_moves(mode)
         if not only or "fs" in only:
             fs_moves()
     finally:
