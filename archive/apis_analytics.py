@@ -134,6 +134,10 @@ class SimulationSerializer(serializers.Serializer):
     inventory = serializers.DictField(child=serializers.IntegerField())
     scenarios = ScenarioSerializer(many=True)
     recommendations = RecommendationSerializer(many=True)
+    verdict = serializers.CharField(
+        help_text="How the candidate and the recommended rules compare with the active policy "
+        "(or with everything hot when none is active), per month on average."
+    )
     seconds = serializers.FloatField()
 
     class Meta:
@@ -162,6 +166,10 @@ class RecommendationOutputSerializer(serializers.Serializer):
         help_text="Average monthly saving against keeping everything hot.",
     )
     currency = serializers.CharField()
+    verdict = serializers.CharField(
+        help_text="How the recommended rules compare with the active policy, per month on "
+        "average; says so when the active policy is already the cheaper choice."
+    )
 
     class Meta:
         ref_name = "ArchiveRecommendationOutput"
@@ -235,6 +243,7 @@ class RecommendationApi(_AnalyticsApi):
                     "recommendations": data["recommendations"],
                     "monthly_saving": None if saving is None else round(saving / months, 2),
                     "currency": simulation.currency,
+                    "verdict": simulation.verdict,
                 }
             ).data
         )

@@ -221,6 +221,50 @@ class Simulation:
         return next((s for s in self.scenarios if s.key == key), None)
 
     @property
+    def verdict(self) -> str:
+        """How the policies compare, per month on average: the candidate against the active
+        policy (or everything hot when none is active), and the recommended rules against the
+        active policy, which may already be the cheaper choice."""
+        hot, active = self.scenario("all_hot"), self.scenario("active")
+        candidate, recommended = self.scenario("candidate"), self.scenario("recommended")
+        baseline, baseline_name = (
+            (active, "the active policy")
+            if active is not None and active.rules is not None and active.note == ""
+            else (hot, "keeping everything hot")
+        )
+        if baseline is None:
+            return ""
+
+        def money(amount: Decimal) -> str:
+            return _money(round_money(amount), self.currency)
+
+        def against(s: Scenario, name: str) -> str:
+            difference = s.exact_monthly_average - baseline.exact_monthly_average
+            cost = f"{name} would cost {money(s.exact_monthly_average)}/month on average"
+            if round_money(abs(difference)) == 0:
+                return f"{cost}, the same as {baseline_name}."
+            more_or_less = "less" if difference < 0 else "more"
+            return f"{cost}, {money(abs(difference))}/month {more_or_less} than {baseline_name}."
+
+        sentences = []
+        if candidate is not None:
+            sentences.append(against(candidate, "The policy being edited"))
+        if recommended is not None and recommended.rules:
+            if (
+                baseline is active
+                and recommended.exact_monthly_average >= baseline.exact_monthly_average
+            ):
+                sentences.append(
+                    f"The active policy already costs {money(baseline.exact_monthly_average)}"
+                    f"/month on average, no more than the recommended rules "
+                    f"({money(recommended.exact_monthly_average)}/month): keeping it is the "
+                    "cheaper choice."
+                )
+            else:
+                sentences.append(against(recommended, "The recommended policy"))
+        return " ".join(sentences)
+
+    @property
     def components(self) -> list[tuple[str, str]]:
         return list(COMPONENTS.items())
 
@@ -309,6 +353,7 @@ class Simulation:
                 }
                 for r in self.recommendations
             ],
+            "verdict": self.verdict,
             "seconds": round(self.seconds, 3),
         }
 

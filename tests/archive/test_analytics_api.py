@@ -79,6 +79,7 @@ def test_simulation_with_candidate_rules(
     assert candidate["rules"][0]["action"] == {"type": "move", "tier": "cold"}
     assert candidate["months"][0]["bytes_by_tier"]["cold"] == 24 * 50_000_000
     assert body["inventory"]["instances"] == 24
+    assert body["verdict"].startswith("The policy being edited would cost $")
 
 
 @pytest.mark.parametrize(
@@ -139,6 +140,9 @@ def test_recommendation(history: Organization, token_client: Callable[..., APICl
     for rec, rule in zip(body["recommendations"], body["rules"], strict=True):
         assert rec["text"].startswith(f"{rec['modality']} older than {rec['days']} days")
         assert rule["action"]["tier"] == rec["tier"]
+    # No policy is active in this organization: the rules are weighed against everything hot.
+    assert body["verdict"].startswith("The recommended policy would cost $")
+    assert body["verdict"].endswith("less than keeping everything hot.")
 
 
 def test_small_images_are_kept_hot_with_the_reason(

@@ -244,3 +244,54 @@ def test_a_single_tier_recommendation_is_not_projected_again():
         raise AssertionError("nothing to compare")
 
     assert simulator._cheapest_variant(rules, chosen, project) == (rules, chosen)
+
+
+def test_verdict_when_the_active_policy_is_already_the_cheaper_choice(case):
+    # Candidate 0.419 over 12 months (0.0349/month), active 0.27 (0.0225), recommended (MR to
+    # cold; A stays hot) 0.24 + 0.096 + 0.09 = 0.426 (0.0355): exact amounts, before rounding.
+    sim = simulate(org=case, candidate_rules=CANDIDATE, now=NOW)
+    assert sim.verdict == (
+        "The policy being edited would cost $0.03/month on average, $0.01/month more than the "
+        "active policy. The active policy already costs $0.02/month on average, no more than "
+        "the recommended rules ($0.04/month): keeping it is the cheaper choice."
+    )
+    assert sim.as_dict()["verdict"] == sim.verdict
+
+
+def test_verdict_when_the_recommended_policy_is_cheaper_than_the_active_one(case):
+    # B (MR, cold for 20 of its 90 days) archived in April: A hot 0.24, B archived 0.048, 2
+    # transitions 0.01, early deletion 0.107, egress 0.09 = 0.495 (0.04125/month) against the
+    # recommended 0.426 (0.0355/month).
+    rules = [
+        {
+            "conditions": {"days_since_study_date": {"min": 30}, "modalities": ["MR"]},
+            "action": {"type": "move", "tier": "archive"},
+        }
+    ]
+    version = PolicyVersion.objects.create(organization=case, number=2, rules=rules)
+    ArchiveSettings.objects.filter(organization=case).update(active_policy=version)
+    sim = simulate(org=case, now=NOW)
+    assert sim.verdict == (
+        "The recommended policy would cost $0.04/month on average, $0.01/month less than the "
+        "active policy."
+    )
+
+
+def test_verdict_without_an_active_policy_compares_with_everything_hot(case):
+    ArchiveSettings.objects.filter(organization=case).update(active_policy=None)
+    sim = simulate(org=case, candidate_rules=ACTIVE, now=NOW)
+    assert sim.verdict == (
+        "The policy being edited would cost $0.02/month on average, $0.05/month less than "
+        "keeping everything hot. The recommended policy would cost $0.04/month on average, "
+        "$0.03/month less than keeping everything hot."
+    )
+
+
+def test_verdict_on_a_tie_keeps_the_active_policy(case):
+    # Rules that move nothing: A stays hot, B stays cold (never warmed), as the recommended
+    # rules leave them (B is cold already, A is read again): the same cost.
+    version = PolicyVersion.objects.create(organization=case, number=2, rules=[])
+    ArchiveSettings.objects.filter(organization=case).update(active_policy=version)
+    sim = simulate(org=case, now=NOW)
+    assert sim.scenario("active").exact_total == sim.scenario("recommended").exact_total
+    assert sim.verdict.startswith("The active policy already costs $0.04/month on average")

@@ -81,6 +81,11 @@ def test_owner_edits_previews_and_sees_the_simulated_cost_change(
     expect(page.locator("#preview-instances")).to_have_text("144")
     archive_total = _candidate_total(page)
     assert archive_total < warm_total
+    # No policy is active yet: the verdict weighs the edited rules against everything hot.
+    expect(page.locator("#simulation-verdict")).to_contain_text(
+        "The policy being edited would cost $"
+    )
+    expect(page.locator("#simulation-verdict")).to_contain_text("less than keeping everything hot")
     page.screenshot(path=SCREENSHOT, full_page=True)
 
     # Save and activate the version.
