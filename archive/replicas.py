@@ -37,7 +37,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Sum
 from django.utils import timezone
 
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
@@ -554,29 +554,49 @@ class ReplicationStatus:
 
 
 def replication_status(*, org: Organization) -> ReplicationStatus:
-    """Where replication stands. Pending counts instances without a row yet (not synced) too."""
+    """Where replication stands. Pending counts instances without a row yet (not synced) too.
+
+    Counts per state come from the replica rows alone; sizes and waiting times are read only for
+    the rows not done (few, through the state index) and for the instances without a row. Those
+    are the instances above the highest one with a row whenever their number adds up (new
+    instances not synced yet, the usual case); otherwise an anti-join finds them.
+    """
     location = replica_location(org=org)
-    totals = Instance.objects.for_org(org).aggregate(n=Count("id"), size=Sum("size_bytes"))
+    instances_qs = Instance.objects.for_org(org)
+    totals = instances_qs.aggregate(n=Count("id"), size=Sum("size_bytes"))
     instances, size = int(totals["n"] or 0), int(totals["size"] or 0)
     if location is None:
         return ReplicationStatus(None, instances, size, 0, 0, 0, 0, 0, 0, None, 0, None)
-    per_state = {
-        row["state"]: (int(row["n"]), int(row["size"] or 0))
-        for row in InstanceReplica.objects.for_org(org)
-        .filter(location=location)
-        .values("state")
-        .annotate(n=Count("id"), size=Sum("instance__size_bytes"))
+    rows = InstanceReplica.objects.for_org(org).filter(location=location)
+    counts = {
+        row["state"]: (int(row["n"]), int(row["top"] or 0))
+        for row in rows.values("state").annotate(n=Count("id"), top=Max("instance_id"))
     }
-    done, done_bytes = per_state.get(InstanceReplica.State.DONE, (0, 0))
-    failed, failed_bytes = per_state.get(InstanceReplica.State.FAILED, (0, 0))
-    replicated = InstanceReplica.objects.filter(
-        instance_id=OuterRef("pk"), location=location, state=InstanceReplica.State.DONE
+    waiting = {
+        row["state"]: (int(row["size"] or 0), row["oldest"])
+        for row in rows.exclude(state=InstanceReplica.State.DONE)
+        .values("state")
+        .annotate(size=Sum("instance__size_bytes"), oldest=Min("instance__received_at"))
+    }
+    without = max(instances - sum(n for n, _ in counts.values()), 0)
+    unsynced: dict[str, Any] = {"n": 0, "size": 0, "oldest": None}
+    if without:
+        aggregates = {"n": Count("id"), "size": Sum("size_bytes"), "oldest": Min("received_at")}
+        top = max((t for _, t in counts.values()), default=0)
+        unsynced = instances_qs.filter(pk__gt=top).aggregate(**aggregates)
+        if unsynced["n"] != without:
+            has_row = InstanceReplica.objects.filter(instance_id=OuterRef("pk"), location=location)
+            unsynced = instances_qs.filter(~Exists(has_row)).aggregate(**aggregates)
+    done = counts.get(InstanceReplica.State.DONE, (0, 0))[0]
+    failed = counts.get(InstanceReplica.State.FAILED, (0, 0))[0]
+    failed_bytes = waiting.get(InstanceReplica.State.FAILED, (0, None))[0]
+    pending_bytes = waiting.get(InstanceReplica.State.PENDING, (0, None))[0] + int(
+        unsynced["size"] or 0
     )
-    oldest = (
-        Instance.objects.for_org(org)
-        .filter(~Exists(replicated))
-        .aggregate(oldest=Min("received_at"))["oldest"]
-    )
+    starts = [at for _, at in waiting.values() if at is not None]
+    if unsynced["oldest"] is not None:
+        starts.append(unsynced["oldest"])
+    oldest = min(starts, default=None)
     now = timezone.now()
     lag = max(int((now - oldest).total_seconds()), 0) if oldest else 0
     return ReplicationStatus(
@@ -584,9 +604,9 @@ def replication_status(*, org: Organization) -> ReplicationStatus:
         instances=instances,
         bytes=size,
         replicated=done,
-        replicated_bytes=done_bytes,
+        replicated_bytes=max(size - pending_bytes - failed_bytes, 0),
         pending=max(instances - done - failed, 0),
-        pending_bytes=max(size - done_bytes - failed_bytes, 0),
+        pending_bytes=pending_bytes,
         failed=failed,
         failed_bytes=failed_bytes,
         oldest_unreplicated_at=oldest,

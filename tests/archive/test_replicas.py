@@ -315,6 +315,25 @@ def test_replication_status_counts_and_lag(org: Organization, fs_replica: Storag
     assert 3 * 3600 <= status.lag_seconds <= 3 * 3600 + 30
 
 
+def test_status_counts_an_instance_without_a_row_below_the_synced_ones(
+    org: Organization, fs_replica: StorageLocation
+) -> None:
+    """Rows are usually missing only for the newest instances; when an older one has none (its
+    row removed), the status still finds it, with its size and its wait."""
+    instances = ingest_instances(org, 3)
+    now = timezone.now()
+    for hours, instance in zip((3, 2, 1), instances, strict=True):
+        Instance.objects.filter(pk=instance.pk).update(received_at=now - timedelta(hours=hours))
+    sync_and_copy(org)
+    InstanceReplica.objects.filter(instance=instances[1]).delete()
+
+    status = replicas.replication_status(org=org)
+    sizes = [i.size_bytes for i in instances]
+    assert (status.replicated, status.replicated_bytes) == (2, sizes[0] + sizes[2])
+    assert (status.pending, status.pending_bytes, status.failed) == (1, sizes[1], 0)
+    assert status.oldest_unreplicated_at == now - timedelta(hours=2)
+
+
 def test_status_when_everything_is_replicated_has_no_lag(
     org: Organization, fs_replica: StorageLocation
 ) -> None:
