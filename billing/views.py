@@ -161,11 +161,19 @@ def storage_chart(*, org: Organization, now: datetime) -> charts.Chart | None:
     """Bytes stored per tier at the end of each day over the last ``STORAGE_DAYS`` days."""
     days = _days(now, STORAGE_DAYS)
     values: dict[str, list[float]] = defaultdict(lambda: [0.0] * STORAGE_DAYS)
+    last = -1  # the last day with a rolled-up hour
     for row in selectors.storage_balance_daily(org=org, start=_day_start(days[0]), end=now):
         index = (_as_day(row["day"]) - days[0]).days
         tier = str(row["tier"])
         if 0 <= index < STORAGE_DAYS and tier in TIERS:
             values[tier][index] = float(str(row["bytes"]))
+            last = max(last, index)
+    # Rollups hold a row for every complete hour while anything is stored, so a day without one
+    # stored nothing, except the days after the last rolled hour (today before its first hour
+    # is complete, or while the rollup is behind): they hold the last balance known.
+    if last >= 0:
+        for tier_values in values.values():
+            tier_values[last + 1 :] = [tier_values[last]] * (STORAGE_DAYS - 1 - last)
     series = _tier_series(values)
     if not series:
         return None
