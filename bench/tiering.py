@@ -10,6 +10,8 @@ root, or to moto's S3 server over HTTP (three ways of serving it, see s3_moves b
   to cold, anything unread 30 days to warm). Time of ``archive.planning.moves_plan`` called in
   its default batches until nothing is left to plan. Target: < 10 s.
 - simulation: ``archive.simulator.simulate`` for that organization (1M instances). Target: < 1 s.
+- replication: ``archive.replicas.replication_status`` for that organization with a replica
+  location (97% replicated, 2% pending, 1% not synced yet), then with a hole (anti-join).
 - s3_moves: N objects of 256 KB in a bucket; storage-class changes per second of one worker
   (``archive.tiering.moves_execute`` in batches of 100, as the dispatcher hands them out: claim,
   CopyObject, HEAD, index switch) against the server's own CopyObject rate measured by a bare
@@ -30,7 +32,7 @@ root, or to moto's S3 server over HTTP (three ways of serving it, see s3_moves b
 - fs_moves: the filesystem backend: moves per second against the rate of a bare ``os.replace``
   loop over as many files of the same size on the same disk.
 
-BENCH_ONLY=planning,simulation,s3,fs runs some parts; BENCH_INSTANCES=1000000, BENCH_S3=600 and
+BENCH_ONLY=planning,simulation,replication,s3,fs runs some parts; BENCH_INSTANCES=1000000, BENCH_S3=600 and
 BENCH_FS=2000 change the sizes; BENCH_S3_SERVERS=keep-alive runs one way of serving S3.
 """
 
@@ -350,6 +352,53 @@ def simulation_at_1m(org: Organization) -> None:
     )
 
 
+# --- replication status at 1M instances --------------------------------------------------------
+
+
+def replication_at_1m(org: Organization) -> None:
+    """``archive.replicas.replication_status`` over the planning index with a replica location:
+    97% of the instances replicated, 2% pending, 1% (the newest) not synced yet; then with an
+    older instance's row missing too (the anti-join case)."""
+    from archive.models import InstanceReplica
+    from archive.replicas import replication_status
+
+    replica = StorageLocation.objects.create(
+        organization=org, name="Bench replica", role=StorageLocation.Role.REPLICA
+    )
+    ids = list(
+        Instance.objects.filter(organization=org).order_by("id").values_list("id", flat=True)
+    )
+    synced = ids[: len(ids) * 99 // 100]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO archive_instancereplica (organization_id, instance_id, location_id, tier, "
+            "state, attempts, error, created_at) SELECT organization_id, id, %s, 'cold', CASE "
+            "WHEN id %% 50 = 0 THEN 'pending' ELSE 'done' END, 1, '', now() "
+            "FROM archive_instance WHERE organization_id = %s AND id <= %s",
+            [replica.pk, org.pk, synced[-1]],
+        )
+        cursor.execute("ANALYZE archive_instancereplica")
+
+    def timed() -> tuple[float, Any]:
+        replication_status(org=org)
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            status = replication_status(org=org)
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs), status
+
+    usual, status = timed()
+    InstanceReplica.objects.filter(location=replica, instance_id=synced[len(synced) // 2]).delete()
+    hole, _ = timed()
+    print(
+        f"replication status: {len(ids):,} instances ({status.replicated:,} replicated, "
+        f"{status.pending:,} pending of which {len(ids) - len(synced):,} not synced): median "
+        f"{usual * 1000:.0f} ms; with an older instance's row missing (anti-join) "
+        f"{hole * 1000:.0f} ms; {load()}"
+    )
+
+
 # --- S3 moves ----------------------------------------------------------------------------------
 
 
@@ -634,10 +683,12 @@ def main() -> None:
     )
     only = {name for name in os.environ.get("BENCH_ONLY", "").split(",") if name}
     try:
-        if not only or "planning" in only or "simulation" in only:
+        if not only or {"planning", "simulation", "replication"} & only:
             org = planning()
             if not only or "simulation" in only:
                 simulation_at_1m(org)
+            if not only or "replication" in only:
+                replication_at_1m(org)
         if not only or "s3" in only:
             for mode in S3_SERVERS:
                 s3_moves(mode)
