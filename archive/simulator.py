@@ -236,12 +236,16 @@ class Simulation:
             return ""
 
         def money(amount: Decimal) -> str:
-            return _money(round_money(amount), self.currency)
+            # To the cent, or to 4 decimals when that shows 0.00 (tiny inventories).
+            return _money(amount, self.currency)
 
         def against(s: Scenario, name: str) -> str:
-            difference = s.exact_monthly_average - baseline.exact_monthly_average
-            cost = f"{name} would cost {money(s.exact_monthly_average)}/month on average"
-            if round_money(abs(difference)) == 0:
+            amount, base = s.exact_monthly_average, baseline.exact_monthly_average
+            difference = amount - base
+            cost = f"{name} would cost {money(amount)}/month on average"
+            # The same when the difference would not show at the precision of the amounts.
+            shown = Decimal("0.005") if max(amount, base) >= Decimal("0.005") else SUBCENT / 2
+            if abs(difference) < shown:
                 return f"{cost}, the same as {baseline_name}."
             more_or_less = "less" if difference < 0 else "more"
             return f"{cost}, {money(abs(difference))}/month {more_or_less} than {baseline_name}."

@@ -295,3 +295,55 @@ def test_verdict_on_a_tie_keeps_the_active_policy(case):
     sim = simulate(org=case, now=NOW)
     assert sim.scenario("active").exact_total == sim.scenario("recommended").exact_total
     assert sim.verdict.startswith("The active policy already costs $0.04/month on average")
+
+
+def _flat(key: str, rules: list | None, per_month: str) -> simulator.Scenario:
+    month = simulator.MonthCost(
+        start=NOW.date(),
+        components={"storage_hot": D("0.00")},
+        exact={"storage_hot": D(per_month)},
+        bytes_by_tier={},
+    )
+    return simulator.Scenario(key=key, label=key, rules=rules, months=[month] * 12)
+
+
+def _verdict(*scenarios: simulator.Scenario) -> str:
+    from archive.analytics import AccessCurve
+
+    return simulator.Simulation(
+        as_of=NOW,
+        currency="USD",
+        plan_code="p",
+        month_starts=[NOW.date()] * 12,
+        scenarios=list(scenarios),
+        recommendations=[],
+        curve=AccessCurve(as_of=NOW, horizons=(), overall=[]),
+        instances=0,
+        bytes=0,
+        buckets=0,
+        ingest_bytes_per_month=0,
+    ).verdict
+
+
+def test_verdict_of_a_tiny_inventory_speaks_in_fractions_of_a_cent():
+    verdict = _verdict(
+        _flat("all_hot", None, "0.0055"),
+        _flat("active", ACTIVE, "0.0031"),
+        _flat("recommended", ACTIVE, "0.0027"),
+    )
+    assert verdict == (
+        "The recommended policy would cost $0.0027/month on average, $0.0004/month less than "
+        "the active policy."
+    )
+
+
+def test_verdict_calls_a_difference_below_the_shown_cent_the_same():
+    verdict = _verdict(
+        _flat("all_hot", None, "500"),
+        _flat("active", ACTIVE, "412.751"),
+        _flat("recommended", ACTIVE, "412.748"),
+    )
+    assert verdict == (
+        "The recommended policy would cost $412.75/month on average, the same as the active "
+        "policy."
+    )
