@@ -344,6 +344,5 @@ def test_verdict_calls_a_difference_below_the_shown_cent_the_same():
         _flat("recommended", ACTIVE, "412.748"),
     )
     assert verdict == (
-        "The recommended policy would cost $412.75/month on average, the same as the active "
-        "policy."
+        "The recommended policy would cost $412.75/month on average, the same as the active policy."
     )
