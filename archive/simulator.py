@@ -1437,18 +1437,22 @@ def simulate(
     read_share = _read_shares(curve)
     probabilities: dict[tuple[str, float], float] = {}
 
-    recommended_rules, chosen = _cheapest_variant(
-        recommended_rules,
-        chosen,
-        lambda rules: _project(
+    def project(
+        rules: list[dict[str, Any]] | None, *, all_hot: bool = False
+    ) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
+        return _project(
             rules=rules,
             buckets=everything,
             shifts=shifts,
             read_share=read_share,
             prices=prices,
             grace_days=grace,
+            all_hot=all_hot,
             probability_cache=probabilities,
-        )[0],
+        )
+
+    recommended_rules, chosen = _cheapest_variant(
+        recommended_rules, chosen, lambda rules: project(rules)[0]
     )
 
     scenarios: list[Scenario] = []
@@ -1471,16 +1475,7 @@ def simulate(
         )
     )
     for key, rules, note in plan:
-        projected, effects = _project(
-            rules=rules,
-            buckets=everything,
-            shifts=shifts,
-            read_share=read_share,
-            prices=prices,
-            grace_days=grace,
-            all_hot=key == "all_hot",
-            probability_cache=probabilities,
-        )
+        projected, effects = project(rules, all_hot=key == "all_hot")
         if key == "recommended":
             effects_recommended = effects
         scenario = Scenario(key=key, label=SCENARIO_LABELS[key], rules=rules, note=note)

@@ -325,24 +325,33 @@ def _verdict(*scenarios: simulator.Scenario) -> str:
     ).verdict
 
 
-def test_verdict_of_a_tiny_inventory_speaks_in_fractions_of_a_cent():
-    verdict = _verdict(
-        _flat("all_hot", None, "0.0055"),
-        _flat("active", ACTIVE, "0.0031"),
-        _flat("recommended", ACTIVE, "0.0027"),
-    )
-    assert verdict == (
-        "The recommended policy would cost $0.0027/month on average, $0.0004/month less than "
-        "the active policy."
-    )
-
-
-def test_verdict_calls_a_difference_below_the_shown_cent_the_same():
-    verdict = _verdict(
-        _flat("all_hot", None, "500"),
-        _flat("active", ACTIVE, "412.751"),
-        _flat("recommended", ACTIVE, "412.748"),
-    )
-    assert verdict == (
-        "The recommended policy would cost $412.75/month on average, the same as the active policy."
+@pytest.mark.parametrize(
+    ("hot", "active", "recommended", "verdict"),
+    [
+        # A tiny inventory: fractions of a cent, to 4 decimals.
+        (
+            "0.0055",
+            "0.0031",
+            "0.0027",
+            "The recommended policy would cost $0.0027/month on average, $0.0004/month less "
+            "than the active policy.",
+        ),
+        # A difference below the cent shown is no difference.
+        (
+            "500",
+            "412.751",
+            "412.748",
+            "The recommended policy would cost $412.75/month on average, the same as the active "
+            "policy.",
+        ),
+    ],
+)
+def test_verdict_speaks_at_the_precision_of_the_amounts(hot, active, recommended, verdict):
+    assert (
+        _verdict(
+            _flat("all_hot", None, hot),
+            _flat("active", ACTIVE, active),
+            _flat("recommended", ACTIVE, recommended),
+        )
+        == verdict
     )
