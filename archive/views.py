@@ -10,7 +10,9 @@ the URL, so another tenant's id answers 404. The upload endpoints answer JSON fo
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -262,9 +264,24 @@ def zip_stream(entries: Iterable[ZipEntry]) -> Iterator[bytes]:
     yield sink.take()
 
 
+# PS3.5 9.1: digits and dots, at most 64 characters. Only such a UID names a ZIP entry as it is.
+_ZIP_SAFE_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_ZIP_SAFE_MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
+
+
+def zip_name_part(uid: str) -> str:
+    """A UID as a ZIP entry name's folder or file name: as it is when it follows the DICOM UID
+    grammar, else ``uid-`` and a hash of it. Index rows written before UIDs were validated may
+    hold anything; a name made of them must never carry ``/``, ``\\``, ``..`` or a NUL, which an
+    unzip tool would take for a path out of the folder it extracts to."""
+    if len(uid) <= 64 and _ZIP_SAFE_UID.fullmatch(uid):
+        return uid
+    return "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 def _download_entries(ctx: PortalContext, study: Study) -> Iterator[ZipEntry]:
     stores: dict[int, ObjectStore] = {}
-    folder = study.study_uid
+    folder = zip_name_part(study.study_uid)
     for instance in selectors.study_download_instances(org=ctx.org, study=study).iterator(
         chunk_size=200
     ):
@@ -276,14 +293,14 @@ def _download_entries(ctx: PortalContext, study: Study) -> Iterator[ZipEntry]:
             part
             for part in (
                 f"{series.series_number:03d}" if series.series_number is not None else "",
-                series.modality,
-                series.series_uid,
+                series.modality if _ZIP_SAFE_MODALITY.fullmatch(series.modality or "") else "",
+                zip_name_part(series.series_uid),
             )
             if part
         )
         number = f"{instance.instance_number:05d}-" if instance.instance_number is not None else ""
         yield ZipEntry(
-            name=f"{folder}/{series_name}/{number}{instance.sop_instance_uid}.dcm",
+            name=f"{folder}/{series_name}/{number}{zip_name_part(instance.sop_instance_uid)}.dcm",
             size=instance.size_bytes,
             modified=instance.received_at,
             chunks=_reader(store, instance),
