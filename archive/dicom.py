@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import struct
 from array import array
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,42 @@ STUDY_UID_MISMATCH = 0xC409  # as used by DICOMweb servers for a part outside th
 
 BULK_THRESHOLD = 1024  # bytes: larger binary values are bulk data, kept out of the JSON metadata
 UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+# PS3.5 9.1: a UID is digits and dots, each component a number, at most 64 characters.
+UID_MAX_LENGTH = 64
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_UID_KEYWORDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a UID this archive accepts, or None when it is one.
+
+    Accepted as real devices send them: trailing space or NUL padding (removed by
+    ``uid_clean``), and components with a leading zero (``1.2.03``), which PS3.5 forbids but
+    older modalities write. Such a UID is kept exactly as sent: it is a different string from
+    ``1.2.3``, so it names a different object, and object keys never depend on how a UID looks.
+    Everything else is refused: empty, longer than 64 characters (never truncated: two long
+    UIDs would become one), letters, separators (``/``, ``\\``), empty components (``..``, a
+    leading or trailing dot), spaces inside, control characters.
+    """
+    if not value:
+        return "is empty"
+    if len(value) > UID_MAX_LENGTH:
+        return f"is {len(value)} characters long; a UID has at most {UID_MAX_LENGTH}"
+    if not _UID.fullmatch(value):
+        if "\\" in value:
+            return "has more than one value; a UID has exactly one"
+        bad = next((c for c in value if not (c.isdigit() or c == ".")), None)
+        if bad is not None:
+            return f"contains {bad!r}; a UID has only digits and dots"
+        return "has an empty component (a leading, trailing or doubled dot)"
+    return None
+
+
+def uid_clean(value: str) -> str:
+    """A UID value without its padding (trailing spaces and NULs, PS3.5 6.2)."""
+    return value.rstrip(" \x00")
 
 
 class DicomRejected(Exception):
@@ -61,7 +98,31 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
         value = "\\".join(str(v) for v in value)
-    return str(value).strip()[:limit]
+    # NUL is padding or garbage in a text value, and PostgreSQL cannot store it.
+    return str(value).replace("\x00", "").strip()[:limit]
+
+
+def _scrub(value: Any) -> Any:
+    """The DICOM JSON with NUL characters removed from its strings (PostgreSQL's JSON cannot
+    hold them); the same object when it has none."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _uid_text(ds: Dataset, keyword: str) -> str:
+    """A UID attribute as sent, less its padding; several values joined by a backslash (and
+    then refused). Never cut to length: a cut UID could name another instance."""
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return uid_clean(str(value))
 
 
 def _date(ds: Dataset, keyword: str) -> dt.date | None:
@@ -160,6 +221,23 @@ def _without_pixel_data(ds: Dataset) -> Iterator[Dataset]:
         ds._dict.update(aside)
 
 
+def _refuse_if_cut_in_pixel_data(path: Path) -> None:
+    """The reader gives up on an undefined-length value (encapsulated pixel data) that ends
+    before its delimiter and answers an empty data set; the header read alone tells the truth.
+    Called only when every UID seems missing, so a good file pays nothing for it."""
+    try:
+        head = pydicom.dcmread(path, stop_before_pixels=True)
+        found = all(_uid_text(head, k) for k in _UID_KEYWORDS)
+    except Exception:  # noqa: BLE001 - a header that cannot be read says nothing more
+        return
+    if found:
+        raise DicomRejected(
+            CANNOT_UNDERSTAND,
+            "The file is truncated: the encapsulated pixel data ends before its sequence "
+            "delimiter.",
+        )
+
+
 def read_header(path: Path, *, full: bool = True) -> Header:
     """Parse what the index needs. Raises ``DicomRejected`` with the failure reason code.
 
@@ -180,28 +258,38 @@ def read_header(path: Path, *, full: bool = True) -> Header:
             CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
         ) from None
     try:
-        missing = [
-            k
-            for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
-            if not _text(ds, k)
-        ]
+        values = {k: _uid_text(ds, k) for k in _UID_KEYWORDS}
     except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DicomRejected(
             CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
         ) from None
+    missing = [k for k, v in values.items() if not v]
+    if len(missing) == len(_UID_KEYWORDS):
+        _refuse_if_cut_in_pixel_data(path)
     if missing:
         raise DicomRejected(
             DATASET_DOES_NOT_MATCH, f"Required attribute(s) missing: {', '.join(missing)}."
         )
-    _check_complete(ds, size)
     meta = getattr(ds, "file_meta", None)
-    ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    values["TransferSyntaxUID"] = uid_clean(str(getattr(meta, "TransferSyntaxUID", "") or ""))
+    invalid = [
+        f"{k} {v[:80]!r} {problem}"
+        for k, v in values.items()
+        if (problem := uid_problem(v)) is not None and (v or k != "TransferSyntaxUID")
+    ]
+    if invalid:
+        raise DicomRejected(DATASET_DOES_NOT_MATCH, f"Invalid UID: {'; '.join(invalid)}.")
+    ts = values["TransferSyntaxUID"]
+    if ts != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        # A deflated data set was inflated by the reader: its offsets are those of the inflated
+        # stream, not of the file (a cut deflate stream fails to inflate instead).
+        _check_complete(ds, size)
     uids: dict[str, Any] = {
-        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
-        "sop_class_uid": _text(ds, "SOPClassUID", 64),
-        "study_uid": _text(ds, "StudyInstanceUID", 64),
-        "series_uid": _text(ds, "SeriesInstanceUID", 64),
-        "transfer_syntax_uid": ts[:64],
+        "sop_instance_uid": values["SOPInstanceUID"],
+        "sop_class_uid": values["SOPClassUID"],
+        "study_uid": values["StudyInstanceUID"],
+        "series_uid": values["SeriesInstanceUID"],
+        "transfer_syntax_uid": ts,
     }
     if not full:
         return Header(**uids)
@@ -215,7 +303,7 @@ def read_header(path: Path, *, full: bool = True) -> Header:
             CANNOT_UNDERSTAND, f"The DICOM header cannot be converted: {exc}."
         ) from None
     # Bulk values are not kept; a WADO-RS client fetches them with the instance.
-    metadata = {tag: v for tag, v in metadata.items() if "BulkDataURI" not in v}
+    metadata = {tag: _scrub(v) for tag, v in metadata.items() if "BulkDataURI" not in v}
     return Header(
         **uids,
         instance_number=_int(ds, "InstanceNumber"),

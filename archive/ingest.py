@@ -23,11 +23,12 @@ from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from archive.dicom import (
+    CANNOT_UNDERSTAND,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -37,7 +38,7 @@ from archive.dicom import (
     read_header,
 )
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
-from archive.storage import ObjectStore, StorageUnavailable, store_for
+from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
 from tenants.models import Organization
@@ -125,8 +126,23 @@ def spool_existing(path: Path) -> Spooled:
     return Spooled(path=path, size=os.path.getsize(path), sha256=digest.hexdigest())
 
 
+def _uid_digest(uid: str) -> str:
+    return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 def object_key(org: Organization, header: Header) -> str:
-    return f"org-{org.pk}/{header.study_uid}/{header.series_uid}/{header.sop_instance_uid}.dcm"
+    """A new object's key: collision-free by construction, whatever the UIDs look like.
+
+    ``org-<id>/<study>/<series>/<instance>-<nonce>.dcm`` where study, series and instance are
+    128-bit digests of the full UIDs (a study's objects share a prefix, an operator can find
+    them from its UID) and the nonce is new for every attempt: two ingests never write one key,
+    not even two concurrent ones of the same SOP Instance UID, so the loser of the index race
+    removes only its own object. No UID character ever reaches a path or key.
+    """
+    return (
+        f"org-{org.pk}/{_uid_digest(header.study_uid)}/{_uid_digest(header.series_uid)}/"
+        f"{_uid_digest(header.sop_instance_uid)}-{uuid.uuid4().hex[:16]}.dcm"
+    )
 
 
 def _fail(header: Header | None, code: int, reason: str, size: int = 0) -> IngestResult:
@@ -713,7 +729,8 @@ def _store_and_index(
     for (n, header, key), intent in zip(to_store, pending, strict=True):
         error = outcomes[n]
         if error is not None:
-            _discard(store, key)
+            if not isinstance(error, ObjectExists):  # someone else's object: never removed
+                _discard(store, key)
             PendingObject.objects.filter(pk=intent.pk).delete()
             logger.warning("ingest: storing failed for org %s: %s", org.pk, error)
             results[n] = _fail(
@@ -726,7 +743,7 @@ def _store_and_index(
     items = [item for _, item in stored]
     try:
         _index(org=org, location=location, items=items)
-    except (IntegrityError, _BatchConflict):
+    except (IntegrityError, DataError, _BatchConflict):
         for item in items:
             item.instance_id = None
         for n, item in stored:
@@ -756,6 +773,18 @@ def _index_alone(
         _discard(store, key)
         PendingObject.objects.filter(pk=item.pending_id).delete()
         return _fail(header, exc.reason_code, exc.message, spooled.size)
+    except DataError as exc:
+        # A value the database cannot hold (the header reader removes NULs and cuts lengths;
+        # this is the last line of defence): this object fails, the others of its batch not.
+        _discard(store, key)
+        PendingObject.objects.filter(pk=item.pending_id).delete()
+        logger.warning("ingest: org %s: a header value could not be indexed: %s", org.pk, exc)
+        return _fail(
+            header,
+            CANNOT_UNDERSTAND,
+            "A header value cannot be stored in the index (invalid characters or length).",
+            spooled.size,
+        )
     except Exception:
         _discard(store, key)
         PendingObject.objects.filter(pk=item.pending_id).delete()

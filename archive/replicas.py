@@ -370,7 +370,7 @@ def _copy_one(replica: InstanceReplica, target: ObjectStore) -> int:
                 f"The primary copy read back {size} bytes with SHA-256 {sha256[:12]}…; the index "
                 f"says {instance.size_bytes} bytes with {instance.sha256[:12]}…."
             )
-        target.put_file(key=key, path=spool, tier=replica.tier, sha256=sha256)
+        target.put_file(key=key, path=spool, tier=replica.tier, sha256=sha256, replace=True)
     finally:
         spool.unlink(missing_ok=True)
     stored = target.head(key=key, tier=replica.tier)

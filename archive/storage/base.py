@@ -20,6 +20,10 @@ class StorageRefused(StorageUnavailable):
     that callers which treat every store failure alike keep doing so."""
 
 
+class ObjectExists(StorageRefused):
+    """Another object is stored under the key: a store never replaces it with different bytes."""
+
+
 class VerificationFailed(StorageRefused):
     """The object is there but not as expected (size, storage class or checksum)."""
 
@@ -57,8 +61,17 @@ class ObjectStore(Protocol):
         """A local folder for incoming files; on the filesystem backend, on the same volume so that
         storing is an atomic rename."""
 
-    def put_file(self, *, key: str, path: Path, tier: str, sha256: str) -> StoredObject:
-        """Store the file at ``path`` under ``key`` in ``tier``; the local file is consumed."""
+    def put_file(
+        self, *, key: str, path: Path, tier: str, sha256: str, replace: bool = False
+    ) -> StoredObject:
+        """Store the file at ``path`` under ``key`` in ``tier``; the local file is consumed.
+
+        Never overwrites: an object already under the key with the same bytes is kept (storing
+        is idempotent), one with other bytes raises ObjectExists and stays as it was.
+        ``replace=True`` is for copies of an indexed object whose target holds a bad leftover
+        (a replica or a location copy that failed verification): that leftover is removed
+        first.
+        """
 
     def head(self, *, key: str, tier: str) -> StoredObject | None: ...
 

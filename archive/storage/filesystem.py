@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from archive.storage.base import (
     CHUNK,
+    ObjectExists,
     RestoreStatus,
     StorageRefused,
     StorageUnavailable,
@@ -23,6 +25,26 @@ from archive.storage.base import (
 
 # Hard links are impossible across volumes or on some filesystems: copy the bytes instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES}
+
+
+def _same_bytes(existing: Path, new: Path, sha256: str) -> bool:
+    """Whether the object at ``existing`` holds the bytes of the file ``new`` (SHA-256 ``sha256``,
+    or compared byte for byte when not given)."""
+    if existing.stat().st_size != new.stat().st_size:
+        return False
+    with open(existing, "rb") as old:
+        if sha256:
+            digest = hashlib.sha256()
+            while chunk := old.read(CHUNK):
+                digest.update(chunk)
+            return digest.hexdigest() == sha256
+        with open(new, "rb") as other:
+            while True:
+                a, b = old.read(CHUNK), other.read(CHUNK)
+                if a != b:
+                    return False
+                if not a:
+                    return True
 
 
 class FilesystemStore:
@@ -49,18 +71,46 @@ class FilesystemStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def put_file(self, *, key: str, path: Path, tier: str, sha256: str) -> StoredObject:
+    def put_file(
+        self, *, key: str, path: Path, tier: str, sha256: str, replace: bool = False
+    ) -> StoredObject:
         target = self._path(key, tier)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-            # Same volume: the object appears whole or not at all.
-            os.replace(path, target)
+            if replace:
+                os.replace(path, target)
+            else:
+                self._link_new(path, target, key=key, sha256=sha256)
             size = target.stat().st_size
         except OSError as exc:
             raise StorageUnavailable(f"Could not store {key}: {exc.strerror or exc}") from exc
         return StoredObject(key=key, size=size, storage_class=tier)
+
+    def _link_new(self, path: Path, target: Path, *, key: str, sha256: str) -> None:
+        """Give the spool file its key without ever replacing what is there: a hard link fails
+        when the name exists (same volume: the object appears whole or not at all)."""
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            if not _same_bytes(target, path, sha256):
+                path.unlink(missing_ok=True)
+                raise ObjectExists(
+                    f"{key} already holds another object; it was not overwritten."
+                ) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            # No hard links here: an exclusive rename is not available either, so the check and
+            # the rename are two steps (keys are new for every ingest, so nothing races here).
+            if target.exists() and not _same_bytes(target, path, sha256):
+                path.unlink(missing_ok=True)
+                raise ObjectExists(
+                    f"{key} already holds another object; it was not overwritten."
+                ) from None
+            os.replace(path, target)
+        path.unlink(missing_ok=True)
 
     def head(self, *, key: str, tier: str) -> StoredObject | None:
         try:

@@ -43,7 +43,7 @@ def copy_between(
                 f"({copied} bytes, expected {size}; checksum "
                 f"{'matches' if digest.hexdigest() == sha256 else 'differs'}); not copied."
             )
-        stored = target.put_file(key=key, path=path, tier=target_tier, sha256=sha256)
+        stored = target.put_file(key=key, path=path, tier=target_tier, sha256=sha256, replace=True)
     finally:
         path.unlink(missing_ok=True)
     return stored

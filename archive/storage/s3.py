@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from archive.storage.base import (
     CHUNK,
+    ObjectExists,
     RestoreStatus,
     StorageRefused,
     StorageUnavailable,
@@ -50,6 +51,21 @@ _REFUSED_CODES = {
     "InvalidStorageClass",
     "KMS.NotFoundException",
 }
+
+
+def _if_none_match(params: dict[str, Any], **kwargs: Any) -> None:
+    params.setdefault("headers", {})["If-None-Match"] = "*"
+
+
+def _never_overwrite(client: Any) -> None:
+    """Every single-part object this client writes is written only if its key is free
+    (``If-None-Match: *`` on PutObject): the server, not a HEAD before, refuses to replace an
+    object, so two writers can never swap one's bytes for the other's. Multipart uploads are
+    checked by a HEAD in ``put_file`` instead: their completion is also how a tier change above
+    5 GB rewrites an object onto itself. Registered once per client (by its unique id)."""
+    client.meta.events.register(
+        "before-call.s3.PutObject", _if_none_match, unique_id="strata-never-overwrite"
+    )
 
 
 def _error_code(exc: ClientError) -> str:
@@ -129,6 +145,7 @@ class S3Store:
         self.client: Any = (
             _shared_client(*settings_key) if shared_client else _client(*settings_key)
         )
+        _never_overwrite(self.client)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -155,7 +172,9 @@ class S3Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def put_file(self, *, key: str, path: Path, tier: str, sha256: str) -> StoredObject:
+    def put_file(
+        self, *, key: str, path: Path, tier: str, sha256: str, replace: bool = False
+    ) -> StoredObject:
         extra = self._extra(tier)
         size = path.stat().st_size
         server_verified = False
@@ -167,11 +186,22 @@ class S3Store:
                 server_verified = True
             extra["Metadata"] = {"sha256": sha256}  # type: ignore[assignment]
         try:
+            if replace:
+                self._delete_unless_same(key=key, tier=tier, size=size, sha256=sha256)
+            elif size >= TRANSFER.multipart_threshold:
+                existing = self.head(key=key, tier=tier)
+                if existing is not None:
+                    return self._same_or_refuse(existing, key=key, size=size, sha256=sha256)
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=TRANSFER
             )
         except (BotoCoreError, ClientError, Boto3Error) as exc:
-            raise StorageUnavailable(f"Could not store {key}: {exc}") from exc
+            # Refused because the key is taken (412), or failed after the server stored it:
+            # what is there tells which.
+            existing = self._head_quietly(key=key, tier=tier)
+            if existing is None:
+                raise StorageUnavailable(f"Could not store {key}: {exc}") from exc
+            return self._same_or_refuse(existing, key=key, size=size, sha256=sha256)
         finally:
             path.unlink(missing_ok=True)
         if server_verified:
@@ -182,6 +212,26 @@ class S3Store:
         if stored is None:
             raise StorageUnavailable(f"{key} is missing right after it was stored.")
         return stored
+
+    @staticmethod
+    def _same_or_refuse(
+        existing: StoredObject, *, key: str, size: int, sha256: str
+    ) -> StoredObject:
+        """An object found under the key: kept as the stored one when it has these bytes."""
+        if existing.size != size or (sha256 and existing.sha256 != sha256):
+            raise ObjectExists(f"{key} already holds another object; it was not overwritten.")
+        return existing
+
+    def _head_quietly(self, *, key: str, tier: str) -> StoredObject | None:
+        try:
+            return self.head(key=key, tier=tier)
+        except StorageUnavailable:
+            return None
+
+    def _delete_unless_same(self, *, key: str, tier: str, size: int, sha256: str) -> None:
+        existing = self.head(key=key, tier=tier)
+        if existing is not None and (existing.size != size or existing.sha256 != sha256):
+            self.delete(key=key, tier=tier)
 
     def head(self, *, key: str, tier: str) -> StoredObject | None:
         try:

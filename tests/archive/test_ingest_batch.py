@@ -105,7 +105,8 @@ def test_bad_files_quota_and_store_failures_fail_alone(org, archive_root, monkey
     real_put = FilesystemStore.put_file
 
     def flaky(self, **kwargs):
-        if kwargs["key"].endswith(pydicom.dcmread(io.BytesIO(good[1])).SOPInstanceUID + ".dcm"):
+        uid = pydicom.dcmread(io.BytesIO(good[1])).SOPInstanceUID
+        if f"/{ingest._uid_digest(uid)}-" in kwargs["key"]:
             raise StorageUnavailable("HTTP 503")
         return real_put(self, **kwargs)
 
