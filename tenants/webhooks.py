@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -24,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from tenants.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from tenants.netguard import AddressRefused, guarded_session, url_check
 
 logger = logging.getLogger(__name__)
 
@@ -39,41 +37,31 @@ EVENT_TYPES: dict[str, str] = {
 SIGNATURE_HEADER = "Strata-Signature"
 # A delivery stuck in "sending" longer than this is assumed lost with its worker and retried.
 SENDING_LEASE = timedelta(minutes=5)
+# Of a receiver's answer only this much is read and kept (the tenant sees it in the delivery log).
+EXCERPT_CHARS = 500
 
 
-class UnsafeURL(ValueError):
+class UnsafeURL(AddressRefused):
     pass
 
 
 def url_check_safe(url: str) -> None:
     """Refuse URLs that would make the platform call into private networks (SSRF).
 
-    Checked when an endpoint is saved and again before every delivery, because DNS can change.
+    Checked when an endpoint is saved, for a clear answer to the tenant. What protects the
+    platform is the delivery itself: its connection resolves the host once, checks every address
+    and connects to the checked one (``tenants.netguard``), so DNS that changes in between (or
+    answers differently the second time) cannot point a delivery inside the network.
     """
-    parts = urlsplit(url or "")
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise UnsafeURL("Enter an http:// or https:// URL with a host name.")
-    if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
-        return
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, ValueError):
-        raise UnsafeURL(f"The host {parts.hostname} cannot be resolved.") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
+        url_check(url, allow_private=settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES)
+    except AddressRefused as exc:
+        if exc.address:
             raise UnsafeURL(
-                f"The host {parts.hostname} resolves to {address}, a private, loopback or link-local "
-                "address; webhooks must point at a public address."
-            )
+                f"The host {exc.host} resolves to {exc.address} ({exc.kind}), a private, "
+                "loopback or link-local address; webhooks must point at a public address."
+            ) from None
+        raise UnsafeURL(str(exc)) from None
 
 
 def sign(*, secret: str, timestamp: int, body: bytes) -> str:
@@ -94,6 +82,12 @@ def verify(
         return False
     expected = sign(secret=secret, timestamp=timestamp, body=body).split("v1=", 1)[1]
     return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def _excerpt(response: requests.Response) -> str:
+    """The start of the answer, read up to what is kept (a receiver may answer gigabytes)."""
+    raw = response.raw.read(EXCERPT_CHARS * 4, decode_content=True) or b""
+    return raw.decode(response.encoding or "utf-8", errors="replace")[:EXCERPT_CHARS]
 
 
 def backoff_seconds(attempt_number: int) -> int:
@@ -151,28 +145,33 @@ def delivery_attempt(*, org_id: int, delivery_id: int) -> WebhookDelivery | None
     excerpt = ""
     started = time.monotonic()
     try:
-        url_check_safe(endpoint.url)
-        response = requests.post(
-            endpoint.url,
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "Strata-Webhooks/1.0",
-                SIGNATURE_HEADER: sign(
-                    secret=endpoint.secret, timestamp=int(time.time()), body=body
-                ),
-                "Strata-Event": event.type,
-                "Strata-Delivery": str(delivery.pk),
-                "Strata-Event-Id": str(event.id),
-            },
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
-        status_code = response.status_code
-        excerpt = response.text[:500]
+        # The URL's form only; the connection resolves and checks the address it connects to.
+        url_check(endpoint.url, allow_private=True, lookup=False)
+        with guarded_session(allow_private_setting="WEBHOOK_ALLOW_PRIVATE_ADDRESSES") as session:
+            response = session.post(
+                endpoint.url,
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "Strata-Webhooks/1.0",
+                    SIGNATURE_HEADER: sign(
+                        secret=endpoint.secret, timestamp=int(time.time()), body=body
+                    ),
+                    "Strata-Event": event.type,
+                    "Strata-Delivery": str(delivery.pk),
+                    "Strata-Event-Id": str(event.id),
+                },
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+                # A redirect would be a request the tenant aims anywhere; a receiver answers.
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                status_code = response.status_code
+                excerpt = _excerpt(response)
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"
-    except UnsafeURL as exc:
+    except AddressRefused as exc:
         error = str(exc)[:500]
     except requests.Timeout:
         error = f"Timed out after {settings.WEBHOOK_TIMEOUT_SECONDS}s"
