@@ -658,15 +658,20 @@ def _import_client(params: dict[str, Any]) -> Any:
         secret = decrypt(params.get("secret", ""))
     except ValueError as exc:
         raise _StopJob(str(exc)) from None
-    return boto3.client(
-        "s3",
-        endpoint_url=params.get("endpoint_url") or None,
-        region_name=params.get("region") or None,
-        aws_access_key_id=params.get("access_key_id") or None,
-        aws_secret_access_key=secret or None,
-        config=Config(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60
-        ),
+    from archive.storage.s3 import guard_client
+
+    # Every connection checked and pinned to the checked address (tenants.netguard).
+    return guard_client(
+        boto3.client(
+            "s3",
+            endpoint_url=params.get("endpoint_url") or None,
+            region_name=params.get("region") or None,
+            aws_access_key_id=params.get("access_key_id") or None,
+            aws_secret_access_key=secret or None,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
+        )
     )
 
 

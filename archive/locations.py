@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +42,7 @@ from archive.storage.credentials import encrypt
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
+from tenants.netguard import AddressRefused, url_check
 from tenants.services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -102,39 +102,28 @@ def endpoint_check(endpoint_url: str) -> str | None:
 
     A tenant-chosen endpoint makes the platform send requests there; a private, loopback or
     link-local address would reach into the platform's own network (SSRF). Checked when saved and
-    again before each use, because DNS can change.
+    before each use for a clear answer; every connection of the S3 client is checked again and
+    pinned to the checked address (``archive.storage.s3.guard_client``), because DNS can change.
     """
     if not endpoint_url:
         return None
-    parts = urlsplit(endpoint_url)
+    try:
+        parts = urlsplit(endpoint_url)
+    except ValueError:
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "Enter an http:// or https:// URL with a host name, e.g. https://s3.eu-central-1.amazonaws.com."
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         return "Enter the endpoint only (scheme, host and port); the bucket goes in its own field."
-    if _allow_private_endpoints():
-        return None
     try:
-        infos = socket.getaddrinfo(
-            parts.hostname,
-            parts.port or (443 if parts.scheme == "https" else 80),
-            proto=socket.IPPROTO_TCP,
-        )
-    except (socket.gaierror, ValueError):
-        return f"The host {parts.hostname} cannot be resolved."
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
+        url_check(endpoint_url, allow_private=_allow_private_endpoints())
+    except AddressRefused as exc:
+        if exc.address:
             return (
-                f"The host {parts.hostname} resolves to {address}, a private or internal address; "
-                "the endpoint must be reachable on a public address."
+                f"The host {exc.host} resolves to {exc.address} ({exc.kind}), a private or "
+                "internal address; the endpoint must be reachable on a public address."
             )
+        return str(exc)
     return None
 
 

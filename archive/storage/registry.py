@@ -29,6 +29,7 @@ def platform_store() -> ObjectStore:
             storage_classes=DEFAULT_STORAGE_CLASSES,
             spool_root=str(settings.ARCHIVE_SPOOL_ROOT),
             shared_client=True,
+            guarded=False,  # the operator's endpoint, not a tenant's (it may well be private)
         )
     return FilesystemStore(
         settings.ARCHIVE_ROOT, restore_delay_seconds=settings.ARCHIVE_FS_RESTORE_SECONDS

@@ -16,8 +16,14 @@ from typing import Any
 import boto3
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
+from botocore.awsrequest import (
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
+)
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 
 from archive.storage.base import (
     CHUNK,
@@ -29,6 +35,7 @@ from archive.storage.base import (
     VerificationFailed,
     range_check,
 )
+from tenants.netguard import AddressRefused, GuardedConnectionMixin
 
 # Multipart above 64 MiB keeps memory flat for 3 GB objects (a few parts in flight at a time).
 TRANSFER = TransferConfig(
@@ -72,13 +79,71 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+# --- connections to a tenant's endpoint -----------------------------------------------------------
+
+
+class EndpointRefused(BotoCoreError):
+    """A connection to a tenant's endpoint was refused by the address rules (tenants.netguard)."""
+
+    fmt = "{reason}"
+
+
+class _GuardedHTTPConnection(GuardedConnectionMixin, AWSHTTPConnection):
+    allow_private_setting = "ARCHIVE_ALLOW_PRIVATE_ENDPOINTS"
+
+
+class _GuardedHTTPSConnection(GuardedConnectionMixin, AWSHTTPSConnection):
+    allow_private_setting = "ARCHIVE_ALLOW_PRIVATE_ENDPOINTS"
+
+
+class _GuardedHTTPConnectionPool(AWSHTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(AWSHTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+def _refusal_is_final(caught_exception: Exception | None = None, **kwargs: Any) -> None:
+    # botocore wraps what the connection raised in HTTPClientError and would retry it as a
+    # network failure; a refused address stays refused, so it ends the call at once.
+    error = (
+        caught_exception.kwargs.get("error")
+        if isinstance(caught_exception, HTTPClientError)
+        else None
+    )
+    if isinstance(error, AddressRefused):
+        raise EndpointRefused(reason=str(error)) from error
+
+
+def guard_client(client: Any) -> Any:
+    """Make every connection of a boto3 client follow ``tenants.netguard``; returns the client.
+
+    Each new connection resolves the host (whichever host botocore builds: the endpoint, or
+    ``<bucket>.<endpoint>`` for virtual-hosted addressing) once, refuses it unless every address is
+    globally routable (or ARCHIVE_ALLOW_PRIVATE_ENDPOINTS is on), and connects to exactly the
+    checked address; TLS is still verified against the host name. Environment proxies are refused.
+    A refusal raises ``EndpointRefused`` (a BotoCoreError) without retries.
+    """
+    pools = client._endpoint.http_session._pool_classes_by_scheme
+    if set(pools) != {"http", "https"}:  # botocore changed: fail loudly, never connect unguarded
+        raise RuntimeError("botocore's connection pools cannot be guarded")
+    # The dict is shared with the session's pool managers, which create pools lazily.
+    pools["http"] = _GuardedHTTPConnectionPool
+    pools["https"] = _GuardedHTTPSConnectionPool
+    client.meta.events.register_first("needs-retry.s3", _refusal_is_final)
+    return client
+
+
 def _client(
     endpoint_url: str | None,
     region: str | None,
     access_key_id: str | None,
     secret_access_key: str | None,
+    *,
+    guarded: bool = True,
 ) -> Any:
-    return boto3.client(
+    client = boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,
@@ -91,23 +156,24 @@ def _client(
             max_pool_connections=32,
         ),
     )
+    return guard_client(client) if guarded else client
 
 
-_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+_CLIENTS: dict[tuple[bool, tuple[str | None, ...]], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def _shared_client(*settings_key: str | None) -> Any:
-    """One client per endpoint and credentials per process.
+def _shared_client(*settings_key: str | None, guarded: bool = True) -> Any:
+    """One client per endpoint and credentials (and guard) per process.
 
     Building a boto3 client costs milliseconds of CPU (it loads the service model) and a fresh
     connection pool; a store is made per request, so without this every STOW-RS request and every
     tier-move batch paid for both. boto3 clients are thread-safe.
     """
     with _CLIENTS_LOCK:
-        client = _CLIENTS.get(settings_key)
+        client = _CLIENTS.get((guarded, settings_key))
         if client is None:
-            client = _CLIENTS[settings_key] = _client(*settings_key)
+            client = _CLIENTS[guarded, settings_key] = _client(*settings_key, guarded=guarded)
         return client
 
 
@@ -131,7 +197,10 @@ class S3Store:
         kms_key_id: str = "",
         spool_root: str | None = None,
         shared_client: bool = False,
+        guarded: bool = True,
     ):
+        """``guarded``: the endpoint is the tenant's, every connection follows tenants.netguard;
+        only the platform's own store (an operator's endpoint, maybe private) passes False."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.storage_classes = storage_classes
@@ -143,7 +212,9 @@ class S3Store:
         self.copy_part_size = COPY_PART_SIZE
         settings_key = (endpoint_url or None, region or None, access_key_id, secret_access_key)
         self.client: Any = (
-            _shared_client(*settings_key) if shared_client else _client(*settings_key)
+            _shared_client(*settings_key, guarded=guarded)
+            if shared_client
+            else _client(*settings_key, guarded=guarded)
         )
         _never_overwrite(self.client)
 
