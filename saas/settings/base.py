@@ -198,6 +198,12 @@ ARCHIVE_FS_RESTORE_SECONDS = env.integer("ARCHIVE_FS_RESTORE_SECONDS", 60, minim
 # Moves and restores claimed by a worker that stopped are taken over after this lease.
 ARCHIVE_MOVE_LEASE_SECONDS = env.integer("ARCHIVE_MOVE_LEASE_SECONDS", 300, minimum=10)
 
+# Web server (manage.py serve): nginx in front of gunicorn, see saas/proxy.py.
+STRATA_PROXY = env.choice("STRATA_PROXY", "AUTO", ["AUTO", "NGINX", "NONE"]).lower()
+WEB_CLIENT_TIMEOUT_SECONDS = env.integer("WEB_CLIENT_TIMEOUT_SECONDS", 60, minimum=1)
+WEB_MAX_BODY_SIZE = env.string("WEB_MAX_BODY_SIZE", "4g")
+WEB_TRUSTED_PROXIES = env.csv_list("WEB_TRUSTED_PROXIES", [])
+
 # Billing
 BILLING_GRACE_DAYS = env.integer("BILLING_GRACE_DAYS", 3, minimum=0)
 BILLING_MAX_REPORT_DAYS = env.integer("BILLING_MAX_REPORT_DAYS", 400, minimum=1)

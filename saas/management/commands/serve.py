@@ -2,7 +2,11 @@
 
 The web server is gunicorn, as in production: several worker processes with a few threads each
 (one Python process is bound to one core by its interpreter lock, and a STOW-RS request is
-CPU work: parsing, hashing, indexing). ``--runserver`` uses Django's development server instead.
+CPU work: parsing, hashing, indexing). In front of it nginx (saas/proxy.py) listens on the
+public address, reads every request completely and drops clients that send nothing, so that
+slow clients cannot hold gunicorn's few threads; ``STRATA_PROXY`` (auto, nginx, none) decides
+whether it runs. ``--runserver`` uses Django's development server instead.
+``--print-nginx-config`` prints nginx's config for operators who run their own nginx.
 """
 
 from __future__ import annotations
@@ -12,10 +16,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from saas.proxy import (
+    PROXY_MODES,
+    ProxySettings,
+    find_nginx,
+    nginx_command,
+    private_upstream,
+    render_nginx_config,
+    socket_path,
+    write_nginx_config,
+)
 
 QUEUES = "celery,ingest,tiering,billing,webhooks"
 
@@ -34,19 +50,33 @@ def web_workers() -> int:
 WEB_THREADS = 2  # per worker: a slow client (an upload, a download) does not hold a whole process
 
 
+# gunicorn writes no access log by default (nginx does); one enabled with --access-logfile (for
+# instance through GUNICORN_CMD_ARGS) logs the path without the query string, like nginx: QIDO-RS
+# queries carry patient names.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
+PROXIED_APP = "saas.proxy:proxied_application()"
+
+
 def gunicorn_command(
-    addr: str, *, workers: int | None = None, threads: int = WEB_THREADS, reload: bool = False
+    addr: str,
+    *,
+    workers: int | None = None,
+    threads: int = WEB_THREADS,
+    reload: bool = False,
+    behind_proxy: bool = False,
 ) -> list[str]:
     """The production web server's command line: gunicorn with threaded workers.
 
     gunicorn reads request bodies in chunked transfer encoding (STOW-RS from streaming clients)
     and marks the stream as terminated; streamed responses (WADO-RS) are passed through.
+    ``behind_proxy``: ``addr`` is nginx's private upstream, and the client's address comes from
+    nginx's X-Real-IP (saas.proxy.behind_proxy).
     """
     command = [
         sys.executable,
         "-m",
         "gunicorn",
-        "saas.wsgi:application",
+        PROXIED_APP if behind_proxy else "saas.wsgi:application",
         "--bind",
         addr,
         "--workers",
@@ -61,10 +91,78 @@ def gunicorn_command(
         "120",
         "--graceful-timeout",
         "30",
+        # X-Forwarded-Proto is believed from nginx only: over the unix socket (gunicorn trusts
+        # a unix peer) or from loopback, never from the network.
+        "--forwarded-allow-ips",
+        "127.0.0.1,::1",
+        "--access-logformat",
+        ACCESS_LOG_FORMAT,
     ]
+    if addr.startswith("unix:"):
+        # Only this account may connect (the socket's directory is private too).
+        command += ["--umask", "0o077"]
     if reload:
         command.append("--reload")
     return command
+
+
+def resolve_proxy(mode: str) -> str | None:
+    """The nginx binary to run in front of gunicorn, or None for gunicorn alone.
+
+    ``auto``: nginx when installed; ``nginx``: nginx or a clear error; ``none``: gunicorn alone
+    (an operator's own proxy in front, or a development machine).
+    """
+    if mode not in PROXY_MODES:
+        raise CommandError(f"STRATA_PROXY={mode!r}: expected one of {', '.join(PROXY_MODES)}.")
+    if mode == "none":
+        return None
+    nginx = find_nginx()
+    if nginx is None and mode == "nginx":
+        raise CommandError(
+            "STRATA_PROXY=nginx but no nginx binary was found on PATH or in /usr/sbin: install "
+            "it (Debian: apt-get install nginx) or set STRATA_PROXY=auto or none."
+        )
+    return nginx
+
+
+FALLBACK_WARNING = (
+    "WARNING: nginx not found: gunicorn serves {addr} alone. A few clients that send their "
+    "request slowly can then occupy every web thread, and an idle connection is not dropped "
+    "after WEB_CLIENT_TIMEOUT_SECONDS. Install nginx (Debian: apt-get install nginx) for "
+    "production, or set STRATA_PROXY=none to silence this on a development machine."
+)
+
+
+def web_commands(
+    addr: str,
+    *,
+    nginx: str | None,
+    var_dir: Path,
+    options: ProxySettings | None = None,
+    workers: int | None = None,
+    threads: int = WEB_THREADS,
+    reload: bool = False,
+    access_log: str = "/dev/stdout",
+) -> dict[str, list[str]]:
+    """The web tier's processes: gunicorn alone on ``addr`` when ``nginx`` is None, else gunicorn
+    on a private upstream and nginx on ``addr`` in front (its config written under ``var_dir``).
+    The tests and bench/slow_clients.py start exactly these commands."""
+    if nginx is None:
+        return {"web": gunicorn_command(addr, workers=workers, threads=threads, reload=reload)}
+    upstream = private_upstream(var_dir)
+    config = render_nginx_config(
+        listen=addr,
+        upstream=upstream,
+        var_dir=var_dir,
+        options=options or ProxySettings.from_settings(),
+        access_log=access_log,
+    )
+    return {
+        "web": gunicorn_command(
+            upstream, workers=workers, threads=threads, reload=reload, behind_proxy=True
+        ),
+        "nginx": nginx_command(nginx, write_nginx_config(config, var_dir)),
+    }
 
 
 class Command(BaseCommand):
@@ -75,10 +173,40 @@ class Command(BaseCommand):
         parser.add_argument(
             "--runserver",
             action="store_true",
-            help="Django's development server instead of gunicorn.",
+            help="Django's development server instead of gunicorn (and nginx).",
+        )
+        parser.add_argument(
+            "--proxy",
+            choices=PROXY_MODES,
+            default=settings.STRATA_PROXY,
+            help="nginx in front of gunicorn: auto (when installed; the default from "
+            "STRATA_PROXY), nginx (required), none (gunicorn alone).",
+        )
+        parser.add_argument(
+            "--print-nginx-config",
+            action="store_true",
+            help="Print the nginx config for --addr and exit (for operators who run their own "
+            "nginx; run gunicorn with STRATA_PROXY=none --addr unix:<--upstream>).",
+        )
+        parser.add_argument(
+            "--upstream",
+            default="",
+            help="With --print-nginx-config: gunicorn's address (default: the unix socket "
+            "serve uses, under the var directory).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["print_nginx_config"]:
+            self.stdout.write(
+                render_nginx_config(
+                    listen=options["addr"],
+                    upstream=options["upstream"] or f"unix:{socket_path(settings.VAR_DIR)}",
+                    var_dir=settings.VAR_DIR,
+                    options=ProxySettings.from_settings(),
+                ),
+                ending="",
+            )
+            return
         if str(settings.CELERY_BROKER_URL).startswith("filesystem"):
             for folder in settings.CELERY_BROKER_TRANSPORT_OPTIONS.values():
                 if isinstance(folder, str):
@@ -121,12 +249,18 @@ class Command(BaseCommand):
                 "--port",
                 str(settings.DICOM_SCP_PORT),
             ],
-            "web": (
-                [python, "manage.py", "runserver", options["addr"]]
-                if options["runserver"]
-                else gunicorn_command(options["addr"], reload=settings.DEBUG)
-            ),
         }
+        if options["runserver"]:
+            commands["web"] = [python, "manage.py", "runserver", options["addr"]]
+        else:
+            nginx = resolve_proxy(options["proxy"])
+            if nginx is None and options["proxy"] == "auto":
+                self.stderr.write(FALLBACK_WARNING.format(addr=options["addr"]))
+            commands.update(
+                web_commands(
+                    options["addr"], nginx=nginx, var_dir=settings.VAR_DIR, reload=settings.DEBUG
+                )
+            )
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
 
         def stop(signum: int, frame: object) -> None:
@@ -135,8 +269,10 @@ class Command(BaseCommand):
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, stop)
+        front = "nginx in front of gunicorn" if "nginx" in commands else "one web server"
         self.stdout.write(
-            f"Strata running at http://{options['addr']}/, DICOM C-STORE on port {settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
+            f"Strata running at http://{options['addr']}/ ({front}), DICOM C-STORE on port "
+            f"{settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
         )
         try:
             while True:
