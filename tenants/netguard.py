@@ -38,6 +38,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import parse_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (family, type, proto, canonname, sockaddr) as socket.getaddrinfo answers.
@@ -226,23 +227,20 @@ def url_check(url: str, *, allow_private: bool, lookup: bool = True) -> None:
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AddressRefused("Enter an http:// or https:// URL with a host name.")
+    host = parts.hostname
+    problem = host_problem(host)
+    if problem:
+        raise AddressRefused(problem)
     # requests and botocore parse with urllib3 and urllib; a URL they read differently
     # ("http://a.example\\@127.0.0.1/") is refused instead of checked for the wrong host.
-    from urllib3.util import parse_url
-
     try:
         other = (parse_url(url).host or "").strip("[]").lower()
     except ValueError:
         other = ""
-    host = parts.hostname
     if other != host.lower():
         raise AddressRefused("The URL's host is ambiguous; enter a plain http(s)://host/path URL.")
     if lookup and not allow_private:
         resolve(host, port or (443 if parts.scheme == "https" else 80), allow_private=allow_private)
-    else:
-        problem = host_problem(host)
-        if problem:
-            raise AddressRefused(problem)
 
 
 def _connect_address(info: AddrInfo, timeout: Any, source_address: Any, options: Any) -> Any:
