@@ -78,6 +78,7 @@ os.environ.update(
         "DATABASE_URL": pg_url(DB_NAME),
         "DEBUG": "0",
         "SECRET_KEY": "strata-bench-ingest-secret-key-0123456789abcdef",
+        "SECURE_SSL_REDIRECT": "0",  # plain HTTP on the loopback, no TLS proxy in front
         "ARCHIVE_BACKEND": "FILESYSTEM",
         "ARCHIVE_ROOT": str(SCRATCH / "archive"),
         "ARCHIVE_SPOOL_ROOT": str(SCRATCH / "spool"),

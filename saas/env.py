@@ -127,3 +127,25 @@ def secret_key(debug: bool) -> str:
     if debug:
         return _INSECURE_DEV_KEY
     raise ImproperlyConfigured("Environment variable SECRET_KEY is required when DEBUG is off.")
+
+
+def email_settings(name: str, *, debug: bool, file_dir: Path) -> dict[str, Any]:
+    """Django's EMAIL_* settings from ``name`` (an email URL), or the default for the mode.
+
+    Unset: the console in DEBUG (``make run``), otherwise files under ``file_dir``: an invitation
+    or password-reset link is a credential and must not land in the server log. ``filemail:///abs``
+    keeps its absolute path (django-environ drops the leading slash); ``filemail://`` means
+    ``file_dir``.
+    """
+    url = string(name, "")
+    if not url:
+        if debug:
+            return email(name, "consolemail://")
+        url = "filemail://"
+    config = email(name, url)
+    if url.startswith("filemail://"):
+        location = url[len("filemail://") :]
+        config["EMAIL_FILE_PATH"] = str(
+            Path(location).expanduser().resolve() if location else file_dir
+        )
+    return config

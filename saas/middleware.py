@@ -1,12 +1,21 @@
-"""Meter every API request (REST and DICOMweb) that resolved an organization as ``api.requests``."""
+"""Meter every API request (REST and DICOMweb) that resolved an organization as ``api.requests``.
+
+Also: the time limits of a signed-in session (``SessionTimeoutMiddleware``)."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import SESSION_KEY, logout
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import resolve_url
 from django.utils import timezone
 
 from billing.metering import record_usage
@@ -32,3 +41,85 @@ class ApiUsageMiddleware:
                 dimensions={},
             )
         return response
+
+
+class SessionTimeoutMiddleware:
+    """Sign a session out after ``SESSION_IDLE_TIMEOUT_SECONDS`` without activity and
+    ``SESSION_ABSOLUTE_LIFETIME_SECONDS`` after sign-in, whatever the activity.
+
+    Activity is any request made with the session, API requests included, except the views in
+    ``SESSION_BACKGROUND_URL_NAMES`` (a page polling a job's progress must not keep an unattended
+    screen signed in). A portal page with an expired session sends the browser to the sign-in page
+    with a message; any other request (an API call, a poll) goes on signed out, so it gets the
+    answer an anonymous request gets, and the message waits for the next page.
+
+    The session holds ``{"user", "start", "seen"}`` (epoch seconds). Activity is written at most
+    once a minute (a session save is a database write), so a session may end up to a minute early.
+    Bearer-token requests carry no session and are not concerned.
+    """
+
+    STATE_KEY = "strata.session_clock"
+    EXPIRED_KEY = "strata.session_expired"
+    # Seconds between two writes of the activity time; a tenth of the idle limit when shorter.
+    WRITE_INTERVAL_SECONDS = 60
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> HttpResponse | None:
+        session = request.session
+        now = time.time()
+        match = request.resolver_match
+        background = match is not None and match.url_name in settings.SESSION_BACKGROUND_URL_NAMES
+        page = not background and not _is_api(request)
+        if SESSION_KEY not in session:
+            if page and self.EXPIRED_KEY in session:
+                _tell_expired(request, session.pop(self.EXPIRED_KEY))
+            return None
+        user_id = str(session[SESSION_KEY])
+        state = session.get(self.STATE_KEY)
+        if not isinstance(state, dict) or state.get("user") != user_id:
+            # A new sign-in (or a session from before these limits): its clock starts now.
+            session[self.STATE_KEY] = {"user": user_id, "start": now, "seen": now}
+            session.pop(self.EXPIRED_KEY, None)
+            return None
+        reason = None
+        if now - float(state["start"]) >= settings.SESSION_ABSOLUTE_LIFETIME_SECONDS:
+            reason = "absolute"
+        elif now - float(state["seen"]) >= settings.SESSION_IDLE_TIMEOUT_SECONDS:
+            reason = "idle"
+        if reason is not None:
+            logger.info("Session of user id %s ended: %s limit", user_id, reason)
+            logout(request)  # a new, empty session; the old one is deleted
+            if not page:
+                request.session[self.EXPIRED_KEY] = reason
+                return None
+            _tell_expired(request, reason)
+            if request.method in ("GET", "HEAD"):
+                return redirect_to_login(request.get_full_path())
+            return HttpResponseRedirect(resolve_url(settings.LOGIN_URL))
+        interval = min(self.WRITE_INTERVAL_SECONDS, settings.SESSION_IDLE_TIMEOUT_SECONDS / 10)
+        if not background and now - float(state["seen"]) >= interval:
+            session[self.STATE_KEY] = {**state, "seen": now}
+        return None
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(("/api/", "/dicomweb/"))
+
+
+def _tell_expired(request: HttpRequest, reason: object) -> None:
+    if reason == "absolute":
+        hours = settings.SESSION_ABSOLUTE_LIFETIME_SECONDS / 3600
+        text = f"You were signed out {hours:g} hours after signing in. Please sign in again."
+    else:
+        minutes = settings.SESSION_IDLE_TIMEOUT_SECONDS / 60
+        text = (
+            f"You were signed out after {minutes:g} minutes without activity. Please sign in again."
+        )
+    messages.info(request, text)

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from saas import health, views
+from tenants.views import PasswordResetView
 
 api_v1 = [
     path("", include("tenants.urls_api")),
@@ -24,7 +25,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "accounts/password-reset/",
-        auth_views.PasswordResetView.as_view(template_name="registration/password_reset_form.html"),
+        PasswordResetView.as_view(),
         name="password_reset",
     ),
     path(

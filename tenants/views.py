@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Iterator
 from datetime import UTC
 from typing import Any, TypeVar
@@ -18,6 +19,8 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import PasswordResetForm
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
@@ -34,8 +37,8 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from tenants import selectors, services
-from tenants.context import Actor
+from tenants import lockout, selectors, services
+from tenants.context import Actor, client_ip
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import (
     AuditFilterForm,
@@ -697,6 +700,35 @@ def invitation_accept(request: HttpRequest, secret: str) -> HttpResponse:
             None, "An account with this email address already exists; sign in to accept."
         )
         return render(request, "tenants/invitation.html", context, status=409)
-    login(request, membership.user, backend=settings.AUTHENTICATION_BACKENDS[0])
+    # ModelBackend by name: the first backend is axes', which checks lockouts and loads no user.
+    login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
     messages.success(request, f"Your account is ready. Welcome to {org.name}.")
     return redirect("portal-dashboard", org.slug)
+
+
+# --- password reset ------------------------------------------------------------------------------
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's password reset, limited per email address and per client address
+    (``PASSWORD_RESET_LIMIT`` and ``PASSWORD_RESET_LIMIT_PER_ADDRESS`` per
+    ``PASSWORD_RESET_WINDOW_MINUTES``): a 429 with the form and how long to wait."""
+
+    template_name = "registration/password_reset_form.html"
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        wait = lockout.password_reset_wait(
+            email=form.cleaned_data["email"], address=client_ip(self.request)
+        )
+        if wait:
+            minutes = max(1, math.ceil(wait / 60))
+            form.add_error(
+                None,
+                "Too many password reset requests for this email address or from your network. "
+                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}; "
+                "a link already sent stays valid.",
+            )
+            response = self.form_invalid(form)
+            response.status_code = 429
+            return response
+        return super().form_valid(form)

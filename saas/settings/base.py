@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from saas import env
 
 BASE_DIR = env.BASE_DIR
@@ -24,6 +26,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "saas",
     "tenants",
     "archive",
@@ -40,6 +43,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "saas.middleware.ApiUsageMiddleware",
+    "saas.middleware.SessionTimeoutMiddleware",
+    # Last, as axes asks: turns a sign-in refused for a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "saas.urls"
@@ -97,6 +103,47 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "portal-home"
 LOGOUT_REDIRECT_URL = "login"
 
+# Brute-force protection (tenants/lockout.py, django-axes). axes' backend comes first and refuses
+# a locked-out sign-in before the password is checked; every authenticate() must pass request.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)  # per account
+# Per client address, for any accounts; higher than per account because a hospital's workstations
+# often reach the internet through one address. 0 turns the per-address lockout off.
+LOGIN_FAILURE_LIMIT_PER_ADDRESS = env.integer("LOGIN_FAILURE_LIMIT_PER_ADDRESS", 20, minimum=0)
+LOGIN_LOCKOUT_MINUTES = env.integer("LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+PASSWORD_RESET_LIMIT = env.integer("PASSWORD_RESET_LIMIT", 3, minimum=1)  # per email address
+PASSWORD_RESET_LIMIT_PER_ADDRESS = env.integer("PASSWORD_RESET_LIMIT_PER_ADDRESS", 10, minimum=1)
+PASSWORD_RESET_WINDOW_MINUTES = env.integer("PASSWORD_RESET_WINDOW_MINUTES", 60, minimum=1)
+# The database handler: one count for all web processes, on SQLite and PostgreSQL alike.
+AXES_HANDLER = "tenants.lockout.LockoutHandler"
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_LOCKOUT_PARAMETERS = (
+    ["username", "ip_address"] if LOGIN_FAILURE_LIMIT_PER_ADDRESS else ["username"]
+)
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+# A refused attempt during a lockout does not restart it: it ends when the page says it does.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True  # the account's failures only (LockoutHandler.reset_user_attempts)
+AXES_LOCKOUT_CALLABLE = "tenants.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "tenants.lockout.client_address"
+AXES_USERNAME_CALLABLE = "tenants.lockout.username_of"
+AXES_DISABLE_ACCESS_LOG = True  # successful sign-ins are in the audit log (auth.login)
+AXES_HTTP_RESPONSE_CODE = 429
+
+# Portal sessions (saas.middleware.SessionTimeoutMiddleware): signed out after this long without
+# activity, and this long after sign-in whatever the activity.
+SESSION_IDLE_TIMEOUT_SECONDS = env.integer("SESSION_IDLE_TIMEOUT_SECONDS", 15 * 60, minimum=60)
+SESSION_ABSOLUTE_LIFETIME_SECONDS = env.integer(
+    "SESSION_ABSOLUTE_LIFETIME_SECONDS", 12 * 60 * 60, minimum=300
+)
+SESSION_COOKIE_AGE = SESSION_ABSOLUTE_LIFETIME_SECONDS  # cookie and stored session go with it
+# Pages that poll in the background (a job's progress): they do not count as activity, so an open
+# tab does not keep a session alive.
+SESSION_BACKGROUND_URL_NAMES = ["portal-ingest-job-progress"]
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -111,7 +158,8 @@ STATICFILES_DIRS = [BASE_DIR / "saas" / "static"]
 WHITENOISE_USE_FINDERS = True  # serve straight from installed packages; no collectstatic needed
 MEDIA_ROOT = str(env.path("STORAGE_ROOT", VAR_DIR / "storage"))
 
-EMAIL_CONFIG = env.email("EMAIL_URL", "consolemail://")
+# Unset: the console with DEBUG (make run), else files under var/mail; SMTP via EMAIL_URL.
+EMAIL_CONFIG = env.email_settings("EMAIL_URL", debug=DEBUG, file_dir=VAR_DIR / "mail")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "Strata <no-reply@strata.local>")
 
@@ -224,3 +272,19 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.boolean("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# TLS: on by default without DEBUG. Plain HTTP is redirected to HTTPS, except the health checks
+# (a load balancer probes them over plain HTTP); browsers are told to use HTTPS only (HSTS).
+SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", False)
+# Preloading is the operator's commitment (submitting the domain to the browsers' list, for all
+# its subdomains, hard to undo): off unless asked for, and then check --deploy need not remind.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Behind a TLS-terminating proxy the request reaches Django as HTTP; the proxy's X-Forwarded-Proto
+# says what the client used. Trusted only when configured: a client could send it too, so the
+# proxy must set (overwrite) it, as saas/proxy.py's nginx does.
+TRUST_X_FORWARDED_PROTO = env.boolean("TRUST_X_FORWARDED_PROTO", False)
+if TRUST_X_FORWARDED_PROTO:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -29,3 +29,6 @@ WEBHOOK_TIMEOUT_SECONDS = 2
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].pop("OPTIONS", None)
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "100000/min"}}
+# The test client speaks plain HTTP; the production TLS defaults are tested in a subprocess.
+SECURE_SSL_REDIRECT = False
+SECURE_HSTS_SECONDS = 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.http import HttpRequest
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -218,7 +219,7 @@ def test_signup_creates_the_user_and_the_membership_and_logs_in(
     assert invitation.accepted_by == user
     # Logged in: the dashboard opens without another sign-in.
     assert client.get(reverse("portal-dashboard", args=[org.slug])).status_code == 200
-    assert Client().login(username=INVITED, password=STRONG)
+    assert Client().login(request=HttpRequest(), username=INVITED, password=STRONG)
 
 
 @pytest.mark.parametrize(

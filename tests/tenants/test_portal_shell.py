@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.http import HttpRequest
 from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
@@ -122,7 +123,9 @@ def test_password_reset_by_email(org: Organization, owner: Membership) -> None:
     )
     assert done.status_code == 302
     assert "Your password is set" in client.get(done["Location"]).content.decode()
-    assert Client().login(username="owner@stmary.example", password="Fresh-Archive-Tier-9")
+    assert Client().login(
+        request=HttpRequest(), username="owner@stmary.example", password="Fresh-Archive-Tier-9"
+    )
     # The link works once.
     assert "This link no longer works" in client.get(link.group(1), follow=True).content.decode()
 
