@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DEBUG ?= 1
 
-.PHONY: install run test lint format bench clean
+.PHONY: install proxy run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# nginx, which manage.py serve runs in front of gunicorn: installed with apt-get when missing and
+# run as root; otherwise (no root, no apt) serve runs gunicorn alone and says so.
+proxy:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nginx (apt-get)"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; }; } || \
+	    echo "nginx could not be installed: manage.py serve will run gunicorn alone"; \
+	  else \
+	    echo "nginx is not installed (as root: apt-get install nginx): manage.py serve will run gunicorn alone"; \
+	  fi; }
+
+run: install proxy
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py seed_usage --org demo-hospital --months 12

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from gunicorn import glogging
 
 PROXY_MODES = ("auto", "nginx", "none")
 # Between two reads from (or writes to) gunicorn. A STOW-RS request is answered only after its
@@ -57,7 +58,10 @@ TEMPLATE = """\
 worker_rlimit_nofile {nofile};
 daemon off;
 pid {run_dir}/nginx.pid;
-error_log stderr warn;
+# nginx's error messages quote the request line, query string and all (a QIDO-RS query carries
+# patient names), and cannot be told otherwise: only messages about nginx itself (alert, emerg)
+# are logged. A request's failure is in the access log (502, 504), without the query.
+error_log stderr alert;
 
 events {{
     worker_connections {connections};
@@ -304,6 +308,45 @@ def nginx_command(nginx: str, config_path: Path) -> list[str]:
     """``-p``/``-e``: no path outside the var directory is touched (the compiled-in error log
     under /var/log would be opened before the config is read)."""
     return [nginx, "-p", str(config_path.parent), "-c", str(config_path), "-e", "stderr"]
+
+
+# --- gunicorn's log ---------------------------------------------------------------------------
+
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def without_query(message: str) -> str:
+    """``message`` with every query string (from "?" to the next space or quote) removed."""
+    return _QUERY.sub("?[query removed]", message)
+
+
+class QuerylessGunicornLogger(glogging.Logger):
+    """gunicorn's error log without query strings (``--logger-class``): gunicorn quotes the
+    request's URI when the application raises, and the request line when it refuses one."""
+
+    def _clean(self, msg: object, args: tuple[object, ...]) -> str:
+        text = str(msg)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError):
+                text = " ".join([text, *map(str, args)])
+        return without_query(text)
+
+    def critical(self, msg: object, *args: object, **kwargs: Any) -> None:
+        super().critical(self._clean(msg, args), **kwargs)
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        super().error(self._clean(msg, args), **kwargs)
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        super().warning(self._clean(msg, args), **kwargs)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        super().info(self._clean(msg, args), **kwargs)
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        super().exception(self._clean(msg, args), **kwargs)
 
 
 # --- the WSGI application behind the proxy --------------------------------------------------

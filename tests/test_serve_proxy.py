@@ -27,10 +27,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
+from gunicorn.config import Config
 
 from saas import proxy
 from saas.management.commands import serve
-from saas.proxy import ProxySettings, behind_proxy, render_nginx_config
+from saas.proxy import (
+    ProxySettings,
+    QuerylessGunicornLogger,
+    behind_proxy,
+    render_nginx_config,
+)
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +67,30 @@ def test_access_log_names_the_path_without_the_query_string(tmp_path):
         assert leaking not in log_format
     assert "%(U)s" in serve.ACCESS_LOG_FORMAT
     assert "%(r)s" not in serve.ACCESS_LOG_FORMAT and "%(q)s" not in serve.ACCESS_LOG_FORMAT
+
+
+def test_nginx_error_log_leaves_out_request_errors_that_quote_the_query(tmp_path):
+    assert "error_log stderr alert;" in config(tmp_path)
+
+
+def test_gunicorn_error_log_names_the_path_without_the_query_string(capfd):
+    logger = QuerylessGunicornLogger(Config())
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception(
+            "Error handling request %s %s", "GET", "/dicomweb/studies?PatientName=DOE^JANE"
+        )
+    logger.warning(
+        "Invalid request from ip=%s: %s",
+        "192.0.2.1",
+        "Invalid HTTP request line: 'GET /dicomweb/studies?PatientID=PAT123 HTTP/1.1'",
+    )
+    err = capfd.readouterr().err
+    assert "Error handling request GET /dicomweb/studies?[query removed]" in err
+    assert "'GET /dicomweb/studies?[query removed] HTTP/1.1'" in err
+    assert "DOE" not in err and "PAT123" not in err
+    assert "--logger-class" in serve.gunicorn_command("127.0.0.1:8000")
 
 
 def test_client_timeouts_come_from_one_setting(tmp_path):

@@ -97,6 +97,8 @@ def gunicorn_command(
         "127.0.0.1,::1",
         "--access-logformat",
         ACCESS_LOG_FORMAT,
+        "--logger-class",
+        "saas.proxy.QuerylessGunicornLogger",
     ]
     if addr.startswith("unix:"):
         # Only this account may connect (the socket's directory is private too).
