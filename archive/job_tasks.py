@@ -28,7 +28,10 @@ def ingest_job_run(org_id: int, job_id: int, handoff: str | None = None) -> None
 
 @shared_task(name="archive.tasks.ingest_jobs_sweep", ignore_result=True)
 def ingest_jobs_sweep() -> dict[str, int]:
-    """Beat: resume jobs whose worker died, discard uploads that were never finished."""
+    """Beat: resume jobs whose worker died, discard uploads that were never finished, close
+    STOW-RS jobs whose request died."""
     from archive import jobs
 
-    return jobs.jobs_sweep()
+    counts = jobs.jobs_sweep()
+    counts["interrupted"] = jobs.stow_jobs_close()
+    return counts

@@ -390,6 +390,8 @@ class _Batch:
     deadline: float
     items_left: int
     infra_failures: int = 0
+    # Failure rows the job has; at most settings.INGEST_MAX_FAILURE_ROWS are written.
+    failures_listed: int = 0
 
     def exhausted(self) -> bool:
         return self.items_left <= 0 or time.monotonic() >= self.deadline
@@ -423,12 +425,19 @@ def _record(
         fields["duplicate"] = F("duplicate") + 1
     else:
         fields["failed"] = F("failed") + 1
+    listed = result.status == "failed" and batch.failures_listed < settings.INGEST_MAX_FAILURE_ROWS
+    if result.status == "failed" and not listed:
+        # Counted in ``failed`` but not listed: a source of a million bad files must not write
+        # a million rows.
+        params = dict(params if params is not None else batch.job.params or {})
+        params["failures_unlisted"] = int(params.get("failures_unlisted") or 0) + 1
     if params is not None:
         fields["params"] = params
         batch.job.params = params
     with transaction.atomic():
         batch.lease.update(**fields)
-        if result.status == "failed":
+        if listed:
+            batch.failures_listed += 1
             IngestFailure.objects.create(
                 organization=batch.org,
                 job=batch.job,
@@ -822,6 +831,7 @@ def job_process(*, org: Organization, job_id: int, handoff: str | None = None) -
         store=store_for(location),
         deadline=time.monotonic() + BATCH_SECONDS,
         items_left=BATCH_ITEMS,
+        failures_listed=IngestFailure.objects.filter(job=job).count(),
     )
     try:
         if job.kind == IngestJob.Kind.UPLOAD:
@@ -886,3 +896,78 @@ def jobs_sweep(*, now: datetime | None = None) -> dict[str, int]:
         ingest_job_run.apply_async((job.organization_id, job.pk, None))
         counts["resumed"] += 1
     return counts
+
+
+# --- STOW-RS requests that never finished ------------------------------------------------------
+
+
+def stow_jobs_close(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Beat job: close the STOW-RS jobs whose request ended without finishing them.
+
+    A STOW-RS job is written by the web request itself (``archive.dicomweb.stow``), which renews
+    ``heartbeat_at`` after every ingested batch and every 30 s while a part arrives, and adds the
+    batch's counts and failures in the same write. A job still ``running`` with no heartbeat for
+    ``LEASE`` lost its worker (killed, restarted, out of memory): it is failed with the counts it
+    has, which are those of every batch indexed before the worker stopped. Nothing else is
+    needed: the pipeline's intent rows let the orphan cleanup remove objects stored but never
+    indexed. Closing twice is harmless (the update is conditional on the state and heartbeat).
+    """
+    now = now or timezone.now()
+    cutoff = now - LEASE
+    stale = (
+        IngestJob.objects.select_related("organization")
+        .filter(kind=IngestJob.Kind.STOW, state=IngestJob.State.RUNNING)
+        .filter(
+            Q(heartbeat_at__lt=cutoff)
+            | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+            | Q(heartbeat_at__isnull=True, started_at__isnull=True, created_at__lt=cutoff)
+        )
+        .order_by("pk")
+    )
+    closed = 0
+    for job in stale[:limit]:
+        error = (
+            "Interrupted: the request ended without an answer (its web worker stopped) after "
+            f"{job.received} part(s) had been processed: {job.stored} stored, {job.duplicate} "
+            f"already stored, {job.failed} failed. The stored instances are kept; send the "
+            "request again, and the instances already stored count as duplicates."
+        )
+        same_beat = (
+            Q(heartbeat_at=job.heartbeat_at)
+            if job.heartbeat_at is not None
+            else Q(heartbeat_at__isnull=True)
+        )
+        with transaction.atomic():
+            updated = (
+                IngestJob.objects.filter(pk=job.pk, state=IngestJob.State.RUNNING)
+                .filter(same_beat)
+                .update(
+                    state=IngestJob.State.FAILED,
+                    finished_at=now,
+                    total_files=F("received"),
+                    total_bytes=F("bytes_received"),
+                    error=error,
+                )
+            )
+            if not updated:
+                continue
+            audit_record(
+                org=job.organization,
+                actor=Actor.system("ingest"),
+                action="ingest.stow_interrupted",
+                target=job,
+                target_label=f"STOW-RS job {job.pk}",
+                details={
+                    "received": job.received,
+                    "stored": job.stored,
+                    "duplicate": job.duplicate,
+                    "failed": job.failed,
+                    "bytes": job.bytes_received,
+                    "last_heartbeat": (
+                        job.heartbeat_at or job.started_at or job.created_at
+                    ).isoformat(),
+                },
+            )
+        logger.warning("stow job %s of org %s closed as interrupted", job.pk, job.organization_id)
+        closed += 1
+    return closed

@@ -24,8 +24,30 @@ class MultipartError(Exception):
     """The body is not a multipart message the reader can frame (nothing of it was used)."""
 
 
+class TooManyParts(MultipartError):
+    """The body has more parts than the reader was allowed to hand out."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"The body has more than {limit:,} parts, the most one request may carry; "
+            "send the instances in several requests."
+        )
+        self.limit = limit
+
+
 def valid_boundary(boundary: str) -> bool:
     return bool(_BOUNDARY.fullmatch(boundary))
+
+
+def header_parameters(value: str) -> tuple[str, dict[str, str]] | None:
+    """``value``'s media type (lower case) and parameters (names in lower case), or None when it
+    cannot be parsed. Django's parser raises ValueError, and TypeError for some RFC 2231
+    continuations (``a*0=x; a*=utf-8'``): neither may become a 500."""
+    try:
+        media_type, params = parse_header_parameters(value)
+    except (ValueError, TypeError, LookupError, UnicodeError):
+        return None
+    return media_type.strip().lower(), {k.lower(): v for k, v in params.items()}
 
 
 class Part:
@@ -46,12 +68,13 @@ class Part:
         self.done = False
         # The body ended before this part's closing delimiter: nothing follows it.
         self.truncated = False
-        media_type, params = parse_header_parameters(headers.get("content-type", ""))
-        self.media_type = media_type.strip().lower()
-        self.params = {k.lower(): v for k, v in params.items()}
+        parsed = header_parameters(headers.get("content-type", ""))
+        self.media_type, self.params = parsed or ("", {})
         encoding = headers.get("content-transfer-encoding", "").strip().lower()
-        if encoding not in _IDENTITY_ENCODINGS:
-            self.error = f"Content-Transfer-Encoding {encoding!r} is not supported; send the bytes as they are (binary)."
+        if parsed is None:
+            self.error = "The part's Content-Type header cannot be parsed."
+        elif encoding not in _IDENTITY_ENCODINGS:
+            self.error = f"Content-Transfer-Encoding {encoding[:80]!r} is not supported; send the bytes as they are (binary)."
 
     def chunks(self) -> Iterator[bytes]:
         """The part's bytes. Never raises for a broken body: it stops and sets ``error``."""
@@ -74,6 +97,7 @@ class MultipartReader:
         *,
         read_size: int = READ_SIZE,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        max_parts: int | None = None,
     ):
         self._read = read
         self._delimiter = b"\r\n--" + boundary.encode("latin-1")
@@ -82,6 +106,7 @@ class MultipartReader:
         self._eof = False
         self._read_size = read_size
         self._max_header_bytes = max_header_bytes
+        self._max_parts = max_parts
         self.bytes_read = 0
         self.read_error: str | None = None
 
@@ -90,9 +115,9 @@ class MultipartReader:
             return False
         try:
             data = self._read(self._read_size)
-        except OSError as exc:  # the client went away mid-body
+        except (OSError, ValueError) as exc:  # the client went away, or sent broken chunking
             data = b""
-            self.read_error = f"The connection broke while reading the body ({exc})."
+            self.read_error = f"The connection broke while reading the body ({type(exc).__name__})."
         if not data:
             self._eof = True
             return False
@@ -204,6 +229,8 @@ class MultipartReader:
     def parts(self) -> Iterator[Part]:
         """Yield the parts in order. ``MultipartError`` before the first part means the body was
         unusable as a whole; after that, a framing problem ends the iteration with a failed part.
+        ``TooManyParts`` (whenever it comes) means the body holds more than ``max_parts`` parts:
+        it is raised when the next part's delimiter is found, before that part is read.
         """
         if not self._skip_preamble():
             raise MultipartError(
@@ -216,7 +243,11 @@ class MultipartReader:
                     if index == 0:
                         raise MultipartError("The multipart body contains no parts.")
                     return
+                if self._max_parts is not None and index >= self._max_parts:
+                    raise TooManyParts(self._max_parts)
                 headers = self._headers()
+            except TooManyParts:
+                raise
             except MultipartError as exc:
                 if index == 0:
                     raise

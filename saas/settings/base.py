@@ -240,6 +240,10 @@ DICOM_SCP_PORT = env.integer("DICOM_SCP_PORT", 11112, minimum=1)
 ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = env.boolean("ARCHIVE_ALLOW_PRIVATE_ENDPOINTS", DEBUG)
 ARCHIVE_ORPHAN_AGE_MINUTES = env.integer("ARCHIVE_ORPHAN_AGE_MINUTES", 60, minimum=1)
 ARCHIVE_SETTLE_SECONDS = env.integer("ARCHIVE_SETTLE_SECONDS", 120, minimum=0)
+# STOW-RS: parts one request may carry (more: 413) and failure rows kept per ingest job (the
+# job's failed counter counts every failure).
+STOW_MAX_PARTS = env.integer("STOW_MAX_PARTS", 10000, minimum=1)
+INGEST_MAX_FAILURE_ROWS = env.integer("INGEST_MAX_FAILURE_ROWS", 1000, minimum=0)
 # Tiering and restores (per-organization knobs live in ArchiveSettings).
 # The filesystem backend simulates an archive-tier restore: ready after this many seconds.
 ARCHIVE_FS_RESTORE_SECONDS = env.integer("ARCHIVE_FS_RESTORE_SECONDS", 60, minimum=0)
