@@ -1,13 +1,19 @@
 """API plumbing shared by every app: errors, pagination, and the organization-scoped base view.
 
-Errors always look like ``{"error": {"code": str, "message": str, "fields": {name: [str]}}}``.
+Errors always look like ``{"error": {"code": str, "message": str, "fields": {name: [str]}}}``,
+whatever went wrong: a body too large or nested too deep, a form with too many fields, a
+recursion that ran out of stack are all answered that way, never with Django's HTML pages.
+JSON bodies are parsed with limits by ``tenants.parsers.JSONBodyParser``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse
@@ -22,6 +28,8 @@ from tenants.errors import NotFound, PermissionMissing, ServiceError, Validation
 from tenants.models import ApiToken, Organization
 from tenants.roles import PERMISSION_DESCRIPTIONS, PERMISSION_SCOPE
 from tenants.selectors import membership_for_user
+
+logger = logging.getLogger(__name__)
 
 
 class CursorPagination(pagination.CursorPagination):
@@ -60,6 +68,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     "or the organization is suspended or closed.",
     404: "No such object in this organization, or no access to the organization.",
     409: "The change conflicts with the current state.",
+    413: "The body is larger than the server accepts (`API_MAX_JSON_BYTES` for JSON).",
+    414: "The request line (path and query string) is longer than the web server accepts "
+    "(8 KiB at the nginx in front, 4,094 bytes at gunicorn); answered by the web server, "
+    "before the application, without a JSON body. Nothing was done.",
     429: "Too many requests; retry later.",
 }
 
@@ -67,14 +79,16 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 def error_responses(
     *codes: int, descriptions: dict[int, str] | None = None
 ) -> dict[int, OpenApiResponse]:
-    """OpenAPI error responses of an operation; 401, 403, 404 and 429 apply to every endpoint.
+    """OpenAPI error responses of an operation; 401, 403, 404, 414 and 429 apply to every
+    endpoint.
 
     ``descriptions`` overrides the wording per status for one app (e.g. what a 409 means there).
+    A 414 comes from the web server in front of the application: it has no body of ours.
     """
     texts = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
     return {
-        code: OpenApiResponse(ErrorSerializer, description=texts[code])
-        for code in sorted({401, 403, 404, 429, *codes})
+        code: OpenApiResponse(None if code == 414 else ErrorSerializer, description=texts[code])
+        for code in sorted({401, 403, 404, 414, 429, *codes})
     }
 
 
@@ -141,6 +155,36 @@ def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, RequestDataTooBig):
+        # A form body read through request.POST / request.body (DATA_UPLOAD_MAX_MEMORY_SIZE).
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body(
+                "body_too_large",
+                f"The body is larger than {limit} bytes.",
+                {"body": [f"At most {limit} bytes."]},
+            ),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, SuspiciousOperation):
+        # Too many form fields or files, a malformed multipart body: the request, not the server.
+        return Response(
+            error_body("bad_request", "The request body is not acceptable.", {"body": [str(exc)]}),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, RecursionError):
+        # Input nested deeper than the code can follow; the parser's depth limit should have
+        # refused it first, so say where it got through.
+        view = context.get("view")
+        logger.warning("RecursionError in %s answered 400", type(view).__name__)
+        return Response(
+            error_body(
+                "too_deep",
+                "The input nests too deep.",
+                {"body": ["The input nests too deep."]},
+            ),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -166,7 +210,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             message = (
                 f"Too many requests; retry in {wait:.0f} seconds." if wait else "Too many requests."
             )
-        response.data = error_body(str(code), message)
+        fields = {"body": [message]} if isinstance(exc, exceptions.ParseError) else None
+        response.data = error_body(str(code), message, fields)
     return response
 
 

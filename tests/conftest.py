@@ -232,7 +232,8 @@ def _default_price_plan(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     """Cache entries (throttle counters, settle debouncing) never leak from one test to the next."""
-    from django.core.cache import cache
+    from django.core.cache import caches
 
-    cache.clear()
+    for alias in settings.CACHES:  # "default", and "throttle" for the API throttle's counts
+        caches[alias].clear()
     yield

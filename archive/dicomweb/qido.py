@@ -10,6 +10,12 @@ Matching (PS3.4 C.2.2.2) runs in SQL on the index columns, never on the JSON met
 - an empty value is universal matching: the attribute is only returned.
 ``fuzzymatching=true`` is accepted and ignored (fuzzy matching is off). Results come from the
 stored metadata plus computed attributes (counts, modalities, availability, RetrieveURL).
+
+Every parameter is checked before it reaches SQL, and each problem is a 400 naming it: ``limit``
+and ``offset`` are ASCII whole numbers (``offset`` at most ``MAX_OFFSET``, ``limit`` capped at
+``MAX_LIMIT``), integer keys stay in the range of DICOM's IS, every UID of a UID list follows the
+archive's UID rule (``archive.dicom.uid_problem``) and a list holds at least one, no value holds a
+NUL character.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from django.db.models import F, Lookup, Q, QuerySet, Value
 from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
 
+from archive.dicom import uid_problem
 from archive.dicomweb import dicomjson as dj
 from archive.dicomweb.common import base_url, instance_url, series_url, study_url
 from archive.models import Instance, Series, Study
@@ -32,6 +39,12 @@ from tenants.models import Organization
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# Deeper than any archive's result list; keeps OFFSET inside every database's integer range.
+MAX_OFFSET = 1_000_000_000
+# DICOM IS (Integer String): a signed 32-bit value (PS3.5 6.2).
+IS_MIN, IS_MAX = -(2**31), 2**31 - 1
+_WHOLE = re.compile(r"[0-9]+")
+_SIGNED = re.compile(r"[+-]?[0-9]+")
 LEVELS = ("study", "series", "instance")
 # Query parameters of PS3.18 8.3 that are not attributes.
 _IGNORED_PARAMS = {"accept", "charset"}
@@ -216,6 +229,12 @@ def _key_filter(key: Key, name: str, value: str, prefix: str) -> Q | None:
         if wild:
             raise _invalid(name, f"{name} takes UIDs (a comma-separated list), not wildcards.")
         uids = _split_list(value)
+        if not uids:
+            raise _invalid(name, f"{name} takes one or more UIDs, separated by commas.")
+        for uid in uids:
+            problem = uid_problem(uid)
+            if problem is not None:
+                raise _invalid(name, f"{name} value {uid[:80]!r} is not a UID: it {problem}.")
         return Q(**{f"{column}__in": uids}) if len(uids) > 1 else Q(**{column: uids[0]})
     if key.kind in ("text", "pn"):
         if wild:
@@ -257,10 +276,10 @@ def _key_filter(key: Key, name: str, value: str, prefix: str) -> Q | None:
             condition &= Q(**{f"{column}__lte": parse(high, True)})
         return condition
     if key.kind == "int":
-        try:
-            return Q(**{column: int(value)})
-        except ValueError:
-            raise _invalid(name, f"{name} takes a whole number.") from None
+        number = int(value) if _SIGNED.fullmatch(value) and len(value) <= 12 else None
+        if number is None or not IS_MIN <= number <= IS_MAX:
+            raise _invalid(name, f"{name} takes a whole number from {IS_MIN} to {IS_MAX}.")
+        return Q(**{column: number})
     raise AssertionError(f"unknown matching kind {key.kind}")
 
 
@@ -285,13 +304,17 @@ class Query:
     offset: int = 0
 
 
-def _int_param(name: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise _invalid(name, f"{name} must be a non-negative whole number.") from None
-    if number < 0:
+def _int_param(name: str, value: str, *, maximum: int | None = None) -> int:
+    """A non-negative ASCII whole number; above ``maximum`` is an error (None: no bound, for
+    ``limit``, which the caller caps)."""
+    text = value.strip()
+    if not _WHOLE.fullmatch(text):
         raise _invalid(name, f"{name} must be a non-negative whole number.")
+    text = text.lstrip("0") or "0"
+    # A number longer than the bound in digits is over it, without converting a huge string.
+    number = int(text) if len(text) <= 18 else 10**18
+    if maximum is not None and number > maximum:
+        raise _invalid(name, f"{name} must be a whole number from 0 to {maximum}.")
     return number
 
 
@@ -302,11 +325,13 @@ def query_parse(params: QueryDict, *, level: str) -> Query:
     for name in params:
         values = params.getlist(name)
         lowered = name.lower()
+        if any("\x00" in value for value in values):
+            raise _invalid(name, f"{name}: a NUL character is not allowed in a value.")
         if lowered == "limit":
             query.limit = min(_int_param(name, values[-1]), MAX_LIMIT)
             continue
         if lowered == "offset":
-            query.offset = _int_param(name, values[-1])
+            query.offset = _int_param(name, values[-1], maximum=MAX_OFFSET)
             continue
         if lowered == "fuzzymatching":
             if values[-1].lower() not in ("true", "false"):

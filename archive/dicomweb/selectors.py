@@ -1,30 +1,46 @@
 """The index reads DICOMweb needs, each scoped to one organization.
 
-A UID of another organization answers exactly like a UID that does not exist: ``NotFound``.
+A UID of another organization answers exactly like a UID that does not exist: ``NotFound``, and
+so does a path segment that is no UID at all (``archive.dicom.uid_problem``): it names nothing
+here, and is never sent to the database (a NUL character would fail the query there).
 """
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from archive.dicom import uid_problem
 from archive.models import Instance, Series, Study
 from tenants.errors import NotFound
 from tenants.models import Organization
 
 
+def _shown(uid: str) -> str:
+    """A UID from the URL as an error message may quote it: cut, control characters escaped."""
+    return uid[:64].encode("unicode_escape").decode("ascii")
+
+
 def study_get(*, org: Organization, study_uid: str) -> Study:
     # A trashed study answers like one that does not exist (it is restorable from the portal).
-    study = Study.objects.for_org(org).filter(study_uid=study_uid, trashed_at__isnull=True).first()
+    study = (
+        Study.objects.for_org(org).filter(study_uid=study_uid, trashed_at__isnull=True).first()
+        if uid_problem(study_uid) is None
+        else None
+    )
     if study is None:
-        raise NotFound(f"Study {study_uid[:64]} not found.", code="study_not_found")
+        raise NotFound(f"Study {_shown(study_uid)} not found.", code="study_not_found")
     return study
 
 
 def series_get(*, org: Organization, study: Study, series_uid: str) -> Series:
-    series = Series.objects.for_org(org).filter(study=study, series_uid=series_uid).first()
+    series = (
+        Series.objects.for_org(org).filter(study=study, series_uid=series_uid).first()
+        if uid_problem(series_uid) is None
+        else None
+    )
     if series is None:
         raise NotFound(
-            f"Series {series_uid[:64]} not found in study {study.study_uid}.",
+            f"Series {_shown(series_uid)} not found in study {study.study_uid}.",
             code="series_not_found",
         )
     return series
@@ -36,10 +52,12 @@ def instance_get(*, org: Organization, series: Series, sop_uid: str) -> Instance
         .filter(series=series, sop_instance_uid=sop_uid)
         .select_related("location")
         .first()
+        if uid_problem(sop_uid) is None
+        else None
     )
     if instance is None:
         raise NotFound(
-            f"Instance {sop_uid[:64]} not found in series {series.series_uid}.",
+            f"Instance {_shown(sop_uid)} not found in series {series.series_uid}.",
             code="instance_not_found",
         )
     return instance

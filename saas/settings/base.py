@@ -38,6 +38,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # NUL in a query parameter, too many parameters: a 400 naming it (saas/input_guard.py).
+    "saas.input_guard.QueryStringGuardMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -89,6 +91,18 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# The API throttle's counters (tenants/throttling.py). In Redis when REDIS_URL is set: every web
+# process counts against one limit per token. Without it, in each process's own memory: a token
+# then gets up to (number of web processes) x its rate.
+CACHES["throttle"] = (
+    {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "throttle",
+    }
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -194,6 +208,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.TokenRateThrottle"],
+    # JSON with size, depth and NUL limits (tenants/parsers.py); forms as DRF parses them.
+    "DEFAULT_PARSER_CLASSES": [
+        "tenants.parsers.JSONBodyParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_THROTTLE_RATES": {"token": env.throttle_rate("API_THROTTLE_RATE", "1200/min")},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "tenants.api.CursorPagination",
@@ -201,6 +221,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "tenants.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# Limits of a JSON request body (tenants.parsers.JSONBodyParser): larger answers 413, deeper 400.
+API_MAX_JSON_BYTES = env.integer("API_MAX_JSON_BYTES", 1024 * 1024, minimum=1024)
+API_MAX_JSON_DEPTH = env.integer("API_MAX_JSON_DEPTH", 32, minimum=4)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Strata API",
     "DESCRIPTION": "Multi-tenant medical image archive: organizations, members, tokens, audit log, webhooks.",
