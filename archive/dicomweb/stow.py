@@ -60,8 +60,8 @@ from archive.dicomweb.multipart import (
     header_parameters,
     valid_boundary,
 )
-from archive.models import IngestFailure, IngestJob, StorageLocation
-from archive.storage import ObjectStore, store_for
+from archive.models import IngestFailure, IngestJob, Instance, StorageLocation
+from archive.storage import ObjectStore, StorageUnavailable, store_for
 from billing.metering import record_usage
 from tenants.context import Actor
 from tenants.errors import ServiceError, ValidationFailed
@@ -85,6 +85,11 @@ HEARTBEAT_SECONDS = 30.0
 INTERNAL_ERROR = (
     "An internal error stopped this instance's ingest; it was not stored. Send it again; if it "
     "fails again, report it with the job's number."
+)
+
+OBJECT_MISSING = (
+    "An internal error interrupted this instance's ingest: the index holds it, but its stored "
+    "object was not found. Report it with the job's number; sending it again does not repair it."
 )
 
 
@@ -382,12 +387,56 @@ def _ingest_isolated(
                         reason=INTERNAL_ERROR,
                     )
                 )
-        return results
+        return _objects_checked(org=org, results=results, job_id=job_id)
     finally:
         for spooled, spare in zip(batch, spares, strict=True):
             spooled.path.unlink(missing_ok=True)
             if spare is not None:
                 spare.path.unlink(missing_ok=True)
+
+
+def _objects_checked(
+    *, org: Organization, results: list[ingest.IngestResult], job_id: int
+) -> list[ingest.IngestResult]:
+    """After a batch raised: success only for instances whose object is in the store.
+
+    The batch may have raised after its index transaction committed (a follow-up that failed at
+    commit) and then removed objects it had stored, and the parts ingested again come back as
+    duplicates of the index rows: the sender must not be told that such an instance is stored.
+    """
+    ids = [r.instance_id for r in results if r.ok and r.instance_id]
+    instances = {
+        i.pk: i for i in Instance.objects.for_org(org).select_related("location").filter(pk__in=ids)
+    }
+    checked: list[ingest.IngestResult] = []
+    for r in results:
+        instance = instances.get(r.instance_id or 0) if r.ok else None
+        if instance is not None:
+            try:
+                found = store_for(instance.location).head(
+                    key=instance.object_key, tier=instance.tier
+                )
+            except StorageUnavailable:
+                found = None
+            if found is None or found.size != instance.size_bytes:
+                logger.error(
+                    "stow job %s of org %s: instance %s is indexed but its object is missing",
+                    job_id,
+                    org.pk,
+                    instance.pk,
+                )
+                r = ingest.IngestResult(
+                    status="failed",
+                    sop_instance_uid=r.sop_instance_uid,
+                    sop_class_uid=r.sop_class_uid,
+                    study_uid=r.study_uid,
+                    series_uid=r.series_uid,
+                    size=r.size,
+                    reason_code=PROCESSING_FAILURE,
+                    reason=OBJECT_MISSING,
+                )
+        checked.append(r)
+    return checked
 
 
 class _Batch:

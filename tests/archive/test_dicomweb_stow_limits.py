@@ -21,6 +21,7 @@ from archive.dicomweb import stow
 from archive.dicomweb.multipart import header_parameters
 from archive.job_tasks import ingest_jobs_sweep
 from archive.models import IngestFailure, IngestJob, Instance, PendingObject
+from archive.storage import store_for
 from archive.storage.filesystem import FilesystemStore
 from tenants.context import Actor
 from tenants.models import AuditEvent
@@ -107,6 +108,34 @@ def test_a_part_that_raises_alone_is_a_409_and_leaves_nothing(
     assert response.status_code == 409
     assert failures(response)[0][0] == PROCESSING_FAILURE
     assert nothing_stored(archive_root) and not PendingObject.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_instance_is_never_answered_stored_when_its_object_is_gone(
+    org, token_client, ct_study, monkeypatch, settings
+):
+    # The follow-up queued at the index commit fails (the broker is down): whatever the pipeline
+    # does about it, the answer may call an instance stored only if its bytes can be read.
+    from archive import tasks
+
+    settings.ARCHIVE_SETTLE_SECONDS = 5
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks.study_settle, "apply_async", broker_down)
+
+    response = post(token_client(org), multipart(ct_study[:2]))
+
+    assert response.status_code in (200, 202, 409)
+    for item in response.json().get(REFERENCED, {}).get("Value", []):
+        instance = Instance.objects.get(sop_instance_uid=item["00081155"]["Value"][0])
+        stored = b"".join(
+            store_for(instance.location).iter_bytes(key=instance.object_key, tier=instance.tier)
+        )
+        assert len(stored) == instance.size_bytes
+    for code, comment in failures(response):
+        assert code == PROCESSING_FAILURE and "internal error" in comment
 
 
 # --- limits ------------------------------------------------------------------------------------
