@@ -678,7 +678,10 @@ def _import_client(params: dict[str, Any]) -> Any:
             aws_access_key_id=params.get("access_key_id") or None,
             aws_secret_access_key=secret or None,
             config=Config(
-                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                proxies={},  # direct, never an environment proxy
             ),
         )
     )

@@ -122,7 +122,8 @@ def guard_client(client: Any) -> Any:
     Each new connection resolves the host (whichever host botocore builds: the endpoint, or
     ``<bucket>.<endpoint>`` for virtual-hosted addressing) once, refuses it unless every address is
     globally routable (or ARCHIVE_ALLOW_PRIVATE_ENDPOINTS is on), and connects to exactly the
-    checked address; TLS is still verified against the host name. Environment proxies are refused.
+    checked address; TLS is still verified against the host name. A connection through a proxy is
+    refused: build the client with ``Config(proxies={})`` so that environment proxies are not used.
     A refusal raises ``EndpointRefused`` (a BotoCoreError) without retries.
     """
     pools = client._endpoint.http_session._pool_classes_by_scheme
@@ -154,6 +155,8 @@ def _client(
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=32,
+            # A tenant's endpoint is connected to directly: {} (not None) ignores HTTP(S)_PROXY.
+            proxies={} if guarded else None,
         ),
     )
     return guard_client(client) if guarded else client

@@ -4,6 +4,7 @@ reaches nothing)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,12 +21,17 @@ from tests.tenants.netguard_support import (
     REFUSED_IDS,
     CountingServer,
     Rebinding,
+    loopback_server_running,
 )
 from tests.tenants.test_api_support import error
 
 pytestmark = pytest.mark.django_db
-# The loopback server fixture.
-pytest_plugins = ["tests.tenants.netguard_support"]
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[CountingServer]:
+    yield from loopback_server_running()
+
 
 ACTOR = Actor.system("tests")
 ACCESS_KEY, SECRET_KEY = "AKIASTRATATEST0000", "strata-test-secret"
@@ -177,4 +183,18 @@ def test_the_platform_store_is_not_guarded(settings: Any, loopback_server: Count
         f"http://127.0.0.1:{loopback_server.port}", "us-east-1", "a", "b", guarded=False
     )
     client.delete_object(Bucket="radiology", Key="k")
+    assert len(loopback_server.requests) == 1
+
+
+def test_a_tenant_endpoint_is_connected_to_directly_despite_an_environment_proxy(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, loopback_server: CountingServer
+) -> None:
+    settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = True
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    dns = Rebinding(monkeypatch, honest=0)
+    client = _client(f"http://minio.hospital.example:{loopback_server.port}", "us-east-1", "a", "b")
+
+    client.delete_object(Bucket="radiology", Key="k")
+
+    assert dns.lookups == ["minio.hospital.example"]
     assert len(loopback_server.requests) == 1

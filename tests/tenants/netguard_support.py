@@ -91,8 +91,8 @@ class CountingServer:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def loopback_server() -> Iterator[CountingServer]:
+def loopback_server_running() -> Iterator[CountingServer]:
+    """For a test module's ``loopback_server`` fixture: ``yield from loopback_server_running()``."""
     server = CountingServer()
     yield server
     server.close()

@@ -24,10 +24,13 @@ from tests.tenants.netguard_support import (
     REFUSED_IDS,
     CountingServer,
     Rebinding,
+    loopback_server_running,
 )
 
-# The loopback server fixture.
-pytest_plugins = ["tests.tenants.netguard_support"]
+
+@pytest.fixture
+def loopback_server() -> Iterator[CountingServer]:
+    yield from loopback_server_running()
 
 
 @pytest.mark.parametrize(("host", "label"), REFUSED_HOSTS, ids=REFUSED_IDS)

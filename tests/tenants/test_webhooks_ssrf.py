@@ -3,6 +3,7 @@ delivery connects only to the address it checked (DNS rebinding reaches nothing)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +18,16 @@ from tests.tenants.netguard_support import (
     REFUSED_IDS,
     CountingServer,
     Rebinding,
+    loopback_server_running,
 )
 from tests.tenants.test_api_support import error
 
 pytestmark = pytest.mark.django_db
-# The loopback server fixture.
-pytest_plugins = ["tests.tenants.netguard_support"]
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[CountingServer]:
+    yield from loopback_server_running()
 
 
 @pytest.mark.parametrize(("host", "label"), REFUSED_HOSTS, ids=REFUSED_IDS)
