@@ -739,12 +739,20 @@ class ArchiveSettingsApi(OrgAPIView):
 
 class AEOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    ae_title = serializers.CharField(help_text="The called AE title; unique across Strata.")
+    ae_title = serializers.CharField(
+        help_text="The called AE title; unique across Strata regardless of case."
+    )
     allowed_calling_ae_titles = serializers.ListField(
-        child=serializers.CharField(), help_text="Empty: any calling AE title."
+        child=serializers.CharField(),
+        help_text="Calling AE titles admitted; empty: this restriction does not apply.",
     )
     allowed_networks = serializers.ListField(
-        child=serializers.CharField(), help_text="IP addresses or CIDR ranges; empty: any."
+        child=serializers.CharField(),
+        help_text="IP addresses or CIDR ranges admitted; empty: this restriction does not apply.",
+    )
+    allow_any_caller = serializers.BooleanField(
+        help_text="True: any calling AE title from any address is admitted (both lists are "
+        "empty), by an explicit, audited choice."
     )
     created_at = serializers.DateTimeField()
 
@@ -760,6 +768,12 @@ class AEInputSerializer(serializers.Serializer):
     allowed_networks = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, default=list
     )
+    allow_any_caller = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Required as true when both lists are empty: admit any caller from anywhere. "
+        "Not allowed together with a restriction.",
+    )
 
     class Meta:
         ref_name = "ArchiveDicomAECreate"
@@ -771,6 +785,10 @@ class AEUpdateSerializer(serializers.Serializer):
     )
     allowed_networks = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False
+    )
+    allow_any_caller = serializers.BooleanField(
+        required=False,
+        help_text="Omitted: kept while both lists stay empty, cleared when a restriction is set.",
     )
 
     class Meta:
@@ -794,6 +812,8 @@ class AEListApi(OrgAPIView):
     @extend_schema(
         tags=["dicom-aes"],
         summary="Add an AE title",
+        description="Needs a restriction (allowed_calling_ae_titles or allowed_networks) or "
+        "allow_any_caller=true; the title must be unique regardless of case.",
         request=AEInputSerializer,
         responses={201: AEOutputSerializer, **_errors(400)},
     )
@@ -840,13 +860,18 @@ class AEDetailApi(OrgAPIView):
         serializer = AEUpdateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        calling = data.get("allowed_calling_ae_titles", ae.allowed_calling_ae_titles)
+        networks = data.get("allowed_networks", ae.allowed_networks)
+        # Setting a restriction needs no second field to say that any caller is no longer meant.
+        any_caller = data.get(
+            "allow_any_caller", ae.allow_any_caller and not calling and not networks
+        )
         ae = ae_services.ae_update(
             org=self.org,
             ae=ae,
-            allowed_calling_ae_titles=data.get(
-                "allowed_calling_ae_titles", ae.allowed_calling_ae_titles
-            ),
-            allowed_networks=data.get("allowed_networks", ae.allowed_networks),
+            allowed_calling_ae_titles=calling,
+            allowed_networks=networks,
+            allow_any_caller=any_caller,
             actor=self.actor,
         )
         return Response(AEOutputSerializer(ae).data)

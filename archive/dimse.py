@@ -1,7 +1,9 @@
 """The DIMSE listener (C-STORE and C-ECHO SCP) that every organization shares on one port.
 
 The called AE title says which organization an association belongs to (``DicomAE``); the calling
-AE title and the peer's address must be allowed by that AE's rules (``archive.ae.ae_admit``).
+AE title and the peer's address must be allowed by that AE's rules (``archive.ae.ae_admit``: every
+restriction set must pass; an AE title without restrictions admits any caller only when its
+organization chose ``allow_any_caller``, else nobody).
 Anything else is refused at association time with an A-ASSOCIATE-RJ, before a byte of data flows:
 rejected-permanent, source service-user, diagnostic 7 (called AE title not recognised) for an
 unknown title or an organization that is not active, diagnostic 3 (calling AE title not
@@ -29,8 +31,12 @@ C-STORE response statuses (PS3.4 Table B.2-1, PS3.7 Annex C):
     0xA701  refused, out of resources: the object store failed; the sender should retry later
     0xA702  refused, out of resources: an internal error (e.g. the database is unreachable);
             retry later
-    0xA900  error, data set does not match SOP class: a required UID is missing
-    0xC000  error, cannot understand: the data set cannot be parsed or is truncated
+    0xA900  error, data set does not match SOP class: a required UID is missing or invalid, or
+            the data set's SOP Instance UID / SOP Class UID differs from the request's Affected
+            SOP Instance UID / Affected SOP Class UID (the comment names both, Offending Element
+            says which)
+    0xC000  error, cannot understand: the data set cannot be parsed or is truncated; or it is
+            not a DICOM data set at all (comment "Not a DICOM data set: ...")
     0xC111  error, cannot understand: a different object is already stored under this SOP
             Instance UID; it is not overwritten ("11" echoes PS3.7's 0x0111 Duplicate SOP
             Instance, which is not a valid C-STORE status)
@@ -62,9 +68,11 @@ import queue
 import select
 import socket
 import socketserver
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +86,12 @@ from django.utils import timezone
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -105,6 +118,7 @@ from archive.dicom import (
     PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
     STUDY_UID_MISMATCH,
+    Header,
 )
 from archive.dimse_indexer import (
     Ended,
@@ -209,6 +223,160 @@ def _failure(status: int, reason: str) -> Dataset:
     return ds
 
 
+# Tags of the Offending Element of a UID mismatch.
+SOP_CLASS_UID_TAG = 0x00080016
+SOP_INSTANCE_UID_TAG = 0x00080018
+
+
+def _mismatch_comment(keyword: str, in_data_set: str, in_request: str) -> str:
+    """Both UIDs in the Error Comment's 64 characters: whole when they fit, else the end of
+    each (where UIDs differ, and how people tell them apart). The job's failure reason has both
+    in full."""
+    template = keyword + " data set {}, request {}"
+    comment = template.format(in_data_set, in_request)
+    if len(comment) <= ERROR_COMMENT_MAX:
+        return comment
+    keep = (ERROR_COMMENT_MAX - len(template.format("..", ".."))) // 2
+
+    def end(uid: str) -> str:
+        if len(uid) <= keep:
+            return uid
+        tail = uid[-keep:]
+        dot = tail.find(".")
+        return ".." + (tail[dot + 1 :] if 0 <= dot < keep // 2 else tail)  # whole components
+
+    return template.format(end(in_data_set), end(in_request))
+
+
+@dataclass
+class Mismatch:
+    """A data set that is not the object its C-STORE request announced."""
+
+    result: IngestResult  # 0xA900; the reason (job failures) names both UIDs in full
+    offending: int  # the Offending Element: SOP Instance UID or SOP Class UID
+    comment: str  # the Error Comment: both UIDs in 64 characters
+
+
+def uid_mismatch(header: Header, request: C_STORE) -> Mismatch | None:
+    """The data set's SOP Instance UID and SOP Class UID against the request's Affected ones.
+
+    The sender's own bookkeeping (storage commitment, its "sent" mark) goes by the request's
+    UIDs; acknowledging a different object would tell it that one was stored.
+    """
+    announced = {
+        "SOPInstanceUID": str(request.AffectedSOPInstanceUID or "").strip(" \0"),
+        "SOPClassUID": str(request.AffectedSOPClassUID or "").strip(" \0"),
+    }
+    found = {"SOPInstanceUID": header.sop_instance_uid, "SOPClassUID": header.sop_class_uid}
+    tags = {"SOPInstanceUID": SOP_INSTANCE_UID_TAG, "SOPClassUID": SOP_CLASS_UID_TAG}
+    for keyword in ("SOPInstanceUID", "SOPClassUID"):
+        if found[keyword] == announced[keyword]:
+            continue
+        affected = "Affected" + keyword
+        reason = (
+            f"The data set's {keyword} {found[keyword]} differs from the request's "
+            f"{affected} {announced[keyword]}."
+        )
+        failed = IngestResult(
+            status="failed",
+            sop_instance_uid=announced["SOPInstanceUID"],
+            sop_class_uid=announced["SOPClassUID"],
+            reason_code=DATASET_DOES_NOT_MATCH,
+            reason=reason,
+        )
+        comment = _mismatch_comment(keyword, found[keyword], announced[keyword])
+        return Mismatch(result=failed, offending=tags[keyword], comment=comment)
+    return None
+
+
+# What the start of a data set must look like (PS3.5 7.1): ascending tags of data element
+# groups, a known VR (explicit VR), lengths within the data. Only a data set the header reader
+# refused is looked at, so that "not DICOM at all" is told apart from "DICOM, but missing or
+# wrong"; a truncated data set that starts well stays "cannot be parsed / truncated".
+SNIFF_BYTES = 4096
+SNIFF_ELEMENTS = 4
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    b"UR US UT UV".split()
+)
+_VRS_LONG_LENGTH = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_VRS_UNDEFINED_LENGTH = frozenset(b"OB OW SQ UN".split())
+UNDEFINED = 0xFFFFFFFF
+
+
+NOT_DICOM = "Not a DICOM data set"
+
+
+def _cannot_understand(sop_instance_uid: str, why: str) -> IngestResult:
+    return IngestResult(
+        status="failed",
+        sop_instance_uid=sop_instance_uid,
+        reason_code=CANNOT_UNDERSTAND,
+        reason=why,
+    )
+
+
+def not_a_data_set(path: Path, transfer_syntax: str) -> str | None:
+    """Why the data set of the Part 10 file at ``path`` is not a DICOM data set at all, or None
+    when it starts like one. ``transfer_syntax``: the one it was received in."""
+    with open(path, "rb") as handle:
+        offset = _dataset_offset(handle)
+        handle.seek(offset)
+        head = handle.read(SNIFF_BYTES)
+        size = os.fstat(handle.fileno()).st_size - offset
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, SNIFF_BYTES)
+        except zlib.error:
+            return f"{NOT_DICOM}: its deflated stream is invalid."
+        size = UNDEFINED  # the inflated size is not known without inflating it all
+    if not head:
+        return f"{NOT_DICOM}: it is empty."
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    order = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
+    pos = 0
+    previous = -1
+    for checked in range(SNIFF_ELEMENTS):
+        if pos + 8 > len(head):
+            break
+        group, element = struct.unpack_from(order + "HH", head, pos)
+        tag = group << 16 | element
+        # Command (0000), odd groups below 0008 and item tags never start a stored data set's
+        # element; file meta (0002) misplaced in the data set is tolerated (old writers).
+        if group in (0x0000, 0x0001, 0x0003, 0x0005, 0x0007, 0xFFFE, 0xFFFF):
+            return f"{NOT_DICOM}: no valid data element at its start."
+        if tag <= previous:
+            return f"{NOT_DICOM}: its data elements are not in order."
+        if implicit:
+            length = struct.unpack_from(order + "I", head, pos + 4)[0]
+            value_at = pos + 8
+        else:
+            vr = bytes(head[pos + 4 : pos + 6])
+            if vr not in _VRS:
+                return f"{NOT_DICOM}: no valid data element at its start."
+            if vr in _VRS_LONG_LENGTH:
+                if pos + 12 > len(head):
+                    break
+                length = struct.unpack_from(order + "I", head, pos + 8)[0]
+                value_at = pos + 12
+            else:
+                length = struct.unpack_from(order + "H", head, pos + 6)[0]
+                value_at = pos + 8
+            if length == UNDEFINED and vr not in _VRS_UNDEFINED_LENGTH:
+                return f"{NOT_DICOM}: no valid data element at its start."
+        if length == UNDEFINED:
+            break  # a sequence or encapsulated pixel data: started like DICOM
+        if value_at + length > size:
+            # Explicit VR elements that fit the rules so far are a truncated data set; in
+            # implicit VR a first element longer than all the data is nothing like one.
+            if implicit and checked == 0:
+                return f"{NOT_DICOM}: no valid data element at its start."
+            break
+        pos = value_at + length
+        previous = tag
+    return None
+
+
 def rejection_reason(*, called_ae: str, calling_ae: str, address: str) -> tuple[int, str]:
     """Why ``ae_admit`` refused: the A-ASSOCIATE-RJ diagnostic and a reason for the log.
 
@@ -225,6 +393,8 @@ def rejection_reason(*, called_ae: str, calling_ae: str, address: str) -> tuple[
     if not dicom_ae.organization.is_active:
         return DIAG_CALLED_AE_NOT_RECOGNISED, "organization not active"
     allowed = dicom_ae.allowed_calling_ae_titles
+    if not allowed and not dicom_ae.allowed_networks and not dicom_ae.allow_any_caller:
+        return DIAG_CALLING_AE_NOT_RECOGNISED, "no caller allowed (no restriction, no any-caller)"
     if allowed and calling_ae.strip() not in allowed:
         return DIAG_CALLING_AE_NOT_RECOGNISED, "calling AE title not allowed"
     return DIAG_CALLING_AE_NOT_RECOGNISED, "address outside the allowed networks"
@@ -923,6 +1093,7 @@ class StrataSCP:
                 reason="The received data set could not be spooled; please retry later.",
             )
             return self._answer(session, result, discard=None)
+        transfer_syntax = str(event.context.transfer_syntax)
         try:
             try:
                 decided = instance_precheck(
@@ -933,17 +1104,48 @@ class StrataSCP:
                     series_studies=session.series_studies,
                     ready=complete,
                 )
+            except Exception as exc:
+                # The header reader failed in a way it does not report (e.g. a corrupt deflate
+                # stream): for data that is no DICOM at all, or a deflate stream that does not
+                # inflate, that is the sender's error (0xC000), not ours (0xA702, retry).
+                why = not_a_data_set(spooled.path, transfer_syntax)
+                if why is None and isinstance(exc, zlib.error):
+                    why = "The deflated data set cannot be inflated: truncated or corrupt."
+                if why is None:
+                    raise
+                decided = _cannot_understand(sop_instance_uid, why)
             finally:
                 # Durable before it is acknowledged; and the file must not be closed (by
                 # pynetdicom, after this handler) while it is being flushed.
                 if complete is not None:
                     complete()
+            header = spooled.header
+            mismatch = uid_mismatch(header, request) if header is not None else None
+            if mismatch is not None:
+                if decided is None:  # it had been counted against the quota
+                    session.quota.give_back(spooled.size)
+                return self._answer(
+                    session,
+                    mismatch.result,
+                    discard=spooled.path,
+                    offending=mismatch.offending,
+                    comment=mismatch.comment,
+                )
             if decided is not None:
+                if (
+                    header is None
+                    and decided.reason_code in (DATASET_DOES_NOT_MATCH, CANNOT_UNDERSTAND)
+                    and not decided.reason.startswith(NOT_DICOM)
+                ):
+                    # Refused by the header reader: say so when it is not DICOM at all, rather
+                    # than "UIDs missing" or "cannot be parsed".
+                    why = not_a_data_set(spooled.path, transfer_syntax)
+                    if why is not None:
+                        decided = _cannot_understand(sop_instance_uid, why)
                 return self._answer(session, decided, discard=spooled.path)
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
-        header = spooled.header
         assert header is not None
         if isinstance(received, _ReceiveFile):
             received.keep()
@@ -975,8 +1177,15 @@ class StrataSCP:
         return None
 
     def _answer(
-        self, session: _Session, result: IngestResult, discard: Path | None
+        self,
+        session: _Session,
+        result: IngestResult,
+        discard: Path | None,
+        offending: int | None = None,
+        comment: str = "",
     ) -> int | Dataset:
+        """The C-STORE response for ``result``; a failure is counted and carries ``comment``
+        (default: the result's reason) as its Error Comment."""
         if discard is not None:
             discard.unlink(missing_ok=True)
         status = SUCCESS if result.status == "accepted" else cstore_status(result)
@@ -984,7 +1193,10 @@ class StrataSCP:
         if status == SUCCESS:
             return SUCCESS
         logger.info("dimse: C-STORE refused for org %s with status 0x%04X", session.org.pk, status)
-        return _failure(status, result.reason)
+        answer = _failure(status, comment or result.reason)
+        if offending is not None:
+            answer.OffendingElement = [offending]
+        return answer
 
     def _pending_sha(self, org_id: int, sop_instance_uid: str) -> str | None:
         with self._lock:

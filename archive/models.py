@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from tenants.models import Organization, OrgQuerySet
@@ -355,17 +356,27 @@ class DicomAE(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="dicom_aes"
     )
-    # One listener serves every organization: the called AE title says which one.
+    # One listener serves every organization: the called AE title says which one. Stored as
+    # entered and matched exactly (DICOM compares AE titles case-sensitively), but unique
+    # regardless of case across organizations (the constraint below): ``PACS`` of one hospital
+    # and ``pacs`` of another would be confused by people and mistyped into the wrong one.
     ae_title = models.CharField(max_length=16, unique=True)
-    # Empty: any calling AE title / any address.
+    # Empty list: that restriction does not apply. Both empty admit nobody unless
+    # ``allow_any_caller`` was chosen explicitly (``archive.ae``).
     allowed_calling_ae_titles = models.JSONField(default=list, blank=True)
     allowed_networks = models.JSONField(default=list, blank=True)
+    # The explicit, audited choice to admit any calling AE title from any address; only with
+    # both lists empty.
+    allow_any_caller = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = OrgQuerySet.as_manager()
 
     class Meta:
         ordering = ["ae_title"]
+        constraints = [
+            models.UniqueConstraint(Upper("ae_title"), name="archive_dicomae_title_upper_unique"),
+        ]
 
     def __str__(self) -> str:
         return self.ae_title

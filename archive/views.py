@@ -604,6 +604,7 @@ def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
                     ae_title=form.cleaned_data["ae_title"],
                     allowed_calling_ae_titles=form.calling(),
                     allowed_networks=form.networks(),
+                    allow_any_caller=form.cleaned_data["allow_any_caller"],
                     actor=ctx.actor,
                 )
             except ServiceError as exc:
@@ -624,6 +625,7 @@ def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespons
         "ae_title": ae.ae_title,
         "allowed_calling_ae_titles": "\n".join(ae.allowed_calling_ae_titles),
         "allowed_networks": "\n".join(ae.allowed_networks),
+        "allow_any_caller": ae.allow_any_caller,
     }
     form = AEForm(request.POST or None, initial=initial, editing=True)
     status = 200
@@ -636,6 +638,7 @@ def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespons
                     ae=ae,
                     allowed_calling_ae_titles=form.calling(),
                     allowed_networks=form.networks(),
+                    allow_any_caller=form.cleaned_data["allow_any_caller"],
                     actor=ctx.actor,
                 )
             except ServiceError as exc:

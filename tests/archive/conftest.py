@@ -54,6 +54,7 @@ def dicom_ae(org):
         ae_title=DIMSE_CALLED_AE,
         allowed_calling_ae_titles=[],
         allowed_networks=[],
+        allow_any_caller=True,
         actor=Actor.system("tests"),
     )
 

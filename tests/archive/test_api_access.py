@@ -90,7 +90,13 @@ ENDPOINTS = [
     Endpoint("GET", "archive-settings/", Perm.STORAGE_MANAGE),
     Endpoint("PATCH", "archive-settings/", Perm.STORAGE_MANAGE, {"storage_quota_bytes": 10**12}),
     Endpoint("GET", "dicom-aes/", Perm.STORAGE_MANAGE),
-    Endpoint("POST", "dicom-aes/", Perm.STORAGE_MANAGE, {"ae_title": "NEW_AE"}, 201),
+    Endpoint(
+        "POST",
+        "dicom-aes/",
+        Perm.STORAGE_MANAGE,
+        {"ae_title": "NEW_AE", "allow_any_caller": True},
+        201,
+    ),
     Endpoint("GET", "dicom-aes/{ae}/", Perm.STORAGE_MANAGE),
     Endpoint("PATCH", "dicom-aes/{ae}/", Perm.STORAGE_MANAGE, {"allowed_networks": []}),
     Endpoint("DELETE", "dicom-aes/{ae}/", Perm.STORAGE_MANAGE, ok=204),
@@ -124,6 +130,7 @@ def create_objects(org: Organization) -> dict[str, int]:
         ae_title=f"AE_{org.slug[:10].upper()}",
         allowed_calling_ae_titles=[],
         allowed_networks=[],
+        allow_any_caller=True,
         actor=actor,
     )
     return {

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,15 @@ from typing import Any
 import pydicom
 import pytest
 from django.conf import settings
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     UID,
     BreastTomosynthesisImageStorage,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
@@ -40,7 +45,7 @@ from archive import dimse
 from archive.ae import ae_create
 from archive.dimse import StrataSCP
 from archive.ingest import location_primary
-from archive.models import ArchiveSettings, IngestFailure, IngestJob, Instance
+from archive.models import ArchiveSettings, DicomAE, IngestFailure, IngestJob, Instance
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, write
 from billing.models import UsageEvent
@@ -259,6 +264,7 @@ def test_association_is_rejected_when_not_admitted(
         ae_title=CALLED,
         allowed_calling_ae_titles=rules.get("allowed_calling_ae_titles", []),
         allowed_networks=rules.get("allowed_networks", []),
+        allow_any_caller=not rules,
         actor=Actor.system("tests"),
     )
     if suspend:
@@ -325,6 +331,7 @@ def test_other_organizations_ae_title_stores_into_its_own_organization(
         ae_title=OTHER_CALLED,
         allowed_calling_ae_titles=[],
         allowed_networks=[],
+        allow_any_caller=True,
         actor=Actor.system("tests"),
     )
     ours, theirs = ct(), ct()
@@ -509,3 +516,251 @@ def test_run_scp_serves_until_sigterm_and_clears_stale_receive_files(
     assert tempfile.tempdir == str(tmp_path / "receive")  # received data sets land on disk
     assert not stale.exists() and fresh.exists()
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+# --- who may call: restrictions or the explicit "any caller" choice ---------------------------
+
+
+def test_an_ae_title_without_restriction_or_choice_admits_nobody(listener, org):
+    # Written around the services (which refuse it): the listener still keeps it closed.
+    DicomAE.objects.create(organization=org, ae_title=CALLED)
+    assoc = associate(listener)
+    assert assoc.is_rejected and not assoc.is_established
+    reject = assoc.acceptor.primitive
+    assert (reject.result, reject.result_source, reject.diagnostic) == (0x01, 0x01, 0x03)
+    listener.wait_idle()
+    assert not IngestJob.objects.exists()
+
+
+def test_the_any_caller_choice_admits_any_calling_ae_title(listener, org):
+    ae_create(
+        org=org,
+        ae_title=CALLED,
+        allowed_calling_ae_titles=[],
+        allowed_networks=[],
+        allow_any_caller=True,
+        actor=Actor.system("tests"),
+    )
+    for calling in ("ANY-SCU", "unknown_ws"):
+        assoc = associate(listener, calling=calling)
+        assert assoc.is_established, calling
+        assoc.release()
+
+
+def test_the_called_ae_title_is_matched_exactly(listener, org, dicom_ae):
+    # Unique regardless of case, matched as DICOM compares AE titles: a title in another case
+    # is unknown, never routed to a hospital.
+    assoc = associate(listener, called=CALLED.lower())
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.diagnostic == 0x07
+
+
+# --- C-STORE statuses for data sets that are not what they claim ------------------------------
+
+
+def encode(ds: Dataset, transfer_syntax: str) -> bytes:
+    """The data set's bytes (no File Meta) in ``transfer_syntax``."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = transfer_syntax != ExplicitVRBigEndian
+    buffer.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
+    write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        data = deflate.compress(data) + deflate.flush()
+    return data
+
+
+def part10(
+    path: Path, payload: bytes, transfer_syntax: str, *, sop_class: str, sop_instance: str
+) -> Path:
+    """A Part 10 file whose File Meta (what pynetdicom's SCU puts in the C-STORE request as
+    Affected SOP Class / Instance UID) says what the test wants, followed by ``payload``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    head = DicomBytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    path.write_bytes(head.getvalue() + payload)
+    return path
+
+
+def send_file(listener: Listener, path: Path, contexts: list[tuple[str, list[str]]]) -> Dataset:
+    assoc = associate(listener, contexts=contexts)
+    assert assoc.is_established
+    status = assoc.send_c_store(path)
+    assoc.release()
+    listener.wait_idle()
+    return status
+
+
+ALL_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+]
+GARBAGE = {
+    "random": os.urandom(4096),
+    "text": b"This is a text file, not an image.\n" * 40,
+    "zeros": b"\0" * 512,
+    "png": b"\x89PNG\r\n\x1a\n" + os.urandom(1000),
+}
+
+
+@pytest.mark.parametrize("transfer_syntax", ALL_SYNTAXES, ids=lambda ts: UID(ts).keyword)
+@pytest.mark.parametrize("garbage", GARBAGE, ids=str)
+def test_garbage_over_c_store_is_refused_as_not_a_dicom_data_set(
+    listener, org, dicom_ae, tmp_path, monkeypatch, transfer_syntax, garbage
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # sent as the bytes are
+    path = part10(
+        tmp_path / "garbage.dcm",
+        GARBAGE[garbage],
+        transfer_syntax,
+        sop_class=CTImageStorage,
+        sop_instance=generate_uid(),
+    )
+    status = send_file(listener, path, [(CTImageStorage, [transfer_syntax])])
+    assert status.Status == dimse.STATUS_CANNOT_UNDERSTAND == 0xC000
+    assert status.ErrorComment.startswith("Not a DICOM data set"), status.ErrorComment
+    failure = IngestFailure.objects.for_org(org).get()
+    assert failure.reason_code == 0xC000 and failure.reason.startswith("Not a DICOM data set")
+    assert not Instance.objects.exists()
+
+
+@pytest.mark.parametrize("transfer_syntax", ALL_SYNTAXES, ids=lambda ts: UID(ts).keyword)
+def test_a_truncated_dicom_data_set_is_not_called_not_dicom(
+    listener, org, dicom_ae, tmp_path, monkeypatch, transfer_syntax
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = ct(rows=128, columns=128)
+    payload = encode(ds, transfer_syntax)[:-4000]  # cut in the pixel data
+    path = part10(
+        tmp_path / "truncated.dcm",
+        payload,
+        transfer_syntax,
+        sop_class=ds.SOPClassUID,
+        sop_instance=ds.SOPInstanceUID,
+    )
+    status = send_file(listener, path, [(CTImageStorage, [transfer_syntax])])
+    assert status.Status in (0xA900, 0xC000)
+    assert not status.ErrorComment.startswith("Not a DICOM"), status.ErrorComment
+    assert not Instance.objects.exists()
+
+
+def test_a_data_set_missing_uids_keeps_0xa900_in_every_transfer_syntax(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    for transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+        ds = ct()
+        uid = ds.SOPInstanceUID
+        del ds.StudyInstanceUID
+        path = part10(
+            tmp_path / "no-study.dcm",
+            encode(ds, transfer_syntax),
+            transfer_syntax,
+            sop_class=ds.SOPClassUID,
+            sop_instance=uid,
+        )
+        status = send_file(listener, path, [(CTImageStorage, [transfer_syntax])])
+        assert status.Status == 0xA900, transfer_syntax
+        assert "StudyInstanceUID" in status.ErrorComment
+
+
+def test_a_data_set_with_another_sop_instance_uid_than_requested_is_refused(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = ct(sop_instance_uid="1.2.3.5")
+    path = part10(
+        tmp_path / "other.dcm",
+        encode(ds, ExplicitVRLittleEndian),
+        ExplicitVRLittleEndian,
+        sop_class=CTImageStorage,
+        sop_instance="1.2.3.4",
+    )
+    status = send_file(listener, path, [(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert status.Status == dimse.STATUS_DATASET_MISMATCH == 0xA900
+    assert status.ErrorComment == "SOPInstanceUID data set 1.2.3.5, request 1.2.3.4"
+    assert status.OffendingElement == 0x00080018
+    assert not Instance.objects.exists()
+    failure = IngestFailure.objects.for_org(org).get()
+    assert failure.reason_code == 0xA900 and failure.sop_instance_uid == "1.2.3.4"
+    assert "1.2.3.5" in failure.reason and "AffectedSOPInstanceUID 1.2.3.4" in failure.reason
+
+
+def test_long_mismatching_uids_are_both_named_within_64_characters(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds, requested = ct(), generate_uid()
+    path = part10(
+        tmp_path / "other.dcm",
+        encode(ds, ExplicitVRLittleEndian),
+        ExplicitVRLittleEndian,
+        sop_class=CTImageStorage,
+        sop_instance=requested,
+    )
+    status = send_file(listener, path, [(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert status.Status == 0xA900
+    comment = status.ErrorComment
+    assert len(comment) <= 64
+    assert comment.startswith("SOPInstanceUID data set ..")
+    assert ds.SOPInstanceUID[-10:] in comment and requested[-10:] in comment
+    reason = IngestFailure.objects.for_org(org).get().reason
+    assert ds.SOPInstanceUID in reason and requested in reason  # in full for the portal / API
+
+
+def test_a_data_set_of_another_sop_class_than_requested_is_refused(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = ct()  # a CT image announced as an MR image
+    path = part10(
+        tmp_path / "mr.dcm",
+        encode(ds, ExplicitVRLittleEndian),
+        ExplicitVRLittleEndian,
+        sop_class=MRImageStorage,
+        sop_instance=ds.SOPInstanceUID,
+    )
+    status = send_file(listener, path, [(MRImageStorage, [ExplicitVRLittleEndian])])
+    assert status.Status == 0xA900
+    assert status.ErrorComment == "SOPClassUID data set ..5.1.4.1.1.2, request ..5.1.4.1.1.4"
+    assert status.OffendingElement == 0x00080016
+    reason = IngestFailure.objects.for_org(org).get().reason
+    assert CTImageStorage in reason and MRImageStorage in reason
+    assert not Instance.objects.exists()
+
+
+def test_a_refused_mismatch_leaves_the_quota_and_the_uid_for_the_right_object(
+    listener, org, dicom_ae, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = ct()
+    payload = encode(ds, ExplicitVRLittleEndian)
+    # Room for one object: the refused one must not have used it up.
+    ArchiveSettings.objects.create(organization=org, storage_quota_bytes=len(payload) * 3 // 2)
+    wrong = part10(
+        tmp_path / "wrong.dcm",
+        payload,
+        ExplicitVRLittleEndian,
+        sop_class=CTImageStorage,
+        sop_instance=generate_uid(),
+    )
+    right = part10(
+        tmp_path / "right.dcm",
+        payload,
+        ExplicitVRLittleEndian,
+        sop_class=CTImageStorage,
+        sop_instance=ds.SOPInstanceUID,
+    )
+    assoc = associate(listener, contexts=[(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert assoc.send_c_store(wrong).Status == 0xA900
+    assert assoc.send_c_store(right).Status == 0x0000
+    assoc.release()
+    listener.wait_idle()
+    assert Instance.objects.for_org(org).get().sop_instance_uid == ds.SOPInstanceUID

@@ -75,7 +75,11 @@ POST_ACTIONS = [
         Perm.IMAGES_WRITE,
         data={"bucket": "hospital-export", "access_key_id": "AKIA1", "secret_access_key": "s"},
     ),
-    Page("portal-ae-create", Perm.STORAGE_MANAGE, data={"ae_title": "NEW_AE"}),
+    Page(
+        "portal-ae-create",
+        Perm.STORAGE_MANAGE,
+        data={"ae_title": "NEW_AE", "allow_any_caller": "on"},
+    ),
     Page("portal-ae-edit", Perm.STORAGE_MANAGE, {"ae_id": "ae"}, {"allowed_networks": ""}),
     Page("portal-ae-delete", Perm.STORAGE_MANAGE, {"ae_id": "ae"}),
     Page("portal-storage-quota", Perm.STORAGE_MANAGE, data={"quota_gib": "100"}),
@@ -118,6 +122,7 @@ def seed(org: Organization) -> dict[str, int]:
         ae_title=f"AE_{org.slug[:10].upper()}",
         allowed_calling_ae_titles=[],
         allowed_networks=[],
+        allow_any_caller=True,
         actor=actor,
     )
     bucket = locations.location_create(

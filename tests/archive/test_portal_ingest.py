@@ -271,10 +271,15 @@ def test_ae_titles_are_added_edited_and_deleted_with_audit(
     assert "CT_SCANNER_2" in edit and "disabled" in edit
     client.post(
         url("portal-ae-edit", org, ae.pk),
-        {"ae_title": "IGNORED", "allowed_calling_ae_titles": "", "allowed_networks": ""},
+        {
+            "ae_title": "IGNORED",
+            "allowed_calling_ae_titles": "",
+            "allowed_networks": "",
+            "allow_any_caller": "on",
+        },
     )
     ae.refresh_from_db()
-    assert ae.ae_title == "STMARY_CT" and ae.allowed_networks == []
+    assert ae.ae_title == "STMARY_CT" and ae.allowed_networks == [] and ae.allow_any_caller
 
     client.post(url("portal-ae-delete", org, ae.pk))
     assert not DicomAE.objects.exists()
@@ -321,9 +326,12 @@ def test_an_ae_title_in_use_by_another_hospital_is_refused(
         ae_title="SHARED",
         allowed_calling_ae_titles=[],
         allowed_networks=[],
+        allow_any_caller=True,
         actor=Actor.system("tests"),
     )
-    response = client.post(url("portal-ae-create", org), {"ae_title": "SHARED"})
+    response = client.post(
+        url("portal-ae-create", org), {"ae_title": "SHARED", "allow_any_caller": "on"}
+    )
     assert response.status_code == 400
     assert "already in use" in " ".join(response.context["form"].errors["ae_title"])
     assert not DicomAE.objects.for_org(org).exists()

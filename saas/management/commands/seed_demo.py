@@ -82,6 +82,7 @@ class Command(BaseCommand):
                 ae_title="DEMO_HOSPITAL",
                 allowed_calling_ae_titles=[],
                 allowed_networks=[],
+                allow_any_caller=True,  # any local storescu; shown with its warning badge
                 actor=actor,
             )
         if not options["quiet"]:
