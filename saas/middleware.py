@@ -76,7 +76,7 @@ class SessionTimeoutMiddleware:
         now = time.time()
         match = request.resolver_match
         background = match is not None and match.url_name in settings.SESSION_BACKGROUND_URL_NAMES
-        page = not background and not _is_api(request)
+        page = not background and not _is_api(request) and not _wants_json(request)
         if SESSION_KEY not in session:
             if page and self.EXPIRED_KEY in session:
                 _tell_expired(request, session.pop(self.EXPIRED_KEY))
@@ -111,6 +111,13 @@ class SessionTimeoutMiddleware:
 
 def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith(("/api/", "/dicomweb/"))
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    # A script's fetch (a poll that followed the redirect to the sign-in page) must not take the
+    # "you were signed out" message meant for the next page the person opens.
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
 
 
 def _tell_expired(request: HttpRequest, reason: object) -> None:

@@ -116,6 +116,21 @@ def test_background_polling_does_not_keep_the_session_alive(
     assert client.get(f"/o/{org.slug}/members/").status_code == 302
 
 
+def test_a_poll_that_follows_the_redirect_leaves_the_message_for_the_next_page(
+    client: Client, org: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.conf import settings
+
+    monkeypatch.setattr(settings, "SESSION_BACKGROUND_URL_NAMES", ["portal-members"])
+    shift(client, seen=16 * 60)
+    json_only = {"Accept": "application/json"}
+    poll = client.get(f"/o/{org.slug}/members/", headers=json_only, follow=True)
+    assert poll.redirect_chain[-1][0].startswith(reverse("login"))
+    assert "without activity" not in poll.content.decode()
+    page = client.get(DASHBOARD, follow=True)
+    assert "You were signed out after 15 minutes without activity." in page.content.decode()
+
+
 def test_a_new_sign_in_starts_a_new_clock(client: Client, owner: Membership) -> None:
     shift(client, start=12 * 3600 + 1)
     client.get(DASHBOARD)  # signed out
