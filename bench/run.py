@@ -13,6 +13,7 @@ BENCHES = [
     "ingest_cstore.py",
     "tiering.py",
     "simulator.py",
+    "slow_clients.py",
 ]
 
 if __name__ == "__main__":
