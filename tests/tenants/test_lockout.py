@@ -149,6 +149,15 @@ def test_sign_in_works_again_after_the_cool_off(org: Organization, owner: Member
     assert signed_in(sign_in(OWNER, PASSWORD))
 
 
+def test_an_operator_can_lift_a_lockout(org: Organization, owner: Membership) -> None:
+    from django.core.management import call_command
+
+    for n in range(5):
+        sign_in(OWNER, f"wrong-{n}")
+    call_command("axes_reset_username", OWNER)
+    assert signed_in(sign_in(OWNER, PASSWORD))
+
+
 def test_attempts_during_a_lockout_do_not_extend_it(org: Organization, owner: Membership) -> None:
     for n in range(5):
         sign_in(OWNER, f"wrong-{n}")
