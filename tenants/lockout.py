@@ -254,7 +254,7 @@ def _window_count(key: str, window: int) -> tuple[int, float]:
 def password_reset_wait(*, email: str, address: str | None) -> int:
     """Count a password-reset request; the seconds to wait if it is over a limit, else 0.
 
-    Counted per email address (hashed: the cache holds no address in clear) and per client
+    Counted per email address (hashed: the cache holds no email in clear) and per client
     address, whether or not an account has that email: the answer must not tell them apart.
     """
     window = int(settings.PASSWORD_RESET_WINDOW_MINUTES) * 60
