@@ -177,6 +177,14 @@ def test_serve_runs_gunicorn_behind_nginx_on_a_private_socket(tmp_path):
     assert commands["nginx"][:3] == ["/usr/sbin/nginx", "-p", str(tmp_path / "nginx")]
 
 
+def test_var_dir_too_long_for_a_socket_address_uses_a_loopback_port(tmp_path):
+    var_dir = tmp_path / ("x" * 120)
+    commands = serve.web_commands("127.0.0.1:8000", nginx="/usr/sbin/nginx", var_dir=var_dir)
+    bind = commands["web"][commands["web"].index("--bind") + 1]
+    assert bind.startswith("127.0.0.1:")
+    assert f"server {bind};" in (var_dir / "nginx" / "nginx.conf").read_text()
+
+
 def test_without_nginx_gunicorn_serves_the_public_address_alone(tmp_path):
     commands = serve.web_commands("127.0.0.1:8000", nginx=None, var_dir=tmp_path)
     assert set(commands) == {"web"}
