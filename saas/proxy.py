@@ -268,7 +268,7 @@ def render_nginx_config(
     access_log: str = "/dev/stdout",
 ) -> str:
     """The nginx config for ``listen`` -> gunicorn at ``upstream`` ("unix:/path" or
-    "host:port"). ``access_log`` is a file, "/dev/stdout", or "off"."""
+    "host:port"). ``access_log`` is a file, "/dev/stdout", or "off" (see default_access_log)."""
     prefix = var_dir / "nginx"
     nofile, connections = _nofile()
     user = ""
@@ -294,6 +294,19 @@ def render_nginx_config(
         response_temp_max=RESPONSE_TEMP_FILE_MAX,
         upstream_timeout=UPSTREAM_TIMEOUT_SECONDS,
     )
+
+
+def default_access_log(var_dir: Path) -> str:
+    """nginx's access log: this process's standard output when it can be opened by name, as
+    nginx opens it (a terminal, a pipe, a file); else a file under the var directory (a service
+    manager's log socket cannot be opened by name, nor another account's pipe)."""
+    try:
+        with open("/dev/stdout", "ab"):
+            return "/dev/stdout"
+    except OSError:
+        path = var_dir / "log" / "access.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
 
 
 def write_nginx_config(config: str, var_dir: Path) -> Path:

@@ -185,6 +185,16 @@ def test_var_dir_too_long_for_a_socket_address_uses_a_loopback_port(tmp_path):
     assert f"server {bind};" in (var_dir / "nginx" / "nginx.conf").read_text()
 
 
+def test_access_log_goes_to_a_file_when_standard_output_cannot_be_opened(tmp_path, monkeypatch):
+    # Under a service manager standard output is a socket, which nginx cannot open by name.
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(6, "No such device or address")
+
+    monkeypatch.setattr("builtins.open", refuse)
+    assert proxy.default_access_log(tmp_path) == str(tmp_path / "log" / "access.log")
+    assert (tmp_path / "log").is_dir()
+
+
 def test_without_nginx_gunicorn_serves_the_public_address_alone(tmp_path):
     commands = serve.web_commands("127.0.0.1:8000", nginx=None, var_dir=tmp_path)
     assert set(commands) == {"web"}

@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from saas.proxy import (
     PROXY_MODES,
     ProxySettings,
+    default_access_log,
     find_nginx,
     nginx_command,
     private_upstream,
@@ -144,7 +145,7 @@ def web_commands(
     workers: int | None = None,
     threads: int = WEB_THREADS,
     reload: bool = False,
-    access_log: str = "/dev/stdout",
+    access_log: str | None = None,
 ) -> dict[str, list[str]]:
     """The web tier's processes: gunicorn alone on ``addr`` when ``nginx`` is None, else gunicorn
     on a private upstream and nginx on ``addr`` in front (its config written under ``var_dir``).
@@ -157,7 +158,7 @@ def web_commands(
         upstream=upstream,
         var_dir=var_dir,
         options=options or ProxySettings.from_settings(),
-        access_log=access_log,
+        access_log=access_log or default_access_log(var_dir),
     )
     return {
         "web": gunicorn_command(
@@ -271,7 +272,12 @@ class Command(BaseCommand):
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, stop)
-        front = "nginx in front of gunicorn" if "nginx" in commands else "one web server"
+        front = "one web server"
+        if "nginx" in commands:
+            log = default_access_log(settings.VAR_DIR)
+            front = "nginx in front of gunicorn" + (
+                "" if log == "/dev/stdout" else f", access log {log}"
+            )
         self.stdout.write(
             f"Strata running at http://{options['addr']}/ ({front}), DICOM C-STORE on port "
             f"{settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
