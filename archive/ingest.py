@@ -297,7 +297,9 @@ def _settle_on_commit(org: Organization, study_ids: Iterable[int]) -> None:
                     (org.pk, study_id), countdown=settings.ARCHIVE_SETTLE_SECONDS
                 )
 
-    transaction.on_commit(_follow_up)
+    # Robust: the index has committed by then; a broker or cache that is down must not make the
+    # caller believe the ingest failed (and remove the objects of indexed instances).
+    transaction.on_commit(_follow_up, robust=True)
 
 
 def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]) -> None:
@@ -750,8 +752,10 @@ def _store_and_index(
             results[n] = _index_alone(org, location, store, item)
         return
     except Exception:
+        # Raised before or after the commit (a follow-up registered by another app): an object
+        # that its instance row names stays.
         for item in items:
-            _discard(store, item.key)
+            _discard(store, item.key, keep_if_indexed=True, org=org)
         PendingObject.objects.filter(pk__in=[item.pending_id for item in items]).delete()
         raise
     for n, item in stored:

@@ -228,3 +228,22 @@ def test_collision_report_finds_index_rows_sharing_an_object(org, archive_root, 
     assert f"organization {org.pk}" in out and second.object_key in out
     assert f"instance {first.pk}" in out and "bytes do not match" in out
     assert f"instance {second.pk}" in out and "bytes match" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_follow_up_failing_after_the_index_commit_keeps_the_indexed_objects(
+    org, archive_root, monkeypatch
+):
+    """The settle check is queued when the index commits; a broker that is down then must not
+    make the pipeline remove the objects of instances the index already names."""
+    from archive import tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.study_settle, "apply_async", broker_down)
+    result = ingest_bytes(org, encoded(instance()))
+    assert result.status == "stored"
+    row = Instance.objects.for_org(org).get()
+    assert store_for(row.location).head(key=row.object_key, tier="hot") is not None
+    assert not PendingObject.objects.exists()
