@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import re
 import struct
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -253,13 +254,13 @@ def read_header(path: Path, *, full: bool = True) -> Header:
         raise DicomRejected(
             CANNOT_UNDERSTAND, "The data is not a DICOM Part 10 file (no DICM prefix / file meta)."
         ) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (EOFError, OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise DicomRejected(
             CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
         ) from None
     try:
         values = {k: _uid_text(ds, k) for k in _UID_KEYWORDS}
-    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (EOFError, OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise DicomRejected(
             CANNOT_UNDERSTAND, f"The DICOM header cannot be parsed: {exc}."
         ) from None

@@ -124,6 +124,7 @@ def cases() -> list[Case]:
             ("SOPInstanceUID",),
         ),
         Case("deflated", _deflated(), 0),
+        Case("truncated-deflated", _deflated()[:-300], CANNOT_UNDERSTAND, ()),
         Case("big-endian", _big_endian(), 0),
         Case("leading-zero-component", encoded(instance(SOPInstanceUID="1.2.03.4")), 0),
     ]
