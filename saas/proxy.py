@@ -266,13 +266,16 @@ def render_nginx_config(
     var_dir: Path,
     options: ProxySettings,
     access_log: str = "/dev/stdout",
+    as_this_account: bool = True,
 ) -> str:
     """The nginx config for ``listen`` -> gunicorn at ``upstream`` ("unix:/path" or
-    "host:port"). ``access_log`` is a file, "/dev/stdout", or "off" (see default_access_log)."""
+    "host:port"). ``access_log`` is a file, "/dev/stdout", or "off" (see default_access_log).
+    ``as_this_account``: nginx runs as the account that renders the config (serve), not as an
+    operator's own nginx does."""
     prefix = var_dir / "nginx"
     nofile, connections = _nofile()
     user = ""
-    if os.geteuid() == 0:
+    if as_this_account and os.geteuid() == 0:
         # nginx started as root would run its workers as "nobody", who cannot enter the
         # socket's private directory: they run as the account serve runs everything else as
         # (in production that is an unprivileged account, and this line is not written).

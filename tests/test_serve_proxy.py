@@ -157,7 +157,9 @@ def test_print_nginx_config_prints_the_config_serve_runs(capsys, settings):
     out = capsys.readouterr().out
     assert "listen 0.0.0.0:8080;" in out
     assert "client_body_timeout 33s;" in out
-    assert f"server unix:{proxy.socket_path(settings.VAR_DIR)};" in out
+    assert "server 127.0.0.1:8001;" in out
+    assert "manage.py serve --behind-proxy --addr 127.0.0.1:8001" in out
+    assert "\nuser " not in out  # the operator's nginx runs as its own account
 
 
 # --- which processes serve starts ------------------------------------------------------------
@@ -200,6 +202,13 @@ def test_without_nginx_gunicorn_serves_the_public_address_alone(tmp_path):
     assert set(commands) == {"web"}
     assert commands["web"][commands["web"].index("--bind") + 1] == "127.0.0.1:8000"
     assert "saas.wsgi:application" in commands["web"]
+
+
+def test_gunicorn_behind_an_operators_own_proxy_takes_the_client_address_from_it(tmp_path):
+    commands = serve.web_commands(
+        "127.0.0.1:8001", nginx=None, var_dir=tmp_path, behind_own_proxy=True
+    )
+    assert serve.PROXIED_APP in commands["web"]
 
 
 def test_proxy_mode_nginx_fails_clearly_when_nginx_is_missing(monkeypatch):

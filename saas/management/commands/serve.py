@@ -6,7 +6,8 @@ CPU work: parsing, hashing, indexing). In front of it nginx (saas/proxy.py) list
 public address, reads every request completely and drops clients that send nothing, so that
 slow clients cannot hold gunicorn's few threads; ``STRATA_PROXY`` (auto, nginx, none) decides
 whether it runs. ``--runserver`` uses Django's development server instead.
-``--print-nginx-config`` prints nginx's config for operators who run their own nginx.
+``--print-nginx-config`` prints nginx's config for operators who run their own nginx, in front of
+``STRATA_PROXY=none manage.py serve --behind-proxy --addr 127.0.0.1:8001``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from saas.proxy import (
     nginx_command,
     private_upstream,
     render_nginx_config,
-    socket_path,
     write_nginx_config,
 )
 
@@ -56,6 +56,9 @@ WEB_THREADS = 2  # per worker: a slow client (an upload, a download) does not ho
 # queries carry patient names.
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 PROXIED_APP = "saas.proxy:proxied_application()"
+# Where --print-nginx-config sends requests: a loopback port, which an operator's nginx (running
+# as its own account) can reach; serve's own nginx uses a private unix socket instead.
+OWN_PROXY_UPSTREAM = "127.0.0.1:8001"
 
 
 def gunicorn_command(
@@ -146,12 +149,17 @@ def web_commands(
     threads: int = WEB_THREADS,
     reload: bool = False,
     access_log: str | None = None,
+    behind_own_proxy: bool = False,
 ) -> dict[str, list[str]]:
     """The web tier's processes: gunicorn alone on ``addr`` when ``nginx`` is None, else gunicorn
     on a private upstream and nginx on ``addr`` in front (its config written under ``var_dir``).
-    The tests and bench/slow_clients.py start exactly these commands."""
+    The tests and bench/slow_clients.py start exactly these commands. ``behind_own_proxy``:
+    gunicorn alone, behind the operator's own proxy (see --print-nginx-config)."""
     if nginx is None:
-        return {"web": gunicorn_command(addr, workers=workers, threads=threads, reload=reload)}
+        command = gunicorn_command(
+            addr, workers=workers, threads=threads, reload=reload, behind_proxy=behind_own_proxy
+        )
+        return {"web": command}
     upstream = private_upstream(var_dir)
     config = render_nginx_config(
         listen=addr,
@@ -189,23 +197,32 @@ class Command(BaseCommand):
             "--print-nginx-config",
             action="store_true",
             help="Print the nginx config for --addr and exit (for operators who run their own "
-            "nginx; run gunicorn with STRATA_PROXY=none --addr unix:<--upstream>).",
+            "nginx).",
         )
         parser.add_argument(
             "--upstream",
-            default="",
-            help="With --print-nginx-config: gunicorn's address (default: the unix socket "
-            "serve uses, under the var directory).",
+            default=OWN_PROXY_UPSTREAM,
+            help="With --print-nginx-config: gunicorn's address (default %(default)s).",
+        )
+        parser.add_argument(
+            "--behind-proxy",
+            action="store_true",
+            help="With STRATA_PROXY=none: gunicorn sits behind the operator's own proxy on this "
+            "machine and takes the client's address from its X-Real-IP (believed from loopback "
+            "and unix-socket peers only).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["print_nginx_config"]:
             self.stdout.write(
-                render_nginx_config(
+                f"# gunicorn for this config: STRATA_PROXY=none manage.py serve --behind-proxy "
+                f"--addr {options['upstream']}\n"
+                + render_nginx_config(
                     listen=options["addr"],
-                    upstream=options["upstream"] or f"unix:{socket_path(settings.VAR_DIR)}",
+                    upstream=options["upstream"],
                     var_dir=settings.VAR_DIR,
                     options=ProxySettings.from_settings(),
+                    as_this_account=False,
                 ),
                 ending="",
             )
@@ -261,7 +278,11 @@ class Command(BaseCommand):
                 self.stderr.write(FALLBACK_WARNING.format(addr=options["addr"]))
             commands.update(
                 web_commands(
-                    options["addr"], nginx=nginx, var_dir=settings.VAR_DIR, reload=settings.DEBUG
+                    options["addr"],
+                    nginx=nginx,
+                    var_dir=settings.VAR_DIR,
+                    reload=settings.DEBUG,
+                    behind_own_proxy=options["behind_proxy"],
                 )
             )
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
