@@ -133,8 +133,8 @@ def resolve_proxy(mode: str) -> str | None:
 
 FALLBACK_WARNING = (
     "WARNING: nginx not found: gunicorn serves {addr} alone. A few clients that send their "
-    "request slowly can then occupy every web thread, and an idle connection is not dropped "
-    "after WEB_CLIENT_TIMEOUT_SECONDS. Install nginx (Debian: apt-get install nginx) for "
+    "request slowly can then occupy every web thread (WEB_CLIENT_TIMEOUT_SECONDS does not "
+    "apply). Install nginx (Debian: apt-get install nginx) for "
     "production, or set STRATA_PROXY=none to silence this on a development machine."
 )
 
