@@ -63,6 +63,13 @@ class TierBytesSerializer(serializers.Serializer):
 # --- studies, series, instances --------------------------------------------------------------
 
 
+@extend_schema_field(
+    {"type": "string", "pattern": r"^\d{2}:\d{2}:\d{2}(\.\d{1,6})?$", "example": "10:15:00"}
+)
+class LocalTimeField(serializers.TimeField):
+    """A DICOM time: no time zone, which OpenAPI's "time" format (RFC 3339) would require."""
+
+
 class StudyOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     study_instance_uid = serializers.CharField(source="study_uid")
@@ -72,7 +79,9 @@ class StudyOutputSerializer(serializers.Serializer):
     patient_sex = serializers.CharField()
     accession_number = serializers.CharField()
     study_date = serializers.DateField(allow_null=True)
-    study_time = serializers.TimeField(allow_null=True)
+    study_time = LocalTimeField(
+        allow_null=True, help_text="As the modality recorded it, without a time zone."
+    )
     study_description = serializers.CharField()
     study_id = serializers.CharField()
     referring_physician = serializers.CharField()

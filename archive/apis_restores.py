@@ -320,9 +320,11 @@ class TrashCreateSerializer(serializers.Serializer):
 
 
 class TrashListApi(OrgAPIView):
-    """Studies in the trash, next purge first; POST moves a study to the trash."""
+    """Studies in the trash, newest first; POST moves a study to the trash."""
 
     permissions_required = {"GET": Perm.IMAGES_READ, "POST": Perm.POLICIES_MANAGE}
+    # Declared (not only the default of paginated()) so that the schema shows the page object.
+    pagination_class = NewestFirstPagination
 
     @extend_schema(
         tags=["trash"],

@@ -68,7 +68,6 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     "or the organization is suspended or closed.",
     404: "No such object in this organization, or no access to the organization.",
     409: "The change conflicts with the current state.",
-    413: "The body is larger than the server accepts (`API_MAX_JSON_BYTES` for JSON).",
     414: "The request line (path and query string) is longer than the web server accepts "
     "(8 KiB at the nginx in front, 4,094 bytes at gunicorn); answered by the web server, "
     "before the application, without a JSON body. Nothing was done.",
@@ -79,17 +78,40 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 def error_responses(
     *codes: int, descriptions: dict[int, str] | None = None
 ) -> dict[int, OpenApiResponse]:
-    """OpenAPI error responses of an operation; 401, 403, 404, 414 and 429 apply to every
+    """OpenAPI error responses of an operation; 400, 401, 403, 404, 414 and 429 apply to every
     endpoint.
 
+    Any endpoint answers 400 for a query string no view can use (a NUL character, more
+    parameters than Django parses; saas/input_guard.py), whether or not it takes input.
     ``descriptions`` overrides the wording per status for one app (e.g. what a 409 means there).
     A 414 comes from the web server in front of the application: it has no body of ours.
     """
     texts = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
     return {
         code: OpenApiResponse(None if code == 414 else ErrorSerializer, description=texts[code])
-        for code in sorted({401, 403, 404, 414, 429, *codes})
+        for code in sorted({400, 401, 403, 404, 414, 429, *codes})
     }
+
+
+BODY_ERROR_DESCRIPTIONS: dict[int, str] = {
+    413: "The body is larger than the server accepts: `API_MAX_JSON_BYTES` for JSON (1 MiB by "
+    "default), Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` for forms.",
+    415: "The body's Content-Type is missing or is not one the operation takes.",
+}
+
+
+def document_body_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every operation that takes a body documents 413 and
+    415, which the parsers answer before the view runs (SPECTACULAR_SETTINGS)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for code, text in BODY_ERROR_DESCRIPTIONS.items():
+                responses.setdefault(str(code), {"description": text, "content": error})
+    return result
 
 
 class NewestFirstPagination(CursorPagination):

@@ -38,8 +38,9 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    # NUL in a query parameter, too many parameters: a 400 naming it (saas/input_guard.py).
-    "saas.input_guard.QueryStringGuardMiddleware",
+    # NUL in a query parameter, too many parameters: a 400 naming it; an id in the path beyond
+    # 64 bits: 404 (saas/input_guard.py).
+    "saas.input_guard.InputGuardMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -237,6 +238,11 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
     },
     "SECURITY": [{"bearerAuth": []}],
+    # 413 and 415 on every operation that takes a body (tenants.api.document_body_errors).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tenants.api.document_body_errors",
+    ],
 }
 
 # Tenancy

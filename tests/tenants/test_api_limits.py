@@ -211,3 +211,24 @@ def test_nul_path_names_nested_fields() -> None:
     assert _nul_at({"a": [{"b": "ok"}, {"c": "x\x00"}]}) == "a.1.c"
     assert _nul_at({"a": [1, 2.5, None, True, "fine"]}) is None
     assert _nul_at("\x00") == "body"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/webhooks/99999999999999999999999/",
+        "/api/v1/invoices/29655285345057603584/lines/10718/rollups/",
+        "/api/v1/studies/9223372036854775808/",
+    ],
+)
+def test_id_in_the_path_beyond_64_bits_answers_json_404(client: APIClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert error(response)["code"] == "not_found"
+
+
+def test_largest_64_bit_id_is_an_ordinary_unknown_id(client: APIClient) -> None:
+    response = client.get("/api/v1/webhooks/9223372036854775807/")
+
+    assert response.status_code == 404
