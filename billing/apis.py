@@ -75,7 +75,10 @@ class AwareDateTimeField(serializers.DateTimeField):
     def enforce_timezone(self, value: datetime) -> datetime:
         if timezone.is_naive(value):
             return value
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC
+            self.fail("overflow")
 
 
 def _money(**kwargs: Any) -> serializers.DecimalField:
