@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     JPEG2000Lossless,
@@ -37,7 +38,7 @@ def instance(**uids: str) -> Dataset:
     for keyword, value in uids.items():
         ds[keyword].value = value
         if keyword == "SOPInstanceUID":
-            ds.file_meta.MediaStorageSOPInstanceUID = value
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(value)
     return ds
 
 
