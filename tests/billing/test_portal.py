@@ -308,14 +308,15 @@ def test_charts_are_valid_svg_with_one_series_per_tier(
 
 
 def test_storage_chart_carries_the_balance_into_a_day_without_a_complete_hour(
-    monkeypatch: pytest.MonkeyPatch, owner_client: Client, org: Organization
+    monkeypatch: pytest.MonkeyPatch, owner: Membership, org: Organization
 ) -> None:
     """At 00:20 no hour of the day is rolled up yet: the day shows the last balance, not 0."""
     tomorrow = (timezone.now() + timedelta(days=1)).date()
     fixed = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 0, 20, tzinfo=UTC)
     monkeypatch.setattr(timezone, "now", lambda: fixed)
     record_month_usage(org, fixed)
-    body = owner_client.get(url("portal-billing", org)).content.decode()
+    # Signed in at the moved clock: a session from today would have reached its lifetime.
+    body = client_for(owner).get(url("portal-billing", org)).content.decode()
     storage = chart_in(body, "storage-chart")
     assert "Latest day: hot 400 GiB, warm 100 GiB." in storage.get("aria-label", "")
 
