@@ -6,6 +6,8 @@
   parameter.
 - An id in the path (``<int:...>``) beyond a 64-bit integer names no row, and SQLite cannot even
   compare with it (OverflowError): 404, like any id that does not exist.
+- A Content-Type header whose parameters cannot be parsed (``saas.wsgi.Request`` keeps the
+  reason): 400 naming the header.
 The JSON error body for the API and DICOMweb, a short text page for the portal.
 """
 
@@ -35,6 +37,9 @@ class InputGuardMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        content_type_error = getattr(request, "content_type_error", "")
+        if content_type_error:  # see saas.wsgi.Request
+            return self._refuse(request, "Content-Type", content_type_error, code="invalid_header")
         try:
             params = request.GET
         except SuspiciousOperation as exc:  # TooManyFieldsSent
@@ -59,7 +64,9 @@ class InputGuardMiddleware:
         return None
 
     @staticmethod
-    def _refuse(request: HttpRequest, name: str, message: str) -> HttpResponse:
+    def _refuse(
+        request: HttpRequest, name: str, message: str, *, code: str = "invalid_query"
+    ) -> HttpResponse:
         if request.path.startswith(API_PREFIXES):
-            return JsonResponse(error_body("invalid_query", message, {name: [message]}), status=400)
+            return JsonResponse(error_body(code, message, {name: [message]}), status=400)
         return HttpResponseBadRequest(f"{name}: {message}", content_type="text/plain")
