@@ -137,7 +137,7 @@ def accepted_ranges(request: HttpRequest) -> list[MediaRange]:
     for item in _split_outside_quotes(header, ","):
         try:
             media_type, params = parse_header_parameters(item)
-        except ValueError:
+        except (ValueError, TypeError, LookupError):  # RFC 2231 forms that do not decode
             continue
         params = {k.lower(): v.strip('"') for k, v in params.items()}
         try:

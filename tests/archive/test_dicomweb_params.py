@@ -90,3 +90,15 @@ def test_stow_body_is_not_bound_by_djangos_in_memory_limit(org, token_client, ct
 
     assert response.status_code == 200, response.content
     assert Instance.objects.filter(organization=org).count() == len(ct_study)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/dicom+json; x*0=a; x*=utf-8'", "application/dicom+json; x*=bogus''abc"],
+)
+def test_an_accept_item_that_cannot_be_parsed_is_skipped_not_a_500(org, token_client, accept):
+    client = token_client(org, ["dicom:read"])
+    response = client.get("/dicomweb/studies", HTTP_ACCEPT=accept)
+    assert response.status_code == 406
+    both = f"{accept}, application/dicom+json"
+    assert client.get("/dicomweb/studies", HTTP_ACCEPT=both).status_code in (200, 204)
