@@ -26,6 +26,7 @@ from billing.models import (
     InvoiceLine,
     PlanPrice,
     PricePlan,
+    Rollup,
     Subscription,
 )
 from billing.periods import month_bounds, month_start
@@ -354,37 +355,67 @@ def credit_note_create(
     return note
 
 
-def invoices_finalize_due(
-    *, now: datetime | None = None, grace: timedelta | None = None
-) -> list[Invoice]:
-    """Beat job: finalize every ended month (plus grace) of every organization that had usage or a plan."""
-    from billing.models import Rollup
+def invoice_organization_ids() -> list[int]:
+    """The organizations whose ended months may need an invoice: not closed, with any usage."""
+    with_usage = Rollup.objects.values("organization_id")
+    return list(
+        Organization.objects.exclude(status=Organization.Status.CLOSED)
+        .filter(pk__in=with_usage)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
+
+def invoices_finalize_due(
+    *,
+    org: Organization | None = None,
+    now: datetime | None = None,
+    grace: timedelta | None = None,
+) -> list[Invoice]:
+    """Finalize every ended month (plus grace) of ``org``, or of every organization with usage.
+
+    Safe to run twice and at once: ``invoice_finalize`` locks the organization row, and a month
+    finalized meanwhile is skipped. Without ``org`` one organization's failure is logged and does
+    not stop the next one's; the beat job fans out one task per organization instead.
+    """
+    if org is not None:
+        return _org_invoices_finalize_due(org=org, now=now, grace=grace)
+    created: list[Invoice] = []
+    for one in Organization.objects.filter(pk__in=invoice_organization_ids()).order_by("pk"):
+        try:
+            created.extend(_org_invoices_finalize_due(org=one, now=now, grace=grace))
+        except Exception:
+            logger.exception("Finalizing the invoices of organization %s failed", one.pk)
+    return created
+
+
+def _org_invoices_finalize_due(
+    *, org: Organization, now: datetime | None, grace: timedelta | None
+) -> list[Invoice]:
     now = now or timezone.now()
     grace = grace if grace is not None else timedelta(days=settings.BILLING_GRACE_DAYS)
     last_month_start = month_start(now - grace)  # months starting before this have ended + grace
     created: list[Invoice] = []
-    for org in Organization.objects.exclude(status=Organization.Status.CLOSED):
-        first = Rollup.objects.for_org(org).order_by("hour").values_list("hour", flat=True).first()
-        if first is None:
-            continue
-        month = month_start(first)
-        while month < last_month_start:
-            _, next_start = month_bounds(month)
-            if next_start + grace > now:
-                break
-            if (
-                not Invoice.objects.for_org(org)
-                .filter(period_start=month, status=Invoice.Status.FINALIZED)
-                .exists()
-            ):
-                with suppress(Conflict):  # another finalizer won the race
-                    created.append(
-                        invoice_finalize(
-                            org=org, period_start=month, actor=Actor.system("billing"), now=now
-                        )
+    first = Rollup.objects.for_org(org).order_by("hour").values_list("hour", flat=True).first()
+    if first is None:
+        return created
+    month = month_start(first)
+    while month < last_month_start:
+        _, next_start = month_bounds(month)
+        if next_start + grace > now:
+            break
+        if (
+            not Invoice.objects.for_org(org)
+            .filter(period_start=month, status=Invoice.Status.FINALIZED)
+            .exists()
+        ):
+            with suppress(Conflict):  # another finalizer won the race
+                created.append(
+                    invoice_finalize(
+                        org=org, period_start=month, actor=Actor.system("billing"), now=now
                     )
-            month = next_start
+                )
+        month = next_start
     return created
 
 
