@@ -16,7 +16,6 @@ Conventions every document states:
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from billing.meters import METERS, STORAGE, TIERS, billing_quantity
 from billing.models import Budget, Invoice
 from billing.periods import check_range, hours_in_month, month_start
 from billing.selectors import usage_daily
+from tenants.csvexport import csv_lines, csv_text
 from tenants.errors import ValidationFailed
 from tenants.models import Organization
 
@@ -407,20 +407,8 @@ def draft_document(*, org: Organization, now: datetime) -> InvoiceDocument:
 
 # --- CSV -------------------------------------------------------------------------------------
 
-# A cell starting with one of these is a formula to a spreadsheet; organization names and
-# reasons are typed by people, so text cells get a leading apostrophe. Numbers are left alone.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _text(value: str) -> str:
-    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
-
-
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a generator."""
-
-    def write(self, value: str) -> str:
-        return value
+# Organization names and reasons are typed by people, so text cells go through ``csv_text``;
+# numbers are left alone (a credit of -1.00 stays a number).
 
 
 def _iso(value: datetime | None) -> str:
@@ -429,14 +417,17 @@ def _iso(value: datetime | None) -> str:
 
 def usage_report_csv(report: UsageReport) -> Iterator[str]:
     """CSV lines: a few ``key,value`` header lines, a blank line, then one row per report row."""
-    writer = csv.writer(_Echo())
+    return csv_lines(_usage_report_rows(report))
+
+
+def _usage_report_rows(report: UsageReport) -> Iterator[list[Any]]:
     org = report.organization
-    yield writer.writerow(["Organization", _text(org.name), org.slug])
-    yield writer.writerow(["Start (UTC, inclusive)", _iso(report.start)])
-    yield writer.writerow(["End (UTC, exclusive)", _iso(report.end)])
-    yield writer.writerow(["Grouped by", ", ".join(report.group_by)])
-    yield writer.writerow(["Generated at", _iso(report.generated_at)])
-    yield writer.writerow([])
+    yield ["Organization", csv_text(org.name), org.slug]
+    yield ["Start (UTC, inclusive)", _iso(report.start)]
+    yield ["End (UTC, exclusive)", _iso(report.end)]
+    yield ["Grouped by", ", ".join(report.group_by)]
+    yield ["Generated at", _iso(report.generated_at)]
+    yield []
     by_tier = "tier" in report.group_by
     by_day = "day" in report.group_by
     columns = [
@@ -450,21 +441,19 @@ def usage_report_csv(report: UsageReport) -> Iterator[str]:
         "quantity",
         "unit",
     ]
-    yield writer.writerow(columns)
+    yield columns
     for row in report.rows:
-        yield writer.writerow(
-            [
-                *([row.day.isoformat() if row.day else ""] if by_day else []),
-                row.meter,
-                row.label,
-                *([row.tier or ""] if by_tier else []),
-                row.base_quantity,
-                row.base_unit,
-                "" if row.byte_hours is None else row.byte_hours,
-                row.quantity,
-                row.unit,
-            ]
-        )
+        yield [
+            *([row.day.isoformat() if row.day else ""] if by_day else []),
+            row.meter,
+            row.label,
+            *([row.tier or ""] if by_tier else []),
+            row.base_quantity,
+            row.base_unit,
+            "" if row.byte_hours is None else row.byte_hours,
+            row.quantity,
+            row.unit,
+        ]
 
 
 INVOICE_CSV_COLUMNS = ["position", "description", "meter", "tier", "quantity", "unit", "amount"]
@@ -473,47 +462,54 @@ INVOICE_CSV_COLUMNS = ["position", "description", "meter", "tier", "quantity", "
 def invoice_csv(doc: InvoiceDocument) -> Iterator[str]:
     """CSV lines: header lines, one row per line, then subtotal, minimum, adjustments and total
     in the amount column (each the sum of its lines), then credit notes if any."""
-    writer = csv.writer(_Echo())
+    return csv_lines(_invoice_rows(doc))
+
+
+def _invoice_rows(doc: InvoiceDocument) -> Iterator[list[Any]]:
     org = doc.organization
     blank = [""] * (len(INVOICE_CSV_COLUMNS) - 1)
-    yield writer.writerow(["Issuer", ISSUER])
-    yield writer.writerow(["Organization", _text(org.name), org.slug])
-    yield writer.writerow(["Invoice", doc.number or "DRAFT"])
-    yield writer.writerow(["Status", doc.status])
-    yield writer.writerow(["Period start (UTC, inclusive)", _iso(doc.period_start)])
-    yield writer.writerow(["Period end (UTC, exclusive)", _iso(doc.period_end)])
-    yield writer.writerow(["Issued" if not doc.is_draft else "As of", _iso(doc.issued_at)])
-    yield writer.writerow(["Currency", doc.currency])
+    yield ["Issuer", ISSUER]
+    yield ["Organization", csv_text(org.name), org.slug]
+    yield ["Invoice", doc.number or "DRAFT"]
+    yield ["Status", doc.status]
+    yield ["Period start (UTC, inclusive)", _iso(doc.period_start)]
+    yield ["Period end (UTC, exclusive)", _iso(doc.period_end)]
+    yield ["Issued" if not doc.is_draft else "As of", _iso(doc.issued_at)]
+    yield ["Currency", doc.currency]
     if doc.status == "void":
-        yield writer.writerow(["Voided at", _iso(doc.voided_at)])
-        yield writer.writerow(["Void reason", _text(doc.void_reason)])
-    yield writer.writerow([])
-    yield writer.writerow(INVOICE_CSV_COLUMNS)
+        yield ["Voided at", _iso(doc.voided_at)]
+        yield ["Void reason", csv_text(doc.void_reason)]
+    yield []
+    yield INVOICE_CSV_COLUMNS
     for ln in doc.lines:
-        yield writer.writerow(
-            [
-                ln.position,
-                _text(ln.description),
-                ln.meter,
-                ln.tier,
-                ln.quantity if ln.unit else "",
-                ln.unit,
-                ln.amount,
-            ]
-        )
-    yield writer.writerow([])
-    yield writer.writerow(["Subtotal", *blank[:-1], doc.subtotal])
-    yield writer.writerow(["Minimum commitment", *blank[:-1], doc.minimum_adjustment])
-    yield writer.writerow(["Adjustments", *blank[:-1], doc.adjustments])
-    yield writer.writerow(["Total", *blank[:-1], doc.total])
+        yield [
+            ln.position,
+            csv_text(ln.description),
+            ln.meter,
+            ln.tier,
+            ln.quantity if ln.unit else "",
+            ln.unit,
+            ln.amount,
+        ]
+    yield []
+    yield ["Subtotal", *blank[:-1], doc.subtotal]
+    yield ["Minimum commitment", *blank[:-1], doc.minimum_adjustment]
+    yield ["Adjustments", *blank[:-1], doc.adjustments]
+    yield ["Total", *blank[:-1], doc.total]
     if doc.credit_notes:
-        yield writer.writerow([])
-        yield writer.writerow(["credit_note", "reason", "created_at", "", "", "", "amount"])
+        yield []
+        yield ["credit_note", "reason", "created_at", "", "", "", "amount"]
         for note in doc.credit_notes:
-            yield writer.writerow(
-                [note.number, _text(note.reason), _iso(note.created_at), "", "", "", note.amount]
-            )
-        yield writer.writerow(["Total after credit notes", *blank[:-1], doc.total - doc.credited])
+            yield [
+                note.number,
+                csv_text(note.reason),
+                _iso(note.created_at),
+                "",
+                "",
+                "",
+                note.amount,
+            ]
+        yield ["Total after credit notes", *blank[:-1], doc.total - doc.credited]
 
 
 # --- PDF -------------------------------------------------------------------------------------

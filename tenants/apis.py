@@ -11,9 +11,7 @@ The platform views at the end are not organization-scoped: they serve Strata's o
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import transaction
@@ -42,9 +40,9 @@ from tenants.api import (
     paginated,
 )
 from tenants.context import Actor
+from tenants.csvexport import audit_events_csv
 from tenants.models import (
     ApiToken,
-    AuditEvent,
     Organization,
     WebhookDelivery,
     WebhookEndpoint,
@@ -540,39 +538,10 @@ AUDIT_CSV_COLUMNS = [
     "user_agent",
     "details",
 ]
-# A cell starting with one of these is a formula to a spreadsheet; labels and user agents are
-# caller-controlled text, so they are defused with a leading apostrophe.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_cell(value: str) -> str:
-    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
-
-
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a generator."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _audit_csv_lines(events: Iterable[AuditEvent]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(AUDIT_CSV_COLUMNS)
-    for event in events:
-        yield writer.writerow(
-            [
-                event.created_at.isoformat(),
-                _csv_cell(event.actor_label),
-                _csv_cell(event.action),
-                _csv_cell(event.target_type),
-                _csv_cell(event.target_id),
-                _csv_cell(event.target_label),
-                event.ip or "",
-                _csv_cell(event.user_agent),
-                json.dumps(event.details, sort_keys=True, separators=(",", ":")),
-            ]
-        )
+def _audit_details(details: Any) -> str:
+    return json.dumps(details, sort_keys=True, separators=(",", ":"))
 
 
 class _ExportSchema(AutoSchema):
@@ -624,7 +593,8 @@ class AuditEventExportApi(OrgAPIView):
         # iterator(): rows are read in chunks while streaming, so memory stays flat for any size.
         events = selectors.audit_list(org=self.org, **criteria).iterator(chunk_size=1000)
         response = StreamingHttpResponse(
-            _audit_csv_lines(events), content_type="text/csv; charset=utf-8"
+            audit_events_csv(events, header=AUDIT_CSV_COLUMNS, details=_audit_details),
+            content_type="text/csv; charset=utf-8",
         )
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         response["Content-Disposition"] = (

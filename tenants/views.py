@@ -8,11 +8,9 @@ scoped to the organization in the URL, so another tenant's id answers 404.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from collections.abc import Callable, Iterator
-from datetime import UTC
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -23,7 +21,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import PasswordResetForm
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
@@ -39,6 +37,7 @@ from django.views.decorators.http import (
 
 from tenants import lockout, selectors, services
 from tenants.context import Actor, client_ip
+from tenants.csvexport import audit_events_csv
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import (
     AuditFilterForm,
@@ -49,7 +48,7 @@ from tenants.forms import (
     WebhookForm,
     form_apply_service_error,
 )
-from tenants.models import AuditEvent, Invitation, Organization, WebhookEndpoint
+from tenants.models import Invitation, Organization, WebhookEndpoint
 from tenants.portal import PortalContext, org_view
 from tenants.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, Scope
 from tenants.webhooks import EVENT_TYPES
@@ -510,40 +509,8 @@ AUDIT_CSV_HEADER = [
 ]
 
 
-class _Echo:
-    """A file-like object whose ``write`` hands the CSV line back instead of storing it."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # Labels are user-controlled (token names, emails); a leading =, +, - or @ would run as a
-    # formula when the file is opened in a spreadsheet.
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + text
-    return text
-
-
-def _audit_csv_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(AUDIT_CSV_HEADER)
-    # iterator(): constant memory however long the log is.
-    for event in events.iterator(chunk_size=500):
-        yield writer.writerow(
-            [
-                _csv_cell(event.created_at.astimezone(UTC).isoformat()),
-                _csv_cell(event.actor_label),
-                _csv_cell(event.action),
-                _csv_cell(event.target_type),
-                _csv_cell(event.target_id),
-                _csv_cell(event.target_label),
-                _csv_cell(event.ip),
-                _csv_cell(event.user_agent),
-                _csv_cell(json.dumps(event.details, sort_keys=True, ensure_ascii=False)),
-            ]
-        )
+def _audit_details(details: Any) -> str:
+    return json.dumps(details, sort_keys=True, ensure_ascii=False)
 
 
 # org_view is typed for HttpResponse; a StreamingHttpResponse is an HttpResponseBase.
@@ -575,7 +542,11 @@ def audit_export(request: HttpRequest, ctx: PortalContext) -> HttpResponseBase:
     events = selectors.audit_list(org=ctx.org, **filters).exclude(pk=record.pk)
     filename = f"audit-{ctx.org.slug}-{timezone.now():%Y%m%d-%H%M%S}.csv"
     response = StreamingHttpResponse(
-        _audit_csv_lines(events), content_type="text/csv; charset=utf-8"
+        # iterator(): constant memory however long the log is.
+        audit_events_csv(
+            events.iterator(chunk_size=500), header=AUDIT_CSV_HEADER, details=_audit_details
+        ),
+        content_type="text/csv; charset=utf-8",
     )
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     add_never_cache_headers(response)
