@@ -51,7 +51,7 @@ from archive.models import (
     TierMove,
 )
 from archive.tiers import TIER_CATALOG, location_serves
-from billing.pricing import price, round_money
+from billing.pricing import MeterUse, marginal_cost, month_bounds, round_money
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import Organization
@@ -723,22 +723,6 @@ def _move_aggregates(
     return rows, per_target, int(studies["all"] or 0)
 
 
-def _plan_prices(org: Organization, now: datetime) -> tuple[Any, dict[tuple[str, str], Any]]:
-    from billing.invoicing import plan_in_force
-
-    plan = plan_in_force(org=org, at=now)
-    if plan is None:
-        return None, {}
-    return plan, {(pp.meter, pp.tier): pp for pp in plan.prices.all()}
-
-
-def _marginal(pp: Any, before: Decimal, after: Decimal) -> Decimal:
-    from billing.invoicing import price_spec
-
-    spec = price_spec(pp)
-    return price(spec, after)[0] - price(spec, before)[0]
-
-
 def _bill_change(
     *,
     org: Organization,
@@ -747,62 +731,55 @@ def _bill_change(
     transitions: dict[str, int],
     early_byte_days: dict[str, int],
 ) -> BillChange:
-    """Price the changes marginally on the plan in force now, against this month's usage so far.
+    """Price the changes marginally, as the invoice will, against this month's usage so far.
 
     Storage: the bytes that change tier are priced for the rest of the month in both tiers (the
     difference); what is already stored is projected to stay as it is. Transitions and early
-    deletion are one-off charges. A plan's allowances and tiers are taken into account.
+    deletion are one-off charges. A plan's allowances and tiers are taken into account, after a
+    plan change this month only the new plan's part of them.
     """
     from archive.selectors import bytes_by_tier
-    from billing.meters import METERS, STORAGE, billing_quantity
-    from billing.periods import hours_between, month_bounds
-    from billing.selectors import usage_totals
 
     start, end = month_bounds(now)
-    month_hours = hours_between(start, end)
     remaining = int((end - now).total_seconds())
-    plan, prices = _plan_prices(org, now)
-    so_far = usage_totals(org=org, start=start, end=now)
     balance = bytes_by_tier(org=org)
-    lines: list[BillLine] = []
-
-    def line(meter_key: str, tier: str, base_before: int, base_change: int, label: str) -> None:
-        meter = METERS[meter_key]
-        before = billing_quantity(meter, base_before, hours_in_month=month_hours)
-        after = billing_quantity(meter, base_before + base_change, hours_in_month=month_hours)
-        pp = prices.get((meter_key, tier)) or prices.get((meter_key, ""))
-        amount = None if pp is None else _marginal(pp, before, after)
-        lines.append(
-            BillLine(
-                label=label,
-                meter=meter_key,
-                tier=tier,
-                quantity=after - before,
-                unit=meter.billing_unit,
-                amount=amount,
-            )
-        )
-
+    uses: list[tuple[MeterUse, str]] = []
     for tier in TIER_CATALOG:
-        if not storage_delta.get(tier):
-            continue
-        base = so_far.get((STORAGE, f"tier={tier}"), 0) + balance[tier] * remaining
-        line(STORAGE, tier, base, storage_delta[tier] * remaining, f"Storage ({tier})")
+        if storage_delta.get(tier):
+            # Byte-seconds to the month's end, on top of what is stored staying as it is.
+            use = MeterUse(
+                "storage",
+                storage_delta[tier] * remaining,
+                tier=tier,
+                projected=balance[tier] * remaining,
+            )
+            uses.append((use, f"Storage ({tier})"))
     for tier, count in transitions.items():
         if count:
-            base = so_far.get(("tier.transitions", f"tier={tier}"), 0)
-            line("tier.transitions", tier, base, count, f"Transitions to {tier}")
+            uses.append((MeterUse("tier.transitions", count, tier=tier), f"Transitions to {tier}"))
     for tier, byte_days in early_byte_days.items():
         if byte_days:
-            base = so_far.get(("early_deletion", f"tier={tier}"), 0)
-            line("early_deletion", tier, base, byte_days, f"Early deletion ({tier})")
+            uses.append(
+                (MeterUse("early_deletion", byte_days, tier=tier), f"Early deletion ({tier})")
+            )
+    quote = marginal_cost(org=org, at=now, uses=[use for use, _ in uses])
     return BillChange(
-        currency=plan.currency if plan else "USD",
-        plan_name=plan.name if plan else "",
+        currency=quote.currency,
+        plan_name=quote.plan_name,
         month_start=start,
         month_end=end,
         remaining_hours=Decimal(remaining) / Decimal(3600),
-        lines=lines,
+        lines=[
+            BillLine(
+                label=label,
+                meter=cost.use.meter,
+                tier=cost.use.tier,
+                quantity=cost.quantity,
+                unit=cost.unit,
+                amount=cost.amount,
+            )
+            for (_, label), cost in zip(uses, quote.costs, strict=True)
+        ],
     )
 
 

@@ -30,6 +30,7 @@ from archive.models import ArchiveSettings, Instance, RestoreItem, RestoreReques
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import TIER_CATALOG
 from billing.metering import record_usage
+from billing.pricing import MeterUse, marginal_cost
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
@@ -343,42 +344,19 @@ class MeterPrice:
 
 
 def meter_price(*, org: Organization, meter: str, quantity: int) -> MeterPrice:
-    """The marginal charge of ``quantity`` more base units of ``meter`` now, on the plan in
-    force, counting this month's usage so far (allowances and tiers)."""
-    from billing.invoicing import plan_in_force, price_spec
-    from billing.meters import meter_get
-    from billing.models import PlanPrice
-    from billing.periods import month_start
-    from billing.pricing import price
-    from billing.selectors import usage_totals
-
-    now = timezone.now()
-    plan = plan_in_force(org=org, at=now)
-    if plan is None:
-        return MeterPrice(None, "USD", "", "")
-    pp = PlanPrice.objects.filter(plan=plan, meter=meter, tier="").first()
-    if pp is None:
-        return MeterPrice(None, plan.currency, plan.name, "")
-    spec = price_spec(pp)
-    definition = meter_get(meter)
-    so_far = sum(
-        total
-        for (key, _dim), total in usage_totals(org=org, start=month_start(now), end=now).items()
-        if key == meter
-    )
-    divisor = Decimal(definition.divisor)
-    amount = (
-        price(spec, Decimal(so_far + quantity) / divisor)[0]
-        - price(spec, Decimal(so_far) / divisor)[0]
-    )
+    """The marginal charge of ``quantity`` more base units of ``meter`` now, as the invoice will
+    price it on the plan in force, counting this month's usage so far (allowances and tiers)."""
+    quote = marginal_cost(org=org, at=timezone.now(), uses=[MeterUse(meter, quantity)])
+    [cost] = quote.costs
+    spec = cost.spec
+    if spec is None:
+        return MeterPrice(None, quote.currency, quote.plan_name, "")
     rate = ""
     if spec.model == "per_unit":
-        rate = f"{spec.unit_price.normalize():f} {plan.currency} per {definition.billing_unit}"
+        rate = f"{spec.unit_price.normalize():f} {quote.currency} per {cost.unit}"
     elif spec.tiers:
-        rate = (
-            f"from {spec.tiers[0][1].normalize():f} {plan.currency} per {definition.billing_unit}"
-        )
-    return MeterPrice(amount, plan.currency, plan.name, rate)
+        rate = f"from {spec.tiers[0][1].normalize():f} {quote.currency} per {cost.unit}"
+    return MeterPrice(cost.amount, quote.currency, quote.plan_name, rate)
 
 
 # --- polling -----------------------------------------------------------------------------------

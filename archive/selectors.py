@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
@@ -26,11 +25,9 @@ from archive.models import (
     StorageLocation,
     Study,
 )
+from billing.pricing import MeterUse, PriceSpec, marginal_cost
 from tenants.errors import NotFound
 from tenants.models import Organization
-
-if TYPE_CHECKING:
-    from billing.pricing import PriceSpec
 
 EGRESS_METER = "egress.bytes"
 
@@ -171,8 +168,9 @@ def study_download_instances(*, org: Organization, study: Study) -> QuerySet[Ins
 class EgressEstimate:
     """The expected charge for reading ``bytes`` out now, on the organization's current plan.
 
-    ``amount`` is None when the plan does not price egress. It is the marginal charge: this
-    month's egress so far (as rolled up) is taken into account for allowances and tiers.
+    ``amount`` is None when the plan does not price egress. It is the marginal charge as the
+    invoice will price it: this month's egress so far (as rolled up) counts towards allowances
+    and tiers, after a plan change only the new plan's part of the month with its share of them.
     """
 
     bytes: int
@@ -184,36 +182,17 @@ class EgressEstimate:
 
 
 def egress_estimate(*, org: Organization, bytes_out: int) -> EgressEstimate:
-    from billing.invoicing import plan_in_force, price_spec
-    from billing.meters import GIB
-    from billing.models import PlanPrice
-    from billing.periods import month_start
-    from billing.pricing import price
-    from billing.selectors import usage_totals
-
-    now = timezone.now()
-    plan = plan_in_force(org=org, at=now)
-    if plan is None:
-        return EgressEstimate(bytes_out, None, "USD", "", "", Decimal(0))
-    pp = PlanPrice.objects.filter(plan=plan, meter=EGRESS_METER, tier="").first()
-    if pp is None:
-        return EgressEstimate(bytes_out, None, plan.currency, plan.name, "", Decimal(0))
-    spec = price_spec(pp)
-    so_far_bytes = sum(
-        total
-        for (meter, _dim), total in usage_totals(org=org, start=month_start(now), end=now).items()
-        if meter == EGRESS_METER
-    )
-    before = Decimal(so_far_bytes) / Decimal(GIB)
-    after = Decimal(so_far_bytes + bytes_out) / Decimal(GIB)
-    amount = price(spec, after)[0] - price(spec, before)[0]
+    quote = marginal_cost(org=org, at=timezone.now(), uses=[MeterUse(EGRESS_METER, bytes_out)])
+    [cost] = quote.costs
+    if cost.spec is None:
+        return EgressEstimate(bytes_out, None, quote.currency, quote.plan_name, "", Decimal(0))
     return EgressEstimate(
         bytes=bytes_out,
-        amount=amount,
-        currency=plan.currency,
-        plan_name=plan.name,
-        rate=_rate_note(spec, plan.currency),
-        included_gib=pp.included_quantity,
+        amount=cost.amount,
+        currency=quote.currency,
+        plan_name=quote.plan_name,
+        rate=_rate_note(cost.spec, quote.currency),
+        included_gib=cost.spec.included,
     )
 
 

@@ -41,6 +41,8 @@ class DraftLine:
     quantity: Decimal = Decimal(0)
     unit: str = ""
     breakdown: list[dict[str, Any]] = field(default_factory=list)
+    # ``amount`` before its one rounding: estimates compare drafts by it (billing.pricing).
+    unrounded_amount: Decimal = Decimal(0)
 
     @property
     def tier(self) -> str:
@@ -121,6 +123,13 @@ def price_spec(pp: PlanPrice) -> PriceSpec:
     )
 
 
+def plan_price(
+    prices: dict[tuple[str, str], PlanPrice], meter_key: str, tier: str
+) -> PlanPrice | None:
+    """The price of ``meter_key`` in ``tier`` on a plan: the tier's own, else the meter's."""
+    return prices.get((meter_key, tier)) or prices.get((meter_key, ""))
+
+
 def _describe(meter_key: str, tier: str) -> str:
     meter = METERS[meter_key]
     return f"{meter.label} ({tier})" if tier else meter.label
@@ -158,7 +167,7 @@ def usage_lines(
             if meter_key not in METERS or not base:
                 continue
             tier = dim.removeprefix("tier=") if dim.startswith("tier=") else ""
-            pp = prices.get((meter_key, tier)) or prices.get((meter_key, ""))
+            pp = plan_price(prices, meter_key, tier)
             meter = METERS[meter_key]
             qty = billing_quantity(meter, base, hours_in_month=month_hours)
             if pp is None:
@@ -172,6 +181,7 @@ def usage_lines(
                 kind="usage",
                 description=_describe(meter_key, tier) + suffix,
                 amount=round_money(amount),
+                unrounded_amount=amount,
                 meter=meter_key,
                 dimension_key=dim,
                 usage_start=seg_start,

@@ -9,15 +9,37 @@ All four models first subtract the included (free) allowance:
 - package:   ceil(billable / package_size) x package_price
 
 Amounts stay unrounded Decimals here; the invoice rounds each line once (half-up to the cent).
+
+``marginal_cost`` is how other apps read prices: what some more usage adds to this month's
+invoice, computed by the invoice itself (see its docstring).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
+from billing.meters import METERS, billing_quantity
+from billing.periods import hours_between, month_bounds
+from billing.selectors import usage_totals
 from tenants.errors import ValidationFailed
+from tenants.models import Organization
+
+__all__ = [
+    "CENT",
+    "MarginalCost",
+    "MeterCost",
+    "MeterUse",
+    "PriceSpec",
+    "marginal_cost",
+    "month_bounds",
+    "parse_tiers",
+    "price",
+    "round_money",
+]
 
 CENT = Decimal("0.01")
 
@@ -150,4 +172,125 @@ def price(
         return Decimal(0), breakdown
     raise ValidationFailed(
         f"Unknown pricing model {spec.model!r}.", fields={"model": ["Unknown pricing model."]}
+    )
+
+
+# --- marginal cost: what more usage adds to the invoice ------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeterUse:
+    """``quantity`` more base units of ``meter`` (bytes, byte-seconds, counts) in ``tier``.
+
+    ``projected``: base units the month will have anyway but that are not recorded yet (storage
+    held to the month's end); the use is priced on top of them.
+    """
+
+    meter: str
+    quantity: int
+    tier: str = ""
+    projected: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.meter, f"tier={self.tier}" if self.tier else ""
+
+
+@dataclass(frozen=True)
+class MeterCost:
+    use: MeterUse
+    quantity: Decimal  # the use in the meter's billing unit, as the invoice counts it
+    unit: str
+    # The rise of the invoice, unrounded; None when the plan in force does not price the meter.
+    amount: Decimal | None
+    spec: PriceSpec | None  # the price applied, as the plan states it (allowance unprorated)
+
+
+@dataclass(frozen=True)
+class MarginalCost:
+    """What some uses at ``at`` add to the invoice of the month containing it."""
+
+    at: datetime
+    period_start: datetime
+    period_end: datetime
+    plan_name: str  # the plan in force at ``at``; "" when no plan applies
+    currency: str
+    costs: list[MeterCost]
+
+
+def marginal_cost(*, org: Organization, at: datetime, uses: Sequence[MeterUse]) -> MarginalCost:
+    """The rise of the draft invoice's unrounded amount if ``uses`` were recorded at ``at``.
+
+    Computed by the invoice itself: the month's usage lines are priced twice, as recorded (plus
+    ``projected``) and with each use added to the plan segment in force at ``at``, so a plan
+    change in the month splits the usage and prorates allowances and tier bounds exactly as the
+    invoice does. Each use's amount is its own line's rise, so uses must name distinct
+    (meter, tier) lines. A plan's minimum commitment is a floor under the whole segment, not a
+    price of a meter, and is left out.
+    """
+    # The invoice prices with this module: importing it at the top would be a cycle.
+    from billing import invoicing
+
+    keys = [use.key for use in uses]
+    if len(set(keys)) != len(keys):
+        raise ValueError("Each use must name a distinct (meter, tier).")
+    start, end = month_bounds(at)
+    month_hours = hours_between(start, end)
+    plan = invoicing.plan_in_force(org=org, at=at)
+    prices = {(pp.meter, pp.tier): pp for pp in plan.prices.all()} if plan is not None else {}
+    recorded: dict[tuple[datetime, datetime], dict[tuple[str, str], int]] = {}
+
+    def totals(added: bool) -> Callable[[datetime, datetime], dict[tuple[str, str], int]]:
+        def by_segment(seg_start: datetime, seg_end: datetime) -> dict[tuple[str, str], int]:
+            if (seg_start, seg_end) not in recorded:
+                every = usage_totals(org=org, start=seg_start, end=seg_end)
+                recorded[(seg_start, seg_end)] = {key: every.get(key, 0) for key in keys}
+            out = dict(recorded[(seg_start, seg_end)])
+            if seg_start <= at < seg_end:
+                for use in uses:
+                    out[use.key] += use.projected + (use.quantity if added else 0)
+            return out
+
+        return by_segment
+
+    def amounts(added: bool) -> dict[tuple[str, str], Decimal]:
+        lines, _ = invoicing.usage_lines(
+            org=org, period_start=start, period_end=end, totals_by_segment=totals(added)
+        )
+        out: dict[tuple[str, str], Decimal] = {}
+        for line in lines:
+            if line.kind == "usage":
+                key = (line.meter, line.dimension_key)
+                out[key] = out.get(key, Decimal(0)) + line.unrounded_amount
+        return out
+
+    priced = [
+        (use, None if plan is None else invoicing.plan_price(prices, use.meter, use.tier))
+        for use in uses
+    ]
+    needed = any(pp is not None and use.quantity for use, pp in priced)
+    before = amounts(added=False) if needed else {}
+    after = amounts(added=True) if needed else {}
+    costs = []
+    for use, pp in priced:
+        meter = METERS[use.meter]
+        amount = None
+        if pp is not None:
+            amount = after.get(use.key, Decimal(0)) - before.get(use.key, Decimal(0))
+        costs.append(
+            MeterCost(
+                use=use,
+                quantity=billing_quantity(meter, use.quantity, hours_in_month=month_hours),
+                unit=meter.billing_unit,
+                amount=amount,
+                spec=None if pp is None else invoicing.price_spec(pp),
+            )
+        )
+    return MarginalCost(
+        at=at,
+        period_start=start,
+        period_end=end,
+        plan_name=plan.name if plan is not None else "",
+        currency=plan.currency if plan is not None else "USD",
+        costs=costs,
     )
