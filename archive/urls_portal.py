@@ -4,7 +4,7 @@ from django.urls import URLPattern, path
 
 from archive import views, views_policies, views_replicas
 from archive import views_restores as restores_views
-from archive.views_analytics import analytics as analytics_view
+from archive.analytics.views import analytics as analytics_view
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),

@@ -245,7 +245,7 @@ def _page(
 def _simulate(ctx: PortalContext, rules: list[dict[str, Any]]) -> Any:
     """The cost simulator for the candidate rules; None when it is not installed."""
     try:
-        from archive.simulator import simulate
+        from archive.analytics.simulator import simulate
     except ImportError:  # pragma: no cover - the simulator ships with the archive
         return None
     return simulate(org=ctx.org, candidate_rules=rules)

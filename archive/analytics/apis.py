@@ -20,8 +20,10 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive.analytics import AccessCurve, access_curve
-from archive.simulator import COMPONENTS, Simulation, simulate
+from archive.analytics.curve import READ_KINDS, AccessCurve, access_curve
+from archive.analytics.simulator import simulate
+from archive.analytics.simulator.results import COMPONENTS, Simulation
+from archive.policies import rules_validate
 from tenants.api import OrgAPIView, error_responses
 from tenants.roles import Perm
 
@@ -73,8 +75,6 @@ class AccessCurveSerializer(serializers.Serializer):
 
 
 def curve_data(curve: AccessCurve) -> dict[str, Any]:
-    from archive.analytics import READ_KINDS
-
     return {
         "as_of": curve.as_of,
         "horizons": list(curve.horizons),
@@ -213,8 +213,6 @@ class SimulationApi(_AnalyticsApi):
         data.is_valid(raise_exception=True)
         rules = data.validated_data.get("candidate_rules")
         if rules is not None:
-            from archive.policies import rules_validate
-
             rules = rules_validate(org=self.org, rules=rules)
         simulation = simulate(
             org=self.org, candidate_rules=rules, months=data.validated_data["months"]

@@ -5,15 +5,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from datetime import date
 from html import escape
-from typing import TYPE_CHECKING
 
+from archive.analytics.curve import AccessCurve
 from billing.charts import ACCENT, AXIS, FONT, GRID, TEXT, Chart, Series, nice_ticks, number_label
-
-if TYPE_CHECKING:
-    from archive.analytics import AccessCurve
-    from archive.simulator import Simulation
 
 SCENARIO_COLORS = {
     "all_hot": "#e4572e",
@@ -139,30 +135,27 @@ def line_chart(
     return Chart("".join(parts), table, label)
 
 
-def simulation_chart(simulation: Simulation) -> Chart:
-    currency = simulation.currency
-    months = [m.strftime("%b %y") for m in simulation.month_starts]
+def simulation_chart(
+    *,
+    currency: str,
+    month_starts: Sequence[date],
+    lines: Sequence[tuple[str, str, Sequence[float], str]],
+    money: Callable[[float], str],
+) -> Chart:
+    """The projected monthly cost per scenario. ``lines``: per scenario its key, label, cost of
+    each month and its total as shown; ``money`` shows an amount (without the currency)."""
+    months = [m.strftime("%b %y") for m in month_starts]
     series = [
-        Series(
-            s.key,
-            s.label,
-            [float(m.exact_total) for m in s.months],
-            SCENARIO_COLORS.get(s.key, ACCENT),
-        )
-        for s in simulation.scenarios
+        Series(key, label, list(values), SCENARIO_COLORS.get(key, ACCENT))
+        for key, label, values, _ in lines
     ]
-    from archive.simulator import money_text
-
-    totals = ", ".join(
-        f"{s.label.lower()} {money_text(s.total, s.exact_total)} {currency}"
-        for s in simulation.scenarios
-    )
+    totals = ", ".join(f"{label.lower()} {total} {currency}" for _, label, _, total in lines)
     return line_chart(
         label=f"Projected monthly cost per scenario over the next {len(months)} months, in "
         f"{currency}. 12-month totals: {totals}.",
         categories=months,
         series=series,
-        fmt=lambda v: f"{money_text(Decimal(str(v)))} {currency}",
+        fmt=lambda v: f"{money(v)} {currency}",
         fmt_tick=number_label,
         caption_head="Month",
     )

@@ -9,8 +9,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from archive.analytics_charts import access_curve_chart
-from archive.simulator import simulate
+from archive.analytics.charts import access_curve_chart
+from archive.analytics.simulator import simulate
 from tenants.portal import PortalContext, org_view
 from tenants.roles import PERMISSION_DESCRIPTIONS, Perm
 

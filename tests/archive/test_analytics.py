@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archive.analytics import access_curve, monthly_read_probability
+from archive.analytics.curve import access_curve, monthly_read_probability
 from tests.archive.analytics_helpers import add_study, read
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from archive.analytics import access_curve
+from archive.analytics.curve import access_curve
+from archive.analytics.simulator import simulate
 from archive.demo import DEMO_ACTOR, INITIAL_POLICY, demo_access_history
 from archive.models import AccessEvent, ArchiveSettings, Instance, Study
-from archive.simulator import simulate
 from tenants.models import Organization
 
 pytestmark = pytest.mark.django_db

@@ -32,9 +32,9 @@ from decimal import Decimal
 
 import pytest
 
-from archive import simulator
+from archive.analytics.curve import AccessCurve
+from archive.analytics.simulator import recommendation, results, simulate
 from archive.models import ArchiveSettings, PolicyVersion
-from archive.simulator import simulate
 from billing.meters import GIB
 from billing.models import PlanPrice, PricePlan, Subscription
 from tests.archive.analytics_helpers import add_study, read
@@ -62,7 +62,7 @@ CANDIDATE = [
 
 @pytest.fixture
 def case(org, monkeypatch):
-    monkeypatch.setattr(simulator, "MIN_OBSERVED_STUDIES", 1)
+    monkeypatch.setattr(recommendation, "MIN_OBSERVED_STUDIES", 1)
     plan = PricePlan.objects.create(code="sim-test", name="Simulator test", currency="USD")
     for meter, tier, unit in [
         ("storage", "hot", "0.02"),
@@ -231,7 +231,7 @@ def test_the_recommendation_keeps_only_the_tiers_that_pay(costs, expected):
         half = Decimal(costs[tiers]) / 2  # two months, the total split between them
         return [(None, {}, {"storage": half}), (None, {}, {"storage": half})]
 
-    kept_rules, kept = simulator._cheapest_variant(rules, chosen, project)
+    kept_rules, kept = recommendation._cheapest_variant(rules, chosen, project)
     assert sorted(projected) == sorted(costs)
     assert [tier for _, tier, _, _ in kept] == expected
     assert [r["action"]["tier"] for r in kept_rules] == expected
@@ -243,7 +243,7 @@ def test_a_single_tier_recommendation_is_not_projected_again():
     def project(subset: list[dict]) -> list:
         raise AssertionError("nothing to compare")
 
-    assert simulator._cheapest_variant(rules, chosen, project) == (rules, chosen)
+    assert recommendation._cheapest_variant(rules, chosen, project) == (rules, chosen)
 
 
 def test_verdict_when_the_active_policy_is_already_the_cheaper_choice(case):
@@ -297,20 +297,18 @@ def test_verdict_on_a_tie_keeps_the_active_policy(case):
     assert sim.verdict.startswith("The active policy already costs $0.04/month on average")
 
 
-def _flat(key: str, rules: list | None, per_month: str) -> simulator.Scenario:
-    month = simulator.MonthCost(
+def _flat(key: str, rules: list | None, per_month: str) -> results.Scenario:
+    month = results.MonthCost(
         start=NOW.date(),
         components={"storage_hot": D("0.00")},
         exact={"storage_hot": D(per_month)},
         bytes_by_tier={},
     )
-    return simulator.Scenario(key=key, label=key, rules=rules, months=[month] * 12)
+    return results.Scenario(key=key, label=key, rules=rules, months=[month] * 12)
 
 
-def _verdict(*scenarios: simulator.Scenario) -> str:
-    from archive.analytics import AccessCurve
-
-    return simulator.Simulation(
+def _verdict(*scenarios: results.Scenario) -> str:
+    return results.Simulation(
         as_of=NOW,
         currency="USD",
         plan_code="p",

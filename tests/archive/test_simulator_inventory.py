@@ -8,10 +8,10 @@ from decimal import Decimal
 
 from django.template.loader import render_to_string
 
-from archive import simulator
-from archive.analytics import access_curve
+from archive.analytics.curve import access_curve
+from archive.analytics.simulator import inventory, simulate
+from archive.analytics.simulator.results import money_text
 from archive.models import AccessEvent, Instance, Series, Study
-from archive.simulator import money_text, simulate
 from billing.meters import GIB
 from billing.models import PlanPrice, PricePlan, Subscription
 from tests.archive.analytics_helpers import add_study, read
@@ -35,14 +35,14 @@ RULES = [
 
 def _rows(org, reader):
     rules = RULES
-    age = simulator._edges(
-        simulator.DAY_EDGES, simulator._thresholds(rules, "days_since_study_date")
+    age = inventory._edges(
+        inventory.DAY_EDGES, inventory._thresholds(rules, "days_since_study_date")
     )
-    idle = simulator._edges(
-        simulator.DAY_EDGES, simulator._thresholds(rules, "days_since_last_access")
+    idle = inventory._edges(
+        inventory.DAY_EDGES, inventory._thresholds(rules, "days_since_last_access")
     )
     group = ["mod", "tier", "age_b", "idle_b", "tier_b", "descr", "page", "held"]
-    rows = reader(org=org, now=NOW, group=group, edges=(age, idle, list(simulator.TIER_DAY_EDGES)))
+    rows = reader(org=org, now=NOW, group=group, edges=(age, idle, list(inventory.TIER_DAY_EDGES)))
     return {
         tuple(str(r[g]) for g in group): (int(r["n"]), int(r["b"]))
         for r in rows
@@ -98,8 +98,8 @@ def test_series_inventory_matches_the_instance_rows(org, other_org):
     read(org, late, NOW - timedelta(days=40))  # before its receipt: it counts from the receipt
     add_study(other_org, study_date=old.date(), received=old, series=[("CT", 9, 10)])
 
-    series_level = _rows(org, simulator._inventory_series_rows)
-    instance_level = _rows(org, simulator._inventory_instance_rows)
+    series_level = _rows(org, inventory._inventory_series_rows)
+    instance_level = _rows(org, inventory._inventory_instance_rows)
     assert series_level == instance_level
     assert sum(n for n, _ in series_level.values()) == 4 + 3 + 5 + 2
 
@@ -108,20 +108,20 @@ def test_rules_on_sop_classes_read_the_instance_rows(org, monkeypatch):
     at = NOW - timedelta(days=100)
     add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 10)])
     called = []
-    real = simulator._inventory_instance_rows
+    real = inventory._inventory_instance_rows
 
     def spy(**kwargs):
         called.append(kwargs["group"])
         return real(**kwargs)
 
-    monkeypatch.setattr(simulator, "_inventory_instance_rows", spy)
+    monkeypatch.setattr(inventory, "_inventory_instance_rows", spy)
     rules = [
         {
             "conditions": {"sop_classes": ["1.2.840.10008.5.1.4.1.1.2"]},
             "action": {"type": "move", "tier": "cold"},
         }
     ]
-    buckets, instances, total = simulator.inventory(org=org, now=NOW, rules=rules)
+    buckets, instances, total = inventory.inventory(org=org, now=NOW, rules=rules)
     assert called and "sop_class_uid" in called[0]
     assert (instances, total) == (2, 20)
     assert buckets[0].sop_class == "1.2.840.10008.5.1.4.1.1.2"
@@ -162,8 +162,8 @@ def test_days_in_tier_are_cut_only_within_each_tiers_minimum(org):
     (series,) = Series.objects.filter(study=study)
     _move(series, 1, "cold", NOW - timedelta(days=100))
     _move(series, 1, "archive", NOW - timedelta(days=100))
-    last = len(simulator.TIER_DAY_EDGES)
-    for reader in (simulator._inventory_series_rows, simulator._inventory_instance_rows):
+    last = len(inventory.TIER_DAY_EDGES)
+    for reader in (inventory._inventory_series_rows, inventory._inventory_instance_rows):
         rows = _rows(org, reader)
         tier_b = {key[1]: int(key[4]) for key in rows}
         assert tier_b == {"hot": last, "cold": last, "archive": 2}
@@ -225,10 +225,10 @@ def test_idle_days_on_a_cut_count_as_reached(org):
     study = add_study(org, study_date=at.date(), received=at, series=[("CT", 2, 10)])
     read(org, study, NOW - timedelta(days=90))
     Instance.objects.filter(study=study).update(last_accessed_at=NOW - timedelta(days=90))
-    idle_edges = simulator._edges(
-        simulator.DAY_EDGES, simulator._thresholds(RULES, "days_since_last_access")
+    idle_edges = inventory._edges(
+        inventory.DAY_EDGES, inventory._thresholds(RULES, "days_since_last_access")
     )
-    series_level = _rows(org, simulator._inventory_series_rows)
-    assert series_level == _rows(org, simulator._inventory_instance_rows)
+    series_level = _rows(org, inventory._inventory_series_rows)
+    assert series_level == _rows(org, inventory._inventory_instance_rows)
     ((key, _),) = series_level.items()
     assert int(key[3]) == idle_edges.index(90) + 1

@@ -1,0 +1,156 @@
+"""The simulator's projection: the rules evaluated on the inventory's buckets month by month (the
+engine's semantics), and each month's usage priced."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from archive.analytics.curve import monthly_read_probability
+from archive.analytics.simulator.inventory import Bucket
+from archive.analytics.simulator.pricing import _price_month, _Prices, _Usage
+from archive.tiers import TIER_CATALOG, is_colder
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL)
+
+
+def _in_range(value: float | None, rng: dict[str, Any]) -> bool:
+    if value is None:
+        return False
+    lo, hi = rng.get("min"), rng.get("max")
+    return (lo is None or value >= lo) and (hi is None or value < hi + 1)
+
+
+class _Compiled:
+    """A rule with its pattern compiled, evaluated on a bucket at ``shift`` days from now."""
+
+    def __init__(self, index: int, rule: dict[str, Any]):
+        self.index = index
+        self.rule = rule
+        self.conditions: dict[str, Any] = rule.get("conditions", {})
+        self.action: dict[str, Any] = rule.get("action", {})
+        pattern = self.conditions.get("description_pattern")
+        self.pattern = _wildcard(pattern) if pattern else None
+
+    def matches_always(self, b: Bucket) -> bool:
+        """The conditions that time does not change (modality, SOP class, description)."""
+        c = self.conditions
+        if "modalities" in c and b.modality not in c["modalities"]:
+            return False
+        if "sop_classes" in c and b.sop_class not in c["sop_classes"]:
+            return False
+        return self.pattern is None or bool(self.pattern.match(b.description))
+
+    def matches_at(self, b: Bucket, shift: float) -> bool:
+        """The conditions on days and years, at ``shift`` days from now."""
+        c = self.conditions
+        if "days_since_last_access" in c and not _in_range(
+            max(b.idle + shift, 0), c["days_since_last_access"]
+        ):
+            return False
+        if "days_since_study_date" in c and not _in_range(
+            max(b.age + shift, 0), c["days_since_study_date"]
+        ):
+            return False
+        if "patient_age_years" in c:
+            years = None if b.patient_age is None else b.patient_age + shift / 365.25
+            if not _in_range(years, c["patient_age_years"]):
+                return False
+        return True
+
+
+@dataclass
+class _RuleEffect:
+    """What one rule did in a scenario, summed over the months (for the explanations)."""
+
+    byte_months: float = 0.0
+    restore_bytes: float = 0.0
+
+
+def _project(
+    *,
+    rules: list[dict[str, Any]] | None,
+    buckets: list[Bucket],
+    shifts: list[float],
+    read_share: dict[str, dict[int, float]],
+    prices: _Prices,
+    grace_days: int,
+    all_hot: bool = False,
+    probability_cache: dict[tuple[str, float], float] | None = None,
+) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
+    compiled = [_Compiled(i, r) for i, r in enumerate(rules or [])]
+    # Buckets of one modality and age share their read probability, in every scenario.
+    probabilities = probability_cache if probability_cache is not None else {}
+
+    def read_probability(modality: str, age: float) -> float:
+        key = (modality, age)
+        if key not in probabilities:
+            share = read_share.get(modality) or read_share.get("*") or {}
+            probabilities[key] = monthly_read_probability(share, age)
+        return probabilities[key]
+
+    moves = [c for c in compiled if c.action.get("type") == "move"]
+    deletes = [c for c in compiled if c.action.get("type") == "delete"]
+    # Per bucket, the rules whose conditions that time does not change it meets (in their
+    # order: the first matching move rule decides); each month compares only days and years.
+    moves_of = [[r for r in moves if r.matches_always(b)] for b in buckets]
+    deletes_of = [[r for r in deletes if r.matches_always(b)] for b in buckets]
+    # Per bucket: tier, day of entering it (relative to now), trashed-at shift.
+    tier = ["hot" if all_hot else b.tier for b in buckets]
+    entered = [-b.in_tier for b in buckets]
+    trashed: list[float | None] = [None] * len(buckets)
+    gone = [False] * len(buckets)
+    effects: dict[int, _RuleEffect] = defaultdict(_RuleEffect)
+    months: list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]] = []
+    for k, shift in enumerate(shifts):
+        usage = _Usage()
+        for i, b in enumerate(buckets):
+            if gone[i] or (b.arrives > k):
+                continue
+            if b.arrives == k:
+                usage.storage["hot"] += b.bytes / 2
+                usage.ingest_bytes += b.bytes
+                usage.ingest_instances += b.instances
+                continue
+            minimum = TIER_CATALOG[tier[i]].minimum_storage_days
+            stayed = shift - entered[i]
+            t_at = trashed[i]
+            if t_at is not None and shift >= t_at + grace_days:
+                usage.early[tier[i]] += b.bytes * max(minimum - stayed, 0)
+                gone[i] = True
+                continue
+            if t_at is None and not b.held:
+                for rule in deletes_of[i]:
+                    after = rule.action.get("after_days", 0)
+                    if b.age + shift >= after and rule.matches_at(b, shift):
+                        trashed[i] = shift
+                        break
+            target: _Compiled | None = None
+            for rule in moves_of[i]:
+                if rule.matches_at(b, shift):
+                    target = rule
+                    break
+            if target is not None and is_colder(target.action["tier"], tier[i]):
+                usage.early[tier[i]] += b.bytes * max(minimum - stayed, 0)
+                usage.transitions[target.action["tier"]] += b.instances
+                tier[i] = target.action["tier"]
+                entered[i] = shift
+            usage.storage[tier[i]] += b.bytes
+            reads = b.bytes * read_probability(b.modality, b.age + shift + 15)
+            usage.egress += reads
+            if tier[i] == "archive":
+                usage.restore += reads
+            if target is not None and tier[i] == target.action["tier"]:
+                # The rule that keeps these bytes where they are (moved now or before).
+                effect = effects[target.index]
+                effect.byte_months += b.bytes
+                if tier[i] == "archive":
+                    effect.restore_bytes += reads
+        months.append((usage, *_price_month(prices, usage)))
+    return months, effects

@@ -1,0 +1,305 @@
+"""The simulator's results: the scenarios' monthly costs, the recommendations, the verdict, and
+amounts as the portal and the API show them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from archive.analytics.charts import simulation_chart
+from archive.analytics.curve import AccessCurve
+from archive.tiers import TIER_CATALOG
+from billing.pricing import round_money
+
+TIERS = tuple(TIER_CATALOG)
+MONTHS = 12
+
+COMPONENTS: dict[str, str] = {
+    **{f"storage_{t}": f"Storage ({t})" for t in TIERS},
+    "transitions": "Tier transitions",
+    "restores": "Restores",
+    "early_deletion": "Early deletion",
+    "egress": "Egress",
+    "ingest": "Ingest",
+}
+SCENARIO_LABELS = {
+    "all_hot": "Everything hot",
+    "active": "Active policy",
+    "candidate": "Candidate policy",
+    "recommended": "Recommended policy",
+}
+
+
+SUBCENT = Decimal("0.0001")
+
+
+def money_text(amount: Decimal, exact: Decimal | None = None) -> str:
+    """An amount for display: to the cent, like an invoice; when that shows 0.00 but the exact
+    figure is not zero (tiny images), the exact figure to 4 decimals ("0.0032"), or "<0.0001"."""
+    rounded = round_money(amount)
+    exact = amount if exact is None else exact
+    if rounded or not exact:
+        return f"{rounded:,.2f}"
+    small = exact.quantize(SUBCENT, rounding=ROUND_HALF_UP)
+    if small:
+        return f"{small:,.4f}"
+    return "<0.0001" if exact > 0 else "-<0.0001"
+
+
+def money_cell(amount: Decimal, exact: Decimal, currency: str) -> dict[str, str]:
+    """Text and tooltip of a table cell: the amount as billed, the exact one in the title."""
+    return {
+        "text": money_text(amount, exact),
+        "title": f"{exact:,.6f} {currency} before each month's rounding to the cent",
+    }
+
+
+@dataclass
+class MonthCost:
+    start: date
+    components: dict[str, Decimal]
+    bytes_by_tier: dict[str, int]
+    # The components before the rounding to the cent (for display of sub-cent amounts).
+    exact: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Decimal:
+        return sum(self.components.values(), Decimal("0.00"))
+
+    @property
+    def exact_total(self) -> Decimal:
+        return sum((self.exact or self.components).values(), Decimal(0))
+
+
+@dataclass
+class Scenario:
+    key: str
+    label: str
+    rules: list[dict[str, Any]] | None
+    months: list[MonthCost] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def totals(self) -> dict[str, Decimal]:
+        out = {c: Decimal("0.00") for c in COMPONENTS}
+        for month in self.months:
+            for c, amount in month.components.items():
+                out[c] += amount
+        return out
+
+    @property
+    def total(self) -> Decimal:
+        return sum((m.total for m in self.months), Decimal("0.00"))
+
+    @property
+    def monthly_average(self) -> Decimal:
+        return round_money(self.total / len(self.months)) if self.months else Decimal("0.00")
+
+    @property
+    def exact_totals(self) -> dict[str, Decimal]:
+        out = {c: Decimal(0) for c in COMPONENTS}
+        for month in self.months:
+            for c, amount in (month.exact or month.components).items():
+                out[c] += amount
+        return out
+
+    @property
+    def exact_total(self) -> Decimal:
+        return sum((m.exact_total for m in self.months), Decimal(0))
+
+    @property
+    def exact_monthly_average(self) -> Decimal:
+        return self.exact_total / len(self.months) if self.months else Decimal(0)
+
+
+@dataclass
+class Recommendation:
+    modality: str
+    tier: str
+    days: int
+    reread_share: float
+    saving_per_month: Decimal
+    restore_per_month: Decimal
+    text: str
+
+
+@dataclass
+class Simulation:
+    as_of: datetime
+    currency: str
+    plan_code: str
+    month_starts: list[date]
+    scenarios: list[Scenario]
+    recommendations: list[Recommendation]
+    curve: AccessCurve
+    instances: int
+    bytes: int
+    buckets: int
+    ingest_bytes_per_month: int
+    seconds: float = 0.0
+
+    def scenario(self, key: str) -> Scenario | None:
+        return next((s for s in self.scenarios if s.key == key), None)
+
+    @property
+    def verdict(self) -> str:
+        """How the policies compare, per month on average: the candidate against the active
+        policy (or everything hot when none is active), and the recommended rules against the
+        active policy, which may already be the cheaper choice."""
+        hot, active = self.scenario("all_hot"), self.scenario("active")
+        candidate, recommended = self.scenario("candidate"), self.scenario("recommended")
+        baseline, baseline_name = (
+            (active, "the active policy")
+            if active is not None and active.rules is not None and active.note == ""
+            else (hot, "keeping everything hot")
+        )
+        if baseline is None:
+            return ""
+
+        def money(amount: Decimal) -> str:
+            # To the cent, or to 4 decimals when that shows 0.00 (tiny inventories).
+            return _money(amount, self.currency)
+
+        def against(s: Scenario, name: str) -> str:
+            amount, base = s.exact_monthly_average, baseline.exact_monthly_average
+            difference = amount - base
+            cost = f"{name} would cost {money(amount)}/month on average"
+            # The same when the difference would not show at the precision of the amounts.
+            shown = Decimal("0.005") if max(amount, base) >= Decimal("0.005") else SUBCENT / 2
+            if abs(difference) < shown:
+                return f"{cost}, the same as {baseline_name}."
+            more_or_less = "less" if difference < 0 else "more"
+            return f"{cost}, {money(abs(difference))}/month {more_or_less} than {baseline_name}."
+
+        sentences = []
+        if candidate is not None:
+            sentences.append(against(candidate, "The policy being edited"))
+        if recommended is not None and recommended.rules:
+            if (
+                baseline is active
+                and recommended.exact_monthly_average >= baseline.exact_monthly_average
+            ):
+                sentences.append(
+                    f"The active policy already costs {money(baseline.exact_monthly_average)}"
+                    f"/month on average, no more than the recommended rules "
+                    f"({money(recommended.exact_monthly_average)}/month): keeping it is the "
+                    "cheaper choice."
+                )
+            else:
+                sentences.append(against(recommended, "The recommended policy"))
+        return " ".join(sentences)
+
+    @property
+    def components(self) -> list[tuple[str, str]]:
+        return list(COMPONENTS.items())
+
+    def component_rows(self) -> list[dict[str, Any]]:
+        """12-month totals per component (rows) and scenario (columns), for the table: ``values``
+        as billed (rounded each month) and ``cells`` for display (see ``money_cell``)."""
+        totals = {s.key: s.totals for s in self.scenarios}
+        exact = {s.key: s.exact_totals for s in self.scenarios}
+        rows = []
+        for key, label in COMPONENTS.items():
+            values = [totals[s.key][key] for s in self.scenarios]
+            exacts = [exact[s.key][key] for s in self.scenarios]
+            if any(values) or any(exacts):
+                cells = [
+                    money_cell(v, e, self.currency) for v, e in zip(values, exacts, strict=True)
+                ]
+                rows.append({"key": key, "label": label, "values": values, "cells": cells})
+        return rows
+
+    def total_cells(self) -> list[dict[str, str]]:
+        return [
+            {"key": s.key, **money_cell(s.total, s.exact_total, self.currency)}
+            for s in self.scenarios
+        ]
+
+    def average_cells(self) -> list[dict[str, str]]:
+        return [
+            {"key": s.key, **money_cell(s.monthly_average, s.exact_monthly_average, self.currency)}
+            for s in self.scenarios
+        ]
+
+    def saving(self, key: str) -> Decimal | None:
+        """12-month saving of a scenario against everything hot."""
+        base, other = self.scenario("all_hot"), self.scenario(key)
+        if base is None or other is None:
+            return None
+        return base.total - other.total
+
+    @property
+    def chart(self) -> Any:
+        """The monthly cost per scenario (``archive.analytics.charts.simulation_chart``)."""
+        return simulation_chart(
+            currency=self.currency,
+            month_starts=self.month_starts,
+            lines=[
+                (
+                    s.key,
+                    s.label,
+                    [float(m.exact_total) for m in s.months],
+                    money_text(s.total, s.exact_total),
+                )
+                for s in self.scenarios
+            ],
+            money=lambda v: money_text(Decimal(str(v))),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of,
+            "currency": self.currency,
+            "plan": self.plan_code,
+            "months": [m.isoformat() for m in self.month_starts],
+            "inventory": {
+                "instances": self.instances,
+                "bytes": self.bytes,
+                "buckets": self.buckets,
+                "ingest_bytes_per_month": self.ingest_bytes_per_month,
+            },
+            "scenarios": [
+                {
+                    "key": s.key,
+                    "title": s.label,
+                    "rules": s.rules,
+                    "note": s.note,
+                    "total": str(s.total),
+                    "totals": {k: str(v) for k, v in s.totals.items()},
+                    "months": [
+                        {
+                            "month": m.start.isoformat(),
+                            "total": str(m.total),
+                            "components": {k: str(v) for k, v in m.components.items()},
+                            "bytes_by_tier": m.bytes_by_tier,
+                        }
+                        for m in s.months
+                    ],
+                }
+                for s in self.scenarios
+            ],
+            "recommendations": [
+                {
+                    "modality": r.modality,
+                    "tier": r.tier,
+                    "days": r.days,
+                    "reread_share": r.reread_share,
+                    "saving_per_month": str(r.saving_per_month),
+                    "restore_per_month": str(r.restore_per_month),
+                    "text": r.text,
+                }
+                for r in self.recommendations
+            ],
+            "verdict": self.verdict,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency)
+    text = money_text(amount)
+    if text.startswith("<"):
+        return f"less than {symbol}0.0001" if symbol else f"less than 0.0001 {currency}"
+    return f"{symbol}{text}" if symbol else f"{text} {currency}"
