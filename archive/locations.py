@@ -28,7 +28,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from archive import replicas
 from archive.models import (
     DEFAULT_STORAGE_CLASSES,
     TIERS,
@@ -36,6 +35,11 @@ from archive.models import (
     Instance,
     PendingObject,
     StorageLocation,
+)
+from archive.replicas.selectors import replica_rows_exist
+from archive.replicas.services import (
+    replica_location_check_locked,
+    replica_location_release_locked,
 )
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.credentials import encrypt
@@ -316,7 +320,7 @@ def _primary_switch_locked(
         )
         current.delete()
     else:
-        replicas.replica_location_check_locked(
+        replica_location_check_locked(
             org=org, values=None, exclude_pk=new_primary.pk if new_primary else None
         )
         current.role = StorageLocation.Role.REPLICA
@@ -345,7 +349,7 @@ def location_create(*, org: Organization, data: LocationInput, actor: Actor) -> 
             if data.role == StorageLocation.Role.PRIMARY:
                 _primary_switch_locked(org=org, new_primary=None, actor=actor)
             else:
-                replicas.replica_location_check_locked(org=org, values=values)
+                replica_location_check_locked(org=org, values=values)
             location = StorageLocation.objects.create(
                 organization=org,
                 kind=StorageLocation.Kind.S3,
@@ -393,7 +397,7 @@ def location_update(
             "can.",
             fields={"bucket": ["Images are stored here; the bucket settings are fixed."]},
         )
-    if moved and replicas.replica_rows_exist(org=org, location=location):
+    if moved and replica_rows_exist(org=org, location=location):
         raise Conflict(
             "Replicas are stored in this location: its bucket, prefix, endpoint and region "
             "cannot change. Remove the replica and add a new one instead.",
@@ -407,7 +411,7 @@ def location_update(
                 _primary_switch_locked(org=org, new_primary=location, actor=actor)
                 changed.append("role")
             elif data.role == StorageLocation.Role.REPLICA:
-                replicas.replica_location_check_locked(
+                replica_location_check_locked(
                     org=org, values={"kind": location.kind, **values}, exclude_pk=location.pk
                 )
             for field, value in values.items():
@@ -457,7 +461,7 @@ def location_delete(*, org: Organization, location: StorageLocation, actor: Acto
         ):
             raise Conflict("Images are being stored right now; try again in a minute.")
         if location.role == StorageLocation.Role.REPLICA:
-            replicas.replica_location_release_locked(org=org, location=location, actor=actor)
+            replica_location_release_locked(org=org, location=location, actor=actor)
         audit_record(
             org=org,
             actor=actor,

@@ -33,6 +33,7 @@ from archive.models import (
     Study,
     TierMove,
 )
+from archive.replicas.services import replica_objects_delete, replicas_forget_locked
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import early_deletion_byte_days
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
@@ -171,8 +172,6 @@ def trashed_study_get(*, org: Organization, study_id: int | str) -> Study:
 def _delete_bytes(org: Organization, instances: list[Instance]) -> None:
     """Delete every copy of ``instances``: the disaster-recovery replicas, then the primary
     objects. Raises StorageUnavailable on the first failure (the rows stay; a rerun retries)."""
-    from archive.replicas import replica_objects_delete
-
     replica_objects_delete(org=org, instance_ids=[i.pk for i in instances])
     stores: dict[int, Any] = {}
     for instance in instances:
@@ -185,8 +184,6 @@ def _delete_bytes(org: Organization, instances: list[Instance]) -> None:
 def _delete_rows(*, org: Organization, study: Study, ids: list[int], now: datetime) -> int:
     """One transaction: the rows of instances whose bytes are gone, with their ledger deltas and
     early-deletion charges. Returns the rows deleted (0 when the study is no longer due)."""
-    from archive.replicas import replicas_forget_locked
-
     with transaction.atomic():
         row = _locked(org, study)
         if not _purge_due(row, now) or row.legal_hold:

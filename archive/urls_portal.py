@@ -2,9 +2,10 @@
 
 from django.urls import URLPattern, path
 
-from archive import views, views_policies, views_replicas
+from archive import views, views_policies
 from archive import views_restores as restores_views
-from archive.analytics.views import analytics as analytics_view
+from archive.replicas import views as replica_views
+from archive.views_analytics import analytics as analytics_view
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),
@@ -47,7 +48,7 @@ urlpatterns: list[URLPattern] = [
     path("ingest/ae-titles/<int:ae_id>/delete/", views.ae_delete, name="portal-ae-delete"),
     path("storage/", views.storage, name="portal-storage"),
     path("storage/quota/", views.storage_quota, name="portal-storage-quota"),
-    path("storage/replica/drill/", views_replicas.drill_run, name="portal-replica-drill"),
+    path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),
     path("storage/locations/new/", views.location_create, name="portal-location-create"),
     path(
         "storage/locations/<int:location_id>/edit/",

@@ -14,9 +14,10 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import replicas
 from archive.apis import LocationOutputSerializer, _tier_field
 from archive.models import InstanceReplica, ReplicaCheck
+from archive.replicas import selectors, services
+from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill
 from tenants.api import NewestFirstPagination, OrgAPIView, error_responses, paginated
 from tenants.apis import NamedChoiceField
 from tenants.errors import NotFound
@@ -114,7 +115,7 @@ class ReplicationStatusApi(OrgAPIView):
         responses={200: ReplicationStatusSerializer, **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        state = replicas.replication_status(org=self.org)
+        state = selectors.replication_status(org=self.org)
         data = {**state.__dict__, "enabled": state.enabled}
         return Response(ReplicationStatusSerializer(data).data)
 
@@ -132,7 +133,7 @@ class ReplicaFailureListApi(OrgAPIView):
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         return paginated(
-            self, request, replicas.replica_failures(org=self.org), ReplicaFailureSerializer
+            self, request, selectors.replica_failures(org=self.org), ReplicaFailureSerializer
         )
 
 
@@ -154,7 +155,7 @@ class ReplicaRetryApi(OrgAPIView):
         responses={200: OutputSerializer, **_errors()},
     )
     def post(self, request: Request, **kwargs: Any) -> Response:
-        count = replicas.replicas_retry_failed(org=self.org, actor=self.actor)
+        count = services.replicas_retry_failed(org=self.org, actor=self.actor)
         return Response(self.OutputSerializer({"retried": count}).data)
 
 
@@ -168,7 +169,7 @@ class DrillListApi(OrgAPIView):
         sample = serializers.IntegerField(
             min_value=1,
             max_value=API_MAX_SAMPLE,
-            default=replicas.DRILL_DEFAULT_SAMPLE,
+            default=DRILL_DEFAULT_SAMPLE,
             help_text=f"How many replicated instances to read back (1-{API_MAX_SAMPLE}).",
         )
 
@@ -181,7 +182,7 @@ class DrillListApi(OrgAPIView):
         responses={200: DrillOutputSerializer(many=True), **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        return paginated(self, request, replicas.drill_list(org=self.org), DrillOutputSerializer)
+        return paginated(self, request, selectors.drill_list(org=self.org), DrillOutputSerializer)
 
     @extend_schema(
         tags=["replication"],
@@ -195,7 +196,7 @@ class DrillListApi(OrgAPIView):
     def post(self, request: Request, **kwargs: Any) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        check = replicas.replica_drill(
+        check = replica_drill(
             org=self.org, sample=serializer.validated_data["sample"], actor=self.actor
         )
         return Response(DrillOutputSerializer(check).data, status=status.HTTP_201_CREATED)
@@ -210,7 +211,7 @@ class DrillDetailApi(OrgAPIView):
         responses={200: DrillOutputSerializer, **_errors()},
     )
     def get(self, request: Request, drill_id: int, **kwargs: Any) -> Response:
-        check = replicas.drill_list(org=self.org).filter(pk=drill_id).first()
+        check = selectors.drill_list(org=self.org).filter(pk=drill_id).first()
         if check is None:
             raise NotFound("DR drill not found.")
         return Response(DrillOutputSerializer(check).data)

@@ -1,30 +1,6 @@
-"""The disaster-recovery replica: every instance copied to a second location, verified, billed.
-
-An organization has at most one location with role ``replica``. Replication runs in three steps:
-
-- ``replicas_sync`` finds, in SQL, instances without a replica row for that location and inserts
-  pending rows (one ``INSERT ... SELECT``, bounded by ``limit``).
-- ``replicas_dispatch`` reserves a bounded batch of pending rows and hands them to the workers.
-- ``replica_copy`` claims a row with a conditional UPDATE (a lease in ``claimed_until``), streams
-  the object from the primary into the replica store's spool while hashing it (constant memory),
-  stores it in the replica tier, verifies it (HEAD size, the SHA-256 the store recorded, and the
-  streamed SHA-256 against the index), and marks the row done in the same transaction that writes
-  the storage-ledger delta (replica bytes are stored bytes and are billed).
-
-Rules that must stay true:
-
-- A row is ``done`` only once the replica object's bytes were verified against ``Instance.sha256``.
-- The ledger delta of a replica has the key ``replica:<row id>``: a row copied twice (a lease that
-  ran out, a drill that sent it back to pending) is billed once.
-- Only the holder of the current lease finishes a row; a worker whose lease was taken over
-  writes nothing to the index.
-- A failure is retried (``MAX_ATTEMPTS``) and then reported as ``failed`` with the reason. An
-  archive-tier primary that is not restored cannot be read: that row fails at once with that
-  reason (replication normally happens long before a policy moves data to the archive tier).
-
-``replica_drill`` reads a random sample back from the replica and recomputes the checksums
-(``manage.py dr_drill``, the API and the storage page run it).
-"""
+"""Writes of the disaster-recovery replica (see ``archive.replicas`` for the steps and the rules
+that must stay true): sync, dispatch, copy and verify, retry, and the hooks that the storage
+locations and the trash purge call inside their own transactions."""
 
 from __future__ import annotations
 
@@ -37,10 +13,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
+from archive.replicas.selectors import replica_location, same_storage
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.tiers import tier_get
 from billing.metering import storage_delta
@@ -59,8 +36,6 @@ COPY_BATCH = 20
 # A dispatched row is reserved this long for the task that carries it; if the task is lost, the
 # next dispatch after this time hands the row out again.
 DISPATCH_HOLD = timedelta(minutes=10)
-DRILL_MAX_SAMPLE = 10_000
-DRILL_DEFAULT_SAMPLE = 100
 
 PRIMARY_ARCHIVED = (
     "The primary copy is in the archive tier and not restored, so it cannot be read; "
@@ -81,68 +56,12 @@ def _lease() -> timedelta:
 
 
 def _store(location: StorageLocation) -> ObjectStore:
+    """The one way to a location's store, for copies, deletions and the drill alike (the tests
+    put a second filesystem root behind it)."""
     return store_for(location)
 
 
-# --- the replica location ----------------------------------------------------------------------
-
-
-def replica_location(*, org: Organization) -> StorageLocation | None:
-    return (
-        StorageLocation.objects.for_org(org)
-        .filter(role=StorageLocation.Role.REPLICA)
-        .order_by("id")
-        .first()
-    )
-
-
-def _platform_target() -> tuple[str, str, str] | None:
-    if settings.ARCHIVE_BACKEND != "s3":
-        return None
-    return (
-        str(settings.ARCHIVE_S3_ENDPOINT_URL or ""),
-        str(settings.ARCHIVE_S3_BUCKET),
-        str(settings.ARCHIVE_S3_PREFIX or ""),
-    )
-
-
-def _target(kind: str, endpoint_url: str, bucket: str, prefix: str) -> tuple[str, str, str] | None:
-    if kind == StorageLocation.Kind.PLATFORM:
-        return _platform_target()
-    return (endpoint_url, bucket, prefix)
-
-
-def _normalized(target: tuple[str, str, str]) -> tuple[str, str, str]:
-    endpoint, bucket, prefix = target
-    return (endpoint.strip().rstrip("/").lower(), bucket.strip(), prefix.strip().strip("/"))
-
-
-def same_storage(a: StorageLocation | dict[str, Any], b: StorageLocation | dict[str, Any]) -> bool:
-    """Whether two locations write to the same place: a replica there protects nothing.
-
-    Both the platform default, or the same endpoint, bucket and prefix (the platform default is
-    compared by its own bucket when the platform stores on S3).
-    """
-
-    def parts(x: StorageLocation | dict[str, Any]) -> tuple[str, str, str, str]:
-        if isinstance(x, StorageLocation):
-            return (x.kind, x.endpoint_url, x.bucket, x.prefix)
-        return (
-            str(x.get("kind", StorageLocation.Kind.S3)),
-            str(x.get("endpoint_url", "")),
-            str(x.get("bucket", "")),
-            str(x.get("prefix", "")),
-        )
-
-    kind_a, *rest_a = parts(a)
-    kind_b, *rest_b = parts(b)
-    if kind_a == kind_b == StorageLocation.Kind.PLATFORM:
-        return True
-    target_a = _target(kind_a, *rest_a)
-    target_b = _target(kind_b, *rest_b)
-    if target_a is None or target_b is None:
-        return False
-    return _normalized(target_a) == _normalized(target_b)
+# --- the replica location -------------------------------------------------------------------------
 
 
 def replica_location_check_locked(
@@ -175,10 +94,6 @@ def replica_location_check_locked(
                 ]
             },
         )
-
-
-def replica_rows_exist(*, org: Organization, location: StorageLocation) -> bool:
-    return InstanceReplica.objects.for_org(org).filter(location=location).exists()
 
 
 def replica_location_release_locked(
@@ -220,7 +135,7 @@ def replica_location_release_locked(
         )
 
 
-# --- sync: pending rows for every instance not yet replicated ---------------------------------
+# --- sync: pending rows for every instance not yet replicated -------------------------------------
 
 
 def replicas_sync(*, org: Organization, limit: int = SYNC_BATCH) -> int:
@@ -309,7 +224,7 @@ def replicas_dispatch(
     return token, [ids[i : i + COPY_BATCH] for i in range(0, len(ids), COPY_BATCH)]
 
 
-# --- copy ---------------------------------------------------------------------------------------
+# --- copy -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -488,7 +403,7 @@ def replicas_retry_failed(*, org: Organization, actor: Actor) -> int:
     return count
 
 
-# --- instances leaving the archive (used by the trash purge) -----------------------------------
+# --- instances leaving the archive (used by the trash purge) --------------------------------------
 
 
 def replica_objects_delete(*, org: Organization, instance_ids: list[int]) -> None:
@@ -527,254 +442,3 @@ def replicas_forget_locked(*, org: Organization, instance_ids: list[int], at: da
         )
     deleted, _ = rows.delete()
     return deleted
-
-
-# --- status -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReplicationStatus:
-    location: StorageLocation | None
-    instances: int
-    bytes: int
-    replicated: int
-    replicated_bytes: int
-    pending: int
-    pending_bytes: int
-    failed: int
-    failed_bytes: int
-    # The oldest instance without a verified replica, and how long it has waited.
-    oldest_unreplicated_at: datetime | None
-    lag_seconds: int
-    last_drill: ReplicaCheck | None
-
-    @property
-    def enabled(self) -> bool:
-        return self.location is not None
-
-
-def replication_status(*, org: Organization) -> ReplicationStatus:
-    """Where replication stands. Pending counts instances without a row yet (not synced) too.
-
-    Counts per state come from the replica rows alone; sizes and waiting times are read only for
-    the rows not done (few, through the state index) and for the instances without a row. Those
-    are the instances above the highest one with a row whenever their number adds up (new
-    instances not synced yet, the usual case); otherwise an anti-join finds them.
-    """
-    location = replica_location(org=org)
-    instances_qs = Instance.objects.for_org(org)
-    totals = instances_qs.aggregate(n=Count("id"), size=Sum("size_bytes"))
-    instances, size = int(totals["n"] or 0), int(totals["size"] or 0)
-    if location is None:
-        return ReplicationStatus(None, instances, size, 0, 0, 0, 0, 0, 0, None, 0, None)
-    rows = InstanceReplica.objects.for_org(org).filter(location=location)
-    counts = {
-        row["state"]: (int(row["n"]), int(row["top"] or 0))
-        for row in rows.values("state").annotate(n=Count("id"), top=Max("instance_id"))
-    }
-    waiting = {
-        row["state"]: (int(row["size"] or 0), row["oldest"])
-        for row in rows.exclude(state=InstanceReplica.State.DONE)
-        .values("state")
-        .annotate(size=Sum("instance__size_bytes"), oldest=Min("instance__received_at"))
-    }
-    without = max(instances - sum(n for n, _ in counts.values()), 0)
-    unsynced: dict[str, Any] = {"n": 0, "size": 0, "oldest": None}
-    if without:
-        aggregates = {"n": Count("id"), "size": Sum("size_bytes"), "oldest": Min("received_at")}
-        top = max((t for _, t in counts.values()), default=0)
-        unsynced = instances_qs.filter(pk__gt=top).aggregate(**aggregates)
-        if unsynced["n"] != without:
-            has_row = InstanceReplica.objects.filter(instance_id=OuterRef("pk"), location=location)
-            unsynced = instances_qs.filter(~Exists(has_row)).aggregate(**aggregates)
-    done = counts.get(InstanceReplica.State.DONE, (0, 0))[0]
-    failed = counts.get(InstanceReplica.State.FAILED, (0, 0))[0]
-    failed_bytes = waiting.get(InstanceReplica.State.FAILED, (0, None))[0]
-    pending_bytes = waiting.get(InstanceReplica.State.PENDING, (0, None))[0] + int(
-        unsynced["size"] or 0
-    )
-    starts = [at for _, at in waiting.values() if at is not None]
-    if unsynced["oldest"] is not None:
-        starts.append(unsynced["oldest"])
-    oldest = min(starts, default=None)
-    now = timezone.now()
-    lag = max(int((now - oldest).total_seconds()), 0) if oldest else 0
-    return ReplicationStatus(
-        location=location,
-        instances=instances,
-        bytes=size,
-        replicated=done,
-        replicated_bytes=max(size - pending_bytes - failed_bytes, 0),
-        pending=max(instances - done - failed, 0),
-        pending_bytes=pending_bytes,
-        failed=failed,
-        failed_bytes=failed_bytes,
-        oldest_unreplicated_at=oldest,
-        lag_seconds=lag,
-        last_drill=drill_list(org=org).first(),
-    )
-
-
-def replica_failures(*, org: Organization) -> Any:
-    return (
-        InstanceReplica.objects.for_org(org)
-        .filter(state=InstanceReplica.State.FAILED)
-        .select_related("instance", "location")
-        .order_by("-id")
-    )
-
-
-def drill_list(*, org: Organization) -> Any:
-    return (
-        ReplicaCheck.objects.for_org(org).select_related("location").order_by("-started_at", "-id")
-    )
-
-
-# --- the drill ----------------------------------------------------------------------------------
-
-
-def _verify_sample(
-    store: ObjectStore, replica: InstanceReplica
-) -> tuple[str | None, int, str | None]:
-    """(problem kind or None, bytes read, problem text) for one sampled replica."""
-    instance = replica.instance
-    key, tier = instance.object_key, replica.tier
-    try:
-        stored = store.head(key=key, tier=tier)
-    except StorageUnavailable as exc:
-        return "missing", 0, f"The replica could not be reached: {exc}"
-    if stored is None:
-        return "missing", 0, "The replica object does not exist."
-    if stored.sha256 and stored.sha256 != instance.sha256:
-        return "mismatched", 0, "The replica store recorded another SHA-256 than the index's."
-    if tier_get(tier).needs_restore and not store.restore_status(key=key, tier=tier).ready:
-        # Reading it back would need a restore first: size and the recorded checksum must do.
-        if stored.size != instance.size_bytes or not stored.sha256:
-            return "mismatched", 0, "The archived replica's size or checksum does not match."
-        return None, 0, None
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        for chunk in store.iter_bytes(key=key, tier=tier):
-            digest.update(chunk)
-            size += len(chunk)
-    except StorageUnavailable as exc:
-        return "missing", size, f"The replica object could not be read: {exc}"
-    if size != instance.size_bytes or digest.hexdigest() != instance.sha256:
-        return (
-            "mismatched",
-            size,
-            f"Read {size} bytes with SHA-256 {digest.hexdigest()[:12]}…; the index says "
-            f"{instance.size_bytes} bytes with {instance.sha256[:12]}….",
-        )
-    return None, size, None
-
-
-def replica_drill(
-    *, org: Organization, sample: int = DRILL_DEFAULT_SAMPLE, actor: Actor
-) -> ReplicaCheck:
-    """Read back a random sample of replicated instances and verify them against the index.
-
-    Missing or mismatched replicas are sent back to pending, so replication repairs them (their
-    ledger key is unchanged: the bytes are not billed twice). The result is kept as a
-    ``ReplicaCheck`` and audited as ``replica.drill``.
-    """
-    if (
-        isinstance(sample, bool)
-        or not isinstance(sample, int)
-        or not 1 <= sample <= DRILL_MAX_SAMPLE
-    ):
-        raise ValidationFailed(
-            "Invalid sample size.",
-            fields={"sample": [f"Enter a sample size from 1 to {DRILL_MAX_SAMPLE}."]},
-        )
-    location = replica_location(org=org)
-    if location is None:
-        raise Conflict(
-            "The organization has no disaster-recovery replica; add a bucket with role "
-            "replica first."
-        )
-    started = timezone.now()
-    sampled = list(
-        InstanceReplica.objects.for_org(org)
-        .filter(location=location, state=InstanceReplica.State.DONE)
-        .select_related("instance")
-        .order_by("?")[:sample]
-    )
-    store = _store(location)
-    verified = missing = mismatched = bytes_read = 0
-    problems: list[dict[str, str]] = []
-    broken: list[int] = []
-    for replica in sampled:
-        kind, size, text = _verify_sample(store, replica)
-        bytes_read += size
-        if kind is None:
-            verified += 1
-            continue
-        if kind == "missing":
-            missing += 1
-        else:
-            mismatched += 1
-        broken.append(replica.pk)
-        problems.append(
-            {
-                "sop_instance_uid": replica.instance.sop_instance_uid,
-                "problem": kind,
-                "detail": text or "",
-            }
-        )
-    with transaction.atomic():
-        check = ReplicaCheck.objects.create(
-            organization=org,
-            location=location,
-            started_at=started,
-            finished_at=timezone.now(),
-            sampled=len(sampled),
-            verified=verified,
-            missing=missing,
-            mismatched=mismatched,
-            bytes_read=bytes_read,
-            problems=problems,
-        )
-        if broken:
-            InstanceReplica.objects.for_org(org).filter(pk__in=broken).update(
-                state=InstanceReplica.State.PENDING,
-                attempts=0,
-                claimed_until=None,
-                error="The disaster-recovery drill found this replica missing or damaged.",
-            )
-        audit_record(
-            org=org,
-            actor=actor,
-            action="replica.drill",
-            target=check,
-            details={
-                "location": location.pk,
-                "sampled": check.sampled,
-                "verified": verified,
-                "missing": missing,
-                "mismatched": mismatched,
-                "bytes_read": bytes_read,
-            },
-        )
-    if broken:
-        logger.warning(
-            "DR drill %s of org %s: %s missing, %s mismatched",
-            check.pk,
-            org.pk,
-            missing,
-            mismatched,
-        )
-    return check
-
-
-# --- the beat job --------------------------------------------------------------------------------
-
-
-def replica_org_ids() -> list[int]:
-    """Organizations that have a replica location."""
-    return list(
-        StorageLocation.objects.filter(role=StorageLocation.Role.REPLICA)
-        .values_list("organization_id", flat=True)
-        .distinct()
-    )

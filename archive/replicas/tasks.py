@@ -1,9 +1,10 @@
 """Celery tasks of the disaster-recovery replica. Imported by ``archive.tasks`` so that the
-worker's autodiscovery registers them; named ``archive.tasks.replica_*`` so that the task routes
-send them to the ``tiering`` queue.
+worker's autodiscovery registers them; named ``archive.tasks.replica_*`` (the names they had
+before this package existed) so that queued messages, the beat schedule and the task routes,
+which send them to the ``tiering`` queue, keep finding them.
 
-Thin: load by id, call ``archive.replicas``. Safe to run twice and to kill at any line: rows are
-claimed with a conditional UPDATE and a lease (see ``archive.replicas``).
+Thin: load by id, call ``archive.replicas.services``. Safe to run twice and to kill at any line:
+rows are claimed with a conditional UPDATE and a lease (see ``archive.replicas``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from celery import shared_task
 
+from archive.replicas import selectors, services
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -20,27 +22,23 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="archive.tasks.replica_copy", ignore_result=True)
 def replica_copy(org_id: int, replica_ids: list[int], reserved_until: str | None = None) -> None:
-    from archive import replicas
-
     org = Organization.objects.filter(pk=org_id).first()
     if org is None:
         return
     token = datetime.fromisoformat(reserved_until) if reserved_until else None
-    replicas.replica_copy(org=org, replica_ids=list(replica_ids), reserved_until=token)
+    services.replica_copy(org=org, replica_ids=list(replica_ids), reserved_until=token)
 
 
 @shared_task(name="archive.tasks.replica_tick", ignore_result=True)
 def replica_tick() -> dict[str, int]:
     """Beat, every minute: per organization with a replica, insert pending rows for new
     instances and hand a bounded number of them to the workers."""
-    from archive import replicas
-
     synced = dispatched = 0
     for org in Organization.objects.filter(
-        pk__in=replicas.replica_org_ids(), status=Organization.Status.ACTIVE
+        pk__in=selectors.replica_org_ids(), status=Organization.Status.ACTIVE
     ):
-        synced += replicas.replicas_sync(org=org)
-        token, batches = replicas.replicas_dispatch(org=org)
+        synced += services.replicas_sync(org=org)
+        token, batches = services.replicas_dispatch(org=org)
         for batch in batches:
             replica_copy.apply_async((org.pk, batch, token.isoformat()))
             dispatched += len(batch)

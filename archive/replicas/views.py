@@ -9,7 +9,7 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from archive import replicas
+from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill
 from tenants.errors import ServiceError
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
@@ -22,14 +22,14 @@ PORTAL_MAX_SAMPLE = 1000
 def drill_run(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     back = reverse("portal-storage", args=[ctx.org.slug]) + "#replica"
     try:
-        sample = int(request.POST.get("sample") or replicas.DRILL_DEFAULT_SAMPLE)
+        sample = int(request.POST.get("sample") or DRILL_DEFAULT_SAMPLE)
     except ValueError:
         sample = 0
     if not 1 <= sample <= PORTAL_MAX_SAMPLE:
         messages.error(request, f"Enter a sample size from 1 to {PORTAL_MAX_SAMPLE}.")
         return redirect(back)
     try:
-        check = replicas.replica_drill(org=ctx.org, sample=sample, actor=ctx.actor)
+        check = replica_drill(org=ctx.org, sample=sample, actor=ctx.actor)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(back)

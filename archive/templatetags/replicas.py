@@ -1,7 +1,7 @@
 """``{% replica_panel %}``: the disaster-recovery panel of the storage page.
 
 An inclusion tag, so that the storage view needs no change: it reads the replication status
-through ``archive.replicas`` for the organization of the page (``ctx``).
+through ``archive.replicas.selectors`` for the organization of the page (``ctx``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 from django import template
 
-from archive import replicas
+from archive.replicas.drill import DRILL_DEFAULT_SAMPLE
+from archive.replicas.selectors import drill_list, replication_status
 from tenants.roles import Perm
 
 register = template.Library()
@@ -41,8 +42,8 @@ def lag_label(seconds: int) -> str:
 @register.inclusion_tag("archive/replica_panel.html", takes_context=True)
 def replica_panel(context: template.Context) -> dict[str, Any]:
     ctx = context["ctx"]
-    status = replicas.replication_status(org=ctx.org)
-    drills = list(replicas.drill_list(org=ctx.org)[:DRILLS_SHOWN])
+    status = replication_status(org=ctx.org)
+    drills = list(drill_list(org=ctx.org)[:DRILLS_SHOWN])
     return {
         "ctx": ctx,
         "csrf_token": context.get("csrf_token"),
@@ -56,5 +57,5 @@ def replica_panel(context: template.Context) -> dict[str, Any]:
             for d in drills
         ],
         "can_manage": ctx.can(Perm.STORAGE_MANAGE),
-        "default_sample": replicas.DRILL_DEFAULT_SAMPLE,
+        "default_sample": DRILL_DEFAULT_SAMPLE,
     }

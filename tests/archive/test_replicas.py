@@ -14,9 +14,11 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive import ingest, replicas
+from archive import ingest
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
-from archive.replica_tasks import replica_tick
+from archive.replicas import selectors, services
+from archive.replicas.drill import DRILL_MAX_SAMPLE, replica_drill
+from archive.replicas.tasks import replica_tick
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -65,14 +67,14 @@ def fs_replica(
         bucket="dr-copy",
         replica_tier="cold",
     )
-    original = replicas._store
+    original = services._store
 
     def store(loc: StorageLocation) -> Any:
         if loc.role == StorageLocation.Role.REPLICA:
             return FilesystemStore(replica_root)
         return original(loc)
 
-    monkeypatch.setattr(replicas, "_store", store)
+    monkeypatch.setattr(services, "_store", store)
     return location
 
 
@@ -86,10 +88,10 @@ def ledger(org: Organization, prefix: str = "replica:") -> list[StorageDelta]:
     )
 
 
-def sync_and_copy(org: Organization) -> replicas.CopyOutcome:
-    replicas.replicas_sync(org=org)
+def sync_and_copy(org: Organization) -> services.CopyOutcome:
+    services.replicas_sync(org=org)
     ids = list(InstanceReplica.objects.for_org(org).values_list("pk", flat=True))
-    return replicas.replica_copy(org=org, replica_ids=ids)
+    return services.replica_copy(org=org, replica_ids=ids)
 
 
 # --- sync ---------------------------------------------------------------------------------------
@@ -99,8 +101,8 @@ def test_sync_inserts_one_pending_row_per_instance_and_nothing_when_run_again(
     org: Organization, fs_replica: StorageLocation
 ) -> None:
     instances = ingest_instances(org, 3)
-    assert replicas.replicas_sync(org=org) == 3
-    assert replicas.replicas_sync(org=org) == 0
+    assert services.replicas_sync(org=org) == 3
+    assert services.replicas_sync(org=org) == 0
     rows = InstanceReplica.objects.for_org(org)
     assert sorted(rows.values_list("instance_id", flat=True)) == [i.pk for i in instances]
     assert set(rows.values_list("state", "tier", "location_id")) == {
@@ -110,14 +112,14 @@ def test_sync_inserts_one_pending_row_per_instance_and_nothing_when_run_again(
 
 def test_sync_is_bounded_by_its_limit(org: Organization, fs_replica: StorageLocation) -> None:
     ingest_instances(org, 3)
-    assert replicas.replicas_sync(org=org, limit=2) == 2
-    assert replicas.replicas_sync(org=org, limit=2) == 1
+    assert services.replicas_sync(org=org, limit=2) == 2
+    assert services.replicas_sync(org=org, limit=2) == 1
     assert InstanceReplica.objects.for_org(org).count() == 3
 
 
 def test_sync_without_a_replica_location_does_nothing(org: Organization) -> None:
     ingest_instances(org, 1)
-    assert replicas.replicas_sync(org=org) == 0
+    assert services.replicas_sync(org=org) == 0
     assert not InstanceReplica.objects.exists()
 
 
@@ -125,7 +127,7 @@ def test_sync_only_sees_its_own_organization(
     org: Organization, other_org: Organization, fs_replica: StorageLocation
 ) -> None:
     ingest_instances(other_org, 2)
-    assert replicas.replicas_sync(org=org) == 0
+    assert services.replicas_sync(org=org) == 0
 
 
 # --- copy and verify ------------------------------------------------------------------------------
@@ -171,21 +173,21 @@ def test_two_workers_on_one_row_only_the_lease_holder_finishes(
     org: Organization, fs_replica: StorageLocation
 ) -> None:
     ingest_instances(org, 1)
-    replicas.replicas_sync(org=org)
+    services.replicas_sync(org=org)
     row = InstanceReplica.objects.for_org(org).get()
     # Worker A claims the row and is slow.
-    lease_a = replicas._claim(org, row.pk, None)
+    lease_a = services._claim(org, row.pk, None)
     assert lease_a is not None
     # Worker B gets nothing while A's lease runs.
-    assert replicas.replica_copy(org=org, replica_ids=[row.pk]).skipped == [row.pk]
+    assert services.replica_copy(org=org, replica_ids=[row.pk]).skipped == [row.pk]
     # A's lease runs out: B takes the row over and finishes it.
     InstanceReplica.objects.filter(pk=row.pk).update(
         claimed_until=timezone.now() - timedelta(seconds=1)
     )
-    assert replicas.replica_copy(org=org, replica_ids=[row.pk]).done == [row.pk]
+    assert services.replica_copy(org=org, replica_ids=[row.pk]).done == [row.pk]
     # A wakes up and tries to finish: its lease is gone, nothing is written.
     row.refresh_from_db()
-    assert replicas._finish(org, row, lease_a, 123) is False
+    assert services._finish(org, row, lease_a, 123) is False
     assert len(ledger(org)) == 1
     assert ledger(org)[0].delta_bytes == row.instance.size_bytes
 
@@ -194,14 +196,14 @@ def test_dispatch_reserves_rows_and_only_the_batch_token_claims_them(
     org: Organization, fs_replica: StorageLocation
 ) -> None:
     ingest_instances(org, 3)
-    replicas.replicas_sync(org=org)
-    token, batches = replicas.replicas_dispatch(org=org)
+    services.replicas_sync(org=org)
+    token, batches = services.replicas_dispatch(org=org)
     assert sum(len(b) for b in batches) == 3
     # Dispatching again hands out nothing: the rows are reserved for the queued task.
-    assert replicas.replicas_dispatch(org=org)[1] == []
+    assert services.replicas_dispatch(org=org)[1] == []
     ids = batches[0]
-    assert replicas.replica_copy(org=org, replica_ids=ids).skipped == ids
-    assert replicas.replica_copy(org=org, replica_ids=ids, reserved_until=token).done == ids
+    assert services.replica_copy(org=org, replica_ids=ids).skipped == ids
+    assert services.replica_copy(org=org, replica_ids=ids, reserved_until=token).done == ids
 
 
 def test_beat_tick_syncs_and_replicates(org: Organization, fs_replica: StorageLocation) -> None:
@@ -210,6 +212,22 @@ def test_beat_tick_syncs_and_replicates(org: Organization, fs_replica: StorageLo
     assert result == {"synced": 3, "dispatched": 3}
     assert set(InstanceReplica.objects.for_org(org).values_list("state", flat=True)) == {"done"}
     assert replica_tick() == {"synced": 0, "dispatched": 0}
+
+
+@pytest.mark.parametrize("task", ["replica_copy", "replica_tick"])
+def test_replica_tasks_keep_their_names_route_and_beat_entry(task: str) -> None:
+    """Queued messages, the task routes and the beat schedule name the tasks as they were named
+    before the package existed; the worker registers them through ``archive.tasks``."""
+    import archive.tasks  # noqa: F401  (what the worker's autodiscovery imports)
+    from archive.replicas import tasks
+    from saas.celery import app
+
+    name = f"archive.tasks.{task}"
+    assert getattr(tasks, task).name == name
+    assert app.tasks[name] is getattr(tasks, task)._get_current_object()
+    assert app.amqp.router.route({}, name)["queue"].name == "tiering"
+    if task == "replica_tick":
+        assert any(e["task"] == name for e in app.conf.beat_schedule.values())
 
 
 # --- failures -------------------------------------------------------------------------------------
@@ -227,24 +245,24 @@ def test_a_failing_replica_store_is_retried_then_failed_with_the_reason(
         raise StorageUnavailable("Could not store the object: the bucket answered 500.")
 
     monkeypatch.setattr(FilesystemStore, "put_file", broken_put)
-    replicas.replicas_sync(org=org)
+    services.replicas_sync(org=org)
     row = InstanceReplica.objects.for_org(org).get()
-    for attempt in range(1, replicas.MAX_ATTEMPTS + 1):
-        outcome = replicas.replica_copy(org=org, replica_ids=[row.pk])
+    for attempt in range(1, services.MAX_ATTEMPTS + 1):
+        outcome = services.replica_copy(org=org, replica_ids=[row.pk])
         row.refresh_from_db()
         assert row.attempts == attempt
         assert "answered 500" in row.error
-        expected = "failed" if attempt == replicas.MAX_ATTEMPTS else "pending"
+        expected = "failed" if attempt == services.MAX_ATTEMPTS else "pending"
         assert row.state == expected
         assert (outcome.failed if expected == "failed" else outcome.retried) == [row.pk]
     assert ledger(org) == []
     # The primary is still readable; nothing is left in the replica spool.
     assert (archive_root / "hot" / instance.object_key).exists()
-    assert list(Path(replicas._store(fs_replica).spool_dir()).iterdir()) == []
+    assert list(Path(services._store(fs_replica).spool_dir()).iterdir()) == []
     # A failed row is no longer picked up; retrying sends it back.
-    assert replicas.replica_copy(org=org, replica_ids=[row.pk]).skipped == [row.pk]
+    assert services.replica_copy(org=org, replica_ids=[row.pk]).skipped == [row.pk]
     monkeypatch.undo()
-    assert replicas.replicas_retry_failed(org=org, actor=ACTOR) == 1
+    assert services.replicas_retry_failed(org=org, actor=ACTOR) == 1
     assert AuditEvent.objects.for_org(org).filter(action="replica.retried").exists()
 
 
@@ -274,7 +292,7 @@ def test_an_archived_primary_without_restore_fails_at_once_with_that_reason(
     row = InstanceReplica.objects.for_org(org).get()
     assert outcome.failed == [row.pk]
     assert row.state == "failed" and row.attempts == 1
-    assert row.error == replicas.PRIMARY_ARCHIVED
+    assert row.error == services.PRIMARY_ARCHIVED
 
 
 def test_an_archived_primary_that_is_restored_is_replicated(
@@ -298,12 +316,12 @@ def test_replication_status_counts_and_lag(org: Organization, fs_replica: Storag
     now = timezone.now()
     for hours, instance in zip((4, 3, 2, 1), instances, strict=True):
         Instance.objects.filter(pk=instance.pk).update(received_at=now - timedelta(hours=hours))
-    replicas.replicas_sync(org=org, limit=2)  # two rows; two instances not even synced yet
+    services.replicas_sync(org=org, limit=2)  # two rows; two instances not even synced yet
     rows = list(InstanceReplica.objects.for_org(org).order_by("instance_id"))
-    replicas.replica_copy(org=org, replica_ids=[rows[0].pk])
+    services.replica_copy(org=org, replica_ids=[rows[0].pk])
     InstanceReplica.objects.filter(pk=rows[1].pk).update(state="failed", error="boom")
 
-    status = replicas.replication_status(org=org)
+    status = selectors.replication_status(org=org)
     sizes = [i.size_bytes for i in instances]
     assert status.enabled and status.location == fs_replica
     assert (status.instances, status.bytes) == (4, sum(sizes))
@@ -327,7 +345,7 @@ def test_status_counts_an_instance_without_a_row_below_the_synced_ones(
     sync_and_copy(org)
     InstanceReplica.objects.filter(instance=instances[1]).delete()
 
-    status = replicas.replication_status(org=org)
+    status = selectors.replication_status(org=org)
     sizes = [i.size_bytes for i in instances]
     assert (status.replicated, status.replicated_bytes) == (2, sizes[0] + sizes[2])
     assert (status.pending, status.pending_bytes, status.failed) == (1, sizes[1], 0)
@@ -339,14 +357,14 @@ def test_status_when_everything_is_replicated_has_no_lag(
 ) -> None:
     ingest_instances(org, 2)
     sync_and_copy(org)
-    status = replicas.replication_status(org=org)
+    status = selectors.replication_status(org=org)
     assert (status.replicated, status.pending, status.failed, status.lag_seconds) == (2, 0, 0, 0)
     assert status.oldest_unreplicated_at is None
 
 
 def test_status_without_a_replica(org: Organization) -> None:
     ingest_instances(org, 1)
-    status = replicas.replication_status(org=org)
+    status = selectors.replication_status(org=org)
     assert not status.enabled and status.instances == 1 and status.lag_seconds == 0
 
 
@@ -358,7 +376,7 @@ def test_drill_verifies_a_sample_and_records_it(
 ) -> None:
     instances = ingest_instances(org, 3)
     sync_and_copy(org)
-    check = replicas.replica_drill(org=org, sample=2, actor=ACTOR)
+    check = replica_drill(org=org, sample=2, actor=ACTOR)
     assert (check.sampled, check.verified, check.missing, check.mismatched) == (2, 2, 0, 0)
     sizes = {i.size_bytes for i in instances}
     assert check.bytes_read in {a + b for a in sizes for b in sizes}
@@ -378,7 +396,7 @@ def test_drill_finds_a_damaged_and_a_deleted_replica(
     path.write_bytes(bytes(data))
     replica_path(replica_root, deleted).unlink()
 
-    check = replicas.replica_drill(org=org, sample=10, actor=ACTOR)
+    check = replica_drill(org=org, sample=10, actor=ACTOR)
     assert (check.sampled, check.verified, check.missing, check.mismatched) == (3, 1, 1, 1)
     problems = {p["sop_instance_uid"]: p["problem"] for p in check.problems}
     assert problems == {damaged.sop_instance_uid: "mismatched", deleted.sop_instance_uid: "missing"}
@@ -386,23 +404,23 @@ def test_drill_finds_a_damaged_and_a_deleted_replica(
     states = dict(InstanceReplica.objects.for_org(org).values_list("instance_id", "state"))
     assert states == {damaged.pk: "pending", deleted.pk: "pending", fine.pk: "done"}
     sync_and_copy(org)
-    assert replicas.replica_drill(org=org, sample=10, actor=ACTOR).verified == 3
+    assert replica_drill(org=org, sample=10, actor=ACTOR).verified == 3
     assert len(ledger(org)) == 3
 
 
-@pytest.mark.parametrize("sample", [0, -1, replicas.DRILL_MAX_SAMPLE + 1])
+@pytest.mark.parametrize("sample", [0, -1, DRILL_MAX_SAMPLE + 1])
 def test_drill_refuses_a_sample_out_of_bounds(
     org: Organization, fs_replica: StorageLocation, sample: int
 ) -> None:
     with pytest.raises(ValidationFailed) as exc:
-        replicas.replica_drill(org=org, sample=sample, actor=ACTOR)
+        replica_drill(org=org, sample=sample, actor=ACTOR)
     assert "sample" in exc.value.fields
     assert not ReplicaCheck.objects.exists()
 
 
 def test_drill_without_a_replica_is_a_conflict(org: Organization) -> None:
     with pytest.raises(Conflict):
-        replicas.replica_drill(org=org, sample=5, actor=ACTOR)
+        replica_drill(org=org, sample=5, actor=ACTOR)
 
 
 def test_dr_drill_command_reports_and_exits_zero_when_all_verify(
@@ -453,10 +471,10 @@ def test_purged_instances_release_their_replicas(
     instances = ingest_instances(org, 2)
     sync_and_copy(org)
     ids = [instances[0].pk]
-    replicas.replica_objects_delete(org=org, instance_ids=ids)
+    services.replica_objects_delete(org=org, instance_ids=ids)
     assert not replica_path(replica_root, instances[0]).exists()
-    assert replicas.replicas_forget_locked(org=org, instance_ids=ids, at=timezone.now()) == 1
-    assert replicas.replicas_forget_locked(org=org, instance_ids=ids, at=timezone.now()) == 0
+    assert services.replicas_forget_locked(org=org, instance_ids=ids, at=timezone.now()) == 1
+    assert services.replicas_forget_locked(org=org, instance_ids=ids, at=timezone.now()) == 0
     out = ledger(org, "replica:")
     assert sum(d.delta_bytes for d in out) == instances[1].size_bytes
 
@@ -470,15 +488,15 @@ def test_two_worker_threads_on_the_same_rows_copy_each_once(
     from django.db import connection
 
     ingest_instances(org, 4)
-    replicas.replicas_sync(org=org)
+    services.replicas_sync(org=org)
     ids = list(InstanceReplica.objects.for_org(org).values_list("pk", flat=True))
-    outcomes: list[replicas.CopyOutcome] = []
+    outcomes: list[services.CopyOutcome] = []
     barrier = threading.Barrier(2)
 
     def work() -> None:
         try:
             barrier.wait()
-            outcomes.append(replicas.replica_copy(org=org, replica_ids=ids))
+            outcomes.append(services.replica_copy(org=org, replica_ids=ids))
         finally:
             connection.close()
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from archive import locations, replicas
+from archive import locations
 from archive.models import InstanceReplica, ReplicaCheck, StorageLocation
+from archive.replicas import selectors, services
+from archive.replicas.drill import replica_drill
 from billing.models import StorageDelta
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed
@@ -54,9 +56,9 @@ def fs_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from archive.storage.filesystem import FilesystemStore
 
     root = tmp_path / "replica"
-    original = replicas._store
+    original = services._store
     monkeypatch.setattr(
-        replicas,
+        services,
         "_store",
         lambda loc: FilesystemStore(root) if loc.role == "replica" else original(loc),
     )
@@ -65,7 +67,7 @@ def fs_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def create_objects(org: Organization) -> dict[str, int]:
     location = add_replica(org, bucket=f"{org.slug}-dr")
-    check = replicas.replica_drill(org=org, sample=5, actor=ACTOR)
+    check = replica_drill(org=org, sample=5, actor=ACTOR)
     return {"location": location.pk, "drill": check.pk}
 
 
@@ -101,8 +103,8 @@ def test_a_replica_in_the_primarys_own_bucket_and_prefix_is_refused(org: Organiz
 def test_platform_and_platform_are_the_same_storage() -> None:
     a = StorageLocation(kind="platform")
     b = StorageLocation(kind="platform")
-    assert replicas.same_storage(a, b)
-    assert not replicas.same_storage(a, StorageLocation(kind="s3", bucket="x"))
+    assert selectors.same_storage(a, b)
+    assert not selectors.same_storage(a, StorageLocation(kind="s3", bucket="x"))
 
 
 def test_the_platform_on_s3_is_compared_by_its_bucket(settings: Any) -> None:
@@ -112,8 +114,8 @@ def test_the_platform_on_s3_is_compared_by_its_bucket(settings: Any) -> None:
     settings.ARCHIVE_S3_PREFIX = ""
     platform = StorageLocation(kind="platform")
     same = {"endpoint_url": "https://S3.example/", "bucket": "strata-archive", "prefix": "/"}
-    assert replicas.same_storage(same, platform)
-    assert not replicas.same_storage({**same, "bucket": "other"}, platform)
+    assert selectors.same_storage(same, platform)
+    assert not selectors.same_storage({**same, "bucket": "other"}, platform)
 
 
 def test_an_unknown_replica_tier_is_a_field_error(org: Organization) -> None:
@@ -152,7 +154,7 @@ def test_removing_the_replica_stops_billing_its_bytes(org: Organization, fs_stor
     replica = add_replica(org)
     instances = ingest_instances(org, 2)
     sync_and_copy(org)
-    replicas.replica_drill(org=org, sample=2, actor=ACTOR)
+    replica_drill(org=org, sample=2, actor=ACTOR)
     locations.location_delete(org=org, location=replica, actor=ACTOR)
     assert not InstanceReplica.objects.for_org(org).exists()
     assert not ReplicaCheck.objects.for_org(org).exists()
@@ -197,10 +199,10 @@ def test_status_api_reports_counts_lag_and_the_last_drill(
 ) -> None:
     add_replica(org)
     instances = ingest_instances(org, 3)
-    replicas.replicas_sync(org=org, limit=1)
+    services.replicas_sync(org=org, limit=1)
     sync_ids = list(InstanceReplica.objects.for_org(org).values_list("pk", flat=True))
-    replicas.replica_copy(org=org, replica_ids=sync_ids)
-    check = replicas.replica_drill(org=org, sample=3, actor=ACTOR)
+    services.replica_copy(org=org, replica_ids=sync_ids)
+    check = replica_drill(org=org, sample=3, actor=ACTOR)
     body = token_client(org).get("/api/v1/replication/").json()
     assert body["enabled"] is True and body["location"]["role"] == "replica"
     assert (body["instances"], body["replicated"], body["pending"], body["failed"]) == (3, 1, 2, 0)
@@ -221,7 +223,7 @@ def test_failures_api_lists_the_reason_and_retry_requeues(
 ) -> None:
     add_replica(org)
     (instance,) = ingest_instances(org, 1)
-    replicas.replicas_sync(org=org)
+    services.replicas_sync(org=org)
     InstanceReplica.objects.for_org(org).update(state="failed", attempts=3, error="HTTP 500")
     client = token_client(org)
     results = client.get("/api/v1/replication/failures/").json()["results"]
@@ -381,7 +383,7 @@ def test_storage_page_shows_the_replica_panel(
     add_replica(org, name="Frankfurt copy")
     ingest_instances(org, 2)
     sync_and_copy(org)
-    replicas.replica_drill(org=org, sample=2, actor=ACTOR)
+    replica_drill(org=org, sample=2, actor=ACTOR)
     client.force_login(owner.user)
     page = client.get(f"/o/{org.slug}/archive/storage/").content.decode()
     assert "Disaster-recovery replica" in page and "Frankfurt copy" in page

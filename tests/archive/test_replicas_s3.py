@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from archive import replicas
 from archive.models import InstanceReplica
+from archive.replicas import services
+from archive.replicas.drill import replica_drill
 from billing.models import StorageDelta
 from tenants.context import Actor
 from tenants.models import Organization
@@ -51,7 +52,7 @@ def test_filesystem_to_s3_replica_is_verified_and_kept_in_the_replica_storage_cl
         assert head["StorageClass"] == "GLACIER_IR"  # the cold tier of the location
     deltas = StorageDelta.objects.for_org(org).filter(idempotency_key__startswith="replica:")
     assert sorted(d.delta_bytes for d in deltas) == sorted(i.size_bytes for i in instances)
-    check = replicas.replica_drill(org=org, sample=10, actor=ACTOR)
+    check = replica_drill(org=org, sample=10, actor=ACTOR)
     assert (check.sampled, check.verified) == (2, 2)
     assert check.bytes_read == sum(i.size_bytes for i in instances)
 
@@ -67,13 +68,13 @@ def test_drill_on_s3_detects_an_overwritten_and_a_deleted_object(
     ].read()
     s3_replica.put(f"dr/{damaged.object_key}", body[:-1] + bytes([body[-1] ^ 1]))
     s3_replica.client.delete_object(Bucket=s3_replica.name, Key=f"dr/{deleted.object_key}")
-    check = replicas.replica_drill(org=org, sample=10, actor=ACTOR)
+    check = replica_drill(org=org, sample=10, actor=ACTOR)
     assert (check.verified, check.missing, check.mismatched) == (0, 1, 1)
     problems = {p["sop_instance_uid"]: p["problem"] for p in check.problems}
     assert problems == {damaged.sop_instance_uid: "mismatched", deleted.sop_instance_uid: "missing"}
     # Replication repairs both.
     assert len(sync_and_copy(org).done) == 2
-    assert replicas.replica_drill(org=org, sample=10, actor=ACTOR).verified == 2
+    assert replica_drill(org=org, sample=10, actor=ACTOR).verified == 2
 
 
 def test_an_unreachable_replica_bucket_is_retried_then_failed(
@@ -83,11 +84,11 @@ def test_an_unreachable_replica_bucket_is_retried_then_failed(
         org, endpoint_url=failing_s3, bucket="dr-bucket", role="replica", encryption="none"
     )
     ingest_instances(org, 1)
-    replicas.replicas_sync(org=org)
+    services.replicas_sync(org=org)
     row = InstanceReplica.objects.for_org(org).get()
-    for _ in range(replicas.MAX_ATTEMPTS):
-        replicas.replica_copy(org=org, replica_ids=[row.pk])
+    for _ in range(services.MAX_ATTEMPTS):
+        services.replica_copy(org=org, replica_ids=[row.pk])
     row.refresh_from_db()
-    assert row.state == "failed" and row.attempts == replicas.MAX_ATTEMPTS
+    assert row.state == "failed" and row.attempts == services.MAX_ATTEMPTS
     assert "InternalError" in row.error or "500" in row.error
     assert not StorageDelta.objects.filter(idempotency_key__startswith="replica:").exists()

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.replicas import DRILL_DEFAULT_SAMPLE, DRILL_MAX_SAMPLE, replica_drill
+from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, DRILL_MAX_SAMPLE, replica_drill
 from tenants.context import Actor
 from tenants.errors import ServiceError
 from tenants.models import Organization
