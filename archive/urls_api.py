@@ -4,10 +4,10 @@
 from django.urls import URLPattern, path
 
 from archive import apis
-from archive import apis_analytics as analytics_api
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
 from archive import apis_restores as restores_api
+from archive.analytics import apis as analytics_api
 from archive.replicas import apis as replicas_api
 
 urlpatterns: list[URLPattern] = [

@@ -4,8 +4,8 @@ from django.urls import URLPattern, path
 
 from archive import views, views_policies
 from archive import views_restores as restores_views
+from archive.analytics.views import analytics as analytics_view
 from archive.replicas import views as replica_views
-from archive.views_analytics import analytics as analytics_view
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),

@@ -9,7 +9,8 @@ root, or to moto's S3 server over HTTP (three ways of serving it, see s3_moves b
   two years and mostly never read again; a policy that moves most of them (CT/MR unread 90 days
   to cold, anything unread 30 days to warm). Time of ``archive.planning.moves_plan`` called in
   its default batches until nothing is left to plan. Target: < 10 s.
-- simulation: ``archive.simulator.simulate`` for that organization (1M instances). Target: < 1 s.
+- simulation: ``archive.analytics.simulator.simulate`` for that organization (1M instances).
+  Target: < 1 s.
 - replication: ``archive.replicas.selectors.replication_status`` for that organization with a
   replica location (97% replicated, 2% pending, 1% not synced yet), then with a hole (anti-join).
 - s3_moves: N objects of 256 KB in a bucket; storage-class changes per second of one worker
@@ -338,9 +339,9 @@ def planning() -> Organization:
 def simulation_at_1m(org: Organization) -> None:
     """The cost simulator over the planning index (owned by the simulator; timed here)."""
     try:
-        from archive.simulator import simulate
+        from archive.analytics.simulator import simulate
     except ImportError:
-        print("simulation: archive.simulator not available")
+        print("simulation: archive.analytics.simulator not available")
         return
     simulate(org=org)  # warm caches / connections once
     t0 = time.perf_counter()
