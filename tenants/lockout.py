@@ -43,11 +43,6 @@ ADDRESS = "ip_address"
 SCOPE_LABELS = {ACCOUNT: "account", ADDRESS: "address"}
 
 
-def lockout_parameters() -> list[str]:
-    """axes' ``AXES_LOCKOUT_PARAMETERS``: the account, and the address unless its limit is 0."""
-    return [ACCOUNT, ADDRESS] if settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS else [ACCOUNT]
-
-
 def failure_limit(parameter: str | list[str]) -> int:
     if parameter == ADDRESS:
         return int(settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS)

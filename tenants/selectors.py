@@ -14,7 +14,6 @@ from tenants.models import (
     Invitation,
     Membership,
     Organization,
-    WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -34,13 +33,6 @@ def organization_get(*, organization_id: int | str) -> Organization:
         return Organization.objects.get(pk=int(organization_id))
     except (Organization.DoesNotExist, ValueError):
         raise NotFound("Organization not found.") from None
-
-
-def organization_get_by_slug(*, slug: str) -> Organization:
-    org = Organization.objects.filter(slug=slug).first()
-    if org is None:
-        raise NotFound("Organization not found.")
-    return org
 
 
 def memberships_for_user(*, user: Any) -> QuerySet[Membership]:
@@ -167,13 +159,4 @@ def webhook_deliveries(
         .select_related("event")
         .prefetch_related("attempts")
         .order_by("-created_at", "-id")
-    )
-
-
-def webhook_attempts(*, org: Organization, endpoint: WebhookEndpoint) -> QuerySet[WebhookAttempt]:
-    return (
-        WebhookAttempt.objects.for_org(org)
-        .filter(delivery__endpoint=endpoint)
-        .select_related("delivery__event")
-        .order_by("-attempted_at", "-id")
     )

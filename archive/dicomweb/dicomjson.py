@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 DicomJson = dict[str, Any]
 
@@ -62,10 +62,3 @@ def keyword_of(tag: str) -> str:
         return keyword_for_tag(int(tag, 16)) or tag
     except ValueError:
         return tag
-
-
-def vr_of(tag: str) -> str:
-    try:
-        return str(dictionary_VR(int(tag, 16)))
-    except KeyError:
-        return "UN"
