@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 
 from archive import selectors
+from archive.policies import policy_preview
 from billing.invoicing import invoice_compute
 from billing.metering import record_usage, storage_delta
 from billing.meters import GIB
@@ -24,6 +25,7 @@ from billing.rollups import rollup_run
 from billing.services import subscription_change
 from tenants.context import Actor
 from tenants.models import Organization
+from tests.archive.test_policies_support import NOW, make_instance, move
 
 pytestmark = pytest.mark.django_db
 SYSTEM = Actor.system("tests")
@@ -214,3 +216,61 @@ def test_download_after_a_plan_change_is_estimated_as_billed(
     before = invoice_compute(org=org, period_start=APRIL).total
     use(org, EGRESS, 10 * GIB, AFTER_CHANGE, "download")
     assert invoice_compute(org=org, period_start=APRIL).total - before == D("0.77")
+
+
+def test_policy_preview_after_a_plan_change_prices_transitions_as_billed(
+    org: Organization, settings: Any, tmp_path: Any
+) -> None:
+    settings.ARCHIVE_BACKEND = "filesystem"
+    settings.ARCHIVE_ROOT = tmp_path / "archive"
+    june = datetime(2025, 6, 1, tzinfo=UTC)
+    # 1,000 transitions free a month on the new plan from June 11: 2/3 of them in June's rest.
+    # 700 of June's 900 so far are on it, so 3 more pass its 666.67; on the whole month with the
+    # whole allowance (903 of 1,000) they were free.
+    old = plan_with("old", "tier.transitions", unit_price=D("0.05"))
+    new = plan_with(
+        "new", "tier.transitions", tier="cold", unit_price=D("0.02"), included_quantity=D(1)
+    )
+    subscription_change(org=org, plan=old, starts_at=datetime(2025, 5, 1, tzinfo=UTC), actor=SYSTEM)
+    subscription_change(
+        org=org, plan=new, starts_at=datetime(2025, 6, 11, tzinfo=UTC), actor=SYSTEM
+    )
+    cold = {"tier": "cold"}
+    for key, count, day in [("a", 200, 5), ("b", 700, 12)]:
+        record_usage(
+            org=org,
+            meter="tier.transitions",
+            quantity=count,
+            at=datetime(2025, 6, day, tzinfo=UTC),
+            idempotency_key=key,
+            dimensions=cold,
+        )
+    rollup_run(now=NOW)
+    for _ in range(3):
+        make_instance(org, size=GIB, accessed_days_ago=100)
+
+    preview = policy_preview(org=org, rules=[move("cold", modalities=["CT"])], now=NOW)
+    amounts = {(ln.meter, ln.tier): ln.amount for ln in preview.bill.lines}
+
+    assert preview.bill.plan_name == "New"
+    assert amounts[("tier.transitions", "cold")] == D("0.00006")  # 3 / 1,000 x 0.02
+
+    def transitions() -> None:
+        record_usage(
+            org=org,
+            meter="tier.transitions",
+            quantity=3,
+            at=NOW,
+            idempotency_key="moves",
+            dimensions=cold,
+        )
+        rollup_run(now=NOW)
+
+    before = invoice_compute(org=org, period_start=june).lines
+    transitions()
+    after = invoice_compute(org=org, period_start=june).lines
+
+    def unrounded(lines: list[Any]) -> D:
+        return sum((ln.unrounded_amount for ln in lines if ln.meter == "tier.transitions"), D(0))
+
+    assert unrounded(after) - unrounded(before) == amounts[("tier.transitions", "cold")]
