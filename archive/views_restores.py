@@ -22,8 +22,9 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from archive import restores, retention, selectors
 from archive.models import RestoreRequest
-from archive.views import bytes_label, duration_label, get_or_404, money_label
+from archive.views import get_or_404
 from tenants.errors import ServiceError
+from tenants.labels import bytes_label, duration_label, money_label
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 

@@ -34,8 +34,6 @@ GRID = "#e2e8f0"
 TEXT = "#526071"
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Arial, sans-serif"
 
-BYTE_UNITS = [("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)]
-
 Formatter = Callable[[float], str]
 
 
@@ -92,14 +90,6 @@ def number_label(value: float) -> str:
     if magnitude >= 1:
         return f"{value:,.2f}".rstrip("0").rstrip(".")
     return f"{value:.2g}" if magnitude >= 0.001 else f"{value:.1e}"
-
-
-def byte_scale(max_bytes: float) -> tuple[int, str]:
-    """The binary unit that shows ``max_bytes`` as a number of at least 1: (divisor, name)."""
-    for name, size in BYTE_UNITS:
-        if max_bytes >= size:
-            return size, name
-    return 1, "B"
 
 
 def nice_ticks(max_value: float, count: int = 4) -> list[float]:

@@ -51,6 +51,7 @@ from billing.periods import check_range, hours_in_month, month_start
 from billing.selectors import usage_daily
 from tenants.csvexport import csv_lines, csv_text
 from tenants.errors import ValidationFailed
+from tenants.labels import money_label
 from tenants.models import Organization
 
 GROUPINGS = ("meter", "tier", "day")
@@ -542,11 +543,6 @@ def amount_of_unit(value: Decimal, unit: str) -> str:
         return ""
     joiner = " × " if unit[:1].isdigit() else " "
     return f"{quantity_label(value)}{joiner}{unit}"
-
-
-def money_label(value: Decimal) -> str:
-    # Amounts are whole cents already (rounded once, on the line); this only formats them.
-    return format(value, ",.2f")
 
 
 _STYLES = getSampleStyleSheet()

@@ -34,6 +34,7 @@ from billing.models import Budget, BudgetAlert, Invoice, Rollup
 from billing.periods import hours_in_month, month_start
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import form_apply_service_error
+from tenants.labels import byte_scale, bytes_label, money_label
 from tenants.models import Organization
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
@@ -73,15 +74,6 @@ def display_unit(meter: Meter) -> str:
     """The billing unit as a chart axis says it: ``1,000 instances`` -> ``thousand instances``."""
     unit = meter.billing_unit
     return "thousand " + unit.removeprefix("1,000 ") if unit.startswith("1,000 ") else unit
-
-
-def bytes_label(value: int | float) -> str:
-    divisor, unit = charts.byte_scale(abs(value))
-    return f"{charts.number_label(value / divisor)} {unit}"
-
-
-def money_label(value: Decimal, currency: str) -> str:
-    return f"{value:,.2f} {currency}"
 
 
 def _tier_series(values: dict[str, list[float]]) -> list[charts.Series]:
@@ -178,7 +170,7 @@ def storage_chart(*, org: Organization, now: datetime) -> charts.Chart | None:
     if not series:
         return None
     peak = max(sum(s.values[i] for s in series) for i in range(STORAGE_DAYS))
-    divisor, unit = charts.byte_scale(peak)
+    divisor, unit = byte_scale(peak)
     scaled = [
         charts.Series(s.key, s.label, [v / divisor for v in s.values], s.color) for s in series
     ]

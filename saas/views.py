@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from tenants import selectors
 from tenants.forms import EmailAuthenticationForm
+from tenants.labels import bytes_label
 from tenants.models import WebhookEndpoint
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm, Role
@@ -88,7 +89,7 @@ def archive_overview(ctx: PortalContext) -> dict[str, Any]:
     from archive.models import RestoreRequest, TierMove
     from archive.selectors import bytes_by_tier
     from billing.charts import TIER_COLORS
-    from billing.views import STORAGE_DAYS, bytes_label, storage_chart
+    from billing.views import STORAGE_DAYS, storage_chart
 
     org = ctx.org
     tiers = bytes_by_tier(org=org)

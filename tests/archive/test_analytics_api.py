@@ -159,7 +159,7 @@ def test_small_images_are_kept_hot_with_the_reason(
     assert body["rules"] == []
     (rec,) = body["recommendations"]
     assert rec["modality"] == "CR" and rec["tier"] == "hot"
-    assert "images average 20.0 KB" in rec["text"]
+    assert "images average 19.5 KiB" in rec["text"]
     assert rec["text"].endswith("Keeping them hot is cheaper.")
 
 

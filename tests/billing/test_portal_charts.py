@@ -10,6 +10,7 @@ import pytest
 from django.template import Context, Template
 
 from billing import charts
+from tenants import labels
 
 NS = "{http://www.w3.org/2000/svg}"
 DAYS = [date(2026, 4, 1) + timedelta(days=i) for i in range(30)]
@@ -160,6 +161,6 @@ def test_number_label(value: float, text: str) -> None:
 
 
 def test_byte_scale() -> None:
-    assert charts.byte_scale(3 * 2**40) == (2**40, "TiB")
-    assert charts.byte_scale(500 * 2**30) == (2**30, "GiB")
-    assert charts.byte_scale(10) == (1, "B")
+    assert labels.byte_scale(3 * 2**40) == (2**40, "TiB")
+    assert labels.byte_scale(500 * 2**30) == (2**30, "GiB")
+    assert labels.byte_scale(10) == (1, "B")

@@ -71,16 +71,10 @@ from archive.models import ArchiveSettings, StorageLocation
 from billing.meters import GIB
 from billing.periods import month_start, next_month
 from billing.pricing import round_money
+from tenants.labels import bytes_label
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings | None]:
@@ -258,7 +252,7 @@ def simulate(
                 text=(
                     f"{d.modality or 'Other'} older than {d.days} days is read again "
                     f"{d.share * 100:.0f}% of the time, but its images average "
-                    f"{_size(d.average_bytes)}: moving 1,000 of them to {d.tier} would save "
+                    f"{bytes_label(d.average_bytes)}: moving 1,000 of them to {d.tier} would save "
                     f"{_money(d.saving_per_month, prices.currency)}/month and cost "
                     f"{_money(d.transition_fee, prices.currency)} in transition fees, more than "
                     "a year of savings. Keeping them hot is cheaper."

@@ -12,6 +12,7 @@ from archive.analytics.charts import simulation_chart
 from archive.analytics.curve import AccessCurve
 from archive.tiers import TIER_CATALOG
 from billing.pricing import round_money
+from tenants.labels import money_label
 
 TIERS = tuple(TIER_CATALOG)
 MONTHS = 12
@@ -41,10 +42,10 @@ def money_text(amount: Decimal, exact: Decimal | None = None) -> str:
     rounded = round_money(amount)
     exact = amount if exact is None else exact
     if rounded or not exact:
-        return f"{rounded:,.2f}"
+        return money_label(rounded)
     small = exact.quantize(SUBCENT, rounding=ROUND_HALF_UP)
     if small:
-        return f"{small:,.4f}"
+        return money_label(small, places=4)
     return "<0.0001" if exact > 0 else "-<0.0001"
 
 

@@ -14,14 +14,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, DRILL_MAX_SAMPLE, replica_drill
 from tenants.context import Actor
 from tenants.errors import ServiceError
+from tenants.labels import bytes_label
 from tenants.models import Organization
-
-
-def _size(value: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            return f"{value / size:,.1f} {unit}"
-    return f"{value} B"
 
 
 class Command(BaseCommand):
@@ -55,7 +49,7 @@ class Command(BaseCommand):
         out.write(f"  verified:   {check.verified}")
         out.write(f"  missing:    {check.missing}")
         out.write(f"  mismatched: {check.mismatched}")
-        out.write(f"  bytes read: {_size(check.bytes_read)} ({check.bytes_read} bytes)")
+        out.write(f"  bytes read: {bytes_label(check.bytes_read)} ({check.bytes_read} bytes)")
         if check.finished_at is not None:
             seconds = (check.finished_at - check.started_at).total_seconds()
             out.write(f"  duration:   {seconds:.1f} s")

@@ -12,11 +12,9 @@ from django.utils import timezone
 
 from billing.demo import DEFAULT_SEED, DemoResult, demo_history, generate_usage
 from billing.invoicing import invoice_compute
-from billing.meters import GIB
 from billing.rollups import floor_hour
+from tenants.labels import bytes_label
 from tenants.models import Organization
-
-TIB = 1024 * GIB
 
 
 def months_before(t: datetime, months: int) -> datetime:
@@ -24,10 +22,6 @@ def months_before(t: datetime, months: int) -> datetime:
     year, month0 = divmod(t.year * 12 + t.month - 1 - months, 12)
     day = min(t.day, calendar.monthrange(year, month0 + 1)[1])
     return t.replace(year=year, month=month0 + 1, day=day)
-
-
-def _bytes(n: int) -> str:
-    return f"{n / TIB:,.2f} TiB" if abs(n) >= TIB else f"{n / GIB:,.1f} GiB"
 
 
 class Command(BaseCommand):
@@ -95,13 +89,13 @@ class Command(BaseCommand):
             f"Usage for {org.slug}, {result.start:%Y-%m-%d %H:%M} to {result.end:%Y-%m-%d %H:%M} "
             f"UTC, in {elapsed:.1f} s:\n"
             f"  {result.studies:,} studies acquired, {result.migrated_studies:,} prior studies "
-            f"imported: {_bytes(t.get('ingest.bytes', 0))} in "
+            f"imported: {bytes_label(t.get('ingest.bytes', 0))} in "
             f"{t.get('ingest.instances', 0):,} instances\n"
-            f"  egress {_bytes(t.get('egress.bytes', 0))}, restores "
-            f"{_bytes(t.get('restore.bytes', 0))}, {t.get('tier.transitions', 0):,} tier "
+            f"  egress {bytes_label(t.get('egress.bytes', 0))}, restores "
+            f"{bytes_label(t.get('restore.bytes', 0))}, {t.get('tier.transitions', 0):,} tier "
             f"transitions, {t.get('api.requests', 0):,} API requests\n"
             f"  stored now: "
-            + ", ".join(f"{tier} {_bytes(b)}" for tier, b in result.balances.items())
+            + ", ".join(f"{tier} {bytes_label(b)}" for tier, b in result.balances.items())
             + f"\n  rows: {result.new_usage_events:,} usage events and "
             f"{result.new_ledger_deltas:,} ledger deltas recorded"
             + (f" ({again:,} offered again were there already)" if again else "")
