@@ -52,6 +52,7 @@ from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import form_apply_service_error
+from tenants.labels import bytes_label, duration_label, money_label
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 
@@ -73,43 +74,6 @@ def get_or_404(selector: Callable[..., T], **kwargs: Any) -> T:
         return selector(**kwargs)
     except NotFound as exc:
         raise Http404(exc.message) from None
-
-
-# --- figures as people read them ---------------------------------------------------------------
-
-BYTE_UNITS = [("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)]
-
-
-def bytes_label(value: int | float | None) -> str:
-    """Binary units, as the invoices bill them: ``1.5 GiB``."""
-    if value is None:
-        return "—"
-    for unit, size in BYTE_UNITS:
-        if abs(value) >= size:
-            number = value / size
-            text = f"{number:,.1f}".removesuffix(".0") if number < 100 else f"{number:,.0f}"
-            return f"{text} {unit}"
-    return f"{int(value):,} B"
-
-
-def duration_label(seconds: int | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, sec = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def money_label(amount: Decimal | None, currency: str) -> str:
-    if amount is None:
-        return "not charged"
-    if Decimal(0) < amount < Decimal("0.01"):
-        return f"less than 0.01 {currency}"
-    return f"{amount:,.2f} {currency}"
 
 
 # --- studies -----------------------------------------------------------------------------------
