@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,7 +25,7 @@ from tenants.api import (
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
-    error_responses,
+    error_responses_for,
     paginated,
 )
 from tenants.apis import NamedChoiceField
@@ -39,8 +39,7 @@ _ERROR_TEXTS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 TIER_CHOICES = [(t, t.capitalize()) for t in TIERS]

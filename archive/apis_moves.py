@@ -14,22 +14,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive import selectors, tiering
 from archive.models import TIERS, TierMove
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses, paginated
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.apis import NamedChoiceField
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {409: "The instance is being moved already."}
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 def _tier_field(**kwargs: Any) -> NamedChoiceField:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import (
-    OpenApiResponse,
     extend_schema,
     extend_schema_field,
     inline_serializer,
@@ -27,7 +26,7 @@ from rest_framework.response import Response
 
 from archive import planning, policies
 from archive.models import PolicyVersion
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {
@@ -42,8 +41,7 @@ RULES_HELP = (
 )
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 class RulesField(serializers.JSONField):

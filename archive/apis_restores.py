@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive import restores, retention, selectors
 from archive.models import LegalHold, RestoreRequest, Study
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses, paginated
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.apis import NamedChoiceField
 from tenants.roles import Perm
 
@@ -31,8 +31,7 @@ _ERROR_TEXTS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 # --- restores ----------------------------------------------------------------------------------

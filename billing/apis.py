@@ -20,7 +20,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import permissions, serializers, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -43,7 +43,7 @@ from billing.models import (
 )
 from billing.periods import month_bounds
 from billing.selectors import rollups_for_line
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import ApiToken, Organization
@@ -58,8 +58,7 @@ _ERROR_TEXTS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 class DownloadSchema(AutoSchema):

@@ -9,6 +9,7 @@ JSON bodies are parsed with limits by ``tenants.parsers.JSONBodyParser``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -91,6 +92,19 @@ def error_responses(
         code: OpenApiResponse(None if code == 414 else ErrorSerializer, description=texts[code])
         for code in sorted({400, 401, 403, 404, 414, 429, *codes})
     }
+
+
+def error_responses_for(
+    descriptions: dict[int, str],
+) -> Callable[..., dict[int, OpenApiResponse]]:
+    """``error_responses`` bound to one API module's wording (``descriptions``), so that each
+    operation names only its own status codes: ``_errors = error_responses_for(TEXTS)`` once,
+    then ``**_errors(400, 409)`` in every ``extend_schema``."""
+
+    def errors(*codes: int) -> dict[int, OpenApiResponse]:
+        return error_responses(*codes, descriptions=descriptions)
+
+    return errors
 
 
 BODY_ERROR_DESCRIPTIONS: dict[int, str] = {

@@ -24,7 +24,7 @@ from drf_spectacular.extensions import (
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent, build_choice_field
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -36,7 +36,7 @@ from tenants.api import (
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
-    error_responses,
+    error_responses_for,
     paginated,
 )
 from tenants.context import Actor
@@ -100,8 +100,7 @@ class NamedChoiceFieldExtension(OpenApiSerializerFieldExtension):
 _ERROR_TEXTS = {409: "The change conflicts with the current state (e.g. removing the last owner)."}
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 # --- pagination ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,7 +24,7 @@ from archive.analytics.curve import READ_KINDS, AccessCurve, access_curve
 from archive.analytics.simulator import simulate
 from archive.analytics.simulator.results import COMPONENTS, Simulation
 from archive.policies import rules_validate
-from tenants.api import OrgAPIView, error_responses
+from tenants.api import OrgAPIView, error_responses_for
 from tenants.roles import Perm
 
 READ_PERMISSIONS = frozenset({Perm.IMAGES_READ, Perm.POLICIES_MANAGE})
@@ -36,8 +36,7 @@ _ERROR_TEXTS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 class CurvePointSerializer(serializers.Serializer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,7 +18,7 @@ from archive.apis import LocationOutputSerializer, _tier_field
 from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses, paginated
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.apis import NamedChoiceField
 from tenants.errors import NotFound
 from tenants.roles import Perm
@@ -28,8 +28,7 @@ API_MAX_SAMPLE = 1000
 _ERROR_TEXTS = {409: "The organization has no replica location."}
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return error_responses(*codes, descriptions=_ERROR_TEXTS)
+_errors = error_responses_for(_ERROR_TEXTS)
 
 
 class DrillProblemSerializer(serializers.Serializer):
