@@ -13,7 +13,8 @@ import pytest
 from pydicom.uid import generate_uid
 from rest_framework.test import APIClient
 
-from archive import ae, ingest, jobs, locations
+from archive import ingest, jobs, locations
+from archive.dimse import services as ae
 from archive.models import DicomAE, IngestJob, Instance, StorageLocation, Study
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
