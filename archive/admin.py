@@ -19,7 +19,9 @@ from django.forms.models import construct_instance
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from archive import locations, selectors
+from archive import selectors
+from archive.locations import selectors as location_selectors
+from archive.locations import services as location_services
 from archive.models import (
     TIERS,
     AccessEvent,
@@ -150,12 +152,20 @@ class StorageLocationAdminForm(forms.ModelForm):
         help_text="Stored encrypted, never shown. On change: leave empty to keep the stored key.",
     )
     encryption_mode = forms.ChoiceField(
-        choices=list(locations.ENCRYPTION_LABELS.items()), label="Encryption"
+        choices=list(location_services.ENCRYPTION_LABELS.items()), label="Encryption"
     )
-    storage_class_hot = forms.ChoiceField(choices=[(c, c) for c in locations.STORAGE_CLASSES])
-    storage_class_warm = forms.ChoiceField(choices=[(c, c) for c in locations.STORAGE_CLASSES])
-    storage_class_cold = forms.ChoiceField(choices=[(c, c) for c in locations.STORAGE_CLASSES])
-    storage_class_archive = forms.ChoiceField(choices=[(c, c) for c in locations.STORAGE_CLASSES])
+    storage_class_hot = forms.ChoiceField(
+        choices=[(c, c) for c in location_services.STORAGE_CLASSES]
+    )
+    storage_class_warm = forms.ChoiceField(
+        choices=[(c, c) for c in location_services.STORAGE_CLASSES]
+    )
+    storage_class_cold = forms.ChoiceField(
+        choices=[(c, c) for c in location_services.STORAGE_CLASSES]
+    )
+    storage_class_archive = forms.ChoiceField(
+        choices=[(c, c) for c in location_services.STORAGE_CLASSES]
+    )
 
     class Meta:
         model = StorageLocation
@@ -174,7 +184,7 @@ class StorageLocationAdminForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         location: StorageLocation = self.instance
-        self.fields["encryption_mode"].initial = locations.encryption_mode(
+        self.fields["encryption_mode"].initial = location_services.encryption_mode(
             location.encryption if location.pk else "AES256"
         )
         for tier in TIERS:
@@ -192,9 +202,9 @@ class StorageLocationAdminForm(forms.ModelForm):
         except DjangoValidationError as exc:
             self.add_error(None, exc)
 
-    def to_input(self) -> locations.LocationInput:
+    def to_input(self) -> location_services.LocationInput:
         data = self.cleaned_data
-        return locations.LocationInput(
+        return location_services.LocationInput(
             name=data.get("name") or "",
             bucket=data.get("bucket") or "",
             access_key_id=data.get("access_key_id") or "",
@@ -213,7 +223,7 @@ class StorageLocationAdminForm(forms.ModelForm):
         if self.errors:
             return data
         try:
-            locations.location_validate(self.to_input(), creating=self.instance.pk is None)
+            location_services.location_validate(self.to_input(), creating=self.instance.pk is None)
         except ValidationFailed as exc:
             for name, errors in exc.fields.items():
                 self.add_error(name if name in self.fields else None, errors)
@@ -282,7 +292,7 @@ class StorageLocationAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and (
             obj.kind == StorageLocation.Kind.PLATFORM
-            or selectors.location_in_use(org=obj.organization, location=obj)
+            or location_selectors.location_in_use(org=obj.organization, location=obj)
         ):
             return False
         return super().has_delete_permission(request, obj)
@@ -293,14 +303,14 @@ class StorageLocationAdmin(admin.ModelAdmin):
         actor = Actor.from_request(request)
         data = form.to_input()
         if change:
-            saved = locations.location_update(
+            saved = location_services.location_update(
                 org=obj.organization,
                 location=StorageLocation.objects.get(pk=obj.pk),
                 data=data,
                 actor=actor,
             )
         else:
-            saved = locations.location_create(
+            saved = location_services.location_create(
                 org=form.cleaned_data["organization"], data=data, actor=actor
             )
         # The admin's own save is replaced by the service's; it reads the pk for its message.
@@ -308,7 +318,7 @@ class StorageLocationAdmin(admin.ModelAdmin):
         obj.organization = saved.organization
 
     def delete_model(self, request: HttpRequest, obj: StorageLocation) -> None:
-        locations.location_delete(
+        location_services.location_delete(
             org=obj.organization, location=obj, actor=Actor.from_request(request)
         )
 
@@ -324,7 +334,7 @@ class StorageLocationAdmin(admin.ModelAdmin):
         actor = Actor.from_request(request)
         for location in queryset.select_related("organization"):
             try:
-                result = locations.location_test(
+                result = location_services.location_test(
                     org=location.organization, location=location, actor=actor
                 )
             except ServiceError as exc:

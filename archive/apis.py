@@ -1,6 +1,6 @@
 """REST API of the archive: the DICOM index (studies, series, instances), ingest jobs (progress,
-failures, bucket imports), storage locations (with the connection test), the storage quota and
-the AE titles of the C-STORE listener.
+failures, bucket imports) and the AE titles of the C-STORE listener. Storage locations and the
+quota are ``archive.locations.apis``.
 
 Every view subclasses ``tenants.api.OrgAPIView`` (organization from the bearer token or from
 ``/api/v1/o/<slug>/``; ``permissions_required`` per HTTP method). Another organization's id answers
@@ -17,11 +17,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import jobs, locations, selectors
-from archive.dimse import selectors as ae_selectors
-from archive.dimse import services as ae_services
-from archive.locations import ENCRYPTION_MODES, NOT_AVAILABLE, STORAGE_CLASSES, LocationInput
-from archive.models import TIERS, DicomAE, IngestJob, StorageLocation
+from archive import ae as ae_services
+from archive import jobs, selectors
+from archive.models import TIERS, DicomAE, IngestJob
 from tenants.api import (
     NewestFirstPagination,
     OldestFirstPagination,
@@ -431,318 +429,6 @@ class IngestJobFailureListApi(OrgAPIView):
         return paginated(self, request, failures, IngestFailureOutputSerializer)
 
 
-# --- storage locations -----------------------------------------------------------------------
-
-ENCRYPTION_CHOICES = [(mode, locations.ENCRYPTION_LABELS[mode]) for mode in ENCRYPTION_MODES]
-# NONE: the store has no storage class for the tier, which it then cannot serve (not for hot).
-STORAGE_CLASS_CHOICES = [(c, c) for c in (*STORAGE_CLASSES, NOT_AVAILABLE)]
-
-
-def _storage_class_field(**kwargs: Any) -> NamedChoiceField:
-    return NamedChoiceField(
-        enum_name="ArchiveStorageClassEnum", choices=STORAGE_CLASS_CHOICES, **kwargs
-    )
-
-
-class StorageClassesSerializer(serializers.Serializer):
-    hot = _storage_class_field()
-    warm = _storage_class_field()
-    cold = _storage_class_field()
-    archive = _storage_class_field()
-
-    class Meta:
-        ref_name = "ArchiveStorageClasses"
-
-
-class StorageClassesInputSerializer(serializers.Serializer):
-    hot = _storage_class_field(required=False)
-    warm = _storage_class_field(required=False)
-    cold = _storage_class_field(required=False)
-    archive = _storage_class_field(required=False)
-
-    class Meta:
-        ref_name = "ArchiveStorageClassesInput"
-
-
-class LocationOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    kind = NamedChoiceField(
-        enum_name="ArchiveLocationKindEnum", choices=StorageLocation.Kind.choices
-    )
-    role = NamedChoiceField(
-        enum_name="ArchiveLocationRoleEnum", choices=StorageLocation.Role.choices
-    )
-    replica_tier = _tier_field(help_text="A replica keeps its copies in this tier.")
-    endpoint_url = serializers.CharField()
-    region = serializers.CharField()
-    bucket = serializers.CharField()
-    prefix = serializers.CharField()
-    access_key_id = serializers.CharField()
-    secret_access_key_set = serializers.SerializerMethodField(
-        help_text="Whether a secret key is stored. The key itself is never returned."
-    )
-    encryption = serializers.SerializerMethodField()
-    kms_key_id = serializers.CharField()
-    storage_classes = serializers.SerializerMethodField()
-    in_use = serializers.SerializerMethodField(help_text="Images are stored in this location.")
-    created_at = serializers.DateTimeField()
-    last_test_at = serializers.DateTimeField(allow_null=True)
-    last_test_ok = serializers.BooleanField(allow_null=True)
-    last_test_message = serializers.CharField()
-
-    class Meta:
-        ref_name = "ArchiveStorageLocation"
-
-    def get_secret_access_key_set(self, obj: StorageLocation) -> bool:
-        return bool(obj.secret_access_key_encrypted)
-
-    @extend_schema_field(
-        NamedChoiceField(enum_name="ArchiveEncryptionEnum", choices=ENCRYPTION_CHOICES)
-    )
-    def get_encryption(self, obj: StorageLocation) -> str:
-        return locations.encryption_mode(obj.encryption)
-
-    @extend_schema_field(StorageClassesSerializer)
-    def get_storage_classes(self, obj: StorageLocation) -> dict[str, str]:
-        return {tier: obj.storage_class(tier) or NOT_AVAILABLE for tier in TIERS}
-
-    def get_in_use(self, obj: StorageLocation) -> bool:
-        return selectors.location_in_use(org=obj.organization, location=obj)
-
-
-class LocationInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    role = NamedChoiceField(
-        enum_name="ArchiveLocationRoleEnum",
-        choices=StorageLocation.Role.choices,
-        default=StorageLocation.Role.REPLICA,
-        help_text="primary: new images go here (only before the first image is stored). "
-        "replica: the disaster-recovery copy (at most one; not the primary's own bucket).",
-    )
-    replica_tier = _tier_field(
-        required=False, help_text="Replica only: the tier its copies are kept in (default cold)."
-    )
-    endpoint_url = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    region = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    bucket = serializers.CharField(max_length=63)
-    prefix = serializers.CharField(max_length=255, required=False, allow_blank=True)
-    access_key_id = serializers.CharField(max_length=255)
-    secret_access_key = serializers.CharField(
-        max_length=255,
-        write_only=True,
-        help_text="Stored encrypted; never returned. On PATCH, omit it to keep the stored one.",
-    )
-    encryption = NamedChoiceField(
-        enum_name="ArchiveEncryptionEnum", choices=ENCRYPTION_CHOICES, default="sse-s3"
-    )
-    kms_key_id = serializers.CharField(
-        max_length=2048, required=False, allow_blank=True, help_text="Only with sse-kms."
-    )
-    storage_classes = StorageClassesInputSerializer(
-        required=False,
-        help_text="Per tier; defaults STANDARD, STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE.",
-    )
-
-    class Meta:
-        ref_name = "ArchiveStorageLocationInput"
-
-
-def _location_input(data: dict[str, Any], base: StorageLocation | None = None) -> LocationInput:
-    """Validated input -> the service's input; on PATCH, omitted fields keep their value."""
-    current: dict[str, Any] = {}
-    if base is not None:
-        current = {
-            "name": base.name,
-            "role": base.role,
-            "replica_tier": base.replica_tier,
-            "endpoint_url": base.endpoint_url,
-            "region": base.region,
-            "bucket": base.bucket,
-            "prefix": base.prefix,
-            "access_key_id": base.access_key_id,
-            "encryption": locations.encryption_mode(base.encryption),
-            "kms_key_id": base.kms_key_id,
-            "storage_classes": {tier: base.storage_class(tier) or NOT_AVAILABLE for tier in TIERS},
-        }
-    merged = {**current, **data}
-    classes = {**current.get("storage_classes", {}), **(data.get("storage_classes") or {})}
-    return LocationInput(
-        name=merged["name"],
-        role=merged.get("role", StorageLocation.Role.REPLICA),
-        replica_tier=merged.get("replica_tier", "cold"),
-        endpoint_url=merged.get("endpoint_url", ""),
-        region=merged.get("region", ""),
-        bucket=merged["bucket"],
-        prefix=merged.get("prefix", ""),
-        access_key_id=merged["access_key_id"],
-        secret_access_key=data.get("secret_access_key", ""),
-        encryption=merged.get("encryption", "sse-s3"),
-        kms_key_id=merged.get("kms_key_id", ""),
-        storage_classes=classes or None,
-    )
-
-
-class LocationListApi(OrgAPIView):
-    """The organization's storage locations: the platform default or its own buckets."""
-
-    permissions_required = {"GET": Perm.STORAGE_MANAGE, "POST": Perm.STORAGE_MANAGE}
-    pagination_class = OldestFirstPagination
-
-    @extend_schema(
-        tags=["storage"],
-        summary="List storage locations",
-        responses={200: LocationOutputSerializer(many=True), **_errors()},
-    )
-    def get(self, request: Request, **kwargs: Any) -> Response:
-        return paginated(
-            self, request, selectors.location_list(org=self.org), LocationOutputSerializer
-        )
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Add an S3 bucket",
-        description="Nothing is contacted: test the connection with "
-        "`POST /storage-locations/{id}/test/`. As primary (only while the organization has no "
-        "images) it replaces the platform default; a bucket that was primary becomes a replica.",
-        request=LocationInputSerializer,
-        responses={201: LocationOutputSerializer, **_errors(400, 409)},
-    )
-    def post(self, request: Request, **kwargs: Any) -> Response:
-        serializer = LocationInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        location = locations.location_create(
-            org=self.org, data=_location_input(serializer.validated_data), actor=self.actor
-        )
-        return Response(LocationOutputSerializer(location).data, status=status.HTTP_201_CREATED)
-
-
-class LocationDetailApi(OrgAPIView):
-    """One storage location."""
-
-    permissions_required = {
-        "GET": Perm.STORAGE_MANAGE,
-        "PATCH": Perm.STORAGE_MANAGE,
-        "DELETE": Perm.STORAGE_MANAGE,
-    }
-
-    @extend_schema(
-        tags=["storage"],
-        summary="One storage location",
-        responses={200: LocationOutputSerializer, **_errors()},
-    )
-    def get(self, request: Request, location_id: int, **kwargs: Any) -> Response:
-        location = selectors.location_get(org=self.org, location_id=location_id)
-        return Response(LocationOutputSerializer(location).data)
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Change a storage location",
-        description="Omitted fields keep their value. The bucket, prefix, endpoint and region "
-        "are fixed once images are stored in the location; credentials and encryption are not.",
-        request=LocationInputSerializer,
-        responses={200: LocationOutputSerializer, **_errors(400, 409)},
-    )
-    def patch(self, request: Request, location_id: int, **kwargs: Any) -> Response:
-        location = selectors.location_get(org=self.org, location_id=location_id)
-        serializer = LocationInputSerializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        location = locations.location_update(
-            org=self.org,
-            location=location,
-            data=_location_input(serializer.validated_data, base=location),
-            actor=self.actor,
-        )
-        return Response(LocationOutputSerializer(location).data)
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Remove a storage location",
-        description="Refused while images are stored in it. Nothing in the bucket is deleted.",
-        responses={204: None, **_errors(409)},
-    )
-    def delete(self, request: Request, location_id: int, **kwargs: Any) -> Response:
-        location = selectors.location_get(org=self.org, location_id=location_id)
-        locations.location_delete(org=self.org, location=location, actor=self.actor)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class LocationTestApi(OrgAPIView):
-    """Write, read back and delete a probe object in the bucket."""
-
-    permissions_required = {"POST": Perm.STORAGE_MANAGE}
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Test a storage location's connection",
-        description="The outcome is kept on the location (`last_test_*`) and returned; a failed "
-        "test is a 200 with `last_test_ok: false` and the reason in `last_test_message`.",
-        request=None,
-        responses={200: LocationOutputSerializer, **_errors(409)},
-    )
-    def post(self, request: Request, location_id: int, **kwargs: Any) -> Response:
-        location = selectors.location_get(org=self.org, location_id=location_id)
-        location = locations.location_test(org=self.org, location=location, actor=self.actor)
-        return Response(LocationOutputSerializer(location).data)
-
-
-class ArchiveSettingsOutputSerializer(serializers.Serializer):
-    storage_quota_bytes = serializers.IntegerField(
-        allow_null=True, help_text="Null: no quota. Ingest refuses images beyond it."
-    )
-    stored_bytes = serializers.IntegerField()
-    bytes_by_tier = serializers.DictField(child=serializers.IntegerField())
-
-    class Meta:
-        ref_name = "ArchiveSettings"
-
-
-class ArchiveSettingsApi(OrgAPIView):
-    """The storage quota and what is stored per tier."""
-
-    permissions_required = {"GET": Perm.STORAGE_MANAGE, "PATCH": Perm.STORAGE_MANAGE}
-
-    class InputSerializer(serializers.Serializer):
-        storage_quota_bytes = serializers.IntegerField(allow_null=True, min_value=1)
-
-        class Meta:
-            ref_name = "ArchiveSettingsUpdate"
-
-    def _output(self) -> Response:
-        tiers = selectors.bytes_by_tier(org=self.org)
-        config = selectors.archive_settings_get(org=self.org)
-        data = {
-            "storage_quota_bytes": config.storage_quota_bytes,
-            "stored_bytes": sum(tiers.values()),
-            "bytes_by_tier": tiers,
-        }
-        return Response(ArchiveSettingsOutputSerializer(data).data)
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Storage quota and usage",
-        responses={200: ArchiveSettingsOutputSerializer, **_errors()},
-    )
-    def get(self, request: Request, **kwargs: Any) -> Response:
-        return self._output()
-
-    @extend_schema(
-        tags=["storage"],
-        summary="Set or remove the storage quota",
-        request=InputSerializer,
-        responses={200: ArchiveSettingsOutputSerializer, **_errors(400)},
-    )
-    def patch(self, request: Request, **kwargs: Any) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        locations.archive_settings_update(
-            org=self.org,
-            storage_quota_bytes=serializer.validated_data["storage_quota_bytes"],
-            actor=self.actor,
-        )
-        return self._output()
-
-
 # --- AE titles -------------------------------------------------------------------------------
 
 
@@ -816,7 +502,7 @@ class AEListApi(OrgAPIView):
         responses={200: AEOutputSerializer(many=True), **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        return paginated(self, request, ae_selectors.ae_list(org=self.org), AEOutputSerializer)
+        return paginated(self, request, ae_services.ae_list(org=self.org), AEOutputSerializer)
 
     @extend_schema(
         tags=["dicom-aes"],
@@ -848,7 +534,7 @@ class AEDetailApi(OrgAPIView):
         responses={200: AEOutputSerializer, **_errors()},
     )
     def get(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
+        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
         return Response(AEOutputSerializer(ae).data)
 
     @extend_schema(
@@ -859,7 +545,7 @@ class AEDetailApi(OrgAPIView):
         responses={200: AEOutputSerializer, **_errors(400)},
     )
     def patch(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae: DicomAE = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
+        ae: DicomAE = ae_services.ae_get(org=self.org, ae_id=ae_id)
         body = request.data if isinstance(request.data, dict) else {}
         if "ae_title" in body and body["ae_title"] != ae.ae_title:
             raise ValidationFailed(
@@ -892,6 +578,6 @@ class AEDetailApi(OrgAPIView):
         responses={204: None, **_errors()},
     )
     def delete(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
+        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
         ae_services.ae_delete(org=self.org, ae=ae, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)

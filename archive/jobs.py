@@ -45,7 +45,7 @@ from django.utils import timezone
 
 from archive import ingest
 from archive.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE
-from archive.locations import bucket_errors, endpoint_check
+from archive.locations.services import bucket_errors, endpoint_check
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.storage.credentials import decrypt, encrypt

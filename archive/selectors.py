@@ -13,7 +13,6 @@ from decimal import Decimal
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from archive.ingest import location_primary
 from archive.models import (
     TIERS,
     AccessEvent,
@@ -22,7 +21,6 @@ from archive.models import (
     IngestJob,
     Instance,
     Series,
-    StorageLocation,
     Study,
 )
 from billing.pricing import MeterUse, PriceSpec, marginal_cost
@@ -308,27 +306,6 @@ def job_progress(job: IngestJob, *, now: datetime | None = None) -> JobProgress:
         eta_seconds=eta,
         elapsed_seconds=elapsed,
     )
-
-
-# --- storage locations -------------------------------------------------------------------------
-
-
-def location_list(*, org: Organization) -> QuerySet[StorageLocation]:
-    """The organization's locations, primary first. The platform default is created on first
-    sight (as ingest would), so the list always shows where the next image goes."""
-    location_primary(org)
-    return StorageLocation.objects.for_org(org).order_by("role", "id")
-
-
-def location_get(*, org: Organization, location_id: int | str) -> StorageLocation:
-    try:
-        return StorageLocation.objects.for_org(org).get(pk=int(location_id))
-    except (StorageLocation.DoesNotExist, ValueError, TypeError):
-        raise NotFound("Storage location not found.") from None
-
-
-def location_in_use(*, org: Organization, location: StorageLocation) -> bool:
-    return Instance.objects.for_org(org).filter(location=location).exists()
 
 
 def org_has_instances(*, org: Organization) -> bool:

@@ -8,6 +8,7 @@ from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
 from archive import apis_restores as restores_api
 from archive.analytics import apis as analytics_api
+from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
 
 urlpatterns: list[URLPattern] = [
@@ -32,18 +33,22 @@ urlpatterns: list[URLPattern] = [
         apis.IngestJobFailureListApi.as_view(),
         name="api-ingest-job-failures",
     ),
-    path("storage-locations/", apis.LocationListApi.as_view(), name="api-storage-locations"),
+    path(
+        "storage-locations/", locations_api.LocationListApi.as_view(), name="api-storage-locations"
+    ),
     path(
         "storage-locations/<int:location_id>/",
-        apis.LocationDetailApi.as_view(),
+        locations_api.LocationDetailApi.as_view(),
         name="api-storage-location",
     ),
     path(
         "storage-locations/<int:location_id>/test/",
-        apis.LocationTestApi.as_view(),
+        locations_api.LocationTestApi.as_view(),
         name="api-storage-location-test",
     ),
-    path("archive-settings/", apis.ArchiveSettingsApi.as_view(), name="api-archive-settings"),
+    path(
+        "archive-settings/", locations_api.ArchiveSettingsApi.as_view(), name="api-archive-settings"
+    ),
     path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
     # Archive policies.

@@ -5,6 +5,7 @@ from django.urls import URLPattern, path
 from archive import views, views_policies
 from archive import views_restores as restores_views
 from archive.analytics.views import analytics as analytics_view
+from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 
 urlpatterns: list[URLPattern] = [
@@ -46,28 +47,28 @@ urlpatterns: list[URLPattern] = [
     path("ingest/ae-titles/new/", views.ae_create, name="portal-ae-create"),
     path("ingest/ae-titles/<int:ae_id>/edit/", views.ae_edit, name="portal-ae-edit"),
     path("ingest/ae-titles/<int:ae_id>/delete/", views.ae_delete, name="portal-ae-delete"),
-    path("storage/", views.storage, name="portal-storage"),
-    path("storage/quota/", views.storage_quota, name="portal-storage-quota"),
+    path("storage/", location_views.storage, name="portal-storage"),
+    path("storage/quota/", location_views.storage_quota, name="portal-storage-quota"),
     path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),
-    path("storage/locations/new/", views.location_create, name="portal-location-create"),
+    path("storage/locations/new/", location_views.location_create, name="portal-location-create"),
     path(
         "storage/locations/<int:location_id>/edit/",
-        views.location_edit,
+        location_views.location_edit,
         name="portal-location-edit",
     ),
     path(
         "storage/locations/<int:location_id>/test/",
-        views.location_test,
+        location_views.location_test,
         name="portal-location-test",
     ),
     path(
         "storage/locations/<int:location_id>/test/clear/",
-        views.location_test_clear,
+        location_views.location_test_clear,
         name="portal-location-test-clear",
     ),
     path(
         "storage/locations/<int:location_id>/delete/",
-        views.location_delete,
+        location_views.location_delete,
         name="portal-location-delete",
     ),
     path("analytics/", analytics_view, name="portal-analytics"),

@@ -1,6 +1,6 @@
 """Portal pages of the archive under ``/o/<slug>/archive/``: studies (search, detail, zip
-download), ingest (upload, bucket import, job progress, connection details, AE titles) and storage
-(locations, connection tests, quota).
+download) and ingest (upload, bucket import, job progress, connection details, AE titles). Storage
+(locations, connection tests, quota) is ``archive.locations.views``.
 
 Thin views: a form checks the shape, a service writes (refusing with a ``ServiceError``), a
 selector reads. Every id in a URL is looked up through a selector scoped to the organization in
@@ -16,7 +16,6 @@ import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -36,17 +35,15 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive import jobs, locations, restores, retention, selectors
-from archive.dimse import selectors as ae_selectors
-from archive.dimse import services as ae_services
-from archive.forms import AEForm, ImportForm, LocationForm, QuotaForm, StudySearchForm
+from archive import ae as ae_services
+from archive import jobs, restores, retention, selectors
+from archive.forms import AEForm, ImportForm, StudySearchForm
 from archive.models import (
     TIERS,
     AccessEvent,
     IngestJob,
     Instance,
     RestoreRequest,
-    StorageLocation,
     Study,
 )
 from archive.services import access_record
@@ -413,7 +410,7 @@ def ingest_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
         "dicomweb_url": f"{settings.SITE_URL}/dicomweb",
         "scp_host": getattr(settings, "DICOM_SCP_HOST", DEFAULT_SCP_HOST),
         "scp_port": getattr(settings, "DICOM_SCP_PORT", DEFAULT_SCP_PORT),
-        "aes": list(ae_selectors.ae_list(org=ctx.org)),
+        "aes": list(ae_services.ae_list(org=ctx.org)),
         "can_manage_aes": ctx.can(Perm.STORAGE_MANAGE),
         "can_manage_tokens": ctx.can(Perm.TOKENS_MANAGE),
         "max_chunk": jobs.MAX_CHUNK_BYTES,
@@ -585,7 +582,7 @@ def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @org_view(Perm.STORAGE_MANAGE)
 @require_http_methods(["GET", "POST"])
 def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
+    ae = get_or_404(ae_services.ae_get, org=ctx.org, ae_id=ae_id)
     initial = {
         "ae_title": ae.ae_title,
         "allowed_calling_ae_titles": "\n".join(ae.allowed_calling_ae_titles),
@@ -620,7 +617,7 @@ def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespons
 @org_view(Perm.STORAGE_MANAGE)
 @require_http_methods(["GET", "POST"])
 def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
+    ae = get_or_404(ae_services.ae_get, org=ctx.org, ae_id=ae_id)
     if request.method == "POST":
         title = ae.ae_title
         ae_services.ae_delete(org=ctx.org, ae=ae, actor=ctx.actor)
@@ -628,202 +625,3 @@ def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespo
         return _ingest_redirect(ctx)
     context = {"ctx": ctx, "active_section": "ingest", "ae": ae}
     return render(request, "archive/ae_delete.html", context)
-
-
-# --- storage -----------------------------------------------------------------------------------
-
-
-def _storage_page(
-    request: HttpRequest,
-    ctx: PortalContext,
-    *,
-    quota_form: QuotaForm | None = None,
-    status: int = 200,
-) -> HttpResponse:
-    tiers = selectors.bytes_by_tier(org=ctx.org)
-    total = sum(tiers.values())
-    config = selectors.archive_settings_get(org=ctx.org)
-    quota = config.storage_quota_bytes
-    if quota_form is None:
-        initial = {"quota_gib": Decimal(quota) / Decimal(2**30) if quota else None}
-        if initial["quota_gib"] is not None:
-            initial["quota_gib"] = initial["quota_gib"].quantize(Decimal("0.001")).normalize()
-        quota_form = QuotaForm(initial=initial)
-    rows = []
-    for location in selectors.location_list(org=ctx.org):
-        rows.append(
-            {
-                "location": location,
-                "classes": [
-                    (tier, location.storage_class(tier) or "not available") for tier in TIERS
-                ],
-                "encryption": locations.ENCRYPTION_LABELS[
-                    locations.encryption_mode(location.encryption)
-                ].split(" (")[0],
-                "in_use": selectors.location_in_use(org=ctx.org, location=location),
-            }
-        )
-    context = {
-        "ctx": ctx,
-        "active_section": "storage",
-        "tiers": [{"tier": t, "bytes": bytes_label(tiers[t]), "raw": tiers[t]} for t in TIERS],
-        "total": bytes_label(total),
-        "quota": bytes_label(quota) if quota else None,
-        "quota_percent": min(100, int(total * 100 / quota)) if quota else None,
-        "quota_form": quota_form,
-        "rows": rows,
-        "has_instances": selectors.org_has_instances(org=ctx.org),
-    }
-    return render(request, "archive/storage.html", context, status=status)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_safe
-def storage(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    return _storage_page(request, ctx)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_POST
-def storage_quota(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    form = QuotaForm(request.POST)
-    if not form.is_valid():
-        return _storage_page(request, ctx, quota_form=form, status=400)
-    try:
-        locations.archive_settings_update(
-            org=ctx.org, storage_quota_bytes=form.quota_bytes(), actor=ctx.actor
-        )
-    except ServiceError as exc:
-        form_apply_service_error(form, exc)
-        return _storage_page(request, ctx, quota_form=form, status=exc.status)
-    quota = form.quota_bytes()
-    messages.success(
-        request,
-        f"Storage quota set to {bytes_label(quota)}." if quota else "Storage quota removed.",
-    )
-    return redirect("portal-storage", ctx.org.slug)
-
-
-def _location_form_page(
-    request: HttpRequest,
-    ctx: PortalContext,
-    form: LocationForm,
-    location: StorageLocation | None,
-    status: int,
-) -> HttpResponse:
-    context = {
-        "ctx": ctx,
-        "active_section": "storage",
-        "form": form,
-        "location": location,
-        "has_instances": selectors.org_has_instances(org=ctx.org),
-        "tiers": TIERS,
-    }
-    response = render(request, "archive/location_form.html", context, status=status)
-    add_never_cache_headers(response)
-    return response
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def location_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    form = LocationForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        status = 400
-        if form.is_valid():
-            try:
-                location = locations.location_create(
-                    org=ctx.org, data=form.to_input(), actor=ctx.actor
-                )
-            except ServiceError as exc:
-                form_apply_service_error(form, exc)
-                status = exc.status
-            else:
-                messages.success(
-                    request,
-                    f"Storage location “{location.name}” added. Test the connection to check "
-                    "the bucket and credentials.",
-                )
-                return redirect("portal-storage", ctx.org.slug)
-    return _location_form_page(request, ctx, form, None, status)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def location_edit(request: HttpRequest, ctx: PortalContext, location_id: int) -> HttpResponse:
-    location = get_or_404(selectors.location_get, org=ctx.org, location_id=location_id)
-    if location.kind == StorageLocation.Kind.PLATFORM:
-        messages.info(request, "The platform storage is managed by Strata; it has no settings.")
-        return redirect("portal-storage", ctx.org.slug)
-    secret_set = bool(location.secret_access_key_encrypted)
-    form = LocationForm(
-        request.POST or None, initial=LocationForm.initial_for(location), secret_set=secret_set
-    )
-    status = 200
-    if request.method == "POST":
-        status = 400
-        if form.is_valid():
-            try:
-                locations.location_update(
-                    org=ctx.org, location=location, data=form.to_input(), actor=ctx.actor
-                )
-            except ServiceError as exc:
-                form_apply_service_error(form, exc)
-                status = exc.status
-                location.refresh_from_db()
-            else:
-                messages.success(request, f"Storage location “{location.name}” saved.")
-                return redirect("portal-storage", ctx.org.slug)
-    return _location_form_page(request, ctx, form, location, status)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_POST
-def location_test(request: HttpRequest, ctx: PortalContext, location_id: int) -> HttpResponse:
-    location = get_or_404(selectors.location_get, org=ctx.org, location_id=location_id)
-    try:
-        location = locations.location_test(org=ctx.org, location=location, actor=ctx.actor)
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-        return redirect("portal-storage", ctx.org.slug)
-    if location.last_test_ok:
-        messages.success(
-            request, f"“{location.name}”: connection works. {location.last_test_message}"
-        )
-    else:
-        messages.error(
-            request, f"“{location.name}”: the connection test failed. {location.last_test_message}"
-        )
-    return redirect("portal-storage", ctx.org.slug)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_POST
-def location_test_clear(request: HttpRequest, ctx: PortalContext, location_id: int) -> HttpResponse:
-    location = get_or_404(selectors.location_get, org=ctx.org, location_id=location_id)
-    locations.location_test_clear(org=ctx.org, location=location, actor=ctx.actor)
-    messages.success(request, f"The test result of “{location.name}” was cleared.")
-    return redirect("portal-storage", ctx.org.slug)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def location_delete(request: HttpRequest, ctx: PortalContext, location_id: int) -> HttpResponse:
-    location = get_or_404(selectors.location_get, org=ctx.org, location_id=location_id)
-    context = {
-        "ctx": ctx,
-        "active_section": "storage",
-        "location": location,
-        "in_use": selectors.location_in_use(org=ctx.org, location=location),
-    }
-    if request.method == "POST":
-        name = location.name
-        try:
-            locations.location_delete(org=ctx.org, location=location, actor=ctx.actor)
-        except ServiceError as exc:
-            messages.error(request, exc.message)
-            return render(request, "archive/location_delete.html", context, status=exc.status)
-        messages.success(request, f"Storage location “{name}” removed.")
-        return redirect("portal-storage", ctx.org.slug)
-    return render(request, "archive/location_delete.html", context)

@@ -14,7 +14,8 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive.apis import LocationOutputSerializer, _tier_field
+from archive.apis import _tier_field
+from archive.locations.apis import LocationOutputSerializer
 from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill

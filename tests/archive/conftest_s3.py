@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from archive.locations import LocationInput, location_create
+from archive.locations.services import LocationInput, location_create
 from archive.models import StorageLocation
 from tenants.context import Actor
 from tenants.models import Organization

@@ -13,8 +13,8 @@ import pytest
 from pydicom.uid import generate_uid
 from rest_framework.test import APIClient
 
-from archive import ingest, jobs, locations
-from archive.dimse import services as ae
+from archive import ae, ingest, jobs
+from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, Instance, StorageLocation, Study
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -114,9 +114,9 @@ def create_objects(org: Organization) -> dict[str, int]:
     )
     assert result.instance_id is not None
     instance = Instance.objects.get(pk=result.instance_id)
-    bucket = locations.location_create(
+    bucket = location_services.location_create(
         org=org,
-        data=locations.LocationInput(
+        data=location_services.LocationInput(
             name="Replica",
             bucket=f"{org.slug}-replica",
             access_key_id="AKIA0",

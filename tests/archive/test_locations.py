@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from archive import ingest, locations
-from archive.locations import LocationInput
+from archive import ingest
+from archive.locations import services as location_services
+from archive.locations.services import LocationInput
 from archive.models import TIERS, ArchiveSettings, Instance, StorageLocation
 from archive.storage import store_for
 from archive.storage.credentials import decrypt
@@ -82,14 +83,14 @@ def test_bad_bucket_settings_are_refused_with_field_errors_and_nothing_saved(
     org, overrides, field
 ) -> None:
     with pytest.raises(ValidationFailed) as caught:
-        locations.location_create(org=org, data=valid(**overrides), actor=ACTOR)
+        location_services.location_create(org=org, data=valid(**overrides), actor=ACTOR)
     assert field in caught.value.fields, caught.value.fields
     assert not StorageLocation.objects.filter(kind="s3").exists()
     assert not AuditEvent.objects.filter(action__startswith="storage_location").exists()
 
 
 def test_the_secret_is_stored_encrypted_and_audited_without_it(org) -> None:
-    location = locations.location_create(
+    location = location_services.location_create(
         org=org,
         data=valid(encryption="sse-kms", kms_key_id="arn:aws:kms:eu-central-1:1:key/abc"),
         actor=ACTOR,
@@ -109,9 +110,9 @@ def test_the_secret_is_stored_encrypted_and_audited_without_it(org) -> None:
 
 
 def test_an_update_without_a_secret_keeps_the_old_one(org) -> None:
-    location = locations.location_create(org=org, data=valid(), actor=ACTOR)
+    location = location_services.location_create(org=org, data=valid(), actor=ACTOR)
     token = location.secret_access_key_encrypted
-    locations.location_update(
+    location_services.location_update(
         org=org, location=location, data=valid(secret_access_key="", name="Renamed"), actor=ACTOR
     )
     location.refresh_from_db()
@@ -123,14 +124,14 @@ def test_a_tier_the_store_lacks_is_marked_not_available_and_not_served(org) -> N
     location keeps as no storage class, so tier rules and moves to it are refused."""
     from archive.tiers import location_serves
 
-    location = locations.location_create(
+    location = location_services.location_create(
         org=org, data=valid(storage_classes={"archive": "NONE"}), actor=ACTOR
     )
     assert location.storage_class("archive") == ""
     assert not location_serves(location, "archive")
     assert location_serves(location, "cold") and location.storage_class("cold") == "GLACIER_IR"
     # An update that leaves the storage classes alone keeps the tier unavailable.
-    locations.location_update(
+    location_services.location_update(
         org=org,
         location=location,
         data=valid(
@@ -149,47 +150,49 @@ def test_a_tier_the_store_lacks_is_marked_not_available_and_not_served(org) -> N
 
 def test_a_bucket_replaces_the_platform_primary_while_there_are_no_images(org) -> None:
     platform = ingest.location_primary(org)
-    bucket = locations.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
+    bucket = location_services.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
     assert not StorageLocation.objects.filter(pk=platform.pk).exists()
     assert ingest.location_primary(org) == bucket
     # A second bucket as primary demotes the first to replica.
-    second = locations.location_create(
+    second = location_services.location_create(
         org=org, data=valid(role="primary", bucket="stmary-second"), actor=ACTOR
     )
     bucket.refresh_from_db()
     assert bucket.role == "replica" and ingest.location_primary(org) == second
     # Removing the primary bucket brings the platform default back.
-    locations.location_delete(org=org, location=second, actor=ACTOR)
+    location_services.location_delete(org=org, location=second, actor=ACTOR)
     assert ingest.location_primary(org).kind == StorageLocation.Kind.PLATFORM
 
 
 def test_the_primary_cannot_change_once_images_are_stored(org) -> None:
     assert ingest_bytes(org, one_dicom()).status == "stored"
     with pytest.raises(Conflict) as caught:
-        locations.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
+        location_services.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
     assert "role" in caught.value.fields
-    replica = locations.location_create(org=org, data=valid(role="replica"), actor=ACTOR)
+    replica = location_services.location_create(org=org, data=valid(role="replica"), actor=ACTOR)
     with pytest.raises(Conflict):
-        locations.location_update(
+        location_services.location_update(
             org=org, location=replica, data=valid(role="primary"), actor=ACTOR
         )
     assert ingest.location_primary(org).kind == StorageLocation.Kind.PLATFORM
 
 
 def test_a_primary_cannot_be_demoted_directly(org) -> None:
-    bucket = locations.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
+    bucket = location_services.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
     with pytest.raises(Conflict):
-        locations.location_update(org=org, location=bucket, data=valid(role="replica"), actor=ACTOR)
+        location_services.location_update(
+            org=org, location=bucket, data=valid(role="replica"), actor=ACTOR
+        )
 
 
 def test_the_platform_location_cannot_be_edited_tested_or_removed(org) -> None:
     platform = ingest.location_primary(org)
     with pytest.raises(Conflict):
-        locations.location_update(org=org, location=platform, data=valid(), actor=ACTOR)
+        location_services.location_update(org=org, location=platform, data=valid(), actor=ACTOR)
     with pytest.raises(Conflict):
-        locations.location_test(org=org, location=platform, actor=ACTOR)
+        location_services.location_test(org=org, location=platform, actor=ACTOR)
     with pytest.raises(Conflict):
-        locations.location_delete(org=org, location=platform, actor=ACTOR)
+        location_services.location_delete(org=org, location=platform, actor=ACTOR)
 
 
 def test_a_location_holding_images_keeps_its_bucket_and_cannot_be_removed(
@@ -198,12 +201,12 @@ def test_a_location_holding_images_keeps_its_bucket_and_cannot_be_removed(
     location = make_bucket_location(org, endpoint_url=s3_bucket.endpoint_url, bucket=s3_bucket.name)
     assert ingest_bytes(org, one_dicom()).status == "stored"
     with pytest.raises(Conflict):
-        locations.location_delete(org=org, location=location, actor=ACTOR)
+        location_services.location_delete(org=org, location=location, actor=ACTOR)
     moved = valid(
         role="primary", bucket="another-bucket", endpoint_url=s3_bucket.endpoint_url, region=REGION
     )
     with pytest.raises(Conflict):
-        locations.location_update(org=org, location=location, data=moved, actor=ACTOR)
+        location_services.location_update(org=org, location=location, data=moved, actor=ACTOR)
     # Rotating the credentials is fine.
     same = valid(
         role="primary",
@@ -212,7 +215,7 @@ def test_a_location_holding_images_keeps_its_bucket_and_cannot_be_removed(
         region=REGION,
         secret_access_key="rotated-secret",
     )
-    locations.location_update(org=org, location=location, data=same, actor=ACTOR)
+    location_services.location_update(org=org, location=location, data=same, actor=ACTOR)
     location.refresh_from_db()
     assert decrypt(location.secret_access_key_encrypted) == "rotated-secret"
 
@@ -224,14 +227,14 @@ def test_test_connection_of_a_hospital_bucket_succeeds(
     make_bucket_location, org, s3_bucket: Any
 ) -> None:
     location = make_bucket_location(org, endpoint_url=s3_bucket.endpoint_url, bucket=s3_bucket.name)
-    result = locations.location_test(org=org, location=location, actor=ACTOR)
+    result = location_services.location_test(org=org, location=location, actor=ACTOR)
     location.refresh_from_db()
     assert result.last_test_ok is True and location.last_test_ok is True
     assert s3_bucket.name in location.last_test_message
     assert location.last_test_at is not None
     assert s3_bucket.keys() == []  # the probe object is gone
     assert AuditEvent.objects.filter(action="storage_location.tested").count() == 1
-    locations.location_test_clear(org=org, location=location, actor=ACTOR)
+    location_services.location_test_clear(org=org, location=location, actor=ACTOR)
     location.refresh_from_db()
     assert (location.last_test_at, location.last_test_ok, location.last_test_message) == (
         None,
@@ -246,7 +249,7 @@ def test_test_connection_failure_is_kept_with_a_clear_message(
 ) -> None:
     url = request.getfixturevalue(endpoint)
     location = make_bucket_location(org, endpoint_url=url, bucket="radiology", role="replica")
-    result = locations.location_test(org=org, location=location, actor=ACTOR)
+    result = location_services.location_test(org=org, location=location, actor=ACTOR)
     assert result.last_test_ok is False
     message = result.last_test_message
     assert "connect" in message.lower() or "InternalError" in message
@@ -256,7 +259,7 @@ def test_wrong_credentials_fail_the_test(make_bucket_location, org, s3_bucket: A
     location = make_bucket_location(
         org, endpoint_url=s3_bucket.endpoint_url, bucket="bucket-that-does-not-exist"
     )
-    result = locations.location_test(org=org, location=location, actor=ACTOR)
+    result = location_services.location_test(org=org, location=location, actor=ACTOR)
     assert result.last_test_ok is False and "NoSuchBucket" in result.last_test_message
 
 
@@ -312,10 +315,10 @@ def test_ingest_into_an_unreachable_bucket_fails_clearly_and_indexes_nothing(
 
 
 def test_quota_is_set_removed_and_audited(org) -> None:
-    locations.archive_settings_update(org=org, storage_quota_bytes=10 * 2**30, actor=ACTOR)
+    location_services.archive_settings_update(org=org, storage_quota_bytes=10 * 2**30, actor=ACTOR)
     assert ArchiveSettings.objects.get(organization=org).storage_quota_bytes == 10 * 2**30
-    locations.archive_settings_update(org=org, storage_quota_bytes=None, actor=ACTOR)
+    location_services.archive_settings_update(org=org, storage_quota_bytes=None, actor=ACTOR)
     assert ArchiveSettings.objects.get(organization=org).storage_quota_bytes is None
     assert AuditEvent.objects.filter(action="archive_settings.updated").count() == 2
     with pytest.raises(ValidationFailed):
-        locations.archive_settings_update(org=org, storage_quota_bytes=0, actor=ACTOR)
+        location_services.archive_settings_update(org=org, storage_quota_bytes=0, actor=ACTOR)

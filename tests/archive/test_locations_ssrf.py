@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from archive import jobs, locations
-from archive.locations import LocationInput
+from archive import jobs
+from archive.locations import services as location_services
+from archive.locations.services import LocationInput
 from archive.models import IngestJob, StorageLocation
 from archive.storage.s3 import EndpointRefused, _client
 from tenants.context import Actor
@@ -80,7 +81,7 @@ def test_an_endpoint_name_resolving_inside_is_refused_with_the_address(
     settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = False
     Rebinding(monkeypatch, honest=0, then=answer)
 
-    problem = locations.endpoint_check("https://minio.attacker.example")
+    problem = location_services.endpoint_check("https://minio.attacker.example")
 
     assert problem is not None
     assert "minio.attacker.example resolves to" in problem and "private or internal" in problem
@@ -98,7 +99,7 @@ def test_dns_rebinding_of_a_bucket_endpoint_never_reaches_loopback(
     the check before the test), then 127.0.0.1: the connection test fails and reaches nothing."""
     settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = False
     dns = Rebinding(monkeypatch, honest=honest_lookups)
-    location = locations.location_create(
+    location = location_services.location_create(
         org=org,
         data=LocationInput(
             name="Radiology bucket",
@@ -111,7 +112,7 @@ def test_dns_rebinding_of_a_bucket_endpoint_never_reaches_loopback(
         actor=ACTOR,
     )
 
-    tested = locations.location_test(org=org, location=location, actor=ACTOR)
+    tested = location_services.location_test(org=org, location=location, actor=ACTOR)
 
     assert loopback_server.requests == []
     assert set(dns.connects) <= {PUBLIC}

@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 from pydicom.uid import generate_uid
 
-from archive import ingest, jobs, locations
-from archive.dimse import services as ae
+from archive import ae, ingest, jobs
+from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, StorageLocation, Study
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -126,9 +126,9 @@ def seed(org: Organization) -> dict[str, int]:
         allow_any_caller=True,
         actor=actor,
     )
-    bucket = locations.location_create(
+    bucket = location_services.location_create(
         org=org,
-        data=locations.LocationInput(
+        data=location_services.LocationInput(
             name="Replica",
             bucket=f"{org.slug}-replica",
             access_key_id="AKIA0",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from archive import locations
+from archive.locations import services as location_services
 from archive.models import InstanceReplica, ReplicaCheck, StorageLocation
 from archive.replicas import selectors, services
 from archive.replicas.drill import replica_drill
@@ -33,7 +33,7 @@ def _private_endpoints(settings: Any) -> None:
     settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = True
 
 
-def bucket_input(**overrides: Any) -> locations.LocationInput:
+def bucket_input(**overrides: Any) -> location_services.LocationInput:
     values: dict[str, Any] = {
         "name": "DR bucket",
         "bucket": "stmary-dr",
@@ -43,11 +43,11 @@ def bucket_input(**overrides: Any) -> locations.LocationInput:
         "role": "replica",
     }
     values.update(overrides)
-    return locations.LocationInput(**values)
+    return location_services.LocationInput(**values)
 
 
 def add_replica(org: Organization, **overrides: Any) -> StorageLocation:
-    return locations.location_create(org=org, data=bucket_input(**overrides), actor=ACTOR)
+    return location_services.location_create(org=org, data=bucket_input(**overrides), actor=ACTOR)
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_second_replica_is_refused(org: Organization) -> None:
 
 
 def test_a_replica_in_the_primarys_own_bucket_and_prefix_is_refused(org: Organization) -> None:
-    primary = locations.location_create(
+    primary = location_services.location_create(
         org=org, data=bucket_input(role="primary", prefix="images/"), actor=ACTOR
     )
     with pytest.raises(ValidationFailed) as exc:
@@ -125,11 +125,13 @@ def test_an_unknown_replica_tier_is_a_field_error(org: Organization) -> None:
 
 
 def test_a_primary_cannot_become_a_second_replica(org: Organization) -> None:
-    primary = locations.location_create(org=org, data=bucket_input(role="primary"), actor=ACTOR)
+    primary = location_services.location_create(
+        org=org, data=bucket_input(role="primary"), actor=ACTOR
+    )
     add_replica(org, bucket="stmary-dr-2")
     # A new primary would turn the old bucket primary into a second replica.
     with pytest.raises(Conflict):
-        locations.location_create(
+        location_services.location_create(
             org=org, data=bucket_input(role="primary", bucket="stmary-new"), actor=ACTOR
         )
     primary.refresh_from_db()
@@ -141,10 +143,10 @@ def test_a_replica_holding_copies_keeps_its_bucket(org: Organization, fs_store: 
     ingest_instances(org, 1)
     sync_and_copy(org)
     with pytest.raises(Conflict):
-        locations.location_update(
+        location_services.location_update(
             org=org, location=replica, data=bucket_input(bucket="elsewhere"), actor=ACTOR
         )
-    renamed = locations.location_update(
+    renamed = location_services.location_update(
         org=org, location=replica, data=bucket_input(name="Frankfurt copy"), actor=ACTOR
     )
     assert renamed.name == "Frankfurt copy"
@@ -155,7 +157,7 @@ def test_removing_the_replica_stops_billing_its_bytes(org: Organization, fs_stor
     instances = ingest_instances(org, 2)
     sync_and_copy(org)
     replica_drill(org=org, sample=2, actor=ACTOR)
-    locations.location_delete(org=org, location=replica, actor=ACTOR)
+    location_services.location_delete(org=org, location=replica, actor=ACTOR)
     assert not InstanceReplica.objects.for_org(org).exists()
     assert not ReplicaCheck.objects.for_org(org).exists()
     cold = StorageDelta.objects.for_org(org).filter(tier="cold")

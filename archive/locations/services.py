@@ -1,4 +1,4 @@
-"""Storage location services: a hospital's own S3 bucket next to the platform default, the
+"""Storage location writes: a hospital's own S3 bucket next to the platform default, the
 connection test, and the organization's storage quota.
 
 Rules that must stay true:
