@@ -38,6 +38,7 @@ from archive.dicom import (
     read_header,
 )
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
+from archive.selectors import archive_settings_get
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
@@ -825,13 +826,11 @@ def _discard(
 
 
 def _quota_left(org: Organization) -> int | None:
-    from archive.models import ArchiveSettings
-
-    config = ArchiveSettings.objects.for_org(org).first()
-    if config is None or config.storage_quota_bytes is None:
+    quota = archive_settings_get(org=org).storage_quota_bytes
+    if quota is None:
         return None
     used = Study.objects.for_org(org).aggregate(total=Sum("total_bytes"))["total"] or 0
-    return max(config.storage_quota_bytes - used, 0)
+    return max(quota - used, 0)
 
 
 def orphans_cleanup(*, older_than: timedelta | None = None, limit: int = 500) -> int:

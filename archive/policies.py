@@ -50,6 +50,7 @@ from archive.models import (
     Study,
     TierMove,
 )
+from archive.selectors import archive_settings_get
 from archive.tiers import TIER_CATALOG, location_serves
 from billing.pricing import MeterUse, marginal_cost, month_bounds, round_money
 from tenants.context import Actor
@@ -302,8 +303,7 @@ def rules_validate(*, org: Organization, rules: Any) -> list[dict[str, Any]]:
     location = (
         StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
     )
-    settings = ArchiveSettings.objects.for_org(org).first()
-    minimum = settings.retention_minimum_days if settings else None
+    minimum = archive_settings_get(org=org).retention_minimum_days
     errors: dict[str, list[str]] = {}
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(rules):
@@ -547,8 +547,7 @@ def policy_version_get(*, org: Organization, number: int | str) -> PolicyVersion
 
 
 def policy_active(*, org: Organization) -> PolicyVersion | None:
-    config = ArchiveSettings.objects.for_org(org).select_related("active_policy").first()
-    return config.active_policy if config else None
+    return archive_settings_get(org=org).active_policy
 
 
 def _activate_locked(

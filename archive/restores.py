@@ -26,7 +26,8 @@ from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from archive.models import ArchiveSettings, Instance, RestoreItem, RestoreRequest, Study
+from archive.models import Instance, RestoreItem, RestoreRequest, Study
+from archive.selectors import archive_settings_get
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import TIER_CATALOG
 from billing.metering import record_usage
@@ -46,10 +47,6 @@ INLINE_STARTS = 200
 # Items checked per request and per poll run.
 POLL_ITEMS_PER_REQUEST = 500
 POLL_ITEMS_PER_RUN = 5000
-
-
-def archive_settings(org: Organization) -> ArchiveSettings:
-    return ArchiveSettings.objects.for_org(org).first() or ArchiveSettings(organization=org)
 
 
 def needs_restore(instance: Instance, *, now: datetime | None = None) -> bool:
@@ -124,7 +121,7 @@ def _restore_open(
     Returns (request, created). When every instance is already being restored, the newest open
     request covering them is returned and nothing is created.
     """
-    config = archive_settings(org)
+    config = archive_settings_get(org=org)
     now = timezone.now()
     with transaction.atomic():
         _lock_studies(org, {i.study_id for i in instances})
@@ -296,7 +293,7 @@ def restore_estimate(
         plan_name=price.plan_name,
         rate=price.rate,
         typical_seconds=typical_seconds(platform_filesystem=_platform_filesystem(org)),
-        days=archive_settings(org).restore_days,
+        days=archive_settings_get(org=org).restore_days,
     )
 
 

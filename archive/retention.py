@@ -26,7 +26,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from archive.models import (
-    ArchiveSettings,
     Instance,
     LegalHold,
     Series,
@@ -34,6 +33,7 @@ from archive.models import (
     TierMove,
 )
 from archive.replicas.services import replica_objects_delete, replicas_forget_locked
+from archive.selectors import archive_settings_get
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import early_deletion_byte_days
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
@@ -78,8 +78,7 @@ def _purge_due(study: Study, now: datetime) -> bool:
 
 
 def _grace_days(org: Organization) -> int:
-    config = ArchiveSettings.objects.for_org(org).first()
-    return config.trash_grace_days if config is not None else 30
+    return archive_settings_get(org=org).trash_grace_days
 
 
 # --- trash -------------------------------------------------------------------------------------

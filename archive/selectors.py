@@ -318,6 +318,16 @@ def bytes_by_tier(*, org: Organization) -> dict[str, int]:
     return {tier: int(totals[tier] or 0) for tier in TIERS}
 
 
-def archive_settings_get(*, org: Organization) -> ArchiveSettings:
-    """The organization's settings; an unsaved default (no quota) when none were stored."""
-    return ArchiveSettings.objects.for_org(org).first() or ArchiveSettings(organization=org)
+def archive_settings_get(*, org: Organization | int) -> ArchiveSettings:
+    """The organization's settings (``org`` or its id); when none were stored, an unsaved row
+    with the model's defaults, so that no caller branches on None.
+
+    The one way to read them: a change goes through ``archive_settings_update`` or, for the
+    active policy, ``policies.policy_save``/``policy_activate`` (they lock the stored row).
+    """
+    stored = ArchiveSettings.objects.for_org(org).select_related("active_policy").first()
+    if stored is not None:
+        return stored
+    if isinstance(org, Organization):
+        return ArchiveSettings(organization=org)
+    return ArchiveSettings(organization_id=org)

@@ -60,6 +60,7 @@ from django.utils import timezone
 
 from archive import tiers
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
+from archive.selectors import archive_settings_get
 from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between
@@ -748,7 +749,6 @@ def moves_dispatch(*, now: datetime | None = None) -> dict[int, int]:
     Taken: planned moves never handed out, planned moves handed out longer than a lease ago (the
     task was lost), and open or unfinished moves whose worker's lease ran out.
     """
-    from archive.models import ArchiveSettings
     from archive.tiering_tasks import tier_moves_execute
 
     now = now or timezone.now()
@@ -777,8 +777,7 @@ def moves_dispatch(*, now: datetime | None = None) -> dict[int, int]:
     )
     handed: dict[int, int] = {}
     for org_id in org_ids:
-        config = ArchiveSettings.objects.filter(organization_id=org_id).first()
-        budget = config.moves_per_minute if config is not None else 6000
+        budget = archive_settings_get(org=org_id).moves_per_minute
         ids = list(
             TierMove.objects.filter(organization_id=org_id)
             .filter(due)

@@ -68,6 +68,7 @@ from archive.analytics.simulator.results import (
     _money,
 )
 from archive.models import ArchiveSettings, StorageLocation
+from archive.selectors import archive_settings_get
 from billing.meters import GIB
 from billing.periods import month_start, next_month
 from billing.pricing import round_money
@@ -77,9 +78,9 @@ from tenants.models import Organization
 logger = logging.getLogger(__name__)
 
 
-def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings | None]:
-    settings = ArchiveSettings.objects.for_org(org).select_related("active_policy").first()
-    if settings is None or settings.active_policy is None:
+def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings]:
+    settings = archive_settings_get(org=org)
+    if settings.active_policy is None:
         return None, settings
     return list(settings.active_policy.rules or []), settings
 
@@ -96,7 +97,7 @@ def simulate(
     started = time.perf_counter()
     now = now or timezone.now()
     active_rules, settings = _policy_rules(org)
-    grace = settings.trash_grace_days if settings else 30
+    grace = settings.trash_grace_days
     location = (
         StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
     )
