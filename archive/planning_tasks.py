@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from archive.selectors import archive_settings_org_ids_with_policy
 from tenants.models import Organization
 
 
@@ -20,14 +21,9 @@ def tier_policy_evaluate(org_id: int | None = None) -> dict[str, int]:
     batch was full.
     """
     from archive import planning
-    from archive.models import ArchiveSettings
 
     if org_id is None:
-        org_ids = list(
-            ArchiveSettings.objects.filter(
-                active_policy__isnull=False, organization__status="active"
-            ).values_list("organization_id", flat=True)
-        )
+        org_ids = archive_settings_org_ids_with_policy()
         for pk in org_ids:
             tier_policy_evaluate.apply_async((pk,))
         return {"organizations": len(org_ids)}

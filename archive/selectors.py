@@ -331,3 +331,13 @@ def archive_settings_get(*, org: Organization | int) -> ArchiveSettings:
     if isinstance(org, Organization):
         return ArchiveSettings(organization=org)
     return ArchiveSettings(organization_id=org)
+
+
+def archive_settings_org_ids_with_policy() -> list[int]:
+    """Ids of the active organizations whose settings name an active policy. A read across
+    organizations, for the policy engine's beat only: it fans out one task per id."""
+    return list(
+        ArchiveSettings.objects.filter(
+            active_policy__isnull=False, organization__status=Organization.Status.ACTIVE
+        ).values_list("organization_id", flat=True)
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from archive.models import ArchiveSettings, PolicyVersion
-from archive.selectors import archive_settings_get
+from archive.selectors import archive_settings_get, archive_settings_org_ids_with_policy
 from tenants.models import Organization
 
 pytestmark = pytest.mark.django_db
@@ -85,3 +85,17 @@ def test_another_organizations_settings_are_never_returned(
         30,
         6000,
     )
+
+
+def test_the_policy_beat_sees_only_active_organizations_with_an_active_policy(
+    org: Organization, other_org: Organization
+) -> None:
+    suspended = Organization.objects.create(
+        name="Closed Wing", slug="closed-wing", status=Organization.Status.SUSPENDED
+    )
+    for each in (org, suspended):
+        version = PolicyVersion.objects.create(organization=each, number=1, rules=[])
+        ArchiveSettings.objects.create(organization=each, active_policy=version)
+    ArchiveSettings.objects.create(organization=other_org)
+
+    assert archive_settings_org_ids_with_policy() == [org.pk]
