@@ -17,8 +17,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import ae as ae_services
 from archive import jobs, selectors
+from archive.dimse import selectors as ae_selectors
+from archive.dimse import services as ae_services
 from archive.models import TIERS, DicomAE, IngestJob
 from tenants.api import (
     NewestFirstPagination,
@@ -502,7 +503,7 @@ class AEListApi(OrgAPIView):
         responses={200: AEOutputSerializer(many=True), **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        return paginated(self, request, ae_services.ae_list(org=self.org), AEOutputSerializer)
+        return paginated(self, request, ae_selectors.ae_list(org=self.org), AEOutputSerializer)
 
     @extend_schema(
         tags=["dicom-aes"],
@@ -534,7 +535,7 @@ class AEDetailApi(OrgAPIView):
         responses={200: AEOutputSerializer, **_errors()},
     )
     def get(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
         return Response(AEOutputSerializer(ae).data)
 
     @extend_schema(
@@ -545,7 +546,7 @@ class AEDetailApi(OrgAPIView):
         responses={200: AEOutputSerializer, **_errors(400)},
     )
     def patch(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae: DicomAE = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        ae: DicomAE = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
         body = request.data if isinstance(request.data, dict) else {}
         if "ae_title" in body and body["ae_title"] != ae.ae_title:
             raise ValidationFailed(
@@ -578,6 +579,6 @@ class AEDetailApi(OrgAPIView):
         responses={204: None, **_errors()},
     )
     def delete(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_services.ae_get(org=self.org, ae_id=ae_id)
+        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
         ae_services.ae_delete(org=self.org, ae=ae, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)

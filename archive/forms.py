@@ -1,5 +1,5 @@
 """Portal forms of the archive: they check shape; the services in ``archive.jobs`` and
-``archive.ae`` check the rules and refuse with field errors (the location forms are
+``archive.dimse.services`` check the rules and refuse with field errors (the location forms are
 ``archive.locations.forms``)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from archive.ae import clean_ae_title
+from archive.dimse.services import clean_ae_title
 from archive.jobs import ImportInput
 from tenants.errors import ValidationFailed
 from tenants.forms import PortalForm

@@ -35,8 +35,9 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive import ae as ae_services
 from archive import jobs, restores, retention, selectors
+from archive.dimse import selectors as ae_selectors
+from archive.dimse import services as ae_services
 from archive.forms import AEForm, ImportForm, StudySearchForm
 from archive.models import (
     TIERS,
@@ -410,7 +411,7 @@ def ingest_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
         "dicomweb_url": f"{settings.SITE_URL}/dicomweb",
         "scp_host": getattr(settings, "DICOM_SCP_HOST", DEFAULT_SCP_HOST),
         "scp_port": getattr(settings, "DICOM_SCP_PORT", DEFAULT_SCP_PORT),
-        "aes": list(ae_services.ae_list(org=ctx.org)),
+        "aes": list(ae_selectors.ae_list(org=ctx.org)),
         "can_manage_aes": ctx.can(Perm.STORAGE_MANAGE),
         "can_manage_tokens": ctx.can(Perm.TOKENS_MANAGE),
         "max_chunk": jobs.MAX_CHUNK_BYTES,
@@ -582,7 +583,7 @@ def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @org_view(Perm.STORAGE_MANAGE)
 @require_http_methods(["GET", "POST"])
 def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_services.ae_get, org=ctx.org, ae_id=ae_id)
+    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
     initial = {
         "ae_title": ae.ae_title,
         "allowed_calling_ae_titles": "\n".join(ae.allowed_calling_ae_titles),
@@ -617,7 +618,7 @@ def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespons
 @org_view(Perm.STORAGE_MANAGE)
 @require_http_methods(["GET", "POST"])
 def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_services.ae_get, org=ctx.org, ae_id=ae_id)
+    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
     if request.method == "POST":
         title = ae.ae_title
         ae_services.ae_delete(org=ctx.org, ae=ae, actor=ctx.actor)

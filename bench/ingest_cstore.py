@@ -78,7 +78,8 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from pynetdicom import AE, _config  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 
-from archive.ae import ae_create  # noqa: E402
+from archive.dimse.listener import DEFAULT_MAX_PDU  # noqa: E402
+from archive.dimse.services import ae_create  # noqa: E402
 from archive.models import IngestJob, Instance  # noqa: E402
 from archive.synthetic import make_instance, study_spec, write  # noqa: E402
 from tenants.context import Actor  # noqa: E402
@@ -297,8 +298,6 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=[(evt.
 
 
 def bench_empty_scp(files: list[Path]) -> None:
-    from archive.dimse import DEFAULT_MAX_PDU
-
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", EMPTY_SCP, str(port), str(DEFAULT_MAX_PDU)],

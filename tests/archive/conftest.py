@@ -46,7 +46,7 @@ DIMSE_CALLED_AE = "ST-MARY"
 @pytest.fixture
 def dicom_ae(org):
     """The organization's called AE title for the C-STORE listener tests, open to any sender."""
-    from archive.ae import ae_create
+    from archive.dimse.services import ae_create
     from tenants.context import Actor
 
     return ae_create(
@@ -67,7 +67,7 @@ def start_listener(monkeypatch, tmp_path):
 
     from pynetdicom import _config
 
-    from archive.dimse import StrataSCP
+    from archive.dimse.listener import StrataSCP
 
     # StrataSCP flips process-wide pynetdicom switches; put them back after the test.
     for switch in ("STORE_RECV_CHUNKED_DATASET", "STORE_SEND_CHUNKED_DATASET", "LOG_HANDLER_LEVEL"):

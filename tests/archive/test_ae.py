@@ -15,7 +15,8 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from archive import ae as ae_services
+from archive.dimse import selectors as ae_selectors
+from archive.dimse import services as ae_services
 from archive.models import DicomAE
 from tenants.context import Actor
 from tenants.errors import ValidationFailed
@@ -99,7 +100,7 @@ def test_admission_needs_a_passed_restriction_or_the_any_caller_choice(
     org: Organization, rules: dict[str, Any], admitted: bool
 ) -> None:
     DicomAE.objects.create(organization=org, ae_title="ADMIT", **rules)
-    found = ae_services.ae_admit(called_ae="ADMIT", calling_ae="CT1", address="192.0.2.9")
+    found = ae_selectors.ae_admit(called_ae="ADMIT", calling_ae="CT1", address="192.0.2.9")
     assert (found is not None) is admitted
 
 

@@ -13,7 +13,8 @@ import pytest
 from pydicom.uid import generate_uid
 from rest_framework.test import APIClient
 
-from archive import ae, ingest, jobs
+from archive import ingest, jobs
+from archive.dimse import services as ae
 from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, Instance, StorageLocation, Study
 from archive.storage import store_for

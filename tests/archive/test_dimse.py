@@ -41,9 +41,9 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from archive import dimse
-from archive.ae import ae_create
-from archive.dimse import StrataSCP
+from archive.dimse import listener as dimse
+from archive.dimse.listener import StrataSCP
+from archive.dimse.services import ae_create
 from archive.ingest import location_primary
 from archive.models import ArchiveSettings, DicomAE, IngestFailure, IngestJob, Instance
 from archive.storage import store_for

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from archive import dimse, dimse_indexer
-from archive.dimse_indexer import association_queue_dir, db_serial, queue_job_record
+from archive.dimse import indexer as dimse_indexer
+from archive.dimse import listener as dimse
+from archive.dimse.indexer import association_queue_dir, db_serial, queue_job_record
 from archive.ingest import location_primary
 from archive.models import IngestFailure, IngestJob, Instance
 from archive.storage import StorageUnavailable, store_for

@@ -12,7 +12,8 @@ from django.test import Client
 from django.urls import reverse
 from pydicom.uid import generate_uid
 
-from archive import ae, ingest, jobs
+from archive import ingest, jobs
+from archive.dimse import services as ae
 from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, StorageLocation, Study
 from archive.storage import store_for

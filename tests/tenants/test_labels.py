@@ -7,6 +7,7 @@ from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
+from django.template import Context, Template
 
 from tenants.labels import bytes_label, duration_label, money_label
 
@@ -102,6 +103,12 @@ def test_no_other_module_formats_bytes_money_or_durations() -> None:
         "billing/apis.py: def _money(",
     }
     assert sorted(set(offenders) - allowed) == []
+
+
+def test_the_template_filter_shows_binary_units() -> None:
+    """Django's filesizeformat would say "1.5 MB" for 1.5 MiB."""
+    template = Template("{% load labels %}{{ n|bytes_label }} · {{ s|duration_label }}")
+    assert template.render(Context({"n": int(1.5 * 2**20), "s": 185})) == "1.5 MiB · 3 min 05 s"
 
 
 def test_the_policy_preview_shows_binary_units() -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 
-from archive.ae import AE_PATTERN
-from archive.dimse import DEFAULT_AE_TITLE, DEFAULT_PORT, StrataSCP
+from archive.dimse.listener import DEFAULT_AE_TITLE, DEFAULT_PORT, StrataSCP
+from archive.dimse.services import AE_PATTERN
 
 logger = logging.getLogger("archive.dimse")
 STALE_SECONDS = 3600.0
@@ -117,8 +118,6 @@ class Command(BaseCommand):
 
 
 def _in_memory_database() -> bool:
-    from django.db import connection
-
     name = str(connection.settings_dict.get("NAME") or "")
     return connection.vendor == "sqlite" and (name == ":memory:" or "mode=memory" in name)
 

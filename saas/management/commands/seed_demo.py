@@ -75,7 +75,7 @@ class Command(BaseCommand):
         from archive.models import DicomAE
 
         if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
-            from archive.ae import ae_create
+            from archive.dimse.services import ae_create
 
             ae_create(
                 org=org,

@@ -1,5 +1,6 @@
-"""DICOM AE titles of the shared C-STORE listener: which organization a called AE title belongs
-to, and which calling AE titles and networks may send to it.
+"""DICOM AE titles of the shared C-STORE listener, the writes: which organization a called AE
+title belongs to, and which calling AE titles and networks may send to it (the reads, and the
+listener's check, are in ``archive.dimse.selectors``).
 
 Who may call an AE title: a caller must pass every restriction that is set (its calling AE title
 in ``allowed_calling_ae_titles``, its address in ``allowed_networks``). With neither set, nobody
@@ -16,7 +17,6 @@ import ipaddress
 import re
 
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
 from django.db.models.functions import Upper
 
 from archive.models import DicomAE
@@ -111,17 +111,6 @@ def _title_taken(title: str, *, org: Organization) -> None:
     raise ValidationFailed("Invalid AE title.", fields={"ae_title": [message]})
 
 
-def ae_list(*, org: Organization) -> QuerySet[DicomAE]:
-    return DicomAE.objects.for_org(org).order_by("ae_title")
-
-
-def ae_get(*, org: Organization, ae_id: int | str) -> DicomAE:
-    try:
-        return DicomAE.objects.for_org(org).get(pk=int(ae_id))
-    except (DicomAE.DoesNotExist, ValueError):
-        raise NotFound("AE title not found.") from None
-
-
 def ae_create(
     *,
     org: Organization,
@@ -204,26 +193,3 @@ def ae_delete(*, org: Organization, ae: DicomAE, actor: Actor) -> None:
     with transaction.atomic():
         audit_record(org=org, actor=actor, action="dicom_ae.deleted", target=ae)
         ae.delete()
-
-
-def ae_admit(*, called_ae: str, calling_ae: str, address: str) -> DicomAE | None:
-    """The AE config that admits this association, or None (unknown title or not allowed).
-
-    Nobody is admitted to a title with no restriction unless it allows any caller explicitly (a
-    row written around the services, e.g. in the Django admin or by SQL, stays closed).
-    """
-    ae = DicomAE.objects.select_related("organization").filter(ae_title=called_ae.strip()).first()
-    if ae is None or not ae.organization.is_active:
-        return None
-    if not ae.allowed_calling_ae_titles and not ae.allowed_networks:
-        return ae if ae.allow_any_caller else None
-    if ae.allowed_calling_ae_titles and calling_ae.strip() not in ae.allowed_calling_ae_titles:
-        return None
-    if ae.allowed_networks:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        if not any(ip in ipaddress.ip_network(net) for net in ae.allowed_networks):
-            return None
-    return ae

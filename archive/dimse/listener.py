@@ -1,7 +1,7 @@
 """The DIMSE listener (C-STORE and C-ECHO SCP) that every organization shares on one port.
 
 The called AE title says which organization an association belongs to (``DicomAE``); the calling
-AE title and the peer's address must be allowed by that AE's rules (``archive.ae.ae_admit``: every
+AE title and the peer's address must be allowed by that AE's rules (``selectors.ae_admit``: every
 restriction set must pass; an AE title without restrictions admits any caller only when its
 organization chose ``allow_any_caller``, else nobody).
 Anything else is refused at association time with an A-ASSOCIATE-RJ, before a byte of data flows:
@@ -109,7 +109,6 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from archive.ae import ae_admit
 from archive.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -120,7 +119,7 @@ from archive.dicom import (
     STUDY_UID_MISMATCH,
     Header,
 )
-from archive.dimse_indexer import (
+from archive.dimse.indexer import (
     Ended,
     IndexerThread,
     Queued,
@@ -131,7 +130,8 @@ from archive.dimse_indexer import (
     queue_recover,
     store_down,
 )
-from archive.dimse_indexer_process import indexer_process_main
+from archive.dimse.indexer_process import indexer_process_main
+from archive.dimse.selectors import ae_admit
 from archive.ingest import (
     IngestResult,
     Quota,
@@ -147,7 +147,7 @@ from tenants.models import Organization
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("archive.dimse")
 
 CHUNK = 1024 * 1024
 DEFAULT_AE_TITLE = "STRATA"

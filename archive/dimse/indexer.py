@@ -1,17 +1,18 @@
 """Indexing of C-STORE objects after the listener acknowledged them.
 
-The listener (``archive.dimse``) answers a C-STORE once the object is durable and checked: its
-bytes written and fsynced into a queue folder of the organization's store, its header parsed
-(not DICOM, truncated, missing UIDs are refused then), the SOP Instance UID looked up (a
+The listener (``archive.dimse.listener``) answers a C-STORE once the object is durable and
+checked: its bytes written and fsynced into a queue folder of the organization's store, its header
+parsed (not DICOM, truncated, missing UIDs are refused then), the SOP Instance UID looked up (a
 duplicate is answered at once, a different object under the UID refused), the series' study
 compared, the quota counted. Storing and indexing, the slow part, happens here, in batches, in a
 process of its own (``run_scp`` starts one; tests use a thread), so that the association's next
 object is received while this one is indexed.
 
 The queue folder is the durable record of acknowledged work: ``<spool>/cstore/<org>-<token>/``
-per association, into which pynetdicom receives each data set (``archive.dimse._ReceiveFile``);
-a file is fsynced before its object is acknowledged and deleted when the listener refuses it;
-the folder's ``job`` record names the association's ingest job. A file leaves the folder only after the pipeline
+per association, into which pynetdicom receives each data set
+(``archive.dimse.listener._ReceiveFile``); a file is fsynced before its object is acknowledged
+and deleted when the listener refuses it; the folder's ``job`` record names the association's
+ingest job. A file leaves the folder only after the pipeline
 (``archive.ingest.instances_ingest``) has stored and indexed it, found it a duplicate, or
 refused it (the refusal is then an ``IngestFailure`` of the association's job, reported after
 the sender was told success: it can only happen when another association stored a different
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -98,8 +99,6 @@ def db_serial() -> contextlib.AbstractContextManager[Any]:
     """On SQLite, one thread of this process at a time uses the database (the listener's and the
     indexer's threads would otherwise meet "database table is locked", which SQLite does not
     retry); on PostgreSQL, no lock."""
-    from django.db import connection
-
     return _SQLITE_LOCK if connection.vendor == "sqlite" else contextlib.nullcontext()
 
 
