@@ -10,6 +10,7 @@ from archive import apis_restores as restores_api
 from archive.analytics import apis as analytics_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
+from archive.restores import apis as restore_apis
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -85,8 +86,8 @@ urlpatterns: list[URLPattern] = [
         name="api-replication-drill",
     ),
     # Restores, legal holds and the trash.
-    path("restores/", restores_api.RestoreListApi.as_view(), name="api-restores"),
-    path("restores/<int:restore_id>/", restores_api.RestoreDetailApi.as_view(), name="api-restore"),
+    path("restores/", restore_apis.RestoreListApi.as_view(), name="api-restores"),
+    path("restores/<int:restore_id>/", restore_apis.RestoreDetailApi.as_view(), name="api-restore"),
     path("legal-holds/", restores_api.HoldListApi.as_view(), name="api-legal-holds"),
     path("legal-holds/<int:hold_id>/", restores_api.HoldDetailApi.as_view(), name="api-legal-hold"),
     path(

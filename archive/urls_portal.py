@@ -7,6 +7,7 @@ from archive import views_restores as restores_views
 from archive.analytics.views import analytics as analytics_view
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
+from archive.restores import views as restore_views
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),
@@ -14,7 +15,7 @@ urlpatterns: list[URLPattern] = [
     path("studies/<int:study_id>/download/", views.study_download, name="portal-study-download"),
     path(
         "studies/<int:study_id>/restore/",
-        restores_views.study_restore,
+        restore_views.study_restore,
         name="portal-study-restore",
     ),
     path("studies/<int:study_id>/trash/", restores_views.study_trash, name="portal-study-trash"),
@@ -24,8 +25,8 @@ urlpatterns: list[URLPattern] = [
         name="portal-study-untrash",
     ),
     path("studies/<int:study_id>/hold/", restores_views.study_hold, name="portal-study-hold"),
-    path("restores/", restores_views.restore_list, name="portal-restores"),
-    path("restores/<int:restore_id>/", restores_views.restore_detail, name="portal-restore"),
+    path("restores/", restore_views.restore_list, name="portal-restores"),
+    path("restores/<int:restore_id>/", restore_views.restore_detail, name="portal-restore"),
     path("trash/", restores_views.trash_list, name="portal-trash"),
     path("legal-holds/", restores_views.hold_list, name="portal-holds"),
     path("legal-holds/<int:hold_id>/lift/", restores_views.hold_lift, name="portal-hold-lift"),

@@ -16,7 +16,7 @@ import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -35,7 +35,8 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive import jobs, restores, retention, selectors
+from archive import jobs, retention, selectors
+from archive.common.views import get_or_404
 from archive.dimse import selectors as ae_selectors
 from archive.dimse import services as ae_services
 from archive.forms import AEForm, ImportForm, StudySearchForm
@@ -47,9 +48,12 @@ from archive.models import (
     RestoreRequest,
     Study,
 )
+from archive.restores import selectors as restore_selectors
+from archive.restores import services as restore_services
+from archive.restores.views import restore_row
 from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
-from tenants.errors import NotFound, ServiceError
+from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.labels import bytes_label, duration_label, money_label
 from tenants.portal import PortalContext, org_view
@@ -57,7 +61,6 @@ from tenants.roles import Perm
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 STUDIES_PAGE_SIZE = 50
 JOBS_SHOWN = 20
@@ -65,14 +68,6 @@ FAILURES_SHOWN = 200
 ACCESSES_SHOWN = 50
 DEFAULT_SCP_HOST = "localhost"
 DEFAULT_SCP_PORT = 11112
-
-
-def get_or_404(selector: Callable[..., T], **kwargs: Any) -> T:
-    """Call an organization-scoped selector; an unknown or another tenant's id becomes a 404."""
-    try:
-        return selector(**kwargs)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
 
 
 # --- studies -----------------------------------------------------------------------------------
@@ -110,9 +105,7 @@ def _tier_rows(obj: object) -> list[dict[str, Any]]:
 
 
 def _restore_rows(ctx: PortalContext, study: Study) -> list[dict[str, Any]]:
-    from archive.views_restores import restore_row
-
-    return [restore_row(r) for r in restores.study_restores(org=ctx.org, study=study)[:5]]
+    return [restore_row(r) for r in restore_selectors.study_restores(org=ctx.org, study=study)[:5]]
 
 
 @org_view(Perm.IMAGES_READ)
@@ -139,7 +132,7 @@ def study_detail(request: HttpRequest, ctx: PortalContext, study_id: int) -> Htt
         "accesses": accesses,
         "plan": plan,
         "blocked_size": bytes_label(plan.blocked_bytes),
-        "restore_state": restores.study_restore_state(org=ctx.org, study=study),
+        "restore_state": restore_selectors.study_restore_state(org=ctx.org, study=study),
         "restore_rows": _restore_rows(ctx, study),
         "active_hold": next((h for h in holds if h.lifted_at is None), None),
         "holds": holds,
@@ -288,7 +281,7 @@ def _restore_blocked(ctx: PortalContext, study: Study) -> RestoreRequest | None:
     archived = list(
         Instance.objects.for_org(ctx.org).filter(study=study, tier="archive").order_by("id")
     )
-    return restores.restore_for_read(org=ctx.org, instances=archived, actor=ctx.actor)
+    return restore_services.restore_for_read(org=ctx.org, instances=archived, actor=ctx.actor)
 
 
 @org_view(Perm.IMAGES_READ)
@@ -328,7 +321,7 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         return response
     if restore is None:
         restore = (
-            restores.study_restores(org=ctx.org, study=study)
+            restore_selectors.study_restores(org=ctx.org, study=study)
             .filter(state=RestoreRequest.State.IN_PROGRESS)
             .first()
         )
@@ -343,7 +336,7 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         "estimate": estimate,
         "cost": money_label(estimate.amount, estimate.currency),
         "restore": restore,
-        "restore_wait": duration_label(restores.retry_after_seconds(restore))
+        "restore_wait": duration_label(restore_selectors.retry_after_seconds(restore))
         if restore is not None
         else None,
     }

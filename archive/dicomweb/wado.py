@@ -49,7 +49,8 @@ from archive.dicomweb.common import (
 )
 from archive.dicomweb.multipart import closing, part_header
 from archive.models import AccessEvent, Instance, Series, Study
-from archive.restores import needs_restore, restore_for_read, retry_after_seconds
+from archive.restores.selectors import needs_restore, retry_after_seconds
+from archive.restores.services import restore_for_read
 from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.context import Actor

@@ -17,10 +17,10 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from archive import selectors as index_selectors
+from archive.common.views import get_or_404
 from archive.locations import selectors, services
 from archive.locations.forms import LocationForm, QuotaForm
 from archive.models import TIERS, StorageLocation
-from archive.views import get_or_404
 from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.labels import bytes_label

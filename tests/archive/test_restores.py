@@ -13,8 +13,9 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from archive import restores
 from archive.models import Instance, RestoreItem, RestoreRequest
+from archive.restores import selectors as restore_selectors
+from archive.restores import services as restores
 from billing.models import UsageEvent
 from tenants.context import Actor
 from tenants.models import AuditEvent, WebhookDelivery
@@ -59,7 +60,7 @@ def test_read_of_archived_study_restores_it_then_serves_the_bytes(
 
     assert first.status_code == 503
     assert first["Content-Type"] == "application/json"
-    assert 3600 <= int(first["Retry-After"]) <= 3600 + restores.POLL_SECONDS
+    assert 3600 <= int(first["Retry-After"]) <= 3600 + restore_selectors.POLL_SECONDS
     body = first.json()
     assert body["error"]["code"] == "restore_required"
     assert "2 of 2" in body["error"]["message"]

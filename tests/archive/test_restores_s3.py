@@ -10,8 +10,10 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from archive import restores, retention
+from archive import retention
 from archive.models import InstanceReplica, RestoreRequest, StorageLocation
+from archive.restores import selectors as restore_selectors
+from archive.restores import services as restores
 from archive.tiers import TIER_CATALOG
 from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
@@ -51,7 +53,7 @@ def test_deep_archive_read_restores_through_wado(
 
     assert first.status_code == 503
     typical = TIER_CATALOG["archive"].restore_hours * 3600
-    assert typical <= int(first["Retry-After"]) <= typical + restores.POLL_SECONDS
+    assert typical <= int(first["Retry-After"]) <= typical + restore_selectors.POLL_SECONDS
     body = first.json()
     restore = RestoreRequest.objects.for_org(org).get()
     assert body["restore"]["id"] == restore.pk and body["restore"]["state"] == "in_progress"
@@ -87,7 +89,7 @@ def test_bulk_restore_estimate_uses_the_catalog_time_on_s3(bucket_org, s3_bucket
     org = bucket_org
     seeded = seed_study(org, n=1)
     archive_all(org, seeded, s3_client=s3_bucket.client, bucket=s3_bucket.name)
-    estimate = restores.restore_estimate(org=org, study=study_row(org, seeded))
+    estimate = restore_selectors.restore_estimate(org=org, study=study_row(org, seeded))
     assert estimate.instances == 1 and estimate.typical_seconds == 12 * 3600
 
 

@@ -1,0 +1,187 @@
+"""REST API of restores.
+
+``restores/``: restores in progress and past (any scope); POST a bulk restore of a study or a
+patient's studies, or with ``"estimate": true`` what it would cost and take without starting.
+
+Another organization's id answers 404, like an id that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from archive import selectors
+from archive.models import RestoreRequest, Study
+from archive.restores import selectors as restore_selectors
+from archive.restores import services
+from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
+from tenants.apis import NamedChoiceField
+from tenants.roles import Perm
+
+_ERROR_TEXTS = {
+    409: "The change conflicts with the current state (e.g. the study is under legal hold, "
+    "already in the trash, past its purge date, or nothing needs a restore)."
+}
+
+
+_errors = error_responses_for(_ERROR_TEXTS)
+
+
+class RestoreOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    scope = NamedChoiceField(
+        enum_name="ArchiveRestoreScopeEnum", choices=RestoreRequest.Scope.choices
+    )
+    state = NamedChoiceField(
+        enum_name="ArchiveRestoreStateEnum", choices=RestoreRequest.State.choices
+    )
+    study = serializers.IntegerField(source="study_id", allow_null=True)
+    study_instance_uid = serializers.SerializerMethodField()
+    patient_id = serializers.CharField()
+    days = serializers.IntegerField(help_text="Days a restored copy stays readable.")
+    instances_total = serializers.IntegerField()
+    instances_ready = serializers.IntegerField()
+    bytes_total = serializers.IntegerField()
+    requested_by = serializers.CharField(source="requested_by_label")
+    requested_at = serializers.DateTimeField()
+    ready_at = serializers.DateTimeField(allow_null=True)
+    timeout_at = serializers.DateTimeField(
+        help_text="Reported as timed out when not ready by then."
+    )
+    checked_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(help_text="Why the restore timed out or failed.")
+
+    class Meta:
+        ref_name = "ArchiveRestore"
+
+    def get_study_instance_uid(self, obj: RestoreRequest) -> str | None:
+        return obj.study.study_uid if obj.study is not None else None
+
+
+class RestoreDetailSerializer(RestoreOutputSerializer):
+    sop_instance_uids = serializers.SerializerMethodField(
+        help_text="The instances this restore brings back (the first 100)."
+    )
+
+    class Meta:
+        ref_name = "ArchiveRestoreDetail"
+
+    def get_sop_instance_uids(self, obj: RestoreRequest) -> list[str]:
+        return restore_selectors.restore_instance_uids(org=obj.organization, restore=obj)
+
+
+class RestoreFilterSerializer(serializers.Serializer):
+    state = NamedChoiceField(
+        enum_name="ArchiveRestoreStateEnum", choices=RestoreRequest.State.choices, required=False
+    )
+
+
+class RestoreCreateSerializer(serializers.Serializer):
+    study = serializers.IntegerField(required=False, help_text="Restore this study (its id).")
+    patient_id = serializers.CharField(
+        required=False, max_length=64, help_text="Restore every study of this patient."
+    )
+    estimate = serializers.BooleanField(
+        default=False, help_text="Answer what the restore would cost and take; start nothing."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("study" in attrs) == bool(attrs.get("patient_id")):
+            raise serializers.ValidationError(
+                {"study": ["Give a study or a patient_id, not both and not neither."]}
+            )
+        return attrs
+
+
+class RestoreEstimateSerializer(serializers.Serializer):
+    instances = serializers.IntegerField(help_text="Images a restore would bring back.")
+    bytes = serializers.IntegerField()
+    in_progress_instances = serializers.IntegerField(
+        help_text="Images an open restore is already bringing back (not charged again)."
+    )
+    readable_instances = serializers.IntegerField(
+        help_text="Archive-tier images readable now (restored earlier)."
+    )
+    amount = serializers.DecimalField(
+        max_digits=20, decimal_places=6, allow_null=True, help_text="null: not charged."
+    )
+    currency = serializers.CharField()
+    plan_name = serializers.CharField()
+    rate = serializers.CharField()
+    typical_seconds = serializers.IntegerField(help_text="Typical time until readable.")
+    days = serializers.IntegerField(help_text="Days the restored copies stay readable.")
+
+    class Meta:
+        ref_name = "ArchiveRestoreEstimate"
+
+
+class RestoreListApi(OrgAPIView):
+    """Restores, newest first; POST starts a bulk restore (or estimates it)."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ, "POST": Perm.IMAGES_READ}
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(
+        tags=["restores"],
+        summary="List restores",
+        parameters=[RestoreFilterSerializer],
+        responses={200: RestoreOutputSerializer(many=True), **_errors(400)},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        filters = RestoreFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        qs = restore_selectors.restore_list(
+            org=self.org, state=filters.validated_data.get("state", "")
+        )
+        return paginated(self, request, qs, RestoreOutputSerializer)
+
+    @extend_schema(
+        tags=["restores"],
+        summary="Restore a study or a patient (or estimate it)",
+        request=RestoreCreateSerializer,
+        responses={
+            200: RestoreEstimateSerializer,
+            202: RestoreDetailSerializer,
+            **_errors(400, 409),
+        },
+        description="With `estimate: true`: the images, bytes, expected cost (on the current "
+        "plan) and typical time, without starting anything. Otherwise the restore starts "
+        "(or the open one covering the same images is answered) with 202.",
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        data = RestoreCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        study: Study | None = None
+        if "study" in data.validated_data:
+            study = selectors.study_get(org=self.org, study_id=data.validated_data["study"])
+        patient_id = data.validated_data.get("patient_id") or None
+        if data.validated_data["estimate"]:
+            estimate = restore_selectors.restore_estimate(
+                org=self.org, study=study, patient_id=patient_id
+            )
+            return Response(RestoreEstimateSerializer(estimate).data)
+        restore = services.restore_bulk(
+            org=self.org, actor=self.actor, study=study, patient_id=patient_id
+        )
+        restore.refresh_from_db()
+        return Response(RestoreDetailSerializer(restore).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RestoreDetailApi(OrgAPIView):
+    """One restore: its state, progress and (when it timed out) the reason."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["restores"],
+        summary="One restore",
+        responses={200: RestoreDetailSerializer, **_errors()},
+    )
+    def get(self, request: Request, restore_id: int, **kwargs: Any) -> Response:
+        restore = restore_selectors.restore_get(org=self.org, restore_id=restore_id)
+        return Response(RestoreDetailSerializer(restore).data)
