@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from archive.models import PolicyVersion, Study, TierMove
 from archive.policies import move_rules, move_selection, policy_active, trash_selection
+from archive.retention.services import study_trash
 from tenants.context import Actor
 from tenants.errors import Conflict
 from tenants.models import Organization
@@ -157,11 +158,9 @@ def studies_trash_due(
 ) -> int:
     """Send the studies the active policy's delete rules select to the trash (up to ``limit``).
 
-    Each study goes through ``archive.retention.study_trash`` (audited, legal hold re-checked
+    Each study goes through ``archive.retention.services.study_trash`` (audited, legal hold re-checked
     under its row lock); a study held or trashed meanwhile is skipped. Returns how many went.
     """
-    from archive.retention import study_trash
-
     version = policy_active(org=org)
     if version is None:
         return 0

@@ -8,7 +8,8 @@ from archive import ingest
 from archive.job_tasks import ingest_job_run, ingest_jobs_sweep  # noqa: F401  (registered here for autodiscovery)
 from archive.planning_tasks import tier_policy_evaluate  # noqa: F401
 from archive.replicas import tasks as replica_tasks  # noqa: F401
-from archive.restores.tasks import restore_start_run, restores_poll, trash_purge_due  # noqa: F401
+from archive.restores.tasks import restore_start_run, restores_poll  # noqa: F401
+from archive.retention.tasks import trash_purge_due  # noqa: F401
 from archive.tiering_tasks import tier_moves_dispatch, tier_moves_execute  # noqa: F401
 
 

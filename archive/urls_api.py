@@ -6,11 +6,11 @@ from django.urls import URLPattern, path
 from archive import apis
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
-from archive import apis_restores as restores_api
 from archive.analytics import apis as analytics_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
 from archive.restores import apis as restore_apis
+from archive.retention import apis as retention_api
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -88,17 +88,19 @@ urlpatterns: list[URLPattern] = [
     # Restores, legal holds and the trash.
     path("restores/", restore_apis.RestoreListApi.as_view(), name="api-restores"),
     path("restores/<int:restore_id>/", restore_apis.RestoreDetailApi.as_view(), name="api-restore"),
-    path("legal-holds/", restores_api.HoldListApi.as_view(), name="api-legal-holds"),
-    path("legal-holds/<int:hold_id>/", restores_api.HoldDetailApi.as_view(), name="api-legal-hold"),
+    path("legal-holds/", retention_api.HoldListApi.as_view(), name="api-legal-holds"),
+    path(
+        "legal-holds/<int:hold_id>/", retention_api.HoldDetailApi.as_view(), name="api-legal-hold"
+    ),
     path(
         "legal-holds/<int:hold_id>/lift/",
-        restores_api.HoldLiftApi.as_view(),
+        retention_api.HoldLiftApi.as_view(),
         name="api-legal-hold-lift",
     ),
-    path("trash/", restores_api.TrashListApi.as_view(), name="api-trash"),
+    path("trash/", retention_api.TrashListApi.as_view(), name="api-trash"),
     path(
         "trash/<int:study_id>/untrash/",
-        restores_api.TrashUntrashApi.as_view(),
+        retention_api.TrashUntrashApi.as_view(),
         name="api-trash-untrash",
     ),
     path(

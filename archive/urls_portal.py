@@ -3,11 +3,11 @@
 from django.urls import URLPattern, path
 
 from archive import views, views_policies
-from archive import views_restores as restores_views
 from archive.analytics.views import analytics as analytics_view
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
+from archive.retention import views as retention_views
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),
@@ -18,18 +18,18 @@ urlpatterns: list[URLPattern] = [
         restore_views.study_restore,
         name="portal-study-restore",
     ),
-    path("studies/<int:study_id>/trash/", restores_views.study_trash, name="portal-study-trash"),
+    path("studies/<int:study_id>/trash/", retention_views.study_trash, name="portal-study-trash"),
     path(
         "studies/<int:study_id>/untrash/",
-        restores_views.study_untrash,
+        retention_views.study_untrash,
         name="portal-study-untrash",
     ),
-    path("studies/<int:study_id>/hold/", restores_views.study_hold, name="portal-study-hold"),
+    path("studies/<int:study_id>/hold/", retention_views.study_hold, name="portal-study-hold"),
     path("restores/", restore_views.restore_list, name="portal-restores"),
     path("restores/<int:restore_id>/", restore_views.restore_detail, name="portal-restore"),
-    path("trash/", restores_views.trash_list, name="portal-trash"),
-    path("legal-holds/", restores_views.hold_list, name="portal-holds"),
-    path("legal-holds/<int:hold_id>/lift/", restores_views.hold_lift, name="portal-hold-lift"),
+    path("trash/", retention_views.trash_list, name="portal-trash"),
+    path("legal-holds/", retention_views.hold_list, name="portal-holds"),
+    path("legal-holds/<int:hold_id>/lift/", retention_views.hold_lift, name="portal-hold-lift"),
     path("ingest/", views.ingest_page, name="portal-ingest"),
     path("ingest/uploads/", views.upload_create, name="portal-ingest-upload"),
     path("ingest/import/", views.import_create, name="portal-ingest-import"),

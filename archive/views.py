@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive import jobs, retention, selectors
+from archive import jobs, selectors
 from archive.common.views import get_or_404
 from archive.dimse import selectors as ae_selectors
 from archive.dimse import services as ae_services
@@ -51,6 +51,7 @@ from archive.models import (
 from archive.restores import selectors as restore_selectors
 from archive.restores import services as restore_services
 from archive.restores.views import restore_row
+from archive.retention import selectors as retention_selectors
 from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.errors import ServiceError
@@ -121,7 +122,7 @@ def study_detail(request: HttpRequest, ctx: PortalContext, study_id: int) -> Htt
         for e in selectors.study_accesses(org=ctx.org, study=study)[:ACCESSES_SHOWN]
     ]
     plan = selectors.study_download_plan(org=ctx.org, study=study)
-    holds = list(retention.study_holds(org=ctx.org, study=study))
+    holds = list(retention_selectors.study_holds(org=ctx.org, study=study))
     context = {
         "ctx": ctx,
         "active_section": "studies",

@@ -1,16 +1,14 @@
-"""Celery tasks of restores (and, until it has its package, the trash purge). Imported by
-``archive.tasks`` so that the worker's autodiscovery registers them; names unchanged.
+"""Celery tasks of restores. Imported by ``archive.tasks`` so that the worker's autodiscovery
+registers them; names unchanged.
 
-Thin: load by id, call ``archive.restores.services`` / ``archive.retention``. Safe to run twice and to
-kill at any line: every state change is a conditional UPDATE, metering has idempotency keys, and
-a purge deletes bytes before rows (a rerun finishes what a crash left).
+Thin: load by id, call ``archive.restores.services``. Safe to run twice and to kill at any line:
+every state change is a conditional UPDATE and metering has idempotency keys.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from archive import retention
 from archive.models import RestoreRequest
 from archive.restores import services
 from tenants.models import Organization
@@ -32,9 +30,3 @@ def restore_start_run(org_id: int, restore_id: int) -> None:
 def restores_poll() -> dict[str, int]:
     """Beat, every minute: check open restores with the object store (bounded batch)."""
     return services.restores_poll()
-
-
-@shared_task(name="archive.tasks.trash_purge_due", ignore_result=True)
-def trash_purge_due() -> dict[str, int]:
-    """Beat: purge studies whose grace period in the trash is over (bounded batch)."""
-    return retention.trash_purge_due()

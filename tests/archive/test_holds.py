@@ -10,8 +10,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from archive import retention
 from archive.models import LegalHold, Study
+from archive.retention import services as retention
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed
 from tenants.models import AuditEvent

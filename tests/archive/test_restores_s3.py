@@ -10,10 +10,10 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from archive import retention
 from archive.models import InstanceReplica, RestoreRequest, StorageLocation
 from archive.restores import selectors as restore_selectors
 from archive.restores import services as restores
+from archive.retention import services as retention
 from archive.tiers import TIER_CATALOG
 from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor

@@ -11,8 +11,8 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
-from archive import retention
 from archive.models import ArchiveSettings, Instance, Series, Study, TierMove
+from archive.retention import services as retention
 from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed

@@ -17,8 +17,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import retention, selectors
+from archive import selectors as archive_selectors
 from archive.models import LegalHold
+from archive.retention import selectors, services
 from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.roles import Perm
 
@@ -83,7 +84,7 @@ class HoldListApi(OrgAPIView):
     def get(self, request: Request, **kwargs: Any) -> Response:
         filters = HoldFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        qs = retention.hold_list(org=self.org, active=filters.validated_data.get("active"))
+        qs = selectors.hold_list(org=self.org, active=filters.validated_data.get("active"))
         return paginated(self, request, qs, HoldOutputSerializer)
 
     @extend_schema(
@@ -95,8 +96,8 @@ class HoldListApi(OrgAPIView):
     def post(self, request: Request, **kwargs: Any) -> Response:
         data = HoldCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        study = selectors.study_get(org=self.org, study_id=data.validated_data["study"])
-        hold = retention.legal_hold_set(
+        study = archive_selectors.study_get(org=self.org, study_id=data.validated_data["study"])
+        hold = services.legal_hold_set(
             org=self.org, study=study, actor=self.actor, reason=data.validated_data["reason"]
         )
         return Response(HoldOutputSerializer(hold).data, status=status.HTTP_201_CREATED)
@@ -111,7 +112,7 @@ class HoldDetailApi(OrgAPIView):
         responses={200: HoldOutputSerializer, **_errors()},
     )
     def get(self, request: Request, hold_id: int, **kwargs: Any) -> Response:
-        hold = retention.hold_get(org=self.org, hold_id=hold_id)
+        hold = selectors.hold_get(org=self.org, hold_id=hold_id)
         return Response(HoldOutputSerializer(hold).data)
 
 
@@ -125,10 +126,10 @@ class HoldLiftApi(OrgAPIView):
         responses={200: HoldOutputSerializer, **_errors(400, 409)},
     )
     def post(self, request: Request, hold_id: int, **kwargs: Any) -> Response:
-        hold = retention.hold_get(org=self.org, hold_id=hold_id)
+        hold = selectors.hold_get(org=self.org, hold_id=hold_id)
         data = ReasonSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        hold = retention.legal_hold_lift(
+        hold = services.legal_hold_lift(
             org=self.org, hold=hold, actor=self.actor, reason=data.validated_data["reason"]
         )
         return Response(HoldOutputSerializer(hold).data)
@@ -177,7 +178,7 @@ class TrashListApi(OrgAPIView):
         return paginated(
             self,
             request,
-            retention.trash_list(org=self.org).order_by("-id"),
+            selectors.trash_list(org=self.org).order_by("-id"),
             TrashedStudySerializer,
         )
 
@@ -190,8 +191,8 @@ class TrashListApi(OrgAPIView):
     def post(self, request: Request, **kwargs: Any) -> Response:
         data = TrashCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        study = selectors.study_get(org=self.org, study_id=data.validated_data["study"])
-        study = retention.study_trash(
+        study = archive_selectors.study_get(org=self.org, study_id=data.validated_data["study"])
+        study = services.study_trash(
             org=self.org, study=study, actor=self.actor, reason=data.validated_data["reason"]
         )
         return Response(TrashedStudySerializer(study).data, status=status.HTTP_201_CREATED)
@@ -210,7 +211,7 @@ class TrashUntrashApi(OrgAPIView):
         responses={200: TrashedStudySerializer, **_errors(409)},
     )
     def post(self, request: Request, study_id: int, **kwargs: Any) -> Response:
-        study = retention.trashed_study_get(org=self.org, study_id=study_id)
+        study = selectors.trashed_study_get(org=self.org, study_id=study_id)
         reason = str(request.data.get("reason", "") if hasattr(request.data, "get") else "")
-        study = retention.study_untrash(org=self.org, study=study, actor=self.actor, reason=reason)
+        study = services.study_untrash(org=self.org, study=study, actor=self.actor, reason=reason)
         return Response(TrashedStudySerializer(study).data)

@@ -4,7 +4,7 @@
 - Trash: trashed studies with their purge date and a button to take one back out.
 - Legal holds: the list; set and lift from the study page, a reason each time (owners/admins).
 
-Thin views: a form checks the shape, a service in ``archive.retention``
+Thin views: a form checks the shape, a service in ``archive.retention.services``
 writes or refuses with a ``ServiceError`` (shown as a message), ids go through selectors scoped
 to the organization in the URL (another tenant's id is a 404).
 """
@@ -17,8 +17,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
-from archive import retention, selectors
+from archive import selectors as archive_selectors
 from archive.common.views import get_or_404
+from archive.retention import selectors, services
 from tenants.errors import ServiceError
 from tenants.labels import bytes_label
 from tenants.portal import PortalContext, org_view
@@ -37,9 +38,9 @@ class ReasonForm(forms.Form):
 def trash_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     rows = [
         {"study": s, "size": bytes_label(s.total_bytes)}
-        for s in retention.trash_list(org=ctx.org)[:500]
+        for s in selectors.trash_list(org=ctx.org)[:500]
     ]
-    config = selectors.archive_settings_get(org=ctx.org)
+    config = archive_selectors.archive_settings_get(org=ctx.org)
     context = {
         "ctx": ctx,
         "active_section": "studies",
@@ -53,13 +54,13 @@ def trash_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @org_view(Perm.POLICIES_MANAGE)
 @require_POST
 def study_trash(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
-    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    study = get_or_404(archive_selectors.study_get, org=ctx.org, study_id=study_id)
     form = ReasonForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a reason to move the study to the trash.")
         return redirect("portal-study", ctx.org.slug, study.pk)
     try:
-        study = retention.study_trash(
+        study = services.study_trash(
             org=ctx.org, study=study, actor=ctx.actor, reason=form.cleaned_data["reason"]
         )
     except ServiceError as exc:
@@ -77,9 +78,9 @@ def study_trash(request: HttpRequest, ctx: PortalContext, study_id: int) -> Http
 @org_view(Perm.POLICIES_MANAGE)
 @require_POST
 def study_untrash(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
-    study = get_or_404(retention.trashed_study_get, org=ctx.org, study_id=study_id)
+    study = get_or_404(selectors.trashed_study_get, org=ctx.org, study_id=study_id)
     try:
-        retention.study_untrash(
+        services.study_untrash(
             org=ctx.org, study=study, actor=ctx.actor, reason=request.POST.get("reason", "")
         )
     except ServiceError as exc:
@@ -95,7 +96,7 @@ def study_untrash(request: HttpRequest, ctx: PortalContext, study_id: int) -> Ht
 @org_view(Perm.IMAGES_READ)
 @require_safe
 def hold_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    holds = list(retention.hold_list(org=ctx.org)[:500])
+    holds = list(selectors.hold_list(org=ctx.org)[:500])
     context = {
         "ctx": ctx,
         "active_section": "studies",
@@ -109,13 +110,13 @@ def hold_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @org_view(Perm.HOLDS_MANAGE)
 @require_POST
 def study_hold(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponse:
-    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    study = get_or_404(archive_selectors.study_get, org=ctx.org, study_id=study_id)
     form = ReasonForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a reason for the legal hold.")
         return redirect("portal-study", ctx.org.slug, study.pk)
     try:
-        retention.legal_hold_set(
+        services.legal_hold_set(
             org=ctx.org, study=study, actor=ctx.actor, reason=form.cleaned_data["reason"]
         )
     except ServiceError as exc:
@@ -128,13 +129,13 @@ def study_hold(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpR
 @org_view(Perm.HOLDS_MANAGE)
 @require_POST
 def hold_lift(request: HttpRequest, ctx: PortalContext, hold_id: int) -> HttpResponse:
-    hold = get_or_404(retention.hold_get, org=ctx.org, hold_id=hold_id)
+    hold = get_or_404(selectors.hold_get, org=ctx.org, hold_id=hold_id)
     form = ReasonForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a reason to lift the legal hold.")
         return redirect("portal-study", ctx.org.slug, hold.study_id)
     try:
-        retention.legal_hold_lift(
+        services.legal_hold_lift(
             org=ctx.org, hold=hold, actor=ctx.actor, reason=form.cleaned_data["reason"]
         )
     except ServiceError as exc:

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from archive.models import (
@@ -151,18 +150,6 @@ def study_untrash(*, org: Organization, study: Study, actor: Actor, reason: str 
             details={"reason": (reason or "").strip()[:REASON_MAX]},
         )
     return row
-
-
-def trash_list(*, org: Organization) -> QuerySet[Study]:
-    """Studies in the trash, the next to be purged first."""
-    return Study.objects.for_org(org).filter(trashed_at__isnull=False).order_by("purge_after", "id")
-
-
-def trashed_study_get(*, org: Organization, study_id: int | str) -> Study:
-    try:
-        return Study.objects.for_org(org).get(pk=int(study_id), trashed_at__isnull=False)
-    except (Study.DoesNotExist, ValueError, TypeError):
-        raise NotFound("No such study in the trash.", code="not_in_trash") from None
 
 
 # --- purge -------------------------------------------------------------------------------------
@@ -387,23 +374,3 @@ def legal_hold_lift(*, org: Organization, hold: LegalHold, actor: Actor, reason:
             details={"reason": text, "study": study.pk, "set_reason": row.reason},
         )
     return row
-
-
-def hold_list(*, org: Organization, active: bool | None = None) -> QuerySet[LegalHold]:
-    qs = LegalHold.objects.for_org(org).select_related("study")
-    if active is True:
-        qs = qs.filter(lifted_at__isnull=True)
-    elif active is False:
-        qs = qs.filter(lifted_at__isnull=False)
-    return qs.order_by("-id")
-
-
-def hold_get(*, org: Organization, hold_id: int | str) -> LegalHold:
-    try:
-        return LegalHold.objects.for_org(org).select_related("study").get(pk=int(hold_id))
-    except (LegalHold.DoesNotExist, ValueError, TypeError):
-        raise NotFound("Legal hold not found.", code="hold_not_found") from None
-
-
-def study_holds(*, org: Organization, study: Study) -> QuerySet[LegalHold]:
-    return LegalHold.objects.for_org(org).filter(study=study).order_by("-id")
