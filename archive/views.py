@@ -504,6 +504,7 @@ def job_detail(request: HttpRequest, ctx: PortalContext, job_id: int) -> HttpRes
         "p": job_payload(job),
         "failures": failures,
         "failures_shown": FAILURES_SHOWN,
+        "failures_listed": settings.INGEST_MAX_FAILURE_ROWS,
         "progress_url": reverse("portal-ingest-job-progress", args=[ctx.org.slug, job.pk]),
     }
     return render(request, "archive/job_detail.html", context)
