@@ -2,7 +2,7 @@
 failures, bucket imports) and the AE titles of the C-STORE listener. Storage locations and the
 quota are ``archive.locations.apis``.
 
-Every view subclasses ``tenants.api.OrgAPIView`` (organization from the bearer token or from
+Every view subclasses ``tenants.rest.OrgAPIView`` (organization from the bearer token or from
 ``/api/v1/o/<slug>/``; ``permissions_required`` per HTTP method). Another organization's id answers
 404. Secrets go in and never come out: a location says only whether its secret key is set.
 Component names start with "Archive" so that they never collide with other apps' components.
@@ -21,15 +21,15 @@ from archive import jobs, selectors
 from archive.dimse import selectors as ae_selectors
 from archive.dimse import services as ae_services
 from archive.models import TIERS, DicomAE, IngestJob
-from tenants.api import (
+from tenants.errors import ValidationFailed
+from tenants.rest import (
+    NamedChoiceField,
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
     error_responses_for,
     paginated,
 )
-from tenants.apis import NamedChoiceField
-from tenants.errors import ValidationFailed
 from tenants.roles import Perm
 
 # --- OpenAPI plumbing ------------------------------------------------------------------------

@@ -21,8 +21,13 @@ from rest_framework.response import Response
 
 from archive import selectors, tiering
 from archive.models import TIERS, TierMove
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
-from tenants.apis import NamedChoiceField
+from tenants.rest import (
+    NamedChoiceField,
+    NewestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
+)
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {409: "The instance is being moved already."}

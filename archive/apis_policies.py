@@ -26,7 +26,7 @@ from rest_framework.response import Response
 
 from archive import planning, policies
 from archive.models import PolicyVersion
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for
+from tenants.rest import NewestFirstPagination, OrgAPIView, error_responses_for
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {

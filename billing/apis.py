@@ -1,7 +1,7 @@
 """REST API of billing: usage reports, invoices (live draft, finalized, void), budgets, and the
 platform staff's plan and invoice corrections.
 
-Organization-scoped views subclass ``tenants.api.OrgAPIView`` (organization from the bearer token or
+Organization-scoped views subclass ``tenants.rest.OrgAPIView`` (organization from the bearer token or
 from ``/api/v1/o/<slug>/``; ``permissions_required`` per HTTP method). Another organization's
 invoice or line answers 404. Money is serialized as decimal strings, billing quantities as decimal
 strings with 9 places, base quantities as integers. CSV and PDF downloads render errors as JSON.
@@ -43,10 +43,10 @@ from billing.models import (
 )
 from billing.periods import month_bounds
 from billing.selectors import rollups_for_line
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import ApiToken, Organization
+from tenants.rest import NewestFirstPagination, OrgAPIView, error_responses_for
 from tenants.roles import Perm
 
 # --- OpenAPI plumbing ------------------------------------------------------------------------

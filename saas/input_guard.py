@@ -25,7 +25,7 @@ from django.http import (
     JsonResponse,
 )
 
-from tenants.api import error_body
+from tenants.rest import error_body
 
 API_PREFIXES = ("/api/", "/dicomweb/")
 NUL_MESSAGE = "A NUL character (%00) is not allowed in a query parameter."

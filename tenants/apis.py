@@ -1,10 +1,10 @@
 """REST API of the tenancy core: organization, members, invitations, tokens, audit log, webhooks.
 
-Every organization-scoped view subclasses ``tenants.api.OrgAPIView``: the organization comes from the
+Every organization-scoped view subclasses ``tenants.rest.OrgAPIView``: the organization comes from the
 bearer token (``/api/v1/...``) or, for a signed-in session, from the URL (``/api/v1/o/<slug>/...``),
 and ``permissions_required`` names the permission each HTTP method needs. Views stay thin: a
 serializer validates the input, a selector reads, a service writes (and writes the audit event),
-a serializer shapes the output. Service errors propagate to ``tenants.api.exception_handler``.
+a serializer shapes the output. Service errors propagate to ``tenants.rest.exception_handler``.
 
 The platform views at the end are not organization-scoped: they serve Strata's own staff.
 """
@@ -32,13 +32,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants import selectors, services
-from tenants.api import (
-    NewestFirstPagination,
-    OldestFirstPagination,
-    OrgAPIView,
-    error_responses_for,
-    paginated,
-)
 from tenants.context import Actor
 from tenants.csvexport import audit_events_csv
 from tenants.models import (
@@ -46,6 +39,14 @@ from tenants.models import (
     Organization,
     WebhookDelivery,
     WebhookEndpoint,
+)
+from tenants.rest import (
+    NamedChoiceField,
+    NewestFirstPagination,
+    OldestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
 )
 from tenants.roles import Perm, Role, Scope
 from tenants.webhooks import EVENT_TYPES
@@ -65,19 +66,6 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "An API token: `Authorization: Bearer strata_<prefix>_<secret>`.",
         }
-
-
-class NamedChoiceField(serializers.ChoiceField):
-    """A choice field documented as its own named enum component.
-
-    Several resources have a ``state`` with different values; spectacular cannot name those
-    enums unambiguously by field name once one of them appears in two components (webhook list
-    and webhook detail), so each state set gets an explicit name instead.
-    """
-
-    def __init__(self, *, enum_name: str, **kwargs: Any) -> None:
-        self.enum_name = enum_name
-        super().__init__(**kwargs)
 
 
 class NamedChoiceFieldExtension(OpenApiSerializerFieldExtension):

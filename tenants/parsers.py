@@ -1,7 +1,7 @@
 """The JSON body parser of the API (settings REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]).
 
 Its own module: DRF imports the parser classes while ``rest_framework.views`` is being imported,
-so this module must not import that (``tenants.api`` does).
+so this module must not import that (``tenants.rest`` does).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from archive.analytics.curve import READ_KINDS, AccessCurve, access_curve
 from archive.analytics.simulator import simulate
 from archive.analytics.simulator.results import COMPONENTS, Simulation
 from archive.policies import rules_validate
-from tenants.api import OrgAPIView, error_responses_for
+from tenants.rest import OrgAPIView, error_responses_for
 from tenants.roles import Perm
 
 READ_PERMISSIONS = frozenset({Perm.IMAGES_READ, Perm.POLICIES_MANAGE})

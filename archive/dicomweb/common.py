@@ -13,8 +13,8 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tenants.api import OrgAPIView
 from tenants.errors import ServiceError
+from tenants.rest import OrgAPIView
 
 DICOM_JSON = "application/dicom+json"
 DICOM = "application/dicom"

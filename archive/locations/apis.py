@@ -1,6 +1,6 @@
 """REST API of storage locations (with the connection test) and of the storage quota.
 
-Every view subclasses ``tenants.api.OrgAPIView``; another organization's id answers 404. Secrets
+Every view subclasses ``tenants.rest.OrgAPIView``; another organization's id answers 404. Secrets
 go in and never come out: a location says only whether its secret key is set. Component names
 start with "Archive" so that they never collide with other apps' components.
 """
@@ -18,8 +18,7 @@ from archive import selectors as index_selectors
 from archive.apis import _errors, _tier_field
 from archive.locations import selectors, services
 from archive.models import TIERS, StorageLocation
-from tenants.api import OldestFirstPagination, OrgAPIView, paginated
-from tenants.apis import NamedChoiceField
+from tenants.rest import NamedChoiceField, OldestFirstPagination, OrgAPIView, paginated
 from tenants.roles import Perm
 
 # --- storage locations -----------------------------------------------------------------------

@@ -19,9 +19,14 @@ from archive.locations.apis import LocationOutputSerializer
 from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
-from tenants.apis import NamedChoiceField
 from tenants.errors import NotFound
+from tenants.rest import (
+    NamedChoiceField,
+    NewestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
+)
 from tenants.roles import Perm
 
 API_MAX_SAMPLE = 1000

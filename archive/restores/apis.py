@@ -19,8 +19,13 @@ from archive import selectors
 from archive.models import RestoreRequest, Study
 from archive.restores import selectors as restore_selectors
 from archive.restores import services
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
-from tenants.apis import NamedChoiceField
+from tenants.rest import (
+    NamedChoiceField,
+    NewestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
+)
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from archive import selectors as archive_selectors
 from archive.models import LegalHold
 from archive.retention import selectors, services
-from tenants.api import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
+from tenants.rest import NewestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.roles import Perm
 
 _ERROR_TEXTS = {

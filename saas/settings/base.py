@@ -217,9 +217,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_THROTTLE_RATES": {"token": env.throttle_rate("API_THROTTLE_RATE", "1200/min")},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "tenants.api.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "tenants.rest.CursorPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "tenants.api.exception_handler",
+    "EXCEPTION_HANDLER": "tenants.rest.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 # Limits of a JSON request body (tenants.parsers.JSONBodyParser): larger answers 413, deeper 400.
@@ -238,10 +238,10 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
     },
     "SECURITY": [{"bearerAuth": []}],
-    # 413 and 415 on every operation that takes a body (tenants.api.document_body_errors).
+    # 413 and 415 on every operation that takes a body (tenants.rest.document_body_errors).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "tenants.api.document_body_errors",
+        "tenants.rest.document_body_errors",
     ],
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from tenants.api import ERROR_DESCRIPTIONS, error_responses, error_responses_for
+from tenants.rest import ERROR_DESCRIPTIONS, error_responses, error_responses_for
 
 
 def test_bound_helper_answers_as_error_responses_with_the_module_wording() -> None:

@@ -11,9 +11,9 @@ import pytest
 from rest_framework import status
 from rest_framework.test import APIClient
 
-from tenants.api import exception_handler
 from tenants.models import Organization, WebhookEndpoint
 from tenants.parsers import _nesting_exceeds, _nul_at
+from tenants.rest import exception_handler
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""API plumbing shared by every app: errors, pagination, and the organization-scoped base view.
+"""REST plumbing shared by every app's API: errors, pagination, named enum fields, and the
+organization-scoped base view.
 
 Errors always look like ``{"error": {"code": str, "message": str, "fields": {name: [str]}}}``,
 whatever went wrong: a body too large or nested too deep, a form with too many fields, a
@@ -312,3 +313,18 @@ class OrgAPIView(APIView):
         raise PermissionMissing(
             message, code="permission_denied", fields={"permission": [permission]}
         )
+
+
+class NamedChoiceField(serializers.ChoiceField):
+    """A choice field documented as its own named enum component.
+
+    Several resources have a ``state`` with different values; spectacular cannot name those
+    enums unambiguously by field name once one of them appears in two components (webhook list
+    and webhook detail), so each state set gets an explicit name instead (the schema extension is
+    ``tenants.apis.NamedChoiceFieldExtension``: importing spectacular's plumbing here would load DRF's
+    settings while they name this module).
+    """
+
+    def __init__(self, *, enum_name: str, **kwargs: Any) -> None:
+        self.enum_name = enum_name
+        super().__init__(**kwargs)
