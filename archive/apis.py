@@ -18,46 +18,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive import jobs, selectors
-from archive.dimse import selectors as ae_selectors
-from archive.dimse import services as ae_services
-from archive.models import TIERS, DicomAE, IngestJob
-from tenants.errors import ValidationFailed
+from archive.common.api import TierBytesSerializer, tier_field
+from archive.models import IngestJob
 from tenants.rest import (
     NamedChoiceField,
     NewestFirstPagination,
     OldestFirstPagination,
     OrgAPIView,
-    error_responses_for,
+    error_responses,
     paginated,
 )
 from tenants.roles import Perm
-
-# --- OpenAPI plumbing ------------------------------------------------------------------------
-
-_ERROR_TEXTS = {
-    409: "The change conflicts with the current state (e.g. the location holds images)."
-}
-
-
-_errors = error_responses_for(_ERROR_TEXTS)
-
-
-TIER_CHOICES = [(t, t.capitalize()) for t in TIERS]
-
-
-def _tier_field(**kwargs: Any) -> NamedChoiceField:
-    return NamedChoiceField(enum_name="ArchiveTierEnum", choices=TIER_CHOICES, **kwargs)
-
-
-class TierBytesSerializer(serializers.Serializer):
-    hot = serializers.IntegerField(source="bytes_hot")
-    warm = serializers.IntegerField(source="bytes_warm")
-    cold = serializers.IntegerField(source="bytes_cold")
-    archive = serializers.IntegerField(source="bytes_archive")
-
-    class Meta:
-        ref_name = "ArchiveTierBytes"
-
 
 # --- studies, series, instances --------------------------------------------------------------
 
@@ -129,7 +100,7 @@ class StudyListApi(OrgAPIView):
         tags=["studies"],
         summary="Search studies",
         parameters=[StudyFilterSerializer],
-        responses={200: StudyOutputSerializer(many=True), **_errors(400)},
+        responses={200: StudyOutputSerializer(many=True), **error_responses(400)},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         filters = StudyFilterSerializer(data=request.query_params)
@@ -144,7 +115,9 @@ class StudyDetailApi(OrgAPIView):
     permissions_required = {"GET": Perm.IMAGES_READ}
 
     @extend_schema(
-        tags=["studies"], summary="One study", responses={200: StudyOutputSerializer, **_errors()}
+        tags=["studies"],
+        summary="One study",
+        responses={200: StudyOutputSerializer, **error_responses()},
     )
     def get(self, request: Request, study_id: int, **kwargs: Any) -> Response:
         study = selectors.study_get(org=self.org, study_id=study_id)
@@ -184,7 +157,7 @@ class StudySeriesListApi(OrgAPIView):
     @extend_schema(
         tags=["studies"],
         summary="Series of a study",
-        responses={200: SeriesOutputSerializer(many=True), **_errors()},
+        responses={200: SeriesOutputSerializer(many=True), **error_responses()},
     )
     def get(self, request: Request, study_id: int, **kwargs: Any) -> Response:
         study = selectors.study_get(org=self.org, study_id=study_id)
@@ -198,7 +171,9 @@ class SeriesDetailApi(OrgAPIView):
     permissions_required = {"GET": Perm.IMAGES_READ}
 
     @extend_schema(
-        tags=["studies"], summary="One series", responses={200: SeriesOutputSerializer, **_errors()}
+        tags=["studies"],
+        summary="One series",
+        responses={200: SeriesOutputSerializer, **error_responses()},
     )
     def get(self, request: Request, series_id: int, **kwargs: Any) -> Response:
         series = selectors.series_get(org=self.org, series_id=series_id)
@@ -215,7 +190,7 @@ class InstanceOutputSerializer(serializers.Serializer):
     instance_number = serializers.IntegerField(allow_null=True)
     size_bytes = serializers.IntegerField()
     sha256 = serializers.CharField(help_text="SHA-256 of the stored bytes, verified at ingest.")
-    tier = _tier_field()
+    tier = tier_field()
     readable = serializers.SerializerMethodField(
         help_text="False in the archive tier: the object must be restored before it can be read."
     )
@@ -238,7 +213,7 @@ class SeriesInstanceListApi(OrgAPIView):
     @extend_schema(
         tags=["studies"],
         summary="Instances of a series",
-        responses={200: InstanceOutputSerializer(many=True), **_errors()},
+        responses={200: InstanceOutputSerializer(many=True), **error_responses()},
     )
     def get(self, request: Request, series_id: int, **kwargs: Any) -> Response:
         series = selectors.series_get(org=self.org, series_id=series_id)
@@ -254,7 +229,7 @@ class InstanceDetailApi(OrgAPIView):
     @extend_schema(
         tags=["studies"],
         summary="One instance",
-        responses={200: InstanceOutputSerializer, **_errors()},
+        responses={200: InstanceOutputSerializer, **error_responses()},
     )
     def get(self, request: Request, instance_id: int, **kwargs: Any) -> Response:
         instance = selectors.instance_get(org=self.org, instance_id=instance_id)
@@ -352,7 +327,7 @@ class IngestJobListApi(OrgAPIView):
         tags=["ingest"],
         summary="List ingest jobs",
         parameters=[IngestJobFilterSerializer],
-        responses={200: IngestJobOutputSerializer(many=True), **_errors(400)},
+        responses={200: IngestJobOutputSerializer(many=True), **error_responses(400)},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         filters = IngestJobFilterSerializer(data=request.query_params)
@@ -368,7 +343,7 @@ class IngestJobListApi(OrgAPIView):
         "request: an unreachable bucket or wrong credentials make the job fail with the reason "
         "in `error`. Follow the job at `GET /ingest-jobs/{id}/`.",
         request=InputSerializer,
-        responses={201: IngestJobOutputSerializer, **_errors(400)},
+        responses={201: IngestJobOutputSerializer, **error_responses(400)},
     )
     def post(self, request: Request, **kwargs: Any) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -388,7 +363,7 @@ class IngestJobDetailApi(OrgAPIView):
     @extend_schema(
         tags=["ingest"],
         summary="One ingest job (progress)",
-        responses={200: IngestJobOutputSerializer, **_errors()},
+        responses={200: IngestJobOutputSerializer, **error_responses()},
     )
     def get(self, request: Request, job_id: int, **kwargs: Any) -> Response:
         job = selectors.job_get(org=self.org, job_id=job_id)
@@ -422,163 +397,9 @@ class IngestJobFailureListApi(OrgAPIView):
     @extend_schema(
         tags=["ingest"],
         summary="Failures of an ingest job",
-        responses={200: IngestFailureOutputSerializer(many=True), **_errors()},
+        responses={200: IngestFailureOutputSerializer(many=True), **error_responses()},
     )
     def get(self, request: Request, job_id: int, **kwargs: Any) -> Response:
         job = selectors.job_get(org=self.org, job_id=job_id)
         failures = selectors.job_failures(org=self.org, job=job)
         return paginated(self, request, failures, IngestFailureOutputSerializer)
-
-
-# --- AE titles -------------------------------------------------------------------------------
-
-
-class AEOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    ae_title = serializers.CharField(
-        help_text="The called AE title; unique across Strata regardless of case."
-    )
-    allowed_calling_ae_titles = serializers.ListField(
-        child=serializers.CharField(),
-        help_text="Calling AE titles admitted; empty: this restriction does not apply.",
-    )
-    allowed_networks = serializers.ListField(
-        child=serializers.CharField(),
-        help_text="IP addresses or CIDR ranges admitted; empty: this restriction does not apply.",
-    )
-    allow_any_caller = serializers.BooleanField(
-        help_text="True: any calling AE title from any address is admitted (both lists are "
-        "empty), by an explicit, audited choice."
-    )
-    created_at = serializers.DateTimeField()
-
-    class Meta:
-        ref_name = "ArchiveDicomAE"
-
-
-class AEInputSerializer(serializers.Serializer):
-    ae_title = serializers.CharField(max_length=64)
-    allowed_calling_ae_titles = serializers.ListField(
-        child=serializers.CharField(max_length=64), required=False, default=list
-    )
-    allowed_networks = serializers.ListField(
-        child=serializers.CharField(max_length=64), required=False, default=list
-    )
-    allow_any_caller = serializers.BooleanField(
-        required=False,
-        default=False,
-        help_text="Required as true when both lists are empty: admit any caller from anywhere. "
-        "Not allowed together with a restriction.",
-    )
-
-    class Meta:
-        ref_name = "ArchiveDicomAECreate"
-
-
-class AEUpdateSerializer(serializers.Serializer):
-    allowed_calling_ae_titles = serializers.ListField(
-        child=serializers.CharField(max_length=64), required=False
-    )
-    allowed_networks = serializers.ListField(
-        child=serializers.CharField(max_length=64), required=False
-    )
-    allow_any_caller = serializers.BooleanField(
-        required=False,
-        help_text="Omitted: kept while both lists stay empty, cleared when a restriction is set.",
-    )
-
-    class Meta:
-        ref_name = "ArchiveDicomAEUpdate"
-
-
-class AEListApi(OrgAPIView):
-    """The called AE titles of the organization on the shared C-STORE listener."""
-
-    permissions_required = {"GET": Perm.STORAGE_MANAGE, "POST": Perm.STORAGE_MANAGE}
-    pagination_class = OldestFirstPagination
-
-    @extend_schema(
-        tags=["dicom-aes"],
-        summary="List AE titles",
-        responses={200: AEOutputSerializer(many=True), **_errors()},
-    )
-    def get(self, request: Request, **kwargs: Any) -> Response:
-        return paginated(self, request, ae_selectors.ae_list(org=self.org), AEOutputSerializer)
-
-    @extend_schema(
-        tags=["dicom-aes"],
-        summary="Add an AE title",
-        description="Needs a restriction (allowed_calling_ae_titles or allowed_networks) or "
-        "allow_any_caller=true; the title must be unique regardless of case.",
-        request=AEInputSerializer,
-        responses={201: AEOutputSerializer, **_errors(400)},
-    )
-    def post(self, request: Request, **kwargs: Any) -> Response:
-        serializer = AEInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        ae = ae_services.ae_create(org=self.org, actor=self.actor, **serializer.validated_data)
-        return Response(AEOutputSerializer(ae).data, status=status.HTTP_201_CREATED)
-
-
-class AEDetailApi(OrgAPIView):
-    """One AE title."""
-
-    permissions_required = {
-        "GET": Perm.STORAGE_MANAGE,
-        "PATCH": Perm.STORAGE_MANAGE,
-        "DELETE": Perm.STORAGE_MANAGE,
-    }
-
-    @extend_schema(
-        tags=["dicom-aes"],
-        summary="One AE title",
-        responses={200: AEOutputSerializer, **_errors()},
-    )
-    def get(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
-        return Response(AEOutputSerializer(ae).data)
-
-    @extend_schema(
-        tags=["dicom-aes"],
-        summary="Change who may send to an AE title",
-        description="The title itself cannot be renamed: add a new one and delete the old.",
-        request=AEUpdateSerializer,
-        responses={200: AEOutputSerializer, **_errors(400)},
-    )
-    def patch(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae: DicomAE = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
-        body = request.data if isinstance(request.data, dict) else {}
-        if "ae_title" in body and body["ae_title"] != ae.ae_title:
-            raise ValidationFailed(
-                "An AE title cannot be renamed.",
-                fields={"ae_title": ["Add a new AE title and delete this one instead."]},
-            )
-        serializer = AEUpdateSerializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        calling = data.get("allowed_calling_ae_titles", ae.allowed_calling_ae_titles)
-        networks = data.get("allowed_networks", ae.allowed_networks)
-        # Setting a restriction needs no second field to say that any caller is no longer meant.
-        any_caller = data.get(
-            "allow_any_caller", ae.allow_any_caller and not calling and not networks
-        )
-        ae = ae_services.ae_update(
-            org=self.org,
-            ae=ae,
-            allowed_calling_ae_titles=calling,
-            allowed_networks=networks,
-            allow_any_caller=any_caller,
-            actor=self.actor,
-        )
-        return Response(AEOutputSerializer(ae).data)
-
-    @extend_schema(
-        tags=["dicom-aes"],
-        summary="Delete an AE title",
-        description="The listener refuses associations to it from then on.",
-        responses={204: None, **_errors()},
-    )
-    def delete(self, request: Request, ae_id: int, **kwargs: Any) -> Response:
-        ae = ae_selectors.ae_get(org=self.org, ae_id=ae_id)
-        ae_services.ae_delete(org=self.org, ae=ae, actor=self.actor)
-        return Response(status=status.HTTP_204_NO_CONTENT)

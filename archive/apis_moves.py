@@ -20,7 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive import selectors, tiering
-from archive.models import TIERS, TierMove
+from archive.common.api import tier_field
+from archive.models import TierMove
 from tenants.rest import (
     NamedChoiceField,
     NewestFirstPagination,
@@ -34,12 +35,6 @@ _ERROR_TEXTS = {409: "The instance is being moved already."}
 
 
 _errors = error_responses_for(_ERROR_TEXTS)
-
-
-def _tier_field(**kwargs: Any) -> NamedChoiceField:
-    return NamedChoiceField(
-        enum_name="ArchiveTierEnum", choices=[(t, t.capitalize()) for t in TIERS], **kwargs
-    )
 
 
 def _state_field(**kwargs: Any) -> NamedChoiceField:
@@ -56,8 +51,8 @@ class MoveOutputSerializer(serializers.Serializer):
     )
     instance = serializers.IntegerField(source="instance_id")
     study = serializers.IntegerField(source="study_id")
-    from_tier = _tier_field()
-    to_tier = _tier_field()
+    from_tier = tier_field()
+    to_tier = tier_field()
     from_location = serializers.IntegerField(source="from_location_id")
     to_location = serializers.IntegerField(source="to_location_id")
     size_bytes = serializers.IntegerField()
@@ -82,7 +77,7 @@ class MoveFilterSerializer(serializers.Serializer):
 
 class MoveInputSerializer(serializers.Serializer):
     instance = serializers.IntegerField(help_text="The instance's id.")
-    tier = _tier_field(help_text="The tier to move it to.")
+    tier = tier_field(help_text="The tier to move it to.")
 
     class Meta:
         ref_name = "ArchiveTierMoveInput"

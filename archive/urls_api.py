@@ -7,6 +7,7 @@ from archive import apis
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
 from archive.analytics import apis as analytics_api
+from archive.dimse import apis as dimse_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
 from archive.restores import apis as restore_apis
@@ -50,8 +51,8 @@ urlpatterns: list[URLPattern] = [
     path(
         "archive-settings/", locations_api.ArchiveSettingsApi.as_view(), name="api-archive-settings"
     ),
-    path("dicom-aes/", apis.AEListApi.as_view(), name="api-dicom-aes"),
-    path("dicom-aes/<int:ae_id>/", apis.AEDetailApi.as_view(), name="api-dicom-ae"),
+    path("dicom-aes/", dimse_api.AEListApi.as_view(), name="api-dicom-aes"),
+    path("dicom-aes/<int:ae_id>/", dimse_api.AEDetailApi.as_view(), name="api-dicom-ae"),
     # Archive policies.
     path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
     path(

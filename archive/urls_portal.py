@@ -4,6 +4,7 @@ from django.urls import URLPattern, path
 
 from archive import views, views_policies
 from archive.analytics.views import analytics as analytics_view
+from archive.dimse import views as dimse_views
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
@@ -45,9 +46,9 @@ urlpatterns: list[URLPattern] = [
         views.upload_finish,
         name="portal-ingest-upload-finish",
     ),
-    path("ingest/ae-titles/new/", views.ae_create, name="portal-ae-create"),
-    path("ingest/ae-titles/<int:ae_id>/edit/", views.ae_edit, name="portal-ae-edit"),
-    path("ingest/ae-titles/<int:ae_id>/delete/", views.ae_delete, name="portal-ae-delete"),
+    path("ingest/ae-titles/new/", dimse_views.ae_create, name="portal-ae-create"),
+    path("ingest/ae-titles/<int:ae_id>/edit/", dimse_views.ae_edit, name="portal-ae-edit"),
+    path("ingest/ae-titles/<int:ae_id>/delete/", dimse_views.ae_delete, name="portal-ae-delete"),
     path("storage/", location_views.storage, name="portal-storage"),
     path("storage/quota/", location_views.storage_quota, name="portal-storage-quota"),
     path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),

@@ -38,8 +38,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from archive import jobs, selectors
 from archive.common.views import get_or_404
 from archive.dimse import selectors as ae_selectors
-from archive.dimse import services as ae_services
-from archive.forms import AEForm, ImportForm, StudySearchForm
+from archive.forms import ImportForm, StudySearchForm
 from archive.models import (
     TIERS,
     AccessEvent,
@@ -539,85 +538,3 @@ def import_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     response = render(request, "archive/import_form.html", context, status=status)
     add_never_cache_headers(response)
     return response
-
-
-# --- AE titles ---------------------------------------------------------------------------------
-
-
-def _ingest_redirect(ctx: PortalContext) -> HttpResponse:
-    return redirect(reverse("portal-ingest", args=[ctx.org.slug]) + "#dimse")
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
-    form = AEForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        status = 400
-        if form.is_valid():
-            try:
-                ae = ae_services.ae_create(
-                    org=ctx.org,
-                    ae_title=form.cleaned_data["ae_title"],
-                    allowed_calling_ae_titles=form.calling(),
-                    allowed_networks=form.networks(),
-                    allow_any_caller=form.cleaned_data["allow_any_caller"],
-                    actor=ctx.actor,
-                )
-            except ServiceError as exc:
-                form_apply_service_error(form, exc)
-                status = exc.status
-            else:
-                messages.success(request, f"AE title {ae.ae_title} added.")
-                return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": None}
-    return render(request, "archive/ae_form.html", context, status=status)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
-    initial = {
-        "ae_title": ae.ae_title,
-        "allowed_calling_ae_titles": "\n".join(ae.allowed_calling_ae_titles),
-        "allowed_networks": "\n".join(ae.allowed_networks),
-        "allow_any_caller": ae.allow_any_caller,
-    }
-    form = AEForm(request.POST or None, initial=initial, editing=True)
-    status = 200
-    if request.method == "POST":
-        status = 400
-        if form.is_valid():
-            try:
-                ae_services.ae_update(
-                    org=ctx.org,
-                    ae=ae,
-                    allowed_calling_ae_titles=form.calling(),
-                    allowed_networks=form.networks(),
-                    allow_any_caller=form.cleaned_data["allow_any_caller"],
-                    actor=ctx.actor,
-                )
-            except ServiceError as exc:
-                form_apply_service_error(form, exc)
-                status = exc.status
-                ae.refresh_from_db()
-            else:
-                messages.success(request, f"AE title {ae.ae_title} saved.")
-                return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": ae}
-    return render(request, "archive/ae_form.html", context, status=status)
-
-
-@org_view(Perm.STORAGE_MANAGE)
-@require_http_methods(["GET", "POST"])
-def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
-    ae = get_or_404(ae_selectors.ae_get, org=ctx.org, ae_id=ae_id)
-    if request.method == "POST":
-        title = ae.ae_title
-        ae_services.ae_delete(org=ctx.org, ae=ae, actor=ctx.actor)
-        messages.success(request, f"AE title {title} deleted; the listener refuses it from now on.")
-        return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "ae": ae}
-    return render(request, "archive/ae_delete.html", context)

@@ -15,11 +15,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive import selectors as index_selectors
-from archive.apis import _errors, _tier_field
+from archive.common.api import tier_field
 from archive.locations import selectors, services
 from archive.models import TIERS, StorageLocation
-from tenants.rest import NamedChoiceField, OldestFirstPagination, OrgAPIView, paginated
+from tenants.rest import (
+    NamedChoiceField,
+    OldestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
+)
 from tenants.roles import Perm
+
+_errors = error_responses_for(
+    {409: "The change conflicts with the current state (e.g. the location holds images)."}
+)
 
 # --- storage locations -----------------------------------------------------------------------
 
@@ -65,7 +75,7 @@ class LocationOutputSerializer(serializers.Serializer):
     role = NamedChoiceField(
         enum_name="ArchiveLocationRoleEnum", choices=StorageLocation.Role.choices
     )
-    replica_tier = _tier_field(help_text="A replica keeps its copies in this tier.")
+    replica_tier = tier_field(help_text="A replica keeps its copies in this tier.")
     endpoint_url = serializers.CharField()
     region = serializers.CharField()
     bucket = serializers.CharField()
@@ -112,7 +122,7 @@ class LocationInputSerializer(serializers.Serializer):
         help_text="primary: new images go here (only before the first image is stored). "
         "replica: the disaster-recovery copy (at most one; not the primary's own bucket).",
     )
-    replica_tier = _tier_field(
+    replica_tier = tier_field(
         required=False, help_text="Replica only: the tier its copies are kept in (default cold)."
     )
     endpoint_url = serializers.CharField(max_length=200, required=False, allow_blank=True)

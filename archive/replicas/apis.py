@@ -14,7 +14,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive.apis import _tier_field
+from archive.common.api import tier_field
 from archive.locations.apis import LocationOutputSerializer
 from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import selectors, services
@@ -97,7 +97,7 @@ class ReplicaFailureSerializer(serializers.Serializer):
     study = serializers.IntegerField(source="instance.study_id")
     size_bytes = serializers.IntegerField(source="instance.size_bytes")
     location = serializers.IntegerField(source="location_id")
-    tier = _tier_field()
+    tier = tier_field()
     state = NamedChoiceField(
         enum_name="ArchiveReplicaStateEnum", choices=InstanceReplica.State.choices
     )

@@ -1,0 +1,101 @@
+"""Portal pages for the listener's AE titles (add, edit, delete), reached from the Ingest page's
+DICOM section, where the list and the connection details are shown.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from archive.common.views import get_or_404
+from archive.dimse import selectors, services
+from archive.dimse.forms import AEForm
+from tenants.errors import ServiceError
+from tenants.forms import form_apply_service_error
+from tenants.portal import PortalContext, org_view
+from tenants.roles import Perm
+
+
+def _ingest_redirect(ctx: PortalContext) -> HttpResponse:
+    return redirect(reverse("portal-ingest", args=[ctx.org.slug]) + "#dimse")
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    form = AEForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                ae = services.ae_create(
+                    org=ctx.org,
+                    ae_title=form.cleaned_data["ae_title"],
+                    allowed_calling_ae_titles=form.calling(),
+                    allowed_networks=form.networks(),
+                    allow_any_caller=form.cleaned_data["allow_any_caller"],
+                    actor=ctx.actor,
+                )
+            except ServiceError as exc:
+                form_apply_service_error(form, exc)
+                status = exc.status
+            else:
+                messages.success(request, f"AE title {ae.ae_title} added.")
+                return _ingest_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": None}
+    return render(request, "archive/ae_form.html", context, status=status)
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
+    ae = get_or_404(selectors.ae_get, org=ctx.org, ae_id=ae_id)
+    initial = {
+        "ae_title": ae.ae_title,
+        "allowed_calling_ae_titles": "\n".join(ae.allowed_calling_ae_titles),
+        "allowed_networks": "\n".join(ae.allowed_networks),
+        "allow_any_caller": ae.allow_any_caller,
+    }
+    form = AEForm(request.POST or None, initial=initial, editing=True)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                services.ae_update(
+                    org=ctx.org,
+                    ae=ae,
+                    allowed_calling_ae_titles=form.calling(),
+                    allowed_networks=form.networks(),
+                    allow_any_caller=form.cleaned_data["allow_any_caller"],
+                    actor=ctx.actor,
+                )
+            except ServiceError as exc:
+                form_apply_service_error(form, exc)
+                status = exc.status
+                ae.refresh_from_db()
+            else:
+                messages.success(request, f"AE title {ae.ae_title} saved.")
+                return _ingest_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": ae}
+    return render(request, "archive/ae_form.html", context, status=status)
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpResponse:
+    ae = get_or_404(selectors.ae_get, org=ctx.org, ae_id=ae_id)
+    if request.method == "POST":
+        title = ae.ae_title
+        services.ae_delete(org=ctx.org, ae=ae, actor=ctx.actor)
+        messages.success(request, f"AE title {title} deleted; the listener refuses it from now on.")
+        return _ingest_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "ae": ae}
+    return render(request, "archive/ae_delete.html", context)
