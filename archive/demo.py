@@ -27,7 +27,8 @@ from django.db.models import Max
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive.ingest import instances_ingest, location_primary, spool_chunks
+from archive.ingest.pipeline import instances_ingest, spool_chunks
+from archive.locations.selectors import location_primary
 from archive.models import AccessEvent, Instance, PolicyVersion, Series, Study
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes

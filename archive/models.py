@@ -362,7 +362,7 @@ class DicomAE(models.Model):
     # and ``pacs`` of another would be confused by people and mistyped into the wrong one.
     ae_title = models.CharField(max_length=16, unique=True)
     # Empty list: that restriction does not apply. Both empty admit nobody unless
-    # ``allow_any_caller`` was chosen explicitly (``archive.dimse.services``).
+    # ``allow_any_caller`` was chosen explicitly (``archive.ae_titles.services``).
     allowed_calling_ae_titles = models.JSONField(default=list, blank=True)
     allowed_networks = models.JSONField(default=list, blank=True)
     # The explicit, audited choice to admit any calling AE title from any address; only with

@@ -6,8 +6,9 @@ from django.urls import URLPattern, path
 from archive import apis
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
+from archive.ae_titles import apis as dimse_api
 from archive.analytics import apis as analytics_api
-from archive.dimse import apis as dimse_api
+from archive.ingest import apis as ingest_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
 from archive.restores import apis as restore_apis
@@ -28,11 +29,13 @@ urlpatterns: list[URLPattern] = [
         name="api-series-instances",
     ),
     path("instances/<int:instance_id>/", apis.InstanceDetailApi.as_view(), name="api-instance"),
-    path("ingest-jobs/", apis.IngestJobListApi.as_view(), name="api-ingest-jobs"),
-    path("ingest-jobs/<int:job_id>/", apis.IngestJobDetailApi.as_view(), name="api-ingest-job"),
+    path("ingest-jobs/", ingest_api.IngestJobListApi.as_view(), name="api-ingest-jobs"),
+    path(
+        "ingest-jobs/<int:job_id>/", ingest_api.IngestJobDetailApi.as_view(), name="api-ingest-job"
+    ),
     path(
         "ingest-jobs/<int:job_id>/failures/",
-        apis.IngestJobFailureListApi.as_view(),
+        ingest_api.IngestJobFailureListApi.as_view(),
         name="api-ingest-job-failures",
     ),
     path(

@@ -3,8 +3,9 @@
 from django.urls import URLPattern, path
 
 from archive import views, views_policies
+from archive.ae_titles import views as dimse_views
 from archive.analytics.views import analytics as analytics_view
-from archive.dimse import views as dimse_views
+from archive.ingest import views as ingest_views
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
@@ -31,19 +32,23 @@ urlpatterns: list[URLPattern] = [
     path("trash/", retention_views.trash_list, name="portal-trash"),
     path("legal-holds/", retention_views.hold_list, name="portal-holds"),
     path("legal-holds/<int:hold_id>/lift/", retention_views.hold_lift, name="portal-hold-lift"),
-    path("ingest/", views.ingest_page, name="portal-ingest"),
-    path("ingest/uploads/", views.upload_create, name="portal-ingest-upload"),
-    path("ingest/import/", views.import_create, name="portal-ingest-import"),
-    path("ingest/jobs/<int:job_id>/", views.job_detail, name="portal-ingest-job"),
+    path("ingest/", ingest_views.ingest_page, name="portal-ingest"),
+    path("ingest/uploads/", ingest_views.upload_create, name="portal-ingest-upload"),
+    path("ingest/import/", ingest_views.import_create, name="portal-ingest-import"),
+    path("ingest/jobs/<int:job_id>/", ingest_views.job_detail, name="portal-ingest-job"),
     path(
         "ingest/jobs/<int:job_id>/progress/",
-        views.job_progress,
+        ingest_views.job_progress,
         name="portal-ingest-job-progress",
     ),
-    path("ingest/jobs/<int:job_id>/files/", views.upload_chunk, name="portal-ingest-upload-chunk"),
+    path(
+        "ingest/jobs/<int:job_id>/files/",
+        ingest_views.upload_chunk,
+        name="portal-ingest-upload-chunk",
+    ),
     path(
         "ingest/jobs/<int:job_id>/finish/",
-        views.upload_finish,
+        ingest_views.upload_finish,
         name="portal-ingest-upload-finish",
     ),
     path("ingest/ae-titles/new/", dimse_views.ae_create, name="portal-ae-create"),

@@ -78,8 +78,8 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from pynetdicom import AE, _config  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 
+from archive.ae_titles.services import ae_create  # noqa: E402
 from archive.dimse.listener import DEFAULT_MAX_PDU  # noqa: E402
-from archive.dimse.services import ae_create  # noqa: E402
 from archive.models import IngestJob, Instance  # noqa: E402
 from archive.synthetic import make_instance, study_spec, write  # noqa: E402
 from tenants.context import Actor  # noqa: E402

@@ -61,7 +61,7 @@ from django.db import connection  # noqa: E402
 from archive.analytics.curve import access_curve  # noqa: E402
 from archive.analytics.simulator import simulate  # noqa: E402
 from archive.analytics.simulator.inventory import inventory  # noqa: E402
-from archive.ingest import location_primary  # noqa: E402
+from archive.locations.selectors import location_primary  # noqa: E402
 from archive.models import ArchiveSettings, PolicyVersion  # noqa: E402
 from tenants.context import Actor  # noqa: E402
 from tenants.services import organization_create  # noqa: E402

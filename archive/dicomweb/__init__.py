@@ -6,7 +6,7 @@ Conformance in short:
   UIDs of another organization answer exactly like unknown ones (404, or no search results).
 - STOW-RS: ``POST /studies`` and ``/studies/{study}``, ``multipart/related;
   type="application/dicom"``. Any storage SOP class in any transfer syntax is stored as it was
-  received (byte for byte, no coercion). Failure reasons: see ``stow`` and ``archive.dicom``.
+  received (byte for byte, no coercion). Failure reasons: see ``stow`` and ``archive.ingest.dicom``.
 - QIDO-RS: ``/studies``, ``/series``, ``/instances`` and their study- / series-scoped forms,
   answered as ``application/dicom+json`` (matching rules: see ``qido``).
 - WADO-RS: ``/studies/{study}[/series/{series}[/instances/{instance}]]`` as

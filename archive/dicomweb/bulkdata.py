@@ -4,7 +4,7 @@ BulkDataURI its metadata gives.
 ``/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}`` with ``tag`` one of
 ``7FE00010`` (Pixel Data), ``7FE00008`` (Float Pixel Data), ``7FE00009`` (Double Float Pixel
 Data), 8 hex digits in either case; the resource exists exactly when the instance's metadata
-names it (``archive.dicom.pixel_bulk_data``).
+names it (``archive.ingest.dicom.pixel_bulk_data``).
 
 - Native pixel data: one part, ``application/octet-stream``, the value's bytes in little endian
   order (a big endian object's words are swapped on the way).
@@ -12,7 +12,7 @@ names it (``archive.dicom.pixel_bulk_data``).
   ``image/jls``, ``image/jp2``, ...; video as one part), each frame the data of its fragments,
   as stored: no transcoding, so ``type="application/octet-stream"`` alone is not acceptable.
 
-The value is found by reading the object's header only (``archive.dicom.pixel_data_locate``)
+The value is found by reading the object's header only (``archive.ingest.dicom.pixel_data_locate``)
 through ``ObjectReader``, then streamed from the same read: constant memory, usually one request
 to the object store. Reading follows the instance retrieve's rules (``archive.dicomweb.wado``):
 archive-tier instances answer 503 with the restore, and every read calls ``access_record`` once
@@ -32,16 +32,6 @@ from typing import BinaryIO, cast
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from archive.dicom import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    PixelAttribute,
-    PixelDataUnreadable,
-    encapsulated_frames,
-    is_encapsulated,
-    pixel_bulk_data_of,
-    pixel_data_locate,
-    to_little_endian,
-)
 from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable, accepted_ranges, base_url
 from archive.dicomweb.multipart import closing, part_header
 from archive.dicomweb.wado import (
@@ -50,6 +40,16 @@ from archive.dicomweb.wado import (
     bulkdata_url,
     require_readable,
     restore_pending_response,
+)
+from archive.ingest.dicom import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    PixelAttribute,
+    PixelDataUnreadable,
+    encapsulated_frames,
+    is_encapsulated,
+    pixel_bulk_data_of,
+    pixel_data_locate,
+    to_little_endian,
 )
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.services import access_record

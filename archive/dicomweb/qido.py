@@ -14,7 +14,7 @@ stored metadata plus computed attributes (counts, modalities, availability, Retr
 Every parameter is checked before it reaches SQL, and each problem is a 400 naming it: ``limit``
 and ``offset`` are ASCII whole numbers (``offset`` at most ``MAX_OFFSET``, ``limit`` capped at
 ``MAX_LIMIT``), integer keys stay in the range of DICOM's IS, every UID of a UID list follows the
-archive's UID rule (``archive.dicom.uid_problem``) and a list holds at least one, no value holds a
+archive's UID rule (``archive.ingest.dicom.uid_problem``) and a list holds at least one, no value holds a
 NUL character.
 """
 
@@ -30,9 +30,9 @@ from django.db.models import F, Lookup, Q, QuerySet, Value
 from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
 
-from archive.dicom import uid_problem
 from archive.dicomweb import dicomjson as dj
 from archive.dicomweb.common import base_url, instance_url, series_url, study_url
+from archive.ingest.dicom import uid_problem
 from archive.models import Instance, Series, Study
 from tenants.errors import ValidationFailed
 from tenants.models import Organization

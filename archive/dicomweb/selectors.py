@@ -1,7 +1,7 @@
 """The index reads DICOMweb needs, each scoped to one organization.
 
 A UID of another organization answers exactly like a UID that does not exist: ``NotFound``, and
-so does a path segment that is no UID at all (``archive.dicom.uid_problem``): it names nothing
+so does a path segment that is no UID at all (``archive.ingest.dicom.uid_problem``): it names nothing
 here, and is never sent to the database (a NUL character would fail the query there).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from archive.dicom import uid_problem
+from archive.ingest.dicom import uid_problem
 from archive.models import Instance, Series, Study
 from tenants.errors import NotFound
 from tenants.models import Organization

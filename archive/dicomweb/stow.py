@@ -1,8 +1,8 @@
 """STOW-RS (PS3.18 10.5): multipart/related bodies of DICOM Part 10 files, streamed into ingest.
 
-Each part goes straight from the request stream into ``ingest.spool_chunks`` (constant memory,
+Each part goes straight from the request stream into ``pipeline.spool_chunks`` (constant memory,
 any size). Spooled parts wait on local disk until the body has ended or they hold
-``BATCH_BYTES``; then they go, ``BATCH_PARTS`` at a time, through ``ingest.instances_ingest``, the
+``BATCH_BYTES``; then they go, ``BATCH_PARTS`` at a time, through ``pipeline.instances_ingest``, the
 pipeline every door shares: each part is checked and stored on its own, and the batch is indexed
 in one transaction. Parts are independent: one bad part fails alone, with a PS3.18 failure
 reason, and the others are stored; a batch that raises unexpectedly is ingested again part by
@@ -13,7 +13,7 @@ and nothing of the request is ingested as long as the parts before the limit hel
 ``BATCH_BYTES``); at most ``settings.INGEST_MAX_FAILURE_ROWS`` failure rows per job (the
 job's ``failed`` counter counts them all); an empty part fails on its own without touching disk.
 
-Failure reasons this module adds to those of ``archive.dicom``:
+Failure reasons this module adds to those of ``archive.ingest.dicom``:
 - 0xC000 (cannot understand) for a part that is not ``application/dicom``, that uses a content
   transfer encoding, that is empty, or that the body cut off before its closing boundary;
 - 0xA700 (out of resources) when the part could not be spooled to local disk;
@@ -21,7 +21,7 @@ Failure reasons this module adds to those of ``archive.dicom``:
 
 The job's counters, failure rows and ``heartbeat_at`` are written after every ingested batch (and
 the heartbeat renewed while a long part arrives): a request whose worker is killed leaves its job
-``running`` with the counts of what was indexed, and ``archive.jobs.jobs_sweep`` closes it.
+``running`` with the counts of what was indexed, and ``archive.ingest.jobs.jobs_sweep`` closes it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
 
-from archive import ingest
-from archive.dicom import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
 from archive.dicomweb import dicomjson as dj
 from archive.dicomweb.common import (
     DICOM,
@@ -60,6 +58,8 @@ from archive.dicomweb.multipart import (
     header_parameters,
     valid_boundary,
 )
+from archive.ingest import pipeline
+from archive.ingest.dicom import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
 from archive.models import IngestFailure, IngestJob, Instance, StorageLocation
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from billing.metering import record_usage
@@ -79,7 +79,7 @@ MAX_UNIDENTIFIED_FAILURES = 1000
 # this many parts at a time (one index transaction each).
 BATCH_PARTS = 50
 BATCH_BYTES = 256 * 1024 * 1024
-# While one part arrives, the job's heartbeat is renewed this often (see archive.jobs.LEASE).
+# While one part arrives, the job's heartbeat is renewed this often (see archive.ingest.jobs.LEASE).
 HEARTBEAT_SECONDS = 30.0
 
 INTERNAL_ERROR = (
@@ -109,7 +109,7 @@ class StowBody:
 
 @dataclass
 class StowOutcome:
-    results: list[ingest.IngestResult] = field(default_factory=list)
+    results: list[pipeline.IngestResult] = field(default_factory=list)
     bytes_received: int = 0
     job: IngestJob | None = None
 
@@ -191,8 +191,8 @@ def _body_reader(request: HttpRequest) -> Callable[[int], bytes]:
     return request.read
 
 
-def _fail_part(index: int, code: int, reason: str, size: int = 0) -> ingest.IngestResult:
-    return ingest.IngestResult(
+def _fail_part(index: int, code: int, reason: str, size: int = 0) -> pipeline.IngestResult:
+    return pipeline.IngestResult(
         status="failed", size=size, reason_code=code, reason=f"Part {index + 1}: {reason}"
     )
 
@@ -209,13 +209,13 @@ class _Progress:
     def __init__(self, job: IngestJob, limit: int):
         self.job = job
         self.limit = limit
-        self.pending: list[ingest.IngestResult] = []
+        self.pending: list[pipeline.IngestResult] = []
         self.pending_bytes = 0
         self.listed = 0
         self.unlisted = 0
         self._last_beat = time.monotonic()
 
-    def add(self, result: ingest.IngestResult) -> None:
+    def add(self, result: pipeline.IngestResult) -> None:
         self.pending.append(result)
 
     def drop_pending(self) -> None:
@@ -276,7 +276,7 @@ class _Progress:
 
 def _spool_part(
     *, org: Organization, part: Part, root_type: str, store: ObjectStore, progress: _Progress
-) -> ingest.Spooled | ingest.IngestResult:
+) -> pipeline.Spooled | pipeline.IngestResult:
     """One part -> its spool file, or the result that refuses it. ``part.size`` is what was read."""
     if part.error:
         part.discard()
@@ -298,7 +298,7 @@ def _spool_part(
             return _fail_part(part.index, CANNOT_UNDERSTAND, part.error)
         return _fail_part(part.index, CANNOT_UNDERSTAND, "The part is empty (0 bytes).")
     try:
-        spooled = ingest.spool_chunks(store, itertools.chain([first], chunks))
+        spooled = pipeline.spool_chunks(store, itertools.chain([first], chunks))
     except OSError as exc:
         part.discard()
         logger.warning("stow: spooling failed for org %s: %s", org.pk, exc)
@@ -311,7 +311,7 @@ def _spool_part(
     return spooled
 
 
-def _spare(spooled: ingest.Spooled) -> ingest.Spooled | None:
+def _spare(spooled: pipeline.Spooled) -> pipeline.Spooled | None:
     """A second name of a spool file (a hard link: no copy), for ingesting it again should its
     batch raise: ``instances_ingest`` consumes its spool files even when it raises."""
     path = spooled.path.with_name(spooled.path.name + ".spare")
@@ -320,19 +320,19 @@ def _spare(spooled: ingest.Spooled) -> ingest.Spooled | None:
     except OSError as exc:
         logger.warning("stow: no spare link of a spool file (%s)", exc.strerror or exc)
         return None
-    return ingest.Spooled(path=path, size=spooled.size, sha256=spooled.sha256)
+    return pipeline.Spooled(path=path, size=spooled.size, sha256=spooled.sha256)
 
 
 def _ingest_isolated(
     *,
     org: Organization,
-    batch: list[ingest.Spooled],
+    batch: list[pipeline.Spooled],
     expected_study_uid: str | None,
     location: StorageLocation,
-    quota: ingest.Quota,
+    quota: pipeline.Quota,
     job_id: int,
-) -> list[ingest.IngestResult]:
-    """``ingest.instances_ingest``, with an unexpected error confined to the part that raises it.
+) -> list[pipeline.IngestResult]:
+    """``pipeline.instances_ingest``, with an unexpected error confined to the part that raises it.
 
     The pipeline never raises for bad input; should it raise anyway (a bug, a header value the
     database refuses), the batch's parts are ingested again one by one from their spare links,
@@ -344,7 +344,7 @@ def _ingest_isolated(
     spares = [_spare(spooled) for spooled in batch]
     try:
         try:
-            return ingest.instances_ingest(
+            return pipeline.instances_ingest(
                 org=org,
                 batch=batch,
                 expected_study_uid=expected_study_uid,
@@ -358,18 +358,18 @@ def _ingest_isolated(
                 org.pk,
                 len(batch),
             )
-        results: list[ingest.IngestResult] = []
+        results: list[pipeline.IngestResult] = []
         for spare in spares:
             if spare is None:
                 results.append(
-                    ingest.IngestResult(
+                    pipeline.IngestResult(
                         status="failed", reason_code=PROCESSING_FAILURE, reason=INTERNAL_ERROR
                     )
                 )
                 continue
             try:
                 results.append(
-                    ingest.instance_ingest(
+                    pipeline.instance_ingest(
                         org=org,
                         spooled=spare,
                         expected_study_uid=expected_study_uid,
@@ -380,7 +380,7 @@ def _ingest_isolated(
             except Exception:
                 logger.exception("stow job %s of org %s: a part raised", job_id, org.pk)
                 results.append(
-                    ingest.IngestResult(
+                    pipeline.IngestResult(
                         status="failed",
                         size=spare.size,
                         reason_code=PROCESSING_FAILURE,
@@ -396,8 +396,8 @@ def _ingest_isolated(
 
 
 def _objects_checked(
-    *, org: Organization, results: list[ingest.IngestResult], job_id: int
-) -> list[ingest.IngestResult]:
+    *, org: Organization, results: list[pipeline.IngestResult], job_id: int
+) -> list[pipeline.IngestResult]:
     """After a batch raised: success only for instances whose object is in the store.
 
     The batch may have raised after its index transaction committed (a follow-up that failed at
@@ -408,7 +408,7 @@ def _objects_checked(
     instances = {
         i.pk: i for i in Instance.objects.for_org(org).select_related("location").filter(pk__in=ids)
     }
-    checked: list[ingest.IngestResult] = []
+    checked: list[pipeline.IngestResult] = []
     for r in results:
         instance = instances.get(r.instance_id or 0) if r.ok else None
         if instance is not None:
@@ -425,7 +425,7 @@ def _objects_checked(
                     org.pk,
                     instance.pk,
                 )
-                r = ingest.IngestResult(
+                r = pipeline.IngestResult(
                     status="failed",
                     sop_instance_uid=r.sop_instance_uid,
                     sop_class_uid=r.sop_class_uid,
@@ -450,13 +450,13 @@ class _Batch:
     def __init__(self, outcome: StowOutcome, progress: _Progress) -> None:
         self.outcome = outcome
         self.progress = progress
-        self.slots: list[tuple[int, int, ingest.Spooled]] = []  # (result slot, part index, file)
+        self.slots: list[tuple[int, int, pipeline.Spooled]] = []  # (result slot, part index, file)
         self.bytes = 0
 
     def full(self) -> bool:
         return self.bytes >= BATCH_BYTES
 
-    def add(self, part_index: int, spooled: ingest.Spooled) -> None:
+    def add(self, part_index: int, spooled: pipeline.Spooled) -> None:
         self.outcome.results.append(_fail_part(part_index, PROCESSING_FAILURE, "Not ingested."))
         self.slots.append((len(self.outcome.results) - 1, part_index, spooled))
         self.bytes += spooled.size
@@ -467,7 +467,7 @@ class _Batch:
         org: Organization,
         expected_study_uid: str | None,
         location: StorageLocation,
-        quota: ingest.Quota,
+        quota: pipeline.Quota,
     ) -> None:
         """Ingest the waiting parts ``BATCH_PARTS`` at a time; the job's counters are written
         after each (a killed worker leaves them true up to its last batch)."""
@@ -524,9 +524,9 @@ def stow_receive(
         first = next(parts)
     except MultipartError as exc:
         raise ValidationFailed(str(exc), code="invalid_multipart") from None
-    location = ingest.location_primary(org)
+    location = pipeline.location_primary(org)
     store = store_for(location)
-    quota = ingest.Quota(org)
+    quota = pipeline.Quota(org)
     now = timezone.now()
     outcome = StowOutcome()
     outcome.job = job = IngestJob.objects.create(
@@ -551,7 +551,7 @@ def stow_receive(
             spooled = _spool_part(
                 org=org, part=part, root_type=body.root_type, store=store, progress=progress
             )
-            if isinstance(spooled, ingest.IngestResult):
+            if isinstance(spooled, pipeline.IngestResult):
                 outcome.results.append(spooled)
                 outcome.bytes_received += spooled.size
                 progress.pending_bytes += spooled.size

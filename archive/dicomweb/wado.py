@@ -30,13 +30,6 @@ from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.dicom import (
-    BITS_ALLOCATED_KEY,
-    PIXEL_DATA_PROVIDER_URL_KEY,
-    PIXEL_REPRESENTATION_KEY,
-    ROWS_KEY,
-    pixel_bulk_data,
-)
 from archive.dicomweb.common import (
     DICOM,
     DICOM_JSON,
@@ -48,6 +41,13 @@ from archive.dicomweb.common import (
     instance_url,
 )
 from archive.dicomweb.multipart import closing, part_header
+from archive.ingest.dicom import (
+    BITS_ALLOCATED_KEY,
+    PIXEL_DATA_PROVIDER_URL_KEY,
+    PIXEL_REPRESENTATION_KEY,
+    ROWS_KEY,
+    pixel_bulk_data,
+)
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.restores.selectors import needs_restore, retry_after_seconds
 from archive.restores.services import restore_for_read
@@ -386,7 +386,7 @@ def _int_or_none(value: Any) -> int | None:
 def with_attribute(raw: str, key: str, element: dict[str, Any]) -> str:
     """``raw`` (the text of a JSON object) with one more member at its end.
 
-    Stored metadata ends before the pixel data (``archive.dicom.read_header``), so a pixel data
+    Stored metadata ends before the pixel data (``archive.ingest.dicom.read_header``), so a pixel data
     tag added last keeps the tags in ascending order, as PS3.18 F.2 lists them.
     """
     body = raw.rstrip()
@@ -408,7 +408,7 @@ def metadata_response(
     count: int,
 ) -> StreamingHttpResponse:
     """A JSON array of the instances' stored DICOM JSON, streamed from the database in batches,
-    each with the BulkDataURI of its pixel data (``archive.dicom.pixel_bulk_data``, derived from
+    each with the BulkDataURI of its pixel data (``archive.ingest.dicom.pixel_bulk_data``, derived from
     columns the query reads along: no object-storage read)."""
     access_record(
         org=org,

@@ -13,7 +13,7 @@ per association, into which pynetdicom receives each data set
 (``archive.dimse.listener._ReceiveFile``); a file is fsynced before its object is acknowledged
 and deleted when the listener refuses it; the folder's ``job`` record names the association's
 ingest job. A file leaves the folder only after the pipeline
-(``archive.ingest.instances_ingest``) has stored and indexed it, found it a duplicate, or
+(``archive.ingest.pipeline.instances_ingest``) has stored and indexed it, found it a duplicate, or
 refused it (the refusal is then an ``IngestFailure`` of the association's job, reported after
 the sender was told success: it can only happen when another association stored a different
 object under the same UID at the same moment, or the quota ran out in between). When the object
@@ -47,8 +47,9 @@ from django.db import connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from archive.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Header
-from archive.ingest import Spooled, instances_ingest, location_primary, spool_existing
+from archive.ingest.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Header
+from archive.ingest.pipeline import Spooled, instances_ingest, spool_existing
+from archive.locations.selectors import location_primary
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
 from billing.metering import record_usage

@@ -18,7 +18,7 @@ Receiving (invariant 5, constant memory): pynetdicom writes each incoming data s
 file as the P-DATA fragments arrive (``_config.STORE_RECV_CHUNKED_DATASET``); the C-STORE handler
 then streams that file into a spool file of the organization's store with Strata's own File Meta
 Information in front, hashing on the way, and hands it to the one ingest pipeline
-(``archive.ingest.instance_ingest``). Nothing holds a whole data set in memory.
+(``archive.ingest.pipeline.instance_ingest``). Nothing holds a whole data set in memory.
 
 Acknowledgement (invariant 2, no lost data): a C-STORE success status is sent only once the
 pipeline has stored, verified and indexed the object, or found the identical object already stored.
@@ -109,16 +109,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from archive.dicom import (
-    CANNOT_UNDERSTAND,
-    DATASET_DOES_NOT_MATCH,
-    DUPLICATE_SOP_INSTANCE,
-    OUT_OF_RESOURCES,
-    PROCESSING_FAILURE,
-    SOP_CLASS_NOT_SUPPORTED,
-    STUDY_UID_MISMATCH,
-    Header,
-)
+from archive.ae_titles.selectors import ae_admit
 from archive.dimse.indexer import (
     Ended,
     IndexerThread,
@@ -131,15 +122,18 @@ from archive.dimse.indexer import (
     store_down,
 )
 from archive.dimse.indexer_process import indexer_process_main
-from archive.dimse.selectors import ae_admit
-from archive.ingest import (
-    IngestResult,
-    Quota,
-    Spooled,
-    instance_precheck,
-    location_primary,
-    spool_existing,
+from archive.ingest.dicom import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+    STUDY_UID_MISMATCH,
+    Header,
 )
+from archive.ingest.pipeline import IngestResult, Quota, Spooled, instance_precheck, spool_existing
+from archive.locations.selectors import location_primary
 from archive.models import DicomAE, IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, store_for
 from tenants.models import Organization

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
-from archive.ingest import location_primary
 from archive.models import Instance, StorageLocation
 from tenants.errors import NotFound
 from tenants.models import Organization
@@ -26,3 +26,19 @@ def location_get(*, org: Organization, location_id: int | str) -> StorageLocatio
 
 def location_in_use(*, org: Organization, location: StorageLocation) -> bool:
     return Instance.objects.for_org(org).filter(location=location).exists()
+
+
+def location_primary(org: Organization) -> StorageLocation:
+    """The organization's primary location; the platform default unless it configured a bucket."""
+    location = (
+        StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
+    )
+    if location is not None:
+        return location
+    try:
+        with transaction.atomic():
+            return StorageLocation.objects.create(
+                organization=org, name="Platform storage", kind=StorageLocation.Kind.PLATFORM
+            )
+    except IntegrityError:  # created concurrently
+        return StorageLocation.objects.for_org(org).get(role=StorageLocation.Role.PRIMARY)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import Instance, RestoreItem, RestoreRequest, Study
 from archive.selectors import archive_settings_get
 from archive.tiers import TIER_CATALOG

@@ -1,7 +1,7 @@
 """Object storage behind one small interface: the local filesystem (embedded default) or any S3 API.
 
 Keys carry the organization: ``org-<id>/<study>/<series>/<instance>-<nonce>.dcm`` with digests of
-the UIDs (see ``archive.ingest.object_key``); older objects keep the UID-named keys they were
+the UIDs (see ``archive.ingest.pipeline.object_key``); older objects keep the UID-named keys they were
 stored under. A store never replaces an object with different bytes (``ObjectExists``). Tiers are separate roots on
 the filesystem and storage classes on S3 (per location, see ``StorageLocation.storage_class``).
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from datetime import date, datetime, timedelta
 
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import AccessEvent, Instance, Series, Study
 from tenants.models import Organization
 

@@ -46,7 +46,7 @@ DIMSE_CALLED_AE = "ST-MARY"
 @pytest.fixture
 def dicom_ae(org):
     """The organization's called AE title for the C-STORE listener tests, open to any sender."""
-    from archive.dimse.services import ae_create
+    from archive.ae_titles.services import ae_create
     from tenants.context import Actor
 
     return ae_create(

@@ -20,7 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from archive.dicom import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
+from archive.ingest.dicom import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
 from archive.synthetic import make_instance, study_spec, to_bytes
 
 

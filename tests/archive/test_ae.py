@@ -15,8 +15,8 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from archive.dimse import selectors as ae_selectors
-from archive.dimse import services as ae_services
+from archive.ae_titles import selectors as ae_selectors
+from archive.ae_titles import services as ae_services
 from archive.models import DicomAE
 from tenants.context import Actor
 from tenants.errors import ValidationFailed

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import Instance, RestoreRequest, TierMove
 from billing.metering import storage_delta
 from billing.rollups import rollup_run

@@ -13,8 +13,8 @@ import pytest
 from pydicom.uid import generate_uid
 from rest_framework.test import APIClient
 
-from archive import ingest, jobs
-from archive.dimse import services as ae
+from archive.ae_titles import services as ae
+from archive.ingest import jobs, pipeline
 from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, Instance, StorageLocation, Study
 from archive.storage import store_for
@@ -109,9 +109,9 @@ OBJECT_ENDPOINTS = [e for e in ENDPOINTS if "{" in e.path]
 def create_objects(org: Organization) -> dict[str, int]:
     actor = Actor.system("tests")
     data = to_bytes(make_instance(study_spec("CT"), series_uid=generate_uid(), rows=16, columns=16))
-    location = ingest.location_primary(org)
-    result = ingest.instance_ingest(
-        org=org, spooled=ingest.spool_file(store_for(location), io.BytesIO(data))
+    location = pipeline.location_primary(org)
+    result = pipeline.instance_ingest(
+        org=org, spooled=pipeline.spool_file(store_for(location), io.BytesIO(data))
     )
     assert result.instance_id is not None
     instance = Instance.objects.get(pk=result.instance_id)

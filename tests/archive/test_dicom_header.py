@@ -6,7 +6,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from archive.dicom import BULK_THRESHOLD, DicomRejected, read_header
+from archive.ingest.dicom import BULK_THRESHOLD, DicomRejected, read_header
 from archive.synthetic import make_instance, study_spec, write
 
 

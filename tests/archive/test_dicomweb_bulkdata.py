@@ -36,8 +36,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from archive.dicom import pixel_data_locate, to_little_endian
 from archive.dicomweb.bulkdata import READ_CHUNK, ObjectReader
+from archive.ingest.dicom import pixel_data_locate, to_little_endian
 from archive.models import AccessEvent, Instance, RestoreRequest
 from archive.storage import store_for
 from archive.storage.filesystem import FilesystemStore

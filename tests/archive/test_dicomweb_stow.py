@@ -12,7 +12,7 @@ import pytest
 from django.test import RequestFactory
 from django.test.client import ClientHandler
 
-from archive.dicom import (
+from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
     DUPLICATE_SOP_INSTANCE,

@@ -15,11 +15,11 @@ import pydicom
 import pytest
 from django.utils import timezone
 
-from archive import ingest, jobs
-from archive.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE
 from archive.dicomweb import stow
 from archive.dicomweb.multipart import header_parameters
-from archive.job_tasks import ingest_jobs_sweep
+from archive.ingest import jobs, pipeline
+from archive.ingest.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE
+from archive.ingest.tasks import ingest_jobs_sweep
 from archive.models import IngestFailure, IngestJob, Instance, PendingObject
 from archive.storage import store_for
 from archive.storage.filesystem import FilesystemStore
@@ -63,14 +63,14 @@ def _raise_in_store(monkeypatch, bad: bytes) -> None:
 
 def _raise_in_index(monkeypatch, bad: bytes) -> None:
     bad_uid = sop_uid(bad)
-    instance_row = ingest._instance_row
+    instance_row = pipeline._instance_row
 
     def failing_row(org, location, study, series, item, now):
         if item.header.sop_instance_uid == bad_uid:
             raise Boom("index insert bug")
         return instance_row(org, location, study, series, item, now)
 
-    monkeypatch.setattr(ingest, "_instance_row", failing_row)
+    monkeypatch.setattr(pipeline, "_instance_row", failing_row)
 
 
 @pytest.mark.parametrize("where", [_raise_in_store, _raise_in_index], ids=["store", "index"])
@@ -116,7 +116,7 @@ def test_an_instance_is_never_answered_stored_when_its_object_is_gone(
 ):
     # The follow-up queued at the index commit fails (the broker is down): whatever the pipeline
     # does about it, the answer may call an instance stored only if its bytes can be read.
-    from archive import tasks
+    from archive.ingest import tasks
 
     settings.ARCHIVE_SETTLE_SECONDS = 5
 
@@ -175,14 +175,14 @@ def test_an_empty_part_fails_on_its_own_without_a_spool_file(
     org, token_client, ct_study, monkeypatch
 ):
     spooled = []
-    spool_chunks = ingest.spool_chunks
+    spool_chunks = pipeline.spool_chunks
 
     def counting(store, chunks):
         result = spool_chunks(store, chunks)
         spooled.append(result.size)
         return result
 
-    monkeypatch.setattr(ingest, "spool_chunks", counting)
+    monkeypatch.setattr(pipeline, "spool_chunks", counting)
 
     response = post(token_client(org), multipart([ct_study[0], b"", ct_study[1]]))
 
@@ -308,7 +308,7 @@ def test_a_request_killed_mid_body_leaves_true_counts_that_the_sweep_closes(
     monkeypatch.setattr(stow, "BATCH_PARTS", 2)
     monkeypatch.setattr(stow, "BATCH_BYTES", 1)  # ingest as the parts come
     calls = []
-    instances_ingest = ingest.instances_ingest
+    instances_ingest = pipeline.instances_ingest
 
     def dying(**kwargs):
         calls.append(len(kwargs["batch"]))
@@ -316,7 +316,7 @@ def test_a_request_killed_mid_body_leaves_true_counts_that_the_sweep_closes(
             raise Killed()
         return instances_ingest(**kwargs)
 
-    monkeypatch.setattr(ingest, "instances_ingest", dying)
+    monkeypatch.setattr(pipeline, "instances_ingest", dying)
     parts = [*ct_study, b"", b"junk, not dicom" * 10]
 
     with pytest.raises(Killed):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from django.utils.http import parse_header_parameters
 from pydicom.uid import generate_uid
 
-from archive import ingest
+from archive.ingest import pipeline
 from archive.models import Instance
 from archive.storage import store_for
 from archive.synthetic import StudySpec, make_instance, to_bytes
@@ -107,9 +107,11 @@ def study(
 
 def ingest_study(org: Organization, seeded: SeededStudy) -> SeededStudy:
     """Store a study through the ingest pipeline (the STOW tests cover the HTTP door)."""
-    store = store_for(ingest.location_primary(org))
+    store = store_for(pipeline.location_primary(org))
     for data in seeded.files:
-        result = ingest.instance_ingest(org=org, spooled=ingest.spool_file(store, io.BytesIO(data)))
+        result = pipeline.instance_ingest(
+            org=org, spooled=pipeline.spool_file(store, io.BytesIO(data))
+        )
         assert result.status == "stored", result.reason
     return seeded
 

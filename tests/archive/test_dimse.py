@@ -41,10 +41,10 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
+from archive.ae_titles.services import ae_create
 from archive.dimse import listener as dimse
 from archive.dimse.listener import StrataSCP
-from archive.dimse.services import ae_create
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import ArchiveSettings, DicomAE, IngestFailure, IngestJob, Instance
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, write

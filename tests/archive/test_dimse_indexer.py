@@ -14,7 +14,7 @@ from django.db import connection
 from archive.dimse import indexer as dimse_indexer
 from archive.dimse import listener as dimse
 from archive.dimse.indexer import association_queue_dir, db_serial, queue_job_record
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import IngestFailure, IngestJob, Instance
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore

@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from django.utils import timezone
 
-from archive import ingest
-from archive.dicom import (
+from archive.ingest import pipeline
+from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
     DUPLICATE_SOP_INSTANCE,
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.django_db
 
 
 def ingest_bytes(org, data: bytes, **kwargs):
-    location = ingest.location_primary(org)
+    location = pipeline.location_primary(org)
     store = store_for(location)
-    return ingest.instance_ingest(
-        org=org, spooled=ingest.spool_file(store, io.BytesIO(data)), **kwargs
+    return pipeline.instance_ingest(
+        org=org, spooled=pipeline.spool_file(store, io.BytesIO(data)), **kwargs
     )
 
 
@@ -165,7 +165,7 @@ def test_index_failure_removes_the_stored_bytes(org, ct_study, monkeypatch, arch
     def crash(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(ingest, "record_usage_bulk", crash)
+    monkeypatch.setattr(pipeline, "record_usage_bulk", crash)
     with pytest.raises(RuntimeError):
         ingest_bytes(org, ct_study[0])
     assert not Instance.objects.exists()
@@ -181,13 +181,13 @@ def test_crash_between_store_and_index_is_cleaned_up(org, ct_study, monkeypatch,
     def killed(**kwargs):
         raise Killed()
 
-    monkeypatch.setattr(ingest, "_index", killed)
+    monkeypatch.setattr(pipeline, "_index", killed)
     with pytest.raises(Killed):
         ingest_bytes(org, ct_study[0])
     assert PendingObject.objects.count() == 1
     assert list((archive_root / "hot").rglob("*.dcm"))
     PendingObject.objects.update(created_at=timezone.now() - timedelta(hours=2))
-    assert ingest.orphans_cleanup() == 1
+    assert pipeline.orphans_cleanup() == 1
     assert not PendingObject.objects.exists()
     assert not list((archive_root / "hot").rglob("*.dcm"))
 
@@ -201,14 +201,14 @@ def test_cleanup_keeps_objects_that_were_indexed(org, ct_study):
         object_key=instance.object_key,
         created_at=timezone.now() - timedelta(hours=2),
     )
-    assert ingest.orphans_cleanup() == 0
+    assert pipeline.orphans_cleanup() == 0
     assert stored_bytes(instance)
 
 
 def test_ingest_completed_webhook_once_per_settled_study(
     org, ct_study, receiver, django_capture_on_commit_callbacks
 ):
-    from archive.services import study_settle_check
+    from archive.ingest.pipeline import study_settle_check
     from tenants.context import Actor
     from tenants.services import webhook_endpoint_create
 
@@ -232,7 +232,7 @@ def test_one_settle_check_is_queued_per_study_burst(
 ):
     from django.core.cache import cache
 
-    from archive import tasks
+    from archive.ingest import tasks
 
     cache.clear()
     settings.ARCHIVE_SETTLE_SECONDS = 120
@@ -250,8 +250,8 @@ def test_one_settle_check_is_queued_per_study_burst(
 def test_settle_check_requeues_itself_while_the_study_is_receiving(
     org, ct_study, settings, monkeypatch
 ):
-    from archive import tasks
-    from archive.services import study_settle_check
+    from archive.ingest import tasks
+    from archive.ingest.pipeline import study_settle_check
 
     ingest_bytes(org, ct_study[0])
     study = Study.objects.for_org(org).get()

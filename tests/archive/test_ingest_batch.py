@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from pydicom.uid import generate_uid
 
-from archive import ingest
-from archive.dicom import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, STUDY_UID_MISMATCH
+from archive.ingest import pipeline
+from archive.ingest.dicom import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, STUDY_UID_MISMATCH
 from archive.models import ArchiveSettings, Instance, PendingObject, Series, Study
 from archive.storage import StorageUnavailable, store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -20,10 +20,10 @@ from billing.models import StorageDelta, UsageEvent
 pytestmark = pytest.mark.django_db
 
 
-def ingest_many(org, blobs: list[bytes], **kwargs) -> list[ingest.IngestResult]:
-    store = store_for(ingest.location_primary(org))
-    batch = [ingest.spool_file(store, io.BytesIO(data)) for data in blobs]
-    results = ingest.instances_ingest(org=org, batch=batch, **kwargs)
+def ingest_many(org, blobs: list[bytes], **kwargs) -> list[pipeline.IngestResult]:
+    store = store_for(pipeline.location_primary(org))
+    batch = [pipeline.spool_file(store, io.BytesIO(data)) for data in blobs]
+    results = pipeline.instances_ingest(org=org, batch=batch, **kwargs)
     assert not [p for p in store.spool_dir().iterdir() if p.is_file()], "spool files left behind"
     return results
 
@@ -106,7 +106,7 @@ def test_bad_files_quota_and_store_failures_fail_alone(org, archive_root, monkey
 
     def flaky(self, **kwargs):
         uid = pydicom.dcmread(io.BytesIO(good[1])).SOPInstanceUID
-        if f"/{ingest._uid_digest(uid)}-" in kwargs["key"]:
+        if f"/{pipeline._uid_digest(uid)}-" in kwargs["key"]:
             raise StorageUnavailable("HTTP 503")
         return real_put(self, **kwargs)
 
@@ -125,7 +125,7 @@ def test_an_index_failure_removes_every_stored_object_of_the_batch(org, archive_
     def crash(**kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(ingest, "storage_delta_bulk", crash)
+    monkeypatch.setattr(pipeline, "storage_delta_bulk", crash)
     with pytest.raises(RuntimeError):
         ingest_many(org, series_of(4))
     assert not Instance.objects.exists() and not Study.objects.exists()

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive import jobs
+from archive.ingest import jobs
 from archive.models import IngestFailure, IngestJob, Instance, Study
 from archive.synthetic import make_instance, study_spec, to_bytes
 from tenants.context import Actor

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from archive import ingest
+from archive.ingest import pipeline
 from archive.locations import services as location_services
 from archive.locations.services import LocationInput
 from archive.models import TIERS, ArchiveSettings, Instance, StorageLocation
@@ -36,10 +36,10 @@ def one_dicom() -> bytes:
     return to_bytes(make_instance(study_spec("CT"), series_uid=generate_uid(), rows=16, columns=16))
 
 
-def ingest_bytes(org: Organization, data: bytes) -> ingest.IngestResult:
-    location = ingest.location_primary(org)
-    spooled = ingest.spool_file(store_for(location), io.BytesIO(data))
-    return ingest.instance_ingest(org=org, spooled=spooled)
+def ingest_bytes(org: Organization, data: bytes) -> pipeline.IngestResult:
+    location = pipeline.location_primary(org)
+    spooled = pipeline.spool_file(store_for(location), io.BytesIO(data))
+    return pipeline.instance_ingest(org=org, spooled=spooled)
 
 
 def valid(**overrides: Any) -> LocationInput:
@@ -149,19 +149,19 @@ def test_a_tier_the_store_lacks_is_marked_not_available_and_not_served(org) -> N
 
 
 def test_a_bucket_replaces_the_platform_primary_while_there_are_no_images(org) -> None:
-    platform = ingest.location_primary(org)
+    platform = pipeline.location_primary(org)
     bucket = location_services.location_create(org=org, data=valid(role="primary"), actor=ACTOR)
     assert not StorageLocation.objects.filter(pk=platform.pk).exists()
-    assert ingest.location_primary(org) == bucket
+    assert pipeline.location_primary(org) == bucket
     # A second bucket as primary demotes the first to replica.
     second = location_services.location_create(
         org=org, data=valid(role="primary", bucket="stmary-second"), actor=ACTOR
     )
     bucket.refresh_from_db()
-    assert bucket.role == "replica" and ingest.location_primary(org) == second
+    assert bucket.role == "replica" and pipeline.location_primary(org) == second
     # Removing the primary bucket brings the platform default back.
     location_services.location_delete(org=org, location=second, actor=ACTOR)
-    assert ingest.location_primary(org).kind == StorageLocation.Kind.PLATFORM
+    assert pipeline.location_primary(org).kind == StorageLocation.Kind.PLATFORM
 
 
 def test_the_primary_cannot_change_once_images_are_stored(org) -> None:
@@ -174,7 +174,7 @@ def test_the_primary_cannot_change_once_images_are_stored(org) -> None:
         location_services.location_update(
             org=org, location=replica, data=valid(role="primary"), actor=ACTOR
         )
-    assert ingest.location_primary(org).kind == StorageLocation.Kind.PLATFORM
+    assert pipeline.location_primary(org).kind == StorageLocation.Kind.PLATFORM
 
 
 def test_a_primary_cannot_be_demoted_directly(org) -> None:
@@ -186,7 +186,7 @@ def test_a_primary_cannot_be_demoted_directly(org) -> None:
 
 
 def test_the_platform_location_cannot_be_edited_tested_or_removed(org) -> None:
-    platform = ingest.location_primary(org)
+    platform = pipeline.location_primary(org)
     with pytest.raises(Conflict):
         location_services.location_update(org=org, location=platform, data=valid(), actor=ACTOR)
     with pytest.raises(Conflict):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from archive import ingest, jobs
+from archive.ingest import jobs, pipeline
 from archive.models import IngestJob, StorageLocation
 from archive.storage.credentials import decrypt
 from tenants.context import Actor
@@ -72,7 +72,7 @@ def test_job_admin_hides_the_import_secret(staff: Client, org: Organization) -> 
 
 
 def test_staff_add_a_primary_bucket_through_the_service(staff: Client, org: Organization) -> None:
-    ingest.location_primary(org)  # the platform default exists
+    pipeline.location_primary(org)  # the platform default exists
     response = staff.post("/admin/archive/storagelocation/add/", form(org, role="primary"))
     assert response.status_code == 302, response.content.decode()[:3000]
     location = StorageLocation.objects.get(kind="s3")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from archive import jobs
+from archive.ingest import jobs
 from archive.locations import services as location_services
 from archive.locations.services import LocationInput
 from archive.models import IngestJob, StorageLocation

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pynetdicom import _config
 
-from archive import jobs
+from archive.ingest import jobs
 from archive.models import IngestFailure, IngestJob, Instance, PendingObject
 from tests.archive.malformed import Case, cases
 from tests.archive.test_dicomweb_stow import failures, post

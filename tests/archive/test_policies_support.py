@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from archive.ingest import location_primary
+from archive.locations.selectors import location_primary
 from archive.models import Instance, Series, Study
 from tenants.models import Organization
 

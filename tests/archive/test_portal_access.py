@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 from pydicom.uid import generate_uid
 
-from archive import ingest, jobs
-from archive.dimse import services as ae
+from archive.ae_titles import services as ae
+from archive.ingest import jobs, pipeline
 from archive.locations import services as location_services
 from archive.models import DicomAE, IngestJob, StorageLocation, Study
 from archive.storage import store_for
@@ -113,9 +113,9 @@ def seed(org: Organization) -> dict[str, int]:
     """One object of every kind the archive pages address by id, made through the services."""
     actor = Actor.system("tests")
     data = to_bytes(make_instance(study_spec("CT"), series_uid=generate_uid(), rows=16, columns=16))
-    location = ingest.location_primary(org)
-    result = ingest.instance_ingest(
-        org=org, spooled=ingest.spool_file(store_for(location), io.BytesIO(data))
+    location = pipeline.location_primary(org)
+    result = pipeline.instance_ingest(
+        org=org, spooled=pipeline.spool_file(store_for(location), io.BytesIO(data))
     )
     assert result.status == "stored"
     job = jobs.upload_job_create(org=org, actor=actor)

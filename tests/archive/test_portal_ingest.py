@@ -162,7 +162,7 @@ def test_a_finished_upload_takes_no_more_files(
 
 
 def test_ingest_page_shows_connection_details(client: Client, org: Organization, settings) -> None:
-    from archive.dimse import services as ae
+    from archive.ae_titles import services as ae
     from tenants.context import Actor
 
     settings.SITE_URL = "https://strata.example.com"
@@ -318,7 +318,7 @@ def test_bad_ae_input_is_refused_with_field_errors_and_nothing_saved(
 def test_an_ae_title_in_use_by_another_hospital_is_refused(
     client: Client, org: Organization, other_org: Organization
 ) -> None:
-    from archive.dimse import services as ae
+    from archive.ae_titles import services as ae
     from tenants.context import Actor
 
     ae.ae_create(

@@ -17,7 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive import ingest, selectors
+from archive import selectors
+from archive.ingest import pipeline
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
@@ -61,10 +62,10 @@ def ingest_study(
                 columns=16,
             )
             files.append(to_bytes(ds))
-    location = ingest.location_primary(org)
+    location = pipeline.location_primary(org)
     for data in files:
-        result = ingest.instance_ingest(
-            org=org, spooled=ingest.spool_file(store_for(location), io.BytesIO(data))
+        result = pipeline.instance_ingest(
+            org=org, spooled=pipeline.spool_file(store_for(location), io.BytesIO(data))
         )
         assert result.status == "stored", result.reason
     return Study.objects.for_org(org).get(study_uid=spec.study_uid), files

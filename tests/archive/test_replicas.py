@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive import ingest
+from archive.ingest import pipeline
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_MAX_SAMPLE, replica_drill
@@ -33,7 +33,7 @@ ACTOR = Actor.system("tests")
 
 
 def ingest_instances(org: Organization, count: int = 3) -> list[Instance]:
-    location = ingest.location_primary(org)
+    location = pipeline.location_primary(org)
     store = store_for(location)
     spec = study_spec("CT")
     series = generate_uid()
@@ -42,7 +42,9 @@ def ingest_instances(org: Organization, count: int = 3) -> list[Instance]:
         data = to_bytes(
             make_instance(spec, series_uid=series, instance_number=number + 1, rows=32, columns=32)
         )
-        result = ingest.instance_ingest(org=org, spooled=ingest.spool_file(store, io.BytesIO(data)))
+        result = pipeline.instance_ingest(
+            org=org, spooled=pipeline.spool_file(store, io.BytesIO(data))
+        )
         assert result.status == "stored" and result.instance_id is not None, result.reason
         ids.append(result.instance_id)
     return list(Instance.objects.filter(pk__in=ids).order_by("pk"))

@@ -333,8 +333,8 @@ def test_new_instances_of_a_trashed_study_take_it_out_of_the_trash(
     from django.db import IntegrityError
     from pydicom.uid import generate_uid
 
-    from archive import ingest
-    from archive.ingest import instances_ingest, spool_chunks
+    from archive.ingest import pipeline
+    from archive.ingest.pipeline import instances_ingest, spool_chunks
     from archive.storage import store_for
 
     study = study_row(org, seed_study(org, n=1))
@@ -351,7 +351,7 @@ def test_new_instances_of_a_trashed_study_take_it_out_of_the_trash(
         def lost_race(**kwargs):
             raise IntegrityError("concurrent insert")
 
-        monkeypatch.setattr(ingest, "_index", lost_race)
+        monkeypatch.setattr(pipeline, "_index", lost_race)
     (result,) = instances_ingest(org=org, batch=[spooled])
 
     assert result.status == "stored"

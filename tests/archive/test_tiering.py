@@ -14,7 +14,8 @@ from django.db import connection
 from django.utils import timezone
 
 from archive import tiering
-from archive.ingest import instances_ingest, location_primary, spool_chunks
+from archive.ingest.pipeline import instances_ingest, spool_chunks
+from archive.locations.selectors import location_primary
 from archive.models import ArchiveSettings, Instance, Series, StorageLocation, Study, TierMove
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore

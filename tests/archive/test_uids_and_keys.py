@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from django.core.management import call_command
 
-from archive import ingest
-from archive.dicom import DATASET_DOES_NOT_MATCH, Header, uid_problem
+from archive.ingest import pipeline
+from archive.ingest.dicom import DATASET_DOES_NOT_MATCH, Header, uid_problem
 from archive.models import Instance, PendingObject, Study
 from archive.storage import ObjectExists, store_for
 from archive.storage.filesystem import FilesystemStore
@@ -51,9 +51,9 @@ def test_uid_rules(value, problem):
         assert found is not None and problem in found
 
 
-def ingest_bytes(org, data: bytes) -> ingest.IngestResult:
-    store = store_for(ingest.location_primary(org))
-    return ingest.instance_ingest(org=org, spooled=ingest.spool_file(store, io.BytesIO(data)))
+def ingest_bytes(org, data: bytes) -> pipeline.IngestResult:
+    store = store_for(pipeline.location_primary(org))
+    return pipeline.instance_ingest(org=org, spooled=pipeline.spool_file(store, io.BytesIO(data)))
 
 
 def stored_files(root: Path) -> list[Path]:
@@ -93,7 +93,7 @@ def test_object_keys_are_distinct_for_uids_that_once_joined_into_one_path(org):
             series_uid=series,
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
-        return ingest.object_key(org, header)
+        return pipeline.object_key(org, header)
 
     a = key("1.2.3.777", "1.2.3.778", "9/9")
     b = key("1.2.3.777", "1.2.3.778/9", "9")
@@ -186,7 +186,7 @@ def test_a_refused_overwrite_fails_the_instance_and_keeps_the_existing_object(
     org, archive_root, monkeypatch
 ):
     """Were two keys ever equal, the second object fails; the first object stays."""
-    monkeypatch.setattr(ingest, "object_key", lambda org, header: f"org-{org.pk}/same.dcm")
+    monkeypatch.setattr(pipeline, "object_key", lambda org, header: f"org-{org.pk}/same.dcm")
     first, second = instance(), instance()
     results = [ingest_bytes(org, encoded(ds)) for ds in (first, second)]
     assert [r.status for r in results] == ["stored", "failed"]
@@ -236,7 +236,7 @@ def test_a_follow_up_failing_after_the_index_commit_keeps_the_indexed_objects(
 ):
     """The settle check is queued when the index commits; a broker that is down then must not
     make the pipeline remove the objects of instances the index already names."""
-    from archive import tasks
+    from archive.ingest import tasks
 
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker unreachable")

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
 
-from archive.dicom import uid_problem
+from archive.ingest.dicom import uid_problem
 from archive.models import Instance
 from archive.storage import StorageUnavailable, store_for
 from tenants.context import Actor

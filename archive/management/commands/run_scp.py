@@ -21,8 +21,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from archive.ae_titles.services import AE_PATTERN
 from archive.dimse.listener import DEFAULT_AE_TITLE, DEFAULT_PORT, StrataSCP
-from archive.dimse.services import AE_PATTERN
 
 logger = logging.getLogger("archive.dimse")
 STALE_SECONDS = 3600.0

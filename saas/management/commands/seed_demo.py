@@ -75,7 +75,7 @@ class Command(BaseCommand):
         from archive.models import DicomAE
 
         if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
-            from archive.dimse.services import ae_create
+            from archive.ae_titles.services import ae_create
 
             ae_create(
                 org=org,
@@ -104,7 +104,8 @@ class Command(BaseCommand):
 
     def _ingest_demo_studies(self, org: Organization) -> int:
         """A CT, an MR and a multi-frame tomosynthesis study, generated here and ingested for real."""
-        from archive.ingest import instance_ingest, location_primary, spool_chunks
+        from archive.ingest.pipeline import instance_ingest, spool_chunks
+        from archive.locations.selectors import location_primary
         from archive.models import Study
         from archive.storage import store_for
         from archive.synthetic import demo_studies, to_bytes

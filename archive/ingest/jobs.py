@@ -5,9 +5,9 @@ the job's folder (constant memory, any size; an interrupted file resumes at the 
 has). ``upload_job_finish`` queues the job. Import: ``import_job_create`` stores the bucket's
 settings (the secret encrypted) and queues the job.
 
-Processing (``job_process``, called by ``archive.job_tasks.ingest_job_run``): one task run claims
+Processing (``job_process``, called by ``archive.ingest.tasks.ingest_job_run``): one task run claims
 the job with a conditional UPDATE on ``heartbeat_at`` (a lease), ingests a bounded batch through
-``ingest.instance_ingest``, and hands the lease on to the run it queues next, Saleor style. Every
+``pipeline.instance_ingest``, and hands the lease on to the run it queues next, Saleor style. Every
 item's counters, failure row and cursor are written in one transaction that also renews the lease,
 so a second worker never processes the same job and a killed one is resumed where it stopped: by
 the sweeper once the lease has expired. Zip files are expanded member by member (the cursor names
@@ -43,8 +43,8 @@ from django.db.models import DateTimeField, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from archive import ingest
-from archive.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE
+from archive.ingest import pipeline
+from archive.ingest.dicom import CANNOT_UNDERSTAND, PROCESSING_FAILURE
 from archive.locations.services import bucket_errors, endpoint_check
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, StorageUnavailable, store_for
@@ -103,7 +103,7 @@ def _remove_folder(job: IngestJob) -> None:
 
 
 def _queue(job: IngestJob) -> None:
-    from archive.job_tasks import ingest_job_run
+    from archive.ingest.tasks import ingest_job_run  # deferred: the tasks module imports this one
 
     org_id, job_id = job.organization_id, job.pk
     transaction.on_commit(lambda: ingest_job_run.apply_async((org_id, job_id, None)))
@@ -405,7 +405,7 @@ def _record(
     batch: _Batch,
     *,
     source: str,
-    result: ingest.IngestResult,
+    result: pipeline.IngestResult,
     params: dict[str, Any] | None = None,
     infra: bool = False,
 ) -> None:
@@ -466,8 +466,8 @@ def _record(
         batch.infra_failures = 0
 
 
-def _failed(reason: str, *, size: int = 0, code: int = CANNOT_UNDERSTAND) -> ingest.IngestResult:
-    return ingest.IngestResult(status="failed", size=size, reason_code=code, reason=reason)
+def _failed(reason: str, *, size: int = 0, code: int = CANNOT_UNDERSTAND) -> pipeline.IngestResult:
+    return pipeline.IngestResult(status="failed", size=size, reason_code=code, reason=reason)
 
 
 def _heartbeat_chunks(chunks: Iterator[bytes], lease: _Lease) -> Iterator[bytes]:
@@ -476,7 +476,7 @@ def _heartbeat_chunks(chunks: Iterator[bytes], lease: _Lease) -> Iterator[bytes]
         yield chunk
 
 
-def _spool(batch: _Batch, chunks: Iterator[bytes]) -> ingest.Spooled:
+def _spool(batch: _Batch, chunks: Iterator[bytes]) -> pipeline.Spooled:
     """Spool a stream while renewing the lease. A source that fails midway (a corrupt zip
     member, a dropped connection) leaves no partial spool file behind: its error is re-raised
     after the file is removed."""
@@ -488,22 +488,22 @@ def _spool(batch: _Batch, chunks: Iterator[bytes]) -> ingest.Spooled:
         except Exception as exc:  # re-raised below, once the spool file is gone
             errors.append(exc)
 
-    spooled = ingest.spool_chunks(batch.store, guarded())
+    spooled = pipeline.spool_chunks(batch.store, guarded())
     if errors:
         spooled.path.unlink(missing_ok=True)
         raise errors[0]
     return spooled
 
 
-def _ingest_stream(batch: _Batch, read: Callable[[int], bytes]) -> ingest.IngestResult:
+def _ingest_stream(batch: _Batch, read: Callable[[int], bytes]) -> pipeline.IngestResult:
     """Spool a stream (hashing it) and ingest it; an unexpected error becomes a failure."""
     spooled = _spool(batch, iter(lambda: read(CHUNK), b""))
     return _ingest_spooled(batch, spooled)
 
 
-def _ingest_spooled(batch: _Batch, spooled: ingest.Spooled) -> ingest.IngestResult:
+def _ingest_spooled(batch: _Batch, spooled: pipeline.Spooled) -> pipeline.IngestResult:
     try:
-        return ingest.instance_ingest(org=batch.org, spooled=spooled, location=batch.location)
+        return pipeline.instance_ingest(org=batch.org, spooled=spooled, location=batch.location)
     except Exception:
         # Not the sender's fault: keep going with the next file, and say so in its failure row.
         logger.exception("ingest job %s: unexpected error on one item", batch.job.pk)
@@ -825,7 +825,7 @@ def job_process(*, org: Organization, job_id: int, handoff: str | None = None) -
     if lease is None:
         return None
     job.refresh_from_db()
-    location = ingest.location_primary(org)
+    location = pipeline.location_primary(org)
     batch = _Batch(
         org=org,
         job=job,
@@ -869,7 +869,7 @@ def job_process(*, org: Organization, job_id: int, handoff: str | None = None) -
 def jobs_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Beat job: resume jobs whose worker died, queue jobs whose queueing was lost, and discard
     uploads that were never finished. Queueing a job twice is harmless (the claim decides)."""
-    from archive.job_tasks import ingest_job_run
+    from archive.ingest.tasks import ingest_job_run  # deferred: the tasks module imports this one
 
     now = now or timezone.now()
     counts = {"resumed": 0, "abandoned": 0}

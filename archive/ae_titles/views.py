@@ -13,9 +13,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from archive.ae_titles import selectors, services
+from archive.ae_titles.forms import AEForm
 from archive.common.views import get_or_404
-from archive.dimse import selectors, services
-from archive.dimse.forms import AEForm
 from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.portal import PortalContext, org_view

@@ -1,6 +1,6 @@
 """DICOM AE titles of the shared C-STORE listener, the reads: an organization's AE titles, and
 ``ae_admit``, the listener's check of who may call an AE title (the rules are in
-``archive.dimse.services``).
+``archive.ae_titles.services``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from archive.dicom import (
+from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
@@ -37,13 +37,14 @@ from archive.dicom import (
     Header,
     read_header,
 )
+from archive.locations.selectors import location_primary
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
 from archive.selectors import archive_settings_get
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
 from tenants.models import Organization
-from tenants.services import audit_record
+from tenants.services import audit_record, webhook_event_emit
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +79,6 @@ class Spooled:
     size: int
     sha256: str
     header: Header | None = None  # already parsed from this file (the C-STORE listener does)
-
-
-def location_primary(org: Organization) -> StorageLocation:
-    """The organization's primary location; the platform default unless it configured a bucket."""
-    location = (
-        StorageLocation.objects.for_org(org).filter(role=StorageLocation.Role.PRIMARY).first()
-    )
-    if location is not None:
-        return location
-    try:
-        with transaction.atomic():
-            return StorageLocation.objects.create(
-                organization=org, name="Platform storage", kind=StorageLocation.Kind.PLATFORM
-            )
-    except IntegrityError:  # created concurrently
-        return StorageLocation.objects.for_org(org).get(role=StorageLocation.Role.PRIMARY)
 
 
 def spool_chunks(store: ObjectStore, chunks: Iterable[bytes]) -> Spooled:
@@ -286,7 +271,7 @@ def _settle_on_commit(org: Organization, study_ids: Iterable[int]) -> None:
     def _follow_up() -> None:
         # One settle check per study and settle window, not one queued task per instance:
         # the check re-queues itself while the study is still receiving.
-        from archive.tasks import study_settle
+        from archive.ingest.tasks import study_settle  # deferred: the tasks module imports this one
 
         for study_id in ids:
             if cache.add(
@@ -854,3 +839,47 @@ def orphans_cleanup(*, older_than: timedelta | None = None, limit: int = 500) ->
             removed += 1
         pending.delete()
     return removed
+
+
+def study_settle_check(*, org_id: int, study_id: int) -> bool:
+    """Send ``ingest.completed`` for a study that received nothing for ARCHIVE_SETTLE_SECONDS.
+
+    Claimed with a conditional UPDATE on ``notified_at``, so two checks send one event.
+    """
+    from django.conf import settings
+
+    org = Organization.objects.get(pk=org_id)
+    study = Study.objects.for_org(org).filter(pk=study_id).first()
+    if study is None:
+        return False
+    quiet_since = timezone.now() - timedelta(seconds=settings.ARCHIVE_SETTLE_SECONDS)
+    if study.updated_at > quiet_since:
+        # Still receiving: look again once the settle time after the last instance has passed.
+        # (Inline task execution, a debugging mode, would spin instead of waiting: skip it there.)
+        if not settings.CELERY_TASK_ALWAYS_EAGER:
+            from archive.ingest.tasks import study_settle  # deferred: tasks imports this module
+
+            wait = (study.updated_at - quiet_since).total_seconds()
+            study_settle.apply_async((org.pk, study.pk), countdown=max(wait, 1.0))
+        return False
+    with transaction.atomic():
+        claimed = (
+            Study.objects.for_org(org)
+            .filter(pk=study.pk, updated_at=study.updated_at)
+            .exclude(notified_at__gte=study.updated_at)
+            .update(notified_at=timezone.now())
+        )
+        if not claimed:
+            return False
+        webhook_event_emit(
+            org=org,
+            event_type="ingest.completed",
+            payload={
+                "study_instance_uid": study.study_uid,
+                "series": study.series_count,
+                "instances": study.instance_count,
+                "bytes": study.total_bytes,
+                "modalities": study.modality_list,
+            },
+        )
+    return True

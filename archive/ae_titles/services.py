@@ -1,6 +1,6 @@
 """DICOM AE titles of the shared C-STORE listener, the writes: which organization a called AE
 title belongs to, and which calling AE titles and networks may send to it (the reads, and the
-listener's check, are in ``archive.dimse.selectors``).
+listener's check, are in ``archive.ae_titles.selectors``).
 
 Who may call an AE title: a caller must pass every restriction that is set (its calling AE title
 in ``allowed_calling_ae_titles``, its address in ``allowed_networks``). With neither set, nobody

@@ -11,7 +11,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive.dimse import selectors, services
+from archive.ae_titles import selectors, services
 from archive.models import DicomAE
 from tenants.errors import ValidationFailed
 from tenants.rest import (

@@ -1,4 +1,4 @@
-"""Portal form of an AE title: it checks shape; ``archive.dimse.services`` checks the rules and
+"""Portal form of an AE title: it checks shape; ``archive.ae_titles.services`` checks the rules and
 refuses with field errors.
 """
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from archive.dimse.services import clean_ae_title
+from archive.ae_titles.services import clean_ae_title
 from tenants.errors import ValidationFailed
 from tenants.forms import PortalForm
 
