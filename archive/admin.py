@@ -19,7 +19,7 @@ from django.forms.models import construct_instance
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from archive import selectors
+from archive.index import selectors
 from archive.locations import selectors as location_selectors
 from archive.locations import services as location_services
 from archive.models import (

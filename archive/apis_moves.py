@@ -19,8 +19,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import selectors, tiering
+from archive import tiering
 from archive.common.api import tier_field
+from archive.index import selectors
 from archive.models import TierMove
 from tenants.rest import (
     NamedChoiceField,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from archive.selectors import archive_settings_org_ids_with_policy
+from archive.index.selectors import archive_settings_org_ids_with_policy
 from tenants.models import Organization
 
 

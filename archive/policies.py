@@ -42,6 +42,7 @@ from django.db.models.functions import (
 )
 from django.utils import timezone
 
+from archive.index.selectors import archive_settings_get
 from archive.models import (
     ArchiveSettings,
     Instance,
@@ -50,7 +51,6 @@ from archive.models import (
     Study,
     TierMove,
 )
-from archive.selectors import archive_settings_get
 from archive.tiers import TIER_CATALOG, location_serves
 from billing.pricing import MeterUse, marginal_cost, month_bounds, round_money
 from tenants.context import Actor
@@ -737,7 +737,7 @@ def _bill_change(
     deletion are one-off charges. A plan's allowances and tiers are taken into account, after a
     plan change this month only the new plan's part of them.
     """
-    from archive.selectors import bytes_by_tier
+    from archive.index.selectors import bytes_by_tier
 
     start, end = month_bounds(now)
     remaining = int((end - now).total_seconds())

@@ -59,8 +59,8 @@ from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum,
 from django.utils import timezone
 
 from archive import tiers
+from archive.index.selectors import archive_settings_get
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
-from archive.selectors import archive_settings_get
 from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between

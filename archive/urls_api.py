@@ -3,7 +3,6 @@
 
 from django.urls import URLPattern, path
 
-from archive import apis
 from archive import apis_moves as moves_api
 from archive import apis_policies as policies_api
 from archive.ae_titles import apis as dimse_api
@@ -13,6 +12,7 @@ from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
 from archive.restores import apis as restore_apis
 from archive.retention import apis as retention_api
+from archive.studies import apis
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -72,7 +72,7 @@ urlpatterns: list[URLPattern] = [
     path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
     path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
     # The disaster-recovery replica.
-    path("replication/", replicas_api.ReplicationStatusApi.as_view(), name="api-replication"),
+    path("replication/", locations_api.ReplicationStatusApi.as_view(), name="api-replication"),
     path(
         "replication/failures/",
         replicas_api.ReplicaFailureListApi.as_view(),

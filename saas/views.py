@@ -86,8 +86,8 @@ def dashboard(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 def archive_overview(ctx: PortalContext) -> dict[str, Any]:
     """The dashboard's archive panel: bytes per tier (now, from the index, and over the last days
     from the storage ledger's rollups), tier moves and restores in progress."""
+    from archive.index.selectors import bytes_by_tier
     from archive.models import RestoreRequest, TierMove
-    from archive.selectors import bytes_by_tier
     from billing.charts import TIER_COLORS
     from billing.views import STORAGE_DAYS, storage_chart
 

@@ -10,7 +10,7 @@ What counts as a read: the access log's ``retrieve`` (WADO-RS) and ``download`` 
 WADO-RS ``metadata`` requests do not count: viewers fetch the metadata of a patient's priors to lay
 out hanging protocols without anyone looking at the pixels, the metadata is served from the index
 (it never needs a restore and carries no image bytes), and the index's own last-access times
-ignore it for the same reason (``archive.services.access_record``). Counting them would make old
+ignore it for the same reason (``archive.index.services.access_record``). Counting them would make old
 studies look read and keep them hot for nothing.
 
 All counting happens in SQL: each study (per modality: its series of that modality, grouped) is

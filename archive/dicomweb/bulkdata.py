@@ -41,6 +41,7 @@ from archive.dicomweb.wado import (
     require_readable,
     restore_pending_response,
 )
+from archive.index.services import access_record
 from archive.ingest.dicom import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     PixelAttribute,
@@ -52,7 +53,6 @@ from archive.ingest.dicom import (
     to_little_endian,
 )
 from archive.models import AccessEvent, Instance, Series, Study
-from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.storage.base import CHUNK
 from tenants.context import Actor

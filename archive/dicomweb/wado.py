@@ -6,7 +6,7 @@ the response needs the same memory for a 3 GB instance as for a 3 MB one. Metada
 the index (the stored DICOM JSON, without bulk data values) and never reads object storage; an
 instance's pixel data is named in it by a ``BulkDataURI`` (``archive.dicomweb.bulkdata``).
 
-Every retrieve and metadata request calls ``archive.services.access_record`` once: the access
+Every retrieve and metadata request calls ``archive.index.services.access_record`` once: the access
 log, last-accessed times, ``egress.bytes`` (the instance bytes actually sent) and the audit log.
 
 A retrieve that includes archive-tier instances without a restored copy starts a restore and
@@ -41,6 +41,7 @@ from archive.dicomweb.common import (
     instance_url,
 )
 from archive.dicomweb.multipart import closing, part_header
+from archive.index.services import access_record
 from archive.ingest.dicom import (
     BITS_ALLOCATED_KEY,
     PIXEL_DATA_PROVIDER_URL_KEY,
@@ -51,7 +52,6 @@ from archive.ingest.dicom import (
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.restores.selectors import needs_restore, retry_after_seconds
 from archive.restores.services import restore_for_read
-from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from tenants.context import Actor
 from tenants.errors import NotFound, ServiceError

@@ -27,6 +27,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from archive.index.selectors import archive_settings_get
 from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DUPLICATE_SOP_INSTANCE,
@@ -39,7 +40,6 @@ from archive.ingest.dicom import (
 )
 from archive.locations.selectors import location_primary
 from archive.models import Instance, PendingObject, Series, StorageLocation, Study
-from archive.selectors import archive_settings_get
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor

@@ -1,4 +1,6 @@
-"""REST API of storage locations (with the connection test) and of the storage quota.
+"""REST API of storage locations (with the connection test), of the storage quota, and of the
+replication status (``GET replication/``: the replica location and how far its copies lag; the
+replica's failures and drills are ``archive.replicas.apis``).
 
 Every view subclasses ``tenants.rest.OrgAPIView``; another organization's id answers 404. Secrets
 go in and never come out: a location says only whether its secret key is set. Component names
@@ -14,10 +16,12 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import selectors as index_selectors
 from archive.common.api import tier_field
+from archive.index import selectors as index_selectors
 from archive.locations import selectors, services
 from archive.models import TIERS, StorageLocation
+from archive.replicas import selectors as replica_selectors
+from archive.replicas.apis import DrillOutputSerializer
 from tenants.rest import (
     NamedChoiceField,
     OldestFirstPagination,
@@ -347,3 +351,43 @@ class ArchiveSettingsApi(OrgAPIView):
             actor=self.actor,
         )
         return self._output()
+
+
+class ReplicationStatusSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(help_text="The organization has a replica location.")
+    location = LocationOutputSerializer(allow_null=True)
+    instances = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    replicated = serializers.IntegerField()
+    replicated_bytes = serializers.IntegerField()
+    pending = serializers.IntegerField(help_text="Instances without a replica yet.")
+    pending_bytes = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    failed_bytes = serializers.IntegerField()
+    oldest_unreplicated_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the oldest instance without a verified replica arrived."
+    )
+    lag_seconds = serializers.IntegerField(
+        help_text="How long the oldest instance without a verified replica has waited; 0 when "
+        "everything is replicated."
+    )
+    last_drill = DrillOutputSerializer(allow_null=True)
+
+    class Meta:
+        ref_name = "ArchiveReplicationStatus"
+
+
+class ReplicationStatusApi(OrgAPIView):
+    """Where the disaster-recovery replica stands."""
+
+    permissions_required = {"GET": Perm.STORAGE_MANAGE}
+
+    @extend_schema(
+        tags=["replication"],
+        summary="Replication status and lag",
+        responses={200: ReplicationStatusSerializer, **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        state = replica_selectors.replication_status(org=self.org)
+        data = {**state.__dict__, "enabled": state.enabled}
+        return Response(ReplicationStatusSerializer(data).data)

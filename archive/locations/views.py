@@ -16,8 +16,8 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive import selectors as index_selectors
 from archive.common.views import get_or_404
+from archive.index import selectors as index_selectors
 from archive.locations import selectors, services
 from archive.locations.forms import LocationForm, QuotaForm
 from archive.models import TIERS, StorageLocation

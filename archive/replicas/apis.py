@@ -1,7 +1,7 @@
 """REST API of the disaster-recovery replica: replication status and lag, failed replicas (and
 retrying them), DR drills (list, one, run one).
 
-Same rules as ``archive.apis``: ``OrgAPIView`` scopes everything to the caller's organization,
+Same rules as ``archive.studies.apis``: ``OrgAPIView`` scopes everything to the caller's organization,
 another organization's id answers 404, components are named "Archive...".
 """
 
@@ -15,7 +15,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from archive.common.api import tier_field
-from archive.locations.apis import LocationOutputSerializer
 from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_DEFAULT_SAMPLE, replica_drill
@@ -66,30 +65,6 @@ class DrillOutputSerializer(serializers.Serializer):
         return obj.missing == 0 and obj.mismatched == 0
 
 
-class ReplicationStatusSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField(help_text="The organization has a replica location.")
-    location = LocationOutputSerializer(allow_null=True)
-    instances = serializers.IntegerField()
-    bytes = serializers.IntegerField()
-    replicated = serializers.IntegerField()
-    replicated_bytes = serializers.IntegerField()
-    pending = serializers.IntegerField(help_text="Instances without a replica yet.")
-    pending_bytes = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    failed_bytes = serializers.IntegerField()
-    oldest_unreplicated_at = serializers.DateTimeField(
-        allow_null=True, help_text="When the oldest instance without a verified replica arrived."
-    )
-    lag_seconds = serializers.IntegerField(
-        help_text="How long the oldest instance without a verified replica has waited; 0 when "
-        "everything is replicated."
-    )
-    last_drill = DrillOutputSerializer(allow_null=True)
-
-    class Meta:
-        ref_name = "ArchiveReplicationStatus"
-
-
 class ReplicaFailureSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     instance = serializers.IntegerField(source="instance_id")
@@ -107,22 +82,6 @@ class ReplicaFailureSerializer(serializers.Serializer):
 
     class Meta:
         ref_name = "ArchiveReplicaFailure"
-
-
-class ReplicationStatusApi(OrgAPIView):
-    """Where the disaster-recovery replica stands."""
-
-    permissions_required = {"GET": Perm.STORAGE_MANAGE}
-
-    @extend_schema(
-        tags=["replication"],
-        summary="Replication status and lag",
-        responses={200: ReplicationStatusSerializer, **_errors()},
-    )
-    def get(self, request: Request, **kwargs: Any) -> Response:
-        state = selectors.replication_status(org=self.org)
-        data = {**state.__dict__, "enabled": state.enabled}
-        return Response(ReplicationStatusSerializer(data).data)
 
 
 class ReplicaFailureListApi(OrgAPIView):

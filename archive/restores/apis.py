@@ -15,7 +15,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import selectors
+from archive.index import selectors
 from archive.models import RestoreRequest, Study
 from archive.restores import selectors as restore_selectors
 from archive.restores import services

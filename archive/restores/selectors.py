@@ -11,9 +11,9 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from archive.index.selectors import archive_settings_get
 from archive.locations.selectors import location_primary
 from archive.models import Instance, RestoreItem, RestoreRequest, Study
-from archive.selectors import archive_settings_get
 from archive.tiers import TIER_CATALOG
 from billing.pricing import MeterUse, marginal_cost
 from tenants.errors import Conflict, NotFound, ValidationFailed

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from archive.index.selectors import archive_settings_get
 from archive.models import Instance, RestoreItem, RestoreRequest, Study
 from archive.restores.selectors import (
     RESTORE_METER,
@@ -30,7 +31,6 @@ from archive.restores.selectors import (
     needs_restore,
     unreadable_q,
 )
-from archive.selectors import archive_settings_get
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import TIER_CATALOG
 from billing.metering import record_usage

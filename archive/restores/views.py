@@ -16,8 +16,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_safe
 
-from archive import selectors as archive_selectors
 from archive.common.views import get_or_404
+from archive.index import selectors as archive_selectors
 from archive.models import RestoreRequest
 from archive.restores import selectors, services
 from tenants.errors import ServiceError

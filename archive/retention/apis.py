@@ -17,7 +17,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import selectors as archive_selectors
+from archive.index import selectors as archive_selectors
 from archive.models import LegalHold
 from archive.retention import selectors, services
 from tenants.rest import NewestFirstPagination, OrgAPIView, error_responses_for, paginated

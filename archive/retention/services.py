@@ -24,6 +24,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from archive.index.selectors import archive_settings_get
 from archive.models import (
     Instance,
     LegalHold,
@@ -32,7 +33,6 @@ from archive.models import (
     TierMove,
 )
 from archive.replicas.services import replica_objects_delete, replicas_forget_locked
-from archive.selectors import archive_settings_get
 from archive.storage import StorageUnavailable, store_for
 from archive.tiers import early_deletion_byte_days
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk

@@ -17,8 +17,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
-from archive import selectors as archive_selectors
 from archive.common.views import get_or_404
+from archive.index import selectors as archive_selectors
 from archive.retention import selectors, services
 from tenants.errors import ServiceError
 from tenants.labels import bytes_label

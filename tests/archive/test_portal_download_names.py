@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from archive.models import Instance, Series, Study
-from archive.views import zip_name_part
+from archive.studies.views import zip_name_part
 from tenants.models import Membership, Organization
 from tests.archive.test_portal_studies import ingest_study, url
 

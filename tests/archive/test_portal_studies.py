@@ -17,12 +17,12 @@ from django.urls import reverse
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from archive import selectors
+from archive.index import selectors
 from archive.ingest import pipeline
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.storage import store_for
+from archive.studies.views import ZipEntry, zip_stream
 from archive.synthetic import make_instance, study_spec, to_bytes
-from archive.views import ZipEntry, zip_stream
 from billing.models import PlanPrice, PricePlan, Rollup, Subscription, UsageEvent
 from tenants.models import AuditEvent, Membership, Organization
 
@@ -167,7 +167,7 @@ def test_search_is_tenant_scoped(
 
 
 def test_study_list_pages(client: Client, org: Organization, monkeypatch) -> None:
-    from archive import views
+    from archive.studies import views
 
     monkeypatch.setattr(views, "STUDIES_PAGE_SIZE", 2)
     for _ in range(3):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from archive.index.selectors import archive_settings_get, archive_settings_org_ids_with_policy
 from archive.models import ArchiveSettings, PolicyVersion
-from archive.selectors import archive_settings_get, archive_settings_org_ids_with_policy
 from tenants.models import Organization
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from archive import selectors
+from archive.index import selectors
 from archive.policies import policy_preview
 from billing.invoicing import invoice_compute
 from billing.metering import record_usage, storage_delta

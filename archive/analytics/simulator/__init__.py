@@ -67,8 +67,8 @@ from archive.analytics.simulator.results import (
     Simulation,
     _money,
 )
+from archive.index.selectors import archive_settings_get
 from archive.models import ArchiveSettings, StorageLocation
-from archive.selectors import archive_settings_get
 from billing.meters import GIB
 from billing.periods import month_start, next_month
 from billing.pricing import round_money

@@ -1,10 +1,9 @@
-"""Portal pages of the archive under ``/o/<slug>/archive/``: studies (search, detail, zip
-download) and ingest (upload, bucket import, job progress, connection details, AE titles). Storage
-(locations, connection tests, quota) is ``archive.locations.views``.
+"""Portal pages of the studies under ``/o/<slug>/archive/studies/``: the study search, a study's
+page (series, tiers, restores, holds, who read it) and its zip download.
 
 Thin views: a form checks the shape, a service writes (refusing with a ``ServiceError``), a
 selector reads. Every id in a URL is looked up through a selector scoped to the organization in
-the URL, so another tenant's id answers 404. The upload endpoints answer JSON for ``archive.js``.
+the URL, so another tenant's id answers 404.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_safe
 
-from archive import selectors
 from archive.common.views import get_or_404
-from archive.forms import StudySearchForm
+from archive.index import selectors
+from archive.index.services import access_record
 from archive.models import (
     TIERS,
     AccessEvent,
@@ -46,8 +45,8 @@ from archive.restores import selectors as restore_selectors
 from archive.restores import services as restore_services
 from archive.restores.views import restore_row
 from archive.retention import selectors as retention_selectors
-from archive.services import access_record
 from archive.storage import ObjectStore, StorageUnavailable, store_for
+from archive.studies.forms import StudySearchForm
 from tenants.labels import bytes_label, duration_label, money_label
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm

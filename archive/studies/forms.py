@@ -1,6 +1,4 @@
-"""Portal forms of the archive: they check shape; the services in ``archive.ingest.jobs`` and
-``archive.ae_titles.services`` check the rules and refuse with field errors (the location forms are
-``archive.locations.forms``)."""
+"""Portal form of the study search: it checks shape; the selector applies it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Archive writes other than the ingest pipeline itself (see archive/ingest.py)."""
+"""Writes of the index other than the ingest pipeline (``archive.ingest.pipeline``): the access
+log that every read records."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""REST API of the archive: the DICOM index (studies, series, instances), ingest jobs (progress,
-failures, bucket imports) and the AE titles of the C-STORE listener. Storage locations and the
-quota are ``archive.locations.apis``.
+"""REST API of the studies, series and instances, with their tiers and sizes.
 
 Every view subclasses ``tenants.rest.OrgAPIView`` (organization from the bearer token or from
 ``/api/v1/o/<slug>/``; ``permissions_required`` per HTTP method). Another organization's id answers
-404. Secrets go in and never come out: a location says only whether its secret key is set.
-Component names start with "Archive" so that they never collide with other apps' components.
+404. Component names start with "Archive" so that they never collide with other apps' components.
 """
 
 from __future__ import annotations
@@ -17,8 +14,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import selectors
 from archive.common.api import TierBytesSerializer, tier_field
+from archive.index import selectors
 from tenants.rest import (
     NewestFirstPagination,
     OldestFirstPagination,
