@@ -200,7 +200,7 @@ def _initial_policy(org: Organization) -> int | None:
     """Save and activate the first policy version, unless the organization has one already."""
     if PolicyVersion.objects.for_org(org).exists():
         return None
-    from archive.policies import policy_save
+    from archive.tiering.policies.versions import policy_save
 
     version = policy_save(
         org=org,

@@ -3,8 +3,7 @@
 defined, so that queued messages, task routes and the beat schedule survive a move."""
 
 from archive.ingest import tasks as ingest_tasks  # noqa: F401
-from archive.planning_tasks import tier_policy_evaluate  # noqa: F401
 from archive.replicas import tasks as replica_tasks  # noqa: F401
 from archive.restores import tasks as restore_tasks  # noqa: F401
 from archive.retention import tasks as retention_tasks  # noqa: F401
-from archive.tiering_tasks import tier_moves_dispatch, tier_moves_execute  # noqa: F401
+from archive.tiering import tasks as tiering_tasks  # noqa: F401

@@ -3,8 +3,6 @@
 
 from django.urls import URLPattern, path
 
-from archive import apis_moves as moves_api
-from archive import apis_policies as policies_api
 from archive.ae_titles import apis as dimse_api
 from archive.analytics import apis as analytics_api
 from archive.ingest import apis as ingest_api
@@ -13,6 +11,7 @@ from archive.replicas import apis as replicas_api
 from archive.restores import apis as restore_apis
 from archive.retention import apis as retention_api
 from archive.studies import apis
+from archive.tiering import apis as tiering_api
 
 urlpatterns: list[URLPattern] = [
     path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
@@ -57,20 +56,20 @@ urlpatterns: list[URLPattern] = [
     path("dicom-aes/", dimse_api.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", dimse_api.AEDetailApi.as_view(), name="api-dicom-ae"),
     # Archive policies.
-    path("policies/versions/", policies_api.PolicyVersionListApi.as_view(), name="api-policies"),
+    path("policies/versions/", tiering_api.PolicyVersionListApi.as_view(), name="api-policies"),
     path(
         "policies/versions/<int:number>/",
-        policies_api.PolicyVersionDetailApi.as_view(),
+        tiering_api.PolicyVersionDetailApi.as_view(),
         name="api-policy",
     ),
     path(
         "policies/versions/<int:number>/activate/",
-        policies_api.PolicyActivateApi.as_view(),
+        tiering_api.PolicyActivateApi.as_view(),
         name="api-policy-activate",
     ),
-    path("policies/active/", policies_api.PolicyActiveApi.as_view(), name="api-policy-active"),
-    path("policies/preview/", policies_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
-    path("policies/plan/", policies_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
+    path("policies/active/", tiering_api.PolicyActiveApi.as_view(), name="api-policy-active"),
+    path("policies/preview/", tiering_api.PolicyPreviewApi.as_view(), name="api-policy-preview"),
+    path("policies/plan/", tiering_api.PolicyPlanApi.as_view(), name="api-policy-plan"),
     # The disaster-recovery replica.
     path("replication/", locations_api.ReplicationStatusApi.as_view(), name="api-replication"),
     path(
@@ -117,7 +116,9 @@ urlpatterns: list[URLPattern] = [
         name="api-recommendation",
     ),
     # Tier moves.
-    path("tier-moves/", moves_api.MoveListApi.as_view(), name="api-tier-moves"),
-    path("tier-moves/summary/", moves_api.MoveSummaryApi.as_view(), name="api-tier-moves-summary"),
-    path("tier-moves/<int:move_id>/", moves_api.MoveDetailApi.as_view(), name="api-tier-move"),
+    path("tier-moves/", tiering_api.MoveListApi.as_view(), name="api-tier-moves"),
+    path(
+        "tier-moves/summary/", tiering_api.MoveSummaryApi.as_view(), name="api-tier-moves-summary"
+    ),
+    path("tier-moves/<int:move_id>/", tiering_api.MoveDetailApi.as_view(), name="api-tier-move"),
 ]

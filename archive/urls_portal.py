@@ -2,7 +2,6 @@
 
 from django.urls import URLPattern, path
 
-from archive import views_policies
 from archive.ae_titles import views as dimse_views
 from archive.analytics.views import analytics as analytics_view
 from archive.ingest import views as ingest_views
@@ -11,6 +10,7 @@ from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
 from archive.retention import views as retention_views
 from archive.studies import views
+from archive.tiering import views as views_policies
 
 urlpatterns: list[URLPattern] = [
     path("studies/", views.studies, name="portal-studies"),

@@ -7,14 +7,14 @@ root, or to moto's S3 server over HTTP (three ways of serving it, see s3_moves b
 
 - planning: an index of 1M instances (100k studies of 10) bulk-loaded with COPY, received over
   two years and mostly never read again; a policy that moves most of them (CT/MR unread 90 days
-  to cold, anything unread 30 days to warm). Time of ``archive.planning.moves_plan`` called in
+  to cold, anything unread 30 days to warm). Time of ``archive.tiering.planning.moves_plan`` called in
   its default batches until nothing is left to plan. Target: < 10 s.
 - simulation: ``archive.analytics.simulator.simulate`` for that organization (1M instances).
   Target: < 1 s.
 - replication: ``archive.replicas.selectors.replication_status`` for that organization with a
   replica location (97% replicated, 2% pending, 1% not synced yet), then with a hole (anti-join).
 - s3_moves: N objects of 256 KB in a bucket; storage-class changes per second of one worker
-  (``archive.tiering.moves_execute`` in batches of 100, as the dispatcher hands them out: claim,
+  (``archive.tiering.moves.moves_execute`` in batches of 100, as the dispatcher hands them out: claim,
   CopyObject, HEAD, index switch) against the server's own CopyObject rate measured by a bare
   boto3 loop in the same run, over as many objects of the same size, both warmed up first and
   interleaved in rounds (median of the per-round ratios). Target: >= 80%. Run against moto's
@@ -136,7 +136,6 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Count, Model  # noqa: E402
 
-from archive import tiering  # noqa: E402
 from archive.models import (  # noqa: E402
     Instance,
     Series,
@@ -144,6 +143,7 @@ from archive.models import (  # noqa: E402
     Study,
     TierMove,
 )
+from archive.tiering import moves as tier_moves  # noqa: E402
 from tenants.context import Actor  # noqa: E402
 from tenants.models import Organization  # noqa: E402
 
@@ -277,7 +277,7 @@ def plan_moves(org: Organization, instance_ids: list[int], to_tier: str) -> list
 def execute_in_batches(org: Organization, move_ids: list[int]) -> float:
     t0 = time.perf_counter()
     for start in range(0, len(move_ids), MOVE_BATCH):
-        result = tiering.moves_execute(org=org, move_ids=move_ids[start : start + MOVE_BATCH])
+        result = tier_moves.moves_execute(org=org, move_ids=move_ids[start : start + MOVE_BATCH])
         assert result.failed == 0, result.errors
     return time.perf_counter() - t0
 
@@ -302,8 +302,8 @@ PLAN_BATCH = int(os.environ.get("BENCH_PLAN_BATCH", "250000"))
 
 
 def planning() -> Organization:
-    from archive.planning import moves_plan
-    from archive.policies import policy_save
+    from archive.tiering.planning import moves_plan
+    from archive.tiering.policies.versions import policy_save
 
     org = Organization.objects.create(name="Bench planning", slug="bench-planning")
     location = StorageLocation.objects.create(organization=org, name="Platform storage")
@@ -529,7 +529,7 @@ def s3_moves(mode: str) -> None:
 
         # Count what the worker sends: no request may carry object bytes.
         calls: dict[str, int] = {}
-        real_store_for = tiering.store_for
+        real_store_for = tier_moves.store_for
 
         hooked: set[int] = set()
 
@@ -546,7 +546,7 @@ def s3_moves(mode: str) -> None:
                 )
             return store
 
-        tiering.store_for = counting  # type: ignore[assignment]
+        tier_moves.store_for = counting  # type: ignore[assignment]
 
         def bare(keys: list[str]) -> float:
             t0 = time.perf_counter()
@@ -585,7 +585,7 @@ def s3_moves(mode: str) -> None:
             bare_time += first + second
             worker_time += worker
             ratios.append((len(moves) / worker) / (len(keys) / (first + second)))
-        tiering.store_for = real_store_for
+        tier_moves.store_for = real_store_for
 
         measured = rounds * per_round
         bare_rate = measured / bare_time
@@ -599,7 +599,7 @@ def s3_moves(mode: str) -> None:
         byte_calls = sum(calls.get(n, 0) for n in ("GetObject", "PutObject", "UploadPart"))
         print(
             f"s3 moves ({mode} server): {measured} objects of {S3_SIZE // 1024} KB in {rounds} "
-            f"rounds (after a warm-up of {warm}), batches of {MOVE_BATCH}, {tiering.THREADS} "
+            f"rounds (after a warm-up of {warm}), batches of {MOVE_BATCH}, {tier_moves.THREADS} "
             f"threads: worker {worker_rate:.0f} storage-class changes/s (claim, CopyObject, HEAD, "
             f"index switch) vs bare boto3 CopyObject loop {bare_rate:.0f}/s; per round "
             f"{' '.join(f'{x:.0%}' for x in ratios)}, median {ratio:.0%} (target >= 80%: "

@@ -9,8 +9,10 @@ import pytest
 from django.db import models
 
 from archive.models import ArchiveSettings, Instance, Study, TierMove
-from archive.planning import moves_plan, studies_trash_due
-from archive.policies import move_selection, policy_save, rules_validate, trash_selection
+from archive.tiering.planning import moves_plan, studies_trash_due
+from archive.tiering.policies.sql import move_selection, trash_selection
+from archive.tiering.policies.validate import rules_validate
+from archive.tiering.policies.versions import policy_save
 from tenants.context import Actor
 from tests.archive.test_policies_support import (
     MR_IMAGE,
@@ -289,7 +291,7 @@ def test_moves_plan_rerun_plans_nothing_new(org, owner):
 def test_a_planner_that_loses_a_race_plans_nothing_and_tries_again(org, owner, monkeypatch):
     """Two planners selecting the same instances: the partial unique constraint fails the later
     statement as a whole; it writes nothing and the next call selects the batch again."""
-    from archive import planning
+    from archive.tiering import planning
 
     first, second = make_instance(org), make_instance(org)
     _activate(org, owner, move("cold", modalities=["CT"]))
@@ -347,8 +349,8 @@ def test_moves_plan_only_plans_for_its_organization(org, other_org, owner):
 
 
 def test_beat_task_plans_each_active_organization_until_done(org, other_org, owner, settings):
-    from archive import planning
-    from archive.planning_tasks import tier_policy_evaluate
+    from archive.tiering import planning
+    from archive.tiering.tasks import tier_policy_evaluate
 
     settings.CELERY_TASK_ALWAYS_EAGER = True
     for _ in range(5):

@@ -13,12 +13,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from archive import tiering
 from archive.ingest.pipeline import instances_ingest, spool_chunks
 from archive.locations.selectors import location_primary
 from archive.models import ArchiveSettings, Instance, Series, StorageLocation, Study, TierMove
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore
+from archive.tiering import moves as tier_moves
 from billing.models import Rollup, StorageDelta, UsageEvent
 from billing.rollups import rollup_run
 from tenants.errors import Conflict, ValidationFailed
@@ -58,7 +58,7 @@ def plan(
     to_location: StorageLocation | None = None,
 ) -> list[TierMove]:
     return [
-        tiering.move_request(org=org, instance=i, to_tier=to_tier, to_location=to_location)
+        tier_moves.move_request(org=org, instance=i, to_tier=to_tier, to_location=to_location)
         for i in instances
     ]
 
@@ -110,7 +110,7 @@ def fs_path(instance: Instance, tier: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: Any) -> None:
-    monkeypatch.setattr(tiering, "BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(tier_moves, "BACKOFF_SECONDS", 0)
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_move_switches_index_aggregates_ledger_and_usage(
 ) -> None:
     moves = plan(org, instances, "cold")
     size = sum(i.size_bytes for i in instances)
-    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    result = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert (result.claimed, result.done, result.failed, result.finished) == (3, 3, 0, 3)
     assert result.bytes_moved == size
     for instance in instances:
@@ -157,10 +157,10 @@ def test_running_a_finished_batch_again_changes_nothing(
     org: Organization, instances: list[Instance]
 ) -> None:
     moves = plan(org, instances, "warm")
-    tiering.moves_execute(org=org, move_ids=ids(moves))
+    tier_moves.moves_execute(org=org, move_ids=ids(moves))
     before = (ledger(org), UsageEvent.objects.count())
     expire_leases()
-    again = tiering.moves_execute(org=org, move_ids=ids(moves))
+    again = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert again.claimed == 0
     assert (ledger(org), UsageEvent.objects.count()) == before
 
@@ -168,14 +168,14 @@ def test_running_a_finished_batch_again_changes_nothing(
 def test_leaving_a_tier_early_is_metered_as_early_deletion(
     org: Organization, instances: list[Instance]
 ) -> None:
-    tiering.moves_execute(org=org, move_ids=ids(plan(org, instances[:1], "cold")))
+    tier_moves.moves_execute(org=org, move_ids=ids(plan(org, instances[:1], "cold")))
     instance = Instance.objects.get(pk=instances[0].pk)
     # 10 days in cold (minimum 90): 80 days are owed when it leaves for the archive tier.
     Instance.objects.filter(pk=instance.pk).update(
         tier_changed_at=timezone.now() - timedelta(days=10)
     )
     (move,) = plan(org, [instance], "archive")
-    tiering.moves_execute(org=org, move_ids=[move.pk])
+    tier_moves.moves_execute(org=org, move_ids=[move.pk])
     event = UsageEvent.objects.for_org(org).get(meter="early_deletion")
     assert event.quantity == instance.size_bytes * 80
     assert event.dimensions == {"tier": "cold"}
@@ -186,8 +186,8 @@ def test_worker_compute_time_is_metered(
     org: Organization, instances: list[Instance], monkeypatch: Any
 ) -> None:
     clock = iter([100.0, 101.2])
-    monkeypatch.setattr(tiering.time, "process_time", lambda: next(clock))
-    tiering.moves_execute(org=org, move_ids=ids(plan(org, instances, "warm")))
+    monkeypatch.setattr(tier_moves.time, "process_time", lambda: next(clock))
+    tier_moves.moves_execute(org=org, move_ids=ids(plan(org, instances, "warm")))
     event = UsageEvent.objects.for_org(org).get(meter="compute.seconds")
     assert event.quantity == 2  # 1.2 s, rounded up once per run
 
@@ -219,16 +219,16 @@ def test_a_killed_worker_is_resumed_without_loss_or_double_counting(
         raise Crash(point)
 
     with monkeypatch.context() as patch:
-        patch.setattr(tiering, CRASH_POINTS[point], crash)
+        patch.setattr(tier_moves, CRASH_POINTS[point], crash)
         with pytest.raises(Crash):
-            tiering.moves_execute(org=org, move_ids=ids(moves))
+            tier_moves.moves_execute(org=org, move_ids=ids(moves))
     for instance in instances:  # readable where the index says, whatever the crash point
         instance.refresh_from_db()
         assert fs_path(instance, instance.tier).read_bytes()
     # The lease holds off other workers until it runs out.
-    assert tiering.moves_execute(org=org, move_ids=ids(moves)).claimed == 0
+    assert tier_moves.moves_execute(org=org, move_ids=ids(moves)).claimed == 0
     expire_leases()
-    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    result = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert result.claimed == 3
     for instance in instances:
         instance.refresh_from_db()
@@ -251,12 +251,12 @@ def test_a_move_interrupted_too_often_is_given_up_in_its_old_tier(
         raise Crash
 
     with monkeypatch.context() as patch:
-        patch.setattr(tiering, "_advance", crash)
-        for _ in range(tiering.MAX_CLAIMS):
+        patch.setattr(tier_moves, "_advance", crash)
+        for _ in range(tier_moves.MAX_CLAIMS):
             with pytest.raises(Crash):
-                tiering.moves_execute(org=org, move_ids=[move.pk])
+                tier_moves.moves_execute(org=org, move_ids=[move.pk])
             expire_leases()
-    tiering.moves_execute(org=org, move_ids=[move.pk])
+    tier_moves.moves_execute(org=org, move_ids=[move.pk])
     move.refresh_from_db()
     assert move.state == State.FAILED and "interrupted 5 times" in move.error
     instance = Instance.objects.get(pk=instances[0].pk)
@@ -272,9 +272,9 @@ def test_two_workers_picking_the_same_move_only_one_acts(
     org: Organization, instances: list[Instance]
 ) -> None:
     moves = plan(org, instances, "cold")
-    first = tiering._claim(org, ids(moves), "worker-a#1", timezone.now())
+    first = tier_moves._claim(org, ids(moves), "worker-a#1", timezone.now())
     assert len(first) == 3
-    second = tiering.moves_execute(org=org, move_ids=ids(moves), worker="worker-b")
+    second = tier_moves.moves_execute(org=org, move_ids=ids(moves), worker="worker-b")
     assert second.claimed == 0
     assert all(i.tier == "hot" for i in Instance.objects.filter(pk__in=[i.pk for i in instances]))
     assert set(TierMove.objects.values_list("claimed_by", flat=True)) == {"worker-a#1"}
@@ -284,12 +284,12 @@ def test_a_worker_that_lost_its_lease_cannot_switch(
     org: Organization, instances: list[Instance]
 ) -> None:
     moves = plan(org, instances, "cold")
-    stale = tiering._claim(org, ids(moves), "worker-a#1", timezone.now())
+    stale = tier_moves._claim(org, ids(moves), "worker-a#1", timezone.now())
     expire_leases()
-    assert tiering.moves_execute(org=org, move_ids=ids(moves), worker="worker-b").done == 3
+    assert tier_moves.moves_execute(org=org, move_ids=ids(moves), worker="worker-b").done == 3
     for move in stale:
         move.state = State.VERIFYING
-    switched, failed = tiering._switch(org, stale, "worker-a#1", timezone.now())
+    switched, failed = tier_moves._switch(org, stale, "worker-a#1", timezone.now())
     assert switched == [] and failed == {}
     size = sum(i.size_bytes for i in instances)
     assert moved_bytes(org) == {"hot:out": -size, "cold:in": size}
@@ -309,11 +309,11 @@ def test_concurrent_workers_move_each_instance_once(postgres: None, org: Organiz
     ]
     instances = ingest(org, files)
     moves = plan(org, instances, "cold")
-    results: list[tiering.MovesResult] = []
+    results: list[tier_moves.MovesResult] = []
 
     def work(name: str) -> None:
         try:
-            results.append(tiering.moves_execute(org=org, move_ids=ids(moves), worker=name))
+            results.append(tier_moves.moves_execute(org=org, move_ids=ids(moves), worker=name))
         finally:
             connection.close()
 
@@ -345,9 +345,9 @@ def test_store_failing_a_copy_is_retried_then_failed_with_the_reason(
 
     monkeypatch.setattr(FilesystemStore, "change_tier", failing)
     (move,) = plan(org, instances[:1], "cold")
-    result = tiering.moves_execute(org=org, move_ids=[move.pk])
+    result = tier_moves.moves_execute(org=org, move_ids=[move.pk])
     assert (result.done, result.failed) == (0, 1)
-    assert calls.count("hot") == tiering.ATTEMPTS
+    assert calls.count("hot") == tier_moves.ATTEMPTS
     move.refresh_from_db()
     assert move.state == State.FAILED and move.finished_at is not None
     assert "disk I/O error" in move.error and "gave up after 3 attempts" in move.error
@@ -359,7 +359,7 @@ def test_store_failing_a_copy_is_retried_then_failed_with_the_reason(
     # A failed move no longer blocks a new one.
     monkeypatch.undo()
     (again,) = plan(org, [instance], "cold")
-    assert tiering.moves_execute(org=org, move_ids=[again.pk]).done == 1
+    assert tier_moves.moves_execute(org=org, move_ids=[again.pk]).done == 1
 
 
 def test_a_transient_error_that_clears_is_retried_to_success(
@@ -375,7 +375,7 @@ def test_a_transient_error_that_clears_is_retried_to_success(
 
     monkeypatch.setattr(FilesystemStore, "change_tier", flaky)
     (move,) = plan(org, instances[:1], "warm")
-    assert tiering.moves_execute(org=org, move_ids=[move.pk]).done == 1
+    assert tier_moves.moves_execute(org=org, move_ids=[move.pk]).done == 1
 
 
 def test_failed_verification_fails_the_move_and_undoes_the_copy(
@@ -388,7 +388,7 @@ def test_failed_verification_fails_the_move_and_undoes_the_copy(
 
     monkeypatch.setattr(FilesystemStore, "verify", wrong)
     (move,) = plan(org, instances[:1], "cold")
-    assert tiering.moves_execute(org=org, move_ids=[move.pk]).failed == 1
+    assert tier_moves.moves_execute(org=org, move_ids=[move.pk]).failed == 1
     move.refresh_from_db()
     assert move.state == State.FAILED and "expected 2" in move.error
     instance = Instance.objects.get(pk=instances[0].pk)
@@ -399,14 +399,14 @@ def test_an_instance_moved_meanwhile_is_not_switched_twice(
     org: Organization, instances: list[Instance], monkeypatch: Any
 ) -> None:
     (move,) = plan(org, instances[:1], "cold")
-    real = tiering._switch
+    real = tier_moves._switch
 
     def moved_meanwhile(*args: Any) -> Any:
         Instance.objects.filter(pk=instances[0].pk).update(tier="warm")
         return real(*args)
 
-    monkeypatch.setattr(tiering, "_switch", moved_meanwhile)
-    assert tiering.moves_execute(org=org, move_ids=[move.pk]).failed == 1
+    monkeypatch.setattr(tier_moves, "_switch", moved_meanwhile)
+    assert tier_moves.moves_execute(org=org, move_ids=[move.pk]).failed == 1
     move.refresh_from_db()
     assert move.state == State.FAILED and "left the hot tier" in move.error
     assert ledger(org) == []
@@ -421,11 +421,15 @@ def test_each_move_is_verified_after_its_verifying_state_and_switched_in_groups(
     # inline (a local filesystem's path): the steps run in the calling thread, the batch is
     # advanced and switched as one group, still each move's steps in that order.
     for name, value in {"THREADS": 1, "QUEUED": 0, "ADVANCE_GROUP": 1, "SWITCH_GROUP": 1}.items():
-        monkeypatch.setattr(tiering, name, value)
-    monkeypatch.setattr(tiering._Stores, "local", lambda self, moves: local)
+        monkeypatch.setattr(tier_moves, name, value)
+    monkeypatch.setattr(tier_moves._Stores, "local", lambda self, moves: local)
     moves = plan(org, instances, "cold")
     steps: list[tuple[str, int]] = []
-    real_advance, real_verify, real_switch = tiering._advance, tiering._verify, tiering._switch
+    real_advance, real_verify, real_switch = (
+        tier_moves._advance,
+        tier_moves._verify,
+        tier_moves._switch,
+    )
 
     def advance(moves: list[TierMove], token: str, now: datetime) -> list[TierMove]:
         ours = real_advance(moves, token, now)  # written when it returns
@@ -440,10 +444,10 @@ def test_each_move_is_verified_after_its_verifying_state_and_switched_in_groups(
         steps.extend(("switch", m.pk) for m in args[1])
         return real_switch(*args)
 
-    monkeypatch.setattr(tiering, "_advance", advance)
-    monkeypatch.setattr(tiering, "_verify", verify)
-    monkeypatch.setattr(tiering, "_switch", switch)
-    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    monkeypatch.setattr(tier_moves, "_advance", advance)
+    monkeypatch.setattr(tier_moves, "_verify", verify)
+    monkeypatch.setattr(tier_moves, "_switch", switch)
+    result = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert (result.done, result.failed, result.finished) == (3, 0, 3)
     if local:
         expected = [(step, pk) for step in ("advance", "verify", "switch") for pk in ids(moves)]
@@ -460,7 +464,7 @@ def test_moves_of_another_organization_are_not_touched(
     org: Organization, other_org: Organization, instances: list[Instance]
 ) -> None:
     moves = plan(org, instances, "cold")
-    assert tiering.moves_execute(org=other_org, move_ids=ids(moves)).claimed == 0
+    assert tier_moves.moves_execute(org=other_org, move_ids=ids(moves)).claimed == 0
     assert set(TierMove.objects.values_list("state", flat=True)) == {State.PLANNED}
 
 
@@ -472,13 +476,13 @@ def test_move_request_refuses_what_cannot_be_done(
 ) -> None:
     instance = instances[0]
     with pytest.raises(ValidationFailed) as caught:
-        tiering.move_request(org=org, instance=instance, to_tier="hot")
+        tier_moves.move_request(org=org, instance=instance, to_tier="hot")
     assert "already" in caught.value.fields["tier"][0]
     with pytest.raises(ValidationFailed):
-        tiering.move_request(org=org, instance=instance, to_tier="glacier")
-    tiering.move_request(org=org, instance=instance, to_tier="cold")
+        tier_moves.move_request(org=org, instance=instance, to_tier="glacier")
+    tier_moves.move_request(org=org, instance=instance, to_tier="cold")
     with pytest.raises(Conflict, match="being moved already"):
-        tiering.move_request(org=org, instance=instance, to_tier="warm")
+        tier_moves.move_request(org=org, instance=instance, to_tier="warm")
 
 
 def test_a_tier_the_location_cannot_serve_is_refused(
@@ -491,11 +495,11 @@ def test_a_tier_the_location_cannot_serve_is_refused(
     location.storage_classes = {"archive": ""}
     location.save()
     with pytest.raises(ValidationFailed) as caught:
-        tiering.move_request(
+        tier_moves.move_request(
             org=org, instance=Instance.objects.get(pk=instances[1].pk), to_tier="archive"
         )
     assert "cannot hold objects in the archive tier" in caught.value.fields["tier"][0]
-    result = tiering.moves_execute(org=org, move_ids=[move.pk])
+    result = tier_moves.moves_execute(org=org, move_ids=[move.pk])
     move.refresh_from_db()
     assert result.failed == 1 and move.state == State.FAILED
     assert "cannot hold objects in the archive tier" in move.error
@@ -513,9 +517,9 @@ def test_byte_hours_per_tier_before_and_after_the_switch(
     StorageDelta.objects.for_org(org).update(at=t0)
     Instance.objects.for_org(org).update(received_at=t0)
     switch_at = t0 + timedelta(hours=1, minutes=30)  # 11:30
-    monkeypatch.setattr(tiering.timezone, "now", lambda: switch_at)
+    monkeypatch.setattr(tier_moves.timezone, "now", lambda: switch_at)
     moves = plan(org, instances, "warm")
-    tiering.moves_execute(org=org, move_ids=ids(moves))
+    tier_moves.moves_execute(org=org, move_ids=ids(moves))
     monkeypatch.undo()
     at_switch = StorageDelta.objects.for_org(org).filter(at=switch_at)
     assert sorted(at_switch.values_list("tier", "delta_bytes")) == [("hot", -size), ("warm", size)]
@@ -544,17 +548,17 @@ def test_dispatch_hands_moves_at_the_organizations_rate(
     monkeypatch: Any,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    from archive import tiering_tasks
+    from archive.tiering import tasks as tiering_tasks
 
     def dispatch(**kwargs: Any) -> dict[int, int]:
         with django_capture_on_commit_callbacks(execute=True):
-            return tiering.moves_dispatch(**kwargs)
+            return tier_moves.moves_dispatch(**kwargs)
 
     sent: list[tuple[int, list[int]]] = []
     monkeypatch.setattr(
         tiering_tasks.tier_moves_execute, "delay", lambda o, m: sent.append((o, list(m)))
     )
-    monkeypatch.setattr(tiering, "DISPATCH_BATCH", 2)
+    monkeypatch.setattr(tier_moves, "DISPATCH_BATCH", 2)
     ArchiveSettings.objects.create(organization=org, moves_per_minute=2)
     moves = plan(org, instances, "cold")
     assert dispatch() == {org.pk: 2}
@@ -574,20 +578,20 @@ def test_dispatch_hands_moves_at_the_organizations_rate(
 def test_dispatch_hands_over_moves_of_dead_workers(
     org: Organization, instances: list[Instance], monkeypatch: Any
 ) -> None:
-    from archive import tiering_tasks
+    from archive.tiering import tasks as tiering_tasks
 
     sent: list[list[int]] = []
     monkeypatch.setattr(tiering_tasks.tier_moves_execute, "delay", lambda o, m: sent.append(m))
     moves = plan(org, instances, "cold")
-    tiering._claim(org, ids(moves), "dead#1", timezone.now())
+    tier_moves._claim(org, ids(moves), "dead#1", timezone.now())
     TierMove.objects.update(dispatched_at=timezone.now())
-    assert tiering.moves_dispatch() == {}
+    assert tier_moves.moves_dispatch() == {}
     expire_leases()
-    assert tiering.moves_dispatch() == {org.pk: 3}
+    assert tier_moves.moves_dispatch() == {org.pk: 3}
 
 
 def test_tasks_run_the_moves(org: Organization, instances: list[Instance], settings: Any) -> None:
-    from archive.tasks import tier_moves_dispatch, tier_moves_execute
+    from archive.tiering.tasks import tier_moves_dispatch, tier_moves_execute
 
     settings.CELERY_TASK_ALWAYS_EAGER = True
     moves = plan(org, instances, "archive")

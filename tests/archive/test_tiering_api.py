@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from archive import tiering
 from archive.models import Instance, StorageLocation, TierMove
+from archive.tiering import moves as tier_moves
 from tenants.models import Organization
 from tests.archive.test_tiering import ids, ingest, plan
 
@@ -31,7 +31,7 @@ def test_list_filters_by_state(
     org: Organization, instances: list[Instance], client: APIClient
 ) -> None:
     moves = plan(org, instances, "cold")
-    tiering.moves_execute(org=org, move_ids=ids(moves[:2]))
+    tier_moves.moves_execute(org=org, move_ids=ids(moves[:2]))
     body = client.get("/api/v1/tier-moves/").json()
     assert [m["id"] for m in body["results"]] == sorted(ids(moves), reverse=True)
     done = client.get("/api/v1/tier-moves/?state=done").json()["results"]
@@ -64,7 +64,7 @@ def test_summary_counts_and_bytes_per_state(
     org: Organization, instances: list[Instance], client: APIClient
 ) -> None:
     moves = plan(org, instances, "warm")
-    tiering.moves_execute(org=org, move_ids=[moves[0].pk])
+    tier_moves.moves_execute(org=org, move_ids=[moves[0].pk])
     TierMove.objects.filter(pk=moves[1].pk).update(state=State.COPYING)
     body = client.get("/api/v1/tier-moves/summary/").json()
     assert body["by_state"]["done"] == {"count": 1, "bytes": instances[0].size_bytes}

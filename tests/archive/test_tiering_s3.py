@@ -11,9 +11,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from django.conf import settings
 
-from archive import tiering
 from archive.models import Instance, StorageLocation, TierMove
 from archive.storage import store_for
+from archive.tiering import moves as tier_moves
 from tenants.models import Organization
 from tests.archive.conftest_s3 import Bucket
 from tests.archive.test_tiering import (
@@ -33,7 +33,7 @@ State = TierMove.State
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: Any) -> None:
-    monkeypatch.setattr(tiering, "BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(tier_moves, "BACKOFF_SECONDS", 0)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def bucket_location(
 def s3_calls(monkeypatch: Any) -> list[str]:
     """Names of the S3 operations the tier-move code sends."""
     calls: list[str] = []
-    real = tiering.store_for
+    real = tier_moves.store_for
 
     def recording(location: StorageLocation) -> Any:
         store = real(location)
@@ -57,7 +57,7 @@ def s3_calls(monkeypatch: Any) -> list[str]:
             )
         return store
 
-    monkeypatch.setattr(tiering, "store_for", recording)
+    monkeypatch.setattr(tier_moves, "store_for", recording)
     return calls
 
 
@@ -70,7 +70,7 @@ def test_in_place_storage_class_change_verified_by_head(
 ) -> None:
     instances = ingest(org, ct_study, bucket_location)
     moves = plan(org, instances, "cold")
-    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    result = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert (result.done, result.failed, result.finished) == (3, 0, 3)
     for instance in instances:
         head = s3_bucket.head(instance.object_key)
@@ -85,7 +85,7 @@ def test_in_place_storage_class_change_verified_by_head(
 
     # And on to the archive tier.
     moves = plan(org, Instance.objects.filter(pk__in=[i.pk for i in instances]), "archive")
-    assert tiering.moves_execute(org=org, move_ids=ids(moves)).done == 3
+    assert tier_moves.moves_execute(org=org, move_ids=ids(moves)).done == 3
     assert {s3_bucket.head(i.object_key)["StorageClass"] for i in instances} == {"DEEP_ARCHIVE"}
 
 
@@ -110,19 +110,19 @@ def test_store_failing_the_copy_leaves_the_object_readable_in_its_old_tier(
         attempts.append(1)
         return AWSResponse(request.url, 500, {}, Body())
 
-    real = tiering.store_for
+    real = tier_moves.store_for
 
     def failing(location: StorageLocation) -> Any:
         store: Any = real(location)
         store.client.meta.events.register("before-send.s3.CopyObject", internal_error)
         return store
 
-    monkeypatch.setattr(tiering, "store_for", failing)
+    monkeypatch.setattr(tier_moves, "store_for", failing)
     (move,) = plan(org, instances, "archive")
-    result = tiering.moves_execute(org=org, move_ids=[move.pk])
+    result = tier_moves.moves_execute(org=org, move_ids=[move.pk])
     assert result.failed == 1
     # Each of our attempts is itself retried by botocore on a 500.
-    assert len(attempts) >= tiering.ATTEMPTS
+    assert len(attempts) >= tier_moves.ATTEMPTS
     move.refresh_from_db()
     assert move.state == State.FAILED
     assert "InternalError" in move.error and "gave up after 3 attempts" in move.error
@@ -146,7 +146,7 @@ def test_a_tier_the_bucket_cannot_serve_fails_the_move(
     (move,) = plan(org, instances, "archive")
     # e.g. a MinIO bucket without DEEP_ARCHIVE, changed after the move was planned
     StorageLocation.objects.filter(pk=bucket_location.pk).update(storage_classes={"archive": ""})
-    tiering.moves_execute(org=org, move_ids=[move.pk])
+    tier_moves.moves_execute(org=org, move_ids=[move.pk])
     move.refresh_from_db()
     assert move.state == State.FAILED
     assert "cannot hold objects in the archive tier" in move.error
@@ -168,7 +168,7 @@ def test_move_between_locations_copies_verifies_switches_then_deletes(
         role=StorageLocation.Role.REPLICA,
     )
     moves = plan(org, instances, "cold", to_location=other)
-    result = tiering.moves_execute(org=org, move_ids=ids(moves))
+    result = tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert (result.done, result.finished) == (3, 3)
     root = Path(settings.ARCHIVE_ROOT)
     for instance in instances:
@@ -197,13 +197,13 @@ def test_cross_location_crash_after_the_switch_deletes_the_old_copy_on_rerun(
         raise RuntimeError("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tiering, "_finishable", crash)
+        patch.setattr(tier_moves, "_finishable", crash)
         with pytest.raises(RuntimeError):
-            tiering.moves_execute(org=org, move_ids=ids(moves))
+            tier_moves.moves_execute(org=org, move_ids=ids(moves))
     assert len(s3_bucket.keys()) == 2  # switched, the old copies still there
     assert set(TierMove.objects.values_list("state", flat=True)) == {State.DONE}
     TierMove.objects.update(claimed_until=None)
-    assert tiering.moves_execute(org=org, move_ids=ids(moves)).finished == 2
+    assert tier_moves.moves_execute(org=org, move_ids=ids(moves)).finished == 2
     assert s3_bucket.keys() == []
     size = sum(i.size_bytes for i in instances)
     assert moved_bytes(org) == {"hot:out": -size, "warm:in": size}
@@ -222,9 +222,9 @@ def test_old_copy_is_kept_when_a_later_move_brought_the_instance_back(
             organization=org, name="Platform", role=StorageLocation.Role.REPLICA
         ),
     )
-    tiering._claim(org, [move.pk], "w#1", tiering.timezone.now())
+    tier_moves._claim(org, [move.pk], "w#1", tier_moves.timezone.now())
     TierMove.objects.filter(pk=move.pk).update(state=State.DONE, claimed_until=None)
     # The index names the old tier at the old location (e.g. moved back meanwhile).
-    tiering.moves_execute(org=org, move_ids=[move.pk])
+    tier_moves.moves_execute(org=org, move_ids=[move.pk])
     assert s3_bucket.keys() == [instance.object_key]
     assert store_for(bucket_location).head(key=instance.object_key, tier="hot") is not None

@@ -3,7 +3,6 @@ engine's semantics), and each month's usage priced."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -12,57 +11,8 @@ from typing import Any
 from archive.analytics.curve import monthly_read_probability
 from archive.analytics.simulator.inventory import Bucket
 from archive.analytics.simulator.pricing import _price_month, _Prices, _Usage
-from archive.tiers import TIER_CATALOG, is_colder
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL)
-
-
-def _in_range(value: float | None, rng: dict[str, Any]) -> bool:
-    if value is None:
-        return False
-    lo, hi = rng.get("min"), rng.get("max")
-    return (lo is None or value >= lo) and (hi is None or value < hi + 1)
-
-
-class _Compiled:
-    """A rule with its pattern compiled, evaluated on a bucket at ``shift`` days from now."""
-
-    def __init__(self, index: int, rule: dict[str, Any]):
-        self.index = index
-        self.rule = rule
-        self.conditions: dict[str, Any] = rule.get("conditions", {})
-        self.action: dict[str, Any] = rule.get("action", {})
-        pattern = self.conditions.get("description_pattern")
-        self.pattern = _wildcard(pattern) if pattern else None
-
-    def matches_always(self, b: Bucket) -> bool:
-        """The conditions that time does not change (modality, SOP class, description)."""
-        c = self.conditions
-        if "modalities" in c and b.modality not in c["modalities"]:
-            return False
-        if "sop_classes" in c and b.sop_class not in c["sop_classes"]:
-            return False
-        return self.pattern is None or bool(self.pattern.match(b.description))
-
-    def matches_at(self, b: Bucket, shift: float) -> bool:
-        """The conditions on days and years, at ``shift`` days from now."""
-        c = self.conditions
-        if "days_since_last_access" in c and not _in_range(
-            max(b.idle + shift, 0), c["days_since_last_access"]
-        ):
-            return False
-        if "days_since_study_date" in c and not _in_range(
-            max(b.age + shift, 0), c["days_since_study_date"]
-        ):
-            return False
-        if "patient_age_years" in c:
-            years = None if b.patient_age is None else b.patient_age + shift / 365.25
-            if not _in_range(years, c["patient_age_years"]):
-                return False
-        return True
+from archive.tiering.policies.python import CompiledRule
+from archive.tiering.tiers import TIER_CATALOG, is_colder
 
 
 @dataclass
@@ -84,7 +34,7 @@ def _project(
     all_hot: bool = False,
     probability_cache: dict[tuple[str, float], float] | None = None,
 ) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
-    compiled = [_Compiled(i, r) for i, r in enumerate(rules or [])]
+    compiled = [CompiledRule(i, r) for i, r in enumerate(rules or [])]
     # Buckets of one modality and age share their read probability, in every scenario.
     probabilities = probability_cache if probability_cache is not None else {}
 
@@ -131,7 +81,7 @@ def _project(
                     if b.age + shift >= after and rule.matches_at(b, shift):
                         trashed[i] = shift
                         break
-            target: _Compiled | None = None
+            target: CompiledRule | None = None
             for rule in moves_of[i]:
                 if rule.matches_at(b, shift):
                     target = rule

@@ -17,8 +17,10 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
-from archive import planning, policies
-from archive.tiers import TIER_CATALOG
+from archive.tiering import planning
+from archive.tiering.policies import validate, versions
+from archive.tiering.policies.preview import PolicyPreview, policy_preview
+from archive.tiering.tiers import TIER_CATALOG
 from tenants.errors import NotFound, ServiceError, ValidationFailed
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
@@ -119,7 +121,7 @@ def row_to_rule(row: RuleRow) -> dict[str, Any]:
 
 def rows_from_post(data: Any) -> list[RuleRow]:
     try:
-        count = min(int(data.get("rule_count", "0")), policies.MAX_RULES + 1)
+        count = min(int(data.get("rule_count", "0")), validate.MAX_RULES + 1)
     except ValueError:
         count = 0
     keys = ("action", *TEXT_FIELDS, *(n for pair in RANGE_FIELDS.values() for n in pair))
@@ -195,14 +197,14 @@ def rule_summary(rule: dict[str, Any]) -> str:
 
 
 def _versions(ctx: PortalContext) -> list[dict[str, Any]]:
-    active = policies.policy_active(org=ctx.org)
+    active = versions.policy_active(org=ctx.org)
     return [
         {
             "version": v,
             "active": active is not None and v.pk == active.pk,
             "summaries": [rule_summary(r) for r in v.rules],
         }
-        for v in policies.policy_version_list(org=ctx.org)[:50]
+        for v in versions.policy_version_list(org=ctx.org)[:50]
     ]
 
 
@@ -214,11 +216,11 @@ def _page(
     note: str = "",
     activate: bool = False,
     general_errors: list[str] | None = None,
-    preview: policies.PolicyPreview | None = None,
+    preview: PolicyPreview | None = None,
     simulation: Any = None,
     status: int = 200,
 ) -> HttpResponse:
-    active = policies.policy_active(org=ctx.org)
+    active = versions.policy_active(org=ctx.org)
     context = {
         "ctx": ctx,
         "active_section": "policies",
@@ -227,7 +229,7 @@ def _page(
         "versions": _versions(ctx),
         "rows": rows,
         "rule_count": len(rows),
-        "max_rules": policies.MAX_RULES,
+        "max_rules": validate.MAX_RULES,
         "action_choices": ACTION_CHOICES,
         "note": note,
         "activate": activate,
@@ -255,10 +257,10 @@ def _simulate(ctx: PortalContext, rules: list[dict[str, Any]]) -> Any:
 @require_http_methods(["GET", "POST"])
 def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     if request.method == "GET":
-        source = policies.policy_active(org=ctx.org)
+        source = versions.policy_active(org=ctx.org)
         if request.GET.get("from"):
             try:
-                source = policies.policy_version_get(org=ctx.org, number=request.GET["from"])
+                source = versions.policy_version_get(org=ctx.org, number=request.GET["from"])
             except NotFound:
                 raise Http404("Policy version not found.") from None
         rows = [rule_to_row(r) for r in source.rules] if source else []
@@ -269,7 +271,7 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     activate = request.POST.get("activate") == "on"
     intent = request.POST.get("intent", "preview")
     if intent == "add":
-        if len(rows) < policies.MAX_RULES:
+        if len(rows) < validate.MAX_RULES:
             rows.append(_empty_row())
         return _page(request, ctx, rows=rows, note=note, activate=activate)
     for verb, shift in (("remove", 0), ("up", -1), ("down", 1)):
@@ -288,7 +290,7 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     rules = [row_to_rule(row) for row in rows]
     try:
         if intent == "save":
-            version = policies.policy_save(
+            version = versions.policy_save(
                 org=ctx.org, actor=ctx.actor, rules=rules, note=note, activate=activate
             )
             messages.success(
@@ -297,7 +299,7 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
                 + (", now active." if activate else ". It is not active yet."),
             )
             return redirect("portal-policies", ctx.org.slug)
-        preview = policies.policy_preview(org=ctx.org, rules=rules)
+        preview = policy_preview(org=ctx.org, rules=rules)
     except ValidationFailed as exc:
         general = _place_errors(rows, exc)
         if not general and not any(row.errors for row in rows):
@@ -326,11 +328,11 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @require_POST
 def policy_activate(request: HttpRequest, ctx: PortalContext, number: int) -> HttpResponse:
     try:
-        version = policies.policy_version_get(org=ctx.org, number=number)
+        version = versions.policy_version_get(org=ctx.org, number=number)
     except NotFound:
         raise Http404("Policy version not found.") from None
     try:
-        policies.policy_activate(org=ctx.org, actor=ctx.actor, version=version)
+        versions.policy_activate(org=ctx.org, actor=ctx.actor, version=version)
     except ServiceError as exc:
         messages.error(request, f"Version {number} cannot be activated: {exc.message}")
         return redirect("portal-policies", ctx.org.slug)

@@ -1,6 +1,6 @@
 """Tier moves: the state machine that moves instances between tiers (and locations) safely.
 
-A move (``TierMove``, planned by ``archive.planning`` or requested with ``move_request``) goes
+A move (``TierMove``, planned by ``archive.tiering.planning`` or requested with ``move_request``) goes
 
     planned -> copying -> verifying -> done            or  -> failed (with the reason)
 
@@ -58,12 +58,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
-from archive import tiers
 from archive.index.selectors import archive_settings_get
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
 from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for
 from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between
+from archive.tiering import tiers
 from billing.metering import Delta, Usage, record_usage, record_usage_bulk, storage_delta_bulk
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
@@ -749,7 +749,9 @@ def moves_dispatch(*, now: datetime | None = None) -> dict[int, int]:
     Taken: planned moves never handed out, planned moves handed out longer than a lease ago (the
     task was lost), and open or unfinished moves whose worker's lease ran out.
     """
-    from archive.tiering_tasks import tier_moves_execute
+    from archive.tiering.tasks import (
+        tier_moves_execute,  # deferred: the tasks module imports this one
+    )
 
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.ARCHIVE_MOVE_LEASE_SECONDS)

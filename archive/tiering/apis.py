@@ -1,5 +1,6 @@
-"""REST API of archive policies (``policies.manage``: owners, admins, the ``admin`` token scope).
+"""REST API of tiering: archive policies and tier moves.
 
+Policies (``policies.manage``: owners, admins, the ``admin`` token scope):
 - ``policies/versions/``: every version, newest first; POST writes the next version (and with
   ``"activate": true`` makes it the active one).
 - ``policies/versions/<number>/``, ``.../activate/``: one version; make it the active one.
@@ -8,7 +9,15 @@
   would trash, and the change on this month's bill. Nothing is saved.
 - ``policies/plan/``: POST: plan one batch of tier moves by the active policy now.
 
-Another organization's version number answers 404, like a number that does not exist.
+Tier moves:
+- ``tier-moves/``: the organization's moves, newest first, ``?state=`` to filter; POST asks for
+  a manual move of one instance to another tier (``policies.manage``); it is run by the tiering
+  workers like a move the policy planned.
+- ``tier-moves/summary/``: counts and bytes per state, the moves in progress, and the bytes the
+  done moves brought into each tier.
+- ``tier-moves/<id>/``: one move with its attempts and, when it failed, the reason.
+
+Another organization's version number or move id answers 404, like one that does not exist.
 """
 
 from __future__ import annotations
@@ -24,12 +33,23 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from archive import planning, policies
-from archive.models import PolicyVersion
-from tenants.rest import NewestFirstPagination, OrgAPIView, error_responses_for
+from archive.common.api import tier_field
+from archive.index import selectors
+from archive.models import PolicyVersion, TierMove
+from archive.tiering import moves as tier_moves
+from archive.tiering import planning
+from archive.tiering.policies import versions
+from archive.tiering.policies.preview import TargetPreview, policy_preview
+from tenants.rest import (
+    NamedChoiceField,
+    NewestFirstPagination,
+    OrgAPIView,
+    error_responses_for,
+    paginated,
+)
 from tenants.roles import Perm
 
-_ERROR_TEXTS = {
+_POLICY_ERROR_TEXTS = {
     400: "The rules are invalid: ``fields`` names each problem, e.g. ``rules[0].action.tier``."
 }
 
@@ -41,11 +61,11 @@ RULES_HELP = (
 )
 
 
-_errors = error_responses_for(_ERROR_TEXTS)
+_policy_errors = error_responses_for(_POLICY_ERROR_TEXTS)
 
 
 class RulesField(serializers.JSONField):
-    """A JSON list of rules; validated by ``archive.policies.rules_validate``."""
+    """A JSON list of rules; validated by ``archive.tiering.policies.validate.rules_validate``."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(help_text=RULES_HELP, **kwargs)
@@ -112,7 +132,7 @@ class TargetSerializer(serializers.Serializer):
         ref_name = "ArchivePolicyPreviewTarget"
 
     @extend_schema_field(FromTierSerializer(many=True))
-    def get_from_tiers(self, obj: policies.TargetPreview) -> list[dict[str, Any]]:
+    def get_from_tiers(self, obj: TargetPreview) -> list[dict[str, Any]]:
         return [{"tier": tier, **cell} for tier, cell in obj.from_tiers.items()]
 
 
@@ -169,7 +189,7 @@ class PreviewSerializer(serializers.Serializer):
 
 
 def _active_id(view: OrgAPIView) -> int | None:
-    active = policies.policy_active(org=view.org)
+    active = versions.policy_active(org=view.org)
     return active.pk if active else None
 
 
@@ -186,12 +206,12 @@ class PolicyVersionListApi(OrgAPIView):
     @extend_schema(
         tags=["policies"],
         summary="List policy versions",
-        responses={200: PolicyVersionSerializer(many=True), **_errors()},
+        responses={200: PolicyVersionSerializer(many=True), **_policy_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(
-            policies.policy_version_list(org=self.org), request, view=self
+            versions.policy_version_list(org=self.org), request, view=self
         )
         data = PolicyVersionSerializer(page, many=True, context={"active_id": _active_id(self)})
         return paginator.get_paginated_response(data.data)
@@ -202,13 +222,13 @@ class PolicyVersionListApi(OrgAPIView):
         description="Every change is a new version (number n + 1), audited. With "
         '``"activate": true`` it becomes the active policy in the same step.',
         request=PolicyVersionInputSerializer,
-        responses={201: PolicyVersionSerializer, **_errors(400)},
+        responses={201: PolicyVersionSerializer, **_policy_errors(400)},
     )
     def post(self, request: Request, **kwargs: Any) -> Response:
         serializer = PolicyVersionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = policies.policy_save(
+        version = versions.policy_save(
             org=self.org,
             actor=self.actor,
             rules=data["rules"],
@@ -224,10 +244,10 @@ class PolicyVersionDetailApi(OrgAPIView):
     @extend_schema(
         tags=["policies"],
         summary="One policy version",
-        responses={200: PolicyVersionSerializer, **_errors()},
+        responses={200: PolicyVersionSerializer, **_policy_errors()},
     )
     def get(self, request: Request, number: int, **kwargs: Any) -> Response:
-        version = policies.policy_version_get(org=self.org, number=number)
+        version = versions.policy_version_get(org=self.org, number=number)
         return Response(_version_data(self, version))
 
 
@@ -240,11 +260,11 @@ class PolicyActivateApi(OrgAPIView):
         description="Its rules are checked again against today's storage location and legal "
         "minimum retention. The engine applies it from its next run (every 15 minutes).",
         request=None,
-        responses={200: PolicyVersionSerializer, **_errors(400)},
+        responses={200: PolicyVersionSerializer, **_policy_errors(400)},
     )
     def post(self, request: Request, number: int, **kwargs: Any) -> Response:
-        version = policies.policy_version_get(org=self.org, number=number)
-        policies.policy_activate(org=self.org, actor=self.actor, version=version)
+        version = versions.policy_version_get(org=self.org, number=number)
+        versions.policy_activate(org=self.org, actor=self.actor, version=version)
         return Response(_version_data(self, version))
 
 
@@ -259,11 +279,11 @@ class PolicyActiveApi(OrgAPIView):
                 "ArchivePolicyActive",
                 {"version": PolicyVersionSerializer(allow_null=True)},
             ),
-            **_errors(),
+            **_policy_errors(),
         },
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
-        active = policies.policy_active(org=self.org)
+        active = versions.policy_active(org=self.org)
         return Response({"version": _version_data(self, active) if active else None})
 
 
@@ -277,17 +297,17 @@ class PolicyPreviewApi(OrgAPIView):
         "how many studies they would send to the trash (and how many a legal hold keeps), and "
         "the change on this month's bill if the moves happened now. Nothing is saved.",
         request=PreviewInputSerializer,
-        responses={200: PreviewSerializer, **_errors(400)},
+        responses={200: PreviewSerializer, **_policy_errors(400)},
     )
     def post(self, request: Request, **kwargs: Any) -> Response:
         serializer = PreviewInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         if "version" in data:
-            version = policies.policy_version_get(org=self.org, number=data["version"])
-            preview = policies.policy_preview(org=self.org, version=version)
+            version = versions.policy_version_get(org=self.org, number=data["version"])
+            preview = policy_preview(org=self.org, version=version)
         else:
-            preview = policies.policy_preview(org=self.org, rules=data["rules"])
+            preview = policy_preview(org=self.org, rules=data["rules"])
         return Response(PreviewSerializer(preview).data)
 
 
@@ -303,8 +323,148 @@ class PolicyPlanApi(OrgAPIView):
         request=None,
         responses={
             200: inline_serializer("ArchivePolicyPlan", {"planned": serializers.IntegerField()}),
-            **_errors(),
+            **_policy_errors(),
         },
     )
     def post(self, request: Request, **kwargs: Any) -> Response:
         return Response({"planned": planning.moves_plan(org=self.org)})
+
+
+# --- tier moves -----------------------------------------------------------------------------------
+
+_MOVE_ERROR_TEXTS = {409: "The instance is being moved already."}
+
+
+_move_errors = error_responses_for(_MOVE_ERROR_TEXTS)
+
+
+def _state_field(**kwargs: Any) -> NamedChoiceField:
+    return NamedChoiceField(
+        enum_name="ArchiveTierMoveStateEnum", choices=TierMove.State.choices, **kwargs
+    )
+
+
+class MoveOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = _state_field()
+    origin = NamedChoiceField(
+        enum_name="ArchiveTierMoveOriginEnum", choices=TierMove.Origin.choices
+    )
+    instance = serializers.IntegerField(source="instance_id")
+    study = serializers.IntegerField(source="study_id")
+    from_tier = tier_field()
+    to_tier = tier_field()
+    from_location = serializers.IntegerField(source="from_location_id")
+    to_location = serializers.IntegerField(source="to_location_id")
+    size_bytes = serializers.IntegerField()
+    policy_version = serializers.IntegerField(source="policy_version_id", allow_null=True)
+    rule_index = serializers.IntegerField(allow_null=True)
+    attempts = serializers.IntegerField(help_text="How many times a worker took the move up.")
+    error = serializers.CharField(help_text="Why the move failed (empty otherwise).")
+    planned_at = serializers.DateTimeField()
+    dispatched_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the move ended: failed, or done and the old copy removed.",
+    )
+
+    class Meta:
+        ref_name = "ArchiveTierMove"
+
+
+class MoveFilterSerializer(serializers.Serializer):
+    state = _state_field(required=False)
+
+
+class MoveInputSerializer(serializers.Serializer):
+    instance = serializers.IntegerField(help_text="The instance's id.")
+    tier = tier_field(help_text="The tier to move it to.")
+
+    class Meta:
+        ref_name = "ArchiveTierMoveInput"
+
+
+class MoveListApi(OrgAPIView):
+    """Tier moves of the organization, newest first; POST asks for a manual move."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ, "POST": Perm.POLICIES_MANAGE}
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(
+        tags=["tier moves"],
+        summary="List tier moves",
+        parameters=[MoveFilterSerializer],
+        responses={200: MoveOutputSerializer(many=True), **_move_errors(400)},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        filters = MoveFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        moves = tier_moves.move_list(org=self.org, state=filters.validated_data.get("state"))
+        return paginated(self, request, moves, MoveOutputSerializer)
+
+    @extend_schema(
+        tags=["tier moves"],
+        summary="Move one instance to another tier",
+        request=MoveInputSerializer,
+        responses={201: MoveOutputSerializer, **_move_errors(400, 409)},
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        data = MoveInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        instance = selectors.instance_get(org=self.org, instance_id=data.validated_data["instance"])
+        move = tier_moves.move_request(
+            org=self.org, instance=instance, to_tier=data.validated_data["tier"]
+        )
+        return Response(MoveOutputSerializer(move).data, status=status.HTTP_201_CREATED)
+
+
+class MoveDetailApi(OrgAPIView):
+    """One tier move."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["tier moves"],
+        summary="One tier move",
+        responses={200: MoveOutputSerializer, **_move_errors()},
+    )
+    def get(self, request: Request, move_id: int, **kwargs: Any) -> Response:
+        return Response(
+            MoveOutputSerializer(tier_moves.move_get(org=self.org, move_id=move_id)).data
+        )
+
+
+class StateTotalsSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+
+    class Meta:
+        ref_name = "ArchiveTierMoveStateTotals"
+
+
+class SummarySerializer(serializers.Serializer):
+    by_state = serializers.DictField(
+        child=StateTotalsSerializer(), help_text="Per state (planned, copying, ...): moves, bytes."
+    )
+    in_progress = serializers.IntegerField(help_text="Moves copying or verifying now.")
+    in_progress_bytes = serializers.IntegerField()
+    done_bytes_by_tier = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Bytes the done moves brought into each tier."
+    )
+
+    class Meta:
+        ref_name = "ArchiveTierMoveSummary"
+
+
+class MoveSummaryApi(OrgAPIView):
+    """Moves per state, in progress, and bytes moved into each tier."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    @extend_schema(
+        tags=["tier moves"],
+        summary="Tier moves summary",
+        responses={200: SummarySerializer, **_move_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        return Response(SummarySerializer(tier_moves.moves_summary(org=self.org)).data)
