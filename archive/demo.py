@@ -30,6 +30,7 @@ from pydicom.uid import generate_uid
 from archive.ingest.pipeline import instances_ingest, spool_chunks
 from archive.locations.selectors import location_primary
 from archive.models import AccessEvent, Instance, PolicyVersion, Series, Study
+from archive.policies.versions import policy_save
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
 from tenants.context import Actor
@@ -200,7 +201,6 @@ def _initial_policy(org: Organization) -> int | None:
     """Save and activate the first policy version, unless the organization has one already."""
     if PolicyVersion.objects.for_org(org).exists():
         return None
-    from archive.tiering.policies.versions import policy_save
 
     version = policy_save(
         org=org,

@@ -386,7 +386,7 @@ class PolicyVersion(models.Model):
     """One version of an organization's archive policy: ordered rules, immutable once written.
 
     ``rules`` is a list of ``{"name", "conditions": {...}, "action": {...}}`` validated by
-    ``archive.tiering.policies.validate.rules_validate``; every change is a new version (see ``policy_save``).
+    ``archive.policies.validate.rules_validate``; every change is a new version (see ``policy_save``).
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")

@@ -3,31 +3,33 @@
 
 from django.urls import URLPattern, path
 
-from archive.ae_titles import apis as dimse_api
+from archive.ae_titles import apis as ae_titles_api
 from archive.analytics import apis as analytics_api
 from archive.ingest import apis as ingest_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
-from archive.restores import apis as restore_apis
+from archive.restores import apis as restores_api
 from archive.retention import apis as retention_api
-from archive.studies import apis
+from archive.studies import apis as studies_api
 from archive.tiering import apis as tiering_api
 
 urlpatterns: list[URLPattern] = [
-    path("studies/", apis.StudyListApi.as_view(), name="api-studies"),
-    path("studies/<int:study_id>/", apis.StudyDetailApi.as_view(), name="api-study"),
+    path("studies/", studies_api.StudyListApi.as_view(), name="api-studies"),
+    path("studies/<int:study_id>/", studies_api.StudyDetailApi.as_view(), name="api-study"),
     path(
         "studies/<int:study_id>/series/",
-        apis.StudySeriesListApi.as_view(),
+        studies_api.StudySeriesListApi.as_view(),
         name="api-study-series",
     ),
-    path("series/<int:series_id>/", apis.SeriesDetailApi.as_view(), name="api-series"),
+    path("series/<int:series_id>/", studies_api.SeriesDetailApi.as_view(), name="api-series"),
     path(
         "series/<int:series_id>/instances/",
-        apis.SeriesInstanceListApi.as_view(),
+        studies_api.SeriesInstanceListApi.as_view(),
         name="api-series-instances",
     ),
-    path("instances/<int:instance_id>/", apis.InstanceDetailApi.as_view(), name="api-instance"),
+    path(
+        "instances/<int:instance_id>/", studies_api.InstanceDetailApi.as_view(), name="api-instance"
+    ),
     path("ingest-jobs/", ingest_api.IngestJobListApi.as_view(), name="api-ingest-jobs"),
     path(
         "ingest-jobs/<int:job_id>/", ingest_api.IngestJobDetailApi.as_view(), name="api-ingest-job"
@@ -53,8 +55,8 @@ urlpatterns: list[URLPattern] = [
     path(
         "archive-settings/", locations_api.ArchiveSettingsApi.as_view(), name="api-archive-settings"
     ),
-    path("dicom-aes/", dimse_api.AEListApi.as_view(), name="api-dicom-aes"),
-    path("dicom-aes/<int:ae_id>/", dimse_api.AEDetailApi.as_view(), name="api-dicom-ae"),
+    path("dicom-aes/", ae_titles_api.AEListApi.as_view(), name="api-dicom-aes"),
+    path("dicom-aes/<int:ae_id>/", ae_titles_api.AEDetailApi.as_view(), name="api-dicom-ae"),
     # Archive policies.
     path("policies/versions/", tiering_api.PolicyVersionListApi.as_view(), name="api-policies"),
     path(
@@ -89,8 +91,8 @@ urlpatterns: list[URLPattern] = [
         name="api-replication-drill",
     ),
     # Restores, legal holds and the trash.
-    path("restores/", restore_apis.RestoreListApi.as_view(), name="api-restores"),
-    path("restores/<int:restore_id>/", restore_apis.RestoreDetailApi.as_view(), name="api-restore"),
+    path("restores/", restores_api.RestoreListApi.as_view(), name="api-restores"),
+    path("restores/<int:restore_id>/", restores_api.RestoreDetailApi.as_view(), name="api-restore"),
     path("legal-holds/", retention_api.HoldListApi.as_view(), name="api-legal-holds"),
     path(
         "legal-holds/<int:hold_id>/", retention_api.HoldDetailApi.as_view(), name="api-legal-hold"

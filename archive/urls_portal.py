@@ -2,20 +2,22 @@
 
 from django.urls import URLPattern, path
 
-from archive.ae_titles import views as dimse_views
+from archive.ae_titles import views as ae_title_views
 from archive.analytics.views import analytics as analytics_view
 from archive.ingest import views as ingest_views
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
 from archive.retention import views as retention_views
-from archive.studies import views
-from archive.tiering import views as views_policies
+from archive.studies import views as study_views
+from archive.tiering import views as tiering_views
 
 urlpatterns: list[URLPattern] = [
-    path("studies/", views.studies, name="portal-studies"),
-    path("studies/<int:study_id>/", views.study_detail, name="portal-study"),
-    path("studies/<int:study_id>/download/", views.study_download, name="portal-study-download"),
+    path("studies/", study_views.studies, name="portal-studies"),
+    path("studies/<int:study_id>/", study_views.study_detail, name="portal-study"),
+    path(
+        "studies/<int:study_id>/download/", study_views.study_download, name="portal-study-download"
+    ),
     path(
         "studies/<int:study_id>/restore/",
         restore_views.study_restore,
@@ -52,9 +54,9 @@ urlpatterns: list[URLPattern] = [
         ingest_views.upload_finish,
         name="portal-ingest-upload-finish",
     ),
-    path("ingest/ae-titles/new/", dimse_views.ae_create, name="portal-ae-create"),
-    path("ingest/ae-titles/<int:ae_id>/edit/", dimse_views.ae_edit, name="portal-ae-edit"),
-    path("ingest/ae-titles/<int:ae_id>/delete/", dimse_views.ae_delete, name="portal-ae-delete"),
+    path("ingest/ae-titles/new/", ae_title_views.ae_create, name="portal-ae-create"),
+    path("ingest/ae-titles/<int:ae_id>/edit/", ae_title_views.ae_edit, name="portal-ae-edit"),
+    path("ingest/ae-titles/<int:ae_id>/delete/", ae_title_views.ae_delete, name="portal-ae-delete"),
     path("storage/", location_views.storage, name="portal-storage"),
     path("storage/quota/", location_views.storage_quota, name="portal-storage-quota"),
     path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),
@@ -80,11 +82,11 @@ urlpatterns: list[URLPattern] = [
         name="portal-location-delete",
     ),
     path("analytics/", analytics_view, name="portal-analytics"),
-    path("policies/", views_policies.policies_page, name="portal-policies"),
+    path("policies/", tiering_views.policies_page, name="portal-policies"),
     path(
         "policies/versions/<int:number>/activate/",
-        views_policies.policy_activate,
+        tiering_views.policy_activate,
         name="portal-policy-activate",
     ),
-    path("policies/plan/", views_policies.policy_plan_now, name="portal-policy-plan"),
+    path("policies/plan/", tiering_views.policy_plan_now, name="portal-policy-plan"),
 ]

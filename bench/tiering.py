@@ -302,8 +302,8 @@ PLAN_BATCH = int(os.environ.get("BENCH_PLAN_BATCH", "250000"))
 
 
 def planning() -> Organization:
+    from archive.policies.versions import policy_save
     from archive.tiering.planning import moves_plan
-    from archive.tiering.policies.versions import policy_save
 
     org = Organization.objects.create(name="Bench planning", slug="bench-planning")
     location = StorageLocation.objects.create(organization=org, name="Platform storage")

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from archive.analytics.curve import READ_KINDS, AccessCurve, access_curve
 from archive.analytics.simulator import simulate
 from archive.analytics.simulator.results import COMPONENTS, Simulation
-from archive.tiering.policies.validate import rules_validate
+from archive.policies.validate import rules_validate
 from tenants.rest import OrgAPIView, error_responses_for
 from tenants.roles import Perm
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import connection
 from django.db.models import F, Lookup, Q, QuerySet, Value
 from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
@@ -284,7 +285,6 @@ def _key_filter(key: Key, name: str, value: str, prefix: str) -> Q | None:
 
 
 def _case_sensitive_wild(expression: F, value: str) -> Lookup[Any]:
-    from django.db import connection
 
     if connection.vendor == "sqlite":
         return Glob(expression, Value(glob_pattern(value)))

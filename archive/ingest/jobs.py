@@ -49,6 +49,7 @@ from archive.locations.services import bucket_errors, endpoint_check
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.storage.credentials import decrypt, encrypt
+from archive.storage.s3 import guard_client
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
@@ -103,7 +104,7 @@ def _remove_folder(job: IngestJob) -> None:
 
 
 def _queue(job: IngestJob) -> None:
-    from archive.ingest.tasks import ingest_job_run  # deferred: the tasks module imports this one
+    from archive.ingest.tasks import ingest_job_run  # deferred: tasks imports this module
 
     org_id, job_id = job.organization_id, job.pk
     transaction.on_commit(lambda: ingest_job_run.apply_async((org_id, job_id, None)))
@@ -667,8 +668,6 @@ def _import_client(params: dict[str, Any]) -> Any:
         secret = decrypt(params.get("secret", ""))
     except ValueError as exc:
         raise _StopJob(str(exc)) from None
-    from archive.storage.s3 import guard_client
-
     # Every connection checked and pinned to the checked address (tenants.netguard).
     return guard_client(
         boto3.client(
@@ -869,7 +868,7 @@ def job_process(*, org: Organization, job_id: int, handoff: str | None = None) -
 def jobs_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Beat job: resume jobs whose worker died, queue jobs whose queueing was lost, and discard
     uploads that were never finished. Queueing a job twice is harmless (the claim decides)."""
-    from archive.ingest.tasks import ingest_job_run  # deferred: the tasks module imports this one
+    from archive.ingest.tasks import ingest_job_run  # deferred: tasks imports this module
 
     now = now or timezone.now()
     counts = {"resumed": 0, "abandoned": 0}

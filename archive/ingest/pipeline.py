@@ -271,7 +271,7 @@ def _settle_on_commit(org: Organization, study_ids: Iterable[int]) -> None:
     def _follow_up() -> None:
         # One settle check per study and settle window, not one queued task per instance:
         # the check re-queues itself while the study is still receiving.
-        from archive.ingest.tasks import study_settle  # deferred: the tasks module imports this one
+        from archive.ingest.tasks import study_settle  # deferred: tasks imports this module
 
         for study_id in ids:
             if cache.add(
@@ -846,8 +846,6 @@ def study_settle_check(*, org_id: int, study_id: int) -> bool:
 
     Claimed with a conditional UPDATE on ``notified_at``, so two checks send one event.
     """
-    from django.conf import settings
-
     org = Organization.objects.get(pk=org_id)
     study = Study.objects.for_org(org).filter(pk=study_id).first()
     if study is None:

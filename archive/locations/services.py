@@ -65,7 +65,7 @@ STORAGE_CLASSES = (
 INSTANT_TIERS = ("hot", "warm", "cold")
 NEEDS_RESTORE = ("GLACIER", "DEEP_ARCHIVE")
 # In place of a storage class: the store has no class for this tier (an S3-compatible store
-# without, say, Deep Archive). Stored as "" (see archive.tiering.tiers.location_serves); never for hot.
+# without, say, Deep Archive). Stored as "" (see archive.storage.tiers.location_serves); never for hot.
 NOT_AVAILABLE = "NONE"
 
 # API and form names of the encryption modes -> the value stored (and sent as ServerSideEncryption).

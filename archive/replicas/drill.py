@@ -13,7 +13,7 @@ from archive.models import InstanceReplica, ReplicaCheck
 from archive.replicas import services
 from archive.replicas.selectors import replica_location
 from archive.storage import ObjectStore, StorageUnavailable
-from archive.tiering.tiers import tier_get
+from archive.storage.tiers import tier_get
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed
 from tenants.models import Organization

@@ -19,7 +19,7 @@ from django.utils import timezone
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
 from archive.replicas.selectors import replica_location, same_storage
 from archive.storage import ObjectStore, StorageUnavailable, store_for
-from archive.tiering.tiers import tier_get
+from archive.storage.tiers import tier_get
 from billing.metering import storage_delta
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed

@@ -14,7 +14,7 @@ from django.utils import timezone
 from archive.index.selectors import archive_settings_get
 from archive.locations.selectors import location_primary
 from archive.models import Instance, RestoreItem, RestoreRequest, Study
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from billing.pricing import MeterUse, marginal_cost
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization

@@ -32,7 +32,7 @@ from archive.restores.selectors import (
     unreadable_q,
 )
 from archive.storage import StorageUnavailable, store_for
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from billing.metering import record_usage
 from tenants.context import Actor
 from tenants.errors import Conflict

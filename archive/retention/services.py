@@ -34,7 +34,7 @@ from archive.models import (
 )
 from archive.replicas.services import replica_objects_delete, replicas_forget_locked
 from archive.storage import StorageUnavailable, store_for
-from archive.tiering.tiers import early_deletion_byte_days
+from archive.storage.tiers import early_deletion_byte_days
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from archive.models import DEFAULT_STORAGE_CLASSES
 from archive.storage.base import ObjectStore
 from archive.storage.credentials import decrypt
 from archive.storage.filesystem import FilesystemStore
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
 
 def platform_store() -> ObjectStore:
     if settings.ARCHIVE_BACKEND == "s3":
-        from archive.models import DEFAULT_STORAGE_CLASSES
-
         return S3Store(
             bucket=settings.ARCHIVE_S3_BUCKET,
             prefix=settings.ARCHIVE_S3_PREFIX,

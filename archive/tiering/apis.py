@@ -36,10 +36,10 @@ from rest_framework.response import Response
 from archive.common.api import tier_field
 from archive.index import selectors
 from archive.models import PolicyVersion, TierMove
+from archive.policies import versions
+from archive.policies.preview import TargetPreview, policy_preview
 from archive.tiering import moves as tier_moves
 from archive.tiering import planning
-from archive.tiering.policies import versions
-from archive.tiering.policies.preview import TargetPreview, policy_preview
 from tenants.rest import (
     NamedChoiceField,
     NewestFirstPagination,
@@ -65,7 +65,7 @@ _policy_errors = error_responses_for(_POLICY_ERROR_TEXTS)
 
 
 class RulesField(serializers.JSONField):
-    """A JSON list of rules; validated by ``archive.tiering.policies.validate.rules_validate``."""
+    """A JSON list of rules; validated by ``archive.policies.validate.rules_validate``."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(help_text=RULES_HELP, **kwargs)

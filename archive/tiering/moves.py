@@ -60,10 +60,9 @@ from django.utils import timezone
 
 from archive.index.selectors import archive_settings_get
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
-from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for
+from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for, tiers
 from archive.storage.filesystem import FilesystemStore
 from archive.storage.ops import copy_between
-from archive.tiering import tiers
 from billing.metering import Delta, Usage, record_usage, record_usage_bulk, storage_delta_bulk
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
@@ -749,9 +748,9 @@ def moves_dispatch(*, now: datetime | None = None) -> dict[int, int]:
     Taken: planned moves never handed out, planned moves handed out longer than a lease ago (the
     task was lost), and open or unfinished moves whose worker's lease ran out.
     """
-    from archive.tiering.tasks import (
-        tier_moves_execute,  # deferred: the tasks module imports this one
-    )
+    # Deferred: archive.tiering.tasks imports this module (a task runs the moves, the dispatcher
+    # queues that task).
+    from archive.tiering.tasks import tier_moves_execute
 
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.ARCHIVE_MOVE_LEASE_SECONDS)

@@ -1,7 +1,7 @@
 """The policy engine: plan tier moves and trash studies by the organization's active policy.
 
 Planning is one ``INSERT INTO archive_tiermove ... SELECT`` over the compiled selection
-(archive.tiering.policies.sql.move_selection), bounded by ``limit`` rows: no instance passes through Python.
+(archive.policies.sql.move_selection), bounded by ``limit`` rows: no instance passes through Python.
 The NOT EXISTS filter in the selection makes planning idempotent: a rerun plans only what is not
 planned yet. Two planners racing over the same instances cannot both win: the partial unique
 constraint "one open move per instance" fails the later statement, which plans nothing and is
@@ -20,9 +20,9 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from archive.models import PolicyVersion, Study, TierMove
+from archive.policies.sql import move_rules, move_selection, trash_selection
+from archive.policies.versions import policy_active
 from archive.retention.services import study_trash
-from archive.tiering.policies.sql import move_rules, move_selection, trash_selection
-from archive.tiering.policies.versions import policy_active
 from tenants.context import Actor
 from tenants.errors import Conflict
 from tenants.models import Organization

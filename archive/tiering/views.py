@@ -17,10 +17,12 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
+from archive.analytics.simulator import simulate
+from archive.analytics.simulator.results import Simulation
+from archive.policies import validate, versions
+from archive.policies.preview import PolicyPreview, policy_preview
+from archive.storage.tiers import TIER_CATALOG
 from archive.tiering import planning
-from archive.tiering.policies import validate, versions
-from archive.tiering.policies.preview import PolicyPreview, policy_preview
-from archive.tiering.tiers import TIER_CATALOG
 from tenants.errors import NotFound, ServiceError, ValidationFailed
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
@@ -244,12 +246,8 @@ def _page(
     return response
 
 
-def _simulate(ctx: PortalContext, rules: list[dict[str, Any]]) -> Any:
-    """The cost simulator for the candidate rules; None when it is not installed."""
-    try:
-        from archive.analytics.simulator import simulate
-    except ImportError:  # pragma: no cover - the simulator ships with the archive
-        return None
+def _simulate(ctx: PortalContext, rules: list[dict[str, Any]]) -> Simulation:
+    """The cost simulator for the candidate rules."""
     return simulate(org=ctx.org, candidate_rules=rules)
 
 

@@ -122,7 +122,7 @@ def test_an_update_without_a_secret_keeps_the_old_one(org) -> None:
 def test_a_tier_the_store_lacks_is_marked_not_available_and_not_served(org) -> None:
     """An S3-compatible store without Deep Archive: the archive tier is "NONE", which the
     location keeps as no storage class, so tier rules and moves to it are refused."""
-    from archive.tiering.tiers import location_serves
+    from archive.storage.tiers import location_serves
 
     location = location_services.location_create(
         org=org, data=valid(storage_classes={"archive": "NONE"}), actor=ACTOR

@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from archive.models import TierMove
-from archive.tiering.policies.versions import policy_active, policy_save
+from archive.policies.versions import policy_active, policy_save
 from tenants.context import Actor
 from tenants.models import AuditEvent
 from tenants.roles import Role, Scope

@@ -9,10 +9,10 @@ import pytest
 from django.db import models
 
 from archive.models import ArchiveSettings, Instance, Study, TierMove
+from archive.policies.sql import move_selection, trash_selection
+from archive.policies.validate import rules_validate
+from archive.policies.versions import policy_save
 from archive.tiering.planning import moves_plan, studies_trash_due
-from archive.tiering.policies.sql import move_selection, trash_selection
-from archive.tiering.policies.validate import rules_validate
-from archive.tiering.policies.versions import policy_save
 from tenants.context import Actor
 from tests.archive.test_policies_support import (
     MR_IMAGE,

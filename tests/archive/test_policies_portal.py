@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from archive.models import TierMove
-from archive.tiering.policies.versions import policy_active, policy_save
+from archive.policies.versions import policy_active, policy_save
 from archive.tiering.views import row_to_rule, rule_summary, rule_to_row
 from tenants.context import Actor
 from tenants.roles import Role
@@ -204,7 +204,7 @@ def test_roles_without_policies_manage_get_403(org, make_member, role):
     ],
 )
 def test_rule_form_round_trip(org, rule):
-    from archive.tiering.policies.validate import rules_validate
+    from archive.policies.validate import rules_validate
 
     normalized = rules_validate(org=org, rules=[rule])
     assert rules_validate(org=org, rules=[row_to_rule(rule_to_row(normalized[0]))]) == normalized

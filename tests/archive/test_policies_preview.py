@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from archive.models import ArchiveSettings, StorageLocation
-from archive.tiering.policies.preview import policy_preview
-from archive.tiering.policies.versions import policy_activate, policy_active, policy_save
+from archive.policies.preview import policy_preview
+from archive.policies.versions import policy_activate, policy_active, policy_save
 from billing.models import PlanPrice, PricePlan, Subscription
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed

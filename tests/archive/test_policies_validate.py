@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from archive.models import ArchiveSettings, StorageLocation
-from archive.tiering.policies.validate import rules_validate
+from archive.policies.validate import rules_validate
 from tenants.errors import ValidationFailed
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from archive.models import InstanceReplica, RestoreRequest, StorageLocation
 from archive.restores import selectors as restore_selectors
 from archive.restores import services as restores
 from archive.retention import services as retention
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
 from tenants.services import webhook_endpoint_create

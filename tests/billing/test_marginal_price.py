@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from archive.index import selectors
-from archive.tiering.policies.preview import policy_preview
+from archive.policies.preview import policy_preview
 from billing.invoicing import invoice_compute
 from billing.metering import record_usage, storage_delta
 from billing.meters import GIB

@@ -93,7 +93,7 @@ def simulate(
     now: datetime | None = None,
 ) -> Simulation:
     """Project the next ``months`` calendar months under the four scenarios (see the module
-    docstring). ``candidate_rules`` must already be validated (``archive.tiering.policies.validate.rules_validate``)."""
+    docstring). ``candidate_rules`` must already be validated (``archive.policies.validate.rules_validate``)."""
     started = time.perf_counter()
     now = now or timezone.now()
     active_rules, settings = _policy_rules(org)

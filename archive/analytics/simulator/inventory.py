@@ -22,7 +22,7 @@ from archive.analytics.curve import (
 )
 from archive.analytics.simulator.results import TIERS
 from archive.models import AccessEvent, Instance, Series, Study
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from tenants.models import Organization
 
 INGEST_WINDOW_DAYS = 90

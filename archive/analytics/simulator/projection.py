@@ -11,8 +11,8 @@ from typing import Any
 from archive.analytics.curve import monthly_read_probability
 from archive.analytics.simulator.inventory import Bucket
 from archive.analytics.simulator.pricing import _price_month, _Prices, _Usage
-from archive.tiering.policies.python import CompiledRule
-from archive.tiering.tiers import TIER_CATALOG, is_colder
+from archive.policies.python import CompiledRule
+from archive.storage.tiers import TIER_CATALOG, is_colder
 
 
 @dataclass

@@ -14,7 +14,7 @@ from archive.analytics.curve import AccessCurve, monthly_read_probability
 from archive.analytics.simulator.pricing import _Prices, _Usage
 from archive.analytics.simulator.results import MONTHS, TIERS
 from archive.models import StorageLocation
-from archive.tiering.tiers import location_serves
+from archive.storage.tiers import location_serves
 from billing.meters import GIB
 
 # The recommendation: move once so little is read again that the tier's trade-off pays.

@@ -10,7 +10,7 @@ from typing import Any
 
 from archive.analytics.charts import simulation_chart
 from archive.analytics.curve import AccessCurve
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from billing.pricing import round_money
 from tenants.labels import money_label
 

@@ -15,7 +15,7 @@ from archive.models import (
     ArchiveSettings,
     PolicyVersion,
 )
-from archive.tiering.policies.validate import rules_validate
+from archive.policies.validate import rules_validate
 from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import Organization

@@ -16,7 +16,7 @@ from archive.index.selectors import archive_settings_get
 from archive.models import (
     StorageLocation,
 )
-from archive.tiering.tiers import TIER_CATALOG, location_serves
+from archive.storage.tiers import TIER_CATALOG, location_serves
 from tenants.errors import ValidationFailed
 from tenants.models import Organization
 

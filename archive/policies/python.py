@@ -1,7 +1,7 @@
 """Archive policies evaluated in Python: the engine the simulator runs on its inventory's buckets,
 month by month, where a bucket stands for many instances that share their attributes.
 
-It has the semantics of the SQL the planner runs (``archive.tiering.policies.sql``): the same
+It has the semantics of the SQL the planner runs (``archive.policies.sql``): the same
 conditions, DICOM wildcards (``*``, ``?``) matched case-insensitively over the whole description,
 whole-day ranges (``max`` inclusive), an unknown value never matching a range. One parametrized
 test proves that both engines select the same instances for every condition kind.

@@ -2,7 +2,7 @@
 
 Move rules and delete rules compile to one SQL selection each, so that planning and preview never
 iterate instances in Python. The simulator evaluates the same rules in Python on its inventory's
-buckets (``archive.tiering.policies.python``); one parametrized test proves that both select the
+buckets (``archive.policies.python``); one parametrized test proves that both select the
 same instances for every condition kind.
 """
 
@@ -39,7 +39,7 @@ from archive.models import (
     Study,
     TierMove,
 )
-from archive.tiering.tiers import TIER_CATALOG
+from archive.storage.tiers import TIER_CATALOG
 from tenants.models import Organization
 
 

@@ -26,12 +26,13 @@ from django.db.models.functions import (
 )
 from django.utils import timezone
 
+from archive.index.selectors import bytes_by_tier
 from archive.models import (
     PolicyVersion,
 )
-from archive.tiering.policies.sql import DaysStayed, move_rules, move_selection, trash_selection
-from archive.tiering.policies.validate import rules_validate
-from archive.tiering.tiers import TIER_CATALOG
+from archive.policies.sql import DaysStayed, move_rules, move_selection, trash_selection
+from archive.policies.validate import rules_validate
+from archive.storage.tiers import TIER_CATALOG
 from billing.pricing import MeterUse, marginal_cost, month_bounds, round_money
 from tenants.errors import NotFound
 from tenants.models import Organization
@@ -152,8 +153,6 @@ def _bill_change(
     deletion are one-off charges. A plan's allowances and tiers are taken into account, after a
     plan change this month only the new plan's part of them.
     """
-    from archive.index.selectors import bytes_by_tier
-
     start, end = month_bounds(now)
     remaining = int((end - now).total_seconds())
     balance = bytes_by_tier(org=org)
