@@ -11,7 +11,10 @@ All four models first subtract the included (free) allowance:
 Amounts stay unrounded Decimals here; the invoice rounds each line once (half-up to the cent).
 
 ``marginal_cost`` is how other apps read prices: what some more usage adds to this month's
-invoice, computed by the invoice itself (see its docstring).
+invoice, computed by the invoice itself (see its docstring). ``plan_prices`` gives the prices of
+the plan in force (the cost simulator prices whole simulated months with them), and the meters
+(``METERS``, ``GIB``) and month boundaries are re-exported here so that other apps read billing
+through this module and ``billing.metering`` only.
 """
 
 from __future__ import annotations
@@ -22,21 +25,27 @@ from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
-from billing.meters import METERS, billing_quantity
-from billing.periods import hours_between, month_bounds
+from billing.meters import GIB, METERS, billing_quantity
+from billing.periods import hours_between, month_bounds, month_start, next_month
 from billing.selectors import usage_totals
 from tenants.errors import ValidationFailed
 from tenants.models import Organization
 
 __all__ = [
     "CENT",
+    "GIB",
+    "METERS",
     "MarginalCost",
     "MeterCost",
     "MeterUse",
     "PriceSpec",
     "marginal_cost",
     "month_bounds",
+    "month_start",
+    "next_month",
     "parse_tiers",
+    "PlanPrices",
+    "plan_prices",
     "price",
     "round_money",
 ]
@@ -294,3 +303,26 @@ def marginal_cost(*, org: Organization, at: datetime, uses: Sequence[MeterUse]) 
         currency=plan.currency if plan is not None else "USD",
         costs=costs,
     )
+
+
+@dataclass(frozen=True)
+class PlanPrices:
+    """The prices of one plan: currency, code, and a ``PriceSpec`` per (meter, tier) ("" for a
+    price that applies to every tier)."""
+
+    currency: str
+    plan_code: str
+    specs: dict[tuple[str, str], PriceSpec]
+
+
+def plan_prices(*, org: Organization, at: datetime) -> PlanPrices:
+    """The prices of the plan in force for ``org`` at ``at`` (its subscription, else the default
+    plan; no plan at all: no prices, in USD)."""
+    # The invoice prices with this module: importing it at the top would be a cycle.
+    from billing import invoicing
+
+    plan = invoicing.plan_in_force(org=org, at=at)
+    if plan is None:
+        return PlanPrices("USD", "", {})
+    specs = {(pp.meter, pp.tier): invoicing.price_spec(pp) for pp in plan.prices.all()}
+    return PlanPrices(plan.currency, plan.code, specs)

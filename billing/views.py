@@ -25,13 +25,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from billing import charts, reports, selectors, services
+from billing import reports, selectors, services
 from billing.forecast import Forecast, forecast_month
 from billing.forms import BudgetForm, UsageReportForm
 from billing.invoicing import DraftLine, invoice_compute
 from billing.meters import METERS, STORAGE, TIERS, Meter, billing_quantity
 from billing.models import Budget, BudgetAlert, Invoice, Rollup
 from billing.periods import hours_in_month, month_start
+from tenants import charts
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.labels import byte_scale, bytes_label, money_label

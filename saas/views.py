@@ -88,8 +88,8 @@ def archive_overview(ctx: PortalContext) -> dict[str, Any]:
     from the storage ledger's rollups), tier moves and restores in progress."""
     from archive.index.selectors import bytes_by_tier
     from archive.models import RestoreRequest, TierMove
-    from billing.charts import TIER_COLORS
     from billing.views import STORAGE_DAYS, storage_chart
+    from tenants.charts import TIER_COLORS
 
     org = ctx.org
     tiers = bytes_by_tier(org=org)

@@ -1,5 +1,5 @@
 """Server-side SVG line charts for access analytics and the cost simulator, in the style of
-``billing.charts`` (its ``Chart``, colours, ticks and number labels): categories along the x axis
+``tenants.charts`` (its ``Chart``, colours, ticks and number labels): categories along the x axis
 (horizons, months), one line per series, a ``<title>`` on every point and the figures as a table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import date
 from html import escape
 
 from archive.analytics.curve import AccessCurve
-from billing.charts import ACCENT, AXIS, FONT, GRID, TEXT, Chart, Series, nice_ticks, number_label
+from tenants.charts import ACCENT, AXIS, FONT, GRID, TEXT, Chart, Series, nice_ticks, number_label
 
 SCENARIO_COLORS = {
     "all_hot": "#e4572e",

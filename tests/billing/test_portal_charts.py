@@ -9,8 +9,7 @@ from datetime import date, timedelta
 import pytest
 from django.template import Context, Template
 
-from billing import charts
-from tenants import labels
+from tenants import charts, labels
 
 NS = "{http://www.w3.org/2000/svg}"
 DAYS = [date(2026, 4, 1) + timedelta(days=i) for i in range(30)]

@@ -69,9 +69,7 @@ from archive.analytics.simulator.results import (
 )
 from archive.index.selectors import archive_settings_get
 from archive.models import ArchiveSettings, StorageLocation
-from billing.meters import GIB
-from billing.periods import month_start, next_month
-from billing.pricing import round_money
+from billing.pricing import GIB, month_start, next_month, round_money
 from tenants.labels import bytes_label
 from tenants.models import Organization
 

@@ -9,9 +9,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from archive.analytics.simulator.results import TIERS
-from billing.invoicing import plan_in_force, price_spec
-from billing.meters import GIB, METERS
-from billing.pricing import PriceSpec, price, round_money
+from billing.pricing import GIB, METERS, PriceSpec, price, round_money
+from billing.pricing import plan_prices as billing_plan_prices
 from tenants.models import Organization
 
 
@@ -44,11 +43,8 @@ class _Prices:
 
 def plan_prices(*, org: Organization, now: datetime) -> _Prices:
     """The plan in force at ``now`` (billing's own resolution of subscriptions and default)."""
-    plan = plan_in_force(org=org, at=now)
-    if plan is None:
-        return _Prices("USD", "", {})
-    specs = {(pp.meter, pp.tier): price_spec(pp) for pp in plan.prices.all()}
-    return _Prices(plan.currency, plan.code, specs)
+    prices = billing_plan_prices(org=org, at=now)
+    return _Prices(prices.currency, prices.plan_code, prices.specs)
 
 
 @dataclass

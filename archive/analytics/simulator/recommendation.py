@@ -15,7 +15,7 @@ from archive.analytics.simulator.pricing import _Prices, _Usage
 from archive.analytics.simulator.results import MONTHS, TIERS
 from archive.models import StorageLocation
 from archive.storage.tiers import location_serves
-from billing.meters import GIB
+from billing.pricing import GIB
 
 # The recommendation: move once so little is read again that the tier's trade-off pays.
 RECOMMEND_SHARE = {"warm": 0.25, "cold": 0.10, "archive": 0.02}

@@ -1,4 +1,4 @@
-"""Server-side SVG charts for the billing pages: pure Python, no JavaScript, no third-party assets.
+"""Server-side SVG charts for the portal pages of every app (billing, archive analytics): pure Python, no JavaScript, no third-party assets.
 
 A ``Chart`` is SVG markup (``role="img"`` with an ``aria-label`` that states the chart's message,
 axes with ticks, a legend, a ``<title>`` tooltip on every bar, segment and point) together with
