@@ -382,6 +382,42 @@ class DicomAE(models.Model):
         return self.ae_title
 
 
+class DicomDestination(models.Model):
+    """A DICOM peer an organization sends to: the move destinations of C-MOVE (its PACS, its
+    workstations), known by AE title, reached at host and port, with TLS or without."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="dicom_destinations"
+    )
+    # Matched exactly against a C-MOVE's Move Destination (DICOM compares AE titles
+    # case-sensitively); unique per organization regardless of case, so that ``PACS`` and
+    # ``pacs`` never name two different peers.
+    ae_title = models.CharField(max_length=16)
+    host = models.CharField(max_length=253)
+    port = models.PositiveIntegerField()
+    tls = models.BooleanField(default=False)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # The last C-ECHO the portal or the API asked for (the "test" button).
+    last_echo_at = models.DateTimeField(null=True, blank=True)
+    last_echo_ok = models.BooleanField(null=True, blank=True)
+    last_echo_message = models.CharField(max_length=500, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["ae_title"]
+        constraints = [
+            models.UniqueConstraint(
+                "organization", Upper("ae_title"), name="archive_dicomdestination_title_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
 class PolicyVersion(models.Model):
     """One version of an organization's archive policy: ordered rules, immutable once written.
 

@@ -9,7 +9,7 @@ import ipaddress
 
 from django.db.models import QuerySet
 
-from archive.models import DicomAE
+from archive.models import DicomAE, DicomDestination
 from tenants.errors import NotFound
 from tenants.models import Organization
 
@@ -46,3 +46,9 @@ def ae_admit(*, called_ae: str, calling_ae: str, address: str) -> DicomAE | None
         if not any(ip in ipaddress.ip_network(net) for net in ae.allowed_networks):
             return None
     return ae
+
+
+def destination_for_move(*, org: Organization, ae_title: str) -> DicomDestination | None:
+    """The organization's destination that a C-MOVE's Move Destination names (exactly, as DICOM
+    compares AE titles), or None: an unknown destination is refused with 0xA801."""
+    return DicomDestination.objects.for_org(org).filter(ae_title=ae_title.strip()).first()

@@ -74,7 +74,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +110,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from archive.ae_titles.selectors import ae_admit
+from archive.dimse import find, retrieve
 from archive.dimse.indexer import (
     Ended,
     IndexerThread,
@@ -122,6 +123,7 @@ from archive.dimse.indexer import (
     store_down,
 )
 from archive.dimse.indexer_process import indexer_process_main
+from archive.dimse.peer import QUERY_RETRIEVE_SOP_CLASSES, Peer
 from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -812,6 +814,10 @@ class StrataSCP:
         for cx in VerificationPresentationContexts:
             assert cx.abstract_syntax is not None
             self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # Query/retrieve (archive.dimse.find and archive.dimse.retrieve): Patient Root and Study
+        # Root, FIND, MOVE and GET.
+        for abstract_syntax in QUERY_RETRIEVE_SOP_CLASSES:
+            self.ae.add_supported_context(abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sessions: dict[Association, _Session] = {}
@@ -838,6 +844,9 @@ class StrataSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
@@ -995,6 +1004,26 @@ class StrataSCP:
 
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
+
+    def _peer(self, event: Event) -> Peer | None:
+        session = self._session(event.assoc)
+        if session is None:  # only admitted associations get this far
+            return None
+        return Peer(
+            org=session.org,
+            called_ae=session.called_ae,
+            calling_ae=session.calling_ae,
+            address=session.address,
+        )
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        yield from find.c_find(self._peer(event), event)
+
+    def _on_move(self, event: Event) -> Iterator[Any]:
+        yield from retrieve.c_move(self._peer(event), event)
+
+    def _on_get(self, event: Event) -> Iterator[Any]:
+        yield from retrieve.c_get(self._peer(event), event)
 
     def _on_store(self, event: Event) -> int | Dataset:
         session = self._session(event.assoc)
