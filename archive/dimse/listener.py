@@ -110,7 +110,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from archive.ae_titles.selectors import ae_admit
-from archive.dimse import find, retrieve
+from archive.dimse import commitment, find, retrieve
 from archive.dimse.indexer import (
     Ended,
     IndexerThread,
@@ -847,6 +847,7 @@ class StrataSCP:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_N_ACTION, self._on_n_action),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
@@ -1024,6 +1025,9 @@ class StrataSCP:
 
     def _on_get(self, event: Event) -> Iterator[Any]:
         yield from retrieve.c_get(self._peer(event), event)
+
+    def _on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
+        return commitment.n_action(self._peer(event), event)
 
     def _on_store(self, event: Event) -> int | Dataset:
         session = self._session(event.assoc)
