@@ -692,3 +692,51 @@ class ReplicaCheck(models.Model):
 
     def __str__(self) -> str:
         return f"DR drill {self.pk}: {self.verified}/{self.sampled} verified"
+
+
+class StorageCommitment(models.Model):
+    """A Storage Commitment Push Model request (N-ACTION) of a modality, kept until its
+    N-EVENT-REPORT has been delivered (``archive.dimse.commitment``).
+
+    Written before the N-ACTION is answered with success, so that a listener that stops before
+    reporting reports it when it starts again. ``items`` are the requested ``[SOP Class UID, SOP
+    Instance UID]`` pairs; ``result`` is the last decision and delivery: committed and failed
+    pairs (with their PS3.4 J.3.2.1.1 failure reason), the event type, how it was delivered.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        REPORTED = "reported", "Reported"
+        FAILED = "failed", "Failed"  # every delivery attempt failed; never reported
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    transaction_uid = models.CharField(max_length=64)
+    calling_ae = models.CharField(max_length=16)
+    called_ae = models.CharField(max_length=16)
+    address = models.CharField(max_length=45, blank=True)
+    items = models.JSONField(default=list)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # The next delivery attempt is due then; a listener claims a row until ``claimed_until``.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="commitment_due"),
+            models.Index(
+                fields=["organization", "transaction_uid"], name="commitment_org_transaction"
+            ),
+            models.Index(fields=["organization", "created_at"], name="commitment_org_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"storage commitment {self.transaction_uid} ({self.state})"
