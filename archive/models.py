@@ -554,6 +554,10 @@ class RestoreRequest(models.Model):
         STUDY = "study", "Study"
         PATIENT = "patient", "Patient"
 
+    class Origin(models.TextChoices):
+        ASKED = "asked", "Asked for"
+        PREFETCH = "prefetch", "Prefetch"
+
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     scope = models.CharField(max_length=16, choices=Scope.choices)
     study = models.ForeignKey(
@@ -574,12 +578,25 @@ class RestoreRequest(models.Model):
     timeout_at = models.DateTimeField()
     checked_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=1000, blank=True)
+    # Asked for (a read, a bulk restore) or a prefetch of a patient's priors by the policy's
+    # prefetch rule; ``reason`` says what triggered a prefetch ("prefetch: new study <uid>",
+    # "prefetch: order <id>").
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.ASKED)
+    reason = models.CharField(max_length=200, blank=True)
+    # A prefetch's cost as estimated when it was opened (``restore.bytes`` priced marginally on
+    # the plan in force); the prefetch rule's monthly cap adds these up. None: not a prefetch.
+    estimated_cost = models.DecimalField(max_digits=20, decimal_places=6, null=True, blank=True)
 
     objects = OrgQuerySet.as_manager()
 
     class Meta:
         ordering = ["-requested_at", "-id"]
-        indexes = [models.Index(fields=["organization", "state"], name="restore_org_state")]
+        indexes = [
+            models.Index(fields=["organization", "state"], name="restore_org_state"),
+            models.Index(
+                fields=["organization", "origin", "requested_at"], name="restore_org_origin_at"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"restore {self.pk} ({self.state})"
