@@ -93,6 +93,7 @@ urlpatterns: list[URLPattern] = [
     # Restores, legal holds and the trash.
     path("restores/", restores_api.RestoreListApi.as_view(), name="api-restores"),
     path("restores/<int:restore_id>/", restores_api.RestoreDetailApi.as_view(), name="api-restore"),
+    path("prefetch/", restores_api.PrefetchApi.as_view(), name="api-prefetch"),
     path("legal-holds/", retention_api.HoldListApi.as_view(), name="api-legal-holds"),
     path(
         "legal-holds/<int:hold_id>/", retention_api.HoldDetailApi.as_view(), name="api-legal-hold"

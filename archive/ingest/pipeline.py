@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from celery import signature
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DataError, IntegrityError, connection, transaction
@@ -879,5 +880,12 @@ def study_settle_check(*, org_id: int, study_id: int) -> bool:
                 "bytes": study.total_bytes,
                 "modalities": study.modality_list,
             },
+        )
+        # Prefetch of the patient's priors (archive.restores, the policy's prefetch rule), queued
+        # by its task name: ingest sits below restores and imports nothing of it. Robust: a
+        # failure to queue it is logged and never undoes the settle.
+        transaction.on_commit(
+            lambda: signature("archive.tasks.prefetch_for_study", args=(org.pk, study.pk)).delay(),
+            robust=True,
         )
     return True

@@ -1,11 +1,22 @@
 """The preview of a policy: what its rules would move today, what they would trash, and the change
 on this month's bill, priced by ``billing.pricing`` as the invoice will price it. Nothing is
 saved.
+
+A prefetch rule adds the restores it is expected to start to the end of the month (one bill line,
+``restore.bytes``), estimated by replaying it: for the studies that arrived in the last
+``PREFETCH_WINDOW_DAYS`` days (the most recent ``PREFETCH_SAMPLE`` of them), the priors the rule
+would have named when each arrived (the patient's studies that had arrived before it) and their
+bytes in the archive tier today give the archive bytes a new study brings back on average; times
+the arrival rate (studies per 30 days over the window), prorated to what is left of the month.
+The line is at most what the monthly cap leaves this month. Honest limits: the tiers are today's
+(a prior archived since is counted as archived then), a copy still readable is counted as
+needing a restore, and orders posted by integrations are not counted (they leave no trace in the
+index before their study arrives).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,9 +40,19 @@ from django.utils import timezone
 from archive.index.selectors import bytes_by_tier
 from archive.models import (
     PolicyVersion,
+    Series,
+    Study,
 )
 from archive.policies.sql import DaysStayed, move_rules, move_selection, trash_selection
 from archive.policies.validate import rules_validate
+from archive.restores.selectors import (
+    RESTORE_METER,
+    PrefetchRule,
+    prefetch_month_cost,
+    prefetch_priors,
+    prefetch_rule_parse,
+    restore_pending_bytes,
+)
 from archive.storage.tiers import TIER_CATALOG
 from billing.pricing import MeterUse, marginal_cost, month_bounds, round_money
 from tenants.errors import NotFound
@@ -75,6 +96,25 @@ class BillChange:
         return round_money(sum((ln.amount or Decimal(0) for ln in self.lines), Decimal(0)))
 
 
+# The prefetch estimate replays the arrivals of this many days, at most this many of them.
+PREFETCH_WINDOW_DAYS = 90
+PREFETCH_SAMPLE = 100
+
+
+@dataclass(frozen=True)
+class PrefetchPreview:
+    """What the prefetch rule is expected to restore (see the module docstring)."""
+
+    arrivals: int  # studies that arrived in the window
+    sampled: int  # the most recent of them, replayed
+    bytes_per_arrival: int  # archive-tier bytes of the priors named, on average
+    bytes_per_month: int  # per 30 days at the window's arrival rate
+    rest_of_month_bytes: int  # prorated to what is left of this month (the bill line)
+    monthly_cap: Decimal
+    month_cost: Decimal  # this month's prefetch cost so far
+    capped: bool  # the bill line is cut to what the cap leaves
+
+
 @dataclass(frozen=True)
 class PolicyPreview:
     now: datetime
@@ -91,6 +131,70 @@ class PolicyPreview:
     held_bytes: int
     bill: BillChange
     rule_counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    prefetch: PrefetchPreview | None = None
+
+
+def _prefetch_estimate(
+    *, org: Organization, rule: PrefetchRule, now: datetime
+) -> tuple[int, int, int, int]:
+    """(arrivals, sampled, bytes per arrival, bytes per 30 days): the rule replayed on the
+    studies that arrived in the last ``PREFETCH_WINDOW_DAYS`` days."""
+    window = Study.objects.for_org(org).filter(
+        created_at__gte=now - timedelta(days=PREFETCH_WINDOW_DAYS), created_at__lt=now
+    )
+    arrivals = window.count()
+    sample = list(
+        window.order_by("-created_at", "-pk").only("pk", "patient_id", "modalities", "created_at")[
+            :PREFETCH_SAMPLE
+        ]
+    )
+    if not sample:
+        return 0, 0, 0, 0
+    parts: dict[int, list[str]] = {}
+    for study_id, part in (
+        Series.objects.for_org(org)
+        .filter(study_id__in=[s.pk for s in sample])
+        .exclude(body_part="")
+        .values_list("study_id", "body_part")
+    ):
+        parts.setdefault(study_id, []).append(part)
+    restored = 0
+    for arrival in sample:
+        priors = prefetch_priors(
+            org=org,
+            rule=rule,
+            patient_id=arrival.patient_id,
+            modalities=arrival.modality_list,
+            body_parts=parts.get(arrival.pk, []),
+            exclude_study_id=arrival.pk,
+            now=arrival.created_at,
+            arrived_before=arrival.created_at,
+        )
+        restored += sum(p.bytes_archive for p in priors)
+    per_arrival = restored // len(sample)
+    per_month = per_arrival * arrivals * 30 // PREFETCH_WINDOW_DAYS
+    return arrivals, len(sample), per_arrival, per_month
+
+
+def _prefetch_preview(
+    *, org: Organization, rules: list[dict[str, Any]], now: datetime
+) -> PrefetchPreview | None:
+    rule = next((r for r in map(prefetch_rule_parse, rules) if r is not None), None)
+    if rule is None:
+        return None
+    arrivals, sampled, per_arrival, per_month = _prefetch_estimate(org=org, rule=rule, now=now)
+    start, end = month_bounds(now)
+    left = Decimal((end - now).total_seconds()) / Decimal((end - start).total_seconds())
+    return PrefetchPreview(
+        arrivals=arrivals,
+        sampled=sampled,
+        bytes_per_arrival=per_arrival,
+        bytes_per_month=per_month,
+        rest_of_month_bytes=int(per_month * left),
+        monthly_cap=rule.monthly_cap,
+        month_cost=prefetch_month_cost(org=org, now=now),
+        capped=False,
+    )
 
 
 def _move_aggregates(
@@ -145,13 +249,15 @@ def _bill_change(
     storage_delta: dict[str, int],
     transitions: dict[str, int],
     early_byte_days: dict[str, int],
-) -> BillChange:
+    prefetch: PrefetchPreview | None = None,
+) -> tuple[BillChange, PrefetchPreview | None]:
     """Price the changes marginally, as the invoice will, against this month's usage so far.
 
     Storage: the bytes that change tier are priced for the rest of the month in both tiers (the
     difference); what is already stored is projected to stay as it is. Transitions and early
     deletion are one-off charges. A plan's allowances and tiers are taken into account, after a
-    plan change this month only the new plan's part of them.
+    plan change this month only the new plan's part of them. The prefetch line (restores, on
+    top of those open restores will meter) is cut to what the monthly cap leaves.
     """
     start, end = month_bounds(now)
     remaining = int((end - now).total_seconds())
@@ -175,25 +281,42 @@ def _bill_change(
             uses.append(
                 (MeterUse("early_deletion", byte_days, tier=tier), f"Early deletion ({tier})")
             )
+    if prefetch is not None and prefetch.rest_of_month_bytes:
+        use = MeterUse(
+            RESTORE_METER,
+            prefetch.rest_of_month_bytes,
+            projected=restore_pending_bytes(org=org),
+        )
+        uses.append((use, "Prefetch restores (expected to the month's end)"))
     quote = marginal_cost(org=org, at=now, uses=[use for use, _ in uses])
-    return BillChange(
-        currency=quote.currency,
-        plan_name=quote.plan_name,
-        month_start=start,
-        month_end=end,
-        remaining_hours=Decimal(remaining) / Decimal(3600),
-        lines=[
+    lines = []
+    for (use, label), cost in zip(uses, quote.costs, strict=True):
+        amount = cost.amount
+        if prefetch is not None and use.meter == RESTORE_METER and amount is not None:
+            room = max(prefetch.monthly_cap - prefetch.month_cost, Decimal(0))
+            if amount > room:
+                amount = room
+                label = f"{label}, cut to the monthly cap"
+                prefetch = replace(prefetch, capped=True)
+        lines.append(
             BillLine(
                 label=label,
                 meter=cost.use.meter,
                 tier=cost.use.tier,
                 quantity=cost.quantity,
                 unit=cost.unit,
-                amount=cost.amount,
+                amount=amount,
             )
-            for (_, label), cost in zip(uses, quote.costs, strict=True)
-        ],
+        )
+    bill = BillChange(
+        currency=quote.currency,
+        plan_name=quote.plan_name,
+        month_start=start,
+        month_end=end,
+        remaining_hours=Decimal(remaining) / Decimal(3600),
+        lines=lines,
     )
+    return bill, prefetch
 
 
 def policy_preview(
@@ -254,6 +377,14 @@ def policy_preview(
     held = trash_selection(org=org, rules=normalized, now=now, held=True).aggregate(
         n=Count("id"), total=Sum("total_bytes")
     )
+    bill, prefetch = _bill_change(
+        org=org,
+        now=now,
+        storage_delta=storage_delta,
+        transitions=transitions,
+        early_byte_days=early,
+        prefetch=_prefetch_preview(org=org, rules=normalized, now=now),
+    )
     return PolicyPreview(
         now=now,
         rules=normalized,
@@ -266,12 +397,7 @@ def policy_preview(
         trash_bytes=int(trash["total"] or 0),
         held_studies=int(held["n"] or 0),
         held_bytes=int(held["total"] or 0),
-        bill=_bill_change(
-            org=org,
-            now=now,
-            storage_delta=storage_delta,
-            transitions=transitions,
-            early_byte_days=early,
-        ),
+        bill=bill,
         rule_counts=rule_counts,
+        prefetch=prefetch,
     )

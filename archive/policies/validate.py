@@ -2,7 +2,13 @@
 
 A policy is an ordered list of rules (see README, "Archive policies"). Move rules give every
 instance a target tier (the first matching rule decides; a policy never warms data); delete rules
-send whole studies to the trash once their retention has passed. ``rules_validate`` checks a
+send whole studies to the trash once their retention has passed. A policy may also hold one
+prefetch rule: when a new study arrives for a patient, or an integration posts an order, the
+patient's priors it names (same modality, same body part, the last N studies and/or those of the
+last N years) are restored from the archive tier and kept readable for ``keep_days``, until this
+month's prefetches would cost more than ``monthly_cap`` (in the plan's currency); the restores
+package carries it out (``archive.restores.services.prefetch_for_study``). Its position in the
+list does not matter: move and delete rules never look at it. ``rules_validate`` checks a
 list of rules against the organization's locations and returns them normalized, or refuses with
 one field error per problem (``rules[0].action.tier``).
 """
@@ -10,6 +16,7 @@ one field error per problem (``rules[0].action.tier``).
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from archive.index.selectors import archive_settings_get
@@ -58,6 +65,145 @@ MOVE_TIERS = tuple(t for t in TIER_CATALOG if t != "hot")
 
 
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
+
+
+# --- the prefetch rule -------------------------------------------------------------------------
+
+PREFETCH = "prefetch"
+
+
+# Which priors: the same modality and/or body part as the new study (or the order), the last N
+# such studies and/or those dated within the last N years (at least one of the two bounds).
+PREFETCH_CONDITIONS = ("same_modality", "same_body_part", "last_studies", "within_years")
+
+
+MAX_PRIOR_STUDIES = 50
+
+
+MAX_PRIOR_YEARS = 100
+
+
+# Days a prefetched copy stays readable (S3 restores are asked for in whole days).
+MAX_KEEP_DAYS = 365
+
+
+MAX_MONTHLY_CAP = Decimal("1000000")
+
+
+def _flag(raw: Any, *, where: str, errors: dict[str, list[str]]) -> bool | None:
+    if not isinstance(raw, bool):
+        errors.setdefault(where, []).append("Give true or false.")
+        return None
+    return raw
+
+
+def _bounded(
+    raw: Any, *, where: str, upper: int, what: str, errors: dict[str, list[str]]
+) -> int | None:
+    value = _int(raw)
+    if value is None or value < 1 or value > upper:
+        errors.setdefault(where, []).append(f"Give {what}: a whole number from 1 to {upper}.")
+        return None
+    return value
+
+
+def _money(raw: Any, *, where: str, errors: dict[str, list[str]]) -> str | None:
+    """A non-negative amount with at most two decimals, e.g. "250.00" (a number or a string)."""
+    amount: Decimal | None = None
+    if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+        try:
+            amount = Decimal(str(raw).strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite():
+        errors.setdefault(where, []).append(
+            'Give the monthly cap as an amount in the plan\'s currency, e.g. "250.00".'
+        )
+        return None
+    if amount < 0:
+        errors.setdefault(where, []).append("The monthly cap must not be negative.")
+        return None
+    if amount > MAX_MONTHLY_CAP:
+        errors.setdefault(where, []).append(f"The monthly cap must be at most {MAX_MONTHLY_CAP}.")
+        return None
+    if amount != amount.quantize(Decimal("0.01")):
+        errors.setdefault(where, []).append("The monthly cap has at most two decimals (cents).")
+        return None
+    return str(amount.quantize(Decimal("0.01")))
+
+
+def _prefetch_validate(
+    action_raw: dict[str, Any],
+    conditions_raw: Any,
+    *,
+    prefix: str,
+    errors: dict[str, list[str]],
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The conditions and action of a prefetch rule, normalized; None with field errors."""
+    before = sum(len(v) for v in errors.values())
+    where = f"{prefix}.action"
+    extra = sorted(set(action_raw) - {"type", "keep_days", "monthly_cap"})
+    if extra:
+        errors.setdefault(where, []).append(
+            f"Unknown key(s) {', '.join(extra)} in a prefetch action; it has keep_days and "
+            "monthly_cap."
+        )
+    keep_days = _bounded(
+        action_raw.get("keep_days"),
+        where=f"{where}.keep_days",
+        upper=MAX_KEEP_DAYS,
+        what="the days the priors stay readable",
+        errors=errors,
+    )
+    cap = _money(action_raw.get("monthly_cap"), where=f"{where}.monthly_cap", errors=errors)
+
+    where = f"{prefix}.conditions"
+    given = isinstance(conditions_raw, dict)
+    if not given:
+        errors.setdefault(where, []).append(
+            "Say which priors: give last_studies and/or within_years (and optionally "
+            "same_modality, same_body_part)."
+        )
+        conditions_raw = {}
+    conditions: dict[str, Any] = {"same_modality": False, "same_body_part": False}
+    for key, value in conditions_raw.items():
+        cwhere = f"{where}.{key}"
+        if key not in PREFETCH_CONDITIONS:
+            errors.setdefault(cwhere, []).append(
+                f"Unknown condition {key!r} for a prefetch rule; its conditions are "
+                f"{', '.join(PREFETCH_CONDITIONS)}."
+            )
+            continue
+        parsed: Any
+        if key in ("same_modality", "same_body_part"):
+            parsed = _flag(value, where=cwhere, errors=errors)
+        elif key == "last_studies":
+            parsed = _bounded(
+                value,
+                where=cwhere,
+                upper=MAX_PRIOR_STUDIES,
+                what="the number of most recent priors",
+                errors=errors,
+            )
+        else:
+            parsed = _bounded(
+                value,
+                where=cwhere,
+                upper=MAX_PRIOR_YEARS,
+                what="how many years back priors are taken",
+                errors=errors,
+            )
+        if parsed is not None:
+            conditions[key] = parsed
+    if given and not ({"last_studies", "within_years"} & set(conditions_raw)):
+        errors.setdefault(where, []).append(
+            "Bound the priors with last_studies and/or within_years: without either, every study "
+            "of the patient would be restored."
+        )
+    if sum(len(v) for v in errors.values()) > before or keep_days is None or cap is None:
+        return None
+    ordered = {k: conditions[k] for k in PREFETCH_CONDITIONS if k in conditions}
+    return ordered, {"type": PREFETCH, "keep_days": keep_days, "monthly_cap": cap}
 
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -158,12 +304,18 @@ def _rule_validate(
         errors.setdefault(f"{prefix}.name", []).append(f"At most {MAX_NAME} characters.")
 
     action_raw = raw.get("action")
+    if isinstance(action_raw, dict) and action_raw.get("type") == PREFETCH:
+        parts = _prefetch_validate(action_raw, raw.get("conditions"), prefix=prefix, errors=errors)
+        if parts is None or sum(len(v) for v in errors.values()) > before:
+            return None
+        prefetch: dict[str, Any] = {"conditions": parts[0], "action": parts[1]}
+        return {"name": name, **prefetch} if name else prefetch
     action: dict[str, Any] | None = None
     where = f"{prefix}.action"
     if not isinstance(action_raw, dict) or action_raw.get("type") not in ACTIONS:
         kind = action_raw.get("type") if isinstance(action_raw, dict) else action_raw
         errors.setdefault(where, []).append(
-            f"Unknown action {kind!r}; the action type is move (to a tier) or delete."
+            f"Unknown action {kind!r}; the action type is move (to a tier), delete or prefetch."
         )
     elif action_raw["type"] == "move":
         extra = sorted(set(action_raw) - {"type", "tier"})
@@ -285,10 +437,19 @@ def rules_validate(*, org: Organization, rules: Any) -> list[dict[str, Any]]:
     minimum = archive_settings_get(org=org).retention_minimum_days
     errors: dict[str, list[str]] = {}
     out: list[dict[str, Any]] = []
+    prefetch_at: int | None = None
     for i, raw in enumerate(rules):
         rule = _rule_validate(
             raw, i=i, location=location, retention_minimum_days=minimum, errors=errors
         )
+        action = raw.get("action") if isinstance(raw, dict) else None
+        if isinstance(action, dict) and action.get("type") == PREFETCH:
+            if prefetch_at is not None:
+                errors.setdefault(f"rules[{i}].action", []).append(
+                    f"A policy has one prefetch rule; rules[{prefetch_at}] is already one."
+                )
+                continue
+            prefetch_at = i
         if rule is not None:
             out.append(rule)
     if errors:

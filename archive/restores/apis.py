@@ -3,6 +3,9 @@
 ``restores/``: restores in progress and past (any scope); POST a bulk restore of a study or a
 patient's studies, or with ``"estimate": true`` what it would cost and take without starting.
 
+``prefetch/``: an integration (HL7 ORM, FHIR ServiceRequest, through an integration engine)
+posts an order for a patient; the active policy's prefetch rule restores the priors it names.
+
 Another organization's id answers 404, like an id that does not exist.
 """
 
@@ -60,6 +63,15 @@ class RestoreOutputSerializer(serializers.Serializer):
     )
     checked_at = serializers.DateTimeField(allow_null=True)
     error = serializers.CharField(help_text="Why the restore timed out or failed.")
+    origin = NamedChoiceField(
+        enum_name="ArchiveRestoreOriginEnum",
+        choices=RestoreRequest.Origin.choices,
+        help_text="asked: a read or a restore request; prefetch: the policy's prefetch rule.",
+    )
+    reason = serializers.CharField(
+        help_text='What triggered a prefetch: "prefetch: new study <uid>" or '
+        '"prefetch: order <id>"; empty otherwise.'
+    )
 
     class Meta:
         ref_name = "ArchiveRestore"
@@ -190,3 +202,113 @@ class RestoreDetailApi(OrgAPIView):
     def get(self, request: Request, restore_id: int, **kwargs: Any) -> Response:
         restore = restore_selectors.restore_get(org=self.org, restore_id=restore_id)
         return Response(RestoreDetailSerializer(restore).data)
+
+
+PREFETCH_STATUSES = [
+    ("started", "A restore of the priors was opened"),
+    ("in_progress", "Open restores already cover every prior that needs one"),
+    ("nothing_to_restore", "The priors are readable now"),
+    ("no_priors", "No study of the patient matches the prefetch rule"),
+    ("no_rule", "The active policy has no prefetch rule"),
+    ("capped", "The monthly prefetch cost cap would be passed; nothing started"),
+]
+
+
+class PrefetchOrderSerializer(serializers.Serializer):
+    patient_id = serializers.CharField(max_length=64, help_text="The patient's ID (PatientID).")
+    order_id = serializers.CharField(
+        max_length=64,
+        help_text="The order's ID (placer order number, ServiceRequest id); it names the "
+        'prefetch: "prefetch: order <id>".',
+    )
+    modality = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=16,
+        help_text="The ordered modality, e.g. CT (used when the rule asks for the same modality).",
+    )
+    body_part = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="The body part, e.g. CHEST (used when the rule asks for the same body part).",
+    )
+
+
+class PrefetchOutcomeSerializer(serializers.Serializer):
+    status = NamedChoiceField(enum_name="ArchivePrefetchStatusEnum", choices=PREFETCH_STATUSES)
+    reason = serializers.CharField()
+    priors = serializers.IntegerField(help_text="Studies of the patient the rule names.")
+    instances = serializers.IntegerField(
+        help_text="Images restored (or that would have been, when capped)."
+    )
+    bytes = serializers.IntegerField()
+    amount = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        allow_null=True,
+        help_text="The estimated cost of this prefetch (restore.bytes on the current plan).",
+    )
+    currency = serializers.CharField()
+    monthly_cap = serializers.DecimalField(
+        max_digits=20, decimal_places=2, allow_null=True, help_text="The rule's monthly cap."
+    )
+    month_cost = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        allow_null=True,
+        help_text="This month's prefetch cost so far (estimates of the prefetches opened).",
+    )
+    keep_days = serializers.IntegerField(
+        allow_null=True, help_text="Days the prefetched copies stay readable."
+    )
+    restore = RestoreDetailSerializer(allow_null=True)
+
+    class Meta:
+        ref_name = "ArchivePrefetchOutcome"
+
+
+class PrefetchApi(OrgAPIView):
+    """An order for a patient: warm the priors the prefetch rule names."""
+
+    permissions_required = {"POST": Perm.IMAGES_WRITE}
+
+    @extend_schema(
+        tags=["restores"],
+        summary="Prefetch a patient's priors for an order",
+        request=PrefetchOrderSerializer,
+        responses={
+            200: PrefetchOutcomeSerializer,
+            202: PrefetchOutcomeSerializer,
+            **_errors(400),
+        },
+        description="For an integration engine that receives orders (HL7 ORM, FHIR "
+        "ServiceRequest); needs the `dicom:write` scope. The active policy's prefetch rule names "
+        "the patient's priors (same modality / body part as the order when the rule says so, "
+        "the last N studies and/or those within N years) and those in the archive tier are "
+        "restored and kept readable for the rule's days. 202 when a restore was opened (or open "
+        "ones already cover the priors: `in_progress`); 200 when nothing was started: the "
+        "priors are readable, the patient has no matching study (a patient of another "
+        "organization is not found either: `no_priors`), there is no prefetch rule, or the "
+        "restore would take this month's prefetch cost past the rule's cap (`capped`, "
+        "audited with the figures).",
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        data = PrefetchOrderSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = services.prefetch_for_order(
+            org=self.org,
+            actor=self.actor,
+            patient_id=data.validated_data["patient_id"],
+            order_id=data.validated_data["order_id"],
+            modality=data.validated_data.get("modality", ""),
+            body_part=data.validated_data.get("body_part", ""),
+        )
+        if outcome.restore is not None:
+            outcome.restore.refresh_from_db()
+        code = (
+            status.HTTP_202_ACCEPTED
+            if outcome.status in ("started", "in_progress")
+            else status.HTTP_200_OK
+        )
+        return Response(PrefetchOutcomeSerializer(outcome).data, status=code)

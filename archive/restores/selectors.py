@@ -1,23 +1,30 @@
 """Reads of restores: what an instance needs, how long a restore takes, what a bulk restore
-would cost, and the organization's restores. Writes are in ``archive.restores.services``."""
+would cost, the organization's restores, and for prefetching its prefetch rule, a patient's
+priors and this month's prefetch cost. Writes are in ``archive.restores.services``."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from archive.index.selectors import archive_settings_get
 from archive.locations.selectors import location_primary
-from archive.models import Instance, RestoreItem, RestoreRequest, Study
+from archive.models import Instance, RestoreItem, RestoreRequest, Series, Study
 from archive.storage.tiers import TIER_CATALOG
-from billing.pricing import MeterUse, marginal_cost
+from billing.pricing import MeterUse, marginal_cost, month_bounds
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
+
+logger = logging.getLogger(__name__)
 
 RESTORE_METER = "restore.bytes"
 # The beat job runs every minute: a copy that became ready is readable at most this much later.
@@ -138,10 +145,13 @@ class MeterPrice:
     rate: str
 
 
-def meter_price(*, org: Organization, meter: str, quantity: int) -> MeterPrice:
+def meter_price(*, org: Organization, meter: str, quantity: int, projected: int = 0) -> MeterPrice:
     """The marginal charge of ``quantity`` more base units of ``meter`` now, as the invoice will
-    price it on the plan in force, counting this month's usage so far (allowances and tiers)."""
-    quote = marginal_cost(org=org, at=timezone.now(), uses=[MeterUse(meter, quantity)])
+    price it on the plan in force, counting this month's usage so far (allowances and tiers)
+    and ``projected`` units the month will have anyway but that are not recorded yet."""
+    quote = marginal_cost(
+        org=org, at=timezone.now(), uses=[MeterUse(meter, quantity, projected=projected)]
+    )
     [cost] = quote.costs
     spec = cost.spec
     if spec is None:
@@ -208,3 +218,203 @@ def study_restore_state(*, org: Organization, study: Study) -> dict[str, int]:
         "in_progress": in_progress,
         "needing": total_unreadable - in_progress,
     }
+
+
+# --- prefetch ----------------------------------------------------------------------------------
+
+# The rule kind of ``archive.policies.validate`` (the policy's prefetch rule).
+PREFETCH_ACTION = "prefetch"
+
+
+@dataclass(frozen=True)
+class PrefetchRule:
+    """The active policy's prefetch rule (validated when the policy was saved)."""
+
+    same_modality: bool
+    same_body_part: bool
+    last_studies: int | None
+    within_years: int | None
+    keep_days: int
+    monthly_cap: Decimal
+    name: str = ""
+
+
+def prefetch_rule_parse(rule: Any) -> PrefetchRule | None:
+    """A stored prefetch rule as ``PrefetchRule``; None when ``rule`` is not one (or is broken)."""
+    if not isinstance(rule, dict):
+        return None
+    action, conditions = rule.get("action"), rule.get("conditions")
+    if not isinstance(action, dict) or action.get("type") != PREFETCH_ACTION:
+        return None
+    if not isinstance(conditions, dict):
+        return None
+    try:
+        return PrefetchRule(
+            same_modality=conditions.get("same_modality") is True,
+            same_body_part=conditions.get("same_body_part") is True,
+            last_studies=int(conditions["last_studies"]) if "last_studies" in conditions else None,
+            within_years=int(conditions["within_years"]) if "within_years" in conditions else None,
+            keep_days=int(action["keep_days"]),
+            monthly_cap=Decimal(str(action["monthly_cap"])),
+            name=str(rule.get("name", "")),
+        )
+    except (KeyError, TypeError, ValueError, InvalidOperation):
+        logger.warning("ignoring a malformed prefetch rule: %r", rule)
+        return None
+
+
+def prefetch_rule(*, org: Organization) -> PrefetchRule | None:
+    """The prefetch rule of the organization's active policy; None when there is none."""
+    policy = archive_settings_get(org=org).active_policy
+    if policy is None:
+        return None
+    for rule in policy.rules or []:
+        parsed = prefetch_rule_parse(rule)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def study_body_parts(*, org: Organization, study: Study) -> list[str]:
+    """The body parts (BodyPartExamined of its series, upper case) of a study."""
+    return sorted(
+        {
+            part.strip().upper()
+            for part in Series.objects.for_org(org)
+            .filter(study=study)
+            .values_list("body_part", flat=True)
+            if part and part.strip()
+        }
+    )
+
+
+def _years_before(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year - years, day=28)
+
+
+def prefetch_priors(
+    *,
+    org: Organization,
+    rule: PrefetchRule,
+    patient_id: str,
+    modalities: Iterable[str] = (),
+    body_parts: Iterable[str] = (),
+    exclude_study_id: int | None = None,
+    now: datetime | None = None,
+    arrived_before: datetime | None = None,
+) -> list[Study]:
+    """The patient's priors the rule names, most recent first (study date, then arrival).
+
+    Priors are the patient's other studies (not in the trash): with ``same_modality`` those
+    sharing a modality with ``modalities``, with ``same_body_part`` those with a series of one of
+    ``body_parts`` (BodyPartExamined, case-insensitive); a condition whose values the trigger
+    does not carry (no modality or body part known) is not applied. ``within_years``: dated
+    within that many years of today (a study without a date does not match); ``last_studies``:
+    the N most recent of those. No patient ID: no priors (an empty ID names no patient).
+    ``arrived_before``: only studies that arrived before then (the preview replays past
+    arrivals with it).
+    """
+    patient_id = (patient_id or "").strip()
+    if not patient_id:
+        return []
+    now = now or timezone.now()
+    qs = Study.objects.for_org(org).filter(patient_id=patient_id, trashed_at__isnull=True)
+    if exclude_study_id is not None:
+        qs = qs.exclude(pk=exclude_study_id)
+    if arrived_before is not None:
+        qs = qs.filter(created_at__lt=arrived_before)
+    wanted_modalities = sorted({m.strip().upper() for m in modalities if m and m.strip()})
+    if rule.same_modality and wanted_modalities:
+        match = Q()
+        for modality in wanted_modalities:
+            match |= Q(modalities__contains=f"\\{modality}\\")
+        qs = qs.filter(match)
+    wanted_parts = sorted({p.strip().upper() for p in body_parts if p and p.strip()})
+    if rule.same_body_part and wanted_parts:
+        parts = (
+            Series.objects.for_org(org)
+            .annotate(part=Upper("body_part"))
+            .filter(study=OuterRef("pk"), part__in=wanted_parts)
+        )
+        qs = qs.filter(Exists(parts))
+    if rule.within_years is not None:
+        qs = qs.filter(study_date__gte=_years_before(now.date(), rule.within_years))
+    qs = qs.order_by(F("study_date").desc(nulls_last=True), "-created_at", "-pk")
+    if rule.last_studies is not None:
+        return list(qs[: rule.last_studies])
+    return list(qs)
+
+
+def prefetch_instances(
+    *, org: Organization, studies: list[Study], now: datetime
+) -> QuerySet[Instance]:
+    """The instances of ``studies`` that cannot be read now (archive tier, no readable copy)."""
+    return (
+        Instance.objects.for_org(org)
+        .filter(study__in=[s.pk for s in studies])
+        .filter(unreadable_q(now))
+        .order_by("id")
+    )
+
+
+def prefetch_month_cost(*, org: Organization, now: datetime | None = None) -> Decimal:
+    """This month's prefetch cost so far: the estimates of the prefetches opened this month."""
+    start, end = month_bounds(now or timezone.now())
+    total = (
+        RestoreRequest.objects.for_org(org)
+        .filter(
+            origin=RestoreRequest.Origin.PREFETCH,
+            requested_at__gte=start,
+            requested_at__lt=end,
+        )
+        .aggregate(total=Sum("estimated_cost"))["total"]
+    )
+    return Decimal(total or 0).quantize(Decimal("0.000001"))
+
+
+def restore_pending_bytes(*, org: Organization) -> int:
+    """Archive-tier bytes that open restores will meter once ready (not recorded yet)."""
+    restore_tiers = [t.key for t in TIER_CATALOG.values() if t.needs_restore]
+    total = (
+        RestoreItem.objects.for_org(org)
+        .filter(
+            ready_at__isnull=True,
+            restore__state=RestoreRequest.State.IN_PROGRESS,
+            instance__tier__in=restore_tiers,
+        )
+        .aggregate(total=Sum("instance__size_bytes"))["total"]
+    )
+    return int(total or 0)
+
+
+@dataclass(frozen=True)
+class PrefetchSummary:
+    """The prefetch rule in force and this month's prefetches (the restores page shows it)."""
+
+    rule: PrefetchRule
+    month_cost: Decimal
+    count: int
+    currency: str
+
+
+def prefetch_summary(*, org: Organization, now: datetime | None = None) -> PrefetchSummary | None:
+    """None when the active policy has no prefetch rule."""
+    rule = prefetch_rule(org=org)
+    if rule is None:
+        return None
+    now = now or timezone.now()
+    start, end = month_bounds(now)
+    count = (
+        RestoreRequest.objects.for_org(org)
+        .filter(
+            origin=RestoreRequest.Origin.PREFETCH, requested_at__gte=start, requested_at__lt=end
+        )
+        .count()
+    )
+    currency = meter_price(org=org, meter=RESTORE_METER, quantity=0).currency
+    return PrefetchSummary(
+        rule=rule, month_cost=prefetch_month_cost(org=org, now=now), count=count, currency=currency
+    )

@@ -9,14 +9,23 @@ a ready item makes its instance readable until the copy expires (``Instance.rest
 and meters ``restore.bytes`` once (key ``restore:<item id>``); a request whose items are all
 ready sends ``restore.ready``; one still waiting at ``timeout_at`` is reported as timed out.
 
+Prefetch: when a new study settles (``prefetch_for_study``, queued by the ingest pipeline's
+settle check) or an integration posts an order (``prefetch_for_order``), the active policy's
+prefetch rule names the patient's priors; those that cannot be read now are restored like a
+bulk restore, with the rule's days and a reason, unless this month's prefetches would then
+cost more than the rule's monthly cap (audited ``prefetch.capped`` with the figures).
+
 Object-store calls never run inside a database transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from django.db import transaction
@@ -24,22 +33,31 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from archive.index.selectors import archive_settings_get
-from archive.models import Instance, RestoreItem, RestoreRequest, Study
+from archive.models import ArchiveSettings, Instance, RestoreItem, RestoreRequest, Study
 from archive.restores.selectors import (
     RESTORE_METER,
     bulk_instances,
+    meter_price,
     needs_restore,
+    prefetch_instances,
+    prefetch_month_cost,
+    prefetch_priors,
+    prefetch_rule,
+    restore_pending_bytes,
+    study_body_parts,
     unreadable_q,
 )
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.tiers import TIER_CATALOG
 from billing.metering import record_usage
 from tenants.context import Actor
-from tenants.errors import Conflict
+from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
 from tenants.services import audit_record, webhook_event_emit
 
 logger = logging.getLogger(__name__)
+
+_MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 # Objects asked for inline by a read; a bigger read leaves the rest to the poll (bounded latency).
 INLINE_STARTS = 200
@@ -75,11 +93,18 @@ def _restore_open(
     scope: str,
     study: Study | None = None,
     patient_id: str = "",
+    origin: str = RestoreRequest.Origin.ASKED,
+    reason: str = "",
+    days: int | None = None,
+    admit: Callable[[list[Instance]], Decimal | None] | None = None,
 ) -> tuple[RestoreRequest, bool]:
     """Open a request for ``instances`` (all needing a restore) that no open restore covers.
 
     Returns (request, created). When every instance is already being restored, the newest open
-    request covering them is returned and nothing is created.
+    request covering them is returned and nothing is created. ``days``: how long the copies
+    stay readable (default: the organization's restore period). ``admit`` is called in the
+    transaction with the instances the new request would hold: it may refuse by raising
+    (nothing is written), and what it returns is stored as the request's estimated cost.
     """
     config = archive_settings_get(org=org)
     now = timezone.now()
@@ -92,6 +117,7 @@ def _restore_open(
         if not wanted:
             newest = max(covered.values())
             return RestoreRequest.objects.for_org(org).get(pk=newest), False
+        estimated_cost = admit(wanted) if admit is not None else None
         single_study = {i.study_id for i in wanted}
         restore = RestoreRequest.objects.create(
             organization=org,
@@ -100,7 +126,10 @@ def _restore_open(
             if study is not None
             else (wanted[0].study if len(single_study) == 1 else None),
             patient_id=patient_id,
-            days=config.restore_days,
+            origin=origin,
+            reason=reason[:200],
+            estimated_cost=estimated_cost,
+            days=days or config.restore_days,
             instances_total=len(wanted),
             bytes_total=sum(i.size_bytes for i in wanted),
             requested_by=actor.user if actor.user is not None and actor.user.pk else None,
@@ -120,10 +149,13 @@ def _restore_open(
             target_label=f"restore {restore.pk}",
             details={
                 "scope": scope,
+                "origin": restore.origin,
+                "reason": restore.reason,
                 "instances": restore.instances_total,
                 "bytes": restore.bytes_total,
                 "days": restore.days,
                 "study_instance_uid": restore.study.study_uid if restore.study else "",
+                "estimated_cost": str(estimated_cost) if estimated_cost is not None else None,
             },
         )
     return restore, True
@@ -219,6 +251,234 @@ def restore_bulk(
     return restore
 
 
+# --- prefetch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefetchOutcome:
+    """What a prefetch did.
+
+    ``status``: ``started`` (a restore was opened: ``restore``), ``in_progress`` (open restores
+    already cover every prior that needs one: the newest is ``restore``), ``nothing_to_restore``
+    (the priors are readable now), ``no_priors`` (no study of the patient matches the rule),
+    ``no_rule`` (the active policy has no prefetch rule) or ``capped`` (the restore would take
+    this month's prefetch cost past the rule's monthly cap; nothing was started).
+    ``amount``: the estimated cost of what was (or would have been) restored.
+    """
+
+    status: str
+    reason: str
+    priors: int = 0
+    instances: int = 0
+    bytes: int = 0
+    amount: Decimal | None = None
+    currency: str = ""
+    monthly_cap: Decimal | None = None
+    month_cost: Decimal | None = None
+    keep_days: int | None = None
+    restore: RestoreRequest | None = None
+
+
+class _Capped(Exception):
+    def __init__(self, *, amount: Decimal, currency: str, month_cost: Decimal) -> None:
+        super().__init__("prefetch capped")
+        self.amount = amount
+        self.currency = currency
+        self.month_cost = month_cost
+
+
+MAX_ORDER_ID = 64
+COST_PLACES = Decimal("0.000001")
+
+
+def _prefetch(
+    *,
+    org: Organization,
+    actor: Actor,
+    patient_id: str,
+    modalities: list[str],
+    body_parts: list[str],
+    reason: str,
+    exclude_study_id: int | None = None,
+) -> PrefetchOutcome:
+    rule = prefetch_rule(org=org)
+    if rule is None:
+        return PrefetchOutcome(status="no_rule", reason=reason)
+    now = timezone.now()
+    priors = prefetch_priors(
+        org=org,
+        rule=rule,
+        patient_id=patient_id,
+        modalities=modalities,
+        body_parts=body_parts,
+        exclude_study_id=exclude_study_id,
+        now=now,
+    )
+    base = PrefetchOutcome(
+        status="no_priors",
+        reason=reason,
+        priors=len(priors),
+        currency=meter_price(org=org, meter=RESTORE_METER, quantity=0).currency,
+        monthly_cap=rule.monthly_cap,
+        month_cost=prefetch_month_cost(org=org, now=now),
+        keep_days=rule.keep_days,
+    )
+    if not priors:
+        return base
+    needing = list(
+        prefetch_instances(org=org, studies=priors, now=now).only(
+            "id", "study_id", "size_bytes", "tier"
+        )
+    )
+    if not needing:
+        return replace(base, status="nothing_to_restore")
+
+    def admit(wanted: list[Instance]) -> Decimal:
+        # Serializes the organization's prefetches, so that two cannot both pass the cap.
+        list(ArchiveSettings.objects.for_org(org).select_for_update().values_list("pk", flat=True))
+        month_cost = prefetch_month_cost(org=org, now=now)
+        price = meter_price(
+            org=org,
+            meter=RESTORE_METER,
+            quantity=sum(i.size_bytes for i in wanted),
+            projected=restore_pending_bytes(org=org),
+        )
+        # Kept to the micro-unit, as the request stores it, rounded up: the cap never counts
+        # less than the invoice will bill.
+        amount = (price.amount or Decimal(0)).quantize(COST_PLACES, rounding=ROUND_CEILING)
+        if month_cost + amount > rule.monthly_cap:
+            raise _Capped(amount=amount, currency=price.currency, month_cost=month_cost)
+        return amount
+
+    try:
+        restore, created = _restore_open(
+            org=org,
+            instances=needing,
+            actor=actor,
+            scope=RestoreRequest.Scope.PATIENT,
+            patient_id=patient_id,
+            origin=RestoreRequest.Origin.PREFETCH,
+            reason=reason,
+            days=rule.keep_days,
+            admit=admit,
+        )
+    except _Capped as capped:
+        wanted = _uncovered(org, needing)
+        size = sum(i.size_bytes for i in wanted)
+        audit_record(
+            org=org,
+            actor=actor,
+            action="prefetch.capped",
+            target_label=reason,
+            details={
+                "reason": reason,
+                "priors": len(priors),
+                "instances": len(wanted),
+                "bytes": size,
+                "estimated_cost": str(capped.amount),
+                "month_cost": str(capped.month_cost),
+                "monthly_cap": str(rule.monthly_cap),
+                "currency": capped.currency,
+            },
+        )
+        logger.info(
+            "prefetch for org %s capped: %s + %s > %s %s",
+            org.pk,
+            capped.month_cost,
+            capped.amount,
+            rule.monthly_cap,
+            capped.currency,
+        )
+        return replace(
+            base,
+            status="capped",
+            instances=len(wanted),
+            bytes=size,
+            amount=capped.amount,
+            currency=capped.currency,
+            month_cost=capped.month_cost,
+        )
+    if not created:
+        # Open restores cover every prior that needs one: nothing new, nothing more to pay.
+        return replace(
+            base,
+            status="in_progress",
+            instances=restore.instances_total,
+            bytes=restore.bytes_total,
+            restore=restore,
+        )
+    _queue_kickoff(org, restore)
+    return replace(
+        base,
+        status="started",
+        instances=restore.instances_total,
+        bytes=restore.bytes_total,
+        amount=restore.estimated_cost,
+        month_cost=prefetch_month_cost(org=org, now=now),
+        restore=restore,
+    )
+
+
+def _uncovered(org: Organization, instances: list[Instance]) -> list[Instance]:
+    covered = set(_open_items(org, (i.pk for i in instances)).values_list("instance_id", flat=True))
+    return [i for i in instances if i.pk not in covered]
+
+
+def prefetch_for_study(*, org: Organization, study: Study) -> PrefetchOutcome:
+    """A new study settled: restore the patient's priors the prefetch rule names (the same
+    modalities and body parts as the new study). Run by the task the settle check queues;
+    settling twice opens one restore (the second finds the priors covered or readable)."""
+    if study.organization_id != org.pk:
+        raise NotFound("Study not found.")
+    return _prefetch(
+        org=org,
+        actor=Actor.system("prefetch"),
+        patient_id=study.patient_id,
+        modalities=study.modality_list,
+        body_parts=study_body_parts(org=org, study=study),
+        reason=f"prefetch: new study {study.study_uid}",
+        exclude_study_id=study.pk,
+    )
+
+
+def prefetch_for_order(
+    *,
+    org: Organization,
+    actor: Actor,
+    patient_id: str,
+    order_id: str,
+    modality: str = "",
+    body_part: str = "",
+) -> PrefetchOutcome:
+    """An order (HL7 ORM, FHIR ServiceRequest) for a patient: restore the priors the prefetch
+    rule names, of ``modality`` and ``body_part`` when the rule asks for the same ones. A
+    patient the organization does not have answers ``no_priors``, like one without studies."""
+    fields: dict[str, list[str]] = {}
+    patient_id = (patient_id or "").strip()
+    order_id = (order_id or "").strip()
+    if not patient_id or len(patient_id) > 64 or not patient_id.isprintable():
+        fields["patient_id"] = ["Give the patient ID: 1 to 64 printable characters."]
+    if not order_id or len(order_id) > MAX_ORDER_ID or not order_id.isprintable():
+        fields["order_id"] = [f"Give the order ID: 1 to {MAX_ORDER_ID} printable characters."]
+    modality = (modality or "").strip().upper()
+    if modality and not _MODALITY.match(modality):
+        fields["modality"] = ["A modality is 1 to 16 letters, digits or underscores, e.g. CT."]
+    body_part = (body_part or "").strip().upper()
+    if body_part and (len(body_part) > 64 or not body_part.isprintable()):
+        fields["body_part"] = ["A body part is 1 to 64 printable characters, e.g. CHEST."]
+    if fields:
+        first = next(iter(fields.values()))[0]
+        raise ValidationFailed(f"The order cannot be prefetched: {first}", fields=fields)
+    return _prefetch(
+        org=org,
+        actor=actor,
+        patient_id=patient_id,
+        modalities=[modality] if modality else [],
+        body_parts=[body_part] if body_part else [],
+        reason=f"prefetch: order {order_id}",
+    )
+
+
 def _mark_ready(
     *, org: Organization, item: RestoreItem, expires_at: datetime | None, now: datetime
 ) -> bool:
@@ -278,6 +538,8 @@ def _finish_ready(*, org: Organization, restore: RestoreRequest, now: datetime) 
         payload = {
             "restore_id": restore.pk,
             "scope": restore.scope,
+            "origin": restore.origin,
+            "reason": restore.reason,
             "study_instance_uids": uids,
             "patient_id": restore.patient_id,
             "instances": restore.instances_total,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from archive.models import RestoreRequest
+from archive.models import RestoreRequest, Study
 from archive.restores import services
 from tenants.models import Organization
 
@@ -30,3 +30,16 @@ def restore_start_run(org_id: int, restore_id: int) -> None:
 def restores_poll() -> dict[str, int]:
     """Beat, every minute: check open restores with the object store (bounded batch)."""
     return services.restores_poll()
+
+
+@shared_task(name="archive.tasks.prefetch_for_study", ignore_result=True)
+def prefetch_for_study(org_id: int, study_id: int) -> None:
+    """A new study settled: restore the patient's priors the prefetch rule names (queued by the
+    ingest pipeline's settle check, by name: ingest sits below restores)."""
+    org = Organization.objects.filter(pk=org_id).first()
+    if org is None:
+        return
+    study = Study.objects.for_org(org).filter(pk=study_id, trashed_at__isnull=True).first()
+    if study is None:
+        return
+    services.prefetch_for_study(org=org, study=study)

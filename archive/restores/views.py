@@ -1,5 +1,6 @@
-"""Portal pages of restores under ``/o/<slug>/archive/``: in progress and recent, with progress
-and the reason of a timed-out one; a bulk restore of a study starts only after its estimate (cost
+"""Portal pages of restores under ``/o/<slug>/archive/``: in progress and recent, with progress,
+the reason of a timed-out one and what triggered a prefetch (with this month's prefetch cost
+against the prefetch rule's cap); a bulk restore of a study starts only after its estimate (cost
 on the plan, typical time) is shown.
 
 Thin views: a service in ``archive.restores.services`` writes or refuses with a ``ServiceError``
@@ -55,12 +56,23 @@ def restore_list(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     recent = [
         restore_row(r) for r in qs.exclude(state=RestoreRequest.State.IN_PROGRESS)[:RECENT_RESTORES]
     ]
+    summary = selectors.prefetch_summary(org=ctx.org)
+    prefetch = None
+    if summary is not None:
+        prefetch = {
+            "rule": summary.rule,
+            "count": summary.count,
+            "month_cost": money_label(summary.month_cost, summary.currency),
+            "cap": money_label(summary.rule.monthly_cap, summary.currency),
+            "reached": summary.month_cost >= summary.rule.monthly_cap,
+        }
     context = {
         "ctx": ctx,
         "active_section": "studies",
         "open_rows": open_rows,
         "recent_rows": recent,
         "recent_shown": RECENT_RESTORES,
+        "prefetch": prefetch,
     }
     return render(request, "archive/restores.html", context)
 
@@ -78,6 +90,13 @@ def restore_detail(request: HttpRequest, ctx: PortalContext, restore_id: int) ->
         if restore.state == RestoreRequest.State.IN_PROGRESS
         else None,
         "sop_uids": selectors.restore_instance_uids(org=ctx.org, restore=restore, limit=50),
+        "estimated_cost": money_label(
+            restore.estimated_cost,
+            selectors.meter_price(org=ctx.org, meter=selectors.RESTORE_METER, quantity=0).currency,
+            places=4,
+        )
+        if restore.estimated_cost is not None
+        else "",
     }
     return render(request, "archive/restores_detail.html", context)
 
