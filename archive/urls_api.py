@@ -57,6 +57,21 @@ urlpatterns: list[URLPattern] = [
     ),
     path("dicom-aes/", ae_titles_api.AEListApi.as_view(), name="api-dicom-aes"),
     path("dicom-aes/<int:ae_id>/", ae_titles_api.AEDetailApi.as_view(), name="api-dicom-ae"),
+    path(
+        "dicom-destinations/",
+        ae_titles_api.DestinationListApi.as_view(),
+        name="api-dicom-destinations",
+    ),
+    path(
+        "dicom-destinations/<int:destination_id>/",
+        ae_titles_api.DestinationDetailApi.as_view(),
+        name="api-dicom-destination",
+    ),
+    path(
+        "dicom-destinations/<int:destination_id>/echo/",
+        ae_titles_api.DestinationEchoApi.as_view(),
+        name="api-dicom-destination-echo",
+    ),
     # Archive policies.
     path("policies/versions/", tiering_api.PolicyVersionListApi.as_view(), name="api-policies"),
     path(

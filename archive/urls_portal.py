@@ -57,6 +57,26 @@ urlpatterns: list[URLPattern] = [
     path("ingest/ae-titles/new/", ae_title_views.ae_create, name="portal-ae-create"),
     path("ingest/ae-titles/<int:ae_id>/edit/", ae_title_views.ae_edit, name="portal-ae-edit"),
     path("ingest/ae-titles/<int:ae_id>/delete/", ae_title_views.ae_delete, name="portal-ae-delete"),
+    path(
+        "ingest/destinations/new/",
+        ae_title_views.destination_create,
+        name="portal-destination-create",
+    ),
+    path(
+        "ingest/destinations/<int:destination_id>/edit/",
+        ae_title_views.destination_edit,
+        name="portal-destination-edit",
+    ),
+    path(
+        "ingest/destinations/<int:destination_id>/delete/",
+        ae_title_views.destination_delete,
+        name="portal-destination-delete",
+    ),
+    path(
+        "ingest/destinations/<int:destination_id>/test/",
+        ae_title_views.destination_echo,
+        name="portal-destination-test",
+    ),
     path("storage/", location_views.storage, name="portal-storage"),
     path("storage/quota/", location_views.storage_quota, name="portal-storage-quota"),
     path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),

@@ -80,6 +80,25 @@ def csv_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in str(value).split(",") if item.strip()]
 
 
+def ae_title(name: str, default: str) -> str:
+    """A DICOM AE title (PS3.5: 1-16 characters of the default repertoire, no backslash)."""
+    value = string(name, default).strip()
+    if not 1 <= len(value) <= 16 or not all(" " <= ch <= "~" and ch != "\\" for ch in value):
+        raise _fail(name, "an AE title of 1-16 printable ASCII characters, no backslash", value)
+    return value
+
+
+def optional_file(name: str) -> str:
+    """The path of an existing file, or "" when unset."""
+    value = raw(name)
+    if value in (None, ""):
+        return ""
+    found = Path(str(value)).expanduser().resolve()
+    if not found.is_file():
+        raise _fail(name, "the path of an existing file", str(value))
+    return str(found)
+
+
 def database(name: str, default: str) -> dict[str, Any]:
     url = string(name, default)
     try:

@@ -1,5 +1,5 @@
-"""Portal form of an AE title: it checks shape; ``archive.ae_titles.services`` checks the rules and
-refuses with field errors.
+"""Portal forms of an AE title and of a destination: they check shape;
+``archive.ae_titles.services`` checks the rules and refuses with field errors.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from archive.ae_titles.services import clean_ae_title
+from archive.ae_titles.services import clean_ae_title, clean_host
 from tenants.errors import ValidationFailed
 from tenants.forms import PortalForm
 
@@ -24,6 +24,15 @@ def _valid_ae_title(value: str) -> None:
         clean_ae_title(value, "ae_title")
     except ValidationFailed as exc:
         raise forms.ValidationError(exc.fields["ae_title"]) from None
+
+
+def _valid_host(value: str) -> None:
+    # The host's shape, shown with the form's other errors; whether it resolves to an address
+    # the platform may connect to is the service's answer.
+    try:
+        clean_host(value)
+    except ValidationFailed as exc:
+        raise forms.ValidationError(exc.fields["host"]) from None
 
 
 class AEForm(PortalForm):
@@ -86,3 +95,42 @@ class AEForm(PortalForm):
 
     def networks(self) -> list[str]:
         return _lines(self.cleaned_data.get("allowed_networks") or "")
+
+
+class DestinationForm(PortalForm):
+    ae_title = forms.CharField(
+        max_length=16,
+        validators=[_valid_ae_title],
+        label="AE title",
+        help_text="The destination's own AE title, as its PACS or workstation is configured, "
+        "e.g. STMARY_PACS. A C-MOVE names it as the move destination.",
+        widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
+    )
+    host = forms.CharField(
+        max_length=300,
+        validators=[_valid_host],
+        label="Host",
+        help_text="DNS name or IP address, without scheme or port, e.g. pacs.stmary.org.",
+        widget=forms.TextInput(
+            attrs={"spellcheck": "false", "autocomplete": "off", "autocapitalize": "none"}
+        ),
+    )
+    port = forms.IntegerField(
+        min_value=1,
+        max_value=65535,
+        label="Port",
+        help_text="The destination's DICOM port, often 104 or 11112.",
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+    )
+    tls = forms.BooleanField(
+        required=False,
+        label="Use TLS",
+        help_text="Encrypt the association. The destination's certificate must be valid for the "
+        "host above.",
+    )
+    description = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Description",
+        help_text="Which PACS or workstation this is, for the people who read this list.",
+    )

@@ -1,12 +1,13 @@
 """DICOM AE titles of the shared C-STORE listener, the reads: an organization's AE titles, and
 ``ae_admit``, the listener's check of who may call an AE title (the rules are in
-``archive.ae_titles.services``).
+``archive.ae_titles.services``); the organization's destinations (the peers C-MOVE sends to).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from archive.models import DicomAE, DicomDestination
@@ -46,6 +47,24 @@ def ae_admit(*, called_ae: str, calling_ae: str, address: str) -> DicomAE | None
         if not any(ip in ipaddress.ip_network(net) for net in ae.allowed_networks):
             return None
     return ae
+
+
+def destination_list(*, org: Organization) -> QuerySet[DicomDestination]:
+    return DicomDestination.objects.for_org(org).order_by("ae_title", "pk")
+
+
+def destination_get(*, org: Organization, destination_id: int | str) -> DicomDestination:
+    try:
+        return DicomDestination.objects.for_org(org).get(pk=int(destination_id))
+    except (DicomDestination.DoesNotExist, ValueError, TypeError):
+        raise NotFound("Destination not found.") from None
+
+
+def calling_ae_title(*, org: Organization) -> str:
+    """The AE title Strata calls destinations with: the organization's first called AE title
+    (what its PACS already knows Strata as), else DIMSE_CALLING_AE_TITLE."""
+    first = DicomAE.objects.for_org(org).order_by("ae_title").values_list("ae_title", flat=True)
+    return first.first() or str(getattr(settings, "DIMSE_CALLING_AE_TITLE", "STRATA"))
 
 
 def destination_for_move(*, org: Organization, ae_title: str) -> DicomDestination | None:

@@ -1,8 +1,11 @@
-"""Portal pages for the listener's AE titles (add, edit, delete), reached from the Ingest page's
-DICOM section, where the list and the connection details are shown.
+"""Portal pages for the listener's AE titles and the organization's destinations (add, edit,
+delete; a destination's C-ECHO test), reached from the Ingest page's DICOM section, where the
+lists and the connection details are shown.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.contrib import messages
 from django.http import (
@@ -11,10 +14,10 @@ from django.http import (
 )
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.ae_titles import selectors, services
-from archive.ae_titles.forms import AEForm
+from archive.ae_titles.forms import AEForm, DestinationForm
 from archive.common.views import get_or_404
 from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
@@ -99,3 +102,113 @@ def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespo
         return _ingest_redirect(ctx)
     context = {"ctx": ctx, "active_section": "ingest", "ae": ae}
     return render(request, "archive/ae_delete.html", context)
+
+
+# --- destinations ----------------------------------------------------------------------------
+
+
+def _destinations_redirect(ctx: PortalContext) -> HttpResponse:
+    return redirect(reverse("portal-ingest", args=[ctx.org.slug]) + "#destinations")
+
+
+def _destination_values(form: DestinationForm) -> dict[str, Any]:
+    data = form.cleaned_data
+    return {
+        "ae_title": data["ae_title"],
+        "host": data["host"],
+        "port": data["port"],
+        "tls": data["tls"],
+        "description": data.get("description") or "",
+    }
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def destination_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    form = DestinationForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                destination = services.destination_create(
+                    org=ctx.org, actor=ctx.actor, **_destination_values(form)
+                )
+            except ServiceError as exc:
+                form_apply_service_error(form, exc)
+                status = exc.status
+            else:
+                messages.success(
+                    request,
+                    f"Destination {destination.ae_title} added. Use “Test” to check that it "
+                    "answers.",
+                )
+                return _destinations_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "form": form, "destination": None}
+    return render(request, "archive/destination_form.html", context, status=status)
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def destination_edit(request: HttpRequest, ctx: PortalContext, destination_id: int) -> HttpResponse:
+    destination = get_or_404(selectors.destination_get, org=ctx.org, destination_id=destination_id)
+    initial = {
+        "ae_title": destination.ae_title,
+        "host": destination.host,
+        "port": destination.port,
+        "tls": destination.tls,
+        "description": destination.description,
+    }
+    form = DestinationForm(request.POST or None, initial=initial)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                services.destination_update(
+                    org=ctx.org,
+                    destination=destination,
+                    actor=ctx.actor,
+                    **_destination_values(form),
+                )
+            except ServiceError as exc:
+                form_apply_service_error(form, exc)
+                status = exc.status
+                destination.refresh_from_db()
+            else:
+                messages.success(request, f"Destination {destination.ae_title} saved.")
+                return _destinations_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "form": form, "destination": destination}
+    return render(request, "archive/destination_form.html", context, status=status)
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_http_methods(["GET", "POST"])
+def destination_delete(
+    request: HttpRequest, ctx: PortalContext, destination_id: int
+) -> HttpResponse:
+    destination = get_or_404(selectors.destination_get, org=ctx.org, destination_id=destination_id)
+    if request.method == "POST":
+        title = destination.ae_title
+        services.destination_delete(org=ctx.org, destination=destination, actor=ctx.actor)
+        messages.success(
+            request, f"Destination {title} deleted; C-MOVE requests naming it are refused now."
+        )
+        return _destinations_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "ingest", "destination": destination}
+    return render(request, "archive/destination_delete.html", context)
+
+
+@org_view(Perm.STORAGE_MANAGE)
+@require_POST
+def destination_echo(request: HttpRequest, ctx: PortalContext, destination_id: int) -> HttpResponse:
+    destination = get_or_404(selectors.destination_get, org=ctx.org, destination_id=destination_id)
+    destination = services.destination_echo(org=ctx.org, destination=destination, actor=ctx.actor)
+    if destination.last_echo_ok:
+        messages.success(request, destination.last_echo_message)
+    else:
+        messages.error(
+            request,
+            f"The test of {destination.ae_title} failed. {destination.last_echo_message}",
+        )
+    return _destinations_redirect(ctx)

@@ -99,6 +99,8 @@ def ingest_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
         "scp_host": getattr(settings, "DICOM_SCP_HOST", DEFAULT_SCP_HOST),
         "scp_port": getattr(settings, "DICOM_SCP_PORT", DEFAULT_SCP_PORT),
         "aes": list(ae_selectors.ae_list(org=ctx.org)),
+        "destinations": list(ae_selectors.destination_list(org=ctx.org)),
+        "calling_ae": ae_selectors.calling_ae_title(org=ctx.org),
         "can_manage_aes": ctx.can(Perm.STORAGE_MANAGE),
         "can_manage_tokens": ctx.can(Perm.TOKENS_MANAGE),
         "max_chunk": jobs.MAX_CHUNK_BYTES,

@@ -266,6 +266,14 @@ ARCHIVE_S3_SECRET_ACCESS_KEY = env.string("ARCHIVE_S3_SECRET_ACCESS_KEY", "") or
 STORAGE_CREDENTIALS_KEY = env.string("STORAGE_CREDENTIALS_KEY", "") or SECRET_KEY
 DICOM_SCP_HOST = env.string("DICOM_SCP_HOST", "localhost")
 DICOM_SCP_PORT = env.integer("DICOM_SCP_PORT", 11112, minimum=1)
+# Outgoing associations to an organization's destinations (the C-ECHO test): each step (TCP
+# connect and TLS handshake, the association's answer, the C-ECHO's) within this many seconds;
+# the calling AE title when the organization has no AE title of its own; a PEM bundle of CAs
+# trusted for destinations' TLS certificates besides the system's. Destinations on private
+# addresses need ARCHIVE_ALLOW_PRIVATE_ENDPOINTS.
+DIMSE_ECHO_TIMEOUT_SECONDS = env.integer("DIMSE_ECHO_TIMEOUT_SECONDS", 10, minimum=1)
+DIMSE_CALLING_AE_TITLE = env.ae_title("DIMSE_CALLING_AE_TITLE", "STRATA")
+DIMSE_TLS_CA_FILE = env.optional_file("DIMSE_TLS_CA_FILE")
 ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = env.boolean("ARCHIVE_ALLOW_PRIVATE_ENDPOINTS", DEBUG)
 ARCHIVE_ORPHAN_AGE_MINUTES = env.integer("ARCHIVE_ORPHAN_AGE_MINUTES", 60, minimum=1)
 ARCHIVE_SETTLE_SECONDS = env.integer("ARCHIVE_SETTLE_SECONDS", 120, minimum=0)
