@@ -8,6 +8,7 @@ version (optionally activating it). Errors of ``rules_validate`` are shown at th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,8 +163,37 @@ def _place_errors(rows: list[RuleRow], exc: ServiceError) -> list[str]:
     return general
 
 
+def is_prefetch(rule: Any) -> bool:
+    """The prefetch rule: the editor keeps it as it is (it is written through the API)."""
+    return isinstance(rule, dict) and (rule.get("action") or {}).get("type") == validate.PREFETCH
+
+
+def prefetch_summary(rule: dict[str, Any]) -> str:
+    """The prefetch rule in one sentence, e.g. "Prefetch: the last 3 priors … → readable 14 days"."""
+    # Defensive: a tampered copy of the rule is shown back with its errors.
+    raw_c, raw_a = rule.get("conditions"), rule.get("action")
+    c: dict[str, Any] = raw_c if isinstance(raw_c, dict) else {}
+    a: dict[str, Any] = raw_a if isinstance(raw_a, dict) else {}
+    which = []
+    if c.get("same_modality"):
+        which.append("same modality")
+    if c.get("same_body_part"):
+        which.append("same body part")
+    if "last_studies" in c:
+        which.append(f"the last {c['last_studies']} studies")
+    if "within_years" in c:
+        which.append(f"within {c['within_years']} years")
+    name = f"{rule['name']}: " if rule.get("name") else ""
+    return (
+        f"{name}prefetch priors ({', '.join(which)}) when a study arrives or an order is posted "
+        f"→ readable {a.get('keep_days', '?')} days, at most {a.get('monthly_cap', '?')} a month"
+    )
+
+
 def rule_summary(rule: dict[str, Any]) -> str:
     """A rule in one sentence, e.g. "CT or MR, not read for 90 days or more → cold"."""
+    if is_prefetch(rule):
+        return prefetch_summary(rule)
     parts = []
     order = ("modalities", "sop_classes", "description_pattern", "patient_age_years")
     conditions = rule["conditions"]
@@ -221,9 +251,12 @@ def _page(
     preview: PolicyPreview | None = None,
     simulation: Any = None,
     status: int = 200,
+    prefetch: dict[str, Any] | None = None,
 ) -> HttpResponse:
     active = versions.policy_active(org=ctx.org)
     context = {
+        "prefetch_json": json.dumps(prefetch) if prefetch is not None else "",
+        "prefetch_summary": prefetch_summary(prefetch) if prefetch is not None else "",
         "ctx": ctx,
         "active_section": "policies",
         "active": active,
@@ -261,17 +294,20 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
                 source = versions.policy_version_get(org=ctx.org, number=request.GET["from"])
             except NotFound:
                 raise Http404("Policy version not found.") from None
-        rows = [rule_to_row(r) for r in source.rules] if source else []
-        return _page(request, ctx, rows=rows or [_empty_row()])
+        rules = list(source.rules) if source else []
+        rows = [rule_to_row(r) for r in rules if not is_prefetch(r)]
+        kept = next((r for r in rules if is_prefetch(r)), None)
+        return _page(request, ctx, rows=rows or [_empty_row()], prefetch=kept)
 
     rows = rows_from_post(request.POST)
+    prefetch = _prefetch_from_post(request.POST)
     note = request.POST.get("note", "")[:500]
     activate = request.POST.get("activate") == "on"
     intent = request.POST.get("intent", "preview")
     if intent == "add":
         if len(rows) < validate.MAX_RULES:
             rows.append(_empty_row())
-        return _page(request, ctx, rows=rows, note=note, activate=activate)
+        return _page(request, ctx, rows=rows, note=note, activate=activate, prefetch=prefetch)
     for verb, shift in (("remove", 0), ("up", -1), ("down", 1)):
         if intent.startswith(f"{verb}-"):
             try:
@@ -283,9 +319,9 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
                     rows.pop(i)
                 elif 0 <= i + shift < len(rows):
                     rows[i], rows[i + shift] = rows[i + shift], rows[i]
-            return _page(request, ctx, rows=rows, note=note, activate=activate)
+            return _page(request, ctx, rows=rows, note=note, activate=activate, prefetch=prefetch)
 
-    rules = [row_to_rule(row) for row in rows]
+    rules = [row_to_rule(row) for row in rows] + ([prefetch] if prefetch is not None else [])
     try:
         if intent == "save":
             version = versions.policy_save(
@@ -310,15 +346,33 @@ def policies_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
             activate=activate,
             general_errors=general,
             status=400,
+            prefetch=prefetch,
         )
     return _page(
         request,
         ctx,
-        rows=[rule_to_row(r) for r in preview.rules] or [_empty_row()],
+        rows=[rule_to_row(r) for r in preview.rules if not is_prefetch(r)] or [_empty_row()],
         note=note,
         activate=activate,
         preview=preview,
         simulation=_simulate(ctx, preview.rules),
+        prefetch=next((r for r in preview.rules if is_prefetch(r)), None),
+    )
+
+
+def _prefetch_from_post(data: Any) -> dict[str, Any] | None:
+    """The prefetch rule the form carries unchanged (validated with the rules like any rule)."""
+    raw = str(data.get("prefetch_rule", ""))[:2000]
+    if not raw.strip():
+        return None
+    try:
+        rule = json.loads(raw)
+    except ValueError:
+        return {"conditions": None, "action": {"type": validate.PREFETCH}}
+    return (
+        rule
+        if isinstance(rule, dict)
+        else {"conditions": None, "action": {"type": validate.PREFETCH}}
     )
 
 
