@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 class RuleSubject(Protocol):
     """What a rule looks at: one instance, or a bucket of instances sharing these attributes.
-    ``idle``: days since the last read (or arrival); ``age``: days since the study date;
-    ``patient_age``: years, None when unknown."""
+    ``idle``: days since the last read (or arrival); ``age``: days since the study date (both
+    negative when that lies in the future, as the planner counts them); ``patient_age``: whole
+    years at the study date (which time does not change), None when unknown."""
 
     modality: str
     sop_class: str
@@ -59,18 +60,14 @@ class CompiledRule:
         return self.pattern is None or bool(self.pattern.match(b.description))
 
     def matches_at(self, b: RuleSubject, shift: float) -> bool:
-        """The conditions on days and years, at ``shift`` days from now."""
+        """The conditions on days and years, at ``shift`` days from now. Days before a date in
+        the future are negative and fail any ``min`` (as in SQL: a study dated tomorrow is not 0
+        days old); the patient's age at the study date stays what it is."""
         c = self.conditions
         if "days_since_last_access" in c and not in_range(
-            max(b.idle + shift, 0), c["days_since_last_access"]
+            b.idle + shift, c["days_since_last_access"]
         ):
             return False
-        if "days_since_study_date" in c and not in_range(
-            max(b.age + shift, 0), c["days_since_study_date"]
-        ):
+        if "days_since_study_date" in c and not in_range(b.age + shift, c["days_since_study_date"]):
             return False
-        if "patient_age_years" in c:
-            years = None if b.patient_age is None else b.patient_age + shift / 365.25
-            if not in_range(years, c["patient_age_years"]):
-                return False
-        return True
+        return "patient_age_years" not in c or in_range(b.patient_age, c["patient_age_years"])

@@ -9,8 +9,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, IntegerField, Sum, Value, When
-from django.db.models.functions import Coalesce, ExtractYear, TruncDate
+from django.db.models import (
+    Case,
+    Count,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    IntegerField,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce, Floor, TruncDate
 
 from archive.analytics.curve import (
     READ_KINDS,
@@ -22,6 +32,7 @@ from archive.analytics.curve import (
 )
 from archive.analytics.simulator.results import TIERS
 from archive.models import AccessEvent, Instance, Series, Study
+from archive.policies.sql import _age_code
 from archive.storage.tiers import TIER_CATALOG
 from tenants.models import Organization
 
@@ -38,24 +49,36 @@ TIER_DAY_EDGES = tuple(
 class Bucket:
     modality: str
     tier: str
-    age: float  # days since the study date, now (negative: arrives in the future)
-    idle: float  # days since the last read (or receipt)
+    age: float  # days since the study date, now (negative: dated, or arriving, in the future)
+    idle: float  # days since the last read (or receipt); negative when that lies in the future
     in_tier: float  # days in the current tier
     bytes: int
     instances: int
     sop_class: str = ""
     description: str = ""
-    patient_age: float | None = None
+    patient_age: float | None = None  # whole years at the study date (None: unknown)
     held: bool = False
     arrives: int = -1  # month index of arrival for new ingest; -1: stored already
 
 
+# What stands for the days of the bucket below 0 (a study date, or a last access, in the future;
+# typically a study dated by a site east of UTC, already tomorrow there): a day ahead.
+FUTURE_DAYS = -1.0
+
+
 def _edges(base: tuple[int, ...], extra: set[int]) -> list[int]:
-    return sorted({e for e in (*base, *extra) if e > 0})
+    """The day cuts of the inventory: always 0 (the planner counts days before a date in the
+    future as negative, and no rule range reaches below 0), then ``base`` and the rules'
+    thresholds ``extra``."""
+    return sorted({0, *(e for e in (*base, *extra) if e > 0)})
 
 
 def _rep(edges: list[int], index: int) -> float:
-    """The middle of bucket ``index`` of ``edges`` (the last, open one: a fifth past its start)."""
+    """The middle of bucket ``index`` of ``edges``: the first runs from 0 days, or, when the first
+    edge is 0 (``_edges``), holds the days below 0 and is ``FUTURE_DAYS``; the last, open one is a
+    fifth past its start."""
+    if index == 0 and edges[0] == 0:
+        return FUTURE_DAYS
     lo = 0 if index == 0 else edges[index - 1]
     if index >= len(edges):
         return lo * 1.2
@@ -221,10 +244,25 @@ def _sql_greatest(*values: str) -> str:
     return f"MAX({', '.join(f'COALESCE({v}, {first})' for v in values)})"
 
 
-def _sql_years(date_sql: str) -> str:
-    if _pg():
-        return f"EXTRACT(YEAR FROM {date_sql})"
-    return f"CAST(strftime('%%Y', {date_sql}) AS INTEGER)"
+def _sql_age_years(day: str, birth: str) -> str:
+    """The patient's age in whole years on the date ``day`` (the study date, or the day the study
+    arrived), as the planner takes it (``archive.policies.sql._age_code``): both dates as
+    YYYYMMDD numbers, their difference divided by 10000 and rounded down (a birthday not yet
+    reached that year takes a year off; NULL when the birth date is unknown).
+
+    On PostgreSQL with ``date_part`` (double precision: whole numbers this small are exact, and a
+    quotient by 10000 of a whole number short of a multiple of 10000 stays short of it), about
+    twice as fast as ``EXTRACT``'s numeric."""
+
+    def number(date_sql: str) -> str:
+        if _pg():
+            return (
+                f"(date_part('year', {date_sql}) * 10000 + date_part('month', {date_sql}) * 100 "
+                f"+ date_part('day', {date_sql}))"
+            )
+        return f"CAST(strftime('%%Y%%m%%d', {date_sql}) AS INTEGER)"
+
+    return f"CAST(FLOOR(({number(day)} - {number(birth)}) / 10000.0) AS INTEGER)"
 
 
 def _recent_buckets(tier_edges: list[int]) -> dict[str, int]:
@@ -323,7 +361,7 @@ def _series_statement(
     ref = _sql_ref("s")
     columns = {
         "descr": "s.study_description",
-        "page": f"{_sql_years(ref)} - {_sql_years('s.patient_birth_date')}",
+        "page": _sql_age_years(ref, "s.patient_birth_date"),
         "held": "s.legal_hold",
     }
     extras = [name for name in group if name in columns]
@@ -534,7 +572,10 @@ def _inventory_rows_portable(
     if "descr" in group:
         qs = qs.annotate(descr=F("study__study_description"))
     if "page" in group:
-        qs = qs.annotate(page=ExtractYear("ref") - ExtractYear("study__patient_birth_date"))
+        # The planner's own expression (study date minus birth date as YYYYMMDD numbers), in
+        # whole years rounded down.
+        years = ExpressionWrapper(_age_code("study__") / 10000.0, output_field=FloatField())
+        qs = qs.annotate(page=Cast(Floor(years), IntegerField()))
     if "held" in group:
         qs = qs.annotate(held=F("study__legal_hold"))
     return list(qs.values(*group).annotate(n=Count("id"), b=Sum("size_bytes")).order_by())
@@ -570,7 +611,7 @@ def _inventory_rows_pg(
         "mod": "se.modality",
         "age_b": f"width_bucket(%s::date - {ref}, %s::int[])",
         "descr": "s.study_description",
-        "page": f"EXTRACT(YEAR FROM {ref}) - EXTRACT(YEAR FROM s.patient_birth_date)",
+        "page": _sql_age_years(ref, "s.patient_birth_date"),
         "held": "s.legal_hold",
     }
     age_edges, idle_edges, tier_edges = edges
