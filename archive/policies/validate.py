@@ -107,7 +107,7 @@ def _bounded(
     return value
 
 
-def _money(raw: Any, *, where: str, errors: dict[str, list[str]]) -> str | None:
+def _cap_amount(raw: Any, *, where: str, errors: dict[str, list[str]]) -> str | None:
     """A non-negative amount with at most two decimals, e.g. "250.00" (a number or a string)."""
     amount: Decimal | None = None
     if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
@@ -155,7 +155,7 @@ def _prefetch_validate(
         what="the days the priors stay readable",
         errors=errors,
     )
-    cap = _money(action_raw.get("monthly_cap"), where=f"{where}.monthly_cap", errors=errors)
+    cap = _cap_amount(action_raw.get("monthly_cap"), where=f"{where}.monthly_cap", errors=errors)
 
     where = f"{prefix}.conditions"
     given = isinstance(conditions_raw, dict)
