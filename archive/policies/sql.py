@@ -19,9 +19,11 @@ from django.db.models import (
     F,
     Func,
     IntegerField,
+    Max,
     OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Value,
     When,
 )
@@ -125,6 +127,18 @@ def _date_days(prefix: str, rng: dict[str, int], now: datetime) -> Q:
 
 
 AGE_ALIAS = "policy_age_code"
+LAST_READ_ALIAS = "policy_last_read"
+
+
+def _study_last_read() -> Subquery:
+    """The last time any instance of the study was read (retrieved or downloaded), or null."""
+    return Subquery(
+        Instance.objects.filter(study=OuterRef("pk"))
+        .order_by()
+        .values("study")
+        .annotate(last=Max("last_accessed_at"))
+        .values("last")[:1]
+    )
 
 
 def _age_code(prefix: str) -> Any:
@@ -152,7 +166,9 @@ def _conditions_q(conditions: dict[str, Any], *, now: datetime, level: str, pref
             if level == "instance":
                 q &= _datetime_days("last_accessed_at", "received_at", value, now)
             else:
-                q &= _datetime_days("last_accessed_at", "created_at", value, now)
+                # The study's last read is its instances' (Instance.last_accessed_at counts
+                # retrievals only); Study.last_accessed_at also counts metadata requests.
+                q &= _datetime_days(LAST_READ_ALIAS, "created_at", value, now)
         elif key == "days_since_study_date":
             q &= _date_days(prefix, value, now)
         elif key == "modalities":
@@ -249,6 +265,8 @@ def trash_selection(
             "", {"min": rule["action"]["after_days"]}, now
         )
     qs = Study.objects.for_org(org).filter(trashed_at__isnull=True, legal_hold=held)
+    if any("days_since_last_access" in r["conditions"] for r in deleters):
+        qs = qs.alias(**{LAST_READ_ALIAS: _study_last_read()})
     if _uses_age(deleters):
         qs = qs.alias(**{AGE_ALIAS: _age_code("")})
     return qs.filter(match).order_by()

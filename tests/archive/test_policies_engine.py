@@ -216,11 +216,16 @@ def test_delete_rules_select_whole_studies_after_retention(org):
 
 
 def test_delete_rule_study_level_access_and_description(org):
-    read = make_study(org, description="KNEE", last_accessed_at=NOW - timedelta(days=10))
-    unread = make_study(org, description="Knee left", last_accessed_at=NOW - timedelta(days=999))
+    # A study's last read is its instances' last read (retrievals and downloads).
+    read = make_instance(org, description="KNEE", accessed_days_ago=10).study
+    unread = make_instance(org, description="Knee left", accessed_days_ago=999).study
     never = make_study(org, description="knee", created_at=NOW - timedelta(days=2000))
+    # A metadata request sets only Study.last_accessed_at: it is not a read.
+    metadata_only = make_instance(
+        org, description="knee", last_accessed_at=NOW - timedelta(days=5)
+    ).study
     rule = delete(30, description_pattern="knee*", days_since_last_access={"min": 365})
-    assert trashed(org, rule) == {unread.pk, never.pk}
+    assert trashed(org, rule) == {unread.pk, never.pk, metadata_only.pk}
     assert read.pk not in trashed(org, rule)
 
 
