@@ -797,6 +797,8 @@ class StrataSCP:
         # logging (it would cost CPU on every fragment and could log identifiers).
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.LOG_HANDLER_LEVEL = "none"
+        # C-MOVE / C-GET send each data set from a spool file, fragment by fragment.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         # Our associations' data sets are received straight into the spool (_ReceiveFile);
         # both replacements fall back to pynetdicom's own behaviour for anything else.
         dimse_messages.NamedTemporaryFile = _named_temporary_file
@@ -810,7 +812,12 @@ class StrataSCP:
         for cx in AllStoragePresentationContexts:
             assert cx.abstract_syntax is not None
             # Every transfer syntax pynetdicom knows: compressed data sets are stored as received.
-            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # Both roles: a sender that proposes no role selection stores here (we are the SCP);
+            # a C-GET caller that proposes the SCP role for itself receives its instances on
+            # the same association (we are the SCU, archive.dimse.retrieve).
+            self.ae.add_supported_context(
+                cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
         for cx in VerificationPresentationContexts:
             assert cx.abstract_syntax is not None
             self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)

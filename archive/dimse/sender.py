@@ -1,0 +1,580 @@
+"""Sending stored instances with C-STORE: the sub-operations of C-MOVE and C-GET.
+
+Each instance goes through three steps, in constant memory whatever its size:
+
+1. **Spool** (``spool_instance``): its bytes are streamed from the object store (filesystem or
+   S3) into a local Part 10 file, hashed on the way and checked against the index (size,
+   SHA-256). The file's own File Meta Information is written from the index (only the data set
+   crosses the network; File Meta never does), followed by the stored data set bytes unchanged.
+   ``Prefetch`` spools the next instances in a helper thread while the current one is sent.
+2. **Transfer syntax** (``Link.syntax_for``): the data set is sent as stored when the peer
+   accepted the stored transfer syntax for its SOP class. Otherwise, when the peer accepted
+   Explicit (or Implicit) VR Little Endian, it is decoded with pydicom and its pixel data
+   handlers (pylibjpeg with libjpeg and openjpeg: JPEG, JPEG-LS, JPEG 2000; RLE natively) and
+   re-encoded uncompressed (``transcode``); such a data set is held in memory, so only up to
+   ``TRANSCODE_MAX_BYTES`` of decoded pixel data, at most ``TRANSCODE_SLOTS`` at a time. An
+   instance that can be sent in no accepted syntax, or cannot be decoded, is refused
+   (``SubOperationFailed`` with the reason) and the others go on.
+3. **Send** (``Link.send``): pynetdicom's C-STORE reads the data set from the file fragment by
+   fragment (``_config.STORE_SEND_CHUNKED_DATASET``, set by the listener). pynetdicom queues
+   every fragment for its network thread without a limit, so a fast disk would queue a whole
+   object in memory before a slow peer took it: ``Link`` bounds that queue (``WINDOW_BYTES`` of
+   fragments waiting) and the fragment size (``MAX_FRAGMENT``, even for a peer that announced no
+   maximum). A peer that takes nothing for ``stall_seconds`` is treated as gone.
+
+A ``Link`` is either an association Strata opened to a C-MOVE destination
+(``archive.ae_titles.services.destination_associate``: the host checked by ``tenants.netguard``
+and the connection pinned to the checked address, TLS when the destination says so) or, for
+C-GET, the caller's own association, on whose storage contexts Strata holds the SCU role.
+
+Temporary files live in a folder per retrieve (``spool_folder``), removed when it ends; folders
+a crashed process left behind are removed by the next retrieve after a day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import shutil
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
+
+from archive.storage import ObjectStore, StorageUnavailable
+
+logger = logging.getLogger("archive.dimse")
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# Decoded pixel data one transcode may hold in memory, and transcodes running at once.
+TRANSCODE_MAX_BYTES = 256 * 1024 * 1024
+TRANSCODE_SLOTS = 2
+_transcode_slots = threading.BoundedSemaphore(TRANSCODE_SLOTS)
+# Fragments of a data set waiting for the network thread, in bytes, and the largest fragment
+# sent whatever the peer announced (0 means unlimited in DICOM: the whole data set in one PDU).
+WINDOW_BYTES = 4 * 1024 * 1024
+MAX_FRAGMENT = 1024 * 1024
+# Bytes of spooled instances ahead of the one being sent (at least one instance).
+PREFETCH_BYTES = 64 * 1024 * 1024
+PREFETCH_INSTANCES = 8
+# How many File Meta bytes are read at most before the data set must have started.
+META_MAX = 1024 * 1024
+# A presentation context ID is odd and below 256 (PS3.8 9.3.2.2): 128 per association.
+MAX_CONTEXTS = 128
+SPOOL_DIRNAME = "dimse-retrieve"
+STALE_SPOOL_SECONDS = 24 * 3600
+
+# C-STORE response statuses that count as a warning sub-operation (PS3.4 B.2.3).
+_WARNING_STATUSES = range(0xB000, 0xC000)
+
+
+class SubOperationFailed(Exception):
+    """One instance could not be sent; the reason is worded for the Error Comment and the log."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LinkGone(Exception):
+    """The association the sub-operations go over is gone (aborted, closed, stalled)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Item:
+    """One instance to send, as the index knows it."""
+
+    instance_id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+    store: ObjectStore
+    object_key: str
+    tier: str
+    study_id: int
+    series_id: int
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """An instance's data set in a local Part 10 file, ready to be sent from ``path``.
+
+    ``transfer_syntax`` is the data set's ("" when the stored object did not say: it is then
+    always re-encoded); ``dataset_bytes`` what crosses the network."""
+
+    path: Path
+    transfer_syntax: str
+    dataset_bytes: int
+
+
+# --- spooling ---------------------------------------------------------------------------------
+
+_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+
+
+def _meta_end(head: bytes | bytearray) -> tuple[int, str] | None:
+    """Where the data set starts in a Part 10 file whose first bytes are ``head``, and the
+    Transfer Syntax UID of its File Meta ("" when absent); None when more bytes are needed.
+
+    File Meta is group 0002 in explicit VR little endian after the 128-byte preamble and
+    "DICM" (PS3.10 7.1); it ends at the first element of another group.
+    """
+    if len(head) < 132:
+        return None
+    if head[128:132] != b"DICM":
+        raise SubOperationFailed("The stored object is not a DICOM Part 10 file.")
+    pos = 132
+    syntax = ""
+    while True:
+        if len(head) < pos + 8:
+            return None
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            return pos, syntax
+        vr = bytes(head[pos + 4 : pos + 6])
+        if vr in _LONG_LENGTH_VRS:
+            if len(head) < pos + 12:
+                return None
+            length = struct.unpack_from("<I", head, pos + 8)[0]
+            value_at = pos + 12
+        else:
+            length = struct.unpack_from("<H", head, pos + 6)[0]
+            value_at = pos + 8
+        if length == 0xFFFFFFFF:
+            raise SubOperationFailed("The stored object's File Meta cannot be read.")
+        if len(head) < value_at + length:
+            return None
+        if element == 0x0010:
+            syntax = bytes(head[value_at : value_at + length]).decode("ascii", "replace")
+            syntax = syntax.strip(" \0")
+        pos = value_at + length
+
+
+def _file_meta(item: Item, syntax: str) -> bytes:
+    meta = create_file_meta(
+        sop_class_uid=UID(item.sop_class_uid),
+        sop_instance_uid=UID(item.sop_instance_uid),
+        transfer_syntax=UID(syntax),
+    )
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return bytes(out.getvalue())
+
+
+def spool_instance(item: Item, folder: Path) -> Spooled:
+    """Stream the stored object into a new Part 10 file in ``folder``; the data set bytes are
+    the stored ones, the File Meta is written from the index. Raises SubOperationFailed (the
+    store cannot be read now, or the object is not what the index says)."""
+    path = folder / f"{uuid.uuid4().hex}.dcm"
+    digest = hashlib.sha256()
+    size = 0
+    head = bytearray()
+    start: tuple[int, str] | None = None
+    written = 0
+    chunks = item.store.iter_bytes(key=item.object_key, tier=item.tier)
+    try:
+        with open(path, "wb") as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                if start is not None:
+                    out.write(chunk)
+                    written += len(chunk)
+                    continue
+                head += chunk
+                start = _meta_end(head)
+                if start is None:
+                    if len(head) > META_MAX:
+                        raise SubOperationFailed("The stored object's File Meta is too long.")
+                    continue
+                out.write(_file_meta(item, start[1]) if start[1] else bytes(head[: start[0]]))
+                out.write(head[start[0] :])
+                written += len(head) - start[0]
+                head = bytearray()
+            if start is None:
+                raise SubOperationFailed("The stored object is truncated.")
+    except StorageUnavailable as exc:
+        path.unlink(missing_ok=True)
+        logger.warning("dimse: reading %s failed: %s", item.object_key, exc)
+        raise SubOperationFailed("The object store cannot be read right now.") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # the S3 body of an object read only in part
+    if size != item.size or (item.sha256 and digest.hexdigest() != item.sha256):
+        path.unlink(missing_ok=True)
+        logger.error(
+            "dimse: stored object %s has %d bytes / sha256 %s, the index says %d / %s",
+            item.object_key,
+            size,
+            digest.hexdigest(),
+            item.size,
+            item.sha256,
+        )
+        raise SubOperationFailed("The stored object differs from the index (size or SHA-256).")
+    return Spooled(path=path, transfer_syntax=start[1], dataset_bytes=written)
+
+
+# --- transcoding --------------------------------------------------------------------------------
+
+
+def _decoded_bytes(ds: pydicom.Dataset) -> int:
+    """Bytes of the decoded pixel data, from the image attributes (0 without any)."""
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 8)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 0
+    return rows * columns * samples * max(bits, 8) // 8 * max(frames, 1)
+
+
+def transcode(spooled: Spooled, target: str, folder: Path) -> Spooled:
+    """The data set re-encoded in ``target`` (Explicit or Implicit VR Little Endian), decoding
+    compressed pixel data; a new file in ``folder``. Raises SubOperationFailed with the reason
+    when it cannot be decoded or is too large to decode in memory."""
+    if target not in UNCOMPRESSED:
+        raise SubOperationFailed(f"Cannot encode in {UID(target).name}; only decompress.")
+    source = spooled.transfer_syntax
+    try:
+        header = pydicom.dcmread(spooled.path, stop_before_pixels=True)
+    except Exception as exc:
+        raise SubOperationFailed(f"The stored data set cannot be parsed ({exc}).") from None
+    needed = max(_decoded_bytes(header), spooled.dataset_bytes)
+    if needed > TRANSCODE_MAX_BYTES:
+        raise SubOperationFailed(
+            f"Too large to decompress ({needed // (1024 * 1024)} MiB); the destination must "
+            f"accept {UID(source).name if source else 'the stored transfer syntax'}."
+        )
+    out = folder / f"{uuid.uuid4().hex}.dcm"
+    with _transcode_slots:
+        try:
+            ds = pydicom.dcmread(spooled.path)
+            stored = ds.file_meta.get("TransferSyntaxUID")
+            if stored is not None and UID(stored).is_compressed:
+                # The same instance, decoded: its UID stays (a lossy source keeps its
+                # LossyImageCompression attributes).
+                ds.decompress(generate_instance_uid=False)
+            ds.file_meta = create_file_meta(
+                sop_class_uid=UID(ds.SOPClassUID),
+                sop_instance_uid=UID(ds.SOPInstanceUID),
+                transfer_syntax=UID(target),
+            )
+            ds.save_as(
+                out,
+                implicit_vr=target == ImplicitVRLittleEndian,
+                little_endian=True,
+                enforce_file_format=True,
+            )
+        except Exception as exc:
+            out.unlink(missing_ok=True)
+            name = UID(source).name if source else "its stored transfer syntax"
+            logger.info("dimse: cannot decode %s: %s", spooled.path.name, exc)
+            raise SubOperationFailed(f"Cannot be decoded from {name}.") from None
+    with open(out, "rb") as handle:
+        offset = _meta_end(handle.read(META_MAX))
+    assert offset is not None
+    return Spooled(path=out, transfer_syntax=target, dataset_bytes=out.stat().st_size - offset[0])
+
+
+# --- prefetching ----------------------------------------------------------------------------------
+
+
+class Prefetch:
+    """Spools instances in order in a helper thread, a few ahead of the one being sent.
+
+    Iterating yields ``(item, spool)`` where ``spool()`` returns the Spooled file or raises
+    SubOperationFailed. ``close()`` stops it; files not handed out are removed with the folder.
+    """
+
+    def __init__(self, items: Iterable[Item], folder: Path):
+        self._items = iter(items)
+        self._folder = folder
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-retrieve-spool")
+        self._ahead: deque[tuple[Item, Future[Spooled]]] = deque()
+        self._ahead_bytes = 0
+        self._exhausted = False
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._ahead) < PREFETCH_INSTANCES:
+            if self._ahead and self._ahead_bytes >= PREFETCH_BYTES:
+                return
+            item = next(self._items, None)
+            if item is None:
+                self._exhausted = True
+                return
+            self._ahead.append((item, self._pool.submit(spool_instance, item, self._folder)))
+            self._ahead_bytes += item.size
+
+    def __iter__(self) -> Iterator[tuple[Item, Callable[[], Spooled]]]:
+        while True:
+            self._fill()
+            if not self._ahead:
+                return
+            item, future = self._ahead.popleft()
+            self._ahead_bytes -= item.size
+            self._fill()
+            yield item, future.result
+
+    def close(self) -> None:
+        for _, future in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
+
+
+def spool_folder(store: ObjectStore) -> Path:
+    """A new folder for one retrieve's temporary files, next to the store's own spool; folders
+    older than a day (left by a process that died) are removed on the way."""
+    root = store.spool_dir() / SPOOL_DIRNAME
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for stale in root.iterdir():
+            with contextlib.suppress(OSError):
+                if now - stale.stat().st_mtime > STALE_SPOOL_SECONDS:
+                    shutil.rmtree(stale, ignore_errors=True)
+    folder = root / uuid.uuid4().hex
+    folder.mkdir()
+    return folder
+
+
+# --- presentation contexts ---------------------------------------------------------------------
+
+
+def requested_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """The contexts to propose to a destination for instances of these (SOP class, stored
+    transfer syntax) pairs: per SOP class one context per stored syntax (each offered alone, so
+    that the destination accepts or refuses exactly that one) and one with Explicit and Implicit
+    VR Little Endian, which anything can be decoded to. Beyond 128 contexts, the uncompressed
+    ones of every SOP class come first."""
+    syntaxes: dict[str, list[str]] = {}
+    for sop_class, syntax in pairs:
+        known = syntaxes.setdefault(sop_class, [])
+        if syntax and syntax not in known:
+            known.append(syntax)
+    fallback: list[PresentationContext] = []
+    as_stored: list[PresentationContext] = []
+    for sop_class, stored in syntaxes.items():
+        if not set(UNCOMPRESSED) <= set(stored):
+            fallback.append(build_context(sop_class, list(UNCOMPRESSED)))
+        as_stored.extend(build_context(sop_class, syntax) for syntax in stored)
+    return (fallback + as_stored)[:MAX_CONTEXTS]
+
+
+# --- the association the C-STOREs go over ---------------------------------------------------------
+
+
+class _Window(queue.Queue[Any]):
+    """pynetdicom's queue of primitives for its network (DUL) thread, with a limit on the
+    P-DATA fragments waiting in it: ``put`` of a fragment waits while ``limit`` are queued.
+
+    Only the sender waits; the network thread only takes (``get``), and other primitives
+    (release, abort) never wait. Installed by swapping the class of the existing queue, so that
+    the network thread keeps the object it reads.
+    """
+
+    window_dul: Any
+    window_limit: int
+    window_stall: float
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if isinstance(item, P_DATA):
+            with self.not_full:
+                waited_since = time.monotonic()
+                seen = self._qsize()
+                while self._qsize() >= self.window_limit:
+                    dul = self.window_dul
+                    if not dul.is_alive() or getattr(dul, "_kill_thread", False):
+                        raise LinkGone("The connection closed while a data set was being sent.")
+                    if self._qsize() < seen:
+                        waited_since = time.monotonic()
+                    seen = self._qsize()
+                    if time.monotonic() - waited_since > self.window_stall:
+                        raise LinkGone(
+                            f"The peer took no data for {self.window_stall:g} s; gave up."
+                        )
+                    self.not_full.wait(0.05)
+        super().put(item, block, timeout)
+
+
+class _ClampedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, fragmenting what it sends in at most ``MAX_FRAGMENT``
+    bytes: a peer may announce no maximum (0), and pynetdicom would then read and send a whole
+    data set as one fragment. Installed by swapping the class while a Link sends."""
+
+    @property
+    def maximum_pdu_size(self) -> int:
+        size = super().maximum_pdu_size
+        return MAX_FRAGMENT if not size or size > MAX_FRAGMENT else int(size)
+
+
+def _classify(status: int) -> str:
+    if status == 0x0000:
+        return "completed"
+    if status in _WARNING_STATUSES:
+        return "warning"
+    return "failed"
+
+
+class Link:
+    """An established association that C-STOREs are sent over (see the module docstring).
+
+    ``owned``: Strata opened it (a C-MOVE destination) and releases it in ``close``; otherwise
+    it is the caller's (C-GET) and ``close`` only undoes the send limits.
+    """
+
+    def __init__(
+        self,
+        assoc: Association,
+        *,
+        owned: bool,
+        stall_seconds: float,
+        first_message_id: int = 1,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ):
+        self.assoc = assoc
+        self.owned = owned
+        self.originator_aet = originator_aet
+        self.originator_id = originator_id
+        self.gone_reason = ""
+        self._message_id = first_message_id
+        self._accepted: dict[str, list[str]] = {}
+        for cx in assoc.accepted_contexts:
+            if cx.as_scu and cx.transfer_syntax:
+                syntaxes = self._accepted.setdefault(str(cx.abstract_syntax), [])
+                syntaxes.append(str(cx.transfer_syntax[0]))
+        self._dimse_class: type[Any] = type(assoc.dimse)
+        fragment = assoc.dimse.maximum_pdu_size
+        if not fragment or fragment > MAX_FRAGMENT:
+            dimse: Any = assoc.dimse
+            dimse.__class__ = _ClampedDIMSE
+            fragment = MAX_FRAGMENT
+        provider_queue: Any = assoc.dul.to_provider_queue
+        self._queue_class: type[Any] = type(provider_queue)
+        provider_queue.window_dul = assoc.dul
+        provider_queue.window_limit = max(2, WINDOW_BYTES // max(fragment, 1))
+        provider_queue.window_stall = stall_seconds
+        provider_queue.__class__ = _Window
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.assoc.is_established) and not self.gone_reason
+
+    def syntaxes(self, sop_class: str) -> list[str]:
+        """The transfer syntaxes the peer accepted for ``sop_class`` with Strata sending."""
+        return self._accepted.get(sop_class, [])
+
+    def syntax_for(self, sop_class: str, stored: str) -> str:
+        """The transfer syntax to send a ``stored`` data set of ``sop_class`` in: as stored when
+        accepted, else an accepted uncompressed one (decoded); SubOperationFailed otherwise."""
+        accepted = self.syntaxes(sop_class)
+        if not accepted:
+            raise SubOperationFailed(f"The peer accepted no context for {UID(sop_class).name}.")
+        if stored and stored in accepted:
+            return stored
+        for syntax in UNCOMPRESSED:
+            if syntax in accepted:
+                return syntax
+        names = ", ".join(UID(s).name for s in accepted)
+        raise SubOperationFailed(
+            f"Stored as {UID(stored).name if stored else 'unknown'}; the peer accepts only "
+            f"{names} for {UID(sop_class).name}."
+        )
+
+    def send(self, spooled: Spooled) -> str:
+        """C-STORE the data set at ``spooled.path``: "completed", "warning" or "failed" (the
+        peer's answer). Raises LinkGone when the association ends meanwhile."""
+        if not self.alive:
+            raise LinkGone(self.gone_reason or "The association is no longer established.")
+        message_id = self._message_id
+        self._message_id = message_id % 65535 + 1
+        started = time.monotonic()
+        try:
+            status = self.assoc.send_c_store(
+                spooled.path,
+                msg_id=message_id,
+                originator_aet=self.originator_aet,
+                originator_id=self.originator_id,
+            )
+        except LinkGone as exc:
+            self.break_off(exc.reason)
+            raise
+        except (AttributeError, ValueError) as exc:  # no context for it after all
+            raise SubOperationFailed(f"Cannot be sent: {exc}") from None
+        except (RuntimeError, OSError) as exc:
+            self.break_off(f"The association ended: {exc}")
+            raise LinkGone(self.gone_reason) from None
+        finally:
+            # pynetdicom resumes its association thread only after a complete exchange.
+            self.assoc._reactor_checkpoint.set()
+        if "Status" not in status:
+            timeout = self.assoc.dimse_timeout
+            reason = (
+                "The peer did not answer a C-STORE in time."
+                if timeout and time.monotonic() - started >= timeout * 0.9
+                else "The peer aborted the association or closed the connection."
+            )
+            self.break_off(reason)
+            raise LinkGone(reason)
+        return _classify(int(status.Status))
+
+    def break_off(self, reason: str) -> None:
+        """End a link that cannot go on: a half-sent data set cannot be taken back, so the
+        association is aborted (the socket shut first: pynetdicom's network thread may be
+        blocked writing to a peer that reads nothing)."""
+        self.gone_reason = self.gone_reason or reason
+        sock = getattr(getattr(self.assoc.dul, "socket", None), "socket", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self.assoc.abort()
+
+    def close(self) -> None:
+        """Release Strata's own association; for the caller's, put its send queue back."""
+        queue_: Any = self.assoc.dul.to_provider_queue
+        if isinstance(queue_, _Window):
+            queue_.__class__ = self._queue_class
+        dimse: Any = self.assoc.dimse
+        if isinstance(dimse, _ClampedDIMSE):
+            dimse.__class__ = self._dimse_class
+        if self.owned and self.assoc.is_established:
+            try:
+                self.assoc.release()
+            except Exception:
+                logger.warning("dimse: releasing the destination's association failed")
+                with contextlib.suppress(Exception):
+                    self.assoc.abort()
