@@ -756,4 +756,4 @@ class StorageCommitment(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"storage commitment {self.transaction_uid} ({self.state})"
+        return f"storage commitment {self.transaction_uid} of {self.calling_ae}"

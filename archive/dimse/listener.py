@@ -825,6 +825,11 @@ class StrataSCP:
         # Root, FIND, MOVE and GET.
         for abstract_syntax in QUERY_RETRIEVE_SOP_CLASSES:
             self.ae.add_supported_context(abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # Storage Commitment Push Model (archive.dimse.commitment): a requester that proposes
+        # the SCP role gets the N-EVENT-REPORT on the N-ACTION's association.
+        self.ae.add_supported_context(
+            commitment.SOP_CLASS, commitment.TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
         self.server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sessions: dict[Association, _Session] = {}
@@ -872,6 +877,8 @@ class StrataSCP:
         )
         self._thread.daemon = True
         self._thread.start()
+        # Pending storage commitments are reported from now on, those of a previous run too.
+        commitment.listener_started(self)
         address = server.server_address
         return str(address[0]), int(address[1])
 
