@@ -121,6 +121,8 @@ ERROR_COMMENT_MAX = 64
 # Waits of a C-MOVE's association with its destination, once established: for each C-STORE
 # response, and for the destination to take data.
 DESTINATION_DIMSE_TIMEOUT = 120.0
+# Pending responses: at most one per this many seconds (the first and the last always).
+PENDING_INTERVAL = 0.1
 STALL_SECONDS = 120.0
 
 PENDING = 0xFF00
@@ -383,6 +385,7 @@ class Responder:
         self.request = event.request
         self.context_id = int(event.context.context_id)
         self.transfer_syntax = UID(str(event.context.transfer_syntax))
+        self._pending_at = 0.0
 
     def _primitive(self, status: int) -> C_MOVE | C_GET:
         rsp: Any = self.kind()
@@ -393,6 +396,12 @@ class Responder:
         return rsp
 
     def pending(self, run: Run) -> None:
+        """A pending response, at most every ``PENDING_INTERVAL`` seconds (they are optional,
+        PS3.4 C.4.2.3.1; one per instance costs as much as a small C-STORE) and for the last."""
+        now = time.monotonic()
+        if run.remaining and now - self._pending_at < PENDING_INTERVAL:
+            return
+        self._pending_at = now
         rsp = self._primitive(PENDING)
         rsp.NumberOfRemainingSuboperations = run.remaining
         rsp.NumberOfCompletedSuboperations = run.completed
@@ -568,7 +577,11 @@ class Retrieve:
                     syntax = link.syntax_for(item.sop_class_uid, files[0].transfer_syntax)
                     if syntax != files[0].transfer_syntax:
                         files.append(transcode(files[0], syntax, folder))
-                    outcome = link.send(files[-1])
+                    outcome = link.send(
+                        files[-1],
+                        sop_class_uid=item.sop_class_uid,
+                        sop_instance_uid=item.sop_instance_uid,
+                    )
                 except SubOperationFailed as exc:
                     run.fail(item.sop_instance_uid, exc.reason)
                 except LinkGone as exc:

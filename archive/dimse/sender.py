@@ -57,6 +57,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
@@ -74,6 +75,8 @@ _transcode_slots = threading.BoundedSemaphore(TRANSCODE_SLOTS)
 # sent whatever the peer announced (0 means unlimited in DICOM: the whole data set in one PDU).
 WINDOW_BYTES = 4 * 1024 * 1024
 MAX_FRAGMENT = 1024 * 1024
+# The idle nap of the network thread of an association Strata opened (pynetdicom: 1 ms).
+DUL_IDLE_SECONDS = 0.0002
 # Bytes of spooled instances ahead of the one being sent (at least one instance).
 PREFETCH_BYTES = 64 * 1024 * 1024
 PREFETCH_INSTANCES = 8
@@ -131,6 +134,7 @@ class Spooled:
     path: Path
     transfer_syntax: str
     dataset_bytes: int
+    offset: int  # where the data set starts in the file
 
 
 # --- spooling ---------------------------------------------------------------------------------
@@ -242,7 +246,12 @@ def spool_instance(item: Item, folder: Path) -> Spooled:
             item.sha256,
         )
         raise SubOperationFailed("The stored object differs from the index (size or SHA-256).")
-    return Spooled(path=path, transfer_syntax=start[1], dataset_bytes=written)
+    return Spooled(
+        path=path,
+        transfer_syntax=start[1],
+        dataset_bytes=written,
+        offset=path.stat().st_size - written,
+    )
 
 
 # --- transcoding --------------------------------------------------------------------------------
@@ -303,9 +312,10 @@ def transcode(spooled: Spooled, target: str, folder: Path) -> Spooled:
             logger.info("dimse: cannot decode %s: %s", spooled.path.name, exc)
             raise SubOperationFailed(f"Cannot be decoded from {name}.") from None
     with open(out, "rb") as handle:
-        offset = _meta_end(handle.read(META_MAX))
-    assert offset is not None
-    return Spooled(path=out, transfer_syntax=target, dataset_bytes=out.stat().st_size - offset[0])
+        start = _meta_end(handle.read(META_MAX))
+    assert start is not None
+    size = out.stat().st_size
+    return Spooled(path=out, transfer_syntax=target, dataset_bytes=size - start[0], offset=start[0])
 
 
 # --- prefetching ----------------------------------------------------------------------------------
@@ -472,10 +482,29 @@ class Link:
         self.gone_reason = ""
         self._message_id = first_message_id
         self._accepted: dict[str, list[str]] = {}
+        self._context_ids: dict[tuple[str, str], int] = {}
         for cx in assoc.accepted_contexts:
-            if cx.as_scu and cx.transfer_syntax:
-                syntaxes = self._accepted.setdefault(str(cx.abstract_syntax), [])
-                syntaxes.append(str(cx.transfer_syntax[0]))
+            if cx.as_scu and cx.transfer_syntax and cx.context_id is not None:
+                sop_class, syntax = str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+                self._accepted.setdefault(sop_class, []).append(syntax)
+                self._context_ids.setdefault((sop_class, syntax), int(cx.context_id))
+        if owned:
+            # pynetdicom's network thread sleeps 1 ms whenever it finds nothing to do: up to a
+            # millisecond before a fragment just queued leaves, and before the peer's answer is
+            # read, per instance. A shorter nap while Strata's own association sends.
+            assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
+            # Its association thread would only watch for requests from the destination (none
+            # come): paused while the sub-operations run, as pynetdicom's send_c_store pauses it
+            # for each (which costs up to a millisecond per instance to wait for).
+            assoc._reactor_checkpoint.clear()
+            deadline = time.monotonic() + 5
+            while not assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+                time.sleep(0.0001)
+            # C-STORE is request/response: Nagle would hold back a data set's last fragment.
+            sock = getattr(assoc.dul.socket, "socket", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._dimse_class: type[Any] = type(assoc.dimse)
         fragment = assoc.dimse.maximum_pdu_size
         if not fragment or fragment > MAX_FRAGMENT:
@@ -514,34 +543,42 @@ class Link:
             f"{names} for {UID(sop_class).name}."
         )
 
-    def send(self, spooled: Spooled) -> str:
-        """C-STORE the data set at ``spooled.path``: "completed", "warning" or "failed" (the
-        peer's answer). Raises LinkGone when the association ends meanwhile."""
+    def send(self, spooled: Spooled, *, sop_class_uid: str, sop_instance_uid: str) -> str:
+        """C-STORE the data set of ``spooled`` (its file, read fragment by fragment):
+        "completed", "warning" or "failed" (the peer's answer). Raises LinkGone when the
+        association ends meanwhile.
+
+        pynetdicom's ``send_c_store`` with a path, without what it repeats per call: the File
+        Meta is not parsed again (Strata wrote it) and the association thread stays paused.
+        """
         if not self.alive:
             raise LinkGone(self.gone_reason or "The association is no longer established.")
+        context_id = self._context_ids.get((sop_class_uid, spooled.transfer_syntax))
+        if context_id is None:
+            raise SubOperationFailed(f"No context for {UID(spooled.transfer_syntax).name}.")
         message_id = self._message_id
         self._message_id = message_id % 65535 + 1
+        request = C_STORE()
+        request.MessageID = message_id
+        request.Priority = 2  # low, as pynetdicom's send_c_store
+        request.AffectedSOPClassUID = UID(sop_class_uid)
+        request.AffectedSOPInstanceUID = UID(sop_instance_uid)
+        request.MoveOriginatorApplicationEntityTitle = self.originator_aet
+        request.MoveOriginatorMessageID = self.originator_id
+        request._dataset_path = (spooled.path, spooled.offset)
+        dimse = self.assoc.dimse
         started = time.monotonic()
         try:
-            status = self.assoc.send_c_store(
-                spooled.path,
-                msg_id=message_id,
-                originator_aet=self.originator_aet,
-                originator_id=self.originator_id,
-            )
+            dimse.send_msg(request, context_id)
+            _, response = dimse.get_msg(block=True)
         except LinkGone as exc:
             self.break_off(exc.reason)
             raise
-        except (AttributeError, ValueError) as exc:  # no context for it after all
-            raise SubOperationFailed(f"Cannot be sent: {exc}") from None
         except (RuntimeError, OSError) as exc:
             self.break_off(f"The association ended: {exc}")
             raise LinkGone(self.gone_reason) from None
-        finally:
-            # pynetdicom resumes its association thread only after a complete exchange.
-            self.assoc._reactor_checkpoint.set()
-        if "Status" not in status:
-            timeout = self.assoc.dimse_timeout
+        if response is None:
+            timeout = dimse.dimse_timeout
             reason = (
                 "The peer did not answer a C-STORE in time."
                 if timeout and time.monotonic() - started >= timeout * 0.9
@@ -549,7 +586,14 @@ class Link:
             )
             self.break_off(reason)
             raise LinkGone(reason)
-        return _classify(int(status.Status))
+        if (
+            not isinstance(response, C_STORE)
+            or response.MessageIDBeingRespondedTo != message_id
+            or response.Status is None
+        ):
+            self.break_off("The peer answered a C-STORE with something else.")
+            raise LinkGone(self.gone_reason)
+        return _classify(int(response.Status))
 
     def break_off(self, reason: str) -> None:
         """End a link that cannot go on: a half-sent data set cannot be taken back, so the
@@ -571,6 +615,8 @@ class Link:
         dimse: Any = self.assoc.dimse
         if isinstance(dimse, _ClampedDIMSE):
             dimse.__class__ = self._dimse_class
+        if self.owned:
+            self.assoc._reactor_checkpoint.set()
         if self.owned and self.assoc.is_established:
             try:
                 self.assoc.release()

@@ -88,6 +88,12 @@ def _private_destinations(settings):
     settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = True
 
 
+@pytest.fixture(autouse=True)
+def _every_pending_response(monkeypatch):
+    """A pending response after every sub-operation, so that tests can count them."""
+    monkeypatch.setattr(retrieve, "PENDING_INTERVAL", 0.0)
+
+
 # --- storing ----------------------------------------------------------------------------------
 
 
@@ -422,6 +428,18 @@ def test_c_move_sends_the_study_as_stored_with_pending_counts(listener, org, dic
         # Strata calls the destination with the AE title the caller called.
         assert (got.calling_ae, got.move_originator) == (CALLED, MODALITY)
     assert not list(sender_spool_folders(org))
+
+
+def test_pending_responses_are_spaced_out(listener, org, dicom_ae, destination, monkeypatch):
+    monkeypatch.setattr(retrieve, "PENDING_INTERVAL", 60.0)
+    study = store_study(org, n=5)
+    destination()
+
+    responses = move(listener, identifier("STUDY", StudyInstanceUID=study.uid))
+
+    # The first and the last sub-operation's, then the final response.
+    assert [r.Status for r in responses] == [0xFF00, 0xFF00, 0x0000]
+    assert [counts(r) for r in responses[:2]] == [(1, 0, 0, 4), (5, 0, 0, 0)]
 
 
 def sender_spool_folders(org: Organization) -> list[Path]:
