@@ -6,10 +6,12 @@ transactional tests."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -22,6 +24,10 @@ from typing import Any
 
 import pydicom
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -48,6 +54,7 @@ from archive.models import AccessEvent, DicomDestination, Instance, RestoreReque
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
 from billing.models import UsageEvent
+from tenants import netguard
 from tenants.context import Actor
 from tenants.models import AuditEvent, Organization
 from tests.archive.test_dimse import CALLED, MODALITY, Listener, write_large_instance
@@ -213,6 +220,7 @@ class Receiver:
         delay: float = 0.0,
         status: int = 0x0000,
         digest_only: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.ae = AE(ae_title=ae_title)
         self.ae.network_timeout = self.ae.dimse_timeout = self.ae.acse_timeout = 30
@@ -227,7 +235,10 @@ class Receiver:
         self.received: dict[str, Received] = {}
         self.lock = threading.Lock()
         server = self.ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            ssl_context=ssl_context,
         )
         assert server is not None
         self.server = server
@@ -712,6 +723,78 @@ def test_a_destination_that_refuses_the_association_fails_every_instance(
     assert not AccessEvent.objects.exists()
     assert not UsageEvent.objects.filter(meter="egress.bytes").exists()
     assert AuditEvent.objects.get(action="dimse.move").details["failed"] == 3
+
+
+def _certificate(subject: str, key: Any, issuer_key: Any, *, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Retrieve Test CA")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_a_tls_destination_gets_the_study_over_tls(
+    listener, org, dicom_ae, destination, settings, tmp_path, monkeypatch
+):
+    host = "pacs.retrieve.test"
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("Retrieve Test CA", ca_key, ca_key, ca=True)
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(
+        _certificate(host, key, ca_key, ca=False).public_bytes(serialization.Encoding.PEM)
+    )
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(paths["cert"], paths["key"])
+    settings.DIMSE_TLS_CA_FILE = str(paths["ca"])
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == host:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))]
+        return real(name, port, *args, **kwargs)
+
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", getaddrinfo)
+    study = store_study(org, n=2)
+    receiver = destination(ssl_context=context)
+    DicomDestination.objects.filter(ae_title=DESTINATION).update(host=host, tls=True)
+
+    responses = move(listener, identifier("STUDY", StudyInstanceUID=study.uid))
+
+    assert responses[-1].Status == 0x0000
+    for instance in study.instances:
+        assert receiver.received[instance.sop_instance_uid].dataset == stored_dataset(instance)
+    # Without the hospital's CA the certificate is refused: nothing is sent.
+    receiver.received.clear()
+    settings.DIMSE_TLS_CA_FILE = ""
+    responses = move(listener, identifier("STUDY", StudyInstanceUID=study.uid))
+    assert [r.Status for r in responses] == [0xA702]
+    assert "TLS" in responses[0].ErrorComment
+    assert not receiver.received
 
 
 def test_a_destination_where_nothing_listens_fails_every_instance(listener, org, dicom_ae):
