@@ -11,6 +11,7 @@ BENCHES = [
     "billing.py",
     "ingest.py",
     "ingest_cstore.py",
+    "dimse_qr.py",
     "tiering.py",
     "simulator.py",
     "slow_clients.py",

@@ -1,14 +1,750 @@
-"""C-FIND SCP (being written)."""
+"""C-FIND SCP (PS3.4 C.4.1): the Patient Root and Study Root Query/Retrieve Information Models,
+searched in the index of the called AE title's organization only.
+
+The listener (``archive.dimse.listener``) calls ``c_find`` for every C-FIND request of an admitted
+association; it yields ``(status, identifier)`` pairs as pynetdicom's EVT_C_FIND contract says.
+
+Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. A patient is the set of the
+organization's studies that share a Patient ID (there is no patient table).
+
+Matching (PS3.4 C.2.2.2) is the index's, the same rules and SQL as QIDO-RS
+(``archive.index.query``): single value, wildcards ``*`` and ``?`` on text, list of UIDs
+(backslash-separated), ranges on dates and times (``a-b``, ``a-``, ``-b``), universal matching (an
+empty value, or ``*`` alone, returns the attribute without matching on it), person names matched
+without regard to case. The matching keys: ``MATCHING_KEYS`` below.
+
+Hierarchical and relational queries (PS3.4 C.4.1.2.1, C.4.1.3.2): a query below the top level
+must carry one value of each unique key above its level (PatientID in Patient Root, then
+StudyInstanceUID, then SeriesInstanceUID), unless the caller negotiated relational queries with SOP
+Class Extended Negotiation (byte 1 = 1) and Strata accepted it: ``sop_extended_answer`` is the
+answer (relational queries accepted; combined date-time matching, fuzzy semantic matching of
+person names and timezone adjustment declined) for the listener's EVT_SOP_EXTENDED handler.
+Relational queries may leave out the keys above their level and match on keys of any level above.
+
+The response identifier holds the keys of the request and nothing else, plus QueryRetrieveLevel,
+the unique keys of the query level and the levels above, and SpecificCharacterSet (ISO_IR 192
+when a value is not ASCII). Values come from the index: the stored attributes of the entity and
+the levels above it, and the computed ones (NumberOfPatientRelatedStudies / Series / Instances,
+NumberOfStudyRelatedSeries / Instances, NumberOfSeriesRelatedInstances, ModalitiesInStudy,
+SOPClassesInStudy, InstanceAvailability ONLINE or NEARLINE when an instance of it is in the archive
+tier, RetrieveAETitle: the called AE title). A key with no value for the entity, or one Strata does
+not know, comes back empty. A key Strata does not match on (a return key, a key of a lower level,
+a sequence, a private attribute) that was sent with a value is not matched on: the responses then
+say 0xFF01 (PS3.4 C.4.1.1.4, "one or more Optional Keys were not supported").
+
+Statuses (every failure carries an Error Comment, at most 64 characters; the value problems also
+name the attribute in Offending Element):
+
+    0xFF00  pending: a match
+    0xFF01  pending: a match; a key with a value was not matched on (see above)
+    0x0000  success: every match was sent
+    0xFE00  cancel: a C-FIND-CANCEL arrived; no more matches are sent
+    0xA700  refused, out of resources: more than ``DIMSE_FIND_MAX_RESULTS`` entities match; the
+            first ``DIMSE_FIND_MAX_RESULTS`` (in search order) were sent as pending responses,
+            the comment says to narrow the query
+    0xA900  identifier does not match SOP class: QueryRetrieveLevel missing or not a level of
+            the information model; a unique key above the level missing, or not one value, in a
+            hierarchical query; a matching value that is not valid for its attribute (a date
+            range that is no range, a wildcard in a UID, an impossible time...)
+    0xC000  unable to process: the identifier cannot be decoded
+    0xC001  unable to process: the index could not be read (retry later)
+    0x0124  refused, not authorised: the association was not admitted
+
+Order of the matches: patients by Patient ID; studies newest first (undated last); series and
+instances by number, as QIDO-RS. A C-FIND is a read of metadata: like QIDO-RS it writes no access
+event and no audit entry (WADO-RS and retrieves do); one log line per query says who asked, the
+organization, the level, the matches sent, the final status and the time taken (search, total),
+never the identifier's values.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Max, Q, Sum
+from pydicom import config
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
+from archive.dimse.indexer import db_serial
 from archive.dimse.peer import Peer
+from archive.index.query import KEYS, PREFIX, Key, availability, key_condition, level_queryset
+from archive.index.query import ordered as index_ordered
+from archive.ingest.dicom import uid_problem
+from archive.models import Instance, Series, Study
+from tenants.errors import ValidationFailed
+from tenants.models import Organization
+
+logger = logging.getLogger("archive.dimse")
+
+# Statuses; see the module docstring.
+PENDING = 0xFF00
+PENDING_WARNING = 0xFF01
+SUCCESS = 0x0000
+CANCEL = 0xFE00
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+CANNOT_DECODE = 0xC000
+INDEX_UNAVAILABLE = 0xC001
+NOT_AUTHORISED = 0x0124
+ERROR_COMMENT_MAX = 64  # LO
+
+# Patient Root and Study Root Query/Retrieve Information Model - FIND (PS3.4 C.6.1.3, C.6.2.3).
+PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
+# Each information model's levels, top down.
+MODELS: dict[str, tuple[str, ...]] = {
+    PATIENT_ROOT: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    STUDY_ROOT: ("STUDY", "SERIES", "IMAGE"),
+}
+MODEL_NAMES = {PATIENT_ROOT: "Patient Root", STUDY_ROOT: "Study Root"}
+# The index rows a level's entities are made of.
+INDEX_LEVEL = {"PATIENT": "study", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+UNIQUE_KEY = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+# The patient module's attributes: their own level in Patient Root, the study level in Study Root.
+PATIENT_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 
 
-def c_find(peer: Peer | None, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-    yield 0xC000, None
+def _tag(keyword: str) -> int:
+    tag = Tag(keyword)
+    return int(tag)
+
+
+def _hex(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+QUERY_RETRIEVE_LEVEL = _tag("QueryRetrieveLevel")
+SPECIFIC_CHARACTER_SET = _tag("SpecificCharacterSet")
+# The computed attributes (DICOM JSON keys).
+RETRIEVE_AE_TITLE = _hex(_tag("RetrieveAETitle"))
+INSTANCE_AVAILABILITY = _hex(_tag("InstanceAvailability"))
+MODALITIES_IN_STUDY = _hex(_tag("ModalitiesInStudy"))
+SOP_CLASSES_IN_STUDY = _hex(_tag("SOPClassesInStudy"))
+PATIENT_STUDIES = _hex(_tag("NumberOfPatientRelatedStudies"))
+PATIENT_SERIES = _hex(_tag("NumberOfPatientRelatedSeries"))
+PATIENT_INSTANCES = _hex(_tag("NumberOfPatientRelatedInstances"))
+STUDY_SERIES = _hex(_tag("NumberOfStudyRelatedSeries"))
+STUDY_INSTANCES = _hex(_tag("NumberOfStudyRelatedInstances"))
+SERIES_INSTANCES = _hex(_tag("NumberOfSeriesRelatedInstances"))
+PATIENT_COUNTS = (PATIENT_STUDIES, PATIENT_SERIES, PATIENT_INSTANCES)
+STUDY_TAG = _hex(_tag("StudyInstanceUID"))
+SERIES_TAG = _hex(_tag("SeriesInstanceUID"))
+SOP_INSTANCE_TAG = _hex(_tag("SOPInstanceUID"))
+SOP_CLASS_TAG = _hex(_tag("SOPClassUID"))
+PATIENT_ID_TAG = _hex(_tag("PatientID"))
+PATIENT_TAGS = {_hex(_tag(k)) for k in PATIENT_KEYWORDS}
+CHARSET_TAG = _hex(SPECIFIC_CHARACTER_SET)
+
+
+def key_level(model: str, key: Key) -> str:
+    """The level of ``model`` a matching key belongs to."""
+    if key.level == "study":
+        if model == PATIENT_ROOT and key.keyword in PATIENT_KEYWORDS:
+            return "PATIENT"
+        return "STUDY"
+    return "SERIES" if key.level == "series" else "IMAGE"
+
+
+def matching_keys(model: str, level: str) -> list[str]:
+    """The keywords a query of ``level`` matches on (its level's and the levels' above)."""
+    levels = MODELS[model]
+    depth = levels.index(level)
+    return [k.keyword for k in KEYS.values() if levels.index(key_level(model, k)) <= depth]
+
+
+# --- extended negotiation ---------------------------------------------------------------------
+
+
+def sop_extended_answer(app_info: dict[Any, bytes]) -> dict[UID, bytes]:
+    """The SOP Class Extended Negotiation answer (PS3.4 C.5.1.1) for the FIND SOP classes among
+    ``app_info`` (the requestor's items: SOP class UID -> service class application information).
+
+    Byte 1 relational-queries: accepted (1) when asked; bytes 2-4 (combined date-time matching,
+    fuzzy semantic matching of person names, timezone query adjustment): not supported (0). The
+    answer has as many bytes as the question, at most four. Other SOP classes are not answered.
+    """
+    answers: dict[UID, bytes] = {}
+    for sop_class, info in (app_info or {}).items():
+        if str(sop_class) not in MODELS or not info:
+            continue
+        answer = bytearray(min(len(info), 4))
+        answer[0] = 1 if info[0] == 1 else 0
+        answers[UID(str(sop_class))] = bytes(answer)
+    return answers
+
+
+def on_sop_extended(event: Any) -> dict[UID, bytes]:
+    """An EVT_SOP_EXTENDED handler answering the FIND SOP classes (``sop_extended_answer``)."""
+    return sop_extended_answer(event.app_info)
+
+
+def relational_negotiated(event: Any, sop_class: str) -> bool:
+    """Whether this association accepted relational queries for ``sop_class``."""
+    try:
+        answered = event.assoc.acceptor.sop_class_extended
+    except AttributeError:
+        return False
+    info: bytes | None = answered.get(sop_class) if answered else None
+    return info is not None and len(info) > 0 and info[0] == 1
+
+
+# --- statuses -----------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A request answered with a failure status."""
+
+    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+        self.offending = offending
+
+
+def status_dataset(status: int, comment: str, offending: int | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # Error Comment is LO: 64 characters of the default repertoire, no backslash.
+    text = comment.replace("\\", "/").encode("ascii", "replace").decode("ascii")
+    if len(text) > ERROR_COMMENT_MAX:
+        text = text[: ERROR_COMMENT_MAX - 3] + "..."
+    ds.ErrorComment = text
+    if offending is not None:
+        ds.OffendingElement = [offending]
+    return ds
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+@dataclass
+class Requested:
+    tag: str  # DICOM JSON key
+    vr: str
+
+
+@dataclass
+class FindRequest:
+    model: str
+    level: str
+    relational: bool
+    conditions: list[Q] = field(default_factory=list)
+    requested: list[Requested] = field(default_factory=list)
+    wants_charset: bool = False
+    # A key with a value that is not matched on: the pending responses say 0xFF01.
+    unsupported: list[str] = field(default_factory=list)
+
+    @property
+    def index_level(self) -> str:
+        return INDEX_LEVEL[self.level]
+
+    def wants(self, *tags: str) -> bool:
+        return any(r.tag in tags for r in self.requested)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(_text(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value)
+
+
+def _has_value(element: DataElement) -> bool:
+    if element.VR == "SQ":
+        return any(_has_value(e) for item in element.value or [] for e in item)
+    return _text(element.value).strip(" \x00") != ""
+
+
+def _element_vr(tag: int, element: DataElement) -> str:
+    vr = str(element.VR or "")
+    if len(vr) == 2 and vr != "UN":
+        return vr
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+def _elements(identifier: Dataset) -> list[DataElement]:
+    """Every element, decoded now (pydicom decodes lazily): a value that cannot be decoded is
+    a ``Refused`` 0xC000 naming it."""
+    elements = []
+    for tag in list(identifier.keys()):
+        try:
+            element = identifier[tag]
+            if element.VR == "SQ":
+                _has_value(element)  # decodes the items' elements
+            else:
+                _text(element.value)
+        except Exception as exc:  # pydicom raises many kinds for broken values
+            name = keyword_for_tag(tag) or str(BaseTag(tag))
+            raise Refused(
+                CANNOT_DECODE, f"{name} cannot be decoded: {exc}", offending=int(tag)
+            ) from None
+        elements.append(element)
+    return elements
+
+
+def request_parse(identifier: Dataset, *, model: str, relational: bool) -> FindRequest:
+    """Validate the request identifier; every problem is a ``Refused``."""
+    elements = _elements(identifier)
+    levels = MODELS[model]
+    if QUERY_RETRIEVE_LEVEL not in identifier:
+        raise Refused(
+            IDENTIFIER_DOES_NOT_MATCH,
+            "QueryRetrieveLevel (0008,0052) is missing.",
+            QUERY_RETRIEVE_LEVEL,
+        )
+    level = _text(identifier[QUERY_RETRIEVE_LEVEL].value).strip().upper()
+    if level not in levels:
+        raise Refused(
+            IDENTIFIER_DOES_NOT_MATCH,
+            f"QueryRetrieveLevel {level[:16]!r} is not one of {'/'.join(levels)}.",
+            QUERY_RETRIEVE_LEVEL,
+        )
+    request = FindRequest(model=model, level=level, relational=relational)
+    depth = levels.index(level)
+    values: dict[str, str] = {}
+    for element in elements:
+        tag = int(element.tag)
+        group, number = tag >> 16, tag & 0xFFFF
+        if tag == QUERY_RETRIEVE_LEVEL:
+            continue
+        if tag == SPECIFIC_CHARACTER_SET:
+            request.wants_charset = True  # the request's values are decoded with it
+            continue
+        if group % 2 == 1 or number == 0 or group in (0x0000, 0x0002):
+            # Private attributes, group lengths, command and file meta elements: not keys.
+            if group % 2 == 1 and _has_value(element):
+                request.unsupported.append(str(BaseTag(tag)))
+            continue
+        json_tag = _hex(tag)
+        request.requested.append(Requested(tag=json_tag, vr=_element_vr(tag, element)))
+        key = KEYS.get(json_tag)
+        matched = key is not None and levels.index(key_level(model, key)) <= depth
+        if element.VR == "SQ" or not matched:
+            if _has_value(element):
+                request.unsupported.append(element.keyword or str(BaseTag(tag)))
+            continue
+        assert key is not None
+        value = _text(element.value).strip(" \x00")
+        if "\x00" in value:
+            raise Refused(
+                IDENTIFIER_DOES_NOT_MATCH,
+                f"{key.keyword} holds a NUL character.",
+                tag,
+            )
+        values[key.keyword] = value
+        if not value or value == "*":
+            continue  # universal matching: the attribute is only returned
+        try:
+            condition = key_condition(
+                key,
+                key.keyword,
+                value,
+                PREFIX[(request.index_level, key.level)],
+                uid_problem=uid_problem,
+                separator="\\",
+            )
+        except ValidationFailed as exc:
+            raise Refused(IDENTIFIER_DOES_NOT_MATCH, str(exc.message), tag) from None
+        if condition is not None:
+            request.conditions.append(condition)
+    if not relational:
+        for above in levels[:depth]:
+            keyword = UNIQUE_KEY[above]
+            value = values.get(keyword, "")
+            if not value or "*" in value or "?" in value or "\\" in value:
+                raise Refused(
+                    IDENTIFIER_DOES_NOT_MATCH,
+                    f"A {level} query needs one {keyword} (hierarchical query).",
+                    _tag(keyword),
+                )
+    return request
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Match:
+    """One entity's attributes as DICOM JSON (stored and computed), and its keys for the
+    attributes computed across rows."""
+
+    attributes: dict[str, Any]
+    patient_id: str | None = None
+    study_pk: int | None = None
+
+
+def _element(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def _stored(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored attributes, less the character set they were received in (values are Unicode
+    here; the response declares its own)."""
+    attributes = dict(metadata or {})
+    attributes.pop(CHARSET_TAG, None)
+    return attributes
+
+
+def _study_attributes(study: Study) -> dict[str, Any]:
+    attributes = _stored(study.metadata)
+    attributes[STUDY_TAG] = _element("UI", study.study_uid)
+    if PATIENT_ID_TAG not in attributes:
+        attributes[PATIENT_ID_TAG] = _element(
+            "LO", *([study.patient_id] if study.patient_id else [])
+        )
+    attributes[MODALITIES_IN_STUDY] = _element("CS", *study.modality_list)
+    attributes[STUDY_SERIES] = _element("IS", study.series_count)
+    attributes[STUDY_INSTANCES] = _element("IS", study.instance_count)
+    attributes[INSTANCE_AVAILABILITY] = _element("CS", availability(study.bytes_archive))
+    return attributes
+
+
+def _series_attributes(series: Series) -> dict[str, Any]:
+    attributes = _study_attributes(series.study)
+    attributes.update(_stored(series.metadata))
+    attributes[SERIES_TAG] = _element("UI", series.series_uid)
+    attributes[SERIES_INSTANCES] = _element("IS", series.instance_count)
+    attributes[INSTANCE_AVAILABILITY] = _element("CS", availability(series.bytes_archive))
+    return attributes
+
+
+def _instance_attributes(instance: Instance) -> dict[str, Any]:
+    attributes = _study_attributes(instance.study)
+    attributes.update(_stored(instance.series.metadata))
+    attributes[SERIES_TAG] = _element("UI", instance.series.series_uid)
+    attributes[SERIES_INSTANCES] = _element("IS", instance.series.instance_count)
+    attributes.update(_stored(instance.metadata))
+    attributes[SOP_INSTANCE_TAG] = _element("UI", instance.sop_instance_uid)
+    attributes[SOP_CLASS_TAG] = _element("UI", instance.sop_class_uid)
+    attributes[INSTANCE_AVAILABILITY] = _element(
+        "CS", availability(1 if instance.tier == "archive" else 0)
+    )
+    return attributes
+
+
+@dataclass
+class PatientGroup:
+    studies: int
+    series: int
+    instances: int
+    archived: int
+    latest: int
+
+
+def patient_groups(org: Organization, patient_ids: Iterable[str]) -> dict[str, PatientGroup]:
+    """Per Patient ID: the organization's studies, series, instances, archive-tier bytes and
+    newest study (its pk)."""
+    rows = (
+        level_queryset(org, "study")
+        .filter(patient_id__in=set(patient_ids))
+        .values("patient_id")
+        .annotate(
+            studies=Count("id"),
+            series=Sum("series_count"),
+            instances=Sum("instance_count"),
+            archived=Sum("bytes_archive"),
+            latest=Max("id"),
+        )
+        .order_by()
+    )
+    return {
+        row["patient_id"]: PatientGroup(
+            studies=row["studies"],
+            series=row["series"] or 0,
+            instances=row["instances"] or 0,
+            archived=row["archived"] or 0,
+            latest=row["latest"],
+        )
+        for row in rows
+    }
+
+
+def sop_classes_in_studies(org: Organization, study_pks: Iterable[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    rows = (
+        Instance.objects.for_org(org)
+        .filter(study_id__in=set(study_pks))
+        .values_list("study_id", "sop_class_uid")
+        .distinct()
+        .order_by("study_id", "sop_class_uid")
+    )
+    for study_pk, sop_class in rows:
+        found.setdefault(study_pk, []).append(sop_class)
+    return found
+
+
+def _patients(org: Organization, request: FindRequest, limit: int) -> list[Match]:
+    matching = level_queryset(org, "study").filter(*request.conditions)
+    patient_ids = list(
+        matching.order_by("patient_id").values_list("patient_id", flat=True).distinct()[:limit]
+    )
+    groups = patient_groups(org, patient_ids)
+    newest = level_queryset(org, "study").in_bulk([g.latest for g in groups.values()])
+    matches = []
+    for patient_id in patient_ids:
+        group = groups.get(patient_id)
+        if group is None:  # its studies went to the trash meanwhile
+            continue
+        study = newest.get(group.latest)
+        stored = _stored(study.metadata if study is not None else {})
+        attributes = {tag: value for tag, value in stored.items() if tag in PATIENT_TAGS}
+        attributes[PATIENT_ID_TAG] = _element("LO", patient_id) if patient_id else {"vr": "LO"}
+        attributes[PATIENT_STUDIES] = _element("IS", group.studies)
+        attributes[PATIENT_SERIES] = _element("IS", group.series)
+        attributes[PATIENT_INSTANCES] = _element("IS", group.instances)
+        attributes[INSTANCE_AVAILABILITY] = _element("CS", availability(group.archived))
+        matches.append(Match(attributes=attributes, patient_id=patient_id))
+    return matches
+
+
+def search(org: Organization, request: FindRequest, limit: int) -> list[Match]:
+    """At most ``limit`` matches of ``request`` in ``org``'s index, in search order."""
+    if request.level == "PATIENT":
+        return _patients(org, request, limit)
+    level = request.index_level
+    qs = level_queryset(org, level).filter(*request.conditions)
+    rows = list(index_ordered(qs, level)[:limit])
+    matches = []
+    for row in rows:
+        if level == "study":
+            attributes = _study_attributes(row)
+            study = row
+        elif level == "series":
+            attributes = _series_attributes(row)
+            study = row.study
+        else:
+            attributes = _instance_attributes(row)
+            study = row.study
+        matches.append(Match(attributes=attributes, patient_id=study.patient_id, study_pk=study.pk))
+    if request.wants(*PATIENT_COUNTS):
+        groups = patient_groups(org, (m.patient_id for m in matches if m.patient_id is not None))
+        for match in matches:
+            group = groups.get(match.patient_id or "")
+            if group is not None:
+                match.attributes[PATIENT_STUDIES] = _element("IS", group.studies)
+                match.attributes[PATIENT_SERIES] = _element("IS", group.series)
+                match.attributes[PATIENT_INSTANCES] = _element("IS", group.instances)
+    if request.wants(SOP_CLASSES_IN_STUDY):
+        classes = sop_classes_in_studies(org, (m.study_pk for m in matches if m.study_pk))
+        for match in matches:
+            match.attributes[SOP_CLASSES_IN_STUDY] = _element(
+                "UI", *classes.get(match.study_pk or 0, [])
+            )
+    return matches
+
+
+# --- the response -------------------------------------------------------------------------------
+
+
+def _non_ascii(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.isascii()
+    if isinstance(value, dict):
+        return any(_non_ascii(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_ascii(v) for v in value)
+    return False
+
+
+# Value representations whose DICOM JSON values are plain strings or numbers, taken as they are
+# (Dataset.from_json handles the rest: sequences, binary, decimal strings, attribute tags).
+_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+_NUMBER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
+
+
+def _person_name(value: Any) -> str | None:
+    """A DICOM JSON person name (its component groups) as the DICOM string ``A=I=P``."""
+    if not isinstance(value, dict):
+        return None
+    groups = [value.get(group) or "" for group in ("Alphabetic", "Ideographic", "Phonetic")]
+    if not all(isinstance(g, str) for g in groups):
+        return None
+    return "=".join(groups).rstrip("=")
+
+
+def _data_element(tag: str, attribute: dict[str, Any]) -> DataElement | None:
+    """The data element of one DICOM JSON attribute of the common kinds; None for the others."""
+    vr = attribute.get("vr")
+    values = attribute.get("Value")
+    number = int(tag, 16)
+    if values is None:
+        if len(attribute) > 1 or not isinstance(vr, str):  # InlineBinary, BulkDataURI
+            return None
+        return DataElement(number, vr, [] if vr == "SQ" else None)
+    if not isinstance(values, list) or not values:
+        return None
+    if vr in _STRING_VRS and all(isinstance(v, str) for v in values):
+        converted: list[Any] = values
+    elif vr in _NUMBER_VRS and all(isinstance(v, int | float) for v in values):
+        converted = values
+    elif vr == "PN":
+        names = [_person_name(v) for v in values]
+        if any(name is None for name in names):
+            return None
+        converted = names
+    else:
+        return None
+    # Values from the index, written back as they were read: no second validation.
+    return DataElement(
+        number,
+        vr,
+        converted[0] if len(converted) == 1 else converted,
+        validation_mode=config.IGNORE,
+    )
+
+
+def _json_dataset(attributes: dict[str, Any]) -> Dataset:
+    """The data set of DICOM JSON attributes; an attribute pydicom cannot take back comes back
+    empty."""
+    ds = Dataset()
+    for tag, attribute in attributes.items():
+        element = _data_element(tag, attribute)
+        if element is not None:
+            ds.add(element)
+            continue
+        try:
+            ds.update(Dataset.from_json({tag: attribute}))
+        except Exception:
+            ds.update(Dataset.from_json({tag: {"vr": attribute.get("vr", "UN")}}))
+    return ds
+
+
+def response_identifier(match: Match, request: FindRequest, peer: Peer) -> Dataset:
+    """The requested keys of one match, plus QueryRetrieveLevel, the unique keys of the level
+    and above, and SpecificCharacterSet when needed."""
+    available = match.attributes
+    available[RETRIEVE_AE_TITLE] = _element("AE", peer.called_ae)
+    levels = MODELS[request.model]
+    depth = levels.index(request.level)
+    chosen: dict[str, Any] = {}
+    for wanted in request.requested:
+        key = KEYS.get(wanted.tag)
+        below = key is not None and levels.index(key_level(request.model, key)) > depth
+        attribute = None if below else available.get(wanted.tag)
+        chosen[wanted.tag] = attribute if attribute is not None else {"vr": wanted.vr}
+    for level in levels[: depth + 1]:
+        tag = _hex(_tag(UNIQUE_KEY[level]))
+        if tag not in chosen:
+            chosen[tag] = available.get(tag) or {"vr": "LO" if level == "PATIENT" else "UI"}
+    ds = _json_dataset(chosen)
+    ds.QueryRetrieveLevel = request.level
+    if _non_ascii(chosen):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    elif request.wants_charset:
+        ds.SpecificCharacterSet = ""
+    return ds
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+def c_find(peer: Peer | None, event: Any) -> Iterator[tuple[Any, Dataset | None]]:
+    """EVT_C_FIND handler body: yield the pending matches, then the final status (an int, or a
+    status Dataset with its Error Comment)."""
+    if peer is None:
+        yield status_dataset(NOT_AUTHORISED, "The association was not admitted."), None
+        return
+    started = time.monotonic()
+    sop_class = str(getattr(event.context, "abstract_syntax", "") or "")
+    if sop_class not in MODELS:
+        yield status_dataset(0x0122, "SOP class not supported for C-FIND."), None
+        return
+    try:
+        identifier = event.identifier
+        request = request_parse(
+            identifier, model=sop_class, relational=relational_negotiated(event, sop_class)
+        )
+    except Refused as refused:
+        _log(peer, "?", 0, refused.status, started)
+        yield status_dataset(refused.status, refused.comment, refused.offending), None
+        return
+    except Exception as exc:  # the identifier's bytes cannot be decoded at all
+        _log(peer, "?", 0, CANNOT_DECODE, started)
+        yield status_dataset(CANNOT_DECODE, f"The identifier cannot be decoded: {exc}"), None
+        return
+    cap = int(settings.DIMSE_FIND_MAX_RESULTS)
+    try:
+        with db_serial():
+            matches = search(peer.org, request, cap + 1)
+            more = len(matches) > cap
+            identifiers = [response_identifier(m, request, peer) for m in matches[:cap]]
+    except Exception:
+        logger.exception("dimse: C-FIND failed for org %s", peer.org.pk)
+        connection.close()  # a broken connection must not fail the association's next request
+        _log(peer, request.level, 0, INDEX_UNAVAILABLE, started)
+        yield status_dataset(INDEX_UNAVAILABLE, "The index cannot be read now; retry later."), None
+        return
+    searched = time.monotonic()
+    pending = PENDING_WARNING if request.unsupported else PENDING
+    for sent, ds in enumerate(identifiers):
+        if event.is_cancelled:
+            _log(peer, request.level, sent, CANCEL, started, searched)
+            yield CANCEL, None
+            return
+        yield pending, ds
+    if event.is_cancelled:
+        _log(peer, request.level, len(identifiers), CANCEL, started, searched)
+        yield CANCEL, None
+        return
+    if more:
+        _log(peer, request.level, len(identifiers), OUT_OF_RESOURCES, started, searched)
+        yield (
+            status_dataset(
+                OUT_OF_RESOURCES,
+                f"More than {cap} matches; the first {cap} were sent. Narrow the query.",
+            ),
+            None,
+        )
+        return
+    _log(peer, request.level, len(identifiers), SUCCESS, started, searched)
+    yield SUCCESS, None
+
+
+def _log(
+    peer: Peer,
+    level: str,
+    matches: int,
+    status: int,
+    started: float,
+    searched: float | None = None,
+) -> None:
+    """One line per C-FIND: who asked, the level, how many matches were sent with which final
+    status, the time the search (and building the answers) took and the time until the final
+    status; never the identifier's values."""
+    now = time.monotonic()
+    logger.info(
+        "dimse: C-FIND %s level %s for org %s: %d match(es) sent, status 0x%04X, "
+        "search %.1f ms, total %.1f ms",
+        peer.source,
+        level,
+        peer.org.pk,
+        matches,
+        status,
+        ((searched or now) - started) * 1000,
+        (now - started) * 1000,
+    )
