@@ -39,6 +39,7 @@ import logging
 import queue
 import shutil
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -75,6 +76,11 @@ _transcode_slots = threading.BoundedSemaphore(TRANSCODE_SLOTS)
 # sent whatever the peer announced (0 means unlimited in DICOM: the whole data set in one PDU).
 WINDOW_BYTES = 4 * 1024 * 1024
 MAX_FRAGMENT = 1024 * 1024
+# P-DATA-TF PDU with one PDV item (PS3.8 9.3.5, E.2): PDU type 04H, reserved, PDU length; item
+# length, presentation context ID, message control header (bit 0: command, bit 1: last).
+_PDU_HEADER = struct.Struct(">BBIIBB")
+# Bytes of PDUs written to the socket at once on the direct path.
+DIRECT_BATCH = 1024 * 1024
 # The idle nap of the network thread of an association Strata opened (pynetdicom: 1 ms).
 DUL_IDLE_SECONDS = 0.0002
 # Bytes of spooled instances ahead of the one being sent (at least one instance).
@@ -406,6 +412,113 @@ def requested_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationCon
 # --- the association the C-STOREs go over ---------------------------------------------------------
 
 
+def _element(group_element: int, value: bytes) -> bytes:
+    """One element of a command set (Implicit VR Little Endian, PS3.7 6.3.1)."""
+    return struct.pack("<HHI", 0x0000, group_element, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def c_store_command(
+    *,
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    originator_aet: str | None,
+    originator_id: int | None,
+) -> bytes:
+    """The encoded command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), as pynetdicom
+    encodes it, without building and encoding a pydicom data set per instance."""
+    body = [
+        _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
+        _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
+        _element(0x0110, struct.pack("<H", message_id)),  # Message ID
+        _element(0x0700, struct.pack("<H", 2)),  # Priority: low, as pynetdicom
+        _element(0x0800, struct.pack("<H", 0x0001)),  # Command Data Set Type: present
+        _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
+    ]
+    if originator_aet:
+        title = originator_aet.encode("ascii")
+        body.append(_element(0x1030, title + b" " if len(title) % 2 else title))
+    if originator_id is not None:
+        body.append(_element(0x1031, struct.pack("<H", originator_id)))
+    joined = b"".join(body)
+    return _element(0x0000, struct.pack("<I", len(joined))) + joined
+
+
+class _PduWriter:
+    """Writes a DIMSE message's P-DATA-TF PDUs straight to an association's socket.
+
+    pynetdicom sends every fragment through its network thread: a Python object, a state-machine
+    event and an encoding per fragment of (often) 16 KB, which caps a sender at a few hundred
+    data sets per second. Here the fragments are read from the file into one buffer, headers in
+    place, and written with one ``sendall`` per ``DIRECT_BATCH`` bytes. Used only where nothing
+    else writes to the socket meanwhile: an association Strata opened (its network thread only
+    reads while no primitive is queued), over plain TCP (an SSL socket must not be written from
+    one thread while another reads it).
+    """
+
+    def __init__(self, sock: socket.socket, fragment: int, stall_seconds: float):
+        self.sock = sock
+        self.fragment = fragment
+        self.buffer = bytearray(DIRECT_BATCH + _PDU_HEADER.size + fragment)
+        sock.settimeout(stall_seconds)  # a peer that takes nothing for this long is gone
+
+    def _flush(self, used: int) -> int:
+        if used:
+            self.sock.sendall(memoryview(self.buffer)[:used])
+        return 0
+
+    def write(self, context_id: int, command: bytes, path: Path, offset: int, length: int) -> None:
+        """The command set (one or more command fragments), then ``length`` data set bytes of
+        the file at ``path`` from ``offset``. Raises OSError when the connection fails."""
+        view = memoryview(self.buffer)
+        used = 0
+        for start in range(0, len(command), self.fragment):
+            piece = command[start : start + self.fragment]
+            last = start + self.fragment >= len(command)
+            _PDU_HEADER.pack_into(
+                self.buffer,
+                used,
+                0x04,
+                0,
+                len(piece) + 6,
+                len(piece) + 2,
+                context_id,
+                0x03 if last else 0x01,
+            )
+            used += _PDU_HEADER.size
+            view[used : used + len(piece)] = piece
+            used += len(piece)
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            left = length
+            while left > 0:
+                if used + _PDU_HEADER.size + self.fragment > len(self.buffer):
+                    used = self._flush(used)
+                size = min(self.fragment, left)
+                at = used + _PDU_HEADER.size
+                got = handle.readinto(view[at : at + size])
+                if got != size:
+                    raise OSError("The spool file is shorter than its data set.")
+                left -= size
+                _PDU_HEADER.pack_into(
+                    self.buffer,
+                    used,
+                    0x04,
+                    0,
+                    size + 6,
+                    size + 2,
+                    context_id,
+                    0x02 if left == 0 else 0x00,
+                )
+                used = at + size
+        self._flush(used)
+
+
 class _Window(queue.Queue[Any]):
     """pynetdicom's queue of primitives for its network (DUL) thread, with a limit on the
     P-DATA fragments waiting in it: ``put`` of a fragment waits while ``limit`` are queued.
@@ -517,6 +630,10 @@ class Link:
         provider_queue.window_limit = max(2, WINDOW_BYTES // max(fragment, 1))
         provider_queue.window_stall = stall_seconds
         provider_queue.__class__ = _Window
+        sock = getattr(assoc.dul.socket, "socket", None)
+        self._writer: _PduWriter | None = None
+        if owned and isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
+            self._writer = _PduWriter(sock, fragment - 6, stall_seconds)
 
     @property
     def alive(self) -> bool:
@@ -569,7 +686,19 @@ class Link:
         dimse = self.assoc.dimse
         started = time.monotonic()
         try:
-            dimse.send_msg(request, context_id)
+            if self._writer is not None:
+                command = c_store_command(
+                    message_id=message_id,
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    originator_aet=self.originator_aet,
+                    originator_id=self.originator_id,
+                )
+                self._writer.write(
+                    context_id, command, spooled.path, spooled.offset, spooled.dataset_bytes
+                )
+            else:
+                dimse.send_msg(request, context_id)
             _, response = dimse.get_msg(block=True)
         except LinkGone as exc:
             self.break_off(exc.reason)

@@ -44,8 +44,9 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, build_role, evt
-from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_MOVE, C_STORE
+from pynetdicom.dsutils import encode, split_dataset
 
 from archive.ae_titles.services import ae_create
 from archive.dimse import retrieve, sender
@@ -1277,6 +1278,32 @@ def test_requested_contexts_offer_each_stored_syntax_alone_and_uncompressed_once
         (MRImageStorage, [RLELossless]),
         (MRImageStorage, [ImplicitVRLittleEndian]),
     ]
+
+
+@pytest.mark.parametrize(
+    ("originator_aet", "originator_id"), [("PACS1", 7), ("ODD-TITLE", 65535), (None, None)]
+)
+def test_the_c_store_command_is_encoded_as_pynetdicom_encodes_it(originator_aet, originator_id):
+    request = C_STORE()
+    request.MessageID = 513
+    request.Priority = 2
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.1234567890123")
+    request.MoveOriginatorApplicationEntityTitle = originator_aet
+    request.MoveOriginatorMessageID = originator_id
+    request._dataset_path = (Path("unused.dcm"), 0)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+
+    ours = sender.c_store_command(
+        message_id=513,
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.1234567890123",
+        originator_aet=originator_aet,
+        originator_id=originator_id,
+    )
+
+    assert ours == encode(message.command_set, True, True)
 
 
 def test_error_comments_fit_64_characters():
