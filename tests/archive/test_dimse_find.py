@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
@@ -557,9 +557,7 @@ def test_patient_root_lower_levels_need_every_unique_key_above(listener, studies
 
 @pytest.fixture
 def relational_listener(listener: Listener) -> Listener:
-    """The listener answering SOP Class Extended Negotiation with find's answer."""
-    assert listener.scp.server is not None
-    listener.scp.server.bind(evt.EVT_SOP_EXTENDED, find.on_sop_extended)
+    """The listener, which answers SOP Class Extended Negotiation with find's answer."""
     return listener
 
 
