@@ -568,7 +568,12 @@ class Retrieve:
         prefetch = Prefetch(items, folder)
         try:
             for position, (item, spool) in enumerate(prefetch):
-                if self.event.is_cancelled or not self.event.assoc.is_established:
+                message_id = int(self.event.request.MessageID)
+                if (
+                    self.event.is_cancelled
+                    or link.cancelled(message_id)
+                    or not self.event.assoc.is_established
+                ):
                     run.cancelled = True
                     return
                 files: list[Spooled] = []

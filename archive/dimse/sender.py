@@ -39,7 +39,6 @@ import logging
 import queue
 import shutil
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -62,6 +61,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket
 
 from archive.storage import ObjectStore, StorageUnavailable
 
@@ -81,8 +81,6 @@ MAX_FRAGMENT = 1024 * 1024
 _PDU_HEADER = struct.Struct(">BBIIBB")
 # Bytes of PDUs written to the socket at once on the direct path.
 DIRECT_BATCH = 1024 * 1024
-# The idle nap of the network thread of an association Strata opened (pynetdicom: 1 ms).
-DUL_IDLE_SECONDS = 0.0002
 # Bytes of spooled instances ahead of the one being sent (at least one instance).
 PREFETCH_BYTES = 64 * 1024 * 1024
 PREFETCH_INSTANCES = 8
@@ -449,74 +447,181 @@ def c_store_command(
     return _element(0x0000, struct.pack("<I", len(joined))) + joined
 
 
-class _PduWriter:
-    """Writes a DIMSE message's P-DATA-TF PDUs straight to an association's socket.
+_held_classes: dict[type, type] = {}
 
-    pynetdicom sends every fragment through its network thread: a Python object, a state-machine
-    event and an encoding per fragment of (often) 16 KB, which caps a sender at a few hundred
-    data sets per second. Here the fragments are read from the file into one buffer, headers in
-    place, and written with one ``sendall`` per ``DIRECT_BATCH`` bytes. Used only where nothing
-    else writes to the socket meanwhile: an association Strata opened (its network thread only
-    reads while no primitive is queued), over plain TCP (an SSL socket must not be written from
-    one thread while another reads it).
+
+def _held_class(base: type[AssociationSocket]) -> type[AssociationSocket]:
+    """``base`` (pynetdicom's association socket, or a subclass) whose network thread stops
+    reading while ``strata_held`` is set, and whose writes take ``strata_lock``."""
+    held = _held_classes.get(base)
+    if held is None:
+
+        class Held(base):  # type: ignore[valid-type,misc]
+            strata_held = False
+            strata_lock: threading.Lock
+
+            @property
+            def ready(self) -> bool:
+                return False if self.strata_held else bool(base.ready.fget(self))  # type: ignore[attr-defined]
+
+            def send(self, bytestream: bytes) -> None:
+                with self.strata_lock:
+                    base.send(self, bytestream)
+
+        held = _held_classes[base] = Held
+    return held
+
+
+def _command_values(command: bytes) -> dict[int, bytes]:
+    """A command set's values by element number (group 0000, Implicit VR Little Endian)."""
+    values: dict[int, bytes] = {}
+    pos = 0
+    while pos + 8 <= len(command):
+        _, element, length = struct.unpack_from("<HHI", command, pos)
+        values[element] = command[pos + 8 : pos + 8 + length]
+        pos += 8 + length
+    return values
+
+
+def _us(value: bytes | None) -> int | None:
+    return struct.unpack("<H", value[:2])[0] if value is not None and len(value) >= 2 else None
+
+
+class _Direct:
+    """C-STORE requests and their responses exchanged on an association's socket by the thread
+    that sends the sub-operations, instead of through pynetdicom's network thread.
+
+    pynetdicom sends every fragment as a Python object, a state-machine event and an encoding
+    (often 16 KB each), and reads each response in its network thread, which naps 1 ms when
+    idle: a few hundred data sets per second at most. Here the fragments are read from the spool
+    file into one buffer, PDU headers in place, and written with one ``sendall`` per
+    ``DIRECT_BATCH`` bytes; the response is read at once with a blocking read.
+
+    While the Link holds the socket, pynetdicom's network thread does not read it (its socket's
+    ``ready`` says nothing is there) and its own writes (a pending response of a C-GET) take the
+    same lock as ours, so messages never interleave. What arrives meanwhile is read here: the
+    C-STORE responses, a C-CANCEL of the C-GET (remembered for the caller), an A-ABORT or an
+    A-RELEASE request (the link is gone).
     """
 
-    def __init__(self, sock: socket.socket, fragment: int, stall_seconds: float):
-        self.sock = sock
+    wrapper: Any  # pynetdicom's AssociationSocket, its class swapped while held
+
+    def __init__(self, assoc: Association, fragment: int, stall_seconds: float, settle: float):
+        wrapper: Any = assoc.dul.socket
+        self.wrapper = wrapper
+        self.sock: socket.socket = wrapper.socket
         self.fragment = fragment
         self.buffer = bytearray(DIRECT_BATCH + _PDU_HEADER.size + fragment)
-        sock.settimeout(stall_seconds)  # a peer that takes nothing for this long is gone
+        self.cancelled: set[int] = set()
+        self._pdvs: deque[tuple[int, bytes]] = deque()
+        self._base: type[AssociationSocket] = type(wrapper)
+        self._timeout = self.sock.gettimeout()
+        self.wrapper.strata_lock = threading.Lock()
+        self.wrapper.__class__ = _held_class(self._base)
+        self.wrapper.strata_held = True
+        if settle:
+            time.sleep(settle)  # a read the network thread had started finishes first
+        self.sock.settimeout(stall_seconds)  # a peer that sends or takes nothing is gone
+
+    def release(self) -> None:
+        """Hand the socket back to pynetdicom's network thread."""
+        self.wrapper.strata_held = False
+        self.wrapper.__class__ = self._base
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(self._timeout)
 
     def _flush(self, used: int) -> int:
         if used:
             self.sock.sendall(memoryview(self.buffer)[:used])
         return 0
 
+    def _put(self, used: int, context_id: int, control: int, size: int) -> int:
+        _PDU_HEADER.pack_into(self.buffer, used, 0x04, 0, size + 6, size + 2, context_id, control)
+        return used + _PDU_HEADER.size
+
     def write(self, context_id: int, command: bytes, path: Path, offset: int, length: int) -> None:
-        """The command set (one or more command fragments), then ``length`` data set bytes of
-        the file at ``path`` from ``offset``. Raises OSError when the connection fails."""
+        """The command set, then ``length`` data set bytes of the file at ``path`` from
+        ``offset``, as P-DATA-TF PDUs of one PDV each. Raises OSError when the connection
+        fails."""
         view = memoryview(self.buffer)
-        used = 0
-        for start in range(0, len(command), self.fragment):
-            piece = command[start : start + self.fragment]
-            last = start + self.fragment >= len(command)
-            _PDU_HEADER.pack_into(
-                self.buffer,
-                used,
-                0x04,
-                0,
-                len(piece) + 6,
-                len(piece) + 2,
-                context_id,
-                0x03 if last else 0x01,
-            )
-            used += _PDU_HEADER.size
-            view[used : used + len(piece)] = piece
-            used += len(piece)
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            left = length
-            while left > 0:
-                if used + _PDU_HEADER.size + self.fragment > len(self.buffer):
-                    used = self._flush(used)
-                size = min(self.fragment, left)
-                at = used + _PDU_HEADER.size
-                got = handle.readinto(view[at : at + size])
-                if got != size:
-                    raise OSError("The spool file is shorter than its data set.")
-                left -= size
-                _PDU_HEADER.pack_into(
-                    self.buffer,
-                    used,
-                    0x04,
-                    0,
-                    size + 6,
-                    size + 2,
-                    context_id,
-                    0x02 if left == 0 else 0x00,
-                )
-                used = at + size
-        self._flush(used)
+        with self.wrapper.strata_lock:
+            used = 0
+            for start in range(0, len(command), self.fragment):
+                piece = command[start : start + self.fragment]
+                last = start + self.fragment >= len(command)
+                used = self._put(used, context_id, 0x03 if last else 0x01, len(piece))
+                view[used : used + len(piece)] = piece
+                used += len(piece)
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                left = length
+                while left > 0:
+                    if used + _PDU_HEADER.size + self.fragment > len(self.buffer):
+                        used = self._flush(used)
+                    size = min(self.fragment, left)
+                    left -= size
+                    at = self._put(used, context_id, 0x02 if left == 0 else 0x00, size)
+                    if handle.readinto(view[at : at + size]) != size:
+                        raise OSError("The spool file is shorter than its data set.")
+                    used = at + size
+            self._flush(used)
+
+    def _exact(self, size: int) -> bytes:
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        while got < size:
+            count = self.sock.recv_into(view[got:], size - got)
+            if not count:
+                raise LinkGone("The peer closed the connection.")
+            got += count
+        return bytes(data)
+
+    def _read_pdvs(self) -> None:
+        pdu_type, _, length = struct.unpack(">BBI", self._exact(6))
+        if length > 64 * 1024 * 1024:
+            raise LinkGone("The peer sent a PDU longer than 64 MiB.")
+        body = self._exact(length)
+        if pdu_type == 0x07:
+            raise LinkGone("The peer aborted the association.")
+        if pdu_type == 0x05:
+            raise LinkGone("The peer asked to release the association during the transfer.")
+        if pdu_type != 0x04:
+            raise LinkGone(f"The peer sent an unexpected PDU (type {pdu_type:02X}H).")
+        pos = 0
+        while pos + 6 <= len(body):
+            item_length = struct.unpack_from(">I", body, pos)[0]
+            self._pdvs.append((body[pos + 5], body[pos + 6 : pos + 4 + item_length]))
+            pos += 4 + item_length
+
+    def read_command(self) -> dict[int, bytes]:
+        """The next message the peer sends, which must be a command without a data set."""
+        fragments: list[bytes] = []
+        while True:
+            while not self._pdvs:
+                self._read_pdvs()
+            control, data = self._pdvs.popleft()
+            if not control & 0x01:
+                raise LinkGone("The peer sent a data set where a response was expected.")
+            fragments.append(data)
+            if control & 0x02:
+                return _command_values(b"".join(fragments))
+
+    def exchange(self, context_id: int, message_id: int, command: bytes, spooled: Spooled) -> int:
+        """Send one C-STORE request; the status of its response."""
+        self.write(context_id, command, spooled.path, spooled.offset, spooled.dataset_bytes)
+        while True:
+            values = self.read_command()
+            field = _us(values.get(0x0100))
+            if field == 0x0FFF:  # C-CANCEL-RQ of the caller's C-GET
+                being = _us(values.get(0x0120))
+                if being is not None:
+                    self.cancelled.add(being)
+                continue
+            status = _us(values.get(0x0900))
+            if field != 0x8001 or _us(values.get(0x0120)) != message_id or status is None:
+                raise LinkGone("The peer answered a C-STORE with something else.")
+            return status
 
 
 class _Window(queue.Queue[Any]):
@@ -590,6 +695,7 @@ class Link:
     ):
         self.assoc = assoc
         self.owned = owned
+        self.stall_seconds = stall_seconds
         self.originator_aet = originator_aet
         self.originator_id = originator_id
         self.gone_reason = ""
@@ -602,10 +708,6 @@ class Link:
                 self._accepted.setdefault(sop_class, []).append(syntax)
                 self._context_ids.setdefault((sop_class, syntax), int(cx.context_id))
         if owned:
-            # pynetdicom's network thread sleeps 1 ms whenever it finds nothing to do: up to a
-            # millisecond before a fragment just queued leaves, and before the peer's answer is
-            # read, per instance. A shorter nap while Strata's own association sends.
-            assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
             # Its association thread would only watch for requests from the destination (none
             # come): paused while the sub-operations run, as pynetdicom's send_c_store pauses it
             # for each (which costs up to a millisecond per instance to wait for).
@@ -630,10 +732,15 @@ class Link:
         provider_queue.window_limit = max(2, WINDOW_BYTES // max(fragment, 1))
         provider_queue.window_stall = stall_seconds
         provider_queue.__class__ = _Window
-        sock = getattr(assoc.dul.socket, "socket", None)
-        self._writer: _PduWriter | None = None
-        if owned and isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
-            self._writer = _PduWriter(sock, fragment - 6, stall_seconds)
+        self._direct: _Direct | None = None
+        if isinstance(getattr(assoc.dul.socket, "socket", None), socket.socket):
+            # The caller's association may be reading a C-CANCEL just now: let it finish.
+            settle = 0.0 if owned else 0.005
+            self._direct = _Direct(assoc, fragment - 6, stall_seconds, settle)
+
+    def cancelled(self, message_id: int) -> bool:
+        """Whether a C-CANCEL for ``message_id`` arrived while the link held the socket."""
+        return self._direct is not None and message_id in self._direct.cancelled
 
     @property
     def alive(self) -> bool:
@@ -686,7 +793,7 @@ class Link:
         dimse = self.assoc.dimse
         started = time.monotonic()
         try:
-            if self._writer is not None:
+            if self._direct is not None:
                 command = c_store_command(
                     message_id=message_id,
                     sop_class_uid=sop_class_uid,
@@ -694,15 +801,15 @@ class Link:
                     originator_aet=self.originator_aet,
                     originator_id=self.originator_id,
                 )
-                self._writer.write(
-                    context_id, command, spooled.path, spooled.offset, spooled.dataset_bytes
-                )
-            else:
-                dimse.send_msg(request, context_id)
+                return _classify(self._direct.exchange(context_id, message_id, command, spooled))
+            dimse.send_msg(request, context_id)
             _, response = dimse.get_msg(block=True)
         except LinkGone as exc:
             self.break_off(exc.reason)
             raise
+        except TimeoutError:
+            self.break_off(f"The peer took or sent nothing for {self.stall_seconds:g} s.")
+            raise LinkGone(self.gone_reason) from None
         except (RuntimeError, OSError) as exc:
             self.break_off(f"The association ended: {exc}")
             raise LinkGone(self.gone_reason) from None
@@ -729,6 +836,8 @@ class Link:
         association is aborted (the socket shut first: pynetdicom's network thread may be
         blocked writing to a peer that reads nothing)."""
         self.gone_reason = self.gone_reason or reason
+        if self._direct is not None:
+            self._direct.release()
         sock = getattr(getattr(self.assoc.dul, "socket", None), "socket", None)
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -737,7 +846,9 @@ class Link:
             self.assoc.abort()
 
     def close(self) -> None:
-        """Release Strata's own association; for the caller's, put its send queue back."""
+        """Release Strata's own association; for the caller's, hand it back as it was."""
+        if self._direct is not None:
+            self._direct.release()
         queue_: Any = self.assoc.dul.to_provider_queue
         if isinstance(queue_, _Window):
             queue_.__class__ = self._queue_class

@@ -1095,6 +1095,43 @@ def test_c_get_without_storage_contexts_fails_every_instance(listener, org, dico
     assert not received
 
 
+def test_c_get_cancel_stops_and_answers_with_the_counts(listener, org, dicom_ae):
+    study = store_study(org, n=6)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        time.sleep(0.3)
+        return 0x0000
+
+    scu = AE(ae_title=MODALITY)
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 60
+    scu.add_requested_context(GET, [ExplicitVRLittleEndian])
+    scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = scu.associate(
+        listener.host,
+        listener.port,
+        ae_title=CALLED,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    responses = []
+    for status, _ in assoc.send_c_get(
+        identifier("STUDY", StudyInstanceUID=study.uid), GET, msg_id=11
+    ):
+        responses.append(status)
+        if len(responses) == 1:
+            assoc.send_c_cancel(11, query_model=GET)
+    assoc.release()
+    listener.wait_idle()
+    final = responses[-1]
+    assert final.Status == 0xFE00
+    completed, failed, warning, remaining = counts(final)
+    assert completed == len(received) and failed == 0 and remaining is not None
+    assert remaining >= 1 and completed + remaining == 6
+    assert AuditEvent.objects.get(action="dimse.get").details["cancelled"] is True
+
+
 def test_c_get_bad_identifier_is_refused(listener, org, dicom_ae):
     responses, _ = get(listener, identifier("SERIES", StudyInstanceUID=generate_uid()))
     assert [r.Status for r in responses] == [0xA900]
