@@ -30,8 +30,10 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,11 +51,17 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
-from pynetdicom import AE, transport  # noqa: E402
+from pynetdicom import AE, build_role, evt, transport  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 
 from archive.ae_titles.services import ae_create  # noqa: E402
-from archive.models import StorageLocation  # noqa: E402
+from archive.dimse import commitment  # noqa: E402
+from archive.models import (  # noqa: E402
+    DicomDestination,
+    Instance,
+    StorageCommitment,
+    StorageLocation,
+)
 from tenants.context import Actor  # noqa: E402
 from tenants.models import Organization  # noqa: E402
 
@@ -333,6 +341,148 @@ def find_latency() -> None:
     print("target: p95 < 50 ms at 1M studies")
 
 
+# --- storage commitment -----------------------------------------------------------------------
+
+COMMIT_INSTANCES = int(os.environ.get("BENCH_COMMIT_INSTANCES", "1000"))
+COMMIT_RUNS = int(os.environ.get("BENCH_COMMIT_RUNS", "5"))
+COMMIT_CALLED_AE = "BENCH-STGCMT"
+COMMIT_MODALITY_AE = "BENCH-MODALITY"
+
+
+class _CommitReports:
+    """The N-EVENT-REPORTs the modality receives (on its association or its own SCP)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.committed: dict[str, int] = {}
+        self.arrived = threading.Condition()
+
+    def handler(self, event: Any) -> tuple[int, None]:
+        info = event.event_information
+        with self.arrived:
+            uid = str(info.TransactionUID)
+            self.at[uid] = time.perf_counter()
+            self.committed[uid] = len(info.get("ReferencedSOPSequence", []))
+            self.arrived.notify_all()
+        return 0x0000, None
+
+    def wait(self, uid: str, timeout: float = 60) -> float:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: uid in self.at, timeout):
+                raise RuntimeError("no N-EVENT-REPORT arrived")
+            return self.at[uid]
+
+
+def _commit_request(pairs: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = f"2.25.{int.from_bytes(os.urandom(15), 'big')}"
+    items = []
+    for sop_class, sop_instance in pairs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        items.append(item)
+    ds.ReferencedSOPSequence = items
+    return ds
+
+
+def _commit_once(
+    port: int, pairs: list[tuple[str, str]], *, same: bool, reports: _CommitReports
+) -> float:
+    """Seconds from sending the N-ACTION to the N-EVENT-REPORT received: on the N-ACTION's
+    association (the modality proposes the SCP role) or, without the role, on the association
+    the listener opens to the modality's SCP."""
+    scu = AE(ae_title=COMMIT_MODALITY_AE)
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 60
+    scu.add_requested_context(commitment.SOP_CLASS, [ExplicitVRLittleEndian])
+    role: list[Any] | None = None
+    if same:
+        role = [build_role(commitment.SOP_CLASS, scu_role=True, scp_role=True)]
+    assoc = scu.associate(
+        "127.0.0.1",
+        port,
+        ae_title=COMMIT_CALLED_AE,
+        ext_neg=role,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)],
+    )
+    if not assoc.is_established:
+        raise RuntimeError("the listener did not accept the association")
+    request = _commit_request(pairs)
+    started = time.perf_counter()
+    status, _ = assoc.send_n_action(request, 1, commitment.SOP_CLASS, commitment.SOP_INSTANCE)
+    if status.get("Status") != 0x0000:
+        raise RuntimeError(f"N-ACTION answered {status.get('Status')}")
+    if not same:
+        assoc.release()
+    arrived = reports.wait(str(request.TransactionUID))
+    if same:
+        # pynetdicom answers the report once the handler returned; releasing before that races
+        # its own association thread.
+        time.sleep(0.1)
+        assoc.release()
+    if reports.committed[str(request.TransactionUID)] != len(pairs):
+        raise RuntimeError("not every instance was committed")
+    return arrived - started
+
+
+def commit_latency() -> None:
+    """Storage commitment (BENCH_ONLY=commit): N-ACTION to N-EVENT-REPORT for COMMIT_INSTANCES
+    (BENCH_COMMIT_INSTANCES, 1000) indexed instances, loaded with COPY (the decision reads only
+    the index), BENCH_COMMIT_RUNS (5) times on the N-ACTION's association and as many on a new
+    association to the modality. Target: < 1 s."""
+    # The modality's SCP listens on the loopback (read by the listener process at its start).
+    os.environ["ARCHIVE_ALLOW_PRIVATE_ENDPOINTS"] = "1"
+    org = Organization.objects.create(name="Bench commitment", slug="bench-commitment")
+    location = StorageLocation.objects.create(organization=org, name="Platform storage")
+    ae_create(
+        org=org,
+        ae_title=COMMIT_CALLED_AE,
+        allowed_calling_ae_titles=[COMMIT_MODALITY_AE],
+        allowed_networks=[],
+        actor=Actor.system("bench"),
+    )
+    ingest_bench.load_studies(org, location, 0, COMMIT_INSTANCES)
+    pairs = [
+        (str(sop_class), str(uid))
+        for sop_class, uid in Instance.objects.for_org(org).values_list(
+            "sop_class_uid", "sop_instance_uid"
+        )
+    ]
+    reports = _CommitReports()
+    modality = AE(ae_title=COMMIT_MODALITY_AE)
+    modality.add_supported_context(commitment.SOP_CLASS, [ExplicitVRLittleEndian])
+    server = modality.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)]
+    )
+    assert server is not None
+    DicomDestination.objects.create(
+        organization=org,
+        ae_title=COMMIT_MODALITY_AE,
+        host="127.0.0.1",
+        port=server.server_address[1],
+    )
+    try:
+        with listener() as port:
+            for same, how in ((True, "same association"), (False, "new association")):
+                seconds = [
+                    _commit_once(port, pairs, same=same, reports=reports)
+                    for _ in range(COMMIT_RUNS)
+                ]
+                print(
+                    f"commit: storage commitment of {len(pairs):,} instances, {how:<16}: "
+                    f"N-ACTION to N-EVENT-REPORT median {statistics.median(seconds) * 1000:4.0f} "
+                    f"ms, max {max(seconds) * 1000:4.0f} ms ({COMMIT_RUNS} runs; target < 1000 ms)",
+                    flush=True,
+                )
+        reported = StorageCommitment.objects.for_org(org).filter(state="reported")
+        deadline = time.monotonic() + 10  # the last one is marked just after its report arrived
+        while reported.count() < 2 * COMMIT_RUNS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"commit: {reported.count()} of {2 * COMMIT_RUNS} commitments reported", flush=True)
+    finally:
+        server.shutdown()
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -347,6 +497,8 @@ def main() -> None:
     try:
         if not only or "find" in only:
             find_latency()
+        if not only or "commit" in only:
+            commit_latency()
     finally:
         connection.close()
         ingest_bench.drop_database()

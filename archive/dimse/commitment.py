@@ -66,6 +66,7 @@ listener that died expires. A listener that stops mid-attempt gives its claim ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -97,7 +98,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_messages import N_ACTION_RSP
 
 from archive.ae_titles.selectors import destination_for_move
 from archive.dimse.indexer import db_serial, queue_root
@@ -157,6 +159,7 @@ MAX_ATTEMPTS = 12
 RETRY_BASE_SECONDS = 15.0
 RETRY_MAX_SECONDS = 3600.0  # 15 s, 30 s, ... 1 h: about 4.5 hours of attempts in all
 WORKERS = 4
+RESPONSE_WAIT_SECONDS = 30.0  # a report on the same association waits for the N-ACTION's response
 # The outgoing association of a report on a new association.
 CONNECT_TIMEOUT = 10.0
 ACSE_TIMEOUT = 15.0
@@ -240,6 +243,56 @@ def _actor(calling_ae: str, address: str) -> Actor:
     return Actor(ip=address or None, label_override=f"dicom:{calling_ae}"[:255])
 
 
+# (0000,0100) Command Field = 0x8130 (N-ACTION-RSP) as a command set encodes it (implicit VR LE).
+_N_ACTION_RSP_FIELD = b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x81"
+
+
+class ResponseSent:
+    """Whether the N-ACTION response is on the wire, so that a report on the same association
+    follows it, as PS3.4 J.3.3 orders them.
+
+    pynetdicom sends the response after the handler returned, from the association's thread,
+    and lets another thread send meanwhile (it counts an association serving a request as
+    paused); the report must wait for the response's last PDU. Armed when the response message
+    for ``message_id`` is encoded (EVT_DIMSE_SENT), set when the last fragment of an N-ACTION-RSP
+    command has been sent (EVT_PDU_SENT).
+    """
+
+    def __init__(self, assoc: Any, message_id: int):
+        self.assoc = assoc
+        self.message_id = message_id
+        self.armed = False
+        self.done = threading.Event()
+        assoc.bind(evt.EVT_DIMSE_SENT, self._message_sent)
+        assoc.bind(evt.EVT_PDU_SENT, self._pdu_sent)
+
+    def _message_sent(self, event: Any) -> None:
+        message = event.message
+        if isinstance(message, N_ACTION_RSP):
+            answered = message.command_set.get("MessageIDBeingRespondedTo")
+            self.armed = self.armed or answered == self.message_id
+
+    def _pdu_sent(self, event: Any) -> None:
+        if not self.armed or self.done.is_set():
+            return
+        for item in getattr(event.pdu, "presentation_data_value_items", None) or []:
+            value = item.presentation_data_value or b""
+            # Message control header: bit 0 command, bit 1 last fragment.
+            if value[:1] and value[0] & 0x03 == 0x03 and _N_ACTION_RSP_FIELD in value:
+                self.done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)
+
+    def close(self) -> None:
+        for event, handler in (
+            (evt.EVT_DIMSE_SENT, self._message_sent),
+            (evt.EVT_PDU_SENT, self._pdu_sent),
+        ):
+            with contextlib.suppress(Exception):
+                self.assoc.unbind(event, handler)
+
+
 def commitment_record(
     *, peer: Peer, transaction_uid: str, items: list[list[str]]
 ) -> StorageCommitment:
@@ -318,8 +371,11 @@ def n_action(peer: Peer | None, event: Any) -> tuple[Any, Dataset | None]:
     reporter = _reporter_for(getattr(event.assoc, "scp", None))
     if reporter is None:
         logger.warning("dimse: no commitment reporter runs; commitment %s waits", row.pk)
+    elif same_association:
+        sent = ResponseSent(event.assoc, int(request.MessageID))
+        reporter.submit(row.pk, event.assoc, sent)
     else:
-        reporter.submit(row.pk, event.assoc if same_association else None)
+        reporter.submit(row.pk)
     logger.info(
         "dimse: storage commitment %s of %s for org %s: %d instances",
         transaction_uid,
@@ -561,16 +617,23 @@ def _message_id(row: StorageCommitment) -> int:
 
 
 def send_on_association(
-    assoc: Association, row: StorageCommitment, decision: Decision, ds: Dataset
+    assoc: Association,
+    response_sent: ResponseSent,
+    row: StorageCommitment,
+    decision: Decision,
+    ds: Dataset,
 ) -> int:
-    """Send the report on the N-ACTION's association; returns the response status."""
+    """Send the report on the N-ACTION's association, after the N-ACTION's response; returns
+    the requester's response status."""
+    if not response_sent.wait(RESPONSE_WAIT_SECONDS):
+        raise DeliveryFailed("the N-ACTION's response was not sent")
     with _association_locks_guard:
         lock = _association_locks.setdefault(assoc, threading.Lock())
     with lock:
         if not assoc.is_established:
             raise DeliveryFailed("the N-ACTION's association has ended")
-        # pynetdicom pauses the association's thread for the exchange (once it has answered
-        # the N-ACTION and served what it was serving), so the report follows the response.
+        # pynetdicom holds the association's thread for the exchange, so that the response to
+        # the report is not taken for a request.
         status, _ = assoc.send_n_event_report(
             ds, decision.event_type, SOP_CLASS, SOP_INSTANCE, msg_id=_message_id(row)
         )
@@ -655,6 +718,7 @@ def retry_delay(attempts: int) -> float:
 class _Job:
     commitment_id: int
     assoc: Any = None  # the N-ACTION's association, when the report may go on it
+    response_sent: ResponseSent | None = None  # ... once the N-ACTION's response is sent
 
 
 _reporters: weakref.WeakKeyDictionary[Any, Reporter] = weakref.WeakKeyDictionary()
@@ -707,12 +771,14 @@ class Reporter:
         for thread in self.threads:
             thread.start()
 
-    def submit(self, commitment_id: int, assoc: Any = None) -> None:
+    def submit(
+        self, commitment_id: int, assoc: Any = None, response_sent: ResponseSent | None = None
+    ) -> None:
         with self._lock:
             if commitment_id in self._queued:
                 return
             self._queued.add(commitment_id)
-        self.jobs.put(_Job(commitment_id=commitment_id, assoc=assoc))
+        self.jobs.put(_Job(commitment_id=commitment_id, assoc=assoc, response_sent=response_sent))
 
     # -- threads --
 
@@ -742,6 +808,8 @@ class Reporter:
             except Exception:
                 logger.exception("dimse: storage commitment %s: attempt failed", job.commitment_id)
             finally:
+                if job.response_sent is not None:
+                    job.response_sent.close()
                 with self._lock:
                     self._queued.discard(job.commitment_id)
                 connections.close_all()
@@ -787,9 +855,9 @@ class Reporter:
         errors: list[str] = []
         delivery = ""
         status = None
-        if job.assoc is not None:
+        if job.assoc is not None and job.response_sent is not None:
             try:
-                status = send_on_association(job.assoc, row, decision, ds)
+                status = send_on_association(job.assoc, job.response_sent, row, decision, ds)
                 delivery = "same association"
             except DeliveryFailed as exc:
                 errors.append(str(exc))

@@ -145,8 +145,10 @@ class Report:
 class Reports:
     received: list[Report] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
+    arrived_at: float = 0.0
 
     def handler(self, event: Any) -> tuple[int, None]:
+        self.arrived_at = time.monotonic()
         self.received.append(
             Report(
                 event_type=int(event.event_type),
@@ -211,6 +213,9 @@ def finish(requested: Requested, timeout: float = 20.0) -> Report:
     try:
         return requested.reports.wait(timeout)
     finally:
+        # pynetdicom's SCU answers the report once the handler returned; releasing before
+        # that races its own association thread.
+        time.sleep(0.1)
         if requested.assoc.is_established:
             requested.assoc.release()
 
@@ -330,6 +335,28 @@ def test_with_the_role_but_the_association_released_the_report_takes_a_new_one(
     report = reports.wait()
     assert report.committed == pairs([first])
     assert reported(org).result["delivery"] == "new association"
+
+
+def test_the_report_follows_the_n_action_response_even_when_decided_first(
+    listener, org, dicom_ae, monkeypatch
+):
+    """The handler still runs when the reporter has decided (here: it sleeps after handing the
+    request over); the report waits until the N-ACTION's response is on the wire."""
+    sent = ct()
+    store(listener, [sent])
+    real = commitment.Reporter.submit
+
+    def submit(self: commitment.Reporter, *args: Any) -> None:
+        real(self, *args)
+        time.sleep(0.5)  # decided and ready to report before the handler returns
+
+    monkeypatch.setattr(commitment.Reporter, "submit", submit)
+    requested = request(listener, pairs([sent]))
+    answered = time.monotonic()
+    assert requested.status.Status == 0x0000
+    report = finish(requested)
+    assert report.committed == pairs([sent])
+    assert requested.reports.arrived_at >= answered
 
 
 # --- failures per instance -----------------------------------------------------------------
