@@ -797,8 +797,6 @@ class StrataSCP:
         # logging (it would cost CPU on every fragment and could log identifiers).
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.LOG_HANDLER_LEVEL = "none"
-        # C-MOVE / C-GET send each data set from a spool file, fragment by fragment.
-        _config.STORE_SEND_CHUNKED_DATASET = True
         # Our associations' data sets are received straight into the spool (_ReceiveFile);
         # both replacements fall back to pynetdicom's own behaviour for anything else.
         dimse_messages.NamedTemporaryFile = _named_temporary_file

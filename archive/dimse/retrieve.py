@@ -18,8 +18,8 @@ Sending (``archive.dimse.sender``): one association per C-MOVE, opened with the 
 caller called as the calling AE title; one C-STORE sub-operation per instance, streamed from
 the object store through a local spool file; the stored bytes as they are when the peer
 accepted the stored transfer syntax, else decoded to Explicit (or Implicit) VR Little Endian,
-else refused for that instance. A pending response follows every sub-operation; a C-CANCEL is
-honoured between sub-operations.
+else refused for that instance. A C-CANCEL is honoured between sub-operations; a caller that
+goes away ends the retrieve like a C-CANCEL.
 
 Archive tier: instances that need a restore are not sent; their restore is started (or the open
 one found) exactly as a WADO-RS read does (``archive.restores.services.restore_for_read``), they
@@ -34,8 +34,8 @@ uses), naming the destination (C-MOVE) or the caller (C-GET); and one audit even
 Response statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4; every failure and warning carries an Error
 Comment of at most 64 characters):
 
-    0xFF00  pending: after each sub-operation, with the remaining, completed, failed and warning
-            counts
+    0xFF00  pending: with the remaining, completed, failed and warning counts, after the first
+            and the last sub-operation and at most every ``PENDING_INTERVAL`` seconds between
     0x0000  success: every instance sent (counts; zero sub-operations never happen: see 0xC000)
     0xB000  warning: some sub-operations failed or warned, or some of the named UIDs were not
             found; Failed SOP Instance UID List
@@ -53,8 +53,8 @@ Comment of at most 64 characters):
 
 pynetdicom 3.0 drives a C-MOVE/C-GET handler as a generator that yields the data sets to send
 (``Dataset`` objects only, encoded in memory, over an association it opens itself with the
-listener's AE title) and closes with a response computed from its own counts, without an Error
-Comment. The sub-operations therefore run here, during the handler's first step; the handler
+listener's AE title, to an address it resolves itself) and closes with a response computed from
+its own counts, without an Error Comment. The sub-operations therefore run here, during the handler's first step; the handler
 then ends the way pynetdicom expects, and the closing response pynetdicom sends for the request
 is replaced by the one computed here (``_replace_closing_response``).
 """
@@ -118,11 +118,10 @@ PATIENT_ROOT = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.
 MAX_SUBOPERATIONS = 65535
 MAX_KEY_VALUES = 1000
 ERROR_COMMENT_MAX = 64
-# Waits of a C-MOVE's association with its destination, once established: for each C-STORE
-# response, and for the destination to take data.
-DESTINATION_DIMSE_TIMEOUT = 120.0
 # Pending responses: at most one per this many seconds (the first and the last always).
 PENDING_INTERVAL = 0.1
+# How long the peer may take or send nothing while a sub-operation runs (a C-STORE's data set
+# being taken, its response awaited).
 STALL_SECONDS = 120.0
 
 PENDING = 0xFF00
@@ -791,12 +790,18 @@ def _open_link(retrieve: Retrieve, items: list[Item]) -> Link | None:
     assert run is not None
     request = event.request
     if retrieve.operation == "C-GET":
-        return Link(
-            event.assoc,
-            owned=False,
-            stall_seconds=STALL_SECONDS,
-            first_message_id=int(request.MessageID) % 65535 + 1,
-        )
+        try:
+            return Link(
+                event.assoc,
+                owned=False,
+                stall_seconds=STALL_SECONDS,
+                first_message_id=int(request.MessageID) % 65535 + 1,
+            )
+        except LinkGone as exc:
+            run.link_failure = exc.reason
+            for item in items:
+                run.fail(item.sop_instance_uid, exc.reason)
+            return None
     destination = retrieve.destination
     assert destination is not None
     contexts = requested_contexts((item.sop_class_uid, item.transfer_syntax_uid) for item in items)
@@ -811,15 +816,20 @@ def _open_link(retrieve: Retrieve, items: list[Item]) -> Link | None:
         for item in items:
             run.fail(item.sop_instance_uid, run.link_failure)
         return None
-    assoc.dimse_timeout = DESTINATION_DIMSE_TIMEOUT
-    assoc.network_timeout = DESTINATION_DIMSE_TIMEOUT
-    return Link(
-        assoc,
-        owned=True,
-        stall_seconds=STALL_SECONDS,
-        originator_aet=peer.calling_ae,
-        originator_id=int(request.MessageID),
-    )
+    try:
+        return Link(
+            assoc,
+            owned=True,
+            stall_seconds=STALL_SECONDS,
+            originator_aet=peer.calling_ae,
+            originator_id=int(request.MessageID),
+        )
+    except LinkGone as exc:
+        assoc.abort()
+        run.link_failure = exc.reason
+        for item in items:
+            run.fail(item.sop_instance_uid, exc.reason)
+        return None
 
 
 def c_move(peer: Peer | None, event: Any) -> Iterator[Any]:

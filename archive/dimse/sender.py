@@ -15,12 +15,14 @@ Each instance goes through three steps, in constant memory whatever its size:
    ``TRANSCODE_MAX_BYTES`` of decoded pixel data, at most ``TRANSCODE_SLOTS`` at a time. An
    instance that can be sent in no accepted syntax, or cannot be decoded, is refused
    (``SubOperationFailed`` with the reason) and the others go on.
-3. **Send** (``Link.send``): pynetdicom's C-STORE reads the data set from the file fragment by
-   fragment (``_config.STORE_SEND_CHUNKED_DATASET``, set by the listener). pynetdicom queues
-   every fragment for its network thread without a limit, so a fast disk would queue a whole
-   object in memory before a slow peer took it: ``Link`` bounds that queue (``WINDOW_BYTES`` of
-   fragments waiting) and the fragment size (``MAX_FRAGMENT``, even for a peer that announced no
-   maximum). A peer that takes nothing for ``stall_seconds`` is treated as gone.
+3. **Send** (``Link.send``): the C-STORE request is written on the association's socket from
+   the thread that runs the sub-operations, the data set read from the spool file into one
+   buffer of P-DATA-TF PDUs (at most ``MAX_PDU`` each, even for a peer that announced no
+   limit) written ``DIRECT_BATCH`` bytes at a time, and the response read at once
+   (``_Direct``). pynetdicom's own path (a Python object, a state-machine event and an encoding
+   per fragment, through a network thread that naps 1 ms when idle) caps a sender at a couple
+   of hundred data sets per second and queues every fragment of a data set in memory before a
+   slow peer takes it. A peer that takes or sends nothing for ``stall_seconds`` is gone.
 
 A ``Link`` is either an association Strata opened to a C-MOVE destination
 (``archive.ae_titles.services.destination_associate``: the host checked by ``tenants.netguard``
@@ -36,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import queue
 import shutil
 import socket
 import struct
@@ -56,10 +57,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
@@ -72,10 +70,8 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 TRANSCODE_MAX_BYTES = 256 * 1024 * 1024
 TRANSCODE_SLOTS = 2
 _transcode_slots = threading.BoundedSemaphore(TRANSCODE_SLOTS)
-# Fragments of a data set waiting for the network thread, in bytes, and the largest fragment
-# sent whatever the peer announced (0 means unlimited in DICOM: the whole data set in one PDU).
-WINDOW_BYTES = 4 * 1024 * 1024
-MAX_FRAGMENT = 1024 * 1024
+# The largest PDU sent, whatever the peer announced (0 means unlimited in DICOM).
+MAX_PDU = 1024 * 1024
 # P-DATA-TF PDU with one PDV item (PS3.8 9.3.5, E.2): PDU type 04H, reserved, PDU length; item
 # length, presentation context ID, message control header (bit 0: command, bit 1: last).
 _PDU_HEADER = struct.Struct(">BBIIBB")
@@ -624,50 +620,6 @@ class _Direct:
             return status
 
 
-class _Window(queue.Queue[Any]):
-    """pynetdicom's queue of primitives for its network (DUL) thread, with a limit on the
-    P-DATA fragments waiting in it: ``put`` of a fragment waits while ``limit`` are queued.
-
-    Only the sender waits; the network thread only takes (``get``), and other primitives
-    (release, abort) never wait. Installed by swapping the class of the existing queue, so that
-    the network thread keeps the object it reads.
-    """
-
-    window_dul: Any
-    window_limit: int
-    window_stall: float
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if isinstance(item, P_DATA):
-            with self.not_full:
-                waited_since = time.monotonic()
-                seen = self._qsize()
-                while self._qsize() >= self.window_limit:
-                    dul = self.window_dul
-                    if not dul.is_alive() or getattr(dul, "_kill_thread", False):
-                        raise LinkGone("The connection closed while a data set was being sent.")
-                    if self._qsize() < seen:
-                        waited_since = time.monotonic()
-                    seen = self._qsize()
-                    if time.monotonic() - waited_since > self.window_stall:
-                        raise LinkGone(
-                            f"The peer took no data for {self.window_stall:g} s; gave up."
-                        )
-                    self.not_full.wait(0.05)
-        super().put(item, block, timeout)
-
-
-class _ClampedDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, fragmenting what it sends in at most ``MAX_FRAGMENT``
-    bytes: a peer may announce no maximum (0), and pynetdicom would then read and send a whole
-    data set as one fragment. Installed by swapping the class while a Link sends."""
-
-    @property
-    def maximum_pdu_size(self) -> int:
-        size = super().maximum_pdu_size
-        return MAX_FRAGMENT if not size or size > MAX_FRAGMENT else int(size)
-
-
 def _classify(status: int) -> str:
     if status == 0x0000:
         return "completed"
@@ -680,7 +632,7 @@ class Link:
     """An established association that C-STOREs are sent over (see the module docstring).
 
     ``owned``: Strata opened it (a C-MOVE destination) and releases it in ``close``; otherwise
-    it is the caller's (C-GET) and ``close`` only undoes the send limits.
+    it is the caller's (C-GET) and ``close`` hands it back to pynetdicom as it was.
     """
 
     def __init__(
@@ -699,6 +651,8 @@ class Link:
         self.originator_aet = originator_aet
         self.originator_id = originator_id
         self.gone_reason = ""
+        if not isinstance(getattr(assoc.dul.socket, "socket", None), socket.socket):
+            raise LinkGone("The association has no connection to send on.")
         self._message_id = first_message_id
         self._accepted: dict[str, list[str]] = {}
         self._context_ids: dict[tuple[str, str], int] = {}
@@ -720,27 +674,17 @@ class Link:
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._dimse_class: type[Any] = type(assoc.dimse)
-        fragment = assoc.dimse.maximum_pdu_size
-        if not fragment or fragment > MAX_FRAGMENT:
-            dimse: Any = assoc.dimse
-            dimse.__class__ = _ClampedDIMSE
-            fragment = MAX_FRAGMENT
-        provider_queue: Any = assoc.dul.to_provider_queue
-        self._queue_class: type[Any] = type(provider_queue)
-        provider_queue.window_dul = assoc.dul
-        provider_queue.window_limit = max(2, WINDOW_BYTES // max(fragment, 1))
-        provider_queue.window_stall = stall_seconds
-        provider_queue.__class__ = _Window
-        self._direct: _Direct | None = None
-        if isinstance(getattr(assoc.dul.socket, "socket", None), socket.socket):
-            # The caller's association may be reading a C-CANCEL just now: let it finish.
-            settle = 0.0 if owned else 0.005
-            self._direct = _Direct(assoc, fragment - 6, stall_seconds, settle)
+        # The largest PDU the peer takes (0: no limit, then ours).
+        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+        largest = int(peer.maximum_length or 0)
+        largest = MAX_PDU if not largest or largest > MAX_PDU else largest
+        # The caller's association may be reading a C-CANCEL just now: let it finish.
+        settle = 0.0 if owned else 0.005
+        self._direct = _Direct(assoc, largest - 6, stall_seconds, settle)
 
     def cancelled(self, message_id: int) -> bool:
         """Whether a C-CANCEL for ``message_id`` arrived while the link held the socket."""
-        return self._direct is not None and message_id in self._direct.cancelled
+        return message_id in self._direct.cancelled
 
     @property
     def alive(self) -> bool:
@@ -770,11 +714,7 @@ class Link:
     def send(self, spooled: Spooled, *, sop_class_uid: str, sop_instance_uid: str) -> str:
         """C-STORE the data set of ``spooled`` (its file, read fragment by fragment):
         "completed", "warning" or "failed" (the peer's answer). Raises LinkGone when the
-        association ends meanwhile.
-
-        pynetdicom's ``send_c_store`` with a path, without what it repeats per call: the File
-        Meta is not parsed again (Strata wrote it) and the association thread stays paused.
-        """
+        association ends meanwhile."""
         if not self.alive:
             raise LinkGone(self.gone_reason or "The association is no longer established.")
         context_id = self._context_ids.get((sop_class_uid, spooled.transfer_syntax))
@@ -782,62 +722,31 @@ class Link:
             raise SubOperationFailed(f"No context for {UID(spooled.transfer_syntax).name}.")
         message_id = self._message_id
         self._message_id = message_id % 65535 + 1
-        request = C_STORE()
-        request.MessageID = message_id
-        request.Priority = 2  # low, as pynetdicom's send_c_store
-        request.AffectedSOPClassUID = UID(sop_class_uid)
-        request.AffectedSOPInstanceUID = UID(sop_instance_uid)
-        request.MoveOriginatorApplicationEntityTitle = self.originator_aet
-        request.MoveOriginatorMessageID = self.originator_id
-        request._dataset_path = (spooled.path, spooled.offset)
-        dimse = self.assoc.dimse
-        started = time.monotonic()
+        command = c_store_command(
+            message_id=message_id,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            originator_aet=self.originator_aet,
+            originator_id=self.originator_id,
+        )
         try:
-            if self._direct is not None:
-                command = c_store_command(
-                    message_id=message_id,
-                    sop_class_uid=sop_class_uid,
-                    sop_instance_uid=sop_instance_uid,
-                    originator_aet=self.originator_aet,
-                    originator_id=self.originator_id,
-                )
-                return _classify(self._direct.exchange(context_id, message_id, command, spooled))
-            dimse.send_msg(request, context_id)
-            _, response = dimse.get_msg(block=True)
+            return _classify(self._direct.exchange(context_id, message_id, command, spooled))
         except LinkGone as exc:
             self.break_off(exc.reason)
             raise
         except TimeoutError:
             self.break_off(f"The peer took or sent nothing for {self.stall_seconds:g} s.")
             raise LinkGone(self.gone_reason) from None
-        except (RuntimeError, OSError) as exc:
+        except OSError as exc:
             self.break_off(f"The association ended: {exc}")
             raise LinkGone(self.gone_reason) from None
-        if response is None:
-            timeout = dimse.dimse_timeout
-            reason = (
-                "The peer did not answer a C-STORE in time."
-                if timeout and time.monotonic() - started >= timeout * 0.9
-                else "The peer aborted the association or closed the connection."
-            )
-            self.break_off(reason)
-            raise LinkGone(reason)
-        if (
-            not isinstance(response, C_STORE)
-            or response.MessageIDBeingRespondedTo != message_id
-            or response.Status is None
-        ):
-            self.break_off("The peer answered a C-STORE with something else.")
-            raise LinkGone(self.gone_reason)
-        return _classify(int(response.Status))
 
     def break_off(self, reason: str) -> None:
         """End a link that cannot go on: a half-sent data set cannot be taken back, so the
         association is aborted (the socket shut first: pynetdicom's network thread may be
         blocked writing to a peer that reads nothing)."""
         self.gone_reason = self.gone_reason or reason
-        if self._direct is not None:
-            self._direct.release()
+        self._direct.release()
         sock = getattr(getattr(self.assoc.dul, "socket", None), "socket", None)
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -847,14 +756,7 @@ class Link:
 
     def close(self) -> None:
         """Release Strata's own association; for the caller's, hand it back as it was."""
-        if self._direct is not None:
-            self._direct.release()
-        queue_: Any = self.assoc.dul.to_provider_queue
-        if isinstance(queue_, _Window):
-            queue_.__class__ = self._queue_class
-        dimse: Any = self.assoc.dimse
-        if isinstance(dimse, _ClampedDIMSE):
-            dimse.__class__ = self._dimse_class
+        self._direct.release()
         if self.owned:
             self.assoc._reactor_checkpoint.set()
         if self.owned and self.assoc.is_established:
