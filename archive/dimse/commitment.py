@@ -48,7 +48,10 @@ the SOP class in SCP/SCU Role Selection (the listener accepts it); otherwise on 
 from the called AE title to the requester's calling AE title, looked up among the organization's
 DICOM destinations (``destination_for_move``; host checked and the connection pinned to the
 checked address by ``tenants.netguard``; TLS when the destination says so), proposing the SCP
-role. A delivery that fails (no destination, refused, no answer, a failure status) is retried
+role. On the same association the report follows the N-ACTION response (``ResponseSent``), and
+while it is exchanged pynetdicom holds the association's thread: a requester that sends another
+request meanwhile gets no answer to it. A delivery that fails (no destination, refused, no
+answer, a failure status) is retried
 with a backoff (``RETRY_BASE_SECONDS`` doubling, at most ``RETRY_MAX_SECONDS``), at most
 ``MAX_ATTEMPTS`` times; then the commitment is ``failed`` (audited
 ``storage_commitment.failed``). A delivered report is audited ``storage_commitment.reported``
@@ -61,7 +64,10 @@ commitments whose next attempt is due every ``POLL_SECONDS``, and, right after a
 every pending commitment (a listener that stopped or crashed between N-ACTION and report
 reports at its next start). A commitment is claimed with one conditional UPDATE for
 ``LEASE_SECONDS``, so that two listeners never report the same one at once; the claim of a
-listener that died expires. A listener that stops mid-attempt gives its claim back.
+listener that died expires. A listener that stops mid-attempt gives its claim back. Not a
+Celery beat task: the decision needs the listener's queue folders (which acknowledged objects are
+still being indexed), a report is due within a second rather than at the next beat, and nothing
+waits on a listener that is not running: a modality can only ask one that runs.
 """
 
 from __future__ import annotations
@@ -157,7 +163,7 @@ POLL_SECONDS = 5.0  # how often the scheduler looks for due commitments
 LEASE_SECONDS = 120.0  # a claim; longer than one attempt's decision and delivery (renewed between)
 MAX_ATTEMPTS = 12
 RETRY_BASE_SECONDS = 15.0
-RETRY_MAX_SECONDS = 3600.0  # 15 s, 30 s, ... 1 h: about 4.5 hours of attempts in all
+RETRY_MAX_SECONDS = 3600.0  # 15 s, 30 s, ... 1 h: about 4 hours of attempts in all
 WORKERS = 4
 RESPONSE_WAIT_SECONDS = 30.0  # a report on the same association waits for the N-ACTION's response
 # The outgoing association of a report on a new association.
@@ -249,7 +255,7 @@ _N_ACTION_RSP_FIELD = b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x81"
 
 class ResponseSent:
     """Whether the N-ACTION response is on the wire, so that a report on the same association
-    follows it, as PS3.4 J.3.3 orders them.
+    reaches the requester after the answer to its request, never before.
 
     pynetdicom sends the response after the handler returned, from the association's thread,
     and lets another thread send meanwhile (it counts an association serving a request as
