@@ -6,24 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.uid import UID
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
 from tenants.models import Organization
 
+# Patient Root and Study Root Query/Retrieve Information Models (PS3.4 C.6): FIND, MOVE, GET.
 QUERY_RETRIEVE_SOP_CLASSES: tuple[UID, ...] = (
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelMove,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelGet,
+    UID("1.2.840.10008.5.1.4.1.2.1.1"),  # Patient Root FIND
+    UID("1.2.840.10008.5.1.4.1.2.2.1"),  # Study Root FIND
+    UID("1.2.840.10008.5.1.4.1.2.1.2"),  # Patient Root MOVE
+    UID("1.2.840.10008.5.1.4.1.2.2.2"),  # Study Root MOVE
+    UID("1.2.840.10008.5.1.4.1.2.1.3"),  # Patient Root GET
+    UID("1.2.840.10008.5.1.4.1.2.2.3"),  # Study Root GET
 )
 
 
