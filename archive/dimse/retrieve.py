@@ -484,7 +484,6 @@ def _items(instances: list[Instance]) -> list[Item]:
                 sop_class_uid=instance.sop_class_uid,
                 transfer_syntax_uid=instance.transfer_syntax_uid,
                 size=instance.size_bytes,
-                sha256=instance.sha256,
                 store=store,
                 object_key=instance.object_key,
                 tier=instance.tier,
