@@ -341,6 +341,530 @@ def find_latency() -> None:
     print("target: p95 < 50 ms at 1M studies")
 
 
+# --- move, get: C-MOVE and C-GET ------------------------------------------------------------------
+#
+# move: BENCH_RETRIEVE_INSTANCES (1000) CT instances of ~512 KB, one study, C-MOVEd by dcmtk's
+#     movescu to dcmtk's storescp (writing each to disk as received, +B); alternating with the
+#     same C-MOVE from Orthanc (Debian's package, with its PostgreSQL index plugin, when
+#     installed), a bare pynetdicom C-STORE loop of the same objects to the same storescp, and
+#     both C-MOVEs to a storescp that discards what it receives (what the senders can do when the
+#     destination is not the limit), BENCH_RETRIEVE_RUNS (3) runs of each; then one
+#     BENCH_RETRIEVE_LARGE_MB (1024) MiB instance C-MOVEd to the discarding storescp: the
+#     listener's resident memory above idle (target < 150 MB).
+# get: the same study C-GET by dcmtk's getscu (writing to disk), alternating with Orthanc.
+
+# This part appends to the shared benchmark; what it needs beyond the shared imports it imports
+# in its functions.
+RETRIEVE_INSTANCES = int(os.environ.get("BENCH_RETRIEVE_INSTANCES", "1000"))
+RETRIEVE_RUNS = int(os.environ.get("BENCH_RETRIEVE_RUNS", "3"))
+RETRIEVE_LARGE_MB = int(os.environ.get("BENCH_RETRIEVE_LARGE_MB", "1024"))
+RETRIEVE_CALLED_AE = "BENCH-ARCHIVE"
+RETRIEVE_DESTINATION = "BENCH-WS"
+RETRIEVE_NULL = "BENCH-NULL"  # a storescp that discards what it receives
+RETRIEVE_MB = 1_000_000
+# DCMTK's tools leave Nagle's algorithm on unless told (every request would wait for a delayed
+# ACK, about 40 ms, measuring the TCP stack rather than the archive).
+_RETRIEVE_DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def _retrieve_tool(name: str) -> str | None:
+    path = shutil.which(name)
+    if path is None:
+        print(f"retrieve: {name} is not installed (Debian package dcmtk); skipped", flush=True)
+    return path
+
+
+def _retrieve_ct_files(folder: Path, count: int) -> tuple[str, list[Path]]:
+    """``count`` CT instances of one study and series, 512 x 512 x 16 bit (~513 KB each)."""
+    from pydicom.uid import generate_uid
+
+    from archive.synthetic import make_instance, study_spec, write
+
+    folder.mkdir(parents=True)
+    spec = study_spec("CT")
+    series = generate_uid()
+    files = [
+        write(
+            make_instance(
+                spec, series_uid=series, instance_number=n + 1, rows=512, columns=512, seed=n + 1
+            ),
+            folder / f"ct-{n:04d}.dcm",
+        )
+        for n in range(count)
+    ]
+    return spec.study_uid, files
+
+
+def _retrieve_large_file(path: Path, megabytes: int) -> str:
+    """A multi-frame CT of about ``megabytes`` MiB written frame by frame; its study UID."""
+    from pydicom.uid import generate_uid
+
+    from archive.synthetic import make_instance, study_spec, write
+
+    rows = columns = 512
+    frame_bytes = rows * columns * 2
+    frames = max(1, megabytes * 1024 * 1024 // frame_bytes)
+    header = make_instance(study_spec("CT"), series_uid=generate_uid(), rows=rows, columns=columns)
+    del header.PixelData
+    header.NumberOfFrames = frames
+    write(header, path)
+    frame = os.urandom(frame_bytes)
+    with open(path, "ab") as out:
+        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (frames * frame_bytes).to_bytes(4, "little"))
+        for _ in range(frames):
+            out.write(frame)
+    return str(header.StudyInstanceUID)
+
+
+def _retrieve_store(port: int, files: list[Path], senders: int = 4) -> None:
+    """C-STORE ``files`` to the listener over ``senders`` associations (set-up only)."""
+    from pydicom.uid import CTImageStorage
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+    def send(part: list[Path]) -> None:
+        scu = AE(ae_title=CALLING_AE)
+        scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 600
+        scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", port, ae_title=RETRIEVE_CALLED_AE)
+        assert assoc.is_established, "the listener refused the association"
+        for path in part:
+            status = assoc.send_c_store(path)
+            assert status.Status == 0x0000, f"C-STORE failed: 0x{status.Status:04X}"
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(files[n::senders],)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _retrieve_wait_indexed(count: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while Instance.objects.count() < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Instance.objects.count() >= count, "not indexed in time"
+
+
+def _retrieve_storescp(
+    binary: str, folder: Path | None, ae_title: str = RETRIEVE_DESTINATION
+) -> tuple[subprocess.Popen[bytes], int]:
+    """dcmtk's storescp as the move destination: writing what it receives to ``folder`` as
+    received (+B), or discarding it (None)."""
+    port = free_port()
+    where = ["-od", str(folder), "-uf", "+B"] if folder is not None else ["--ignore"]
+    proc = subprocess.Popen(  # noqa: S603
+        [binary, "-aet", ae_title, "+xa", *where, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_RETRIEVE_DCMTK_ENV,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("storescp did not start") from None
+            time.sleep(0.05)
+
+
+def _retrieve_movescu(
+    binary: str,
+    port: int,
+    keys: list[str],
+    called: str = RETRIEVE_CALLED_AE,
+    destination: str = RETRIEVE_DESTINATION,
+) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(  # noqa: S603
+        [
+            binary,
+            "-v",
+            "-S",
+            "-aet",
+            CALLING_AE,
+            "-aec",
+            called,
+            "-aem",
+            destination,
+            *[arg for key in keys for arg in ("-k", key)],
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_RETRIEVE_DCMTK_ENV,
+    )
+    elapsed = time.perf_counter() - started
+    output = done.stdout + done.stderr
+    if done.returncode != 0 or "Warning" in output or "Failed" in output:
+        raise RuntimeError(f"movescu: exit {done.returncode}\n{output[-3000:]}")
+    return elapsed
+
+
+def _retrieve_getscu(
+    binary: str, port: int, study_uid: str, folder: Path, called: str = RETRIEVE_CALLED_AE
+) -> float:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    done = subprocess.run(  # noqa: S603
+        [
+            binary,
+            "-S",
+            "-aet",
+            CALLING_AE,
+            "-aec",
+            called,
+            "-od",
+            str(folder),
+            "+B",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_RETRIEVE_DCMTK_ENV,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"getscu: exit {done.returncode}\n{done.stderr[-2000:]}")
+    received = len(list(folder.iterdir()))
+    assert received == RETRIEVE_INSTANCES, f"getscu received {received} instances"
+    return elapsed
+
+
+def _retrieve_bare_loop(port: int, files: list[Path]) -> float:
+    """pynetdicom's own C-STORE SCU, streaming the same objects from files, to storescp.
+
+    Under load pynetdicom 3.0's SCU can lose a response (its association thread, resumed after
+    one C-STORE, takes the next one's response off the queue): such a run is repeated."""
+    from pydicom.uid import CTImageStorage
+
+    for _ in range(3):
+        scu = AE(ae_title=CALLING_AE)
+        scu.acse_timeout = scu.network_timeout = 600
+        scu.dimse_timeout = 5
+        scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        started = time.perf_counter()
+        assoc = scu.associate("127.0.0.1", port, ae_title=RETRIEVE_DESTINATION)
+        assert assoc.is_established, "storescp refused the association"
+        statuses = []
+        for path in files:
+            if not assoc.is_established:
+                break
+            statuses.append(assoc.send_c_store(path).get("Status"))
+        if assoc.is_established:
+            assoc.release()
+        elapsed = time.perf_counter() - started
+        if len(statuses) == len(files) and set(statuses) == {0x0000}:
+            return elapsed
+        print("move: the bare pynetdicom loop lost a response; repeated", flush=True)
+    raise RuntimeError("the bare pynetdicom loop failed three times")
+
+
+def _retrieve_status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _retrieve_listener_pid() -> int:
+    """The pid of the ``manage.py run_scp`` this process started."""
+    me = os.getpid()
+    for children in Path(f"/proc/{me}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            if b"run_scp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    raise RuntimeError("the listener process was not found")
+
+
+def _retrieve_large(port: int, movescu: str) -> None:
+    """One large instance C-MOVEd to the storescp that discards: the listener's resident
+    memory sampled every 10 ms, and its high-water mark where the kernel lets it be reset."""
+    path = ingest_bench.SCRATCH / "retrieve" / "large.dcm"
+    study_uid = _retrieve_large_file(path, RETRIEVE_LARGE_MB)
+    size = path.stat().st_size
+    before = Instance.objects.count()
+    _retrieve_store(port, [path], senders=1)
+    _retrieve_wait_indexed(before + 1)
+    path.unlink()
+    pid = _retrieve_listener_pid()
+    time.sleep(1.0)  # let the listener settle after indexing
+    idle_kb = _retrieve_status_kb(pid, "VmRSS")
+    peak_kb = idle_kb
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_kb
+        while not done.is_set():
+            try:
+                peak_kb = max(peak_kb, _retrieve_status_kb(pid, "VmRSS"))
+            except (OSError, KeyError):
+                return
+            time.sleep(0.01)
+
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the high-water mark
+        hwm = True
+    except OSError:
+        hwm = False
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}"]
+    elapsed = _retrieve_movescu(movescu, port, keys, destination=RETRIEVE_NULL)
+    done.set()
+    sampler.join()
+    if hwm:
+        peak_kb = max(peak_kb, _retrieve_status_kb(pid, "VmHWM"))
+    print(
+        f"move: one {size / RETRIEVE_MB:.0f} MB instance C-MOVEd in {elapsed:.1f} s "
+        f"({size / RETRIEVE_MB / elapsed:.0f} MB/s); listener RSS idle "
+        f"{idle_kb * 1024 / RETRIEVE_MB:.0f} MB, peak {peak_kb * 1024 / RETRIEVE_MB:.0f} MB: "
+        f"{(peak_kb - idle_kb) * 1024 / RETRIEVE_MB:.1f} MB above idle (target < 150 MB)",
+        flush=True,
+    )
+
+
+class _RetrieveOrthanc:
+    """Orthanc from Debian's package with its PostgreSQL index (a scratch database), holding
+    the same instances, with the same storescp as its modality BENCH-WS."""
+
+    def __init__(self, binary: str, storescp_port: int, null_port: int, files: list[Path]):
+        import json
+        from urllib.parse import urlsplit
+
+        from bench.scratch import ScratchDatabase
+
+        work = ingest_bench.SCRATCH / "orthanc"
+        work.mkdir()
+        self.database = ScratchDatabase("strata_bench_orthanc", "dimse_qr.py (Orthanc)")
+        self.database.create()
+        server = urlsplit(self.database.url())
+        self.http_port, self.port = free_port(), free_port()
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(work / "storage"),
+            "IndexDirectory": str(work / "index"),
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAet": "BENCH-ORTHANC",
+            "DicomPort": self.port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomModalities": {
+                "ws": [RETRIEVE_DESTINATION, "127.0.0.1", storescp_port],
+                "null": [RETRIEVE_NULL, "127.0.0.1", null_port],
+                "pacs": [CALLING_AE, "127.0.0.1", 104],
+            },
+            "StorageCompression": False,
+            "SaveJobs": False,
+            "Plugins": [str(plugin)] if plugin.exists() else [],
+            "PostgreSQL": {
+                "EnableIndex": True,
+                "EnableStorage": False,
+                "Host": server.hostname or "127.0.0.1",
+                "Port": server.port or 5432,
+                "Database": "strata_bench_orthanc",
+                "Username": server.username or "postgres",
+                "Password": server.password or "",
+                "Lock": False,
+            },
+        }
+        self.index = "PostgreSQL" if plugin.exists() else "SQLite (no PostgreSQL plugin)"
+        config_path = work / "orthanc.json"
+        config_path.write_text(json.dumps(config))
+        self.log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(  # noqa: S603
+            [binary, str(config_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=_RETRIEVE_DCMTK_ENV,  # Orthanc's DICOM side is DCMTK: no Nagle either
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"Orthanc did not start; see {work / 'orthanc.log'}"
+                    ) from None
+                time.sleep(0.2)
+        storescu = shutil.which("storescu")
+        assert storescu is not None
+        done = subprocess.run(  # noqa: S603
+            [storescu, "-aet", CALLING_AE, "-aec", "BENCH-ORTHANC", "127.0.0.1", str(self.port)]
+            + [str(path) for path in files],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=_RETRIEVE_DCMTK_ENV,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"storescu to Orthanc: exit {done.returncode}\n{done.stderr[-2000:]}"
+            )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.database.drop()
+
+
+def retrieve_bench(parts: set[str]) -> None:
+    tools = {}
+    for name in ("storescp", "movescu", "getscu"):
+        found = _retrieve_tool(name)
+        if found is None:
+            return
+        tools[name] = found
+    # The move destination listens on the loopback (read by the listener process at its start).
+    os.environ["ARCHIVE_ALLOW_PRIVATE_ENDPOINTS"] = "1"
+    org = Organization.objects.create(name="Bench retrieve", slug="bench-retrieve")
+    ae_create(
+        org=org,
+        ae_title=RETRIEVE_CALLED_AE,
+        allowed_calling_ae_titles=[CALLING_AE],
+        allowed_networks=["127.0.0.0/8"],
+        actor=Actor.system("bench"),
+    )
+    work = ingest_bench.SCRATCH / "retrieve"
+    study_uid, files = _retrieve_ct_files(work / "send", RETRIEVE_INSTANCES)
+    total = sum(path.stat().st_size for path in files)
+    received = work / "storescp"
+    received.mkdir()
+    storescp, storescp_port = _retrieve_storescp(tools["storescp"], received)
+    null, null_port = _retrieve_storescp(tools["storescp"], None, RETRIEVE_NULL)
+    for title, to_port in ((RETRIEVE_DESTINATION, storescp_port), (RETRIEVE_NULL, null_port)):
+        DicomDestination.objects.create(
+            organization=org, ae_title=title, host="127.0.0.1", port=to_port
+        )
+    orthanc: _RetrieveOrthanc | None = None
+    orthanc_binary = shutil.which("Orthanc")
+    try:
+        if orthanc_binary is None:
+            print("retrieve: Orthanc is not installed (Debian package orthanc); skipped")
+        else:
+            started = time.perf_counter()
+            orthanc = _RetrieveOrthanc(orthanc_binary, storescp_port, null_port, files)
+            print(
+                f"retrieve: Orthanc ({orthanc.index} index) has the study after "
+                f"{time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+        with listener() as port:
+            before = Instance.objects.count()
+            started = time.perf_counter()
+            _retrieve_store(port, files)
+            _retrieve_wait_indexed(before + len(files))
+            print(
+                f"retrieve: {len(files)} CT instances ({total / RETRIEVE_MB:.0f} MB) stored and "
+                f"indexed in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}"]
+            times: dict[str, list[float]] = {}
+
+            def timed(label: str, run: Callable[[], float]) -> None:
+                times.setdefault(label, []).append(run())
+
+            folder = work / "get"
+            for _ in range(RETRIEVE_RUNS):  # alternating, so that load changes hit all alike
+                if "move" in parts:
+                    timed("move", lambda: _retrieve_movescu(tools["movescu"], port, keys))
+                    got = len(list(received.iterdir()))
+                    assert got == len(files), f"storescp has {got} of {len(files)}"
+                    if orthanc is not None:
+                        timed(
+                            "orthanc move",
+                            lambda: _retrieve_movescu(
+                                tools["movescu"], orthanc.port, keys, called="BENCH-ORTHANC"
+                            ),
+                        )
+                    timed("loop", lambda: _retrieve_bare_loop(storescp_port, files))
+                    timed(
+                        "move null",
+                        lambda: _retrieve_movescu(
+                            tools["movescu"], port, keys, destination=RETRIEVE_NULL
+                        ),
+                    )
+                    if orthanc is not None:
+                        timed(
+                            "orthanc move null",
+                            lambda: _retrieve_movescu(
+                                tools["movescu"],
+                                orthanc.port,
+                                keys,
+                                called="BENCH-ORTHANC",
+                                destination=RETRIEVE_NULL,
+                            ),
+                        )
+                if "get" in parts:
+                    timed("get", lambda: _retrieve_getscu(tools["getscu"], port, study_uid, folder))
+                    if orthanc is not None:
+                        timed(
+                            "orthanc get",
+                            lambda: _retrieve_getscu(
+                                tools["getscu"], orthanc.port, study_uid, folder, "BENCH-ORTHANC"
+                            ),
+                        )
+
+            def rate(label: str) -> str:
+                runs = times[label]
+                median = len(files) / statistics.median(runs)
+                return (
+                    f"median {median:.0f} instances/s "
+                    f"({median * total / len(files) / RETRIEVE_MB:.0f} MB/s), best "
+                    f"{len(files) / min(runs):.0f} over {len(runs)} runs"
+                )
+
+            lines = {
+                "move": f"move: Strata, C-MOVE of the {len(files)}-instance study by movescu to "
+                "storescp (written to disk)",
+                "orthanc move": "move: Orthanc 1.10 (Debian), the same C-MOVE, same storescp",
+                "loop": "move: a bare pynetdicom C-STORE loop of the same files to the same "
+                "storescp",
+                "move null": "move: Strata, the same C-MOVE to a storescp that discards (--ignore)",
+                "orthanc move null": "move: Orthanc, the same C-MOVE to that storescp",
+                "get": "get: Strata, C-GET of the study by getscu (written to disk)",
+                "orthanc get": "get: Orthanc 1.10 (Debian), the same C-GET",
+            }
+            for label, text in lines.items():
+                if label in times:
+                    print(f"{text}: {rate(label)}", flush=True)
+            if "move" in parts and RETRIEVE_LARGE_MB > 0:
+                _retrieve_large(port, tools["movescu"])
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
+        for proc in (storescp, null):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 # --- storage commitment -----------------------------------------------------------------------
 
 COMMIT_INSTANCES = int(os.environ.get("BENCH_COMMIT_INSTANCES", "1000"))
@@ -499,6 +1023,8 @@ def main() -> None:
             find_latency()
         if not only or "commit" in only:
             commit_latency()
+        if not only or only & {"move", "get"}:
+            retrieve_bench(only & {"move", "get"} or {"move", "get"})
     finally:
         connection.close()
         ingest_bench.drop_database()
