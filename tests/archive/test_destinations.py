@@ -65,6 +65,13 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return names
 
 
+@pytest.fixture(autouse=True)
+def _public_addresses_only(settings: Any) -> None:
+    """The production default whatever the environment says (DEBUG=1, which `make test` sets,
+    allows private addresses); ``private_allowed`` turns them on where a test needs them."""
+    settings.ARCHIVE_ALLOW_PRIVATE_ENDPOINTS = False
+
+
 @pytest.fixture
 def private_allowed(settings: Any) -> None:
     """An on-premises deployment: destinations on private networks (here: loopback) allowed."""
