@@ -559,8 +559,8 @@ class Retrieve:
         return [item for item in items if item.instance_id not in archived_ids]
 
     def send(self, items: list[Item], link: Link, folder: Path) -> None:
-        """One sub-operation per item, a pending response after each; stops at a C-CANCEL or
-        when the caller goes, fails what is left when the link goes."""
+        """One sub-operation per item, pending responses as ``Responder.pending`` spaces them;
+        stops at a C-CANCEL or when the caller goes, fails what is left when the link goes."""
         run = self.run
         assert run is not None
         prefetch = Prefetch(items, folder)
