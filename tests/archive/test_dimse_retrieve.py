@@ -1132,6 +1132,37 @@ def test_c_get_cancel_stops_and_answers_with_the_counts(listener, org, dicom_ae)
     assert AuditEvent.objects.get(action="dimse.get").details["cancelled"] is True
 
 
+def test_a_c_get_caller_that_aborts_mid_transfer_ends_the_retrieve(listener, org, dicom_ae):
+    study = store_study(org, n=5)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 2:
+            event.assoc.abort()
+        return 0x0000
+
+    scu = AE(ae_title=MODALITY)
+    scu.acse_timeout = scu.network_timeout = 30
+    scu.dimse_timeout = 3  # the SCU's own wait for a response after its abort
+    scu.add_requested_context(GET, [ExplicitVRLittleEndian])
+    scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = scu.associate(
+        listener.host,
+        listener.port,
+        ae_title=CALLED,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    with contextlib.suppress(Exception):  # the association ends under the SCU
+        list(assoc.send_c_get(identifier("STUDY", StudyInstanceUID=study.uid), GET))
+    listener.wait_idle()  # the association thread ended: nothing hangs
+    audit = AuditEvent.objects.get(action="dimse.get")
+    assert audit.details["completed"] <= 2
+    assert audit.details["completed"] + audit.details["failed"] + audit.details["remaining"] <= 5
+    assert not sender_spool_folders(org)
+
+
 def test_c_get_bad_identifier_is_refused(listener, org, dicom_ae):
     responses, _ = get(listener, identifier("SERIES", StudyInstanceUID=generate_uid()))
     assert [r.Status for r in responses] == [0xA900]
