@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/dimse_qr.py
 
-The index is loaded with COPY by ``bench/ingest.py``'s loader (``load_studies``: each study with
-one series and one instance, about two studies per patient), in that benchmark's scratch database
-(``strata_bench_ingest`` on the server of DATABASE_URL, or postgres://postgres@127.0.0.1:5432,
-created on import and dropped at the end; BENCH_KEEP=1 keeps it). Skips with a message when
+The index is loaded with COPY by ``bench/index_loader.py`` (``load_studies``: each study with one
+series and one instance, about two studies per patient), in this benchmark's scratch database
+(``strata_bench_dimse`` on the server of DATABASE_URL, or postgres://postgres@127.0.0.1:5432,
+created at the start and dropped at the end; BENCH_KEEP=1 keeps it). Skips with a message when
 PostgreSQL is unreachable. The listener runs in its own process, as in production; the SCU is
 pynetdicom in this process.
 
@@ -33,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,10 +44,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Importing the ingest benchmark creates its scratch database and sets Django up on it.
-from bench import ingest as ingest_bench  # noqa: E402
+from bench import index_loader  # noqa: E402
+from bench.scratch import ScratchDatabase  # noqa: E402
 
-# isort: split
+DB_NAME = "strata_bench_dimse"
+STUDY_SIZES = [int(n) for n in os.environ.get("BENCH_STUDIES", "100000,1000000").split(",")]
+SCRATCH_DB = ScratchDatabase(DB_NAME, "dimse_qr.py")
+SCRATCH_DB.create()
+SCRATCH = Path(tempfile.mkdtemp(prefix="strata-bench-dimse-"))
+# The listener process inherits this environment: production settings, scratch database and
+# storage.
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "saas.settings.base",
+        "DATABASE_URL": SCRATCH_DB.url(),
+        "DEBUG": "0",
+        "SECRET_KEY": "strata-bench-dimse-secret-key-0123456789abcdef",
+        "ARCHIVE_BACKEND": "FILESYSTEM",
+        "ARCHIVE_ROOT": str(SCRATCH / "archive"),
+        "ARCHIVE_SPOOL_ROOT": str(SCRATCH / "spool"),
+        "CELERY_BROKER_URL": "memory://",  # follow-up tasks are queued, not run, as in production
+        "LOG_LEVEL": "WARNING",
+    }
+)
+
+import django  # noqa: E402
+
+django.setup()
+
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -70,7 +95,7 @@ CALLING_AE = "BENCH-PACS"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_SAMPLES = int(os.environ.get("BENCH_FIND_SAMPLES", "200"))
 WARMUP = 10
-LOG = ingest_bench.SCRATCH / "run_scp.log"
+LOG = SCRATCH / "run_scp.log"
 
 # --- the listener ---------------------------------------------------------------------------------
 
@@ -238,7 +263,7 @@ def findscu_samples(
     of matches. Nagle's algorithm off (TCP_NODELAY=1) unless ``nagle``: DCMTK's default since
     3.6.2 keeps it on."""
     assert FINDSCU is not None
-    folder = ingest_bench.SCRATCH / "findscu"
+    folder = SCRATCH / "findscu"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     config = folder / "log.cfg"
@@ -294,9 +319,9 @@ def find_latency() -> None:
     org = find_org()
     location = StorageLocation.objects.for_org(org).get()
     loaded = 0
-    for size in ingest_bench.STUDY_SIZES:
+    for size in STUDY_SIZES:
         started = time.perf_counter()
-        ingest_bench.load_studies(org, location, loaded, size)
+        index_loader.load_studies(org, location, loaded, size)
         loaded = size
         print(
             f"C-FIND index: {size:,} studies / series / instances (loaded in "
@@ -305,10 +330,10 @@ def find_latency() -> None:
         )
 
         def by_id(rng: random.Random, count: int = size) -> Dataset:
-            return study_query(PatientID=ingest_bench.patient(rng.randrange(count))[0])
+            return study_query(PatientID=index_loader.patient(rng.randrange(count))[0])
 
         def by_name_prefix(rng: random.Random, count: int = size) -> Dataset:
-            family, given = ingest_bench.patient(rng.randrange(count))[1].split("^")
+            family, given = index_loader.patient(rng.randrange(count))[1].split("^")
             return study_query(PatientName=f"{family}^{given[:2]}*")
 
         with listener() as port:
@@ -334,8 +359,8 @@ def find_latency() -> None:
                 for how, samples, matches in figures:
                     print(
                         f"  {size:>9,} studies, {name:<23} {how:<38} p50 "
-                        f"{ingest_bench.pct(samples, 50):7.2f} ms  p95 "
-                        f"{ingest_bench.pct(samples, 95):7.2f} ms  ({matches:.1f} matches/query)",
+                        f"{index_loader.pct(samples, 50):7.2f} ms  p95 "
+                        f"{index_loader.pct(samples, 95):7.2f} ms  ({matches:.1f} matches/query)",
                         flush=True,
                     )
     print("target: p95 < 50 ms at 1M studies")
@@ -593,7 +618,7 @@ def _retrieve_listener_pid() -> int:
 def _retrieve_large(port: int, movescu: str) -> None:
     """One large instance C-MOVEd to the storescp that discards: the listener's resident
     memory sampled every 10 ms, and its high-water mark where the kernel lets it be reset."""
-    path = ingest_bench.SCRATCH / "retrieve" / "large.dcm"
+    path = SCRATCH / "retrieve" / "large.dcm"
     study_uid = _retrieve_large_file(path, RETRIEVE_LARGE_MB)
     size = path.stat().st_size
     before = Instance.objects.count()
@@ -647,7 +672,7 @@ class _RetrieveOrthanc:
 
         from bench.scratch import ScratchDatabase
 
-        work = ingest_bench.SCRATCH / "orthanc"
+        work = SCRATCH / "orthanc"
         work.mkdir()
         self.database = ScratchDatabase("strata_bench_orthanc", "dimse_qr.py (Orthanc)")
         self.database.create()
@@ -751,7 +776,7 @@ def retrieve_bench(parts: set[str]) -> None:
         allowed_networks=["127.0.0.0/8"],
         actor=Actor.system("bench"),
     )
-    work = ingest_bench.SCRATCH / "retrieve"
+    work = SCRATCH / "retrieve"
     study_uid, files = _retrieve_ct_files(work / "send", RETRIEVE_INSTANCES)
     total = sum(path.stat().st_size for path in files)
     received = work / "storescp"
@@ -965,7 +990,7 @@ def commit_latency() -> None:
         allowed_networks=[],
         actor=Actor.system("bench"),
     )
-    ingest_bench.load_studies(org, location, 0, COMMIT_INSTANCES)
+    index_loader.load_studies(org, location, 0, COMMIT_INSTANCES)
     pairs = [
         (str(sop_class), str(uid))
         for sop_class, uid in Instance.objects.for_org(org).values_list(
@@ -1014,7 +1039,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     print(
         f"database: PostgreSQL {getattr(connection, 'pg_version', 0) // 10000}, scratch "
-        f"{ingest_bench.DB_NAME}; CPUs: {os.cpu_count()}",
+        f"{DB_NAME}; CPUs: {os.cpu_count()}",
         flush=True,
     )
     only = {name for name in os.environ.get("BENCH_ONLY", "").split(",") if name}
@@ -1027,8 +1052,8 @@ def main() -> None:
             retrieve_bench(only & {"move", "get"} or {"move", "get"})
     finally:
         connection.close()
-        ingest_bench.drop_database()
-        shutil.rmtree(ingest_bench.SCRATCH, ignore_errors=True)
+        SCRATCH_DB.drop()
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 if __name__ == "__main__":

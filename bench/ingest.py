@@ -15,9 +15,9 @@ storage root.
   retrieved by WADO-RS (streamed, discarded); the peak resident memory above idle of the web
   process that served it, sampled from /proc (target < 150 MB each).
 - qido_latency: 100k, then 1M studies (each with a series and an instance) of one hospital loaded
-  with COPY; p50/p95 of study searches by PatientID and by PatientName wildcard (prefix, and
-  infix), through the full Django stack in-process (test client), with the name indexes of
-  migration 0002.
+  with COPY (``bench.index_loader``); p50/p95 of study searches by PatientID and by PatientName
+  wildcard (prefix, and infix), through the full Django stack in-process (test client), with the
+  name indexes of migration 0002.
 
 Targets: STOW >= 200 instances/s with 4 clients (filesystem); QIDO p95 < 20 ms by PatientID and < 100 ms by
 wildcard name at 1M studies. BENCH_STUDIES=100000,1000000 and BENCH_STOW=400 change the sizes;
@@ -28,13 +28,11 @@ BENCH_LARGE_MB=1024 changes the large instance.
 from __future__ import annotations
 
 import io
-import json
 import os
 import queue
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,13 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.index_loader import SIZE, load_studies, patient, pct  # noqa: E402
 from bench.scratch import ScratchDatabase  # noqa: E402
 
 DB_NAME = "strata_bench_ingest"
@@ -61,8 +59,6 @@ STUDY_SIZES = [int(n) for n in os.environ.get("BENCH_STUDIES", "100000,1000000")
 QIDO_SAMPLES = 200
 BOUNDARY = "strata-bench-boundary"
 
-# The indexes this benchmark shows the name search needs (to be added by a migration of
-# archive.models.Study; measured here only in the scratch database).
 SCRATCH_DB = ScratchDatabase(DB_NAME, "ingest.py")
 pg_url = SCRATCH_DB.url
 create_database = SCRATCH_DB.create
@@ -103,10 +99,6 @@ from tenants.models import Organization  # noqa: E402
 from tenants.services import token_create  # noqa: E402
 
 # --- shared helpers ------------------------------------------------------------------------------
-
-
-def pct(samples: list[float], p: int) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
 
 
 def bench_org(slug: str, scopes: list[str]) -> tuple[Organization, str]:
@@ -532,123 +524,6 @@ def large_instance() -> None:
 
 
 # --- QIDO-RS latency -----------------------------------------------------------------------------
-
-# fmt: off
-FAMILIES = [
-    a + b + c
-    for a in ("BAR", "KAL", "MOR", "SEV", "TAN", "VIL", "HOL", "DEN", "RAS", "FOR")
-    for b in ("AN", "EL", "OR", "IS", "UM")
-    for c in ("DO", "SKI", "TON", "MAN", "EZ", "BERG", "SEN", "OV")
-]  # 400 family names
-GIVEN = [
-    "ADA", "ALAN", "ANNA", "BORIS", "CARLA", "DAVID", "EMMA", "FELIX", "GRACE", "HUGO",
-    "IRIS", "JONAS", "KARIN", "LEON", "MARIE", "NIELS", "OLGA", "PAUL", "ROSA", "SVEN",
-    "TARA", "URS", "VERA", "WALT", "XENIA", "YUSUF", "ZOE", "AMIR", "BEA", "CLEO",
-]
-# fmt: on
-MODALITIES = ["CT", "MR", "CR", "US", "MG"]
-
-
-def patient(index: int) -> tuple[str, str]:
-    """Patient ``index``: (ID, name). About two studies per patient."""
-    n = index // 2
-    return f"P{n:08d}", f"{FAMILIES[n % len(FAMILIES)]}^{GIVEN[(n // len(FAMILIES)) % len(GIVEN)]}"
-
-
-def _copy(table: str, columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        with raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-
-STUDY_COLUMNS = [
-    "id", "organization_id", "study_uid", "patient_id", "patient_name", "patient_birth_date",
-    "patient_sex", "accession_number", "study_date", "study_time", "study_description",
-    "study_id", "referring_physician", "modalities", "series_count", "instance_count",
-    "total_bytes", "bytes_hot", "bytes_warm", "bytes_cold", "bytes_archive", "created_at",
-    "updated_at", "metadata", "legal_hold", "trash_reason",
-]  # fmt: skip
-SERIES_COLUMNS = [
-    "id", "organization_id", "study_id", "series_uid", "modality", "series_number",
-    "series_description", "body_part", "instance_count", "total_bytes", "bytes_hot",
-    "bytes_warm", "bytes_cold", "bytes_archive", "created_at", "metadata",
-]  # fmt: skip
-INSTANCE_COLUMNS = [
-    "id", "organization_id", "study_id", "series_id", "sop_instance_uid", "sop_class_uid",
-    "transfer_syntax_uid", "instance_number", "size_bytes", "sha256", "location_id",
-    "object_key", "tier", "received_at", "metadata",
-]  # fmt: skip
-SIZE = 524_288
-
-
-def _next_id(table: str) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")
-        return int(cursor.fetchone()[0])
-
-
-def load_studies(org: Organization, location: StorageLocation, first: int, last: int) -> None:
-    """Studies ``first``..``last - 1``, one series and one instance each, loaded with COPY."""
-    rng = random.Random(first)
-    now = datetime.now(UTC)
-    study0, series0, instance0 = (
-        _next_id(t) for t in ("archive_study", "archive_series", "archive_instance")
-    )
-    count = last - first
-    modalities = [rng.choice(MODALITIES) for _ in range(count)]
-    dates = [date(2016, 1, 1) + timedelta(days=rng.randrange(3650)) for _ in range(count)]
-
-    def study_row(k: int) -> tuple[Any, ...]:
-        i = first + k
-        patient_id, name = patient(i)
-        uid, accession, day = f"1.2.826.0.1.3680043.10.1.{i}", f"A{i:09d}", dates[k]
-        metadata = {
-            "00080005": {"vr": "CS", "Value": ["ISO_IR 100"]},
-            "00080020": {"vr": "DA", "Value": [day.strftime("%Y%m%d")]},
-            "00080030": {"vr": "TM", "Value": ["101500"]},
-            "00080050": {"vr": "SH", "Value": [accession]},
-            "00080090": {"vr": "PN", "Value": [{"Alphabetic": "WELBY^MARCUS"}]},
-            "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
-            "00100020": {"vr": "LO", "Value": [patient_id]},
-            "00100030": {"vr": "DA", "Value": ["19700101"]},
-            "00100040": {"vr": "CS", "Value": ["O"]},
-            "0020000D": {"vr": "UI", "Value": [uid]},
-            "00081030": {"vr": "LO", "Value": [f"{modalities[k]} EXAM"]},
-        }
-        return (
-            study0 + k, org.pk, uid, patient_id, name, date(1970, 1, 1), "O", accession, day,
-            "10:15:00", f"{modalities[k]} EXAM", str(i % 10**6), "WELBY^MARCUS",
-            f"\\{modalities[k]}\\", 1, 1, SIZE, SIZE, 0, 0, 0, now, now, json.dumps(metadata),
-            False, "",
-        )  # fmt: skip
-
-    def series_row(k: int) -> tuple[Any, ...]:
-        return (
-            series0 + k, org.pk, study0 + k, f"1.2.826.0.1.3680043.10.2.{first + k}",
-            modalities[k], 1, "", "", 1, SIZE, SIZE, 0, 0, 0, now,
-            json.dumps({"00080060": {"vr": "CS", "Value": [modalities[k]]}}),
-        )  # fmt: skip
-
-    def instance_row(k: int) -> tuple[Any, ...]:
-        return (
-            instance0 + k, org.pk, study0 + k, series0 + k,
-            f"1.2.826.0.1.3680043.10.3.{first + k}", "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.840.10008.1.2.1", 1, SIZE, "0" * 64, location.pk,
-            f"org-{org.pk}/{first + k}.dcm", "hot", now, "{}",
-        )  # fmt: skip
-
-    _copy("archive_study", STUDY_COLUMNS, (study_row(k) for k in range(count)))
-    _copy("archive_series", SERIES_COLUMNS, (series_row(k) for k in range(count)))
-    _copy("archive_instance", INSTANCE_COLUMNS, (instance_row(k) for k in range(count)))
-    with connection.cursor() as cursor:
-        for table in ("archive_study", "archive_series", "archive_instance"):
-            cursor.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT MAX(id) FROM {table}))"
-            )
-            cursor.execute(f"ANALYZE {table}")
 
 
 def measure(client: Client, secret: str, make_path: Callable[[random.Random], str]) -> list[float]:
