@@ -757,3 +757,132 @@ class StorageCommitment(models.Model):
 
     def __str__(self) -> str:
         return f"storage commitment {self.transaction_uid} of {self.calling_ae}"
+
+
+class DicomAssociation(models.Model):
+    """One association a DICOM peer opened to the listener and the listener admitted, and what
+    it did (``archive.dimse.activity``): shown on the portal's DICOM connections page.
+
+    Written by the listener's activity recorder, off the DIMSE path: the row when the association
+    is admitted, its counters as operations finish, its end when it is released or aborted. A row
+    whose listener stopped without closing it keeps ``ended_at`` empty. ``counts`` per operation
+    kind and outcome (C-STORE and C-ECHO count instances and echoes; the others requests):
+    ``{"find": {"success": 3, "failure": 1}, "store": {"success": 120}}``. Deleted after
+    ``DIMSE_ACTIVITY_RETENTION_DAYS`` with its operations.
+    """
+
+    class Direction(models.TextChoices):
+        INBOUND = "inbound", "Inbound"
+
+    class End(models.TextChoices):
+        OPEN = "open", "Open"
+        RELEASED = "released", "Released"
+        ABORTED = "aborted", "Aborted"
+        ENDED = "ended", "Connection closed"  # neither released nor aborted (broken, timed out)
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    # The called AE title's configuration while it exists; the title itself is kept.
+    dicom_ae = models.ForeignKey(
+        DicomAE, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    called_ae = models.CharField(max_length=16)
+    calling_ae = models.CharField(max_length=16)
+    address = models.CharField(max_length=45, blank=True)
+    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.INBOUND)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=10, choices=End.choices, default=End.OPEN)
+    # The worst outcome of its operations ("" while it has none): failure, warning, cancelled,
+    # success.
+    outcome = models.CharField(max_length=10, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-started_at", "-id"], name="dimse_assoc_org_at"),
+            models.Index(fields=["organization", "calling_ae"], name="dimse_assoc_org_calling"),
+            models.Index(fields=["organization", "called_ae"], name="dimse_assoc_org_called"),
+            models.Index(fields=["started_at"], name="dimse_assoc_started"),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"association {self.calling_ae} -> {self.called_ae} at {self.started_at:%Y-%m-%d %H:%M}"
+        )
+
+
+class DicomOperation(models.Model):
+    """One DIMSE operation of a ``DicomAssociation`` and its outcome: a C-FIND, C-MOVE, C-GET or
+    storage commitment request each; the C-STOREs and C-ECHOs of an association as one row each
+    (counted, not one row per instance).
+
+    No patient data: a query keeps its information model, level and the names of the keys that
+    carried a value, never the values; a retrieve how many UIDs it named per level and whether a
+    PatientID was given. ``status`` is the final DIMSE status sent (for C-STORE the last failure,
+    else 0x0000). Counts: ``matches`` (C-FIND matches sent; C-MOVE/C-GET sub-operations;
+    instances a commitment names), ``completed`` / ``failed`` / ``warning`` (sub-operations; the
+    C-STOREs answered with success / failure; C-ECHOs completed).
+    """
+
+    class Kind(models.TextChoices):
+        ECHO = "echo", "C-ECHO"
+        STORE = "store", "C-STORE"
+        FIND = "find", "C-FIND"
+        MOVE = "move", "C-MOVE"
+        GET = "get", "C-GET"
+        COMMIT = "commit", "Storage commitment"
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        WARNING = "warning", "Warning"
+        FAILURE = "failure", "Failure"
+        CANCELLED = "cancelled", "Cancelled"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    association = models.ForeignKey(
+        DicomAssociation, on_delete=models.CASCADE, related_name="operations"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    # "Patient Root" / "Study Root"; PATIENT, STUDY, SERIES or IMAGE.
+    model = models.CharField(max_length=16, blank=True)
+    level = models.CharField(max_length=8, blank=True)
+    # A query's matching keys (keywords that carried a value) and how many keys were asked to
+    # be returned; a retrieve's UID counts per level and whether a PatientID was given.
+    keys = models.JSONField(default=list, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    matches = models.PositiveIntegerField(null=True, blank=True)
+    completed = models.PositiveIntegerField(null=True, blank=True)
+    failed = models.PositiveIntegerField(null=True, blank=True)
+    warning = models.PositiveIntegerField(null=True, blank=True)
+    bytes = models.BigIntegerField(null=True, blank=True)
+    destination_ae = models.CharField(max_length=16, blank=True)
+    comment = models.CharField(max_length=500, blank=True)
+    commitment = models.ForeignKey(
+        StorageCommitment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    ingest_job = models.ForeignKey(
+        IngestJob, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["association", "-started_at"], name="dimse_op_assoc_at"),
+            models.Index(fields=["organization", "kind", "outcome"], name="dimse_op_org_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.outcome}"
+
+    @property
+    def status_hex(self) -> str:
+        return "" if self.status is None else f"0x{self.status:04X}"

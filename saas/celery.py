@@ -37,6 +37,10 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.tier_policy_evaluate",
         "schedule": crontab(minute="*/15"),
     },
+    "archive-dimse-activity-purge": {
+        "task": "archive.tasks.dimse_activity_purge",
+        "schedule": crontab(minute=40),
+    },
     "billing-rollup": {"task": "billing.tasks.billing_rollup", "schedule": crontab(minute="*/5")},
     "billing-finalize": {
         "task": "billing.tasks.billing_finalize_due",

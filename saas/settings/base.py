@@ -283,6 +283,9 @@ STOW_MAX_PARTS = env.integer("STOW_MAX_PARTS", 10000, minimum=1)
 INGEST_MAX_FAILURE_ROWS = env.integer("INGEST_MAX_FAILURE_ROWS", 1000, minimum=0)
 # C-FIND: matches one query answers; past it the first ones are sent, then 0xA700 says more match.
 DIMSE_FIND_MAX_RESULTS = env.integer("DIMSE_FIND_MAX_RESULTS", 1000, minimum=1)
+# The DICOM connections page: each admitted association and its operations are kept this many
+# days (the archive.tasks.dimse_activity_purge beat job deletes older ones).
+DIMSE_ACTIVITY_RETENTION_DAYS = env.integer("DIMSE_ACTIVITY_RETENTION_DAYS", 90, minimum=1)
 # Tiering and restores (per-organization knobs live in ArchiveSettings).
 # The filesystem backend simulates an archive-tier restore: ready after this many seconds.
 ARCHIVE_FS_RESTORE_SECONDS = env.integer("ARCHIVE_FS_RESTORE_SECONDS", 60, minimum=0)
