@@ -108,6 +108,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
 
 from archive.ae_titles.selectors import destination_for_move
+from archive.dimse import activity
 from archive.dimse.indexer import db_serial, queue_root
 from archive.dimse.peer import Peer
 from archive.ingest.dicom import uid_clean, uid_problem
@@ -374,6 +375,7 @@ def n_action(peer: Peer | None, event: Any) -> tuple[Any, Dataset | None]:
         # A broken connection must not fail the association's next request.
         connection.close()
         return _status(STATUS_PROCESSING_FAILURE, "Internal error; please retry later"), None
+    activity.commitment_noted(event.assoc, row.pk)  # the DICOM connections page
     reporter = _reporter_for(getattr(event.assoc, "scp", None))
     if reporter is None:
         logger.warning("dimse: no commitment reporter runs; commitment %s waits", row.pk)
