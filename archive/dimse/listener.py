@@ -111,6 +111,7 @@ from pynetdicom.utils import make_target
 
 from archive.ae_titles.selectors import ae_admit
 from archive.dimse import commitment, find, retrieve
+from archive.dimse.sender import held
 from archive.dimse.indexer import (
     Ended,
     IndexerThread,
@@ -601,10 +602,21 @@ class _AcceptorDUL(DULServiceProvider):
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
+        self.wake()
+
+    def wake(self) -> None:
+        """End the idle wait now (a PDU to send, or the connection handed back)."""
         with contextlib.suppress(OSError):  # already signalled (buffer full) or closing
             self._wake_w.send(b"\0")
 
     def _idle_wait(self) -> None:
+        if held(self.socket):
+            # The sub-operations of a C-GET own the connection (``archive.dimse.sender``): what
+            # arrives is theirs to read, so only a PDU to send wakes this thread meanwhile.
+            with contextlib.suppress(OSError, ValueError):
+                select.select([self._wake_r], [], [], IDLE_WAIT)
+            self._drain_wake()
+            return
         sock = getattr(self.socket, "socket", None)
         if sock is None or not isinstance(sock, socket.socket) or hasattr(sock, "pending"):
             # No connection (yet or any more), or TLS (buffered bytes select cannot see).
@@ -616,9 +628,12 @@ class _AcceptorDUL(DULServiceProvider):
             time.sleep(self._run_loop_delay)
             return
         if self._wake_r in ready:
-            with contextlib.suppress(OSError):
-                while self._wake_r.recv(4096):
-                    pass
+            self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
 
     def run_reactor(self) -> None:
         try:

@@ -599,7 +599,7 @@ class Retrieve:
                     run.sent(item, outcome, files[-1].dataset_bytes)
                 finally:
                     for spooled in files:
-                        spooled.path.unlink(missing_ok=True)
+                        spooled.discard()
                 self.responder.pending(run)
         finally:
             prefetch.close()

@@ -2,10 +2,11 @@
 
 Each instance goes through three steps, in constant memory whatever its size:
 
-1. **Spool** (``spool_instance``): its bytes are streamed from the object store (filesystem or
-   S3) into a local Part 10 file, its size checked against the index (as WADO-RS checks it).
-   The file's own File Meta Information is written from the index (only the data set
-   crosses the network; File Meta never does), followed by the stored data set bytes unchanged.
+1. **Spool** (``spool_instance``): on a filesystem store the stored object is opened in place
+   and read from there (nothing is copied); from S3 its bytes are streamed into a local Part 10
+   file. Either way its size is checked against the index (as WADO-RS checks it). A spool
+   file's File Meta Information is written from the index (only the data set crosses the
+   network; File Meta never does), followed by the stored data set bytes unchanged.
    ``Prefetch`` spools the next instances in a helper thread while the current one is sent.
 2. **Transfer syntax** (``Link.syntax_for``): the data set is sent as stored when the peer
    accepted the stored transfer syntax for its SOP class. Otherwise, when the peer accepted
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import struct
@@ -47,6 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +130,33 @@ class Spooled:
     """An instance's data set in a local Part 10 file, ready to be sent from ``path``.
 
     ``transfer_syntax`` is the data set's ("" when the stored object did not say: it is then
-    always re-encoded); ``dataset_bytes`` what crosses the network."""
+    always re-encoded); ``dataset_bytes`` what crosses the network. ``in_place``: the file is
+    the stored object itself (a filesystem store), opened as ``in_place`` and never removed;
+    otherwise ``path`` is a temporary file of the retrieve's."""
 
     path: Path
     transfer_syntax: str
     dataset_bytes: int
     offset: int  # where the data set starts in the file
+    in_place: BufferedReader | None = None
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[BufferedReader]:
+        """The file, open for reading (the stored object's own handle, rewound, when in
+        place)."""
+        if self.in_place is not None:
+            self.in_place.seek(0)
+            yield self.in_place
+            return
+        with open(self.path, "rb") as handle:
+            yield handle
+
+    def discard(self) -> None:
+        """Done with it: the temporary file removed, the stored object only closed."""
+        if self.in_place is not None:
+            self.in_place.close()
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 # --- spooling ---------------------------------------------------------------------------------
@@ -190,11 +214,59 @@ def _file_meta(item: Item, syntax: str) -> bytes:
     return bytes(out.getvalue())
 
 
+def _size_differs(item: Item, size: int) -> SubOperationFailed:
+    logger.error(
+        "dimse: stored object %s has %d bytes, the index says %d", item.object_key, size, item.size
+    )
+    return SubOperationFailed("The stored object's size differs from the index.")
+
+
+def _open_in_place(item: Item) -> Spooled | None:
+    """The stored object itself, when the store keeps it in a local file: opened (so that a
+    tier move or a deletion meanwhile cannot change what is read), its size checked against
+    the index and its File Meta located; nothing is copied. None for other stores."""
+    try:
+        handle = item.store.open_local(key=item.object_key, tier=item.tier)
+    except StorageUnavailable as exc:
+        logger.warning("dimse: reading %s failed: %s", item.object_key, exc)
+        raise SubOperationFailed("The object store cannot be read right now.") from None
+    if handle is None:
+        return None
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        if size != item.size:
+            raise _size_differs(item, size)
+        head = b""
+        start: tuple[int, str] | None = None
+        while start is None:
+            chunk = handle.read(64 * 1024)
+            if not chunk:
+                raise SubOperationFailed("The stored object is truncated.")
+            head += chunk
+            start = _meta_end(head)
+            if start is None and len(head) > META_MAX:
+                raise SubOperationFailed("The stored object's File Meta is too long.")
+    except BaseException:
+        handle.close()
+        raise
+    return Spooled(
+        path=Path(getattr(handle, "name", "")),
+        transfer_syntax=start[1],
+        dataset_bytes=size - start[0],
+        offset=start[0],
+        in_place=handle,
+    )
+
+
 def spool_instance(item: Item, folder: Path) -> Spooled:
-    """Stream the stored object into a new Part 10 file in ``folder``; the data set bytes are
-    the stored ones, the File Meta is written from the index. Raises SubOperationFailed (the
+    """The instance ready to send: read in place from a filesystem store, otherwise streamed
+    from the object store into a new Part 10 file in ``folder`` (the data set bytes are the
+    stored ones, the File Meta is written from the index). Raises SubOperationFailed (the
     store cannot be read now, or the object is not what the index says: its size is checked,
     as WADO-RS checks it; the SHA-256 was checked when it was stored)."""
+    in_place = _open_in_place(item)
+    if in_place is not None:
+        return in_place
     path = folder / f"{uuid.uuid4().hex}.dcm"
     size = 0
     head = b""
@@ -234,13 +306,7 @@ def spool_instance(item: Item, folder: Path) -> Spooled:
             close()  # the S3 body of an object read only in part
     if size != item.size:
         path.unlink(missing_ok=True)
-        logger.error(
-            "dimse: stored object %s has %d bytes, the index says %d",
-            item.object_key,
-            size,
-            item.size,
-        )
-        raise SubOperationFailed("The stored object's size differs from the index.")
+        raise _size_differs(item, size)
     return Spooled(
         path=path,
         transfer_syntax=start[1],
@@ -272,7 +338,8 @@ def transcode(spooled: Spooled, target: str, folder: Path) -> Spooled:
         raise SubOperationFailed(f"Cannot encode in {UID(target).name}; only decompress.")
     source = spooled.transfer_syntax
     try:
-        header = pydicom.dcmread(spooled.path, stop_before_pixels=True)
+        with spooled.opened() as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
     except Exception as exc:
         raise SubOperationFailed(f"The stored data set cannot be parsed ({exc}).") from None
     needed = max(_decoded_bytes(header), spooled.dataset_bytes)
@@ -284,7 +351,8 @@ def transcode(spooled: Spooled, target: str, folder: Path) -> Spooled:
     out = folder / f"{uuid.uuid4().hex}.dcm"
     with _transcode_slots:
         try:
-            ds = pydicom.dcmread(spooled.path)
+            with spooled.opened() as handle:
+                ds = pydicom.dcmread(handle)
             stored = ds.file_meta.get("TransferSyntaxUID")
             if stored is not None and UID(stored).is_compressed:
                 # The same instance, decoded: its UID stays (a lossy source keeps its
@@ -304,7 +372,7 @@ def transcode(spooled: Spooled, target: str, folder: Path) -> Spooled:
         except Exception as exc:
             out.unlink(missing_ok=True)
             name = UID(source).name if source else "its stored transfer syntax"
-            logger.info("dimse: cannot decode %s: %s", spooled.path.name, exc)
+            logger.info("dimse: cannot decode %s: %s", spooled.path.name or "an object", exc)
             raise SubOperationFailed(f"Cannot be decoded from {name}.") from None
     with open(out, "rb") as handle:
         start = _meta_end(handle.read(META_MAX))
@@ -356,6 +424,9 @@ class Prefetch:
         for _, future in self._ahead:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for _, future in self._ahead:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().discard()  # an open stored object is closed, a spool removed
         self._ahead.clear()
 
 
@@ -441,6 +512,12 @@ def c_store_command(
 _held_classes: dict[type, type] = {}
 
 
+def held(wrapper: Any) -> bool:
+    """Whether the sub-operations of a C-GET hold this association socket (``_Direct``): the
+    network thread must then neither read it nor wait for it to be readable."""
+    return bool(getattr(wrapper, "strata_held", False))
+
+
 def _held_class(base: type[AssociationSocket]) -> type[AssociationSocket]:
     """``base`` (pynetdicom's association socket, or a subclass) whose network thread stops
     reading while ``strata_held`` is set, and whose writes take ``strata_lock``."""
@@ -500,6 +577,7 @@ class _Direct:
     def __init__(self, assoc: Association, fragment: int, stall_seconds: float, settle: float):
         wrapper: Any = assoc.dul.socket
         self.wrapper = wrapper
+        self._wake: Callable[[], None] | None = getattr(assoc.dul, "wake", None)
         self.sock: socket.socket = wrapper.socket
         self.fragment = fragment
         self.buffer = bytearray(DIRECT_BATCH + _PDU_HEADER.size + fragment)
@@ -520,6 +598,8 @@ class _Direct:
         self.wrapper.__class__ = self._base
         with contextlib.suppress(OSError):
             self.sock.settimeout(self._timeout)
+        if self._wake is not None:
+            self._wake()  # the listener's network thread watches the connection again
 
     def _flush(self, used: int) -> int:
         if used:
@@ -530,10 +610,9 @@ class _Direct:
         _PDU_HEADER.pack_into(self.buffer, used, 0x04, 0, size + 6, size + 2, context_id, control)
         return used + _PDU_HEADER.size
 
-    def write(self, context_id: int, command: bytes, path: Path, offset: int, length: int) -> None:
-        """The command set, then ``length`` data set bytes of the file at ``path`` from
-        ``offset``, as P-DATA-TF PDUs of one PDV each. Raises OSError when the connection
-        fails."""
+    def write(self, context_id: int, command: bytes, spooled: Spooled) -> None:
+        """The command set, then the data set bytes of ``spooled``, as P-DATA-TF PDUs of one
+        PDV each. Raises OSError when the connection fails."""
         view = memoryview(self.buffer)
         with self.wrapper.strata_lock:
             used = 0
@@ -543,9 +622,9 @@ class _Direct:
                 used = self._put(used, context_id, 0x03 if last else 0x01, len(piece))
                 view[used : used + len(piece)] = piece
                 used += len(piece)
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                left = length
+            with spooled.opened() as handle:
+                handle.seek(spooled.offset)
+                left = spooled.dataset_bytes
                 while left > 0:
                     if used + _PDU_HEADER.size + self.fragment > len(self.buffer):
                         used = self._flush(used)
@@ -600,7 +679,7 @@ class _Direct:
 
     def exchange(self, context_id: int, message_id: int, command: bytes, spooled: Spooled) -> int:
         """Send one C-STORE request; the status of its response."""
-        self.write(context_id, command, spooled.path, spooled.offset, spooled.dataset_bytes)
+        self.write(context_id, command, spooled)
         while True:
             values = self.read_command()
             field = _us(values.get(0x0100))

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from io import BufferedReader
 from pathlib import Path
 from typing import Protocol
 
@@ -91,6 +92,12 @@ class ObjectStore(Protocol):
         transferred. An offset at or past the end yields nothing. Raises StorageUnavailable on
         the first ``next()`` when the object cannot be read.
         """
+
+    def open_local(self, *, key: str, tier: str) -> BufferedReader | None:
+        """The object as a local file opened for reading, when the backend keeps it on a local
+        file system (it can then be read in place, and the open file stays readable whatever
+        happens to the name); None when it does not. Raises StorageUnavailable when the object
+        cannot be opened."""
 
     def delete(self, *, key: str, tier: str) -> None: ...
 

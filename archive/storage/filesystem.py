@@ -10,6 +10,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from io import BufferedReader
 from pathlib import Path
 
 from archive.storage.base import (
@@ -147,6 +148,12 @@ class FilesystemStore:
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
+
+    def open_local(self, *, key: str, tier: str) -> BufferedReader:
+        try:
+            return open(self._path(key, tier), "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise StorageUnavailable(f"Could not read {key}: {exc.strerror or exc}") from exc
 
     def delete(self, *, key: str, tier: str) -> None:
         try:

@@ -323,6 +323,9 @@ class S3Store:
             sha256=(meta.get("Metadata") or {}).get("sha256", ""),
         )
 
+    def open_local(self, *, key: str, tier: str) -> None:
+        return None  # objects are read over the network
+
     def iter_bytes(
         self,
         *,

@@ -442,6 +442,47 @@ def test_c_move_sends_the_study_as_stored_with_pending_counts(listener, org, dic
     assert not list(sender_spool_folders(org))
 
 
+def test_a_filesystem_store_is_read_in_place_and_its_objects_stay(
+    listener, org, dicom_ae, destination, monkeypatch
+):
+    """No copy of a filesystem store's object is made to send it, and sending never removes or
+    changes the stored object, however often it is sent."""
+    study = store_study(org, n=3)
+    before = {i.sop_instance_uid: stored_dataset(i) for i in study.instances}
+    receiver = destination()
+
+    def no_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the stored object was copied to be sent")
+
+    monkeypatch.setattr(store_for(study.instances[0].location).__class__, "iter_bytes", no_copy)
+    for _ in range(2):
+        responses = move(listener, identifier("STUDY", StudyInstanceUID=study.uid))
+        assert responses[-1].Status == 0x0000
+    monkeypatch.undo()
+
+    assert {uid: got.dataset for uid, got in receiver.received.items()} == before
+    assert {i.sop_instance_uid: stored_dataset(i) for i in study.instances} == before
+    assert not list(sender_spool_folders(org))
+
+
+def test_a_stored_object_whose_size_differs_from_the_index_is_not_sent(
+    listener, org, dicom_ae, destination
+):
+    study = store_study(org, n=2)
+    bad = study.instances[0]
+    path = Path(store_for(bad.location).root) / bad.tier / bad.object_key
+    path.write_bytes(path.read_bytes()[:-10])  # damaged on disk after it was verified
+    receiver = destination()
+
+    responses = move(listener, identifier("STUDY", StudyInstanceUID=study.uid))
+
+    assert responses[-1].Status == 0xB000
+    assert counts(responses[-1])[:3] == (1, 1, 0)
+    assert failed_list(responses[-1]) == [bad.sop_instance_uid]
+    assert "size differs" in responses[-1].ErrorComment
+    assert set(receiver.received) == {study.instances[1].sop_instance_uid}
+
+
 def test_pending_responses_are_spaced_out(listener, org, dicom_ae, destination, monkeypatch):
     monkeypatch.setattr(retrieve, "PENDING_INTERVAL", 60.0)
     study = store_study(org, n=5)
@@ -1059,6 +1100,43 @@ def test_c_get_sends_on_the_same_association_as_stored(listener, org, dicom_ae):
     assert access.instances == 3 and f"C-GET by {MODALITY}@127.0.0.1" in access.actor_label
     audit = AuditEvent.objects.get(action="dimse.get")
     assert audit.details["completed"] == 3 and "destination" not in audit.details
+
+
+def test_the_network_thread_waits_while_a_c_get_holds_the_connection():
+    """While the sub-operations of a C-GET read the caller's connection themselves, the
+    listener's network thread must not spin on it (the connection is readable: the responses
+    are waiting for the sub-operations), yet wakes at once when there is a PDU to send."""
+    from archive.dimse.listener import IDLE_WAIT, _AcceptorDUL
+
+    caller, ours = socket.socketpair()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    caller.sendall(b"a C-STORE response waiting to be read")
+    wrapper = SimpleNamespace(socket=ours, strata_held=True)
+    dul = SimpleNamespace(
+        socket=wrapper,
+        _wake_r=wake_r,
+        _wake_w=wake_w,
+        _run_loop_delay=0.001,
+        _drain_wake=lambda: _AcceptorDUL._drain_wake(dul),  # type: ignore[arg-type]
+    )
+    try:
+        started = time.monotonic()
+        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        assert time.monotonic() - started >= IDLE_WAIT * 0.8  # not woken by the readable socket
+
+        wake_w.send(b"\0")  # a pending response to send
+        started = time.monotonic()
+        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        assert time.monotonic() - started < IDLE_WAIT * 0.5
+
+        wrapper.strata_held = False  # handed back: the readable connection wakes it
+        started = time.monotonic()
+        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        assert time.monotonic() - started < IDLE_WAIT * 0.5
+    finally:
+        for sock in (caller, ours, wake_r, wake_w):
+            sock.close()
 
 
 def test_c_get_decodes_for_a_caller_accepting_only_uncompressed(listener, org, dicom_ae):
