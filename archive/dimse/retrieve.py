@@ -86,6 +86,7 @@ from pynetdicom.dsutils import encode
 from archive.ae_titles.selectors import destination_for_move
 from archive.ae_titles.services import DestinationUnreachable, destination_associate
 from archive.dicomweb import selectors as index
+from archive.dimse import activity
 from archive.dimse.indexer import db_serial
 from archive.dimse.peer import Peer
 from archive.dimse.sender import (
@@ -759,6 +760,7 @@ def _execute(peer: Peer | None, event: Any, operation: str) -> C_MOVE | C_GET:
     responder.keep_alive()
     retrieve.record(status, comment, error)
     retrieve.log(status)
+    activity.retrieve_finished(retrieve, status, comment)  # the DICOM connections page
     return responder.final(status, comment, retrieve.run)
 
 
