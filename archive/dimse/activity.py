@@ -630,34 +630,56 @@ def query_summary(identifier: Dataset) -> tuple[str, list[str], int]:
     return level, keys, returned
 
 
+# The C-FIND being served by this thread (an association's), for ``find_counted``.
+_serving = threading.local()
+
+
 def find_observed(
     record: AssociationRecord | None, event: Any, responses: Iterable[tuple[Any, Any]]
 ) -> Iterator[tuple[Any, Any]]:
     """The C-FIND handler's responses passed through, the query recorded: its final status,
-    the matches sent. The operation is handed to the writer before the final response is."""
+    the matches sent (the handler's count, ``find_counted``, else the pending responses that
+    passed here). The operation is handed to the writer before the final response is."""
     operation = _safe(_find_begin, record, event)
-    matches = 0
+    _serving.operation = operation
+    passed = 0
+
+    def finish(status: int | None, comment: str, outcome: str | None = None) -> None:
+        assert operation is not None and record is not None
+        if operation.matches is None:
+            operation.matches = passed
+        _safe(record.finish, operation, status, comment, outcome)
+
     try:
         for status, identifier in responses:
             if operation is not None and operation.finished_at is None:
                 code, comment = _status_of(status)
                 if code in PENDING_STATUSES:
-                    matches += 1
+                    passed += 1
                     if code == 0xFF01:
                         operation.details["keys_not_matched"] = True
                 else:
-                    operation.matches = matches
-                    _safe(record.finish, operation, code, comment)  # type: ignore[union-attr]
+                    finish(code, comment)
             yield status, identifier
     except Exception:
-        if operation is not None:
-            operation.matches = matches
-            _safe(record.finish, operation, 0xC311, "Internal error.")  # type: ignore[union-attr]
+        if operation is not None and operation.finished_at is None:
+            finish(0xC311, "Internal error.")
         raise
     finally:
+        if getattr(_serving, "operation", None) is operation:
+            _serving.operation = None
         if operation is not None and operation.finished_at is None:
-            operation.matches = matches
-            _safe(record.finish, operation, None, ENDED_EARLY, Outcome.CANCELLED)  # type: ignore[union-attr]
+            finish(None, ENDED_EARLY, Outcome.CANCELLED)
+
+
+def find_counted(matches: int, *, keys_not_matched: bool = False) -> None:
+    """Hook of ``find``: the matches this thread's C-FIND sent (also those it sent without
+    passing them through the handler's responses)."""
+    operation = getattr(_serving, "operation", None)
+    if operation is not None and operation.finished_at is None:
+        operation.matches = matches
+        if keys_not_matched:
+            operation.details["keys_not_matched"] = True
 
 
 def _find_begin(record: AssociationRecord | None, event: Any) -> OperationRecord | None:

@@ -110,8 +110,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from archive.ae_titles.selectors import ae_admit
-from archive.dimse import commitment, find, retrieve
-from archive.dimse.sender import held
+from archive.dimse import activity, commitment, find, retrieve
 from archive.dimse.indexer import (
     Ended,
     IndexerThread,
@@ -125,6 +124,7 @@ from archive.dimse.indexer import (
 )
 from archive.dimse.indexer_process import indexer_process_main
 from archive.dimse.peer import QUERY_RETRIEVE_SOP_CLASSES, Peer
+from archive.dimse.sender import held
 from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -526,6 +526,8 @@ class _Session:
     queue_dir: Path | None = None  # where acknowledged objects wait for the indexer
     series_studies: dict[str, str] = field(default_factory=dict)
     flushed_at: float = 0.0
+    # What the association did, for the DICOM connections page (archive.dimse.activity).
+    activity: activity.AssociationRecord | None = None
     # What the listener decides; the indexer adds stored / duplicate / failed of what it indexes.
     counts: dict[str, int] = field(
         default_factory=lambda: {
@@ -854,6 +856,8 @@ class StrataSCP:
         self._backlog = self._mp.Value("q", 0)
         self._inbox: Any = self._mp.JoinableQueue() if indexer == "process" else queue.Queue()
         self._indexer: Any = None
+        # Writes what each association did (archive.dimse.activity), off the DIMSE path.
+        self.activity = activity.Recorder()
         # Flushes and hashes received objects while the handler checks them (two per association).
         self._syncer = ThreadPoolExecutor(
             max_workers=2 * max_associations, thread_name_prefix="strata-scp-sync"
@@ -865,10 +869,11 @@ class StrataSCP:
         """Index what a stopped listener left, start the indexer, then bind and serve in a
         background thread. Returns the bound (host, port)."""
         self._indexer_start()
+        self.activity.start()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_STORE, self._on_store_recorded),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
@@ -948,6 +953,7 @@ class StrataSCP:
         for assoc in server.active_associations:
             assoc.join(timeout=60)
         self._syncer.shutdown(wait=True)
+        self.activity.stop()
         # The indexer finishes what was acknowledged; what it cannot finish stays queued on disk
         # and is indexed at the next start.
         if self._indexer is not None:
@@ -1005,6 +1011,14 @@ class StrataSCP:
             queue_dir=queue_dir,
         )
         _prefer_senders_transfer_syntax(assoc)
+        session.activity = self.activity.opened(
+            assoc,
+            org=session.org,
+            dicom_ae_id=dicom_ae.pk,
+            called_ae=called,
+            calling_ae=calling,
+            address=session.address,
+        )
         with self._lock:
             self._sessions[assoc] = session
         logger.info(
@@ -1033,6 +1047,9 @@ class StrataSCP:
     # --- services -----------------------------------------------------------------------------
 
     def _on_echo(self, event: Event) -> int:
+        record = self.activity.record(event.assoc)
+        if record is not None:
+            record.echoed()
         return SUCCESS
 
     def _peer(self, event: Event) -> Peer | None:
@@ -1047,7 +1064,8 @@ class StrataSCP:
         )
 
     def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
-        yield from find.c_find(self._peer(event), event)
+        record = self.activity.record(event.assoc)
+        yield from activity.find_observed(record, event, find.c_find(self._peer(event), event))
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         yield from retrieve.c_move(self._peer(event), event)
@@ -1056,7 +1074,23 @@ class StrataSCP:
         yield from retrieve.c_get(self._peer(event), event)
 
     def _on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
-        return commitment.n_action(self._peer(event), event)
+        record = self.activity.record(event.assoc)
+        operation = activity.commitment_begin(record, event)
+        answer = commitment.n_action(self._peer(event), event)
+        activity.answered(record, operation, answer[0])
+        return answer
+
+    def _on_store_recorded(self, event: Event) -> int | Dataset:
+        """``_on_store``, its answer counted for the association's activity (in memory)."""
+        answer = self._on_store(event)
+        session = self._session(event.assoc)
+        if session is not None and session.activity is not None:
+            session.activity.stored(
+                answer,
+                bytes_received=session.counts["bytes_received"],
+                ingest_job_id=session.job.pk if session.job is not None else None,
+            )
+        return answer
 
     def _on_store(self, event: Event) -> int | Dataset:
         session = self._session(event.assoc)
@@ -1346,6 +1380,8 @@ class StrataSCP:
         except Exception:
             logger.exception("dimse: closing the association's ingest job failed")
         finally:
+            if session is not None:
+                self.activity.closed(assoc, session.outcome)
             # This thread's connections only: each association thread has its own.
             connections.close_all()
 
