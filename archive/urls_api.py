@@ -5,6 +5,7 @@ from django.urls import URLPattern, path
 
 from archive.ae_titles import apis as ae_titles_api
 from archive.analytics import apis as analytics_api
+from archive.dimse import apis as dimse_api
 from archive.ingest import apis as ingest_api
 from archive.locations import apis as locations_api
 from archive.replicas import apis as replicas_api
@@ -71,6 +72,22 @@ urlpatterns: list[URLPattern] = [
         "dicom-destinations/<int:destination_id>/echo/",
         ae_titles_api.DestinationEchoApi.as_view(),
         name="api-dicom-destination-echo",
+    ),
+    # What each DICOM association did.
+    path(
+        "dicom-associations/",
+        dimse_api.AssociationListApi.as_view(),
+        name="api-dicom-associations",
+    ),
+    path(
+        "dicom-associations/<int:association_id>/",
+        dimse_api.AssociationDetailApi.as_view(),
+        name="api-dicom-association",
+    ),
+    path(
+        "dicom-associations/<int:association_id>/operations/",
+        dimse_api.AssociationOperationListApi.as_view(),
+        name="api-dicom-association-operations",
     ),
     # Archive policies.
     path("policies/versions/", tiering_api.PolicyVersionListApi.as_view(), name="api-policies"),
