@@ -4,7 +4,8 @@
   180 and 365 days, overall and per modality.
 - ``analytics/simulation/``: POST (optionally ``candidate_rules``, validated like a policy's rules,
   and ``months``): the projected monthly cost per scenario (everything hot, active policy,
-  candidate, recommended) and per component, with the recommendation. Nothing is saved.
+  candidate, recommended) and per component (``prefetches``: what a policy's prefetch rule
+  restores), with the recommendation. Nothing is saved.
 - ``analytics/recommendation/``: GET the recommended rules and why.
 
 The organization is the token's (or the session's ``/api/v1/o/<slug>/``): another organization's
@@ -94,9 +95,36 @@ class MonthSerializer(serializers.Serializer):
         help_text=f"Amount per component: {', '.join(COMPONENTS)}.",
     )
     bytes_by_tier = serializers.DictField(child=serializers.IntegerField())
+    prefetch_bytes = serializers.IntegerField(
+        help_text="Archive-tier bytes the scenario's prefetch rule is expected to restore this "
+        "month, before its monthly cap (0 without a prefetch rule)."
+    )
 
     class Meta:
         ref_name = "ArchiveSimulationMonth"
+
+
+class PrefetchBasisSerializer(serializers.Serializer):
+    monthly_cap = serializers.DecimalField(
+        max_digits=18, decimal_places=2, help_text="The rule's monthly cost cap."
+    )
+    studies_per_month = serializers.FloatField(
+        help_text="Studies expected to arrive a month (the last 90 days' rate)."
+    )
+    archive_bytes_per_study = serializers.IntegerField(
+        help_text="Archive-tier bytes of the priors the rule names for one new study, today."
+    )
+    bytes_per_month = serializers.IntegerField(
+        help_text="The two multiplied: the policy preview's figure at today's tiers."
+    )
+    archive_share_today = serializers.FloatField(
+        help_text="Today's share of bytes in the archive tier; each month's figure is scaled "
+        "by the scenario's share that month against it."
+    )
+    note = serializers.CharField()
+
+    class Meta:
+        ref_name = "ArchiveSimulationPrefetch"
 
 
 class ScenarioSerializer(serializers.Serializer):
@@ -106,6 +134,11 @@ class ScenarioSerializer(serializers.Serializer):
     note = serializers.CharField()
     total = serializers.DecimalField(max_digits=18, decimal_places=2)
     totals = serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2))
+    prefetch = PrefetchBasisSerializer(
+        allow_null=True,
+        help_text="How the scenario's prefetch rule is projected (its cost is the component "
+        "``prefetches``); null without one.",
+    )
     months = MonthSerializer(many=True)
 
     class Meta:
@@ -156,7 +189,10 @@ class SimulationInputSerializer(serializers.Serializer):
 
 
 class RecommendationOutputSerializer(serializers.Serializer):
-    rules = serializers.JSONField(help_text="Rules to paste into a policy version.")
+    rules = serializers.JSONField(
+        help_text="Rules to paste into a policy version; the active policy's prefetch rule, "
+        "if any, is kept as the last one."
+    )
     recommendations = RecommendationSerializer(many=True)
     monthly_saving = serializers.DecimalField(
         max_digits=18,

@@ -134,11 +134,12 @@ class PolicyPreview:
     prefetch: PrefetchPreview | None = None
 
 
-def _prefetch_estimate(
+def prefetch_estimate(
     *, org: Organization, rule: PrefetchRule, now: datetime
 ) -> tuple[int, int, int, int]:
     """(arrivals, sampled, bytes per arrival, bytes per 30 days): the rule replayed on the
-    studies that arrived in the last ``PREFETCH_WINDOW_DAYS`` days."""
+    studies that arrived in the last ``PREFETCH_WINDOW_DAYS`` days. The cost simulator
+    (``archive.analytics.simulator``) projects its months from the same estimate."""
     window = Study.objects.for_org(org).filter(
         created_at__gte=now - timedelta(days=PREFETCH_WINDOW_DAYS), created_at__lt=now
     )
@@ -182,7 +183,7 @@ def _prefetch_preview(
     rule = next((r for r in map(prefetch_rule_parse, rules) if r is not None), None)
     if rule is None:
         return None
-    arrivals, sampled, per_arrival, per_month = _prefetch_estimate(org=org, rule=rule, now=now)
+    arrivals, sampled, per_arrival, per_month = prefetch_estimate(org=org, rule=rule, now=now)
     start, end = month_bounds(now)
     left = Decimal((end - now).total_seconds()) / Decimal((end - start).total_seconds())
     return PrefetchPreview(

@@ -24,8 +24,9 @@ def add_study(
     tier_changed_at: datetime | None = None,
     description: str = "",
     birth_date: date | None = None,
+    patient_id: str = "",
 ) -> Study:
-    """A study with ``series`` = [(modality, instances, bytes per instance)]."""
+    """A study with ``series`` = [(modality, instances, bytes per instance)] of ``patient_id``."""
     n = next(_counter)
     location = location_primary(org)
     total = sum(count * size for _, count, size in series)
@@ -36,6 +37,7 @@ def add_study(
         study_date=study_date,
         study_description=description,
         patient_birth_date=birth_date,
+        patient_id=patient_id,
         modalities=modalities,
         series_count=len(series),
         instance_count=sum(c for _, c, _ in series),

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from archive.policies.versions import policy_active, policy_save
+from billing.models import PlanPrice, PricePlan, Subscription
+from tenants.context import Actor
 from tenants.models import ApiToken, Membership, Organization
 from tenants.roles import Role
 from tests.archive.analytics_helpers import add_study, read
@@ -80,6 +87,87 @@ def test_simulation_with_candidate_rules(
     assert candidate["months"][0]["bytes_by_tier"]["cold"] == 24 * 50_000_000
     assert body["inventory"]["instances"] == 24
     assert body["verdict"].startswith("The policy being edited would cost $")
+
+
+GIB = 2**30
+PREFETCH = {
+    "name": "Priors",
+    "conditions": {"same_modality": True, "last_studies": 3},
+    "action": {"type": "prefetch", "keep_days": 14, "monthly_cap": "1000.00"},
+}
+
+
+@pytest.fixture
+def priors(org: Organization) -> Organization:
+    """PAT-1's CT prior (1 GiB) in the archive tier; in the last 90 days a new CT study of PAT-1
+    (2 GiB) and one of PAT-2 (1 GiB); restores at 30 USD a GiB; the policy's prefetch rule.
+    Replayed: GIB // 2 archive bytes per new study, 2/3 of a study a month; today 1 GiB of 4 is
+    archived, 1 GiB more arrives hot each month (half of it in its first): in the first month
+    (GIB // 2) x 2 x 30 // 90 x 4 / 4.5 bytes are prefetched, 8.89 USD."""
+    now = timezone.now()
+    plan = PricePlan.objects.create(code="api-prefetch", name="Prefetch", currency="USD")
+    PlanPrice.objects.create(plan=plan, meter="restore.bytes", unit_price=Decimal("30"))
+    Subscription.objects.create(organization=org, plan=plan, starts_at=now - timedelta(days=500))
+    old = now - timedelta(days=400)
+    add_study(
+        org,
+        patient_id="PAT-1",
+        study_date=old.date(),
+        received=old,
+        series=[("CT", 1, GIB)],
+        tier="archive",
+        tier_changed_at=now - timedelta(days=300),
+    )
+    for patient, days, count in [("PAT-1", 10, 2), ("PAT-2", 20, 1)]:
+        at = now - timedelta(days=days)
+        add_study(
+            org, patient_id=patient, study_date=at.date(), received=at, series=[("CT", count, GIB)]
+        )
+    policy_save(org=org, actor=Actor.system("tests"), rules=[PREFETCH], activate=True)
+    return org
+
+
+def _active_prefetch(org: Organization) -> dict[str, Any]:
+    active = policy_active(org=org)
+    assert active is not None
+    rule: dict[str, Any] = active.rules[-1]
+    return rule
+
+
+def test_simulation_shows_the_prefetches(
+    priors: Organization, token_client: Callable[..., APIClient]
+) -> None:
+    response = token_client(priors, ["admin"]).post(
+        "/api/v1/analytics/simulation/", {"candidate_rules": []}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    hot, active, candidate, recommended = response.json()["scenarios"]
+    per_month = (GIB // 2) * 2 * 30 // 90
+    first = active["months"][0]
+    assert first["prefetch_bytes"] == round(per_month * (1 / 4.5) / 0.25)
+    assert first["components"]["prefetches"] == "8.89"
+    assert Decimal(active["totals"]["prefetches"]) == sum(
+        Decimal(m["components"]["prefetches"]) for m in active["months"]
+    )
+    assert Decimal(active["total"]) == sum(Decimal(v) for v in active["totals"].values())
+    assert active["prefetch"]["bytes_per_month"] == per_month
+    assert active["prefetch"]["archive_bytes_per_study"] == GIB // 2
+    assert active["prefetch"]["monthly_cap"] == "1000.00"
+    assert active["prefetch"]["note"].startswith("Prefetches: 0.7 new studies a month")
+    # Everything hot and a candidate without a prefetch rule: none.
+    for scenario in (hot, candidate):
+        assert scenario["prefetch"] is None
+        assert scenario["totals"]["prefetches"] == "0.00"
+        assert all(m["prefetch_bytes"] == 0 for m in scenario["months"])
+    assert recommended["rules"][-1]["action"]["type"] == "prefetch"
+    assert recommended["totals"]["prefetches"] == active["totals"]["prefetches"]
+
+
+def test_the_recommendation_keeps_the_prefetch_rule(
+    priors: Organization, token_client: Callable[..., APIClient]
+) -> None:
+    body = token_client(priors, ["admin"]).get("/api/v1/analytics/recommendation/").json()
+    assert body["rules"][-1] == _active_prefetch(priors)
 
 
 @pytest.mark.parametrize(
@@ -257,3 +345,39 @@ def test_analytics_page_of_another_organization_is_404(
     client = Client()
     client.force_login(make_member(other_org, Role.OWNER).user)
     assert client.get(f"/o/{org.slug}/archive/analytics/").status_code == 404
+
+
+def test_analytics_page_shows_the_prefetches(
+    priors: Organization, make_member: Callable[..., Membership]
+) -> None:
+    client = Client()
+    client.force_login(make_member(priors, Role.MEMBER).user)
+    page = client.get(f"/o/{priors.slug}/archive/analytics/").content.decode()
+    assert '<tr data-component="prefetches">' in page
+    assert '<th scope="row">Prefetches</th>' in page
+    assert "Active policy, Recommended policy: Prefetches: 0.7 new studies a month" in page
+
+
+def test_policy_page_simulation_shows_the_prefetches(
+    priors: Organization, make_member: Callable[..., Membership]
+) -> None:
+    """The editor carries the active policy's prefetch rule into the candidate it previews."""
+    client = Client()
+    client.force_login(make_member(priors, Role.OWNER).user)
+    form = {
+        "rule_count": "1",
+        "intent": "preview",
+        "rule-0-action": "move:cold",
+        "rule-0-modalities": "CT",
+        "rule-0-access_min": "90",
+        "prefetch_rule": json.dumps(_active_prefetch(priors)),
+    }
+    response = client.post(reverse("portal-policies", args=[priors.slug]), form)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="simulation"' in page
+    row = page.split('<tr data-component="prefetches">', 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num" title="[^"]*">([^<]*)</td>', row)
+    # Everything hot, active, candidate (cold moves nothing out of the archive), recommended.
+    assert cells[0] == "0.00" and all(c != "0.00" for c in cells[1:])
+    assert "Active policy, Candidate policy, Recommended policy: Prefetches:" in page

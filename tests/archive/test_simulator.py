@@ -35,8 +35,11 @@ import pytest
 from archive.analytics.curve import AccessCurve
 from archive.analytics.simulator import recommendation, results, simulate
 from archive.models import ArchiveSettings, PolicyVersion
+from archive.policies.validate import rules_validate
+from archive.policies.versions import policy_active
 from billing.meters import GIB
 from billing.models import PlanPrice, PricePlan, Subscription
+from billing.pricing import round_money
 from tests.archive.analytics_helpers import add_study, read
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -353,3 +356,216 @@ def test_verdict_speaks_at_the_precision_of_the_amounts(hot, active, recommended
         )
         == verdict
     )
+
+
+# --- prefetches ---------------------------------------------------------------------------------
+#
+# The case: PAT-1 has a CT prior of 1 GiB in the archive tier (400 days old); in the last 90 days
+# PAT-1 got a new CT study of 2 GiB and PAT-2 one of 1 GiB (both hot, no prior). Replayed, the rule
+# names 1 GiB of archived priors for one arrival of two: GIB // 2 bytes per new study; 2 arrivals
+# in 90 days are 2/3 of a study a month: (GIB // 2) x 2 x 30 // 90 bytes a month at today's tiers,
+# where 1 GiB of 4 is archived (a share of 1/4). Growth: 3 GiB in 90 days, 1 GiB a month, hot,
+# half of it in its first month. Restores cost 30 a GiB; nothing is read again (no access log).
+
+RESTORE_PRICE = D("30")
+PER_MONTH = (GIB // 2) * 2 * 30 // 90
+
+
+def prefetch_rule(cap: str = "1000.00", **conditions) -> dict:
+    return {
+        "name": "Priors",
+        "conditions": conditions or {"same_modality": True, "last_studies": 3},
+        "action": {"type": "prefetch", "keep_days": 14, "monthly_cap": cap},
+    }
+
+
+ARCHIVE_EVERYTHING = {
+    "conditions": {"days_since_study_date": {"min": 0}},
+    "action": {"type": "move", "tier": "archive"},
+}
+
+
+def _activate(org, rules: list[dict]) -> None:
+    version = PolicyVersion.objects.create(
+        organization=org,
+        number=PolicyVersion.objects.filter(organization=org).count() + 1,
+        rules=rules_validate(org=org, rules=rules),
+    )
+    ArchiveSettings.objects.update_or_create(organization=org, defaults={"active_policy": version})
+
+
+@pytest.fixture
+def priors(org):
+    plan = PricePlan.objects.create(code="sim-prefetch", name="Prefetch", currency="USD")
+    for meter, tier, unit in [
+        ("storage", "hot", "0.02"),
+        ("storage", "archive", "0.002"),
+        ("restore.bytes", "", str(RESTORE_PRICE)),
+    ]:
+        PlanPrice.objects.create(plan=plan, meter=meter, tier=tier, unit_price=D(unit))
+    Subscription.objects.create(organization=org, plan=plan, starts_at=NOW - timedelta(days=500))
+    old = NOW - timedelta(days=400)
+    add_study(
+        org,
+        patient_id="PAT-1",
+        study_date=old.date(),
+        received=old,
+        series=[("CT", 1, GIB)],
+        tier="archive",
+        tier_changed_at=NOW - timedelta(days=300),
+    )
+    for patient, days, count in [("PAT-1", 10, 2), ("PAT-2", 20, 1)]:
+        at = NOW - timedelta(days=days)
+        add_study(
+            org, patient_id=patient, study_date=at.date(), received=at, series=[("CT", count, GIB)]
+        )
+    _activate(org, [prefetch_rule()])
+    return org
+
+
+def _expected_bytes(archive_gib: list[float], total_gib: list[float]) -> list[int]:
+    """Each month's prefetched bytes: the preview's figure scaled by the archive share."""
+    return [round(PER_MONTH * (a / t) / 0.25) for a, t in zip(archive_gib, total_gib, strict=True)]
+
+
+def _cost(n: int) -> D:
+    return D(n) / D(GIB) * RESTORE_PRICE
+
+
+def test_the_active_prefetch_rule_is_a_monthly_cost_scaled_by_the_archive_share(priors):
+    sim = simulate(org=priors, now=NOW)
+    active = sim.scenario("active")
+
+    # Nothing moves: 1 GiB archived of 3 GiB + k earlier months + half of this month's arrivals.
+    expected = _expected_bytes([1.0] * 12, [4.5 + k for k in range(12)])
+    assert [m.prefetch_bytes for m in active.months] == expected
+    for month, n in zip(active.months, expected, strict=True):
+        assert abs(month.exact["prefetches"] - _cost(n)) < D("0.000001")
+        assert month.components["prefetches"] == round_money(_cost(n))
+    assert active.months[0].components["prefetches"] == D("8.89")  # 40 / 4.5
+    assert active.totals["prefetches"] == sum((round_money(_cost(n)) for n in expected), D("0.00"))
+    assert active.totals["prefetches"] > 0
+    assert active.total == sum(active.totals.values(), D("0.00"))
+    basis = active.prefetch
+    assert basis is not None
+    assert (basis.studies_per_month, basis.archive_bytes_per_study) == (0.67, GIB // 2)
+    assert (basis.bytes_per_month, basis.archive_share_today) == (PER_MONTH, 0.25)
+    assert basis.monthly_cap == D("1000.00")
+    assert "0.7 new studies a month" in basis.note and "at most $1,000.00 a month" in basis.note
+    # The re-reads' restores are their own line (none here: nothing is read again).
+    assert active.totals["restores"] == 0
+
+
+def test_the_same_estimate_as_the_policy_preview(priors):
+    from archive.policies.preview import policy_preview
+
+    preview = policy_preview(org=priors, rules=[prefetch_rule()], now=NOW)
+    basis = simulate(org=priors, now=NOW).scenario("active").prefetch
+    assert preview.prefetch is not None and basis is not None
+    assert preview.prefetch.bytes_per_month == basis.bytes_per_month == PER_MONTH
+    assert preview.prefetch.bytes_per_arrival == basis.archive_bytes_per_study
+
+
+def test_prefetches_stop_at_the_monthly_cap(priors):
+    # 40 / 4.5 = 8.89, 7.27, 6.15, 5.33 in the first four months: cut to 5.00; then below it.
+    sim = simulate(org=priors, candidate_rules=[prefetch_rule(cap="5.00")], now=NOW)
+    candidate = sim.scenario("candidate")
+    expected = _expected_bytes([1.0] * 12, [4.5 + k for k in range(12)])
+    amounts = [m.components["prefetches"] for m in candidate.months]
+    assert amounts == [min(round_money(_cost(n)), D("5.00")) for n in expected]
+    assert amounts[:4] == [D("5.00")] * 4 and amounts[4] == D("4.71")
+    assert all(m.exact["prefetches"] <= D("5.00") for m in candidate.months)
+    # The bytes are what the rule would name; the cap cuts the cost (prefetching stops there).
+    assert [m.prefetch_bytes for m in candidate.months] == expected
+
+
+def test_a_policy_that_archives_more_prefetches_more(priors):
+    # Everything archived at each month's start; only this month's arrivals are hot.
+    sim = simulate(org=priors, candidate_rules=[ARCHIVE_EVERYTHING, prefetch_rule()], now=NOW)
+    candidate, active = sim.scenario("candidate"), sim.scenario("active")
+    expected = _expected_bytes([4.0 + k for k in range(12)], [4.5 + k for k in range(12)])
+    assert [m.prefetch_bytes for m in candidate.months] == expected
+    assert [m.components["prefetches"] for m in candidate.months] == [
+        round_money(_cost(n)) for n in expected
+    ]
+    assert candidate.totals["prefetches"] > active.totals["prefetches"]
+
+
+def test_everything_hot_and_a_policy_without_a_rule_prefetch_nothing(priors):
+    sim = simulate(org=priors, candidate_rules=[ARCHIVE_EVERYTHING], now=NOW)
+    hot, candidate = sim.scenario("all_hot"), sim.scenario("candidate")
+    for scenario in (hot, candidate):
+        assert scenario.prefetch is None
+        assert all(m.components["prefetches"] == 0 for m in scenario.months)
+        assert all(m.prefetch_bytes == 0 for m in scenario.months)
+        assert scenario.totals["prefetches"] == 0
+    row = next(r for r in sim.component_rows() if r["key"] == "prefetches")
+    assert row["label"] == "Prefetches"
+    assert [s.key for s in sim.scenarios] == ["all_hot", "active", "candidate", "recommended"]
+    assert row["values"][0] == row["values"][2] == 0 and row["values"][1] > 0
+
+
+def test_no_prefetch_rule_anywhere_shows_no_prefetch_line(case):
+    sim = simulate(org=case, candidate_rules=CANDIDATE, now=NOW)
+    assert "prefetches" not in [r["key"] for r in sim.component_rows()]
+    assert all(s.prefetch is None and s.totals["prefetches"] == 0 for s in sim.scenarios)
+    assert sim.prefetch_notes() == []
+    data = sim.as_dict()
+    assert all(s["prefetch"] is None for s in data["scenarios"])
+    assert data["scenarios"][2]["months"][0]["components"]["prefetches"] == "0.00"
+
+
+def test_the_recommended_policy_keeps_the_active_prefetch_rule(priors):
+    sim = simulate(org=priors, now=NOW)
+    active, recommended = sim.scenario("active"), sim.scenario("recommended")
+    kept = policy_active(org=priors).rules[-1]
+    # Nothing is read: no move to recommend, the prefetch rule is kept (and said to be).
+    assert recommended.rules == [kept]
+    assert recommended.note == (
+        "Not enough access history to recommend moves yet. Keeps the active policy's prefetch rule."
+    )
+    assert recommended.prefetch == active.prefetch
+    assert recommended.totals["prefetches"] == active.totals["prefetches"] > 0
+    # A prefetch rule alone is no recommendation to weigh against the active policy.
+    assert sim.verdict == ""
+
+
+def test_the_recommended_moves_come_first_and_the_kept_prefetch_rule_last(case):
+    _activate(case, [*ACTIVE, prefetch_rule()])
+    sim = simulate(org=case, now=NOW)
+    recommended = sim.scenario("recommended")
+    assert recommended.rules is not None
+    assert [r["action"]["type"] for r in recommended.rules] == ["move", "prefetch"]
+    assert recommended.rules[0]["name"] == "MR unread for 30 days to cold"
+    assert recommended.note == "Keeps the active policy's prefetch rule."
+    # The explanation of the move rule is unchanged by the rule kept after it.
+    (rec,) = sim.recommendations
+    assert rec.saving_per_month == D("0.03")
+
+
+def test_nothing_archived_today_projects_no_prefetch_and_says_why(org):
+    at = NOW - timedelta(days=10)
+    add_study(org, patient_id="P", study_date=at.date(), received=at, series=[("CT", 1, GIB)])
+    _activate(org, [prefetch_rule()])
+    sim = simulate(org=org, candidate_rules=[ARCHIVE_EVERYTHING, prefetch_rule()], now=NOW)
+    candidate = sim.scenario("candidate")
+    assert candidate.totals["prefetches"] == 0
+    assert candidate.prefetch is not None
+    assert candidate.prefetch.note.startswith("Prefetches: nothing is in the archive tier today")
+    [note] = sim.prefetch_notes()
+    assert note["scenarios"] == "Active policy, Candidate policy, Recommended policy"
+
+
+def test_the_estimate_runs_once_for_scenarios_sharing_the_rule(priors, monkeypatch):
+    from archive.analytics.simulator import prefetch as prefetch_module
+
+    calls = []
+    original = prefetch_module.prefetch_estimate
+
+    def counting(**kwargs):
+        calls.append(kwargs["rule"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(prefetch_module, "prefetch_estimate", counting)
+    simulate(org=priors, candidate_rules=[prefetch_rule(cap="5.00")], now=NOW)
+    assert len(calls) == 1

@@ -24,13 +24,24 @@ edited), (d) a policy recommended here from the access curve. The model, month b
   per modality, from the index), land hot, are stored half of their first month on average and
   then age like the rest. Ingest (``ingest.bytes``/``ingest.instances``) is priced too: the same
   in every scenario, it keeps the totals comparable with the invoices.
+- Prefetches: a scenario whose policy has a prefetch rule restores the priors it names as new
+  studies arrive. Each month: the studies expected (the last 90 days' arrival rate, the window of
+  growth) times the archive-tier bytes the rule's priors of one new study have today (the policy
+  preview's estimate, ``archive.policies.preview.prefetch_estimate``), scaled by the scenario's
+  share of bytes in the archive tier that month against today's share (a scenario that never
+  archives restores nothing); priced as ``restore.bytes`` on top of the re-reads' restores, at
+  most the rule's monthly cap; its own component, "Prefetches". Everything hot has none; the
+  candidate uses its own rule; the recommended policy keeps the active policy's. The scaling is an
+  honest limit: it assumes priors are archived like everything else (they are often recent), and
+  with nothing archived today it projects nothing; see ``prefetch``.
 - Prices: the organization's plan in force now (its subscription, or the default plan), exactly
   as an invoice prices each meter and tier (allowances, graduated tiers); each month's component
   is rounded once, like an invoice line. Minimum commitments, API requests and compute are left
   out: no policy changes them.
 
 The package: ``inventory`` (the index as buckets, in SQL, and the ingest rate), ``pricing`` (the
-plan in force, a month's usage priced), ``projection`` (the rules on the buckets, month by month),
+plan in force, a month's usage priced), ``prefetch`` (a scenario's prefetch rule as restores each
+month), ``projection`` (the rules on the buckets, month by month),
 ``recommendation`` (rules from the access curve) and ``results`` (what a simulation returns, and
 amounts as shown); ``simulate`` here ties them together. Names with a leading underscore are the
 package's own: its modules share them, nothing outside the package imports them.
@@ -49,6 +60,12 @@ from django.utils import timezone
 
 from archive.analytics.curve import access_curve
 from archive.analytics.simulator.inventory import Bucket, _inventory, ingest_rate
+from archive.analytics.simulator.prefetch import (
+    ARCHIVE,
+    _Prefetches,
+    _PrefetchModel,
+    prefetch_rule_of,
+)
 from archive.analytics.simulator.pricing import _Usage, plan_prices
 from archive.analytics.simulator.projection import _project, _RuleEffect
 from archive.analytics.simulator.recommendation import (
@@ -62,6 +79,7 @@ from archive.analytics.simulator.results import (
     SCENARIO_LABELS,
     TIERS,
     MonthCost,
+    PrefetchBasis,
     Recommendation,
     Scenario,
     Simulation,
@@ -74,6 +92,9 @@ from tenants.labels import bytes_label
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
+
+# A scenario's prefetch rule in the projection and as the results show it; None: no rule.
+_Prefetch = tuple[_PrefetchModel, PrefetchBasis] | None
 
 
 def _policy_rules(org: Organization) -> tuple[list[dict[str, Any]] | None, ArchiveSettings]:
@@ -150,7 +171,10 @@ def simulate(
     probabilities: dict[tuple[str, float], float] = {}
 
     def project(
-        rules: list[dict[str, Any]] | None, *, all_hot: bool = False
+        rules: list[dict[str, Any]] | None,
+        *,
+        all_hot: bool = False,
+        prefetch: _PrefetchModel | None = None,
     ) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
         return _project(
             rules=rules,
@@ -161,36 +185,60 @@ def simulate(
             grace_days=grace,
             all_hot=all_hot,
             probability_cache=probabilities,
+            prefetch=prefetch,
         )
 
+    # Each scenario's prefetch rule: the active policy's, the candidate's own, and for the
+    # recommended policy the active policy's, kept (the access curve says nothing about priors).
+    prefetches = _Prefetches(
+        org=org,
+        now=now,
+        archive_bytes=sum(b.bytes for b in buckets if b.tier == ARCHIVE),
+        total_bytes=total_bytes,
+        currency=prices.currency,
+    )
+    active_prefetch = prefetches.model(active_rules)
+    active_prefetch_rule = prefetch_rule_of(active_rules)
     recommended_rules, chosen = _cheapest_variant(
-        recommended_rules, chosen, lambda rules: project(rules)[0]
+        recommended_rules,
+        chosen,
+        lambda rules: project(rules, prefetch=active_prefetch and active_prefetch[0])[0],
     )
 
     scenarios: list[Scenario] = []
     effects_recommended: dict[int, _RuleEffect] = {}
-    plan: list[tuple[str, list[dict[str, Any]] | None, str]] = [
-        ("all_hot", None, "Nothing moves; every byte is billed as hot storage."),
+    recommended_note = (
+        "" if recommended_rules else "Not enough access history to recommend moves yet."
+    )
+    if active_prefetch_rule is not None:
+        # Appended after the move rules, whose indices the explanations below use.
+        recommended_rules = [*recommended_rules, active_prefetch_rule]
+        recommended_note = f"{recommended_note} Keeps the active policy's prefetch rule.".lstrip()
+    plan: list[tuple[str, list[dict[str, Any]] | None, str, _Prefetch]] = [
+        ("all_hot", None, "Nothing moves; every byte is billed as hot storage.", None),
         (
             "active",
             active_rules or [],
             "" if active_rules is not None else "No policy is active: nothing moves.",
+            active_prefetch,
         ),
     ]
     if candidate_rules is not None:
-        plan.append(("candidate", candidate_rules, ""))
-    plan.append(
-        (
-            "recommended",
-            recommended_rules,
-            "" if recommended_rules else "Not enough access history to recommend moves yet.",
+        plan.append(("candidate", candidate_rules, "", prefetches.model(candidate_rules)))
+    plan.append(("recommended", recommended_rules, recommended_note, active_prefetch))
+    for key, rules, note, prefetch in plan:
+        projected, effects = project(
+            rules, all_hot=key == "all_hot", prefetch=prefetch[0] if prefetch else None
         )
-    )
-    for key, rules, note in plan:
-        projected, effects = project(rules, all_hot=key == "all_hot")
         if key == "recommended":
             effects_recommended = effects
-        scenario = Scenario(key=key, label=SCENARIO_LABELS[key], rules=rules, note=note)
+        scenario = Scenario(
+            key=key,
+            label=SCENARIO_LABELS[key],
+            rules=rules,
+            note=note,
+            prefetch=prefetch[1] if prefetch else None,
+        )
         for start, (usage, components, exact) in zip(starts, projected, strict=True):
             scenario.months.append(
                 MonthCost(
@@ -198,6 +246,7 @@ def simulate(
                     components=components,
                     exact=exact,
                     bytes_by_tier={t: round(usage.storage.get(t, 0)) for t in TIERS},
+                    prefetch_bytes=usage.prefetch,
                 )
             )
         scenarios.append(scenario)

@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from archive.analytics.simulator.results import TIERS
+from archive.restores.selectors import RESTORE_METER
 from billing.pricing import GIB, METERS, PriceSpec, price, round_money
 from billing.pricing import plan_prices as billing_plan_prices
 from tenants.models import Organization
@@ -56,13 +57,21 @@ class _Usage:
     early: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     egress: float = 0.0
     restore: float = 0.0
+    prefetch: int = 0  # archive-tier bytes the prefetch rule restores (before its cap)
     ingest_bytes: int = 0
     ingest_instances: int = 0
 
 
-def _price_month(prices: _Prices, usage: _Usage) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+def _price_month(
+    prices: _Prices, usage: _Usage, *, prefetch_cap: Decimal | None = None
+) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
     """A month's components as billed (each rounded once to the cent, like an invoice line) and
-    before that rounding."""
+    before that rounding.
+
+    Prefetches are restores too (``restore.bytes``), billed on top of the re-reads' restores:
+    their amount is what they add to that meter's charge (past what the re-reads leave of an
+    allowance, at the graduated price those reach), at most ``prefetch_cap``, the prefetch
+    rule's monthly cap (prefetching stops there)."""
     gib = Decimal(GIB)
     exact: dict[str, Decimal] = {}
     out: dict[str, Decimal] = {}
@@ -86,7 +95,12 @@ def _price_month(prices: _Prices, usage: _Usage) -> tuple[dict[str, Decimal], di
         ),
     ]
     exact["transitions"] = sum(transitions, Decimal(0))
-    exact["restores"] = prices.amount("restore.bytes", "", Decimal(round(usage.restore)) / gib)
+    exact["restores"] = prices.amount(RESTORE_METER, "", Decimal(round(usage.restore)) / gib)
+    with_prefetch = Decimal(round(usage.restore) + usage.prefetch) / gib
+    prefetches = prices.amount(RESTORE_METER, "", with_prefetch) - exact["restores"]
+    if prefetch_cap is not None:
+        prefetches = min(prefetches, max(prefetch_cap, Decimal(0)))
+    exact["prefetches"] = prefetches
     exact["early_deletion"] = sum(early, Decimal(0))
     exact["egress"] = prices.amount("egress.bytes", "", Decimal(round(usage.egress)) / gib)
     exact["ingest"] = sum(ingest, Decimal(0))

@@ -10,6 +10,7 @@ from typing import Any
 
 from archive.analytics.curve import monthly_read_probability
 from archive.analytics.simulator.inventory import Bucket
+from archive.analytics.simulator.prefetch import _PrefetchModel
 from archive.analytics.simulator.pricing import _price_month, _Prices, _Usage
 from archive.policies.python import CompiledRule
 from archive.storage.tiers import TIER_CATALOG, is_colder
@@ -33,7 +34,11 @@ def _project(
     grace_days: int,
     all_hot: bool = False,
     probability_cache: dict[tuple[str, float], float] | None = None,
+    prefetch: _PrefetchModel | None = None,
 ) -> tuple[list[tuple[_Usage, dict[str, Decimal], dict[str, Decimal]]], dict[int, _RuleEffect]]:
+    """Each month's usage and its price under ``rules`` (``all_hot``: none, nothing leaves hot).
+    ``prefetch``: the scenario's prefetch rule, whose restores follow each month's archive-tier
+    share of the bytes (``archive.analytics.simulator.prefetch``)."""
     compiled = [CompiledRule(i, r) for i, r in enumerate(rules or [])]
     # Buckets of one modality and age share their read probability, in every scenario.
     probabilities = probability_cache if probability_cache is not None else {}
@@ -102,5 +107,9 @@ def _project(
                 effect.byte_months += b.bytes
                 if tier[i] == "archive":
                     effect.restore_bytes += reads
-        months.append((usage, *_price_month(prices, usage)))
+        cap = None
+        if prefetch is not None and not all_hot:
+            usage.prefetch = prefetch.bytes_in(usage)
+            cap = prefetch.monthly_cap
+        months.append((usage, *_price_month(prices, usage, prefetch_cap=cap)))
     return months, effects

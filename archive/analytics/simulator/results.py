@@ -21,6 +21,7 @@ COMPONENTS: dict[str, str] = {
     **{f"storage_{t}": f"Storage ({t})" for t in TIERS},
     "transitions": "Tier transitions",
     "restores": "Restores",
+    "prefetches": "Prefetches",
     "early_deletion": "Early deletion",
     "egress": "Egress",
     "ingest": "Ingest",
@@ -57,6 +58,21 @@ def money_cell(amount: Decimal, exact: Decimal, currency: str) -> dict[str, str]
     }
 
 
+@dataclass(frozen=True)
+class PrefetchBasis:
+    """What a scenario's prefetch rule is projected from (``archive.analytics.simulator.prefetch``):
+    the studies arriving a month, the archive-tier bytes of the priors the rule names for one of
+    them today, their product (the policy preview's figure), and the archive tier's share of
+    today's bytes, against which each month's share of the scenario scales it."""
+
+    monthly_cap: Decimal
+    studies_per_month: float
+    archive_bytes_per_study: int
+    bytes_per_month: int
+    archive_share_today: float
+    note: str
+
+
 @dataclass
 class MonthCost:
     start: date
@@ -64,6 +80,8 @@ class MonthCost:
     bytes_by_tier: dict[str, int]
     # The components before the rounding to the cent (for display of sub-cent amounts).
     exact: dict[str, Decimal] = field(default_factory=dict)
+    # Archive-tier bytes the prefetch rule is expected to restore this month (before the cap).
+    prefetch_bytes: int = 0
 
     @property
     def total(self) -> Decimal:
@@ -81,6 +99,7 @@ class Scenario:
     rules: list[dict[str, Any]] | None
     months: list[MonthCost] = field(default_factory=list)
     note: str = ""
+    prefetch: PrefetchBasis | None = None  # None: no prefetch rule (or everything hot)
 
     @property
     def totals(self) -> dict[str, Decimal]:
@@ -177,7 +196,7 @@ class Simulation:
         sentences = []
         if candidate is not None:
             sentences.append(against(candidate, "The policy being edited"))
-        if recommended is not None and recommended.rules:
+        if recommended is not None and _moves_or_deletes(recommended.rules):
             if (
                 baseline is active
                 and recommended.exact_monthly_average >= baseline.exact_monthly_average
@@ -211,6 +230,15 @@ class Simulation:
                 ]
                 rows.append({"key": key, "label": label, "values": values, "cells": cells})
         return rows
+
+    def prefetch_notes(self) -> list[dict[str, str]]:
+        """How the prefetches were projected, one line per basis, naming the scenarios that
+        share it (the active and the candidate policy often carry the same rule)."""
+        notes: dict[str, list[str]] = {}
+        for s in self.scenarios:
+            if s.prefetch is not None:
+                notes.setdefault(s.prefetch.note, []).append(s.label)
+        return [{"scenarios": ", ".join(labels), "note": note} for note, labels in notes.items()]
 
     def total_cells(self) -> list[dict[str, str]]:
         return [
@@ -269,12 +297,14 @@ class Simulation:
                     "note": s.note,
                     "total": str(s.total),
                     "totals": {k: str(v) for k, v in s.totals.items()},
+                    "prefetch": _prefetch_dict(s.prefetch),
                     "months": [
                         {
                             "month": m.start.isoformat(),
                             "total": str(m.total),
                             "components": {k: str(v) for k, v in m.components.items()},
                             "bytes_by_tier": m.bytes_by_tier,
+                            "prefetch_bytes": m.prefetch_bytes,
                         }
                         for m in s.months
                     ],
@@ -296,6 +326,24 @@ class Simulation:
             "verdict": self.verdict,
             "seconds": round(self.seconds, 3),
         }
+
+
+def _moves_or_deletes(rules: list[dict[str, Any]] | None) -> bool:
+    """Rules that change where data is (a prefetch rule alone moves nothing)."""
+    return any(r.get("action", {}).get("type") in ("move", "delete") for r in rules or [])
+
+
+def _prefetch_dict(basis: PrefetchBasis | None) -> dict[str, Any] | None:
+    if basis is None:
+        return None
+    return {
+        "monthly_cap": str(basis.monthly_cap),
+        "studies_per_month": basis.studies_per_month,
+        "archive_bytes_per_study": basis.archive_bytes_per_study,
+        "bytes_per_month": basis.bytes_per_month,
+        "archive_share_today": basis.archive_share_today,
+        "note": basis.note,
+    }
 
 
 def _money(amount: Decimal, currency: str) -> str:
