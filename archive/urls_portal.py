@@ -4,6 +4,7 @@ from django.urls import URLPattern, path
 
 from archive.ae_titles import views as ae_title_views
 from archive.analytics.views import analytics as analytics_view
+from archive.dimse import views as dimse_views
 from archive.ingest import views as ingest_views
 from archive.locations import views as location_views
 from archive.replicas import views as replica_views
@@ -54,29 +55,39 @@ urlpatterns: list[URLPattern] = [
         ingest_views.upload_finish,
         name="portal-ingest-upload-finish",
     ),
-    path("ingest/ae-titles/new/", ae_title_views.ae_create, name="portal-ae-create"),
-    path("ingest/ae-titles/<int:ae_id>/edit/", ae_title_views.ae_edit, name="portal-ae-edit"),
-    path("ingest/ae-titles/<int:ae_id>/delete/", ae_title_views.ae_delete, name="portal-ae-delete"),
+    # DICOM connections: the listener, AE titles, destinations and what associations did. The
+    # AE title and destination pages lived under ingest/ before; those URLs redirect here.
+    path("dicom/", dimse_views.connections_page, name="portal-dicom"),
     path(
-        "ingest/destinations/new/",
+        "dicom/associations/<int:association_id>/",
+        dimse_views.association_page,
+        name="portal-dicom-association",
+    ),
+    path("dicom/ae-titles/new/", ae_title_views.ae_create, name="portal-ae-create"),
+    path("dicom/ae-titles/<int:ae_id>/edit/", ae_title_views.ae_edit, name="portal-ae-edit"),
+    path("dicom/ae-titles/<int:ae_id>/delete/", ae_title_views.ae_delete, name="portal-ae-delete"),
+    path(
+        "dicom/destinations/new/",
         ae_title_views.destination_create,
         name="portal-destination-create",
     ),
     path(
-        "ingest/destinations/<int:destination_id>/edit/",
+        "dicom/destinations/<int:destination_id>/edit/",
         ae_title_views.destination_edit,
         name="portal-destination-edit",
     ),
     path(
-        "ingest/destinations/<int:destination_id>/delete/",
+        "dicom/destinations/<int:destination_id>/delete/",
         ae_title_views.destination_delete,
         name="portal-destination-delete",
     ),
     path(
-        "ingest/destinations/<int:destination_id>/test/",
+        "dicom/destinations/<int:destination_id>/test/",
         ae_title_views.destination_echo,
         name="portal-destination-test",
     ),
+    path("ingest/ae-titles/<path:rest>", ae_title_views.moved, {"section": "ae-titles"}),
+    path("ingest/destinations/<path:rest>", ae_title_views.moved, {"section": "destinations"}),
     path("storage/", location_views.storage, name="portal-storage"),
     path("storage/quota/", location_views.storage_quota, name="portal-storage-quota"),
     path("storage/replica/drill/", replica_views.drill_run, name="portal-replica-drill"),

@@ -11,6 +11,12 @@ NAV_SECTIONS: list[dict[str, Any]] = [
     {"key": "studies", "label": "Studies", "url_name": "portal-studies", "perm": "images.read"},
     {"key": "ingest", "label": "Ingest", "url_name": "portal-ingest", "perm": "images.write"},
     {
+        "key": "dicom",
+        "label": "DICOM connections",
+        "url_name": "portal-dicom",
+        "perm": "images.read",
+    },
+    {
         "key": "policies",
         "label": "Archive policies",
         "url_name": "portal-policies",

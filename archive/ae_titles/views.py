@@ -1,6 +1,7 @@
 """Portal pages for the listener's AE titles and the organization's destinations (add, edit,
-delete; a destination's C-ECHO test), reached from the Ingest page's DICOM section, where the
-lists and the connection details are shown.
+delete; a destination's C-ECHO test), reached from the DICOM connections page
+(``archive.dimse.views``), where the lists and the connection details are shown. Their URLs
+under ``ingest/`` (before that page existed) redirect to the same page under ``dicom/``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from django.contrib import messages
 from django.http import (
     HttpRequest,
     HttpResponse,
+    HttpResponsePermanentRedirect,
 )
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,8 +27,19 @@ from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 
 
-def _ingest_redirect(ctx: PortalContext) -> HttpResponse:
-    return redirect(reverse("portal-ingest", args=[ctx.org.slug]) + "#dimse")
+def _ae_titles_redirect(ctx: PortalContext) -> HttpResponse:
+    return redirect(reverse("portal-dicom", args=[ctx.org.slug]) + "#ae-titles")
+
+
+def moved(request: HttpRequest, org_slug: str, section: str, rest: str) -> HttpResponse:
+    """An AE title or destination URL of the Ingest page's days (``ingest/<section>/<rest>``):
+    308 to the same page under ``dicom/``, keeping the method and body (a form left open in a
+    tab still posts); the page itself checks who may see it."""
+    target = f"{reverse('portal-dicom', args=[org_slug])}{section}/{rest}"
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponsePermanentRedirect(
+        f"{target}?{query}" if query else target, preserve_request=True
+    )
 
 
 @org_view(Perm.STORAGE_MANAGE)
@@ -51,8 +64,8 @@ def ae_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
                 status = exc.status
             else:
                 messages.success(request, f"AE title {ae.ae_title} added.")
-                return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": None}
+                return _ae_titles_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "dicom", "form": form, "ae": None}
     return render(request, "archive/ae_form.html", context, status=status)
 
 
@@ -86,8 +99,8 @@ def ae_edit(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespons
                 ae.refresh_from_db()
             else:
                 messages.success(request, f"AE title {ae.ae_title} saved.")
-                return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "ae": ae}
+                return _ae_titles_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "dicom", "form": form, "ae": ae}
     return render(request, "archive/ae_form.html", context, status=status)
 
 
@@ -99,8 +112,8 @@ def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespo
         title = ae.ae_title
         services.ae_delete(org=ctx.org, ae=ae, actor=ctx.actor)
         messages.success(request, f"AE title {title} deleted; the listener refuses it from now on.")
-        return _ingest_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "ae": ae}
+        return _ae_titles_redirect(ctx)
+    context = {"ctx": ctx, "active_section": "dicom", "ae": ae}
     return render(request, "archive/ae_delete.html", context)
 
 
@@ -108,7 +121,7 @@ def ae_delete(request: HttpRequest, ctx: PortalContext, ae_id: int) -> HttpRespo
 
 
 def _destinations_redirect(ctx: PortalContext) -> HttpResponse:
-    return redirect(reverse("portal-ingest", args=[ctx.org.slug]) + "#destinations")
+    return redirect(reverse("portal-dicom", args=[ctx.org.slug]) + "#destinations")
 
 
 def _destination_values(form: DestinationForm) -> dict[str, Any]:
@@ -144,7 +157,7 @@ def destination_create(request: HttpRequest, ctx: PortalContext) -> HttpResponse
                     "answers.",
                 )
                 return _destinations_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "destination": None}
+    context = {"ctx": ctx, "active_section": "dicom", "form": form, "destination": None}
     return render(request, "archive/destination_form.html", context, status=status)
 
 
@@ -178,7 +191,7 @@ def destination_edit(request: HttpRequest, ctx: PortalContext, destination_id: i
             else:
                 messages.success(request, f"Destination {destination.ae_title} saved.")
                 return _destinations_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "form": form, "destination": destination}
+    context = {"ctx": ctx, "active_section": "dicom", "form": form, "destination": destination}
     return render(request, "archive/destination_form.html", context, status=status)
 
 
@@ -195,7 +208,7 @@ def destination_delete(
             request, f"Destination {title} deleted; C-MOVE requests naming it are refused now."
         )
         return _destinations_redirect(ctx)
-    context = {"ctx": ctx, "active_section": "ingest", "destination": destination}
+    context = {"ctx": ctx, "active_section": "dicom", "destination": destination}
     return render(request, "archive/destination_delete.html", context)
 
 

@@ -1,5 +1,6 @@
 """Portal pages of ingest under ``/o/<slug>/archive/ingest/``: the Ingest page (upload, bucket import,
-recent jobs, DICOM connection details and AE titles), a job's page and its progress, and the JSON
+recent jobs, how to connect over DICOMweb; DICOM's listener, AE titles and destinations are on
+the DICOM connections page, ``archive.dimse.views``), a job's page and its progress, and the JSON
 endpoints of the resumable upload (``archive.js``). Another organization's job id answers 404.
 """
 
@@ -19,7 +20,6 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from archive.ae_titles import selectors as ae_selectors
 from archive.common.views import get_or_404
 from archive.ingest import jobs, selectors
 from archive.ingest.forms import ImportForm
@@ -36,12 +36,6 @@ JOBS_SHOWN = 20
 
 
 FAILURES_SHOWN = 200
-
-
-DEFAULT_SCP_HOST = "localhost"
-
-
-DEFAULT_SCP_PORT = 11112
 
 
 def job_payload(job: IngestJob) -> dict[str, Any]:
@@ -96,12 +90,7 @@ def ingest_page(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
         "jobs": _job_rows(ctx),
         "stow_url": f"{settings.SITE_URL}/dicomweb/studies",
         "dicomweb_url": f"{settings.SITE_URL}/dicomweb",
-        "scp_host": getattr(settings, "DICOM_SCP_HOST", DEFAULT_SCP_HOST),
-        "scp_port": getattr(settings, "DICOM_SCP_PORT", DEFAULT_SCP_PORT),
-        "aes": list(ae_selectors.ae_list(org=ctx.org)),
-        "destinations": list(ae_selectors.destination_list(org=ctx.org)),
-        "calling_ae": ae_selectors.calling_ae_title(org=ctx.org),
-        "can_manage_aes": ctx.can(Perm.STORAGE_MANAGE),
+        "can_see_connections": ctx.can(Perm.IMAGES_READ),
         "can_manage_tokens": ctx.can(Perm.TOKENS_MANAGE),
         "max_chunk": jobs.MAX_CHUNK_BYTES,
     }

@@ -247,7 +247,7 @@ def test_portal_any_caller_choice_is_saved_audited_and_shown_with_a_warning(
         {"calling": [], "networks": [], "allow_any_caller": True}
     ]
     create(org, "CLOSED_AE", calling=["CT1"])
-    page = portal.get(url("portal-ingest", org)).content.decode()
+    page = portal.get(url("portal-dicom", org)).content.decode()
     table = page[page.index('id="ae-table"') :]
     open_row = table[table.index("OPEN_AE") : table.index("</tr>", table.index("OPEN_AE"))]
     closed_row = table[table.index("CLOSED_AE") : table.index("</tr>", table.index("CLOSED_AE"))]

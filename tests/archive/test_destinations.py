@@ -1105,12 +1105,12 @@ def test_portal_add_edit_delete(portal: Client, org: Organization) -> None:
         {"ae_title": "PACS", "host": PUBLIC_IP, "port": "104", "description": "Main"},
     )
     assert created.status_code == 302
-    assert created["Location"].endswith("/archive/ingest/#destinations")
+    assert created["Location"].endswith("/archive/dicom/#destinations")
     destination = DicomDestination.objects.get()
     assert (destination.ae_title, destination.port, destination.tls) == ("PACS", 104, False)
     assert "Destination PACS added." in messages_of(created)[0]
 
-    page = portal.get(url("portal-ingest", org)).content.decode()
+    page = portal.get(url("portal-dicom", org)).content.decode()
     assert 'id="destination-table"' in page and f"{PUBLIC_IP}:104" in page
     assert "Not tested" in page
 
@@ -1180,7 +1180,7 @@ def test_portal_test_button_echoes_and_shows_the_result(
     broken = make_destination(org, ae_title="GONE", host="127.0.0.1", port=free_port())
     response = portal.post(url("portal-destination-test", org, broken.pk))
     assert messages_of(response)[-1].startswith("The test of GONE failed. Connection refused")
-    page = portal.get(url("portal-ingest", org)).content.decode()
+    page = portal.get(url("portal-dicom", org)).content.decode()
     assert page.count("status-ok") >= 1 and "Works" in page and "Failed" in page
     assert portal.get(url("portal-destination-test", org, works.pk)).status_code == 405
 
@@ -1239,10 +1239,10 @@ def test_a_member_sees_the_destinations_without_the_buttons(
     make_destination(org, description="Main PACS")
     client = Client()
     client.force_login(make_member(org, Role.MEMBER).user)
-    page = client.get(url("portal-ingest", org)).content.decode()
+    page = client.get(url("portal-dicom", org)).content.decode()
     assert "Main PACS" in page and 'id="destination-table"' in page
     assert "Add destination" not in page
-    assert "/ingest/destinations/" not in page
+    assert "/dicom/destinations/" not in page
 
 
 def test_concurrent_echoes_each_record_their_own_outcome(

@@ -1,5 +1,6 @@
 """The Ingest pages: the upload flow end to end (files and a zip, chunked, with Celery eager),
-job progress, bucket imports, connection details and AE title management."""
+job progress, bucket imports, the DICOMweb connection details, and AE title management (its pages
+are reached from DICOM connections)."""
 
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ def test_a_finished_upload_takes_no_more_files(
     assert Instance.objects.count() == 1
 
 
-def test_ingest_page_shows_connection_details(client: Client, org: Organization, settings) -> None:
+def test_ingest_page_shows_dicomweb_details_and_points_to_dicom_connections(
+    client: Client, org: Organization, settings
+) -> None:
     from archive.ae_titles import services as ae
     from tenants.context import Actor
 
@@ -177,13 +180,18 @@ def test_ingest_page_shows_connection_details(client: Client, org: Organization,
     )
     content = client.get(url("portal-ingest", org)).content.decode()
     assert "https://strata.example.com/dicomweb/studies" in content
-    assert "dicom.strata.example.com" in content and "4242" in content
-    assert "STMARY_PACS" in content and "MODALITY1" in content and "203.0.113.0/24" in content
     assert url("portal-tokens", org) in content
-    assert url("portal-ae-create", org) in content
+    # The listener, the AE titles and the destinations moved to DICOM connections.
+    assert url("portal-dicom", org) in content and 'id="dimse"' in content
+    assert "dicom.strata.example.com" not in content and 'id="ae-table"' not in content
+    connections = client.get(url("portal-dicom", org)).content.decode()
+    assert "dicom.strata.example.com" in connections and "4242" in connections
+    assert "STMARY_PACS" in connections and "MODALITY1" in connections
+    assert "203.0.113.0/24" in connections
+    assert url("portal-ae-create", org) in connections
 
 
-def test_ingest_page_defaults_and_member_view(org: Organization, make_member, settings) -> None:
+def test_ingest_page_member_view(org: Organization, make_member, settings) -> None:
     for name in ("DICOM_SCP_HOST", "DICOM_SCP_PORT"):
         if hasattr(settings, name):
             delattr(settings, name)
@@ -191,10 +199,11 @@ def test_ingest_page_defaults_and_member_view(org: Organization, make_member, se
     c = Client()
     c.force_login(member.user)
     content = c.get(url("portal-ingest", org)).content.decode()
-    assert "localhost" in content and "11112" in content
-    assert url("portal-ae-create", org) not in content  # storage.manage only
     assert url("portal-tokens", org) not in content
     assert "Owners and admins create tokens" in content
+    connections = c.get(url("portal-dicom", org)).content.decode()
+    assert "localhost" in connections and "11112" in connections
+    assert url("portal-ae-create", org) not in connections  # storage.manage only
 
 
 # --- bucket import ---------------------------------------------------------------------------
