@@ -25,6 +25,8 @@ from archive.locations import services as location_services
 from archive.models import (
     TIERS,
     AccessEvent,
+    DicomAssociation,
+    DicomOperation,
     IngestFailure,
     IngestJob,
     Instance,
@@ -138,6 +140,60 @@ class AccessEventAdmin(ReadOnlyAdmin):
     list_select_related = ["organization", "study"]
     raw_id_fields = ["study", "series"]
     date_hierarchy = "at"
+
+
+_OPERATION_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "started_at",
+    "finished_at",
+    "status_hex",
+    "outcome",
+    "level",
+    "keys",
+    "matches",
+    "completed",
+    "failed",
+    "warning",
+    "destination_ae",
+    "comment",
+)
+
+
+class DicomOperationInline(admin.TabularInline):
+    model = DicomOperation
+    extra = 0
+    can_delete = False
+    fields = _OPERATION_COLUMNS
+    readonly_fields = _OPERATION_COLUMNS
+    max_num = 0
+    ordering = ["-id"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DicomAssociation)
+class DicomAssociationAdmin(ReadOnlyAdmin):
+    """What each admitted DICOM association did (``archive.dimse.activity``); no patient data."""
+
+    list_display = [
+        "started_at",
+        "organization",
+        "calling_ae",
+        "called_ae",
+        "address",
+        "end",
+        "outcome",
+    ]
+    list_filter = ["end", "outcome", "organization"]
+    list_select_related = ["organization"]
+    search_fields = ["calling_ae", "called_ae", "address"]
+    date_hierarchy = "started_at"
+    raw_id_fields = ["dicom_ae"]
+    inlines = [DicomOperationInline]
 
 
 # --- storage locations, through the services ---------------------------------------------------

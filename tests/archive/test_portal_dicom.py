@@ -383,3 +383,27 @@ def test_the_ingest_page_keeps_uploads_imports_and_jobs(
     assert url("portal-ingest-import", org) in page
     assert 'id="ae-table"' not in page and 'id="destination-table"' not in page
     assert url("portal-dicom", org) in page
+
+
+def test_staff_admin_shows_associations_read_only(
+    org: Organization, seeded: dict[str, Any]
+) -> None:
+    from tests.factories import UserFactory
+
+    staff: Any = UserFactory(
+        email="ops@strata.example", username="ops@strata.example", is_staff=True, is_superuser=True
+    )
+    client = Client()
+    client.force_login(staff)
+    listing = client.get("/admin/archive/dicomassociation/")
+    assert listing.status_code == 200 and "PACS-1" in listing.content.decode()
+    change = client.get(f"/admin/archive/dicomassociation/{seeded['query'].pk}/change/")
+    assert change.status_code == 200 and "0xA900" in change.content.decode()
+    assert client.get("/admin/archive/dicomassociation/add/").status_code == 403
+    assert (
+        client.post(
+            f"/admin/archive/dicomassociation/{seeded['query'].pk}/delete/", {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    assert DicomAssociation.objects.filter(pk=seeded["query"].pk).exists()
