@@ -656,8 +656,6 @@ def find_observed(
                 code, comment = _status_of(status)
                 if code in PENDING_STATUSES:
                     passed += 1
-                    if code == 0xFF01:
-                        operation.details["keys_not_matched"] = True
                 else:
                     finish(code, comment)
             yield status, identifier
@@ -672,14 +670,12 @@ def find_observed(
             finish(None, ENDED_EARLY, Outcome.CANCELLED)
 
 
-def find_counted(matches: int, *, keys_not_matched: bool = False) -> None:
+def find_counted(matches: int) -> None:
     """Hook of ``find``: the matches this thread's C-FIND sent (also those it sent without
-    passing them through the handler's responses)."""
+    passing them through the handler's responses). Never raises."""
     operation = getattr(_serving, "operation", None)
     if operation is not None and operation.finished_at is None:
         operation.matches = matches
-        if keys_not_matched:
-            operation.details["keys_not_matched"] = True
 
 
 def _find_begin(record: AssociationRecord | None, event: Any) -> OperationRecord | None:

@@ -94,8 +94,8 @@ class OperationOutputSerializer(serializers.Serializer):
         "keys). Never their values.",
     )
     details = serializers.DictField(
-        help_text="return_keys (C-FIND keys asked to be returned), keys_not_matched, uids "
-        "(C-MOVE/C-GET UIDs named per level), remaining, restore_id."
+        help_text="return_keys (C-FIND keys asked to be returned), uids (C-MOVE/C-GET UIDs "
+        "named per level), remaining, restore_id."
     )
     matches = serializers.IntegerField(
         allow_null=True,
