@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -135,6 +136,38 @@ def throttle_rate(name: str, default: str) -> str:
     if not count.isdigit() or period not in {"s", "sec", "m", "min", "h", "hour", "d", "day"}:
         raise _fail(name, "a rate such as 1200/min (count/s|min|hour|day)", value)
     return value
+
+
+def public_base_url(name: str) -> str:
+    """The URL clients reach this server at (``https://pacs.example.org``, optionally with a path
+    prefix), without a trailing slash; "" when unset.
+
+    Absolute URLs in answers (DICOMweb's BulkDataURI, Location, RetrieveURL) are built from it
+    instead of the request's Host header.
+    """
+    value = string(name, "").strip()
+    if not value:
+        return ""
+    expected = "an absolute http(s) URL such as https://pacs.example.org, without query or fragment"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        raise _fail(name, expected, value) from None
+    if (
+        parts.scheme.lower() not in {"http", "https"}
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+        or value.endswith("?")
+        or value.endswith("#")
+        or any(ch.isspace() for ch in value)
+        or port == 0
+    ):
+        raise _fail(name, expected, value)
+    return value.rstrip("/")
 
 
 def secret_key(debug: bool) -> str:

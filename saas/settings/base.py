@@ -14,6 +14,10 @@ SECRET_KEY = env.secret_key(DEBUG)
 ALLOWED_HOSTS = env.csv_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.csv_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env.string("SITE_URL", "http://localhost:8000").rstrip("/")
+# The URL API clients reach Strata at (https://pacs.example.org); absolute URLs in DICOMweb answers
+# (BulkDataURI, Location, RetrieveURL) are built from it. Unset: from the request (its Host header,
+# and the server's port when the Host header has none).
+PUBLIC_BASE_URL = env.public_base_url("PUBLIC_BASE_URL")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -27,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "corsheaders",
     "saas",
     "tenants",
     "archive",
@@ -36,6 +41,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before any middleware that answers (CommonMiddleware, the input guard): a preflight is
+    # answered here, without credentials; see CORS_* below.
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # NUL in a query parameter, too many parameters: a 400 naming it; an id in the path beyond
@@ -222,6 +230,26 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "tenants.rest.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# CORS (django-cors-headers) for the bearer-token APIs only: /dicomweb/ and /api/v1/, not the
+# session-authenticated /api/v1/o/<slug>/ nor the portal. No origin is allowed by default: each
+# organization lists its own (tenants/cors.py decides through check_request_enabled). Tokens are
+# bearer tokens, so no credentials (cookies) are ever allowed cross-origin.
+CORS_URLS_REGEX = r"^/(?:dicomweb/|api/v1/(?!o/))"
+CORS_ALLOWED_ORIGINS: list[str] = []
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type")
+CORS_ALLOW_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+CORS_EXPOSE_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Location",
+    "Location",
+    "Retry-After",
+    "Warning",
+)
+# A browser may reuse a preflight's answer this long; each actual request is still checked
+# against its organization's origins.
+CORS_PREFLIGHT_MAX_AGE = 3600
 # Limits of a JSON request body (tenants.parsers.JSONBodyParser): larger answers 413, deeper 400.
 API_MAX_JSON_BYTES = env.integer("API_MAX_JSON_BYTES", 1024 * 1024, minimum=1024)
 API_MAX_JSON_DEPTH = env.integer("API_MAX_JSON_DEPTH", 32, minimum=4)
