@@ -211,6 +211,38 @@ class Instance(models.Model):
         return self.sop_instance_uid
 
 
+class FrameIndex(models.Model):
+    """Where the frames of one instance's pixel data lie in its stored object, so that a frame
+    is read from the store by one byte range (WADO-RS frames, rendered images).
+
+    Written with the instance at ingest, or on the first frame request for an instance stored
+    before frame indexes existed; never changed afterwards (a stored object never changes, and
+    its copies in other tiers, restores and replicas hold the same bytes). Native pixel data:
+    frame n starts (n - 1) frame sizes into the value. Encapsulated: ``boundaries`` holds
+    ``frames + 1`` object offsets (little endian unsigned 64-bit) and the items of frame n span
+    ``[boundaries[n-1], boundaries[n])``: 8 bytes per frame.
+    """
+
+    instance = models.OneToOneField(
+        Instance, on_delete=models.CASCADE, primary_key=True, related_name="frame_index"
+    )
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    vr = models.CharField(max_length=2)
+    little_endian = models.BooleanField(default=True)
+    # The pixel data value's first byte in the object, and its length (None: encapsulated).
+    offset = models.BigIntegerField()
+    length = models.BigIntegerField(null=True, blank=True)
+    frames = models.PositiveIntegerField()
+    boundaries = models.BinaryField(default=b"", blank=True)
+    # Why the frames cannot be told apart (a broken encapsulation); frames is then 0.
+    problem = models.CharField(max_length=500, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.frames} frame(s) of instance {self.instance_id}"
+
+
 class PendingObject(models.Model):
     """Intent log: written before bytes are stored, removed with the index row that adopts them.
 
