@@ -14,11 +14,15 @@ C-FINDs by PatientID and by PatientName prefix (``FAMILY^GI*``), asking the retu
 asks (name, ID, birth date, sex, date, time, accession, description, modalities, number of
 instances, availability), each timed from the request to the final response: (a) from
 pynetdicom's SCU in this process on one open association (its socket with TCP_NODELAY, as DCMTK's
-and dcm4che's SCUs have); from DCMTK's findscu when it is installed (Debian package dcmtk), timed
-from its own log, with TCP_NODELAY=1: (b) every query on one association, (c) one findscu and
-association per query, from the association request on (the listener's association set-up
-included), and (d) as (b) with DCMTK's default, Nagle's algorithm on. Target: p95 < 50 ms at 1M
-studies for the C-FIND itself, (a) and (b).
+and dcm4che's SCUs have, and without pynetdicom's per-message and per-identifier log formatting,
+which the listener turns off for itself too; (a2) is the same with pynetdicom's default logging,
+whose cost is the SCU's: about a third of its time per match); from DCMTK's findscu when it is
+installed (Debian package dcmtk), timed from its own log, with TCP_NODELAY=1: (b) every query on
+one association, (c) one findscu and association per query, from the association request on
+(the listener's association set-up included), and (d) as (b) with DCMTK's default, Nagle's
+algorithm on. Target: p95 < 50 ms at 1M studies for the C-FIND itself, (a) and (b). A
+PatientName prefix matches about 83 studies at 1M: each match is a pending response the SCU
+reads and decodes, which is most of what (a) measures.
 
 BENCH_STUDIES=100000,1000000 changes the sizes, BENCH_FIND_SAMPLES=200 the queries per figure;
 BENCH_ONLY=find runs the C-FIND part only (comma-separated names for several parts).
@@ -76,7 +80,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
-from pynetdicom import AE, build_role, evt, transport  # noqa: E402
+from pynetdicom import AE, _config, build_role, evt, transport  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 
 from archive.ae_titles.services import ae_create  # noqa: E402
@@ -207,15 +211,30 @@ def c_find(assoc: Association, query: Dataset) -> int:
     return matches
 
 
+@contextmanager
+def scu_logging(*, quiet: bool) -> Iterator[None]:
+    """pynetdicom's SCU logging for the associations made meanwhile: by default (``quiet``
+    False) it formats every DIMSE message and every response identifier for its log, whether
+    the log is shown or not; ``quiet`` turns both off, as the listener does for itself."""
+    saved = _config.LOG_HANDLER_LEVEL, _config.LOG_RESPONSE_IDENTIFIERS
+    if quiet:
+        _config.LOG_HANDLER_LEVEL, _config.LOG_RESPONSE_IDENTIFIERS = "none", False
+    try:
+        yield
+    finally:
+        _config.LOG_HANDLER_LEVEL, _config.LOG_RESPONSE_IDENTIFIERS = saved
+
+
 def find_samples(
-    port: int, make_query: Callable[[random.Random], Dataset]
+    port: int, make_query: Callable[[random.Random], Dataset], *, quiet: bool = True
 ) -> tuple[list[float], float]:
     """Milliseconds per C-FIND from pynetdicom's SCU on one open association, from the request
-    to the final response, and the mean number of matches."""
+    to the final response, and the mean number of matches; ``quiet``: see ``scu_logging``."""
     rng = random.Random(5)
     samples: list[float] = []
     matches = 0
-    assoc = associate(port)
+    with scu_logging(quiet=quiet):
+        assoc = associate(port)
     try:
         for n in range(WARMUP + FIND_SAMPLES):
             query = make_query(rng)
@@ -341,7 +360,13 @@ def find_latency() -> None:
                 ("PatientID exact", by_id),
                 ("PatientName FAMILY^GI*", by_name_prefix),
             ):
-                figures = [("pynetdicom, open association", *find_samples(port, make_query))]
+                figures = [
+                    ("pynetdicom, open association", *find_samples(port, make_query)),
+                    (
+                        "pynetdicom, its default logging",
+                        *find_samples(port, make_query, quiet=False),
+                    ),
+                ]
                 if FINDSCU is None:
                     print("  findscu not installed (Debian package dcmtk): its figures are skipped")
                 else:

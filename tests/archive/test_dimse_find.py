@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import queue
 import shutil
 import subprocess
 import threading
@@ -22,9 +23,17 @@ from typing import Any, NamedTuple
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from archive.ae_titles.services import ae_create
@@ -653,20 +662,23 @@ def test_trashed_studies_are_not_found(listener, studies):
 
 @pytest.fixture
 def slow_find(monkeypatch) -> None:
-    """After its first match, the C-FIND handler waits (10 s at most) for a C-FIND-CANCEL to
-    arrive before it goes on, so that a cancel lands mid-answer."""
-    original = find.c_find
+    """The matches go out one at a time, and after the first the C-FIND handler waits (10 s at
+    most) for a C-FIND-CANCEL to arrive before it goes on, so that a cancel lands mid-answer."""
+    monkeypatch.setattr(find, "BATCH_BYTES", 1)
+    original = find.DirectAnswer._queue
+    batches = 0
 
-    def slow(peer, event):
-        for sent, item in enumerate(original(peer, event)):
-            yield item
-            if sent == 0:
-                for _ in range(1000):
-                    if event.assoc.dimse.cancel_req:
-                        break
-                    threading.Event().wait(0.01)
+    def slow(self: find.DirectAnswer, batch: list[Any]) -> None:
+        nonlocal batches
+        original(self, batch)
+        batches += 1
+        if batches == 1:
+            for _ in range(1000):
+                if self.assoc.dimse.cancel_req:
+                    break
+                threading.Event().wait(0.01)
 
-    monkeypatch.setattr(find, "c_find", slow)
+    monkeypatch.setattr(find.DirectAnswer, "_queue", slow)
 
 
 def test_c_find_cancel_stops_the_matches(listener, studies, slow_find):
@@ -749,6 +761,301 @@ def test_the_result_cap_sends_the_first_matches_then_refuses(
         assert answer.final.ErrorComment == (
             "More than 2 matches; the first 2 were sent. Narrow the query."
         )
+
+
+# --- the answer as sent -------------------------------------------------------------------------
+#
+# Over a Little Endian association the pending responses are encoded by find.py and handed to the
+# network thread directly (find.DirectAnswer); they must be what pydicom and pynetdicom would
+# have sent.
+
+
+def _request(*, model: str = STUDY_ROOT, charset: bool = False, **keys: Any) -> find.FindRequest:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    if charset:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return find.request_parse(ds, model=model, relational=True)
+
+
+def _pn(alphabetic: str, ideographic: str = "") -> dict[str, str]:
+    return {"Alphabetic": alphabetic, **({"Ideographic": ideographic} if ideographic else {})}
+
+
+STORED = {
+    "00080020": {"vr": "DA", "Value": ["20260105"]},
+    "00080030": {"vr": "TM", "Value": ["101500.25"]},
+    "00080050": {"vr": "SH", "Value": ["A1"]},
+    "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+    "00081030": {"vr": "LO", "Value": ["CT CHEST"]},
+    "00100010": {"vr": "PN", "Value": [_pn("Lovelace^Ada")]},
+    "00100020": {"vr": "LO", "Value": ["PAT001"]},
+    "00100040": {"vr": "CS", "Value": ["F"]},
+    "0020000D": {"vr": "UI", "Value": ["1.2.3.45"]},  # odd length: padded with a NUL
+    "00201208": {"vr": "IS", "Value": [12]},
+    "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+}
+REQUESTED = {
+    "PatientName": "",
+    "PatientID": "",
+    "PatientSex": "",
+    "PatientBirthDate": "",  # no value stored: comes back empty
+    "StudyDate": "",
+    "StudyTime": "",
+    "AccessionNumber": "",
+    "StudyDescription": "",
+    "ModalitiesInStudy": "",
+    "NumberOfStudyRelatedInstances": "",
+    "InstanceAvailability": "",
+    "RetrieveAETitle": "",
+}
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+@pytest.mark.parametrize(
+    ("changes", "keys", "charset", "direct"),
+    [
+        ({}, {}, False, True),
+        ({}, {}, True, True),  # SpecificCharacterSet asked for: sent empty
+        (  # not ASCII: UTF-8, person name component groups, a multi-valued text
+            {
+                "00100010": {"vr": "PN", "Value": [_pn("Müller^Jürgen", "山田^太郎")]},
+                "00081030": {"vr": "LO", "Value": ["Thorax ÄÖÜ", "Ré"]},
+            },
+            {},
+            False,
+            True,
+        ),
+        (  # a long text (4-byte length in Explicit VR) and a value with no Value
+            {"00081030": {"vr": "UT", "Value": ["x" * 70001]}, "00100040": {"vr": "CS"}},
+            {},
+            False,
+            True,
+        ),
+        (  # a sequence, a binary number and a decimal: encoded by pydicom
+            {
+                "00081032": {
+                    "vr": "SQ",
+                    "Value": [{"00080100": {"vr": "SH", "Value": ["P1"]}}],
+                },
+                "00280010": {"vr": "US", "Value": [512]},
+                "00101020": {"vr": "DS", "Value": [1.75]},
+            },
+            {"ProcedureCodeSequence": [], "Rows": None, "PatientSize": None},
+            False,
+            False,
+        ),
+        (  # not ASCII where the character set does not apply: encoded by pydicom
+            {"00100040": {"vr": "CS", "Value": ["É"]}},
+            {},
+            False,
+            False,
+        ),
+    ],
+    ids=["ascii", "charset-asked", "utf8", "long-and-empty", "pydicom-kinds", "odd-cs"],
+)
+def test_encoded_responses_are_the_bytes_pydicom_writes(
+    implicit, changes, keys, charset, direct, org
+):
+    request = _request(charset=charset, **{**REQUESTED, **keys})
+    peer = Peer(org=org, called_ae=CALLED, calling_ae=CALLING, address="127.0.0.1")
+
+    def match() -> find.Match:
+        return find.Match(attributes={**STORED, **changes})
+
+    expected = encode(find.response_identifier(match(), request, peer), implicit, True)
+    assert find.response_bytes(match(), request, peer, implicit=implicit) == expected
+    attributes = {**find._chosen(match(), request, peer), "00080052": {"vr": "CS"}}
+    assert (find._encoded(attributes, implicit=implicit, utf8=True) is not None) is direct
+
+
+@pytest.mark.parametrize("status", [0xFF00, 0xFF01])
+@pytest.mark.parametrize("sop_class", [STUDY_ROOT, PATIENT_ROOT])
+def test_pending_response_command_is_the_one_pynetdicom_encodes(status, sop_class):
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo = 513
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.Status = status
+    primitive.Identifier = BytesIO(LEVEL_STUDY)
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+
+    assert find.c_find_rsp_command(
+        sop_class_uid=sop_class, message_id=513, status=status
+    ) == encode(message.command_set, True, True)
+
+
+@dataclass
+class FakeDul:
+    queued: list[Any]
+    alive: bool = True
+
+    def __post_init__(self) -> None:
+        self.to_provider_queue: queue.Queue[Any] = queue.Queue()
+        self.wakes = 0
+
+    def send_pdu(self, primitive: Any) -> None:
+        self.to_provider_queue.put(primitive)
+        self.wakes += 1
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+@dataclass
+class FakeAssociation:
+    dul: FakeDul
+    maximum_pdu_size: int
+    is_established: bool = True
+
+    @property
+    def dimse(self) -> Any:
+        return self
+
+
+class DirectEvent(FakeEvent):
+    """A C-FIND event on a (fake) live association: what DirectAnswer reads of it."""
+
+    pdus = 0
+
+    def __init__(self, maximum_pdu: int, cancel_after: int | None = None):
+        super().__init__(study_identifier(), cancel_after=cancel_after)
+        self.assoc = FakeAssociation(FakeDul(queued=[]), maximum_pdu)
+        self.request = C_FIND()
+        self.request.MessageID = 9
+        self.request.AffectedSOPClassUID = STUDY_ROOT
+
+    def messages(self) -> list[tuple[bytes, bytes]]:
+        """The (command, identifier) pairs of what was queued, checking every PDU on the way:
+        within the maximum PDU length, even fragments, command before identifier, and no PDU
+        with parts of two responses."""
+        self.pdus = 0
+        messages = []
+        command, identifier, command_done = b"", b"", False
+        while not self.assoc.dul.to_provider_queue.empty():
+            primitive = self.assoc.dul.to_provider_queue.get()
+            self.pdus += 1
+            pdvs = primitive.presentation_data_value_list
+            limit = self.assoc.maximum_pdu_size
+            assert not limit or sum(4 + 1 + len(data) for _, data in pdvs) <= limit
+            for n, (context_id, data) in enumerate(pdvs):
+                assert context_id == 1
+                assert len(data) % 2 == 1  # an even fragment after the control header
+                control, fragment = data[0], data[1:]
+                if control & 0x01:  # a command fragment, the last one with bit 1
+                    assert not command_done
+                    command += fragment
+                    command_done = bool(control & 0x02)
+                else:  # an identifier fragment, after the whole command
+                    assert command_done
+                    identifier += fragment
+                    if control & 0x02:
+                        assert n == len(pdvs) - 1, "a response ends inside a PDU"
+                        messages.append((command, identifier))
+                        command, identifier, command_done = b"", b"", False
+        assert not command and not identifier
+        return messages
+
+
+IDENTIFIERS = [bytes([n]) * (40 + 20 * n) for n in range(12)]  # even lengths
+
+
+@pytest.mark.parametrize("maximum_pdu", [0, 16, 30, 16384])
+def test_direct_answer_sends_each_response_whole_in_order(maximum_pdu, monkeypatch):
+    monkeypatch.setattr(find, "BATCH_BYTES", 200)
+    event = DirectEvent(maximum_pdu)
+    answer = find.DirectAnswer(event, implicit=False)
+
+    assert answer.send(IDENTIFIERS, find.PENDING) == (12, False)
+    command = find.c_find_rsp_command(sop_class_uid=STUDY_ROOT, message_id=9, status=0xFF00)
+    assert event.messages() == [(command, identifier) for identifier in IDENTIFIERS]
+    assert 1 < event.assoc.dul.wakes < 12  # a wake-up per batch, not per PDU
+    if maximum_pdu in (0, 16384):  # room for a whole response: one PDU each
+        assert event.pdus == 12
+
+
+def test_direct_answer_stops_between_batches_at_a_cancel(monkeypatch):
+    monkeypatch.setattr(find, "BATCH_BYTES", 100)
+    event = DirectEvent(16384, cancel_after=2)
+    answer = find.DirectAnswer(event, implicit=False)
+
+    sent, stopped = answer.send(IDENTIFIERS, find.PENDING)
+    assert stopped and answer.cancelled
+    assert [identifier for _, identifier in event.messages()] == IDENTIFIERS[:sent]
+    assert 0 < sent < 12
+
+
+def test_direct_answer_stops_when_the_association_ends(monkeypatch):
+    monkeypatch.setattr(find, "BATCH_BYTES", 100)
+    event = DirectEvent(16384)
+    event.assoc.is_established = False
+
+    assert find.DirectAnswer(event, implicit=False).send(IDENTIFIERS, find.PENDING) == (0, True)
+    assert event.assoc.dul.to_provider_queue.empty()
+
+
+def test_direct_answer_waits_for_the_network_thread(monkeypatch):
+    """A caller that does not read: the handler holds the matches back, then gives up when the
+    association's network thread ends."""
+    monkeypatch.setattr(find, "BATCH_BYTES", 1)
+    monkeypatch.setattr(find, "QUEUED_PDUS_MAX", 4)
+    event = DirectEvent(16384)
+    dul = event.assoc.dul
+    threading.Timer(0.2, lambda: setattr(dul, "alive", False)).start()
+
+    answer = find.DirectAnswer(event, implicit=False)
+    sent, stopped = answer.send(IDENTIFIERS, find.PENDING)
+    assert stopped and not answer.cancelled
+    assert sent == 4 and dul.to_provider_queue.qsize() == 4  # a PDU per response
+
+
+def _study_answers(listener: Listener, syntax: UID, maximum_pdu: int) -> list[bytes]:
+    ae = AE(ae_title=CALLING)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.maximum_pdu_size = maximum_pdu
+    ae.add_requested_context(STUDY_ROOT, [syntax])
+    assoc = ae.associate(listener.host, listener.port, ae_title=CALLED)
+    assert assoc.is_established
+    ds = study_identifier(**REQUESTED, StudyInstanceUID="")
+    found = []
+    for status, identifier in assoc.send_c_find(ds, STUDY_ROOT):
+        if identifier is not None:
+            found.append(bytes(encode(identifier, False, True) or b""))
+        else:
+            assert status.Status == 0x0000
+    assoc.release()
+    return found
+
+
+@pytest.mark.parametrize(
+    ("syntax", "maximum_pdu"),
+    [
+        (ExplicitVRLittleEndian, 0),
+        (ImplicitVRLittleEndian, 64),
+        (ExplicitVRLittleEndian, 100),
+        (ExplicitVRBigEndian, 16384),  # answered through pynetdicom
+    ],
+)
+def test_every_transfer_syntax_and_pdu_size_gets_the_same_answers(
+    listener, studies, monkeypatch, syntax, maximum_pdu
+):
+    monkeypatch.setattr(find, "BATCH_BYTES", 300)
+    direct = []
+    for_event = find.DirectAnswer.for_event
+
+    def noted(event: Any) -> find.DirectAnswer | None:
+        direct.append(for_event(event))
+        return direct[-1]
+
+    monkeypatch.setattr(find.DirectAnswer, "for_event", noted)
+    answers = _study_answers(listener, syntax, maximum_pdu)
+    assert len(answers) == 5
+    assert (direct[0] is not None) is (syntax != ExplicitVRBigEndian)
+    monkeypatch.setattr(find.DirectAnswer, "for_event", lambda event: None)
+
+    assert answers == _study_answers(listener, syntax, maximum_pdu)
 
 
 # --- bad input --------------------------------------------------------------------------------
