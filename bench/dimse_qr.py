@@ -402,6 +402,8 @@ def find_latency() -> None:
 #     BENCH_RETRIEVE_LARGE_MB (1024) MiB instance C-MOVEd to the discarding storescp: the
 #     listener's resident memory above idle (target < 150 MB).
 # get: the same study C-GET by dcmtk's getscu (writing to disk), alternating with Orthanc.
+# Each figure also gives the server's CPU per instance: the listener's process for Strata,
+# Orthanc's for Orthanc (user + system, from /proc).
 
 # This part appends to the shared benchmark; what it needs beyond the shared imports it imports
 # in its functions.
@@ -594,7 +596,7 @@ def _retrieve_getscu(
     return elapsed
 
 
-def _retrieve_bare_loop(port: int, files: list[Path]) -> float:
+def _retrieve_bare_loop(port: int, files: list[Path]) -> float | None:
     """pynetdicom's own C-STORE SCU, streaming the same objects from files, to storescp.
 
     Under load pynetdicom 3.0's SCU can lose a response (its association thread, resumed after
@@ -620,7 +622,14 @@ def _retrieve_bare_loop(port: int, files: list[Path]) -> float:
         if len(statuses) == len(files) and set(statuses) == {0x0000}:
             return elapsed
         print("move: the bare pynetdicom loop lost a response; repeated", flush=True)
-    raise RuntimeError("the bare pynetdicom loop failed three times")
+    print("move: the bare pynetdicom loop lost a response three times; this run is left out")
+    return None
+
+
+def _retrieve_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _retrieve_status_kb(pid: int, field: str) -> int:
@@ -838,8 +847,21 @@ def retrieve_bench(parts: set[str]) -> None:
             keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}"]
             times: dict[str, list[float]] = {}
 
-            def timed(label: str, run: Callable[[], float]) -> None:
-                times.setdefault(label, []).append(run())
+            cpu: dict[str, list[float]] = {}
+            # The server's CPU per instance: the listener (Strata) or Orthanc's process.
+            server_pid = {"": _retrieve_listener_pid()}
+            if orthanc is not None:
+                server_pid["orthanc"] = orthanc.proc.pid
+
+            def timed(label: str, run: Callable[[], float | None]) -> None:
+                pid = server_pid["orthanc" if label.startswith("orthanc") else ""]
+                before = _retrieve_cpu_seconds(pid)
+                elapsed = run()
+                if elapsed is None:
+                    return
+                times.setdefault(label, []).append(elapsed)
+                used = _retrieve_cpu_seconds(pid) - before
+                cpu.setdefault(label, []).append(used * 1000 / len(files))
 
             folder = work / "get"
             for _ in range(RETRIEVE_RUNS):  # alternating, so that load changes hit all alike
@@ -889,6 +911,11 @@ def retrieve_bench(parts: set[str]) -> None:
                     f"median {median:.0f} instances/s "
                     f"({median * total / len(files) / RETRIEVE_MB:.0f} MB/s), best "
                     f"{len(files) / min(runs):.0f} over {len(runs)} runs"
+                    + (
+                        f"; server CPU {statistics.median(cpu[label]):.2f} ms per instance"
+                        if label != "loop"
+                        else ""
+                    )
                 )
 
             lines = {
