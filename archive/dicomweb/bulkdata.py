@@ -9,8 +9,12 @@ names it (``archive.ingest.dicom.pixel_bulk_data``).
 - Native pixel data: one part, ``application/octet-stream``, the value's bytes in little endian
   order (a big endian object's words are swapped on the way).
 - Encapsulated pixel data: one part per frame in the transfer syntax's media type (``image/jpeg``,
-  ``image/jls``, ``image/jp2``, ...; video as one part), each frame the data of its fragments,
-  as stored: no transcoding, so ``type="application/octet-stream"`` alone is not acceptable.
+  ``image/jls``, ``image/jp2``, ...; video as one part), or ``application/octet-stream;
+  transfer-syntax=<uid>`` when the client asks ``type="application/octet-stream";
+  transfer-syntax=*``; each frame the data of its fragments, as stored. No transcoding here, so
+  ``type="application/octet-stream"`` alone (uncompressed) is not acceptable: decoded frames
+  come from ``.../frames/{list}`` (``archive.dicomweb.frames``). Negotiation for both:
+  ``pixel_data_offer``.
 
 The value is found by reading the object's header only (``archive.ingest.dicom.pixel_data_locate``)
 through ``ObjectReader``, then streamed from the same read: constant memory, usually one request
@@ -27,10 +31,12 @@ import logging
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from pydicom.uid import UID
 
 from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable, accepted_ranges, base_url
 from archive.dicomweb.multipart import closing, part_header
@@ -106,6 +112,9 @@ class ObjectReader(io.RawIOBase):
     it, and a large value before the pixel data (an overlay, an ICC profile) is skipped by a new
     request instead of being transferred. Memory: one chunk. ``read()`` without a size (the whole
     rest of the object) is refused.
+
+    ``request_until(end)``: the requests opened from then on ask for the bytes up to ``end`` only
+    (one frame) rather than for the rest of the object. ``bytes_read``: what the store sent.
     """
 
     def __init__(self, store: ObjectStore, *, key: str, tier: str, size: int):
@@ -114,10 +123,17 @@ class ObjectReader(io.RawIOBase):
         self._key = key
         self._tier = tier
         self.size = size
+        self.bytes_read = 0
         self._pos = 0
         self._chunk = b""
         self._chunk_start = 0
         self._stream: Iterator[bytes] | None = None
+        self._request_end: int | None = None
+        self._stream_end: int | None = None
+
+    def request_until(self, end: int | None) -> None:
+        """Requests opened from now on end at ``end`` (exclusive); None: at the object's end."""
+        self._request_end = end
 
     def readable(self) -> bool:
         return True
@@ -187,11 +203,24 @@ class ObjectReader(io.RawIOBase):
     def _advance(self) -> None:
         """Make the current chunk hold the current position."""
         end = self._chunk_start + len(self._chunk)
-        if self._stream is None or self._pos < end or self._pos - end > SKIP_LIMIT:
+        if (
+            self._stream is None
+            or self._pos < end
+            or self._pos - end > SKIP_LIMIT
+            or (self._stream_end is not None and self._pos >= self._stream_end)
+        ):
             self._close_stream()
+            length = None
+            if self._request_end is not None and self._request_end > self._pos:
+                length = min(self._request_end, self.size) - self._pos
             self._stream = self._store.iter_bytes(
-                key=self._key, tier=self._tier, chunk_size=READ_CHUNK, offset=self._pos
+                key=self._key,
+                tier=self._tier,
+                chunk_size=READ_CHUNK,
+                offset=self._pos,
+                length=length,
             )
+            self._stream_end = None if length is None else self._pos + length
             self._chunk_start, self._chunk = self._pos, b""
             end = self._pos
         while self._pos >= end:
@@ -200,19 +229,27 @@ class ObjectReader(io.RawIOBase):
                 raise StorageUnavailable(
                     f"{self._key} ended at byte {end}; the index says {self.size} bytes."
                 )
+            self.bytes_read += len(chunk)
             self._chunk_start, self._chunk = end, chunk
             end += len(chunk)
 
 
-def _offer(transfer_syntax_uid: str) -> tuple[str, str]:
-    """The media type and transfer syntax the bulk data is sent in (as stored: no transcoding)."""
-    if not is_encapsulated(transfer_syntax_uid):
-        # Native pixel data is sent in little endian order whatever the object's encoding.
-        return OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
-    return MEDIA_TYPES.get(transfer_syntax_uid, OCTET_STREAM), transfer_syntax_uid
+# Media types some clients send for a transfer syntax besides the one PS3.18 names.
+_MEDIA_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
+
+
+@dataclass(frozen=True)
+class PixelOffer:
+    """How pixel data (bulk data, frames) is sent: the multipart's ``type`` and each part's
+    Content-Type; ``decode``: encapsulated pixel data decoded to Explicit VR Little Endian."""
+
+    media_type: str
+    part_type: str
+    decode: bool = False
 
 
 def _type_matches(wanted: str, media_type: str) -> bool:
+    wanted = _MEDIA_ALIASES.get(wanted, wanted)
     if wanted == "*/*":
         return True
     if wanted.endswith("/*"):
@@ -220,35 +257,79 @@ def _type_matches(wanted: str, media_type: str) -> bool:
     return wanted == media_type.lower()
 
 
-def bulkdata_acceptable(request: HttpRequest, *, media_type: str, transfer_syntax: str) -> None:
-    """Refuse (406) an Accept header that allows no ``multipart/related`` of ``media_type``.
+def pixel_data_offer(
+    request: HttpRequest, *, transfer_syntax_uid: str, decodable: bool, resource: str
+) -> PixelOffer:
+    """What the Accept header asks for pixel data stored in ``transfer_syntax_uid`` (PS3.18
+    8.7.3.5, 8.7.5), the most preferred acceptable range first; else 406 naming what was asked
+    and what can be sent.
 
-    Accepted: ``*/*``, ``multipart/*``, ``multipart/related`` alone or with a ``type`` that names
-    the media type (``image/*`` and ``*/*`` too) and a ``transfer-syntax`` that is absent, ``*``
-    or the one sent. ``type="application/octet-stream"`` without a transfer syntax means
-    uncompressed (explicit VR little endian, PS3.18 8.7.3.5.2).
+    - ``*/*``, ``multipart/*``, ``multipart/related`` alone or with ``type`` ``*/*``, the stored
+      media type (``image/jpeg``, ...) or its family (``image/*``), and ``transfer-syntax``
+      absent, ``*`` or the stored one: as stored, each part typed by the transfer syntax's media
+      type (PS3.18 Table 8.7.3-5), ``application/octet-stream`` for native pixel data.
+    - ``type="application/octet-stream"`` (quoted or not) with ``transfer-syntax=*`` or the
+      stored one: as stored, each part ``application/octet-stream; transfer-syntax=<stored>``.
+    - ``type="application/octet-stream"`` without a transfer syntax, or with Explicit VR Little
+      Endian: uncompressed (PS3.18 8.7.3.5.2): native pixel data as it is (little endian),
+      encapsulated pixel data decoded when ``decodable``.
+    Nothing is transcoded to another compressed syntax.
     """
-    for media in accepted_ranges(request):
+    native = not is_encapsulated(transfer_syntax_uid)
+    stored_syntax = EXPLICIT_VR_LITTLE_ENDIAN if native else transfer_syntax_uid
+    stored_media = OCTET_STREAM if native else MEDIA_TYPES.get(transfer_syntax_uid, OCTET_STREAM)
+    uncompressed = PixelOffer(OCTET_STREAM, OCTET_STREAM, decode=not native)
+    if native:
+        as_stored = octet_as_stored = uncompressed
+    else:
+        as_stored = PixelOffer(stored_media, f"{stored_media}; transfer-syntax={stored_syntax}")
+        octet_as_stored = PixelOffer(
+            OCTET_STREAM, f"{OCTET_STREAM}; transfer-syntax={stored_syntax}"
+        )
+    ranges = sorted(accepted_ranges(request), key=lambda media: -media.q)
+    for media in ranges:
         if media.media_type in ("*/*", "multipart/*"):
-            return
+            return as_stored
         if media.media_type != MULTIPART_RELATED:
             continue
         wanted = media.params.get("type", "*/*").lower()
-        if not _type_matches(wanted, media_type):
-            continue
         syntax = media.params.get("transfer-syntax")
-        if syntax is None:
-            if wanted == OCTET_STREAM and transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN:
-                continue
-            return
-        if syntax in ("*", transfer_syntax):
-            return
-    stored = "" if media_type == OCTET_STREAM else f"; transfer syntax {transfer_syntax}, as stored"
-    raise NotAcceptable(
-        f'This bulk data is sent as {MULTIPART_RELATED}; type="{media_type}"{stored} (no '
-        f"transcoding); the request accepts {request.headers.get('Accept', '')!r}.",
-        fields={"Accept": [f"Send 'Accept: {MULTIPART_RELATED}; type=\"{media_type}\"'."]},
+        if wanted in (OCTET_STREAM, "application/*"):
+            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) and (native or decodable):
+                return uncompressed
+            if syntax in ("*", stored_syntax):
+                return octet_as_stored
+            continue
+        if _type_matches(wanted, stored_media):
+            if syntax in (None, "*", stored_syntax):
+                return as_stored
+            if syntax == EXPLICIT_VR_LITTLE_ENDIAN and wanted == "*/*" and decodable:
+                return uncompressed
+    offers = [f'{MULTIPART_RELATED}; type="{stored_media}"']
+    if not native:
+        offers[0] += f"; transfer-syntax={stored_syntax} (as stored)"
+        offers.append(f'{MULTIPART_RELATED}; type="{OCTET_STREAM}"; transfer-syntax=*')
+        if decodable:
+            offers.append(
+                f'{MULTIPART_RELATED}; type="{OCTET_STREAM}" (decoded to Explicit VR Little Endian)'
+            )
+    refused = (
+        ""
+        if native or decodable
+        else f" It is not decoded: {transfer_syntax_name(stored_syntax)} cannot be decoded here."
     )
+    raise NotAcceptable(
+        f"The {resource} of this instance, stored in {transfer_syntax_name(stored_syntax)}, can "
+        f"be sent as {' or '.join(offers)}; the request accepts "
+        f"{request.headers.get('Accept', '')!r}.{refused}",
+        fields={"Accept": offers},
+    )
+
+
+def transfer_syntax_name(uid: str) -> str:
+    """``uid`` with pydicom's name for it, as error messages quote it."""
+    name = UID(uid).name if uid else ""
+    return f"{name} ({uid})" if name and name != uid else uid
 
 
 def _attribute_requested(instance: Instance, tag: str) -> PixelAttribute:
@@ -325,16 +406,16 @@ class BulkDataStream:
 
 
 @contextmanager
-def _object_errors(
-    reader: ObjectReader, *, org: Organization, instance: Instance
-) -> Iterator[None]:
+def object_errors(reader: ObjectReader, *, instance: Instance) -> Iterator[None]:
     """Before the response: an unreachable store or an object that cannot be parsed is a 503
     saying which (the reader is closed)."""
     try:
         yield
     except StorageUnavailable as exc:
         reader.close()
-        logger.warning("bulkdata: storage unavailable for org %s: %s", org.pk, exc)
+        logger.warning(
+            "bulkdata: storage unavailable for org %s: %s", instance.organization_id, exc
+        )
         raise StorageFailed(
             "The object store cannot be read right now; retry later.", code="storage_unavailable"
         ) from None
@@ -361,8 +442,12 @@ def bulkdata_response(
     """The multipart response with the value of ``tag`` of ``instance`` (already scoped to
     ``org``); 404 for an attribute the instance does not offer as bulk data."""
     attribute = _attribute_requested(instance, tag)
-    media_type, syntax = _offer(instance.transfer_syntax_uid)
-    bulkdata_acceptable(request, media_type=media_type, transfer_syntax=syntax)
+    offer = pixel_data_offer(
+        request,
+        transfer_syntax_uid=instance.transfer_syntax_uid,
+        decodable=False,  # whole pixel data as stored; decoded frames come from .../frames
+        resource="bulk data",
+    )
     try:
         require_readable(request=request, org=org, actor=actor, instances=[instance])
     except RestorePending as exc:
@@ -373,7 +458,7 @@ def bulkdata_response(
         tier=instance.tier,
         size=instance.size_bytes,
     )
-    with _object_errors(reader, org=org, instance=instance):
+    with object_errors(reader, instance=instance):
         value = pixel_data_locate(cast(BinaryIO, reader), size=instance.size_bytes)
     if value is None or value.tag != attribute.tag:
         reader.close()
@@ -391,7 +476,7 @@ def bulkdata_response(
             code="object_unreadable",
         )
     boundary = uuid.uuid4().hex
-    content_type = f'{MULTIPART_RELATED}; type="{media_type}"; boundary={boundary}'
+    content_type = f'{MULTIPART_RELATED}; type="{offer.media_type}"; boundary={boundary}'
     location = bulkdata_url(
         base_url(request),
         study.study_uid,
@@ -401,11 +486,13 @@ def bulkdata_response(
     )
     pieces: Iterator[bytes | None]
     if value.length is None:
-        part_type = f"{media_type}; transfer-syntax={syntax}"
         # A frame's size is known only at its end: its part is delimited by the boundary alone.
-        opening = f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode("latin-1")
+        opening = f"--{boundary}\r\nContent-Type: {offer.part_type}\r\n\r\n".encode("latin-1")
         pieces = encapsulated_frames(
-            cast(BinaryIO, reader), value, transfer_syntax_uid=syntax, chunk_size=READ_CHUNK
+            cast(BinaryIO, reader),
+            value,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+            chunk_size=READ_CHUNK,
         )
         content_length = None
     else:
@@ -421,7 +508,7 @@ def bulkdata_response(
         return head
     # The first part's opening and first bytes are read before answering, so that a broken
     # encapsulation or an unreachable store is a clear 503 instead of a response cut short.
-    with _object_errors(reader, org=org, instance=instance):
+    with object_errors(reader, instance=instance):
         first = list(itertools.islice(pieces, 2))
     pieces = itertools.chain(first, pieces)
 

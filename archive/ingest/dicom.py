@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import re
 import struct
+import sys
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -91,6 +93,8 @@ class Header:
     metadata: dict[str, Any] = field(default_factory=dict)
     study_json: dict[str, Any] = field(default_factory=dict)
     series_json: dict[str, Any] = field(default_factory=dict)
+    # Where the frames of the pixel data lie in the file (``frame_layout``); None: no image.
+    frames: FrameLayout | None = None
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
@@ -305,6 +309,7 @@ def read_header(path: Path, *, full: bool = True) -> Header:
         ) from None
     # Bulk values are not kept; a WADO-RS client fetches them with the instance.
     metadata = {tag: _scrub(v) for tag, v in metadata.items() if "BulkDataURI" not in v}
+    frames = _frame_layout_of_file(ds, path, size=size, metadata=metadata, transfer_syntax_uid=ts)
     return Header(
         **uids,
         instance_number=_int(ds, "InstanceNumber"),
@@ -329,6 +334,7 @@ def read_header(path: Path, *, full: bool = True) -> Header:
         metadata=metadata,
         study_json=_subset_json(metadata, STUDY_TAGS),
         series_json=_subset_json(metadata, SERIES_TAGS),
+        frames=frames,
     )
 
 
@@ -512,6 +518,23 @@ _PARSE_ERRORS = (
 )
 
 
+def _extended_offsets(ds: Dataset, fileobj: BinaryIO) -> tuple[int, ...]:
+    """The Extended Offset Table of ``ds`` (read from ``fileobj``), empty when absent."""
+    # A RawDataElement while unread (its value None when deferred), else a DataElement.
+    table: Any = ds.get_item(EXTENDED_OFFSET_TABLE, keep_deferred=True)
+    if table is None:
+        return ()
+    raw = table.value
+    length = getattr(table, "length", 0)
+    # Deferred (above BULK_THRESHOLD): read it where it is, 8 bytes per frame.
+    if raw is None and 0 < length <= 2 * MAX_OFFSET_TABLE_BYTES:
+        fileobj.seek(table.value_tell)
+        raw = _read_exact(fileobj, length)
+    if not raw:
+        return ()
+    return struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
+
+
 def pixel_data_locate(fileobj: BinaryIO, *, size: int) -> PixelValue | None:
     """Parse a Part 10 object's header up to its pixel data and say where that value is.
 
@@ -543,17 +566,7 @@ def pixel_data_locate(fileobj: BinaryIO, *, size: int) -> PixelValue | None:
             (length,) = struct.unpack("<L" if little else ">L", _read_exact(fileobj, 4))
         offset = fileobj.tell()
         frames = _int(ds, "NumberOfFrames") or 1
-        extended: tuple[int, ...] = ()
-        # A RawDataElement while unread (its value None when deferred).
-        table: Any = ds.get_item(EXTENDED_OFFSET_TABLE, keep_deferred=True)
-        if table is not None:
-            raw = table.value
-            # Deferred (above BULK_THRESHOLD): read it where it is, 8 bytes per frame.
-            if raw is None and 0 < table.length <= 2 * MAX_OFFSET_TABLE_BYTES:
-                fileobj.seek(table.value_tell)
-                raw = _read_exact(fileobj, table.length)
-            if raw:
-                extended = struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
+        extended = _extended_offsets(ds, fileobj)
     except _PARSE_ERRORS as exc:
         raise PixelDataUnreadable(f"The stored object's header cannot be parsed: {exc}") from None
     if length == UNDEFINED_LENGTH:
@@ -565,11 +578,13 @@ def pixel_data_locate(fileobj: BinaryIO, *, size: int) -> PixelValue | None:
     return PixelValue(tag, vr, offset, length, little, frames, extended)
 
 
-def to_little_endian(chunks: Iterable[bytes], *, vr: str, little: bool) -> Iterator[bytes]:
+def to_little_endian(
+    chunks: Iterable[bytes], *, vr: str, little: bool, word: int | None = None
+) -> Iterator[bytes]:
     """Native pixel data in little endian byte order, as ``application/octet-stream`` bulk data
-    is (PS3.18 8.7.3.3.2): a big endian object's words (OW 2, OF 4, OD 8 bytes) are reversed,
-    chunk by chunk; OB values are bytes and stay as they are."""
-    size = _WORD_SIZES.get(vr, 1)
+    is (PS3.18 8.7.3.3.2): a big endian object's words (OW 2, OF 4, OD 8 bytes, or ``word``
+    bytes) are reversed, chunk by chunk; OB values are bytes and stay as they are."""
+    size = word or _WORD_SIZES.get(vr, 1)
     if little or size == 1:
         yield from chunks
         return
@@ -593,31 +608,20 @@ def _item(fileobj: BinaryIO) -> tuple[int, int, int]:
     return position, group << 16 | element, length
 
 
-def encapsulated_frames(
-    fileobj: BinaryIO, value: PixelValue, *, transfer_syntax_uid: str, chunk_size: int
-) -> Iterator[bytes | None]:
-    """The frames of encapsulated pixel data (PS3.5 A.4), streamed: ``None`` opens a frame and
-    the bytes that follow are its fragments' data, item headers left out.
-
-    A frame starts at an offset of the Basic Offset Table, else of the Extended Offset Table;
-    without either, a single-frame object (and video) is one frame of all fragments; a multi-frame
-    one starts a frame at each fragment that opens with its codestream's start marker (JPEG
-    family, JPEG 2000, JPEG XL) or at every fragment (RLE and the others keep one fragment per
-    frame). ``fileobj`` is read forward from the value's start, ``chunk_size`` bytes at a time.
-    """
+def _basic_offset_table(fileobj: BinaryIO, value: PixelValue) -> tuple[int, ...]:
+    """The Basic Offset Table of encapsulated pixel data (empty when the item is), leaving
+    ``fileobj`` at the first fragment's item."""
     fileobj.seek(value.offset)
     _, tag, length = _item(fileobj)
     if tag != ITEM or length == UNDEFINED_LENGTH or length % 4 or length > MAX_OFFSET_TABLE_BYTES:
         raise PixelDataUnreadable("The encapsulated pixel data does not open with an offset table.")
-    table = _read_exact(fileobj, length)
-    starts: set[int] | None = None
-    if length:
-        starts = set(struct.unpack(f"<{length // 4}L", table))
-    elif value.extended_offsets:
-        starts = set(value.extended_offsets)
-    markers = FRAME_STARTS.get(transfer_syntax_uid)
-    first_fragment = fileobj.tell()
-    opened = False
+    return struct.unpack(f"<{length // 4}L", _read_exact(fileobj, length))
+
+
+def _fragments(fileobj: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
+    """The fragment items from ``fileobj``'s position to the sequence delimiter: (the item's
+    position, its data's length, the data's first bytes, up to 12). The caller may read the rest
+    of the fragment's data or not: the next item is found by seeking past it."""
     while True:
         position, tag, length = _item(fileobj)
         if tag == SEQUENCE_DELIMITER:
@@ -625,15 +629,53 @@ def encapsulated_frames(
         if tag != ITEM or length == UNDEFINED_LENGTH:
             raise PixelDataUnreadable(f"A fragment item was expected at byte {position}.")
         head = _read_exact(fileobj, min(length, 12))
-        if starts is not None:
-            opens = position - first_fragment in starts
-        elif value.frames <= 1 or transfer_syntax_uid in VIDEO_TRANSFER_SYNTAXES:
-            opens = False
-        elif markers is not None:
-            opens = head.startswith(markers)
-        else:
-            opens = True
-        if opens or not opened:
+        yield position, length, head
+        fileobj.seek(position + 8 + length)
+
+
+class _FrameStarts:
+    """Which fragments open a frame (PS3.5 A.4).
+
+    A frame starts at an offset of the Basic Offset Table, else of the Extended Offset Table;
+    without either, a single-frame object (and video) is one frame of all fragments; a multi-frame
+    one starts a frame at each fragment that opens with its codestream's start marker (JPEG
+    family, JPEG 2000, JPEG XL) or at every fragment (RLE and the others keep one fragment per
+    frame).
+    """
+
+    def __init__(self, value: PixelValue, basic: tuple[int, ...], transfer_syntax_uid: str):
+        self.tables: set[int] | None = None
+        if basic:
+            self.tables = set(basic)
+        elif value.extended_offsets:
+            self.tables = set(value.extended_offsets)
+        self.whole = value.frames <= 1 or transfer_syntax_uid in VIDEO_TRANSFER_SYNTAXES
+        self.markers = FRAME_STARTS.get(transfer_syntax_uid)
+
+    def opens(self, offset: int, head: bytes) -> bool:
+        """Whether the fragment at ``offset`` (from the first fragment's item) opens a frame."""
+        if self.tables is not None:
+            return offset in self.tables
+        if self.whole:
+            return False
+        if self.markers is not None:
+            return head.startswith(self.markers)
+        return True
+
+
+def encapsulated_frames(
+    fileobj: BinaryIO, value: PixelValue, *, transfer_syntax_uid: str, chunk_size: int
+) -> Iterator[bytes | None]:
+    """The frames of encapsulated pixel data (PS3.5 A.4), streamed: ``None`` opens a frame and
+    the bytes that follow are its fragments' data, item headers left out. Frames are told apart
+    as ``_FrameStarts`` says. ``fileobj`` is read forward from the value's start, ``chunk_size``
+    bytes at a time.
+    """
+    starts = _FrameStarts(value, _basic_offset_table(fileobj, value), transfer_syntax_uid)
+    first_fragment = fileobj.tell()
+    opened = False
+    for position, length, head in _fragments(fileobj):
+        if starts.opens(position - first_fragment, head) or not opened:
             opened = True
             yield None
         if head:
@@ -643,3 +685,185 @@ def encapsulated_frames(
             chunk = _read_exact(fileobj, min(chunk_size, remaining))
             remaining -= len(chunk)
             yield chunk
+
+
+# --- where each frame lies ---------------------------------------------------------------------
+#
+# A frame is read from the object store by one byte range. Native pixel data: frame n (from 1)
+# starts (n - 1) frame sizes into the value. Encapsulated: the items of frame n span
+# [boundaries[n - 1], boundaries[n]) of the object. Both are computed once, when the object is
+# ingested (``read_header``), and kept in the index (``archive.models.FrameIndex``).
+
+COLUMNS_KEY = "00280011"
+SAMPLES_PER_PIXEL_KEY = "00280002"
+PHOTOMETRIC_INTERPRETATION_KEY = "00280004"
+NUMBER_OF_FRAMES_KEY = "00280008"
+# A frame of native pixel data at most this large (bits): 4 GiB, the largest value there is.
+_MAX_FRAME_BITS = 8 * UNDEFINED_LENGTH
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where the frames of an instance's pixel data lie in its stored object.
+
+    ``boundaries`` (encapsulated pixel data): ``frames + 1`` object offsets, little endian
+    unsigned 64-bit, the items of frame n (from 1) spanning ``[boundaries[n-1], boundaries[n])``.
+    ``problem``: why the frames cannot be told apart (broken encapsulation); ``frames`` is then 0.
+    """
+
+    vr: str
+    little_endian: bool
+    offset: int  # the value's first byte
+    length: int | None  # None: encapsulated
+    frames: int
+    boundaries: bytes = b""
+    problem: str = ""
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.length is None
+
+    def item_range(self, number: int) -> tuple[int, int]:
+        """(offset, length) of the items of frame ``number`` (from 1), encapsulated only."""
+        start, end = struct.unpack_from("<QQ", self.boundaries, 8 * (number - 1))
+        return start, end - start
+
+
+def frame_data(fileobj: BinaryIO, *, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
+    """The data of one frame of encapsulated pixel data: its items in ``[start, end)`` of the
+    object (``FrameLayout.item_range``) without their headers, ``chunk_size`` bytes at most at a
+    time. Raises ``PixelDataUnreadable`` when the range does not hold whole fragment items."""
+    fileobj.seek(start)
+    position = start
+    while position < end:
+        _, tag, length = _item(fileobj)
+        if tag != ITEM or length == UNDEFINED_LENGTH or position + 8 + length > end:
+            raise PixelDataUnreadable(f"No fragment item of the frame at byte {position}.")
+        remaining = length
+        while remaining > 0:
+            chunk = _read_exact(fileobj, min(chunk_size, remaining))
+            remaining -= len(chunk)
+            yield chunk
+        position += 8 + length
+
+
+def native_frame_bits(metadata: dict[str, Any]) -> int | None:
+    """The size in bits of one frame of native pixel data, from the Image Pixel module in the
+    stored DICOM JSON (PS3.5 8.1.1: rows x columns x samples x bits allocated; YBR_FULL_422
+    keeps two samples per pixel). None when the module is incomplete or the size absurd."""
+    rows = _first_int(metadata.get(ROWS_KEY))
+    columns = _first_int(metadata.get(COLUMNS_KEY))
+    bits = _first_int(metadata.get(BITS_ALLOCATED_KEY))
+    samples = _first_int(metadata.get(SAMPLES_PER_PIXEL_KEY)) or 1
+    if not rows or not columns or not bits or rows < 0 or columns < 0 or bits < 0 or samples < 0:
+        return None
+    photometric = metadata.get(PHOTOMETRIC_INTERPRETATION_KEY, {}).get("Value", [""])[0]
+    if photometric == "YBR_FULL_422" and samples == 3:
+        samples = 2
+    size = rows * columns * samples * bits
+    return size if 0 < size <= _MAX_FRAME_BITS else None
+
+
+def frame_layout(
+    fileobj: BinaryIO, value: PixelValue, *, transfer_syntax_uid: str, frame_bits: int | None
+) -> FrameLayout:
+    """Where each frame of ``value`` lies; reads only item headers (encapsulated pixel data).
+
+    Native: frames of ``frame_bits`` each, as many as Number of Frames says and the value holds.
+    Encapsulated: with an Extended Offset Table (one fragment per frame, PS3.3 C.7.6.3.1.8) or
+    a Basic Offset Table, the items of the last frame only are walked to find the end; without,
+    every fragment's item header (and first bytes) is read, and frames told apart by
+    ``_FrameStarts`` -- or one per fragment when there are exactly Number of Frames of them.
+    Raises ``PixelDataUnreadable``.
+    """
+    if value.length is not None:
+        frames = value.frames
+        if frame_bits:
+            frames = min(frames, value.length * 8 // frame_bits)
+        return FrameLayout(
+            value.vr, value.little_endian, value.offset, value.length, max(frames, 0)
+        )
+    try:
+        basic = _basic_offset_table(fileobj, value)
+        first = fileobj.tell()
+        table = basic or value.extended_offsets
+        starts = array("Q")
+        if table:
+            if any(b <= a for a, b in itertools.pairwise(table)):
+                raise PixelDataUnreadable("The offset table's offsets do not increase.")
+            starts.extend(first + offset for offset in table)
+            fileobj.seek(starts[-1])
+            end = starts[-1]
+            for position, length, _ in _fragments(fileobj):
+                end = position + 8 + length
+            if end == starts[-1]:
+                raise PixelDataUnreadable("The last frame of the offset table has no fragment.")
+        else:
+            decide = _FrameStarts(value, (), transfer_syntax_uid)
+            fragments = array("Q")
+            end = first
+            for position, length, head in _fragments(fileobj):
+                if not starts or decide.opens(position - first, head):
+                    starts.append(position)
+                fragments.append(position)
+                end = position + 8 + length
+            if not fragments:
+                raise PixelDataUnreadable("The encapsulated pixel data has no fragment.")
+            if len(starts) != value.frames and len(fragments) == value.frames:
+                starts = fragments
+    except (OSError, struct.error) as exc:
+        raise PixelDataUnreadable(f"The encapsulated pixel data cannot be read: {exc}") from None
+    starts.append(end)
+    if sys.byteorder != "little":
+        starts.byteswap()
+    return FrameLayout(
+        value.vr, value.little_endian, value.offset, None, len(starts) - 1, starts.tobytes()
+    )
+
+
+def _frame_layout_of_file(
+    ds: Dataset, path: Path, *, size: int, metadata: dict[str, Any], transfer_syntax_uid: str
+) -> FrameLayout | None:
+    """The frame layout of a file ``read_header`` parsed (``ds``, pixel data deferred); None
+    when the object offers no pixel data (``pixel_bulk_data``). Broken encapsulation is not the
+    header's business: the layout then says what is wrong (``problem``), the object is kept."""
+    attribute = pixel_bulk_data_of(metadata, transfer_syntax_uid)
+    if attribute is None:
+        return None
+    raw: Any = ds.get_item(attribute.tag, keep_deferred=True)
+    if raw is None or getattr(raw, "value_tell", None) is None:
+        return None
+    implicit, little = ds.original_encoding
+    # Implicit VR: OW (PS3.5 A.1); a VR the reader could not settle ("OB or OW"): the derived one.
+    vr = raw.VR if not implicit and raw.VR in _PIXEL_VRS else attribute.vr
+    if implicit and attribute.tag == PIXEL_DATA:
+        vr = "OW"
+    length = None if raw.length == UNDEFINED_LENGTH else raw.length
+    try:
+        with open(path, "rb") as handle:
+            value = PixelValue(
+                attribute.tag,
+                vr,
+                raw.value_tell,
+                length,
+                bool(little),
+                _int(ds, "NumberOfFrames") or 1,
+                _extended_offsets(ds, cast(BinaryIO, handle)),
+            )
+            if length is not None and raw.value_tell + length > size:
+                raise PixelDataUnreadable("The pixel data ends after the object.")
+            return frame_layout(
+                cast(BinaryIO, handle),
+                value,
+                transfer_syntax_uid=transfer_syntax_uid,
+                frame_bits=native_frame_bits(metadata),
+            )
+    except (PixelDataUnreadable, *_PARSE_ERRORS) as exc:
+        return FrameLayout(
+            vr=vr,
+            little_endian=bool(little),
+            offset=raw.value_tell,
+            length=length,
+            frames=0,
+            problem=str(exc)[:400],
+        )

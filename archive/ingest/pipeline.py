@@ -36,11 +36,12 @@ from archive.ingest.dicom import (
     PROCESSING_FAILURE,
     STUDY_UID_MISMATCH,
     DicomRejected,
+    FrameLayout,
     Header,
     read_header,
 )
 from archive.locations.selectors import location_primary
-from archive.models import Instance, PendingObject, Series, StorageLocation, Study
+from archive.models import FrameIndex, Instance, PendingObject, Series, StorageLocation, Study
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
@@ -225,6 +226,21 @@ def _instance_row(
     )
 
 
+def frame_index_row(org_id: int, instance_id: int, layout: FrameLayout) -> FrameIndex:
+    """The index row that says where an instance's frames lie (``archive.ingest.dicom``)."""
+    return FrameIndex(
+        instance_id=instance_id,
+        organization_id=org_id,
+        vr=layout.vr,
+        little_endian=layout.little_endian,
+        offset=layout.offset,
+        length=layout.length,
+        frames=layout.frames,
+        boundaries=layout.boundaries,
+        problem=layout.problem,
+    )
+
+
 def _series_upsert(
     org: Organization, study: Study, header: Header, now: datetime
 ) -> tuple[Series, bool]:
@@ -353,6 +369,11 @@ def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]
         )
         for item, row in zip(items, rows, strict=True):
             item.instance_id = row.pk
+        FrameIndex.objects.bulk_create(
+            frame_index_row(org.pk, item.instance_id, item.header.frames)
+            for item in items
+            if item.header.frames is not None and item.instance_id is not None
+        )
         per_series: dict[str, list[_Stored]] = {}
         for item in items:
             per_series.setdefault(item.header.series_uid, []).append(item)
@@ -426,6 +447,8 @@ def _index_one(*, org: Organization, location: StorageLocation, item: _Stored) -
         instance = _instance_row(org, location, study, series, item, now)
         instance.save(force_insert=True)
         item.instance_id = instance.pk
+        if header.frames is not None:
+            frame_index_row(org.pk, instance.pk, header.frames).save(force_insert=True)
         Series.objects.filter(pk=series.pk).update(
             instance_count=F("instance_count") + 1,
             total_bytes=F("total_bytes") + spooled.size,
