@@ -1,4 +1,5 @@
-"""REST API of the tenancy core: organization, members, invitations, tokens, audit log, webhooks.
+"""REST API of the tenancy core: organization, members, invitations, tokens, audit log, browser
+origins (CORS), webhooks.
 
 Every organization-scoped view subclasses ``tenants.rest.OrgAPIView``: the organization comes from the
 bearer token (``/api/v1/...``) or, for a signed-in session, from the URL (``/api/v1/o/<slug>/...``),
@@ -588,6 +589,102 @@ class AuditEventExportApi(OrgAPIView):
             f'attachment; filename="audit-{self.org.slug}-{stamp}.csv"'
         )
         return response
+
+
+# --- browser origins (CORS) ------------------------------------------------------------------
+
+_CORS_DESCRIPTION = (
+    "A browser origin (`scheme://host[:port]`) allowed to call this organization's APIs "
+    "(DICOMweb at /dicomweb/ and the REST API at /api/v1/) with a bearer token, e.g. a web viewer "
+    "served from another site. None is allowed by default. A preflight (OPTIONS) is answered "
+    "without credentials when any organization allows the origin; every other request gets "
+    "`Access-Control-Allow-Origin` only when its token's organization allows it. Credentials "
+    "(cookies) are never allowed cross-origin, and the portal and the session API "
+    "(/api/v1/o/<slug>/) are never CORS-enabled."
+)
+
+
+class CorsOriginOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    origin = serializers.CharField(
+        help_text="Normalized as browsers send it: lower case, without the scheme's default port."
+    )
+    description = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "CorsOrigin"
+
+
+class CorsOriginListApi(OrgAPIView):
+    permissions_required = {"GET": Perm.SETTINGS_MANAGE, "POST": Perm.SETTINGS_MANAGE}
+    pagination_class = OldestFirstPagination
+
+    class InputSerializer(serializers.Serializer):
+        origin = serializers.CharField(
+            max_length=300,
+            help_text="`https://host[:port]` or `http://host[:port]`: no path, query, user name "
+            "or wildcard.",
+        )
+        description = serializers.CharField(
+            max_length=200, required=False, allow_blank=True, default=""
+        )
+
+        class Meta:
+            ref_name = "CorsOriginCreate"
+
+    @extend_schema(
+        tags=["cors-origins"],
+        summary="List the browser origins allowed to call the APIs (CORS)",
+        description=_CORS_DESCRIPTION,
+        responses={200: CorsOriginOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        origins = selectors.cors_origin_list(org=self.org)
+        return paginated(
+            view=self,
+            request=request,
+            queryset=origins,
+            serializer_class=CorsOriginOutputSerializer,
+        )
+
+    @extend_schema(
+        tags=["cors-origins"],
+        summary="Allow a browser origin (CORS)",
+        description=_CORS_DESCRIPTION
+        + " An invalid origin answers 400 naming what is wrong; one already allowed answers 409. "
+        "At most 50 origins per organization.",
+        request=InputSerializer,
+        responses={201: CorsOriginOutputSerializer, **_errors(400, 409)},
+    )
+    def post(self, request: Request, **kwargs: Any) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        row = services.cors_origin_add(org=self.org, actor=self.actor, **serializer.validated_data)
+        return Response(CorsOriginOutputSerializer(row).data, status=status.HTTP_201_CREATED)
+
+
+class CorsOriginDetailApi(OrgAPIView):
+    permissions_required = {"GET": Perm.SETTINGS_MANAGE, "DELETE": Perm.SETTINGS_MANAGE}
+
+    @extend_schema(
+        tags=["cors-origins"],
+        summary="One allowed browser origin",
+        responses={200: CorsOriginOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, origin_id: int, **kwargs: Any) -> Response:
+        row = selectors.cors_origin_get(org=self.org, origin_id=origin_id)
+        return Response(CorsOriginOutputSerializer(row).data)
+
+    @extend_schema(
+        tags=["cors-origins"],
+        summary="Stop allowing a browser origin",
+        responses={204: None, **_errors()},
+    )
+    def delete(self, request: Request, origin_id: int, **kwargs: Any) -> Response:
+        row = selectors.cors_origin_get(org=self.org, origin_id=origin_id)
+        services.cors_origin_remove(org=self.org, actor=self.actor, cors_origin=row)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- webhooks --------------------------------------------------------------------------------

@@ -7,4 +7,4 @@ class TenantsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from tenants import signals  # noqa: F401  (login audit hooks)
+        from tenants import cors, signals  # noqa: F401  (CORS decision, login audit hooks)

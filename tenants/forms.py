@@ -137,6 +137,33 @@ class WebhookForm(PortalForm):
     )
 
 
+class CorsOriginForm(PortalForm):
+    """Shape only; ``services.cors_origin_add`` checks and normalizes the origin."""
+
+    origin = forms.CharField(
+        label="Origin",
+        max_length=300,
+        help_text="Where the viewer's pages are served from: <code>https://host</code> or "
+        "<code>https://host:port</code>, without a path. Copy it from the viewer's address bar "
+        "up to, not including, the first “/” after the host.",
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "https://viewer.hospital.org",
+                "autocomplete": "off",
+                "spellcheck": "false",
+                "inputmode": "url",
+            }
+        ),
+    )
+    description = forms.CharField(
+        label="Description",
+        max_length=200,
+        required=False,
+        help_text="Say what is served there, e.g. “OHIF viewer in the radiology portal”.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+
+
 class AuditFilterForm(PortalForm):
     actor = forms.CharField(label="Actor", max_length=255, required=False)
     action = forms.ChoiceField(label="Action", required=False)

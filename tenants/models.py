@@ -1,4 +1,5 @@
-"""Organizations (hospitals), their members, invitations, API tokens, audit log and webhooks."""
+"""Organizations (hospitals), their members, invitations, API tokens, audit log, the browser origins
+allowed to call their APIs (CORS) and webhooks."""
 
 from __future__ import annotations
 
@@ -190,6 +191,34 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("Audit events are append-only.")
+
+
+class CorsOrigin(models.Model):
+    """A browser origin allowed to call the organization's APIs (DICOMweb and REST) with a bearer
+    token: a viewer served from another site. Stored normalized (``tenants.cors.origin_normalize``:
+    lower-case ``scheme://host[:port]``, the scheme's default port dropped), as browsers send it in
+    the ``Origin`` header."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="cors_origins"
+    )
+    # Indexed alone too: a preflight names no organization and asks whether any allows the origin.
+    origin = models.CharField(max_length=300, db_index=True)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["origin", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "origin"], name="cors_origin_unique_per_org"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.origin
 
 
 class WebhookEndpoint(models.Model):

@@ -11,6 +11,7 @@ from tenants.errors import NotFound
 from tenants.models import (
     ApiToken,
     AuditEvent,
+    CorsOrigin,
     Invitation,
     Membership,
     Organization,
@@ -137,6 +138,17 @@ def audit_get(*, org: Organization, event_id: int | str) -> AuditEvent:
 
 def audit_actions(*, org: Organization) -> list[str]:
     return sorted(set(AuditEvent.objects.for_org(org).values_list("action", flat=True).distinct()))
+
+
+def cors_origin_list(*, org: Organization) -> QuerySet[CorsOrigin]:
+    return CorsOrigin.objects.for_org(org).order_by("origin", "id")
+
+
+def cors_origin_get(*, org: Organization, origin_id: int | str) -> CorsOrigin:
+    try:
+        return CorsOrigin.objects.for_org(org).get(pk=int(origin_id))
+    except (CorsOrigin.DoesNotExist, ValueError):
+        raise NotFound("Origin not found.") from None
 
 
 def webhook_list(*, org: Organization) -> QuerySet[WebhookEndpoint]:

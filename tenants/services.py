@@ -1,4 +1,5 @@
-"""Every write of the tenancy core: organizations, members, invitations, tokens, audit, webhooks.
+"""Every write of the tenancy core: organizations, members, invitations, tokens, audit, browser
+origins (CORS), webhooks.
 
 Each service validates, changes state in one transaction, writes its audit event in that same
 transaction, and queues follow-up work (emails, webhook deliveries) with ``on_commit``.
@@ -22,11 +23,13 @@ from django.core.validators import validate_email, validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from tenants import cors
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, PermissionMissing, ValidationFailed
 from tenants.models import (
     ApiToken,
     AuditEvent,
+    CorsOrigin,
     Invitation,
     Membership,
     Organization,
@@ -588,6 +591,80 @@ def token_authenticate(*, raw: str) -> ApiToken:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+# --- browser origins (CORS) ------------------------------------------------------------------
+
+
+def cors_origin_add(
+    *, org: Organization, actor: Actor, origin: str, description: str = ""
+) -> CorsOrigin:
+    """Allow a browser origin to call the organization's APIs with a bearer token.
+
+    The origin is normalized (``tenants.cors.origin_normalize``) and refused with a reason when it
+    is not ``http(s)://host[:port]``; an origin already listed is a conflict (409).
+    """
+    normalized = cors.origin_normalize(origin)
+    description = (description or "").strip()
+    if len(description) > 200 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in description):
+        raise ValidationFailed(
+            "The description is not valid.",
+            fields={"description": ["At most 200 characters, without control characters."]},
+        )
+    try:
+        with transaction.atomic():
+            # The organization's row lock serializes concurrent additions for the count below.
+            Organization.objects.select_for_update().filter(pk=org.pk).first()
+            existing = CorsOrigin.objects.for_org(org)
+            if existing.filter(origin=normalized).exists():
+                raise Conflict(
+                    f"{normalized} is already allowed.",
+                    code="origin_exists",
+                    fields={"origin": [f"{normalized} is already allowed."]},
+                )
+            if existing.count() >= cors.MAX_ORIGINS_PER_ORGANIZATION:
+                raise ValidationFailed(
+                    f"An organization allows at most {cors.MAX_ORIGINS_PER_ORGANIZATION} origins; "
+                    "remove one that is no longer used first.",
+                    code="too_many_origins",
+                    fields={"origin": [f"At most {cors.MAX_ORIGINS_PER_ORGANIZATION} origins."]},
+                )
+            row = CorsOrigin.objects.create(
+                organization=org, origin=normalized, description=description
+            )
+            audit_record(
+                org=org,
+                actor=actor,
+                action="cors_origin.added",
+                target=row,
+                details={"origin": normalized, "description": description},
+            )
+            transaction.on_commit(
+                lambda: cors.cache_invalidate(organization_id=org.pk, origin=normalized)
+            )
+    except IntegrityError:  # the same origin added at the same moment
+        raise Conflict(
+            f"{normalized} is already allowed.",
+            code="origin_exists",
+            fields={"origin": [f"{normalized} is already allowed."]},
+        ) from None
+    return row
+
+
+def cors_origin_remove(*, org: Organization, actor: Actor, cors_origin: CorsOrigin) -> None:
+    """Stop allowing a browser origin: its requests get no CORS header from the next request on
+    (within ``tenants.cors.CACHE_SECONDS`` in other web processes without Redis)."""
+    origin = cors_origin.origin
+    with transaction.atomic():
+        audit_record(
+            org=org,
+            actor=actor,
+            action="cors_origin.removed",
+            target=cors_origin,
+            details={"origin": origin},
+        )
+        CorsOrigin.objects.for_org(org).filter(pk=cors_origin.pk).delete()
+        transaction.on_commit(lambda: cors.cache_invalidate(organization_id=org.pk, origin=origin))
 
 
 # --- webhooks --------------------------------------------------------------------------------

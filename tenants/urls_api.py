@@ -22,6 +22,10 @@ urlpatterns: list[URLPattern] = [
     path(
         "audit-events/<int:event_id>/", apis.AuditEventDetailApi.as_view(), name="api-audit-event"
     ),
+    path("cors-origins/", apis.CorsOriginListApi.as_view(), name="api-cors-origins"),
+    path(
+        "cors-origins/<int:origin_id>/", apis.CorsOriginDetailApi.as_view(), name="api-cors-origin"
+    ),
     path("webhooks/", apis.WebhookListApi.as_view(), name="api-webhooks"),
     path("webhooks/<int:webhook_id>/", apis.WebhookDetailApi.as_view(), name="api-webhook"),
     path("webhooks/<int:webhook_id>/test/", apis.WebhookTestApi.as_view(), name="api-webhook-test"),

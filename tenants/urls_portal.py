@@ -16,6 +16,12 @@ urlpatterns: list[URLPattern] = [
     ),
     path("tokens/", views.tokens, name="portal-tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="portal-token-revoke"),
+    path("tokens/origins/", views.cors_origins, name="portal-cors-origins"),
+    path(
+        "tokens/origins/<int:origin_id>/remove/",
+        views.cors_origin_remove,
+        name="portal-cors-origin-remove",
+    ),
     path("webhooks/", views.webhooks, name="portal-webhooks"),
     path("webhooks/new/", views.webhook_create, name="portal-webhook-create"),
     path("webhooks/<int:endpoint_id>/", views.webhook_detail, name="portal-webhook-detail"),

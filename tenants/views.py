@@ -1,5 +1,5 @@
-"""Portal pages of the tenancy core: members and invitations, API tokens, webhooks, the audit log,
-and the public invitation page.
+"""Portal pages of the tenancy core: members and invitations, API tokens and the browser origins
+allowed to use them (CORS), webhooks, the audit log, and the public invitation page.
 
 Thin views: a form checks the input's shape, a service writes (and refuses with a
 ``ServiceError``), a selector reads. Every object id in a URL is looked up through a selector
@@ -35,12 +35,13 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from tenants import lockout, selectors, services
+from tenants import cors, lockout, selectors, services
 from tenants.context import Actor, client_ip
 from tenants.csvexport import audit_events_csv
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import (
     AuditFilterForm,
+    CorsOriginForm,
     InvitationForm,
     InvitationSignupForm,
     MemberRoleForm,
@@ -294,6 +295,63 @@ def token_revoke(request: HttpRequest, ctx: PortalContext, token_id: int) -> Htt
         return _tokens_page(request, ctx, status=exc.status)
     messages.success(request, f"Token “{token.name}” was revoked; requests using it are refused.")
     return redirect("portal-tokens", ctx.org.slug)
+
+
+# --- browser origins (CORS) ------------------------------------------------------------------
+
+
+def _cors_origins_page(
+    request: HttpRequest,
+    ctx: PortalContext,
+    *,
+    form: CorsOriginForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "ctx": ctx,
+        "active_section": "tokens",
+        "origins": list(selectors.cors_origin_list(org=ctx.org)),
+        "form": form or CorsOriginForm(),
+        "max_origins": cors.MAX_ORIGINS_PER_ORGANIZATION,
+        "exposed_headers": settings.CORS_EXPOSE_HEADERS,
+        "allowed_headers": settings.CORS_ALLOW_HEADERS,
+    }
+    return render(request, "tenants/cors_origins.html", context, status=status)
+
+
+@org_view(Perm.SETTINGS_MANAGE)
+@require_http_methods(["GET", "POST"])
+def cors_origins(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    if request.method != "POST":
+        return _cors_origins_page(request, ctx)
+    form = CorsOriginForm(request.POST)
+    if not form.is_valid():
+        return _cors_origins_page(request, ctx, form=form, status=400)
+    try:
+        row = services.cors_origin_add(
+            org=ctx.org,
+            actor=ctx.actor,
+            origin=form.cleaned_data["origin"],
+            description=form.cleaned_data["description"],
+        )
+    except ServiceError as exc:
+        form_apply_service_error(form, exc)
+        return _cors_origins_page(request, ctx, form=form, status=exc.status)
+    messages.success(request, f"{row.origin} may now call the APIs with a token of {ctx.org.name}.")
+    return _redirect_to_top("portal-cors-origins", ctx)
+
+
+@org_view(Perm.SETTINGS_MANAGE)
+@require_POST
+def cors_origin_remove(request: HttpRequest, ctx: PortalContext, origin_id: int) -> HttpResponse:
+    row = get_or_404(selectors.cors_origin_get, org=ctx.org, origin_id=origin_id)
+    try:
+        services.cors_origin_remove(org=ctx.org, actor=ctx.actor, cors_origin=row)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return _cors_origins_page(request, ctx, status=exc.status)
+    messages.success(request, f"{row.origin} is no longer allowed; its pages cannot read the APIs.")
+    return _redirect_to_top("portal-cors-origins", ctx)
 
 
 # --- webhooks --------------------------------------------------------------------------------

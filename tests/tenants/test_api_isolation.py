@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from tenants.models import (
     ApiToken,
     AuditEvent,
+    CorsOrigin,
     Invitation,
     Membership,
     Organization,
@@ -41,6 +42,7 @@ def _snapshot(org: Organization, objects: OrgObjects) -> dict[str, object]:
         .values("url", "description", "secret")
         .first(),
         "audit_events": AuditEvent.objects.for_org(org).count(),
+        "cors_origins": list(CorsOrigin.objects.for_org(org).values_list("origin", flat=True)),
     }
 
 

@@ -19,6 +19,7 @@ PARAMETERS = {
     "token": "{token_id}",
     "webhook": "{webhook_id}",
     "event": "{event_id}",
+    "cors_origin": "{origin_id}",
 }
 
 

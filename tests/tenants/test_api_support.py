@@ -17,6 +17,7 @@ from tenants.context import Actor
 from tenants.models import (
     ApiToken,
     AuditEvent,
+    CorsOrigin,
     Invitation,
     Membership,
     Organization,
@@ -98,6 +99,16 @@ ENDPOINTS: list[Endpoint] = [
     _endpoint("GET", "audit-events/", Perm.AUDIT_READ),
     _endpoint("GET", "audit-events/{event}/", Perm.AUDIT_READ),
     _endpoint("GET", "audit-events/export.csv", Perm.AUDIT_READ),
+    _endpoint("GET", "cors-origins/", Perm.SETTINGS_MANAGE),
+    _endpoint(
+        "POST",
+        "cors-origins/",
+        Perm.SETTINGS_MANAGE,
+        {"origin": "https://new-viewer.example.org"},
+        201,
+    ),
+    _endpoint("GET", "cors-origins/{cors_origin}/", Perm.SETTINGS_MANAGE),
+    _endpoint("DELETE", "cors-origins/{cors_origin}/", Perm.SETTINGS_MANAGE, ok=204),
     _endpoint("GET", "webhooks/", Perm.WEBHOOKS_MANAGE),
     _endpoint(
         "POST", "webhooks/", Perm.WEBHOOKS_MANAGE, {"url": "https://hooks.example.com/new"}, 201
@@ -122,6 +133,7 @@ class OrgObjects:
     token: ApiToken
     webhook: WebhookEndpoint
     event: AuditEvent
+    cors_origin: CorsOrigin
 
     def ids(self) -> dict[str, int]:
         return {
@@ -130,6 +142,7 @@ class OrgObjects:
             "token": self.token.pk,
             "webhook": self.webhook.pk,
             "event": self.event.pk,
+            "cors_origin": self.cors_origin.pk,
         }
 
 
@@ -152,6 +165,9 @@ def create_org_objects(
         token=token,
         webhook=webhook,
         event=services.audit_record(org=org, actor=actor, action="test.sample"),
+        cors_origin=services.cors_origin_add(
+            org=org, actor=actor, origin=f"https://viewer.{org.slug}.example"
+        ),
     )
 
 
