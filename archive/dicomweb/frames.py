@@ -69,9 +69,12 @@ from archive.ingest.dicom import (
     BITS_ALLOCATED_KEY,
     COLUMNS_KEY,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    DOUBLE_FLOAT_PIXEL_DATA,
     EXPLICIT_VR_LITTLE_ENDIAN,
+    FLOAT_PIXEL_DATA,
     NUMBER_OF_FRAMES_KEY,
     PHOTOMETRIC_INTERPRETATION_KEY,
+    PIXEL_DATA,
     PIXEL_REPRESENTATION_KEY,
     ROWS_KEY,
     SAMPLES_PER_PIXEL_KEY,
@@ -106,6 +109,11 @@ STORE_BYTES_HEADER = "X-Strata-Store-Bytes"
 BITS_STORED_KEY = "00280101"
 PLANAR_CONFIGURATION_KEY = "00280006"
 _FRAME_NUMBER = re.compile(r"[0-9]{1,10}")
+_PIXEL_KEYWORDS = {
+    PIXEL_DATA: "PixelData",
+    FLOAT_PIXEL_DATA: "FloatPixelData",
+    DOUBLE_FLOAT_PIXEL_DATA: "DoubleFloatPixelData",
+}
 
 
 class InvalidFrameList(ServiceError):
@@ -483,6 +491,9 @@ class FrameReader:
         }
         if d.samples_per_pixel > 1:
             options["planar_configuration"] = d.planar_configuration
+        if native:
+            attribute = pixel_bulk_data_of(self.instance.metadata or {}, syntax)
+            options["pixel_keyword"] = _PIXEL_KEYWORDS[attribute.tag if attribute else PIXEL_DATA]
         try:
             pixels, properties = decoder.as_array(
                 data if native else encapsulate([data]), index=0, **options
@@ -587,7 +598,9 @@ def frames_response(
         return restore_pending_response(exc)
     frames = FrameReader(instance, index)
     try:
-        store_bytes = frames.store_bytes + frames.prepare(numbers)
+        # What the frames take in the store, plus what computing a missing index read.
+        frame_store_bytes = frames.prepare(numbers)
+        store_bytes = frames.store_bytes + frame_store_bytes
     except BaseException:
         frames.close()
         raise

@@ -38,4 +38,9 @@ urlpatterns: list[URLPattern] = [
         views.BulkDataView.as_view(),
         name="dicomweb-instance-bulkdata",
     ),
+    path(
+        f"{_INSTANCE}/frames/<str:frames>",
+        views.FramesView.as_view(),
+        name="dicomweb-instance-frames",
+    ),
 ]

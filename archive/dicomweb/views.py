@@ -19,6 +19,7 @@ from archive.dicomweb.common import (
     require_json_acceptable,
     warning_header,
 )
+from archive.dicomweb.frames import frames_response
 from tenants.roles import Perm
 
 MORE_RESULTS = (
@@ -227,4 +228,27 @@ class BulkDataView(DicomWebView):
             series=series_row,
             instance=row,
             tag=tag,
+        )
+
+
+class FramesView(DicomWebView):
+    """GET .../instances/{instance}/frames/{list}: frames of an image instance, each read from
+    the store by one byte range (``archive.dicomweb.frames``)."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(
+        self, request: Request, study: str, series: str, instance: str, frames: str
+    ) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
+        return frames_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instance=row,
+            frame_list=frames,
         )
