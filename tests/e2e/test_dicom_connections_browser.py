@@ -6,6 +6,7 @@ same page on a phone-sized screen. Screenshots at 1280 and 390 pixels wide."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def echo_scp() -> Iterator[int]:
     server.shutdown()
 
 
-def talk(host: str, port: int) -> None:
+def talk(scp: StrataSCP, host: str, port: int) -> None:
     """A modality stores two images (one refused), a PACS queries twice (one refused)."""
     modality = AE(ae_title="CT-SCANNER-1")
     modality.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
@@ -80,6 +81,10 @@ def talk(host: str, port: int) -> None:
     del broken.StudyInstanceUID
     assert assoc.send_c_store(broken).Status == 0xA900
     assoc.release()
+    deadline = time.monotonic() + 20
+    while scp.associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scp.wait_indexed(20)  # acknowledged, then indexed: now it can be found
 
     pacs = AE(ae_title="PACS-QR")
     pacs.add_requested_context(STUDY_ROOT_FIND, [ExplicitVRLittleEndian])
@@ -91,7 +96,7 @@ def talk(host: str, port: int) -> None:
     query.StudyDate = ""
     query.ModalitiesInStudy = ""
     statuses = [int(s.Status) for s, _ in assoc.send_c_find(query, STUDY_ROOT_FIND)]
-    assert statuses[-1] == 0x0000
+    assert statuses == [0xFF00, 0x0000]
     bad = Dataset()
     bad.QueryRetrieveLevel = "WARD"
     assert [int(s.Status) for s, _ in assoc.send_c_find(bad, STUDY_ROOT_FIND)] == [0xA900]
@@ -123,7 +128,7 @@ def test_owner_sees_connections_tests_a_destination_and_opens_an_association(
         port=echo_scp,
         description="Reading room workstation",
     )
-    talk(host, port)
+    talk(scp, host, port)
     assert scp.activity.wait_written(20)
     assert DicomAssociation.objects.for_org(org).count() == 2
     make_member(org, Role.OWNER, email="alice@stmary.example")
@@ -139,7 +144,7 @@ def test_owner_sees_connections_tests_a_destination_and_opens_an_association(
     table = page.locator("#association-table")
     expect(table).to_contain_text("PACS-QR")
     expect(table).to_contain_text("C-FIND 2 (1 failure)")
-    expect(table).to_contain_text("Study Root · STUDY · keys PatientID")
+    expect(table).to_contain_text("Study Root · STUDY · keys PatientID → 1 match")
     expect(table).to_contain_text("QueryRetrieveLevel 'WARD' is not one of")
     expect(table).to_contain_text("2 stored, 1 refused")
     expect(table).to_contain_text("C-ECHO 1 answered")
