@@ -126,8 +126,13 @@ def price_spec(pp: PlanPrice) -> PriceSpec:
 def plan_price(
     prices: dict[tuple[str, str], PlanPrice], meter_key: str, tier: str
 ) -> PlanPrice | None:
-    """The price of ``meter_key`` in ``tier`` on a plan: the tier's own, else the meter's."""
-    return prices.get((meter_key, tier)) or prices.get((meter_key, ""))
+    """The price of ``meter_key`` in ``tier`` on a plan: the tier's own, else the meter's; a plan
+    that prices neither prices a meter with ``priced_as`` (derived storage) as that meter."""
+    found = prices.get((meter_key, tier)) or prices.get((meter_key, ""))
+    fallback = METERS[meter_key].priced_as if meter_key in METERS else ""
+    if found is None and fallback:
+        return plan_price(prices, fallback, tier)
+    return found
 
 
 def _describe(meter_key: str, tier: str) -> str:

@@ -10,6 +10,9 @@ unique constraint (INSERT ... ON CONFLICT DO NOTHING / a savepoint), never by re
                      idempotency_key=f"ingest:{instance.sop_uid}")
         storage_delta(org=org, tier="hot", delta_bytes=size, at=now,
                       idempotency_key=f"store:{instance.sop_uid}")
+
+Objects the archive derives from the images (thumbnails) go to the same ledger under their own
+meter, ``meter="storage.derived"``: stored bytes like any other, never the hospital's images.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from billing.meters import TIERS, dimension_key, meter_get
+from billing.meters import LEDGER_METERS, STORAGE, TIERS, dimension_key, meter_get
 from billing.models import StorageDelta, UsageEvent
 from tenants.errors import ValidationFailed
 from tenants.models import Organization
@@ -49,6 +52,7 @@ class Delta:
     delta_bytes: int
     at: datetime
     idempotency_key: str
+    meter: str = STORAGE
 
 
 def _fail(field_name: str, message: str) -> ValidationFailed:
@@ -80,8 +84,10 @@ def _usage_row(org: Organization, item: Usage) -> UsageEvent:
         meter = meter_get(item.meter)
     except ValueError as exc:
         raise _fail("meter", str(exc)) from None
-    if meter.key == "storage":
-        raise _fail("meter", "Storage is metered through storage_delta(), not record_usage().")
+    if meter.key in LEDGER_METERS:
+        raise _fail(
+            "meter", f"{meter.label} is metered through storage_delta(), not record_usage()."
+        )
     if not isinstance(item.quantity, int) or isinstance(item.quantity, bool):
         raise _fail("quantity", "The quantity must be an integer in the meter's base unit.")
     if item.quantity < 0:
@@ -105,6 +111,10 @@ def _usage_row(org: Organization, item: Usage) -> UsageEvent:
 
 
 def _delta_row(org: Organization, item: Delta) -> StorageDelta:
+    if item.meter not in LEDGER_METERS:
+        raise _fail(
+            "meter", f"The ledger meters are {', '.join(LEDGER_METERS)}, not {item.meter!r}."
+        )
     _check_tier(item.tier)
     if not isinstance(item.delta_bytes, int) or isinstance(item.delta_bytes, bool):
         raise _fail("delta_bytes", "delta_bytes must be an integer.")
@@ -112,6 +122,7 @@ def _delta_row(org: Organization, item: Delta) -> StorageDelta:
     _check_key(item.idempotency_key)
     return StorageDelta(
         organization=org,
+        meter=item.meter,
         tier=item.tier,
         delta_bytes=item.delta_bytes,
         at=item.at,
@@ -162,10 +173,17 @@ def record_usage(
 
 
 def storage_delta(
-    *, org: Organization, tier: str, delta_bytes: int, at: datetime, idempotency_key: str
+    *,
+    org: Organization,
+    tier: str,
+    delta_bytes: int,
+    at: datetime,
+    idempotency_key: str,
+    meter: str = STORAGE,
 ) -> bool:
-    """Append a ledger delta (+ stored, - removed). Returns False for an already-seen key."""
-    return _insert_once(_delta_row(org, Delta(tier, delta_bytes, at, idempotency_key)))
+    """Append a ledger delta (+ stored, - removed) of ``meter`` (the images' ``storage``, or
+    ``storage.derived``). Returns False for an already-seen key."""
+    return _insert_once(_delta_row(org, Delta(tier, delta_bytes, at, idempotency_key, meter)))
 
 
 def record_usage_bulk(*, org: Organization, events: Iterable[Usage]) -> int:

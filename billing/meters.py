@@ -25,9 +25,15 @@ class Meter:
     divisor: int
     by_tier: bool = False
     description: str = ""
+    # A plan without a price of this meter prices it as this meter (same tier, same model).
+    priced_as: str = ""
 
 
 STORAGE = "storage"
+DERIVED_STORAGE = "storage.derived"
+# The meters integrated from the storage ledger (byte-seconds per tier); the others add up
+# usage events.
+LEDGER_METERS = (STORAGE, DERIVED_STORAGE)
 
 METERS: dict[str, Meter] = {
     m.key: m
@@ -40,6 +46,19 @@ METERS: dict[str, Meter] = {
             0,
             by_tier=True,
             description="Bytes stored per tier, integrated over time.",
+        ),
+        Meter(
+            DERIVED_STORAGE,
+            "Derived storage",
+            "byte-second",
+            "GiB-month",
+            0,
+            by_tier=True,
+            description=(
+                "Objects the archive derives from the images to serve them faster (thumbnails), "
+                "per tier, integrated over time; never counted as images."
+            ),
+            priced_as=STORAGE,
         ),
         Meter(
             "ingest.bytes",
@@ -127,7 +146,7 @@ def dimension_key(dimensions: dict[str, str] | None) -> str:
 
 def billing_quantity(meter: Meter, base_quantity: int, *, hours_in_month: int) -> Decimal:
     """Base units to billing units, exact (Decimal); rounding happens on the invoice line only."""
-    if meter.key == STORAGE:
+    if meter.key in LEDGER_METERS:
         # byte-seconds -> byte-hours -> GiB-months
         return Decimal(base_quantity) / Decimal(3600) / Decimal(GIB) / Decimal(hours_in_month)
     return Decimal(base_quantity) / Decimal(meter.divisor)

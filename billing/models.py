@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from billing.meters import METERS, TIERS
+from billing.meters import LEDGER_METERS, METERS, STORAGE, TIERS
 from tenants.models import Organization, OrgQuerySet
 
 METER_CHOICES = [(k, m.label) for k, m in METERS.items()]
@@ -46,9 +46,16 @@ class UsageEvent(models.Model):
 
 
 class StorageDelta(models.Model):
-    """A change of the bytes stored in one tier. The balance at t is the sum of deltas at or before t."""
+    """A change of the bytes stored in one tier. The balance at t is the sum of deltas at or before t.
+
+    ``meter``: the hospital's images (``storage``) or what the archive derives from them
+    (``storage.derived``, thumbnails): two balances, rolled up and billed as two meters.
+    """
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    meter = models.CharField(
+        max_length=32, default=STORAGE, choices=[(k, METERS[k].label) for k in LEDGER_METERS]
+    )
     tier = models.CharField(max_length=16, choices=TIER_CHOICES)
     delta_bytes = models.BigIntegerField()
     at = models.DateTimeField()

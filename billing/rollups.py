@@ -6,9 +6,10 @@ hour bucket those rows touch from the raw rows, upserting the result. Recomputin
 gives the same row, so the run is idempotent and a late event simply refreshes its bucket.
 
 Storage: a delta at time t changes every hour from t onward (the balance is carried forward), so
-each (organization, tier) touched is recomputed from the hour of its earliest new delta up to the
-last complete hour; every other (organization, tier) is extended hour by hour at its balance.
-Ledger times are integrated at one-second resolution.
+each (organization, meter, tier) touched is recomputed from the hour of its earliest new delta up
+to the last complete hour; every other one is extended hour by hour at its balance. The ledger
+holds two meters, the images' ``storage`` and ``storage.derived`` (thumbnails), each its own
+balance. Ledger times are integrated at one-second resolution.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from billing.meters import STORAGE
+from billing.meters import LEDGER_METERS
 from billing.models import Rollup, RollupMark, StorageDelta, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ def _hour_sums(
             yield hour, int(total or 0), n
 
 
-def _opening_balance(org_id: int, tier: str, start: datetime) -> int:
-    """Bytes stored in ``tier`` just before ``start``.
+def _opening_balance(org_id: int, meter: str, tier: str, start: datetime) -> int:
+    """Bytes of ``meter`` stored in ``tier`` just before ``start``.
 
     Precondition: no delta before ``start`` arrived since the rollups before ``start`` were made
     (true because ``start`` is at or before the earliest new delta), so the last rollup row before
@@ -154,7 +155,7 @@ def _opening_balance(org_id: int, tier: str, start: datetime) -> int:
     """
     previous = (
         Rollup.objects.filter(
-            organization_id=org_id, meter=STORAGE, dimension_key=f"tier={tier}", hour__lt=start
+            organization_id=org_id, meter=meter, dimension_key=f"tier={tier}", hour__lt=start
         )
         .order_by("-hour")
         .values_list("balance_bytes", flat=True)
@@ -162,9 +163,9 @@ def _opening_balance(org_id: int, tier: str, start: datetime) -> int:
     )
     if previous is not None:
         return int(previous)
-    total = StorageDelta.objects.filter(organization_id=org_id, tier=tier, at__lt=start).aggregate(
-        s=Sum("delta_bytes")
-    )
+    total = StorageDelta.objects.filter(
+        organization_id=org_id, meter=meter, tier=tier, at__lt=start
+    ).aggregate(s=Sum("delta_bytes"))
     return int(total["s"] or 0)
 
 
@@ -202,22 +203,22 @@ def _rollup_storage(since: datetime, until: datetime, now: datetime, stats: Roll
     end = floor_hour(now)  # only complete hours are rolled up
     new_deltas = (
         StorageDelta.objects.filter(recorded_at__gte=since, recorded_at__lt=until)
-        .values("organization_id", "tier")
+        .values("organization_id", "meter", "tier")
         .annotate(first=Min("at"))
-        .values_list("organization_id", "tier", "first")
+        .values_list("organization_id", "meter", "tier", "first")
     )
-    earliest_new = {(org_id, tier): first for org_id, tier, first in new_deltas}
-    last_rolled: dict[tuple[int, str], datetime] = {}
-    for org_id, dim, last in (
-        Rollup.objects.filter(meter=STORAGE)
-        .values("organization_id", "dimension_key")
+    earliest_new = {(org_id, meter, tier): first for org_id, meter, tier, first in new_deltas}
+    last_rolled: dict[tuple[int, str, str], datetime] = {}
+    for org_id, meter, dim, last in (
+        Rollup.objects.filter(meter__in=LEDGER_METERS)
+        .values("organization_id", "meter", "dimension_key")
         .annotate(last=Max("hour"))
-        .values_list("organization_id", "dimension_key", "last")
+        .values_list("organization_id", "meter", "dimension_key", "last")
     ):
-        last_rolled[(org_id, dim.removeprefix("tier="))] = last
+        last_rolled[(org_id, meter, dim.removeprefix("tier="))] = last
     now = timezone.now()
     for key in set(earliest_new) | set(last_rolled):
-        org_id, tier = key
+        org_id, meter, tier = key
         starts = []
         if key in earliest_new:
             starts.append(floor_hour(earliest_new[key]))
@@ -226,10 +227,10 @@ def _rollup_storage(since: datetime, until: datetime, now: datetime, stats: Roll
         start = min(starts)
         if start >= end:
             continue
-        opening = _opening_balance(org_id, tier, start)
+        opening = _opening_balance(org_id, meter, tier, start)
         deltas = list(
             StorageDelta.objects.filter(
-                organization_id=org_id, tier=tier, at__gte=start, at__lt=end
+                organization_id=org_id, meter=meter, tier=tier, at__gte=start, at__lt=end
             )
             .order_by("at", "id")
             .values_list("at", "delta_bytes")
@@ -242,7 +243,7 @@ def _rollup_storage(since: datetime, until: datetime, now: datetime, stats: Roll
         rows = [
             Rollup(
                 organization_id=org_id,
-                meter=STORAGE,
+                meter=meter,
                 dimension_key=f"tier={tier}",
                 hour=hour,
                 quantity=byte_seconds,
