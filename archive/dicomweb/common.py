@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.http import parse_header_parameters
 from rest_framework.parsers import BaseParser
@@ -161,8 +162,41 @@ def require_json_acceptable(request: HttpRequest) -> None:
     )
 
 
+def request_authority(request: HttpRequest) -> str:
+    """``host[:port]`` as the client reached this server.
+
+    The Host header (checked against ALLOWED_HOSTS by ``get_host``) with its port; when it has
+    none, the port the request came in on unless it is the scheme's default: some clients
+    (dicomweb-client) send ``Host: 127.0.0.1`` to ``127.0.0.1:8042``, and a URL built from the
+    header alone would send them to port 80.
+    """
+    host = request.get_host()
+    has_port = "]:" in host if host.startswith("[") else ":" in host
+    if has_port:
+        return host
+    port = str(request.get_port() or "")
+    default = "443" if request.is_secure() else "80"
+    if port.isdigit() and port != default:
+        return f"{host}:{port}"
+    return host
+
+
+def public_url(request: HttpRequest, path: str) -> str:
+    """The absolute URL of ``path`` (starting with "/") for answers that name resources
+    (BulkDataURI, Location, RetrieveURL, a restore's URL).
+
+    ``settings.PUBLIC_BASE_URL`` when set (behind a load balancer or a proxy that rewrites the
+    Host header); otherwise the request's scheme and ``request_authority``.
+    """
+    configured: str = settings.PUBLIC_BASE_URL
+    if configured:
+        return configured + path
+    return f"{request.scheme}://{request_authority(request)}{path}"
+
+
 def base_url(request: HttpRequest) -> str:
-    return request.build_absolute_uri("/dicomweb")
+    """The DICOMweb service root, absolute: every DICOMweb URL in an answer starts with it."""
+    return public_url(request, "/dicomweb")
 
 
 def study_url(base: str, study_uid: str) -> str:
