@@ -51,12 +51,13 @@ from archive.dicomweb.common import (
     study_url,
 )
 from archive.dicomweb.multipart import (
+    MAX_BOUNDARY_LENGTH,
     MultipartError,
     MultipartReader,
     Part,
     TooManyParts,
+    boundary_problem,
     header_parameters,
-    valid_boundary,
 )
 from archive.ingest import pipeline
 from archive.ingest.dicom import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
@@ -152,11 +153,17 @@ def stow_body(request: HttpRequest) -> StowBody:
             code="invalid_multipart",
             fields={"Content-Type": [f"Use {expected}"]},
         )
-    if not valid_boundary(boundary):
+    problem = boundary_problem(boundary)
+    if problem:
         raise ValidationFailed(
-            "The boundary parameter is not a valid RFC 2046 boundary (1-70 characters).",
+            problem,
             code="invalid_multipart",
-            fields={"Content-Type": ["Use a boundary of 1-70 letters, digits and '()+_,-./:=?"]},
+            fields={
+                "Content-Type": [
+                    f"Use a boundary of 1-{MAX_BOUNDARY_LENGTH} letters, digits and '()+_,-./:=? "
+                    "(RFC 2046 says at most 70; longer ones are accepted up to this limit)."
+                ]
+            },
         )
     return StowBody(read=_body_reader(request), boundary=boundary, root_type=root_type)
 
