@@ -43,4 +43,12 @@ urlpatterns: list[URLPattern] = [
         views.FramesView.as_view(),
         name="dicomweb-instance-frames",
     ),
+    path(f"{_STUDY}/rendered", views.RenderedView.as_view(), name="dicomweb-study-rendered"),
+    path(f"{_SERIES}/rendered", views.RenderedView.as_view(), name="dicomweb-series-rendered"),
+    path(f"{_INSTANCE}/rendered", views.RenderedView.as_view(), name="dicomweb-instance-rendered"),
+    path(
+        f"{_INSTANCE}/frames/<str:frames>/rendered",
+        views.RenderedView.as_view(),
+        name="dicomweb-frames-rendered",
+    ),
 ]

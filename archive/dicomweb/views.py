@@ -11,7 +11,7 @@ from typing import Any
 from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 
-from archive.dicomweb import bulkdata, qido, selectors, stow, wado
+from archive.dicomweb import bulkdata, qido, rendered, selectors, stow, wado
 from archive.dicomweb.common import (
     DicomWebView,
     base_url,
@@ -228,6 +228,49 @@ class BulkDataView(DicomWebView):
             series=series_row,
             instance=row,
             tag=tag,
+        )
+
+
+class RenderedView(DicomWebView):
+    """GET .../rendered of a study, a series, an instance or a frame list
+    (``archive.dicomweb.rendered``): JPEG, PNG or GIF images."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(
+        self,
+        request: Request,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        frames: str | None = None,
+    ) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = None
+        if series is not None:
+            series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        if instance is not None:
+            assert series_row is not None  # the URL names the series before the instance
+            row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
+            row.series = series_row
+            instances = [row]
+            level = "instance"
+        else:
+            instances = list(
+                selectors.instances_of(
+                    org=self.org, study=study_row, series=series_row
+                ).select_related("location", "series")
+            )
+            level = "series" if series_row is not None else "study"
+        return rendered.rendered_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instances=instances,
+            level=level,
+            frames=frames,
         )
 
 
