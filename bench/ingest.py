@@ -32,14 +32,11 @@ import os
 import queue
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +45,22 @@ sys.path.insert(0, str(ROOT))
 
 from bench.index_loader import SIZE, load_studies, patient, pct  # noqa: E402
 from bench.scratch import ScratchDatabase  # noqa: E402
+from bench.servers import (  # noqa: E402
+    MOTO_KEYS,
+    PeakRss,
+    cpu_seconds,
+    moto_s3,
+    process_tree,
+    s3_client,
+    server_description,
+    web_server,
+)
 
 DB_NAME = "strata_bench_ingest"
 STOW_INSTANCES = int(os.environ.get("BENCH_STOW", "400"))
 STOW_PER_REQUEST = 10
 STOW_CLIENTS = 4
 LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "1024"))
-MOTO_KEYS = {"ARCHIVE_S3_ACCESS_KEY_ID": "bench", "ARCHIVE_S3_SECRET_ACCESS_KEY": "bench-secret"}
 STUDY_SIZES = [int(n) for n in os.environ.get("BENCH_STUDIES", "100000,1000000").split(",")]
 QIDO_SAMPLES = 200
 BOUNDARY = "strata-bench-boundary"
@@ -137,91 +143,6 @@ def multipart(parts: list[bytes]) -> bytes:
     return out.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux), 0.0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (gunicorn's master and its workers)."""
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
-    return pids
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-@contextmanager
-def web_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
-    """The production web server (``manage.py serve``'s gunicorn) on the scratch database;
-    yields (URL, master pid)."""
-    from saas.management.commands.serve import gunicorn_command
-
-    port = free_port()
-    log = open(SCRATCH / "server.log", "ab")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(  # noqa: S603
-        gunicorn_command(f"127.0.0.1:{port}"),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the server did not start; see {SCRATCH / 'server.log'}"
-                    ) from None
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def server_description() -> str:
-    from saas.management.commands.serve import WEB_THREADS, web_workers
-
-    return (
-        f"gunicorn saas.wsgi, {web_workers()} worker processes x {WEB_THREADS} threads "
-        "(manage.py serve, production)"
-    )
-
-
 # --- STOW-RS throughput ---------------------------------------------------------------------------
 
 
@@ -248,7 +169,7 @@ def stow_throughput(
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
         "Accept": "application/dicom+json",
     }
-    with web_server(env) as (base, pid):
+    with web_server(SCRATCH / "server.log", env) as (base, pid):
         url = f"{base}/dicomweb/studies"
 
         def send_all(work: queue.Queue[bytes], statuses: list[int], latencies: list[float]) -> None:
@@ -304,53 +225,6 @@ def stow_throughput(
         f"p95 {pct(latencies, 95):.0f} ms; web CPU {cpu * 1000 / len(files):.1f} ms/instance"
         f"{target}",
         flush=True,
-    )
-
-
-@contextmanager
-def moto_s3() -> Iterator[str]:
-    """moto's ThreadedMotoServer in its own process (as an S3 service would be); yields its URL."""
-    port = free_port()
-    code = (
-        "import sys, threading\n"
-        "from moto.server import ThreadedMotoServer\n"
-        f"server = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False)\n"
-        "server.start()\n"
-        "sys.stdin.read()\n"
-        "server.stop()\n"
-    )
-    process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto's server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def s3_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=MOTO_KEYS["ARCHIVE_S3_ACCESS_KEY_ID"],
-        aws_secret_access_key=MOTO_KEYS["ARCHIVE_S3_SECRET_ACCESS_KEY"],
     )
 
 
@@ -424,40 +298,6 @@ def write_large_instance(path: Path, megabytes: int) -> Path:
     return path
 
 
-class PeakRss:
-    """Peak RSS above idle of the processes of a tree, sampled every 10 ms while in the block."""
-
-    def __init__(self, pid: int) -> None:
-        self.pids = process_tree(pid)
-        self.idle = {p: rss_kb(p) for p in self.pids}
-        self.peak = dict(self.idle)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            for p in self.pids:
-                self.peak[p] = max(self.peak[p], rss_kb(p))
-            time.sleep(0.01)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def report(self) -> str:
-        """The process that grew most (the worker that served the request)."""
-        grown = max(self.pids, key=lambda p: self.peak[p] - self.idle[p])
-        above = (self.peak[grown] - self.idle[grown]) * 1024 / 1e6
-        return (
-            f"worker RSS idle {self.idle[grown] * 1024 / 1e6:.0f} MB, peak "
-            f"{self.peak[grown] * 1024 / 1e6:.0f} MB, {above:.1f} MB above idle (target < 150 MB)"
-        )
-
-
 def large_instance() -> None:
     """One large instance in by STOW-RS and out by WADO-RS: the web worker's memory."""
     import pydicom
@@ -474,7 +314,7 @@ def large_instance() -> None:
         out.write(f"\r\n--{BOUNDARY}--\r\n".encode())
     source.unlink()
     auth = {"Authorization": f"Bearer {secret}"}
-    with web_server() as (base, pid), requests.Session() as session:
+    with web_server(SCRATCH / "server.log") as (base, pid), requests.Session() as session:
         # Every worker has served a request (its imports and caches are in its idle RSS).
         for _ in range(20):
             session.get(f"{base}/dicomweb/studies?PatientID=none", headers=auth, timeout=60)
