@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from django.core.exceptions import ImproperlyConfigured
 from django.test import RequestFactory
 
 from archive.dicomweb.common import base_url, public_url, request_authority
+from saas import env
 from tests.archive.test_dicomweb_support import (
     STOW_TYPE,
     SeededStudy,
@@ -190,3 +192,43 @@ def test_dicomweb_client_follows_the_bulkdata_uri_to_the_right_port(
 
     assert urlsplit(uri).port == urlsplit(live_server.url).port
     assert len(http_client.retrieve_bulkdata(uri)[0]) == 16 * 16 * 2
+
+
+# --- the setting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", ""),
+        ("https://pacs.example.org", "https://pacs.example.org"),
+        ("https://pacs.example.org/", "https://pacs.example.org"),
+        ("http://10.0.0.7:8042", "http://10.0.0.7:8042"),
+        ("https://example.org/strata/", "https://example.org/strata"),
+    ],
+)
+def test_public_base_url_setting(monkeypatch, value: str, expected: str) -> None:
+    monkeypatch.setenv("PUBLIC_BASE_URL", value)
+
+    assert env.public_base_url("PUBLIC_BASE_URL") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "pacs.example.org",
+        "ftp://pacs.example.org",
+        "https://",
+        "https://pacs.example.org?x=1",
+        "https://pacs.example.org#top",
+        "https://user:pw@pacs.example.org",
+        "https://pacs.example.org:99999",
+        "https://pacs.example.org:0",
+        "https://pacs example.org",
+    ],
+)
+def test_bad_public_base_url_stops_the_start(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("PUBLIC_BASE_URL", value)
+
+    with pytest.raises(ImproperlyConfigured, match="PUBLIC_BASE_URL"):
+        env.public_base_url("PUBLIC_BASE_URL")
