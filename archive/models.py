@@ -243,6 +243,49 @@ class FrameIndex(models.Model):
         return f"{self.frames} frame(s) of instance {self.instance_id}"
 
 
+class DerivedObject(models.Model):
+    """An object the archive derives from one of the hospital's instances and keeps to serve it
+    faster (a thumbnail). Stored in the organization's primary location, hot tier, under
+    ``org-<id>/derived/...``; metered as derived storage (``storage.derived``), never as images:
+    it is no instance and counts in no study's bytes, instances or quota.
+
+    ``instance`` becomes NULL when the instance is purged and ``location`` when the location is
+    removed; such rows, and those of a trashed study, are removed by the derived-object sweep
+    (``archive.dicomweb.thumbnails.derived_sweep``), bytes first, their bytes leaving the ledger.
+    """
+
+    class Kind(models.TextChoices):
+        THUMBNAIL = "thumbnail", "Thumbnail"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    instance = models.ForeignKey(
+        Instance, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # What was derived from the instance (frame, size, media type): one object per variant.
+    variant = models.CharField(max_length=64)
+    location = models.ForeignKey(
+        StorageLocation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    object_key = models.CharField(max_length=512)
+    tier = models.CharField(max_length=16, choices=TIER_CHOICES, default="hot")
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "kind", "variant"], name="derived_object_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.variant} of instance {self.instance_id}"
+
+
 class PendingObject(models.Model):
     """Intent log: written before bytes are stored, removed with the index row that adopts them.
 
