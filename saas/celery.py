@@ -29,6 +29,10 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.trash_purge_due",
         "schedule": crontab(minute="*/10"),
     },
+    "archive-derived-objects-sweep": {
+        "task": "archive.tasks.derived_objects_sweep",
+        "schedule": crontab(minute="*/10"),
+    },
     "archive-tier-moves": {
         "task": "archive.tasks.tier_moves_dispatch",
         "schedule": crontab(minute="*"),

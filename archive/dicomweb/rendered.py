@@ -166,14 +166,16 @@ class RenderOptions:
     annotation: tuple[str, ...] = ()
 
 
-def _bad(parameter: str, message: str) -> ValidationFailed:
+def parameter_error(parameter: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, code="invalid_parameter", fields={parameter: [message]})
 
 
-def _single(request: HttpRequest, name: str) -> str | None:
+def single_parameter(request: HttpRequest, name: str) -> str | None:
     values = request.GET.getlist(name)
     if len(values) > 1:
-        raise _bad(name, f"'{name}' may be given once; the request gives it {len(values)} times.")
+        raise parameter_error(
+            name, f"'{name}' may be given once; the request gives it {len(values)} times."
+        )
     return values[0] if values else None
 
 
@@ -181,11 +183,11 @@ def _number(text: str, parameter: str, what: str) -> float:
     try:
         value = float(text.strip())
     except ValueError:
-        raise _bad(
+        raise parameter_error(
             parameter, f"The {what} {text[:32]!r} of '{parameter}' is not a number."
         ) from None
     if not math.isfinite(value):
-        raise _bad(parameter, f"The {what} of '{parameter}' must be a finite number.")
+        raise parameter_error(parameter, f"The {what} of '{parameter}' must be a finite number.")
     return value
 
 
@@ -194,7 +196,7 @@ def parse_window(text: str) -> Window:
     least 1 for LINEAR, above 0 otherwise)."""
     items = text.split(",")
     if len(items) not in (2, 3):
-        raise _bad(
+        raise parameter_error(
             "window",
             "'window' is center,width,function (function: linear, linear-exact or sigmoid).",
         )
@@ -203,16 +205,18 @@ def parse_window(text: str) -> Window:
     name = items[2].strip().lower() if len(items) == 3 and items[2].strip() else "linear"
     function = WINDOW_FUNCTIONS.get(name)
     if function is None:
-        raise _bad(
+        raise parameter_error(
             "window",
             f"The window function {name[:32]!r} is unknown; use linear, linear-exact or sigmoid.",
         )
     if function == "LINEAR" and width < 1:
-        raise _bad(
+        raise parameter_error(
             "window", f"A linear window's width must be at least 1; the request gives {width:g}."
         )
     if width <= 0:
-        raise _bad("window", f"A window's width must be above 0; the request gives {width:g}.")
+        raise parameter_error(
+            "window", f"A window's width must be above 0; the request gives {width:g}."
+        )
     return Window(center, width, function)
 
 
@@ -223,7 +227,7 @@ def _int_item(text: str, parameter: str, what: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise _bad(
+        raise parameter_error(
             parameter, f"The {what} {text[:32]!r} of '{parameter}' is not an integer."
         ) from None
 
@@ -233,11 +237,13 @@ def parse_viewport(text: str, *, region: bool = True) -> Viewport:
     items = text.split(",")
     if len(items) not in (2, 6) or (not region and len(items) != 2):
         shape = "vw,vh[,sx,sy,sw,sh]" if region else "vw,vh"
-        raise _bad("viewport", f"'viewport' is {shape}; the request gives {text[:64]!r}.")
+        raise parameter_error(
+            "viewport", f"'viewport' is {shape}; the request gives {text[:64]!r}."
+        )
     vw = _int_item(items[0], "viewport", "width")
     vh = _int_item(items[1], "viewport", "height")
     if vw is None or vh is None or not (0 < vw <= MAX_VIEWPORT and 0 < vh <= MAX_VIEWPORT):
-        raise _bad(
+        raise parameter_error(
             "viewport",
             f"The viewport's width and height must be integers from 1 to {MAX_VIEWPORT}.",
         )
@@ -248,9 +254,9 @@ def parse_viewport(text: str, *, region: bool = True) -> Viewport:
         for v, what in zip(items[2:], ("sx", "sy", "sw", "sh"), strict=True)
     )
     if (sx is not None and sx < 0) or (sy is not None and sy < 0):
-        raise _bad("viewport", "The region's sx and sy must not be negative.")
+        raise parameter_error("viewport", "The region's sx and sy must not be negative.")
     if sw == 0 or sh == 0:
-        raise _bad("viewport", "The region's sw and sh must not be 0.")
+        raise parameter_error("viewport", "The region's sw and sh must not be 0.")
     return Viewport(vw, vh, sx, sy, sw, sh)
 
 
@@ -258,11 +264,11 @@ def parse_quality(text: str) -> int:
     try:
         quality = int(text.strip())
     except ValueError:
-        raise _bad(
+        raise parameter_error(
             "quality", f"'quality' is an integer from 1 to 100, not {text[:32]!r}."
         ) from None
     if not 1 <= quality <= 100:
-        raise _bad("quality", f"'quality' is an integer from 1 to 100, not {quality}.")
+        raise parameter_error("quality", f"'quality' is an integer from 1 to 100, not {quality}.")
     return quality
 
 
@@ -270,7 +276,7 @@ def parse_annotation(text: str) -> tuple[str, ...]:
     items = [item.strip().lower() for item in text.split(",") if item.strip()]
     unknown = sorted(set(items) - set(ANNOTATIONS))
     if unknown:
-        raise _bad(
+        raise parameter_error(
             "annotation",
             f"Unknown annotation {unknown[0][:32]!r}; 'annotation' takes patient and/or technique.",
         )
@@ -283,7 +289,7 @@ def parse_annotation(text: str) -> tuple[str, ...]:
 def _requested_ranges(request: HttpRequest) -> tuple[list[MediaRange], str]:
     """The media ranges asked for: the ``accept`` query parameter replaces the Accept header
     (PS3.18 8.3.3.1). Highest q first, the order given among equals."""
-    query = _single(request, "accept")
+    query = single_parameter(request, "accept")
     if query is None:
         ranges, asked = accepted_ranges(request), request.headers.get("Accept", "")
     else:
@@ -341,16 +347,16 @@ def rendering_options(request: HttpRequest, *, multipart: bool) -> tuple[RenderO
     """The rendering the request asks for (every parameter checked before anything is read)."""
     media_type, as_multipart = negotiate(request, multipart=multipart)
     options = RenderOptions(media_type=media_type)
-    window = _single(request, "window")
+    window = single_parameter(request, "window")
     if window is not None:
         options = replace(options, window=parse_window(window))
-    viewport = _single(request, "viewport")
+    viewport = single_parameter(request, "viewport")
     if viewport is not None:
         options = replace(options, viewport=parse_viewport(viewport))
-    quality = _single(request, "quality")
+    quality = single_parameter(request, "quality")
     if quality is not None:
         options = replace(options, quality=parse_quality(quality))
-    annotation = _single(request, "annotation")
+    annotation = single_parameter(request, "annotation")
     if annotation is not None:
         options = replace(options, annotation=parse_annotation(annotation))
     return options, as_multipart
@@ -362,18 +368,20 @@ def parse_frame_list(text: str, *, frames: int) -> list[int]:
     for item in text.replace("%2C", ",").replace("%2c", ",").split(","):
         item = item.strip()
         if not item.isdigit() or len(item) > 9:
-            raise _bad("frames", f"Frame numbers are positive integers; {item[:16]!r} is not one.")
+            raise parameter_error(
+                "frames", f"Frame numbers are positive integers; {item[:16]!r} is not one."
+            )
         numbers.append(int(item))
     if any(n < 1 for n in numbers):
-        raise _bad("frames", "Frame numbers start at 1; 0 names no frame.")
+        raise parameter_error("frames", "Frame numbers start at 1; 0 names no frame.")
     beyond = [n for n in numbers if n > frames]
     if beyond:
-        raise _bad(
+        raise parameter_error(
             "frames",
             f"The instance has {frames} frame(s); frame {beyond[0]} does not exist.",
         )
     if len(set(numbers)) != len(numbers):
-        raise _bad("frames", "The frame list names a frame more than once.")
+        raise parameter_error("frames", "The frame list names a frame more than once.")
     return numbers
 
 
@@ -784,7 +792,7 @@ def _region(frame: Frame, viewport: Viewport | None) -> tuple[np.ndarray, bool, 
         or not sw
         or not sh
     ):
-        raise _bad(
+        raise parameter_error(
             "viewport",
             f"The region ({sx},{sy}) {abs(sw)}x{abs(sh)} is not inside the {columns}x{rows} frame.",
         )

@@ -51,4 +51,16 @@ urlpatterns: list[URLPattern] = [
         views.RenderedView.as_view(),
         name="dicomweb-frames-rendered",
     ),
+    path(f"{_STUDY}/thumbnail", views.ThumbnailView.as_view(), name="dicomweb-study-thumbnail"),
+    path(f"{_SERIES}/thumbnail", views.ThumbnailView.as_view(), name="dicomweb-series-thumbnail"),
+    path(
+        f"{_INSTANCE}/thumbnail",
+        views.ThumbnailView.as_view(),
+        name="dicomweb-instance-thumbnail",
+    ),
+    path(
+        f"{_INSTANCE}/frames/<str:frames>/thumbnail",
+        views.ThumbnailView.as_view(),
+        name="dicomweb-frames-thumbnail",
+    ),
 ]

@@ -11,7 +11,7 @@ from typing import Any
 from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 
-from archive.dicomweb import bulkdata, qido, rendered, selectors, stow, wado
+from archive.dicomweb import bulkdata, qido, rendered, selectors, stow, thumbnails, wado
 from archive.dicomweb.common import (
     DicomWebView,
     base_url,
@@ -270,6 +270,40 @@ class RenderedView(DicomWebView):
             series=series_row,
             instances=instances,
             level=level,
+            frames=frames,
+        )
+
+
+class ThumbnailView(DicomWebView):
+    """GET .../thumbnail of a study, a series, an instance or one frame
+    (``archive.dicomweb.thumbnails``): one small image, kept once rendered."""
+
+    permissions_required = {"GET": Perm.IMAGES_READ}
+
+    def get(
+        self,
+        request: Request,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        frames: str | None = None,
+    ) -> HttpResponseBase:
+        study_row = selectors.study_get(org=self.org, study_uid=study)
+        series_row = None
+        row = None
+        if series is not None:
+            series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
+        if instance is not None:
+            assert series_row is not None  # the URL names the series before the instance
+            row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
+            row.series = series_row
+        return thumbnails.thumbnail_response(
+            request=request._request,
+            org=self.org,
+            actor=self.actor,
+            study=study_row,
+            series=series_row,
+            instance=row,
             frames=frames,
         )
 
