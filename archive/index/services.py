@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
+from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from archive.models import AccessEvent, Instance, Series, Study
@@ -16,6 +19,9 @@ from tenants.models import Organization
 from tenants.services import audit_record
 
 logger = logging.getLogger(__name__)
+
+# Last-accessed times are written at most once per row in this time (``access_record``).
+TOUCH_RESOLUTION = timedelta(minutes=1)
 
 
 def access_record(
@@ -28,13 +34,22 @@ def access_record(
     instances: int,
     series: Series | None = None,
     request_id: str | None = None,
+    instance_ids: Collection[int] | None = None,
 ) -> AccessEvent:
     """Record a read of PHI: the access log, last-accessed times, ``egress.bytes`` and the audit log.
 
     One transaction; call it once per request (WADO-RS retrieve or metadata, portal download)
     after the bytes were sent or as they start, with the bytes the response carries.
+    ``instance_ids``: the instances read, when the request read some of the series or study
+    only (a frame), so that only theirs are marked read.
+
+    Last-accessed times have a resolution of ``TOUCH_RESOLUTION``: a row read again within it
+    is not written again. A viewer reads a series frame by frame, hundreds of requests a
+    minute on one study: each would otherwise rewrite (and lock, until its commit) the same
+    study, series and instance rows, one request after the other. Tier policies count in days.
     """
     now = timezone.now()
+    stale = Q(last_accessed_at__isnull=True) | Q(last_accessed_at__lt=now - TOUCH_RESOLUTION)
     with transaction.atomic():
         event = AccessEvent.objects.create(
             organization=org,
@@ -46,13 +61,15 @@ def access_record(
             instances=instances,
             at=now,
         )
-        Study.objects.for_org(org).filter(pk=study.pk).update(last_accessed_at=now)
-        instance_filter = Instance.objects.for_org(org).filter(study=study)
+        Study.objects.for_org(org).filter(stale, pk=study.pk).update(last_accessed_at=now)
+        instance_filter = Instance.objects.for_org(org).filter(stale, study=study)
         if series is not None:
-            Series.objects.for_org(org).filter(pk=series.pk).update(last_accessed_at=now)
+            Series.objects.for_org(org).filter(stale, pk=series.pk).update(last_accessed_at=now)
             instance_filter = instance_filter.filter(series=series)
         else:
-            Series.objects.for_org(org).filter(study=study).update(last_accessed_at=now)
+            Series.objects.for_org(org).filter(stale, study=study).update(last_accessed_at=now)
+        if instance_ids is not None:
+            instance_filter = instance_filter.filter(pk__in=list(instance_ids))
         if kind != AccessEvent.Kind.METADATA:
             instance_filter.update(last_accessed_at=now)
         if bytes_read:
