@@ -258,7 +258,13 @@ def decodable(transfer_syntax_uid: str) -> bool:
 
 
 def _index_of(instance: Instance) -> FrameIndex | None:
-    """The instance's frame index without its boundaries (read per frame when needed)."""
+    """The instance's frame index without its boundaries (read per frame when needed): the one
+    loaded with the instance (``instance_by_uids``), else from the index."""
+    if Instance.frame_index.is_cached(instance):
+        try:
+            return instance.frame_index
+        except FrameIndex.DoesNotExist:
+            return None
     return (
         FrameIndex.objects.for_org(instance.organization_id)
         .filter(instance=instance)
@@ -632,6 +638,7 @@ def frames_response(
             actor=actor,
             bytes_read=sent_bytes,
             instances=1 if complete else 0,
+            instance_ids=[instance.pk],
         )
         logger.info(
             "frames: org %s instance %s: %d frame(s), %d bytes sent, %d bytes read from the store",

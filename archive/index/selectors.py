@@ -97,6 +97,28 @@ def instance_get(*, org: Organization, instance_id: int | str) -> Instance:
         raise NotFound("Instance not found.") from None
 
 
+def instance_by_uids(
+    *, org: Organization, study_uid: str, series_uid: str, sop_uid: str
+) -> Instance | None:
+    """The instance the three UIDs name together (its study not in the trash), with its study,
+    series, location and frame index (without its boundaries) in one query; None when they
+    name none, and the caller finds out which of them is unknown.
+
+    Precondition: the UIDs are checked (``archive.ingest.dicom.uid_problem``)."""
+    return (
+        Instance.objects.for_org(org)
+        .filter(
+            sop_instance_uid=sop_uid,
+            series__series_uid=series_uid,
+            study__study_uid=study_uid,
+            study__trashed_at__isnull=True,
+        )
+        .select_related("study", "series", "location", "frame_index")
+        .defer("frame_index__boundaries")
+        .first()
+    )
+
+
 def study_accesses(*, org: Organization, study: Study) -> QuerySet[AccessEvent]:
     return AccessEvent.objects.for_org(org).filter(study=study).select_related("series")
 
