@@ -27,9 +27,9 @@ Query parameters (PS3.18 8.3.5.1): ``window=center,width[,linear|linear-exact|si
 flipped where sw or sh is negative, scaled to fit vw x vh with its aspect ratio kept),
 ``quality`` (1-100, JPEG only; 90 by default), ``annotation=patient,technique`` (a small text
 overlay: the patient's name, ID, birth date and sex; the modality, date, series, instance and
-frame numbers and the window applied) and ``accept`` (a media type that replaces the Accept
-header, for links that cannot set one). A value that cannot be honoured answers 400 naming the
-parameter; nothing is rendered.
+frame numbers and the window applied), ``accept`` (a media type that replaces the Accept
+header, for links that cannot set one) and ``iccprofile`` (``no`` only: no profile is embedded).
+A value that cannot be honoured answers 400 naming the parameter; nothing is rendered.
 
 Reading follows WADO-RS (``archive.dicomweb.wado``): archive-tier instances without a restored
 copy answer 503 with Retry-After and start the restore; ``access_record`` runs once per request
@@ -359,6 +359,12 @@ def rendering_options(request: HttpRequest, *, multipart: bool) -> tuple[RenderO
     annotation = single_parameter(request, "annotation")
     if annotation is not None:
         options = replace(options, annotation=parse_annotation(annotation))
+    icc = single_parameter(request, "iccprofile")
+    if icc is not None and icc.strip().lower() != "no":
+        raise parameter_error(
+            "iccprofile",
+            "Rendered images carry no ICC profile: 'iccprofile' may only be 'no'.",
+        )
     return options, as_multipart
 
 
@@ -388,7 +394,7 @@ def parse_frame_list(text: str, *, frames: int) -> list[int]:
 # --- what can be rendered, from the index ---------------------------------------------------
 
 
-def _metadata_int(metadata: dict[str, Any], key: str, default: int) -> int:
+def metadata_int(metadata: dict[str, Any], key: str, default: int) -> int:
     try:
         return int(metadata[key]["Value"][0])
     except (KeyError, IndexError, TypeError, ValueError):
@@ -396,7 +402,7 @@ def _metadata_int(metadata: dict[str, Any], key: str, default: int) -> int:
 
 
 def frame_count(instance: Instance) -> int:
-    return max(_metadata_int(instance.metadata or {}, NUMBER_OF_FRAMES_KEY, 1), 1)
+    return max(metadata_int(instance.metadata or {}, NUMBER_OF_FRAMES_KEY, 1), 1)
 
 
 def has_pixel_data(instance: Instance) -> bool:
@@ -440,7 +446,7 @@ def render_problem(instance: Instance) -> str | None:
             "pixel data decoder reads: it cannot be rendered. Retrieve it as stored."
         )
     metadata = instance.metadata or {}
-    pixels = _metadata_int(metadata, ROWS_KEY, 0) * _metadata_int(metadata, COLUMNS_KEY, 0)
+    pixels = metadata_int(metadata, ROWS_KEY, 0) * metadata_int(metadata, COLUMNS_KEY, 0)
     if pixels > MAX_FRAME_PIXELS:
         return (
             f"A frame of instance {sop} has {pixels:,} pixels; frames of at most "

@@ -10,7 +10,10 @@ without any annotation: a thumbnail carries no patient information.
 The representative frame: of a study, its first series' (by series number) that has an image;
 of a series, the middle one of its image instances ordered by Instance Number, a slide's label
 and overview images (which show the slide's label, patient data) left out; of a multi-frame
-instance, its middle frame.
+instance, its middle frame. A slide (modality SM) is shown by its THUMBNAIL image, else by its
+level with the fewest frames; a tiled image (TILED_FULL) of at most 64 tiles is shown whole, its
+tiles decoded one at a time and scaled into place; a larger one by its middle tile (one ranged
+read).
 
 The first request renders the thumbnail and keeps it as a derived object (``DerivedObject``):
 ``org-<id>/derived/thumbnails/...`` in the organization's primary location, hot tier, recorded
@@ -38,18 +41,26 @@ from django.db.models import F, Q
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
+from PIL import Image
 
 from archive.dicomweb.rendered import (
+    COLUMNS_KEY,
     GIF,
     JPEG,
+    NUMBER_OF_FRAMES_KEY,
     PNG,
     NotRenderable,
     RenderOptions,
     Target,
+    encode,
+    fitted_size,
     frame_count,
+    frame_read,
+    metadata_int,
     negotiate,
     parameter_error,
     parse_viewport,
+    render,
     render_problem,
     render_target,
     single_parameter,
@@ -78,6 +89,11 @@ THUMBNAIL_QUALITY = 85
 # billing's metering and pricing APIs).
 DERIVED_STORAGE = "storage.derived"
 IMAGE_TYPE_KEY = "00080008"
+DIMENSION_ORGANIZATION_TYPE_KEY = "00209311"
+TOTAL_COLUMNS_KEY = "00480006"
+TOTAL_ROWS_KEY = "00480007"
+# A tiled image of at most this many tiles is shown whole; a larger one by its middle tile.
+MAX_SLIDE_TILES = 64
 # Slide images that show the slide's label (patient identification): never a thumbnail.
 _LABEL_TYPES = ("LABEL", "OVERVIEW")
 _EXTENSIONS = {JPEG: "jpg", PNG: "png", GIF: "gif"}
@@ -91,23 +107,38 @@ SWEEP_BATCH = 500
 
 def _image_candidates(org: Organization, series: Series) -> list[int]:
     """Ids of the series' instances that have an image a thumbnail may show, by Instance
-    Number (instances without one last)."""
-    rows = (
+    Number (instances without one last). A slide's series (a pyramid of the same slide at
+    several resolutions): its THUMBNAIL image if it has one, else its levels from the one with
+    the fewest frames (the whole slide at the lowest resolution) up."""
+    rows = list(
         Instance.objects.for_org(org)
         .filter(series=series)
         .annotate(
             pixel_rows=JsonPathText("metadata", ROWS_KEY),
             image_type=JsonPathText("metadata", IMAGE_TYPE_KEY, "Value"),
+            frames=JsonPathText("metadata", NUMBER_OF_FRAMES_KEY, "Value", 0),
         )
         .filter(pixel_rows__isnull=False)
         .order_by(F("instance_number").asc(nulls_last=True), "id")
-        .values_list("pk", "transfer_syntax_uid", "image_type")
+        .values_list("pk", "image_type", "frames")
     )
-    return [
-        pk
-        for pk, syntax, image_type in rows
+    shown = [
+        (pk, str(image_type or "").upper(), frames)
+        for pk, image_type, frames in rows
         if not any(word in str(image_type or "").upper() for word in _LABEL_TYPES)
     ]
+    if series.modality.upper() != "SM":
+        return [pk for pk, _, _ in shown]
+    thumbnails = [pk for pk, image_type, _ in shown if "THUMBNAIL" in image_type]
+    levels = sorted(shown, key=lambda row: _frames_of(row[2]))
+    return thumbnails or [pk for pk, _, _ in levels]
+
+
+def _frames_of(value: object) -> int:
+    try:
+        return max(int(str(value)), 1)
+    except ValueError:
+        return 1
 
 
 def _loaded(org: Organization, pk: int) -> Instance:
@@ -115,12 +146,13 @@ def _loaded(org: Organization, pk: int) -> Instance:
 
 
 def series_representative(org: Organization, series: Series) -> Instance | None:
-    """The middle image instance of the series that can be rendered, or None."""
+    """The middle image instance of the series that can be rendered (a slide's: its thumbnail
+    image or lowest resolution), or None."""
     candidates = _image_candidates(org, series)
     if not candidates:
         return None
     # The middle first, then outwards: an instance that cannot be rendered is passed over.
-    middle = (len(candidates) - 1) // 2
+    middle = (len(candidates) - 1) // 2 if series.modality.upper() != "SM" else 0
     order = sorted(range(len(candidates)), key=lambda i: (abs(i - middle), i))
     for position in order[:16]:
         instance = _loaded(org, candidates[position])
@@ -145,6 +177,63 @@ def study_representative(org: Organization, study: Study) -> Instance | None:
 
 def middle_frame(instance: Instance) -> int:
     return (frame_count(instance) + 1) // 2
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How the frames of a tiled image (TILED_FULL, PS3.3 C.7.6.17.3) cover its total pixel
+    matrix: row by row, ``across`` x ``down`` tiles of ``tile_columns`` x ``tile_rows``."""
+
+    across: int
+    down: int
+    tile_columns: int
+    tile_rows: int
+    columns: int
+    rows: int
+
+
+def tile_grid(instance: Instance) -> TileGrid | None:
+    """The tiles of a tiled image small enough to show whole (at most ``MAX_SLIDE_TILES``:
+    a slide's lowest levels), or None."""
+    metadata = instance.metadata or {}
+    organization = metadata.get(DIMENSION_ORGANIZATION_TYPE_KEY, {}).get("Value") or [""]
+    if str(organization[0]).strip().upper() != "TILED_FULL":
+        return None
+    columns = metadata_int(metadata, TOTAL_COLUMNS_KEY, 0)
+    rows = metadata_int(metadata, TOTAL_ROWS_KEY, 0)
+    tile_columns = metadata_int(metadata, COLUMNS_KEY, 0)
+    tile_rows = metadata_int(metadata, ROWS_KEY, 0)
+    if min(columns, rows, tile_columns, tile_rows) <= 0:
+        return None
+    across, down = -(-columns // tile_columns), -(-rows // tile_rows)
+    if not 1 < across * down <= min(MAX_SLIDE_TILES, frame_count(instance)):
+        return None
+    return TileGrid(across, down, tile_columns, tile_rows, columns, rows)
+
+
+def render_tiles(instance: Instance, grid: TileGrid, options: RenderOptions) -> bytes:
+    """The whole tiled image, fitted into the viewport: each tile decoded, rendered and scaled
+    into its place, one at a time (memory: the thumbnail and one tile)."""
+    assert options.viewport is not None
+    width, height = fitted_size(
+        grid.columns, grid.rows, options.viewport.width, options.viewport.height
+    )
+    scale = width / grid.columns
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    plain = RenderOptions(media_type=options.media_type)
+    for position in range(grid.across * grid.down):
+        x0 = position % grid.across * grid.tile_columns
+        y0 = position // grid.across * grid.tile_rows
+        x1, y1 = min(x0 + grid.tile_columns, grid.columns), min(y0 + grid.tile_rows, grid.rows)
+        box = (round(x0 * scale), round(y0 * scale), round(x1 * scale), round(y1 * scale))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        tile = render(frame_read(instance, position + 1), plain).convert("RGB")
+        tile = tile.crop((0, 0, x1 - x0, y1 - y0))
+        canvas.paste(
+            tile.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BILINEAR), box[:2]
+        )
+    return encode(canvas, options.media_type, options.quality)
 
 
 # --- derived objects --------------------------------------------------------------------------
@@ -390,7 +479,9 @@ def thumbnail_response(
             raise NotRenderable(f"{what} has no image a thumbnail can show.")
         chosen, frame = found, middle_frame(found)
     chosen.study = study
-    target = ThumbnailTarget(chosen, frame)
+    # A tiled image of a few tiles (a slide's lowest level) is shown whole: "frame 0".
+    grid = tile_grid(chosen) if frames is None else None
+    target = ThumbnailTarget(chosen, 0 if grid is not None else frame)
     variant = _variant(target, options)
     data = _kept(org, chosen, variant)
     if data is None:
@@ -398,7 +489,10 @@ def thumbnail_response(
             require_readable(request=request, org=org, actor=actor, instances=[chosen])
         except RestorePending as exc:
             return restore_pending_response(exc)
-        data = render_target(Target(chosen, frame), options, study=study)
+        if grid is not None:
+            data = render_tiles(chosen, grid, options)
+        else:
+            data = render_target(Target(chosen, frame), options, study=study)
         derived_store(
             org=org, instance=chosen, variant=variant, data=data, media_type=options.media_type
         )

@@ -591,6 +591,7 @@ def test_not_acceptable_names_what_can_be_served(org, reader, accept):
         ("quality=101", "quality"),
         ("quality=high", "quality"),
         ("annotation=everything", "annotation"),
+        ("iccprofile=srgb", "iccprofile"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(org, reader, query, field):

@@ -9,6 +9,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from django.utils import timezone
 from PIL import Image
@@ -27,6 +28,7 @@ from archive.models import (
 )
 from archive.retention.services import study_purge, study_trash
 from archive.storage import StorageUnavailable, store_for
+from archive.storage.s3 import S3Store
 from billing.models import StorageDelta
 from tenants.context import Actor
 from tests.archive.test_dicomweb_rendered import (
@@ -38,7 +40,9 @@ from tests.archive.test_dicomweb_rendered import (
     sr_in,
 )
 from tests.archive.test_restores_support import to_tier
+from tests.archive.wsi import tile_pool, write_slide
 
+pytest_plugins = ["tests.archive.conftest_s3"]
 pytestmark = pytest.mark.django_db
 
 
@@ -58,6 +62,7 @@ def decodes(monkeypatch) -> list[tuple[int, int]]:
         return original(instance, number)
 
     monkeypatch.setattr(rendered, "frame_read", counting)
+    monkeypatch.setattr(thumbnails, "frame_read", counting)
     return calls
 
 
@@ -144,6 +149,85 @@ def test_slide_label_images_are_never_the_thumbnail(org, reader, decodes):
     image_of(reader.get(f"{stored.series()}/thumbnail"))
 
     assert decodes == [(instance_with(org, datasets[1].SOPInstanceUID).pk, 1)]
+
+
+def sm_instance(study_uid: str, series_uid: str, number: int, frames: int, image_type: str):
+    ds = ct(study_uid=study_uid, series_uid=series_uid, number=number, frames=frames)
+    ds.Modality = "SM"
+    ds.ImageType = ["DERIVED", "PRIMARY", image_type, "RESAMPLED"]
+    return ds
+
+
+@pytest.mark.parametrize("with_thumbnail_image", [True, False])
+def test_a_slide_series_shows_its_thumbnail_image_else_its_lowest_level(
+    org, reader, decodes, with_thumbnail_image
+):
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = [
+        sm_instance(study_uid, series_uid, 1, 16, "VOLUME"),
+        sm_instance(study_uid, series_uid, 2, 4, "VOLUME"),
+        sm_instance(study_uid, series_uid, 3, 1, "LABEL"),
+    ]
+    if with_thumbnail_image:
+        datasets.append(sm_instance(study_uid, series_uid, 4, 1, "THUMBNAIL"))
+    stored = Stored(org, datasets)
+
+    image_of(reader.get(f"{stored.series()}/thumbnail"))
+
+    expected = datasets[3] if with_thumbnail_image else datasets[1]
+    (instance_id, _), *_ = decodes
+    assert instance_id == instance_with(org, expected.SOPInstanceUID).pk
+
+
+def test_a_small_tiled_slide_is_shown_whole(org, reader, decodes, tmp_path):
+    pool = tile_pool(64, count=4)
+    average = sum(map(len, pool)) / len(pool) + 16
+    slide = write_slide(tmp_path / "slide.dcm", megabytes=9 * average / 1e6, tile=64, pool=pool)
+    assert slide.frames == 9
+    ds = pydicom.dcmread(slide.path)
+    stored = Stored(org, [ds])
+
+    image = image_of(
+        reader.get(f"{stored.instance()}/thumbnail?viewport=96,96", HTTP_ACCEPT="image/png")
+    )
+
+    assert len(decodes) == 9
+    tiles = ds.pixel_array  # (9, 64, 64, 3), RGB
+    whole = np.vstack([np.hstack(list(tiles[row * 3 : row * 3 + 3])) for row in range(3)])
+    expected = np.asarray(Image.fromarray(whole).resize((96, 96), Image.Resampling.BILINEAR))
+    assert image.shape == (96, 96, 3)
+    assert np.abs(image.astype(float) - expected.astype(float)).mean() < 6
+    assert DerivedObject.objects.for_org(org).get().variant == "f0-96x96-png"
+
+
+def test_a_large_slide_on_s3_is_shown_by_its_middle_tile_read_by_range(
+    org, reader, decodes, s3_bucket, make_bucket_location, monkeypatch, tmp_path
+):
+    make_bucket_location(org, endpoint_url=s3_bucket.endpoint_url, bucket=s3_bucket.name)
+    slide = write_slide(tmp_path / "slide.dcm", megabytes=3)
+    assert slide.frames > thumbnails.MAX_SLIDE_TILES
+    Stored(org, [pydicom.dcmread(slide.path)])
+    instance = Instance.objects.for_org(org).select_related("location").get()
+    consumed = [0]
+    original = S3Store.iter_bytes
+
+    def counting(self, **kwargs):
+        for chunk in original(self, **kwargs):
+            consumed[0] += len(chunk)
+            yield chunk
+
+    monkeypatch.setattr(S3Store, "iter_bytes", counting)
+    url = (
+        f"/dicomweb/studies/{slide.study_uid}/series/{slide.series_uid}"
+        f"/instances/{slide.sop_instance_uid}/thumbnail"
+    )
+
+    image = image_of(reader.get(url))
+
+    assert image.shape == (128, 128, 3)
+    assert decodes == [(instance.pk, (slide.frames + 1) // 2)]
+    # One ranged read of that tile (and the thumbnail kept in the same bucket: not a read).
+    assert consumed[0] < 2 * slide.largest_tile
 
 
 @pytest.mark.parametrize(
