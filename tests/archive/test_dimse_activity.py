@@ -261,7 +261,7 @@ def test_a_move_records_its_destination_counts_and_outcome(
     assert moved.keys == ["StudyInstanceUID"]
     assert moved.details == {"uids": {"study": 1, "series": 0, "image": 0}}
     assert moved.outcome == "success" and moved.status == 0x0000
-    assert moved.finished_at >= moved.started_at
+    assert moved.finished_at is not None and moved.finished_at >= moved.started_at
     refused = operations(second)[0]
     assert (refused.destination_ae, refused.status, refused.outcome) == ("NOPE", 0xA801, "failure")
     assert "not registered" in refused.comment
@@ -298,7 +298,7 @@ def test_a_commitment_request_is_linked_to_its_commitment(
     (committed,) = operations(second)
     assert (committed.kind, committed.matches, committed.outcome) == ("commit", 2, "success")
     with db_serial():
-        commitment = StorageCommitment.objects.get(pk=committed.commitment_id)
+        commitment = StorageCommitment.objects.get(pk=committed.commitment_id or 0)
     assert commitment.transaction_uid == requested.transaction_uid
 
 

@@ -1118,21 +1118,21 @@ def test_the_network_thread_waits_while_a_c_get_holds_the_connection():
         _wake_r=wake_r,
         _wake_w=wake_w,
         _run_loop_delay=0.001,
-        _drain_wake=lambda: _AcceptorDUL._drain_wake(dul),  # type: ignore[arg-type]
+        _drain_wake=lambda: _AcceptorDUL._drain_wake(dul),
     )
     try:
         started = time.monotonic()
-        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        _AcceptorDUL._idle_wait(dul)
         assert time.monotonic() - started >= IDLE_WAIT * 0.8  # not woken by the readable socket
 
         wake_w.send(b"\0")  # a pending response to send
         started = time.monotonic()
-        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        _AcceptorDUL._idle_wait(dul)
         assert time.monotonic() - started < IDLE_WAIT * 0.5
 
         wrapper.strata_held = False  # handed back: the readable connection wakes it
         started = time.monotonic()
-        _AcceptorDUL._idle_wait(dul)  # type: ignore[arg-type]
+        _AcceptorDUL._idle_wait(dul)
         assert time.monotonic() - started < IDLE_WAIT * 0.5
     finally:
         for sock in (caller, ours, wake_r, wake_w):
