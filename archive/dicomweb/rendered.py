@@ -664,17 +664,19 @@ class Applied:
 
 
 def _voi(values: np.ndarray, window: Window) -> np.ndarray:
-    """PS3.3 C.11.2.1.2 into 0..255, as floats."""
+    """PS3.3 C.11.2.1.2 into 0..255, as floats. Extreme windows overflow to the ends (inf is
+    clipped, exp() of a huge argument is 0 or inf): not an error."""
     c, w = window.center, window.width
-    if window.function == "SIGMOID":
-        return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
-    if window.function == "LINEAR_EXACT":
-        return np.clip((values - c) / w + 0.5, 0.0, 1.0) * 255.0
-    return (
-        np.clip((values - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0) * 255.0
-        if w > 1
-        else (np.where(values > c - 0.5, 255.0, 0.0))
-    )
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if window.function == "SIGMOID":
+            out = 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+        elif window.function == "LINEAR_EXACT":
+            out = np.clip((values - c) / w + 0.5, 0.0, 1.0) * 255.0
+        elif w > 1:
+            out = np.clip((values - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0) * 255.0
+        else:
+            out = np.where(values > c - 0.5, 255.0, 0.0)
+    return np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
 
 
 def _voi_lut(values: np.ndarray, item: Dataset) -> np.ndarray:

@@ -187,6 +187,19 @@ def test_the_window_parameter_replaces_the_images_own(org, reader, function):
     assert not np.array_equal(image, reference(ds))
 
 
+@pytest.mark.parametrize(
+    "window", ["1e300,1e-300,sigmoid", "-1e300,1e300,linear-exact", "0,1,linear", "1e308,1e308"]
+)
+def test_extreme_windows_render_without_error(org, reader, window):
+    stored = Stored(org, [ct()])
+
+    image = image_of(
+        reader.get(f"{stored.instance()}/rendered?window={window}", HTTP_ACCEPT="image/png")
+    )
+
+    assert image.dtype == np.uint8
+
+
 def test_without_a_window_the_frame_range_is_shown(org, reader):
     ds = ct(window=None)
     stored = Stored(org, [ds])
