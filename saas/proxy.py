@@ -118,6 +118,8 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-Host $http_host;
             proxy_set_header X-Forwarded-Proto $strata_forwarded_proto;
+            # The port the client connected to (links built from a Host without one).
+            proxy_set_header X-Forwarded-Port $strata_forwarded_port;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Real-IP $remote_addr;
             # Other spellings gunicorn would also read as the scheme: never from the client.
@@ -241,6 +243,10 @@ def _trusted_block(networks: list[str]) -> str:
     lines.append("    map $strata_trusted_proxy:$http_x_forwarded_proto $strata_forwarded_proto {")
     lines.append("        default $scheme;")
     lines.append('        "~^1:(?<proto>https?)$" $proto;')
+    lines.append("    }")
+    lines.append("    map $strata_trusted_proxy:$http_x_forwarded_port $strata_forwarded_port {")
+    lines.append("        default $server_port;")
+    lines.append('        "~^1:(?<port>[0-9]{1,5})$" $port;')
     lines.append("    }")
     return "\n".join(lines) + "\n"
 

@@ -112,6 +112,7 @@ def test_requests_are_buffered_and_forwarding_headers_set_by_nginx(tmp_path):
         "proxy_set_header X-Real-IP $remote_addr;",
         "proxy_set_header X-Forwarded-Proto $strata_forwarded_proto;",
         "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-Port $strata_forwarded_port;",
         'proxy_set_header X-Forwarded-Ssl "";',
         "server unix:/srv/gunicorn.sock;",
         "listen 127.0.0.1:8000;",
@@ -515,6 +516,14 @@ def test_requests_pass_through_with_the_scheme_and_host_django_must_see(stack):
     # The trusted load balancer can: it terminated TLS.
     answer = _study_url(stack, patient_name, {"Host": host, **claims}, source=TRUSTED_PROXY)
     assert _retrieve_url(answer) == f"https://{host}/dicomweb/studies/{study_uid}"
+    # A Host without a port (dicomweb-client sends none): links name the port nginx listens on,
+    # whatever port a client claims; the trusted load balancer says which port it listens on.
+    answer = _study_url(stack, patient_name, {"Host": "localhost", "X-Forwarded-Port": "9"})
+    assert _retrieve_url(answer) == f"http://{host}/dicomweb/studies/{study_uid}"
+    answer = _study_url(
+        stack, patient_name, {"Host": "localhost", "X-Forwarded-Port": "8443"}, TRUSTED_PROXY
+    )
+    assert _retrieve_url(answer) == f"http://localhost:8443/dicomweb/studies/{study_uid}"
     # The Host reaches Django as the client sent it, and is checked there.
     answer = _study_url(stack, patient_name, {"Host": "evil.example"})
     assert answer.status_code == 400

@@ -39,6 +39,7 @@ from archive.dicomweb.common import (
     accepted_ranges,
     base_url,
     instance_url,
+    public_url,
 )
 from archive.dicomweb.multipart import closing, part_header
 from archive.index.services import access_record
@@ -111,9 +112,7 @@ def require_readable(
             "requested_at": restore.requested_at.isoformat(),
             "timeout_at": restore.timeout_at.isoformat(),
             "retry_after": retry_after,
-            "url": request.build_absolute_uri(
-                reverse("api-restore", kwargs={"restore_id": restore.pk})
-            ),
+            "url": public_url(request, reverse("api-restore", kwargs={"restore_id": restore.pk})),
         },
     )
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import F
+from django.test import override_settings
 from django.utils import timezone
 
 from archive.models import Instance, RestoreItem, RestoreRequest
@@ -74,9 +75,13 @@ def test_read_of_archived_study_restores_it_then_serves_the_bytes(
     assert restore.timeout_at - restore.requested_at == dt.timedelta(hours=72)
     assert AuditEvent.objects.filter(action="restore.started").count() == 1
 
-    # Reading again while it runs reuses the open restore.
-    again = reader.get(url)
+    # Reading again while it runs reuses the open restore; its URL follows PUBLIC_BASE_URL.
+    with override_settings(PUBLIC_BASE_URL="https://pacs.example.org/strata"):
+        again = reader.get(url)
     assert again.status_code == 503 and again.json()["restore"]["id"] == restore.pk
+    assert again.json()["restore"]["url"] == (
+        f"https://pacs.example.org/strata/api/v1/restores/{restore.pk}/"
+    )
     assert RestoreRequest.objects.count() == 1 and RestoreItem.objects.count() == 2
 
     # Followed through the REST API.
