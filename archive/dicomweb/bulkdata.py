@@ -521,7 +521,7 @@ def bulkdata_response(
             actor=actor,
             bytes_read=sent_bytes,
             instances=1 if complete else 0,
-            instance_ids=[instance.pk],
+            instances_read=[instance],
         )
 
     stream = BulkDataStream(

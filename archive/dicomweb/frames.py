@@ -638,7 +638,7 @@ def frames_response(
             actor=actor,
             bytes_read=sent_bytes,
             instances=1 if complete else 0,
-            instance_ids=[instance.pk],
+            instances_read=[instance],
         )
         logger.info(
             "frames: org %s instance %s: %d frame(s), %d bytes sent, %d bytes read from the store",

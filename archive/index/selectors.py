@@ -105,7 +105,8 @@ def instance_by_uids(
     name none, and the caller finds out which of them is unknown.
 
     Precondition: the UIDs are checked (``archive.ingest.dicom.uid_problem``)."""
-    return (
+    # At most one row (the SOP Instance UID is unique in an organization): no ORDER BY.
+    rows = (
         Instance.objects.for_org(org)
         .filter(
             sop_instance_uid=sop_uid,
@@ -114,9 +115,9 @@ def instance_by_uids(
             study__trashed_at__isnull=True,
         )
         .select_related("study", "series", "location", "frame_index")
-        .defer("frame_index__boundaries")
-        .first()
-    )
+        .defer("frame_index__boundaries", "study__metadata", "series__metadata")
+    )[:1]
+    return rows[0] if rows else None
 
 
 def study_accesses(*, org: Organization, study: Study) -> QuerySet[AccessEvent]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.db import transaction
@@ -34,22 +34,28 @@ def access_record(
     instances: int,
     series: Series | None = None,
     request_id: str | None = None,
-    instance_ids: Collection[int] | None = None,
+    instances_read: Sequence[Instance] | None = None,
 ) -> AccessEvent:
     """Record a read of PHI: the access log, last-accessed times, ``egress.bytes`` and the audit log.
 
     One transaction; call it once per request (WADO-RS retrieve or metadata, portal download)
     after the bytes were sent or as they start, with the bytes the response carries.
-    ``instance_ids``: the instances read, when the request read some of the series or study
-    only (a frame), so that only theirs are marked read.
+    ``instances_read``: the instances read (as loaded by the request), when it read some of the
+    series or study only (a frame): only theirs are marked read.
 
     Last-accessed times have a resolution of ``TOUCH_RESOLUTION``: a row read again within it
-    is not written again. A viewer reads a series frame by frame, hundreds of requests a
-    minute on one study: each would otherwise rewrite (and lock, until its commit) the same
-    study, series and instance rows, one request after the other. Tier policies count in days.
+    is not written again, and no statement is sent for the rows passed in that show it. A viewer
+    reads a series frame by frame, hundreds of requests a minute on one study: each would
+    otherwise rewrite (and lock, until its commit) the same study, series and instance rows,
+    one request after the other. Tier policies count in days.
     """
     now = timezone.now()
-    stale = Q(last_accessed_at__isnull=True) | Q(last_accessed_at__lt=now - TOUCH_RESOLUTION)
+    since = now - TOUCH_RESOLUTION
+    stale = Q(last_accessed_at__isnull=True) | Q(last_accessed_at__lt=since)
+
+    def touched(row: Study | Series | Instance) -> bool:
+        return row.last_accessed_at is not None and row.last_accessed_at >= since
+
     with transaction.atomic():
         event = AccessEvent.objects.create(
             organization=org,
@@ -61,16 +67,20 @@ def access_record(
             instances=instances,
             at=now,
         )
-        Study.objects.for_org(org).filter(stale, pk=study.pk).update(last_accessed_at=now)
+        if not touched(study):
+            Study.objects.for_org(org).filter(stale, pk=study.pk).update(last_accessed_at=now)
         instance_filter = Instance.objects.for_org(org).filter(stale, study=study)
         if series is not None:
-            Series.objects.for_org(org).filter(stale, pk=series.pk).update(last_accessed_at=now)
+            if not touched(series):
+                Series.objects.for_org(org).filter(stale, pk=series.pk).update(last_accessed_at=now)
             instance_filter = instance_filter.filter(series=series)
         else:
             Series.objects.for_org(org).filter(stale, study=study).update(last_accessed_at=now)
-        if instance_ids is not None:
-            instance_filter = instance_filter.filter(pk__in=list(instance_ids))
-        if kind != AccessEvent.Kind.METADATA:
+        read: list[int] | None = None
+        if instances_read is not None:
+            read = [i.pk for i in instances_read if not touched(i)]
+            instance_filter = instance_filter.filter(pk__in=read)
+        if kind != AccessEvent.Kind.METADATA and read != []:
             instance_filter.update(last_accessed_at=now)
         if bytes_read:
             record_usage(
