@@ -12,13 +12,25 @@ api_v1 = [
     path("", include("archive.urls_api")),
 ]
 
+_READ = ["get", "head"]
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    # The schema and its two readers answer GET (and HEAD) only: DRF's OPTIONS would render its
+    # metadata with the readers' HTML renderers, which have no template for it.
+    path("api/schema/", SpectacularAPIView.as_view(http_method_names=_READ), name="api-schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="api-schema", http_method_names=_READ),
+        name="api-docs",
+    ),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="api-schema", http_method_names=_READ),
+        name="api-redoc",
+    ),
     path("api/v1/", include(api_v1)),
     path("api/v1/o/<slug:org_slug>/", include(api_v1)),
     path("accounts/login/", views.LoginView.as_view(), name="login"),

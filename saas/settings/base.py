@@ -360,9 +360,9 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # says what the client used. Trusted only when configured: a client could send it too, so the
 # proxy must set (overwrite) it, as saas/proxy.py's nginx does.
 TRUST_X_FORWARDED_PROTO = env.boolean("TRUST_X_FORWARDED_PROTO", False)
+if TRUST_X_FORWARDED_PROTO:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The port in links built from a Host header that names none (dicomweb-client sends none): the
 # one the client connected to, which saas/proxy.py's nginx sets (overwriting a client's); without
 # a proxy a client can only change the links of its own answers. PUBLIC_BASE_URL overrides both.
 USE_X_FORWARDED_PORT = True
-if TRUST_X_FORWARDED_PROTO:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

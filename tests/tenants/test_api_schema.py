@@ -82,3 +82,11 @@ def test_docs_page_is_served_without_any_external_url() -> None:
     assert assets
     for asset in assets:
         assert APIClient().get(asset).status_code == 200, asset
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/", "/api/redoc/"])
+@pytest.mark.parametrize("method", ["options", "post", "delete"])
+def test_the_schema_and_its_readers_answer_get_only(client, path, method):
+    """OPTIONS rendered DRF's metadata with the readers' HTML renderers: a 500."""
+    assert getattr(client, method)(path).status_code == 405
+    assert client.get(path).status_code == 200
