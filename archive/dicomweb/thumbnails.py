@@ -145,9 +145,29 @@ def _loaded(org: Organization, pk: int) -> Instance:
     return Instance.objects.for_org(org).select_related("location", "series").get(pk=pk)
 
 
+def _shows_no_label(instance: Instance) -> bool:
+    value = (instance.metadata or {}).get(IMAGE_TYPE_KEY, {}).get("Value") or []
+    return not any(word in str(v).upper() for v in value for word in _LABEL_TYPES)
+
+
 def series_representative(org: Organization, series: Series) -> Instance | None:
     """The middle image instance of the series that can be rendered (a slide's: its thumbnail
-    image or lowest resolution), or None."""
+    image or lowest resolution), or None.
+
+    Most series are images only: their middle instance is found by its position alone (an
+    indexed query, no instance's metadata read); only when that one cannot be shown, and for
+    slides, are the candidates sorted out from every instance's metadata.
+    """
+    if series.modality.upper() != "SM" and series.instance_count:
+        middle = (series.instance_count - 1) // 2
+        found = list(
+            Instance.objects.for_org(org)
+            .filter(series=series)
+            .select_related("location", "series")
+            .order_by(F("instance_number").asc(nulls_last=True), "id")[middle : middle + 1]
+        )
+        if found and render_problem(found[0]) is None and _shows_no_label(found[0]):
+            return found[0]
     candidates = _image_candidates(org, series)
     if not candidates:
         return None

@@ -151,6 +151,16 @@ def test_slide_label_images_are_never_the_thumbnail(org, reader, decodes):
     assert decodes == [(instance_with(org, datasets[1].SOPInstanceUID).pk, 1)]
 
 
+def test_when_the_middle_instance_cannot_be_shown_its_neighbour_is(org, reader, decodes):
+    datasets = series_of(3)
+    datasets[1].ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
+    stored = Stored(org, datasets)
+
+    image_of(reader.get(f"{stored.series()}/thumbnail"))
+
+    assert decodes == [(instance_with(org, datasets[0].SOPInstanceUID).pk, 1)]
+
+
 def sm_instance(study_uid: str, series_uid: str, number: int, frames: int, image_type: str):
     ds = ct(study_uid=study_uid, series_uid=series_uid, number=number, frames=frames)
     ds.Modality = "SM"
