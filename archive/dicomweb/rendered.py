@@ -1032,6 +1032,8 @@ class RenderRequest:
     multipart: bool
     frame_list: bool = False
     skipped: int = field(default=0)
+    # An instance or its frames: only it is marked read (a study or series: all of theirs).
+    single: Instance | None = None
 
 
 def _record(req: RenderRequest) -> Callable[[int, int], None]:
@@ -1044,6 +1046,7 @@ def _record(req: RenderRequest) -> Callable[[int, int], None]:
             actor=req.actor,
             bytes_read=sent_bytes,
             instances=instances,
+            instances_read=None if req.single is None else [req.single],
         )
 
     return record
@@ -1168,5 +1171,6 @@ def rendered_response(
             options,
             multipart or len(targets) > 1,
             frame_list=frames is not None,
+            single=instance,
         )
     )

@@ -525,6 +525,7 @@ def thumbnail_response(
         actor=actor,
         bytes_read=len(data),
         instances=1,
+        instances_read=[chosen],
     )
     response = HttpResponse(data, content_type=options.media_type)
     response["Content-Length"] = str(len(data))

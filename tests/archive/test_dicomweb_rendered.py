@@ -736,6 +736,16 @@ def test_access_is_recorded_once_with_the_bytes_sent(org, reader):
     assert egress.quantity == len(response.content)
 
 
+def test_an_instance_rendered_marks_only_it_read(org, reader):
+    study_uid, series_uid = generate_uid(), generate_uid()
+    stored = Stored(org, [ct(study_uid=study_uid, series_uid=series_uid, number=n) for n in (1, 2)])
+
+    reader.get(f"{stored.instance(1)}/rendered")
+
+    read = dict(Instance.objects.for_org(org).values_list("instance_number", "last_accessed_at"))
+    assert read[2] is not None and read[1] is None
+
+
 def test_a_frame_on_s3_is_read_by_ranges(org, reader, s3_bucket, make_bucket_location, monkeypatch):
     make_bucket_location(org, endpoint_url=s3_bucket.endpoint_url, bucket=s3_bucket.name)
     ds = ct(rows=256, columns=256, frames=40, window=None)  # 5 MiB of frames

@@ -303,6 +303,16 @@ def test_second_request_is_served_from_the_kept_object_without_decoding(org, rea
     assert [e.bytes for e in events] == [len(first.content)] * 2
 
 
+def test_a_series_thumbnail_marks_only_the_instance_shown_read(org, reader):
+    datasets = series_of(3)
+    stored = Stored(org, datasets)
+
+    reader.get(f"{stored.series()}/thumbnail")
+
+    read = dict(Instance.objects.for_org(org).values_list("instance_number", "last_accessed_at"))
+    assert [n for n, at in sorted(read.items()) if at is not None] == [2]
+
+
 def test_each_size_and_media_type_is_kept_apart(org, reader, decodes):
     stored = Stored(org, [ct()])
     url = f"{stored.instance()}/thumbnail"
