@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from django.utils import timezone
 from django.utils.http import parse_header_parameters
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragmented_frames, generate_frames
@@ -28,9 +29,10 @@ from archive.dicomweb.frames import (
     frame_bytes,
     parse_frame_list,
 )
+from archive.index.selectors import instance_by_uids
 from archive.ingest import pipeline
 from archive.ingest.dicom import DicomRejected, read_header
-from archive.models import AccessEvent, FrameIndex, Instance, RestoreRequest
+from archive.models import AccessEvent, FrameIndex, Instance, RestoreRequest, Study
 from archive.storage import store_for
 from archive.storage.filesystem import FilesystemStore
 from billing.models import UsageEvent
@@ -656,3 +658,47 @@ def test_bulk_data_of_compressed_pixel_data_comes_as_octet_stream_with_its_synta
     refused = reader.get(path, HTTP_ACCEPT=UNCOMPRESSED)
     assert refused.status_code == 406
     assert "transfer-syntax=*" in refused.json()["error"]["message"]
+
+
+# --- the look-up of a frame request -------------------------------------------------------------
+
+
+def _values(row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        f.attname: getattr(row, f.attname)
+        for f in type(row)._meta.concrete_fields
+        if f.name not in skip
+    }
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_instance_by_uids_loads_what_the_orm_loads(org, other_org, indexed):
+    instance, _ = ingest_testdata(org, "examples_ybr_color.dcm")
+    Instance.objects.filter(pk=instance.pk).update(last_accessed_at=timezone.now())
+    if not indexed:
+        FrameIndex.objects.all().delete()
+    expected = Instance.objects.select_related("study", "series", "location").get(pk=instance.pk)
+    uids = {
+        "study_uid": expected.study.study_uid,
+        "series_uid": expected.series.series_uid,
+        "sop_uid": expected.sop_instance_uid,
+    }
+
+    found = instance_by_uids(org=org, **uids)
+
+    assert found is not None
+    assert _values(found) == _values(expected)
+    assert _values(found.study, ("metadata",)) == _values(expected.study, ("metadata",))
+    assert _values(found.series, ("metadata",)) == _values(expected.series, ("metadata",))
+    assert _values(found.location) == _values(expected.location)
+    assert isinstance(found.metadata, dict) and found.metadata == expected.metadata
+    if indexed:
+        index = FrameIndex.objects.get(instance=instance)
+        assert _values(found.frame_index, ("boundaries",)) == _values(index, ("boundaries",))
+    else:
+        with pytest.raises(FrameIndex.DoesNotExist):
+            found.frame_index  # noqa: B018 - cached as absent, not looked up again
+    assert instance_by_uids(org=other_org, **uids) is None
+    assert instance_by_uids(org=org, **{**uids, "series_uid": "1.2.3"}) is None
+    Study.objects.filter(pk=expected.study_id).update(trashed_at=timezone.now())
+    assert instance_by_uids(org=org, **uids) is None
