@@ -91,7 +91,7 @@ from archive.ingest.dicom import (
     is_encapsulated,
     pixel_bulk_data_of,
 )
-from archive.models import AccessEvent, Instance, Series, Study
+from archive.models import AccessEvent, FrameIndex, Instance, Series, Study
 from archive.storage import StorageUnavailable, store_for
 from tenants.context import Actor
 from tenants.errors import ServiceError, ValidationFailed
@@ -589,6 +589,16 @@ _HEADER_ERRORS = (
 )
 
 
+def _cached_frame_index(instance: Instance) -> FrameIndex | None:
+    """The frame index loaded with the instance (``instance_by_uids``), else None: the frame
+    reader looks it up."""
+    descriptor = Instance.frame_index
+    if not descriptor.is_cached(instance):
+        return None
+    index = descriptor.related.get_cached_value(instance, default=None)
+    return cast(FrameIndex | None, index)
+
+
 def frame_read(instance: Instance, number: int) -> Frame:
     """Decode frame ``number`` (1-based) of ``instance`` (``archive.dicomweb.frames``: one
     ranged read of the frame) with the attributes its rendering reads.
@@ -598,7 +608,7 @@ def frame_read(instance: Instance, number: int) -> Frame:
     None and the object is readable now (``require_readable``).
     """
     try:
-        with FrameReader(instance) as reader:
+        with FrameReader(instance, _cached_frame_index(instance)) as reader:
             decoded = reader.decoded(number)
             frames = reader.frames
     except NotDecodable as exc:

@@ -22,6 +22,8 @@ from archive.dicomweb.common import (
 from archive.dicomweb.frames import frames_response
 from archive.index import selectors as index_selectors
 from archive.ingest.dicom import uid_problem
+from archive.models import Instance
+from tenants.models import Organization
 from tenants.roles import Perm
 
 MORE_RESULTS = (
@@ -233,6 +235,23 @@ class BulkDataView(DicomWebView):
         )
 
 
+def _image_instance(org: Organization, study: str, series: str, instance: str) -> Instance:
+    """The instance the URL names, with its study, series, location and frame index: one query
+    (a viewer asks for many images a minute); when it finds nothing, the selectors say which UID
+    is unknown (404)."""
+    row = None
+    if not any(map(uid_problem, (study, series, instance))):
+        row = index_selectors.instance_by_uids(
+            org=org, study_uid=study, series_uid=series, sop_uid=instance
+        )
+    if row is None:
+        study_row = selectors.study_get(org=org, study_uid=study)
+        series_row = selectors.series_get(org=org, study=study_row, series_uid=series)
+        row = selectors.instance_get(org=org, series=series_row, sop_uid=instance)
+        row.study, row.series = study_row, series_row
+    return row
+
+
 class RenderedView(DicomWebView):
     """GET .../rendered of a study, a series, an instance or a frame list
     (``archive.dicomweb.rendered``): JPEG, PNG or GIF images."""
@@ -247,23 +266,28 @@ class RenderedView(DicomWebView):
         instance: str | None = None,
         frames: str | None = None,
     ) -> HttpResponseBase:
+        if instance is not None:
+            assert series is not None  # the URL names the series before the instance
+            row = _image_instance(self.org, study, series, instance)
+            return rendered.rendered_response(
+                request=request._request,
+                org=self.org,
+                actor=self.actor,
+                study=row.study,
+                series=row.series,
+                instances=[row],
+                level="instance",
+                frames=frames,
+            )
         study_row = selectors.study_get(org=self.org, study_uid=study)
         series_row = None
         if series is not None:
             series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
-        if instance is not None:
-            assert series_row is not None  # the URL names the series before the instance
-            row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
-            row.series = series_row
-            instances = [row]
-            level = "instance"
-        else:
-            instances = list(
-                selectors.instances_of(
-                    org=self.org, study=study_row, series=series_row
-                ).select_related("location", "series")
+        instances = list(
+            selectors.instances_of(org=self.org, study=study_row, series=series_row).select_related(
+                "location", "series"
             )
-            level = "series" if series_row is not None else "study"
+        )
         return rendered.rendered_response(
             request=request._request,
             org=self.org,
@@ -271,8 +295,7 @@ class RenderedView(DicomWebView):
             study=study_row,
             series=series_row,
             instances=instances,
-            level=level,
-            frames=frames,
+            level="series" if series_row is not None else "study",
         )
 
 
@@ -290,23 +313,29 @@ class ThumbnailView(DicomWebView):
         instance: str | None = None,
         frames: str | None = None,
     ) -> HttpResponseBase:
+        if instance is not None:
+            assert series is not None  # the URL names the series before the instance
+            row = _image_instance(self.org, study, series, instance)
+            return thumbnails.thumbnail_response(
+                request=request._request,
+                org=self.org,
+                actor=self.actor,
+                study=row.study,
+                series=row.series,
+                instance=row,
+                frames=frames,
+            )
         study_row = selectors.study_get(org=self.org, study_uid=study)
         series_row = None
-        row = None
         if series is not None:
             series_row = selectors.series_get(org=self.org, study=study_row, series_uid=series)
-        if instance is not None:
-            assert series_row is not None  # the URL names the series before the instance
-            row = selectors.instance_get(org=self.org, series=series_row, sop_uid=instance)
-            row.series = series_row
         return thumbnails.thumbnail_response(
             request=request._request,
             org=self.org,
             actor=self.actor,
             study=study_row,
             series=series_row,
-            instance=row,
-            frames=frames,
+            instance=None,
         )
 
 
