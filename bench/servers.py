@@ -65,7 +65,9 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[Any], what: str, seconds: float) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[Any], what: str, seconds: float) -> None:
+    """Until ``port`` of the loopback accepts a connection; RuntimeError when ``process`` ends
+    or ``seconds`` pass first."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -93,15 +95,21 @@ def web_server(log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[s
         env={**os.environ, **(env or {})},
     )
     try:
-        _wait_for_port(port, process, f"the web server (see {log})", 60)
+        wait_for_port(port, process, f"the web server (see {log})", 60)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         out.close()
+
+
+def stop(process: subprocess.Popen[Any], seconds: float = 30) -> None:
+    """Terminate ``process``, killed when it does not end in ``seconds``."""
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def server_description() -> str:
@@ -217,7 +225,7 @@ def moto_s3(*, ranged: bool = False) -> Iterator[str]:
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_for_port(port, process, "moto's server", 30)
+        wait_for_port(port, process, "moto's server", 30)
         yield f"http://127.0.0.1:{port}"
     finally:
         assert process.stdin is not None

@@ -43,7 +43,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,8 @@ from bench.servers import (  # noqa: E402
     process_tree,
     s3_client,
     server_description,
+    stop,
+    wait_for_port,
     web_server,
 )
 
@@ -307,27 +308,12 @@ def orthanc_server() -> Iterator[Orthanc]:
     log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", http_port), timeout=0.5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"Orthanc did not start; see {work / 'orthanc.log'}"
-                    ) from None
-                time.sleep(0.2)
+        wait_for_port(http_port, process, f"Orthanc (see {work / 'orthanc.log'})", 60)
         index = "PostgreSQL index" if index_plugin.exists() else "SQLite index"
         print(f"Orthanc 1.10 (Debian) with its DICOMweb plugin, {index}", flush=True)
         yield Orthanc(port=http_port, pid=process.pid, index=index)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         if index_plugin.exists():
             database.drop()

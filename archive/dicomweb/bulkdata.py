@@ -506,11 +506,50 @@ def bulkdata_response(
         if content_length is not None:
             head["Content-Length"] = str(content_length)
         return head
-    # The first part's opening and first bytes are read before answering, so that a broken
-    # encapsulation or an unreachable store is a clear 503 instead of a response cut short.
-    with object_errors(reader, instance=instance):
-        first = list(itertools.islice(pieces, 2))
-    pieces = itertools.chain(first, pieces)
+    response = pixel_data_response(
+        pieces,
+        opening=opening,
+        boundary=boundary,
+        reader=reader,
+        content_type=content_type,
+        org=org,
+        actor=actor,
+        study=study,
+        series=series,
+        instance=instance,
+    )
+    if content_length is not None:
+        response["Content-Length"] = str(content_length)
+    return response
+
+
+def pixel_data_response(
+    pieces: Iterator[bytes | None],
+    *,
+    opening: bytes,
+    boundary: str,
+    reader: ObjectReader,
+    content_type: str,
+    org: Organization,
+    actor: Actor,
+    study: Study,
+    series: Series,
+    instance: Instance,
+    on_recorded: Callable[[int], None] | None = None,
+) -> StreamingHttpResponse:
+    """The streamed multipart response of pixel data of ``instance`` (bulk data, frames):
+    ``pieces`` as ``BulkDataStream`` takes them, the access recorded once with the bytes sent
+    (then ``on_recorded(bytes sent)``).
+
+    The first part's opening and first bytes are read before answering, so that a broken
+    encapsulation, an unreachable store or a frame that cannot be decoded is a clear error
+    instead of a response cut short (the reader is closed then)."""
+    try:
+        with object_errors(reader, instance=instance):
+            first = list(itertools.islice(pieces, 2))
+    except BaseException:
+        reader.close()
+        raise
 
     def record(sent_bytes: int, complete: bool) -> None:
         access_record(
@@ -523,14 +562,17 @@ def bulkdata_response(
             instances=1 if complete else 0,
             instances_read=[instance],
         )
+        if on_recorded is not None:
+            on_recorded(sent_bytes)
 
     stream = BulkDataStream(
-        pieces, opening=opening, boundary=boundary, reader=reader, on_done=record
+        itertools.chain(first, pieces),
+        opening=opening,
+        boundary=boundary,
+        reader=reader,
+        on_done=record,
     )
-    response = StreamingHttpResponse(stream, content_type=content_type)
-    if content_length is not None:
-        response["Content-Length"] = str(content_length)
-    return response
+    return StreamingHttpResponse(stream, content_type=content_type)
 
 
 def _one_part(chunks: Iterator[bytes]) -> Iterator[bytes | None]:

@@ -30,7 +30,6 @@ record the access: the caller does (``require_readable``, ``access_record``).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import struct
@@ -42,7 +41,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 from django.db.models import BinaryField
 from django.db.models.functions import Substr
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
@@ -50,11 +49,11 @@ from pydicom.uid import UID
 
 from archive.dicomweb.bulkdata import (
     READ_CHUNK,
-    BulkDataStream,
     ObjectReader,
     PixelOffer,
     object_errors,
     pixel_data_offer,
+    pixel_data_response,
     transfer_syntax_name,
 )
 from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable
@@ -64,7 +63,6 @@ from archive.dicomweb.wado import (
     require_readable,
     restore_pending_response,
 )
-from archive.index.services import access_record
 from archive.ingest.dicom import (
     BITS_ALLOCATED_KEY,
     COLUMNS_KEY,
@@ -89,7 +87,7 @@ from archive.ingest.dicom import (
     to_little_endian,
 )
 from archive.ingest.pipeline import frame_index_row
-from archive.models import AccessEvent, FrameIndex, Instance, Series, Study
+from archive.models import FrameIndex, Instance, Series, Study
 from archive.storage import store_for
 from tenants.context import Actor
 from tenants.errors import ServiceError
@@ -618,28 +616,8 @@ def frames_response(
         head[STORE_BYTES_HEADER] = "0"
         return head
     opening = f"--{boundary}\r\nContent-Type: {offer.part_type}\r\n\r\n".encode("latin-1")
-    pieces = _pieces(frames, numbers, offer)
-    # The first frame is read (and decoded) before answering, so that an unreadable object or a
-    # frame that cannot be decoded is a clear error instead of a response cut short.
-    try:
-        with object_errors(frames.reader, instance=instance):
-            first = list(itertools.islice(pieces, 2))
-    except BaseException:
-        frames.close()
-        raise
-    pieces = itertools.chain(first, pieces)
 
-    def record(sent_bytes: int, complete: bool) -> None:
-        access_record(
-            org=org,
-            study=study,
-            series=series,
-            kind=AccessEvent.Kind.RETRIEVE,
-            actor=actor,
-            bytes_read=sent_bytes,
-            instances=1 if complete else 0,
-            instances_read=[instance],
-        )
+    def logged(sent_bytes: int) -> None:
         logger.info(
             "frames: org %s instance %s: %d frame(s), %d bytes sent, %d bytes read from the store",
             org.pk,
@@ -649,9 +627,18 @@ def frames_response(
             frames.store_bytes,
         )
 
-    stream = BulkDataStream(
-        pieces, opening=opening, boundary=boundary, reader=frames.reader, on_done=record
+    response = pixel_data_response(
+        _pieces(frames, numbers, offer),
+        opening=opening,
+        boundary=boundary,
+        reader=frames.reader,
+        content_type=content_type,
+        org=org,
+        actor=actor,
+        study=study,
+        series=series,
+        instance=instance,
+        on_recorded=logged,
     )
-    response = StreamingHttpResponse(stream, content_type=content_type)
     response[STORE_BYTES_HEADER] = str(store_bytes)
     return response

@@ -4,56 +4,40 @@ decoded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from urllib.parse import urlsplit
-
 import numpy as np
 import pydicom
 import pytest
-import requests
-from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
 
 from archive.models import AccessEvent
+from tests.archive import test_dicomweb_bulkdata
 from tests.archive.test_dicomweb_frames import ingest_testdata, pydicom_frames_as_stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PIXEL_DATA = "7FE00010"
-
-
-@pytest.fixture
-def client(live_server, org, make_token) -> Iterator[DICOMwebClient]:
-    _, secret = make_token(org, ["dicom:read"])
-    with requests.Session() as session:
-        http = DICOMwebClient(
-            f"{live_server.url}/dicomweb",
-            session=session,
-            headers={"Authorization": f"Bearer {secret}"},
-        )
-        # The client sends its host without the port: BulkDataURIs must name the live server's.
-        http.host = urlsplit(live_server.url).netloc
-        yield http
+# dicomweb-client on the live server, with a dicom:read token of ``org``.
+http_client = test_dicomweb_bulkdata.http_client
 
 
 def _uids(instance) -> tuple[str, str, str]:
     return instance.study.study_uid, instance.series.series_uid, instance.sop_instance_uid
 
 
-def test_retrieve_instance_frames_of_a_multi_frame_jpeg(org, client):
+def test_retrieve_instance_frames_of_a_multi_frame_jpeg(org, http_client):
     instance, ds = ingest_testdata(org, "examples_ybr_color.dcm")
     stored = pydicom_frames_as_stored(ds)
 
-    any_type = client.retrieve_instance_frames(*_uids(instance), frame_numbers=[3, 1])
-    as_jpeg = client.retrieve_instance_frames(
+    any_type = http_client.retrieve_instance_frames(*_uids(instance), frame_numbers=[3, 1])
+    as_jpeg = http_client.retrieve_instance_frames(
         *_uids(instance), frame_numbers=[30], media_types=("image/jpeg",)
     )
-    as_octets = client.retrieve_instance_frames(
+    as_octets = http_client.retrieve_instance_frames(
         *_uids(instance),
         frame_numbers=[2],
         media_types=(("application/octet-stream", "*"),),
     )
-    decoded = client.retrieve_instance_frames(
+    decoded = http_client.retrieve_instance_frames(
         *_uids(instance), frame_numbers=[5], media_types=("application/octet-stream",)
     )
 
@@ -67,12 +51,12 @@ def test_retrieve_instance_frames_of_a_multi_frame_jpeg(org, client):
 @pytest.mark.parametrize(
     "name", ["CT_small.dcm", "rtdose_expb.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"]
 )
-def test_retrieve_instance_frames_decoded_as_pydicom_decodes(org, client, name):
+def test_retrieve_instance_frames_decoded_as_pydicom_decodes(org, http_client, name):
     instance, ds = ingest_testdata(org, name)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     pixels = ds.pixel_array if count > 1 else ds.pixel_array[np.newaxis]
 
-    frames = client.retrieve_instance_frames(
+    frames = http_client.retrieve_instance_frames(
         *_uids(instance),
         frame_numbers=list(range(1, count + 1)),
         media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),),
@@ -83,21 +67,23 @@ def test_retrieve_instance_frames_decoded_as_pydicom_decodes(org, client, name):
     ]
 
 
-def test_retrieve_bulkdata_of_compressed_and_native_pixel_data(org, client):
+def test_retrieve_bulkdata_of_compressed_and_native_pixel_data(org, http_client):
     jpeg, jpeg_ds = ingest_testdata(org, "examples_ybr_color.dcm")
     native, native_ds = ingest_testdata(org, "CT_small.dcm")
 
-    jpeg_uri = client.retrieve_instance_metadata(*_uids(jpeg))[PIXEL_DATA]["BulkDataURI"]
-    native_uri = client.retrieve_instance_metadata(*_uids(native))[PIXEL_DATA]["BulkDataURI"]
+    jpeg_uri = http_client.retrieve_instance_metadata(*_uids(jpeg))[PIXEL_DATA]["BulkDataURI"]
+    native_uri = http_client.retrieve_instance_metadata(*_uids(native))[PIXEL_DATA]["BulkDataURI"]
 
-    as_stored = client.retrieve_bulkdata(jpeg_uri, media_types=(("application/octet-stream", "*"),))
+    as_stored = http_client.retrieve_bulkdata(
+        jpeg_uri, media_types=(("application/octet-stream", "*"),)
+    )
     assert [bytes(frame) for frame in as_stored] == list(
         generate_frames(jpeg_ds.PixelData, number_of_frames=30)
     )
-    assert client.retrieve_bulkdata(native_uri) == [native_ds.PixelData]
+    assert http_client.retrieve_bulkdata(native_uri) == [native_ds.PixelData]
     # pydicom resolves a BulkDataURI through the client, as a viewer would.
     resolved = pydicom.Dataset.from_json(
-        client.retrieve_instance_metadata(*_uids(native)),
-        bulk_data_uri_handler=lambda uri: bytes(client.retrieve_bulkdata(uri)[0]),
+        http_client.retrieve_instance_metadata(*_uids(native)),
+        bulk_data_uri_handler=lambda uri: bytes(http_client.retrieve_bulkdata(uri)[0]),
     )
     assert resolved.PixelData == native_ds.PixelData
