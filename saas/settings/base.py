@@ -246,6 +246,8 @@ CORS_EXPOSE_HEADERS = (
     "Location",
     "Retry-After",
     "Warning",
+    # WADO-RS frames: the bytes read from the object store for the frames sent.
+    "X-Strata-Store-Bytes",
 )
 # A browser may reuse a preflight's answer this long; each actual request is still checked
 # against its organization's origins.
