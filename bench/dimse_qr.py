@@ -16,13 +16,14 @@ instances, availability), each timed from the request to the final response: (a)
 pynetdicom's SCU in this process on one open association (its socket with TCP_NODELAY, as DCMTK's
 and dcm4che's SCUs have, and without pynetdicom's per-message and per-identifier log formatting,
 which the listener turns off for itself too; (a2) is the same with pynetdicom's default logging,
-whose cost is the SCU's: about a third of its time per match); from DCMTK's findscu when it is
+a cost of the SCU's alone, up to a third of its time per match); from DCMTK's findscu when it is
 installed (Debian package dcmtk), timed from its own log, with TCP_NODELAY=1: (b) every query on
 one association, (c) one findscu and association per query, from the association request on
 (the listener's association set-up included), and (d) as (b) with DCMTK's default, Nagle's
 algorithm on. Target: p95 < 50 ms at 1M studies for the C-FIND itself, (a) and (b). A
-PatientName prefix matches about 83 studies at 1M: each match is a pending response the SCU
-reads and decodes, which is most of what (a) measures.
+PatientName prefix matches about 83 studies at 1M: each match is a pending response that
+pynetdicom's SCU reads and decodes in Python (about 0.3 ms each on this machine when it is
+otherwise idle, more when the cores are shared), which is most of what (a) measures there.
 
 BENCH_STUDIES=100000,1000000 changes the sizes, BENCH_FIND_SAMPLES=200 the queries per figure;
 BENCH_ONLY=find runs the C-FIND part only (comma-separated names for several parts).
