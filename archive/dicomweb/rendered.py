@@ -107,9 +107,10 @@ RENDERED_TYPES = (JPEG, PNG, GIF)
 DEFAULT_QUALITY = 90
 # A viewport larger than this in either dimension is refused: the image is built in memory.
 MAX_VIEWPORT = 4096
-# A frame with more pixels than this is not decoded for rendering (a slide's tiles are frames of
-# their own; its frames resource serves any frame as stored).
-MAX_FRAME_PIXELS = 64 * 1024 * 1024
+# A frame with more pixels than this is not decoded for rendering: the decoded frame and the
+# image made of it are in memory (32 Mpixels: 64 MiB at 16 bits; the largest radiographs have
+# about 15). A slide's tiles are frames of their own; its frames resource serves any frame.
+MAX_FRAME_PIXELS = 32 * 1024 * 1024
 ANNOTATIONS = ("patient", "technique")
 WINDOW_FUNCTIONS = {
     "linear": "LINEAR",
@@ -120,7 +121,6 @@ WINDOW_FUNCTIONS = {
 NUMBER_OF_FRAMES_KEY = "00280008"
 COLUMNS_KEY = "00280011"
 ROWS_KEY = "00280010"
-SAMPLES_KEY = "00280002"
 # Attributes outside the Image Pixel module the rendering reads from the object's header.
 _PRESENTATION_LUT_SHAPE = "PresentationLUTShape"
 

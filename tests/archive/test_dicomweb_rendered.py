@@ -664,6 +664,16 @@ def test_pixel_data_that_does_not_decode_is_406_naming_the_syntax(org, reader):
     assert not AccessEvent.objects.exists()
 
 
+def test_a_frame_too_large_to_render_is_406(org, reader, monkeypatch):
+    stored = Stored(org, [ct(rows=64, columns=64)])
+    monkeypatch.setattr(rendered, "MAX_FRAME_PIXELS", 64 * 64 - 1)
+
+    response = reader.get(f"{stored.instance()}/rendered")
+
+    assert response.status_code == 406
+    assert "4,096 pixels" in response.json()["error"]["message"]
+
+
 def test_deflated_is_406_naming_it(org, reader):
     stored = Stored(org, [from_testdata("image_dfl.dcm")])
 
