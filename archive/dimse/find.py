@@ -653,6 +653,8 @@ def _data_element(tag: str, attribute: dict[str, Any]) -> DataElement | None:
     elif vr in _NUMBER_VRS and all(isinstance(v, int | float) for v in values):
         converted = values
     elif vr == "PN":
+        if not all(isinstance(v, dict) and v.keys() <= _PN_GROUPS for v in values):
+            return None
         names = [_person_name(v) for v in values]
         if any(name is None for name in names):
             return None
@@ -746,9 +748,17 @@ _LONG_HEADER = struct.Struct("<HH2s2xI")
 QUERY_RETRIEVE_LEVEL_TAG = _hex(QUERY_RETRIEVE_LEVEL)
 
 
+class _NotAscii(Exception):
+    """A text value is not ASCII: the response declares UTF-8 and is encoded again."""
+
+
+_PN_GROUPS = frozenset({"Alphabetic", "Ideographic", "Phonetic"})
+
+
 def _value_bytes(vr: str, attribute: dict[str, Any], utf8: bool) -> bytes | None:
     """The encoded, padded value of one DICOM JSON attribute of the common kinds (text, person
-    name, integer string, or no value); None for the others."""
+    name, integer string, or no value); None for the others. Without ``utf8``, a text value of
+    the character set's VRs that is not ASCII raises ``_NotAscii``."""
     values = attribute.get("Value")
     if values is None:
         return b"" if len(attribute) == 1 and vr != "SQ" else None
@@ -759,6 +769,8 @@ def _value_bytes(vr: str, attribute: dict[str, Any], utf8: bool) -> bytes | None
             return None
         texts: list[str] = values
     elif vr == "PN":
+        if not all(isinstance(v, dict) and v.keys() <= _PN_GROUPS for v in values):
+            return None
         names = [_person_name(v) for v in values]
         if any(name is None for name in names):
             return None
@@ -771,7 +783,8 @@ def _value_bytes(vr: str, attribute: dict[str, Any], utf8: bool) -> bytes | None
         return None
     text = "\\".join(texts)
     if vr in _CHARSET_VRS:
-        # Not UTF-8 only when every value of the response is ASCII (``_charset``).
+        if not utf8 and not text.isascii():
+            raise _NotAscii
         raw = text.encode("utf-8" if utf8 else "ascii")
     elif text.isascii():
         raw = text.encode("ascii")
@@ -784,7 +797,8 @@ def _value_bytes(vr: str, attribute: dict[str, Any], utf8: bool) -> bytes | None
 
 def _encoded(attributes: dict[str, Any], *, implicit: bool, utf8: bool) -> bytes | None:
     """The data set of DICOM JSON ``attributes`` in (Implicit or Explicit VR) Little Endian, as
-    pydicom writes it; None when an attribute is not of the kinds ``_value_bytes`` encodes."""
+    pydicom writes it; None when an attribute is not of the kinds ``_value_bytes`` encodes.
+    Raises ``_NotAscii`` as ``_value_bytes`` does."""
     elements: dict[int, bytes] = {}
     for key, attribute in attributes.items():
         vr = attribute.get("vr")
@@ -813,12 +827,17 @@ def _encoded(attributes: dict[str, Any], *, implicit: bool, utf8: bool) -> bytes
 def response_bytes(match: Match, request: FindRequest, peer: Peer, *, implicit: bool) -> bytes:
     """``response_identifier`` encoded in Little Endian, Implicit or Explicit VR."""
     chosen = _chosen(match, request, peer)
-    charset = _charset(chosen, request)
     attributes = dict(chosen)
     attributes[QUERY_RETRIEVE_LEVEL_TAG] = _element("CS", request.level)
-    if charset is not None:
-        attributes[CHARSET_TAG] = _element("CS", charset) if charset else {"vr": "CS"}
-    encoded = _encoded(attributes, implicit=implicit, utf8=charset == "ISO_IR 192")
+    # The character set as ``_charset`` chooses it: in this encoding every string is a value
+    # (VRs and person name groups are ASCII), so a value that is not ASCII means UTF-8.
+    if request.wants_charset:
+        attributes[CHARSET_TAG] = {"vr": "CS"}
+    try:
+        encoded = _encoded(attributes, implicit=implicit, utf8=False)
+    except _NotAscii:
+        attributes[CHARSET_TAG] = _element("CS", "ISO_IR 192")
+        encoded = _encoded(attributes, implicit=implicit, utf8=True)
     if encoded is not None:
         return encoded
     data = encode(response_identifier(match, request, peer), implicit, True)

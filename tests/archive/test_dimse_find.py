@@ -853,8 +853,14 @@ REQUESTED = {
             False,
             False,
         ),
+        (  # a person name with a member that is no component group: encoded by pydicom
+            {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B", "Note": "é"}]}},
+            {},
+            True,
+            False,
+        ),
     ],
-    ids=["ascii", "charset-asked", "utf8", "long-and-empty", "pydicom-kinds", "odd-cs"],
+    ids=["ascii", "charset-asked", "utf8", "long-and-empty", "pydicom-kinds", "odd-cs", "odd-pn"],
 )
 def test_encoded_responses_are_the_bytes_pydicom_writes(
     implicit, changes, keys, charset, direct, org
