@@ -653,8 +653,6 @@ def _data_element(tag: str, attribute: dict[str, Any]) -> DataElement | None:
     elif vr in _NUMBER_VRS and all(isinstance(v, int | float) for v in values):
         converted = values
     elif vr == "PN":
-        if not all(isinstance(v, dict) and v.keys() <= _PN_GROUPS for v in values):
-            return None
         names = [_person_name(v) for v in values]
         if any(name is None for name in names):
             return None
