@@ -29,10 +29,17 @@ later -- rendered images, thumbnails -- reuses them):
   < 50 MB above idle. moto 5 reads a whole object for every GET and slices the range out of it
   afterwards; the benchmark's moto reads only the range (``bench.servers.moto_ranged_reads``),
   so that what is timed is Strata's read, not moto's copy of 3 GB.
+- rendered: one 512x512 CT slice rendered as JPEG (its own window, rescale), random slices, one
+  client, next to Orthanc's DICOMweb plugin's ``/rendered``, alternating rounds: p50/p95, rate,
+  server CPU per image. Target: p95 < 50 ms.
+- thumbnail: thumbnails of the slices: the first request of 100 of them (render and keep,
+  timed), then random kept ones, one client, next to Orthanc's ``/rendered?viewport=128,128``
+  (Orthanc keeps no thumbnail), alternating rounds; and the series' own thumbnail. Target: a
+  kept thumbnail p95 < 20 ms.
 
 BENCH_SERIES=500 changes the series, BENCH_FRAME_SAMPLES=300 the single-frame requests per
 server, BENCH_ROUNDS=3 the alternating rounds, BENCH_WSI_GB=3 the slide, BENCH_TILES=300 the
-tiles read.
+tiles read, BENCH_RENDERED_SAMPLES=300 the rendered images and thumbnails read per server.
 """
 
 from __future__ import annotations
@@ -561,11 +568,143 @@ def wsi_part(ctx: Context) -> None:
     connection.close()
 
 
+# --- rendered images and thumbnails ----------------------------------------------------------------
+# The rendered and thumbnail parts: PS3.18 rendered resources (archive/dicomweb/rendered.py) and
+# thumbnails kept as derived objects (archive/dicomweb/thumbnails.py), on the CT corpus above.
+
+RENDERED_SAMPLES = int(os.environ.get("BENCH_RENDERED_SAMPLES", "300"))
+
+
+def _instance_paths(frame_paths: list[str], resource: str) -> list[str]:
+    """The instances' ``resource`` (``rendered``, ``thumbnail``) from their first frames' paths."""
+    return [path.removesuffix("/frames/1") + f"/{resource}" for path in frame_paths]
+
+
+def _alternating(
+    ctx: Context, accept: str, paths_of: dict[str, list[str]], samples: int, seed: int
+) -> dict[str, list[Run]]:
+    """One client per server, ``samples`` random requests each, in ``ROUNDS`` alternating rounds
+    (after a warm-up that reaches every worker)."""
+    rng = random.Random(seed)
+    runs: dict[str, list[Run]] = {}
+    for target in targets(ctx, accept):
+        if target.name in paths_of:
+            _read([rng.choice(paths_of[target.name]) for _ in range(30)], target)
+    for _ in range(ROUNDS):
+        for target in targets(ctx, accept):
+            if target.name not in paths_of:
+                continue
+            sample = [rng.choice(paths_of[target.name]) for _ in range(samples // ROUNDS)]
+            cpu0 = sum(cpu_seconds(p) for p in target.pids)
+            latencies, start, end, received = _read(sample, target)
+            cpu = sum(cpu_seconds(p) for p in target.pids) - cpu0
+            runs.setdefault(target.name, []).append(
+                Run(latencies, end - start, len(sample), received, cpu)
+            )
+    return runs
+
+
+def _report(part: str, what: str, runs: dict[str, list[Run]], target: str) -> dict[str, float]:
+    rates = {}
+    for name, done in runs.items():
+        latencies = [ms for run in done for ms in run.latencies]
+        requests = sum(run.requests for run in done)
+        rates[name] = requests / sum(run.seconds for run in done)
+        cpu = sum(run.cpu for run in done) * 1000 / requests
+        size = sum(run.received for run in done) / requests / 1e3
+        aim = f" ({target})" if name == "Strata" else ""
+        print(
+            f"{part}: {what}, 1 client, {name}: p50 {pct(latencies, 50):.1f} ms, p95 "
+            f"{pct(latencies, 95):.1f} ms{aim}; {rates[name]:.0f} images/s; {size:.1f} KB per "
+            f"image; server CPU {cpu:.1f} ms/image",
+            flush=True,
+        )
+    return rates
+
+
+def _orthanc_renders(ctx: Context, path: str) -> bool:
+    """Whether Orthanc's DICOMweb plugin answers ``path`` with a JPEG (its version may not
+    offer the resource or the parameters)."""
+    peer = ctx.orthanc
+    if peer is None:
+        return False
+    connection = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=60)
+    try:
+        connection.request("GET", path, headers={"Accept": "image/jpeg"})
+        answer = connection.getresponse()
+        body = answer.read()
+    finally:
+        connection.close()
+    ok = answer.status == 200 and body[:2] == b"\xff\xd8"
+    if not ok:
+        print(f"Orthanc answers {path.rsplit('/', 1)[-1]} with {answer.status}: not compared")
+    return ok
+
+
+def rendered_part(ctx: Context) -> None:
+    """A 512x512 CT slice rendered as JPEG (its own window, rescale), one client, Strata and
+    Orthanc's DICOMweb plugin in alternating rounds."""
+    series = ctx.series
+    paths = {"Strata": _instance_paths(series.strata, "rendered")}
+    orthanc = _instance_paths(series.orthanc, "rendered")
+    if _orthanc_renders(ctx, orthanc[0]):
+        paths["Orthanc"] = orthanc
+    runs = _alternating(ctx, "image/jpeg", paths, RENDERED_SAMPLES, seed=21)
+    rates = _report("rendered", "one 512x512 CT slice as JPEG", runs, "target p95 < 50 ms")
+    if "Orthanc" in rates:
+        print(
+            f"rendered: Strata / Orthanc rate {rates['Strata'] / rates['Orthanc']:.2f}x",
+            flush=True,
+        )
+
+
+def thumbnail_part(ctx: Context) -> None:
+    """Thumbnails of the CT slices: the first request of each renders and keeps it (timed), the
+    next ones read the kept object (one client, random slices; the series' own thumbnail too).
+    Beside them, Orthanc's DICOMweb plugin renders a 128x128 viewport of the slice on every
+    request (it keeps no thumbnail)."""
+    series = ctx.series
+    thumbnails = _instance_paths(series.strata, "thumbnail")
+    strata = targets(ctx, "image/jpeg")[0]
+    keep = thumbnails[: min(len(thumbnails), 100)]
+    first, _, _, _ = _read(keep, strata)
+    print(
+        f"thumbnail: first request of {len(keep)} slices (decode, render 128x128, keep in the "
+        f"store, meter): p50 {pct(first, 50):.1f} ms, p95 {pct(first, 95):.1f} ms",
+        flush=True,
+    )
+    series_thumbnail = thumbnails[0].split("/instances/")[0] + "/thumbnail"
+    _read([series_thumbnail], strata)
+    paths = {"Strata": keep}
+    orthanc = [
+        path + "?viewport=128,128"
+        for path in _instance_paths(series.orthanc, "rendered")[: len(keep)]
+    ]
+    if _orthanc_renders(ctx, orthanc[0]):
+        paths["Orthanc"] = orthanc
+    runs = _alternating(ctx, "image/jpeg", paths, RENDERED_SAMPLES, seed=23)
+    _report(
+        "thumbnail",
+        "a kept 128x128 thumbnail (Orthanc: its 128x128 rendered viewport)",
+        runs,
+        "target p95 < 20 ms",
+    )
+    latencies, _, _, _ = _read([series_thumbnail] * RENDERED_SAMPLES, strata)
+    print(
+        f"thumbnail: the {SERIES_SLICES}-slice series' kept thumbnail (its middle slice chosen "
+        f"on each request), Strata: p50 {pct(latencies, 50):.1f} ms, p95 "
+        f"{pct(latencies, 95):.1f} ms (target p95 < 20 ms)",
+        flush=True,
+    )
+
+
 STORE_BYTES_HEADER = "X-Strata-Store-Bytes"
 PARTS: dict[str, Callable[[Context], None]] = {
     "frame": frame_part,
     "series": series_part,
     "wsi": wsi_part,
+    "rendered": rendered_part,
+    "thumbnail": thumbnail_part,
 }
 
 
