@@ -57,6 +57,7 @@ from archive.dicomweb.bulkdata import (
     transfer_syntax_name,
 )
 from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable
+from archive.dicomweb.multipart import closing
 from archive.dicomweb.wado import (
     RestorePending,
     StorageFailed,
@@ -434,6 +435,17 @@ class FrameReader:
         end = -(-(first_bit + bits) // 8)
         return self.index.offset + start, end - start
 
+    def sent_size(self, number: int, offer: PixelOffer) -> int | None:
+        """The bytes frame ``number`` takes in the response when known before reading it:
+        native pixel data (as stored or asked uncompressed); None for encapsulated frames (their
+        fragments' item headers are not counted in the index) and decoded ones."""
+        if self.index.length is None or (
+            offer.decode and is_encapsulated(self.transfer_syntax_uid)
+        ):
+            return None
+        bits = self._frame_bits
+        return None if bits is None else -(-bits // 8)
+
     def stored_chunks(self, number: int) -> Iterator[bytes]:
         """Frame ``number`` as stored, in pieces: native pixel data in little endian byte order
         (Explicit VR Little Endian), encapsulated pixel data its fragments' data. Call
@@ -641,4 +653,9 @@ def frames_response(
         on_recorded=logged,
     )
     response[STORE_BYTES_HEADER] = str(store_bytes)
+    sizes = [frames.sent_size(n, offer) for n in numbers]
+    if None not in sizes:
+        # Parts after the first open with CRLF; the body ends with CRLF and the close delimiter.
+        framing = len(numbers) * len(opening) + 2 * len(numbers) + len(closing(boundary))
+        response["Content-Length"] = str(framing + sum(cast(list[int], sizes)))
     return response

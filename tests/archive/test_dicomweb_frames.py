@@ -128,7 +128,10 @@ def get_frames(client, instance: Instance, frames: str, accept: str | None = STO
 
 def parts_of(response) -> tuple[str, list[tuple[dict[str, str], bytes]]]:
     assert response.status_code == 200, getattr(response, "content", b"")[:500]
-    return multipart_parts(response["Content-Type"], b"".join(response.streaming_content))
+    body = b"".join(response.streaming_content)
+    if response.has_header("Content-Length"):
+        assert int(response["Content-Length"]) == len(body)
+    return multipart_parts(response["Content-Type"], body)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -320,6 +323,7 @@ def test_a_native_frame_is_one_ranged_read_of_its_bytes(org, reader, counting):
     _, [(_, content)] = parts_of(response)
 
     assert content == ds.PixelData[12 * frame : 13 * frame]
+    assert response.has_header("Content-Length")
     assert counting.requests == [(index.offset + 12 * frame, frame)]
     assert counting.bytes_read == frame == int(response[STORE_BYTES_HEADER])
     assert data[index.offset : index.offset + index.length] == ds.PixelData
