@@ -236,19 +236,19 @@ def find_samples(
     matches = 0
     with scu_logging(quiet=quiet):
         assoc = associate(port)
-    try:
-        for n in range(WARMUP + FIND_SAMPLES):
-            query = make_query(rng)
-            started = time.perf_counter()
-            found = c_find(assoc, query)
-            elapsed = (time.perf_counter() - started) * 1000
-            if found == 0:
-                raise RuntimeError("a query found nothing: the loader and the queries disagree")
-            if n >= WARMUP:
-                samples.append(elapsed)
-                matches += found
-    finally:
-        assoc.release()
+        try:
+            for n in range(WARMUP + FIND_SAMPLES):
+                query = make_query(rng)
+                started = time.perf_counter()
+                found = c_find(assoc, query)
+                elapsed = (time.perf_counter() - started) * 1000
+                if found == 0:
+                    raise RuntimeError("a query found nothing: the loader and the queries disagree")
+                if n >= WARMUP:
+                    samples.append(elapsed)
+                    matches += found
+        finally:
+            assoc.release()
     return samples, matches / FIND_SAMPLES
 
 
