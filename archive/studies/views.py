@@ -19,6 +19,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -27,18 +28,21 @@ from django.http import (
 )
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_safe
 
 from archive.common.views import get_or_404
 from archive.index import selectors
+from archive.index.selectors import DownloadPlan
 from archive.index.services import access_record
 from archive.models import (
     TIERS,
     AccessEvent,
     Instance,
     RestoreRequest,
+    Series,
     Study,
 )
 from archive.restores import selectors as restore_selectors
@@ -46,6 +50,7 @@ from archive.restores import services as restore_services
 from archive.restores.views import restore_row
 from archive.retention import selectors as retention_selectors
 from archive.storage import ObjectStore, StorageUnavailable, store_for
+from archive.studies import selectors as study_selectors
 from archive.studies.forms import StudySearchForm
 from tenants.labels import bytes_label, duration_label, money_label
 from tenants.portal import PortalContext, org_view
@@ -223,12 +228,10 @@ def zip_name_part(uid: str) -> str:
     return "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-def _download_entries(ctx: PortalContext, study: Study) -> Iterator[ZipEntry]:
+def _download_entries(study: Study, instances: QuerySet[Instance]) -> Iterator[ZipEntry]:
     stores: dict[int, ObjectStore] = {}
     folder = zip_name_part(study.study_uid)
-    for instance in selectors.study_download_instances(org=ctx.org, study=study).iterator(
-        chunk_size=200
-    ):
+    for instance in instances.iterator(chunk_size=200):
         store = stores.get(instance.location_id)
         if store is None:
             store = stores[instance.location_id] = store_for(instance.location)
@@ -264,26 +267,34 @@ def _logged(stream: Iterator[bytes], study_id: int) -> Iterator[bytes]:
         raise
 
 
-def _restore_blocked(ctx: PortalContext, study: Study) -> RestoreRequest | None:
-    """Start (or find) the restore of a study's archived images that have no readable copy."""
-    archived = list(
-        Instance.objects.for_org(ctx.org).filter(study=study, tier="archive").order_by("id")
-    )
-    return restore_services.restore_for_read(org=ctx.org, instances=archived, actor=ctx.actor)
+@dataclass(frozen=True)
+class _Download:
+    """A study's or one series' zip download: what it contains and where its pages are."""
+
+    study: Study
+    series: Series | None
+    plan: DownloadPlan
+    instances: QuerySet[Instance]  # what the zip streams, in its order
+    filename: str
+    url: str
+
+    def archived(self, ctx: PortalContext) -> list[Instance]:
+        qs = Instance.objects.for_org(ctx.org).filter(study=self.study, tier="archive")
+        if self.series is not None:
+            qs = qs.filter(series=self.series)
+        return list(qs.order_by("id"))
 
 
-@org_view(Perm.IMAGES_READ)
-@require_http_methods(["GET", "POST"])
-def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponseBase:
+def _respond_download(request: HttpRequest, ctx: PortalContext, d: _Download) -> HttpResponseBase:
     """GET: what the download contains and what its egress costs. POST: the zip itself, and a
     restore of the archived images it cannot contain yet (all archived: the restore alone)."""
-    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
-    if study.trashed_at is not None:
-        raise Http404("The study is in the trash.")
-    plan = selectors.study_download_plan(org=ctx.org, study=study)
+    plan, study = d.plan, d.study
     restore = None
     if request.method == "POST" and plan.blocked_instances:
-        restore = _restore_blocked(ctx, study)
+        # Start (or find) the restore of the archived images that have no readable copy.
+        restore = restore_services.restore_for_read(
+            org=ctx.org, instances=d.archived(ctx), actor=ctx.actor
+        )
     if request.method == "POST" and plan.possible:
         if restore is not None:
             messages.info(
@@ -294,17 +305,17 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         access_record(
             org=ctx.org,
             study=study,
+            series=d.series,
             kind=AccessEvent.Kind.DOWNLOAD,
             actor=ctx.actor,
             bytes_read=plan.bytes,
             instances=plan.instances,
         )
         response = StreamingHttpResponse(
-            _logged(zip_stream(_download_entries(ctx, study)), study.pk),
+            _logged(zip_stream(_download_entries(study, d.instances)), study.pk),
             content_type="application/zip",
         )
-        date = f"-{study.study_date:%Y%m%d}" if study.study_date else ""
-        response["Content-Disposition"] = f'attachment; filename="study-{study.pk}{date}.zip"'
+        response["Content-Disposition"] = f'attachment; filename="{d.filename}"'
         add_never_cache_headers(response)
         return response
     if restore is None:
@@ -318,6 +329,8 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         "ctx": ctx,
         "active_section": "studies",
         "study": study,
+        "series": d.series,
+        "download_url": d.url,
         "plan": plan,
         "size": bytes_label(plan.bytes),
         "blocked_size": bytes_label(plan.blocked_bytes),
@@ -333,6 +346,70 @@ def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> H
         # Nothing readable yet: the restore the POST started is the answer (202).
         status = 202 if restore is not None else 409
     return render(request, "archive/study_download.html", context, status=status)
+
+
+def _downloadable_study(ctx: PortalContext, study_id: int) -> Study:
+    study = get_or_404(selectors.study_get, org=ctx.org, study_id=study_id)
+    if study.trashed_at is not None:
+        raise Http404("The study is in the trash.")
+    return study
+
+
+def _date_part(study: Study) -> str:
+    return f"-{study.study_date:%Y%m%d}" if study.study_date else ""
+
+
+@org_view(Perm.IMAGES_READ)
+@require_http_methods(["GET", "POST"])
+def study_download(request: HttpRequest, ctx: PortalContext, study_id: int) -> HttpResponseBase:
+    """The study as a zip: the confirmation (GET), then the zip (POST)."""
+    study = _downloadable_study(ctx, study_id)
+    return _respond_download(
+        request,
+        ctx,
+        _Download(
+            study=study,
+            series=None,
+            plan=selectors.study_download_plan(org=ctx.org, study=study),
+            instances=selectors.study_download_instances(org=ctx.org, study=study),
+            filename=f"study-{study.pk}{_date_part(study)}.zip",
+            url=reverse("portal-study-download", args=[ctx.org.slug, study.pk]),
+        ),
+    )
+
+
+def study_series_get(ctx: PortalContext, study: Study, series_id: int) -> Series:
+    """One series of ``study`` (another study's or organization's: 404)."""
+    series = get_or_404(selectors.series_get, org=ctx.org, series_id=series_id)
+    if series.study_id != study.pk:
+        raise Http404("Series not found.")
+    series.study = study
+    return series
+
+
+@org_view(Perm.IMAGES_READ)
+@require_http_methods(["GET", "POST"])
+def series_download(
+    request: HttpRequest, ctx: PortalContext, study_id: int, series_id: int
+) -> HttpResponseBase:
+    """One series as a zip, under the study download's rules: confirmation, then the zip."""
+    study = _downloadable_study(ctx, study_id)
+    series = study_series_get(ctx, study, series_id)
+    number = f"{series.series_number:03d}" if series.series_number is not None else f"id{series.pk}"
+    return _respond_download(
+        request,
+        ctx,
+        _Download(
+            study=study,
+            series=series,
+            plan=study_selectors.series_download_plan(org=ctx.org, study=study, series=series),
+            instances=study_selectors.series_download_instances(
+                org=ctx.org, study=study, series=series
+            ),
+            filename=f"study-{study.pk}{_date_part(study)}-series-{number}.zip",
+            url=reverse("portal-series-download", args=[ctx.org.slug, study.pk, series.pk]),
+        ),
+    )
 
 
 # --- ingest ------------------------------------------------------------------------------------
