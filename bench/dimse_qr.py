@@ -199,6 +199,19 @@ def study_query(**keys: str) -> Dataset:
     return ds
 
 
+# pynetdicom's SCU now and then loses a response of its own C-FIND: its association thread,
+# resumed at the wrong moment, takes the message that send_c_find waits for and drops it as
+# "unexpected" (pynetdicom issue 875). A lost pending response shows as fewer matches; a lost
+# final one leaves send_c_find waiting for LOST_AFTER seconds, then pynetdicom aborts the
+# association: that query is left out (and counted), the measure goes on on a new association.
+LOST_AFTER = 10
+LOST_MAX = 3
+
+
+class LostResponse(Exception):
+    """pynetdicom's SCU did not see the final response of its C-FIND."""
+
+
 def c_find(assoc: Association, query: Dataset) -> int:
     """One C-FIND; the number of matches (asserts the final status is success)."""
     matches = 0
@@ -207,6 +220,8 @@ def c_find(assoc: Association, query: Dataset) -> int:
             raise RuntimeError("the association ended without an answer")
         if identifier is not None:
             matches += 1
+        elif "Status" not in status:
+            raise LostResponse
         elif status.Status != 0x0000:
             raise RuntimeError(f"C-FIND answered 0x{status.Status:04X}")
     return matches
@@ -233,22 +248,40 @@ def find_samples(
     to the final response, and the mean number of matches; ``quiet``: see ``scu_logging``."""
     rng = random.Random(5)
     samples: list[float] = []
-    matches = 0
+    matches = done = lost = 0
     with scu_logging(quiet=quiet):
         assoc = associate(port)
+        assoc.dimse_timeout = LOST_AFTER
         try:
-            for n in range(WARMUP + FIND_SAMPLES):
+            while done < WARMUP + FIND_SAMPLES:
                 query = make_query(rng)
                 started = time.perf_counter()
-                found = c_find(assoc, query)
+                try:
+                    found = c_find(assoc, query)
+                except LostResponse:
+                    lost += 1
+                    if lost > LOST_MAX:
+                        raise RuntimeError(
+                            f"pynetdicom's SCU lost {lost} final responses"
+                        ) from None
+                    assoc = associate(port)
+                    assoc.dimse_timeout = LOST_AFTER
+                    continue
                 elapsed = (time.perf_counter() - started) * 1000
                 if found == 0:
                     raise RuntimeError("a query found nothing: the loader and the queries disagree")
-                if n >= WARMUP:
+                if done >= WARMUP:
                     samples.append(elapsed)
                     matches += found
+                done += 1
         finally:
             assoc.release()
+    if lost:
+        print(
+            f"  pynetdicom's SCU lost the final response of {lost} C-FIND(s) (see LOST_AFTER), "
+            "left out",
+            flush=True,
+        )
     return samples, matches / FIND_SAMPLES
 
 
