@@ -1,7 +1,8 @@
 """The C-FIND SCP (archive.dimse.find) through the shared listener, driven by pynetdicom's SCU and
 DCMTK's findscu over real TCP in-process: matching per key type, every level of both information
-models, hierarchical and relational queries, return keys, tenant isolation, cancel, the result cap
-and every bad input.
+models, hierarchical and relational queries, return keys, tenant isolation, cancel, the result cap,
+the answer as sent (the bytes pydicom and pynetdicom would send, every transfer syntax and PDU
+size) and every bad input.
 
 The listener runs in threads with their own database connections, hence transactional tests.
 """
