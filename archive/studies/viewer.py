@@ -167,8 +167,9 @@ def _marker(text: str) -> HttpResponse:
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
         f'viewBox="0 0 {size} {size}"><rect width="{size}" height="{size}" fill="#1e293b"/>'
-        f'<text x="{size // 2}" y="{size // 2 + 5}" fill="#cbd5e1" font-size="14" '
-        f'font-family="system-ui, sans-serif" text-anchor="middle">{escape(text)}</text></svg>'
+        f'<text x="{size // 2}" y="{size // 2 + 8}" fill="#cbd5e1" font-size="22" '
+        f'font-weight="600" font-family="system-ui, sans-serif" text-anchor="middle">'
+        f"{escape(text)}</text></svg>"
     )
     response = HttpResponse(svg, content_type="image/svg+xml")
     response["Cache-Control"] = "private, max-age=60"

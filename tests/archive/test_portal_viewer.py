@@ -282,7 +282,7 @@ def test_the_study_list_shows_lazy_thumbnails_without_patient_data(
     [img] = re.findall(r"<img [^>]*>", page)
     src = portal("portal-study-thumbnail", org, study.pk)
     assert f'src="{src}"' in img
-    assert 'loading="lazy"' in img and 'width="64"' in img and 'height="64"' in img
+    assert 'loading="lazy"' in img and 'width="56"' in img and 'height="56"' in img
     alt = re.search(r'alt="([^"]*)"', img)
     assert alt and alt.group(1) == "CT image"
     assert "Curie" not in img and "PAT-777" not in img

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from archive.models import AccessEvent, Series, Study
+from archive.models import AccessEvent, Instance, RestoreRequest, Series
 from tenants.models import Membership, Organization
 from tenants.roles import Role
 from tests.archive.test_portal_viewer import seed_ct
+from tests.archive.test_restores_support import to_tier
 from tests.e2e.conftest import sign_in
 
 pytestmark = pytest.mark.browser
@@ -245,4 +246,46 @@ def test_a_ct_series_in_the_viewer(
     page.screenshot(path=SHOTS.format(page="study", width=390), full_page=True)
     page.goto(f"{base}/studies/")
     page.screenshot(path=SHOTS.format(page="studies", width=390), full_page=True)
-    assert Study.objects.for_org(org).count() == 2
+
+
+def test_an_archived_series_shows_its_restore_instead_of_the_viewer(
+    live_server: Any,
+    browser_page: Any,
+    org: Organization,
+    make_member: Callable[..., Membership],
+    archive_storage: Path,
+    one_request_at_a_time: None,
+) -> None:
+    from playwright.sync_api import expect
+
+    study = seed_ct(org, slices=3, name="Hopper^Grace")
+    series = Series.objects.get(study=study)
+    for instance in Instance.objects.filter(series=series).select_related("location"):
+        to_tier(instance, "archive")
+    make_member(org, Role.MEMBER, email="rad@stmary.example")
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    sign_in(page, live_server, "rad@stmary.example", org.slug)
+    base = f"{live_server.url}/o/{org.slug}/archive"
+
+    # The list shows that the study is archived, without reading or restoring anything.
+    page.goto(f"{base}/studies/")
+    thumb = page.locator("#study-table img.thumb")
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
+    page.screenshot(path=SHOTS.format(page="studies-archived", width=1280), full_page=True)
+
+    page.goto(f"{base}/studies/{study.pk}/series/{series.pk}/view/")
+    expect(page.get_by_role("heading", name="This series must be restored")).to_be_visible()
+    expect(page.locator("#restore-instances")).to_have_text("3")
+    expect(page.locator("#restore-cost")).to_be_visible()
+    expect(page.locator("#viewer-stage")).to_have_count(0)
+    page.screenshot(path=SHOTS.format(page="viewer-archived", width=1280), full_page=True)
+    assert not RestoreRequest.objects.exists() and not AccessEvent.objects.exists()
+
+    page.get_by_role("button", name="Restore 3 images").click()
+    expect(page.locator("#viewer-restore")).to_contain_text("is bringing 3 images back")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=SHOTS.format(page="viewer-archived", width=390), full_page=True)
+    assert RestoreRequest.objects.count() == 1 and not AccessEvent.objects.exists()
