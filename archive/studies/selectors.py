@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from archive.index import selectors as index_selectors
 from archive.index.selectors import DownloadPlan
-from archive.models import Instance, RestoreItem, RestoreRequest, Series, Study
+from archive.models import DerivedObject, Instance, RestoreItem, RestoreRequest, Series, Study
 from archive.restores import selectors as restore_selectors
+from tenants.errors import NotFound
 from tenants.models import Organization
 
 # --- one series' download ----------------------------------------------------------------------
@@ -113,4 +114,43 @@ def series_restore_need(*, org: Organization, series: Series) -> SeriesRestoreNe
         ),
         days=index_selectors.archive_settings_get(org=org).restore_days,
         needing=unreadable,
+    )
+
+
+def viewer_instance(
+    *, org: Organization, study_id: int, series_id: int, instance_id: int
+) -> Instance:
+    """One instance of one series of one study, as a portal image URL names them, with its
+    study, series, location and frame index in one query (a viewer asks for hundreds of slices a
+    minute). An id of another organization, study or series, or a study in the trash (DICOMweb's
+    reading rule): ``NotFound``."""
+    instance = (
+        Instance.objects.for_org(org)
+        .filter(
+            pk=instance_id,
+            series_id=series_id,
+            study_id=study_id,
+            study__trashed_at__isnull=True,
+        )
+        .select_related("study", "series", "location", "frame_index")
+        .first()
+    )
+    if instance is None:
+        raise NotFound("Instance not found.")
+    # The instance's series and study are the ones loaded with it.
+    instance.series.study = instance.study
+    return instance
+
+
+def thumbnail_kept(*, org: Organization, instance: Instance, size: int) -> bool:
+    """Whether a thumbnail of ``instance`` (``size`` square, JPEG) is kept, so that showing it
+    reads no archived object."""
+    return (
+        DerivedObject.objects.for_org(org)
+        .filter(
+            instance=instance,
+            kind=DerivedObject.Kind.THUMBNAIL,
+            variant__endswith=f"-{size}x{size}-jpg",
+        )
+        .exists()
     )

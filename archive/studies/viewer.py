@@ -37,7 +37,7 @@ from archive.dicomweb.rendered import (
     rendered_response,
 )
 from archive.index import selectors
-from archive.models import DerivedObject, Instance, Series, Study
+from archive.models import Instance, Series, Study
 from archive.restores import selectors as restore_selectors
 from archive.restores import services as restore_services
 from archive.storage import StorageUnavailable
@@ -77,21 +77,6 @@ def _readable_study(ctx: PortalContext, study_id: int) -> Study:
     if study.trashed_at is not None:
         raise Http404("The study is in the trash.")
     return study
-
-
-def _series_instance(
-    ctx: PortalContext, study: Study, series: Series, instance_id: int
-) -> Instance:
-    instance = (
-        dicomweb_selectors.instances_of(org=ctx.org, study=study, series=series)
-        .filter(pk=instance_id)
-        .select_related("location")
-        .first()
-    )
-    if instance is None:
-        raise Http404("Instance not found.")
-    instance.study, instance.series = study, series
-    return instance
 
 
 def _error(exc: ServiceError) -> JsonResponse:
@@ -138,17 +123,21 @@ def instance_rendered(
 ) -> HttpResponseBase:
     """One slice for the viewer: an instance (its first frame) or one frame, rendered with the
     request's ``window``, ``viewport`` and ``quality`` (DICOMweb's parameters)."""
-    study = _readable_study(ctx, study_id)
-    series = study_series_get(ctx, study, series_id)
-    instance = _series_instance(ctx, study, series, instance_id)
+    instance = get_or_404(
+        study_selectors.viewer_instance,
+        org=ctx.org,
+        study_id=study_id,
+        series_id=series_id,
+        instance_id=instance_id,
+    )
     try:
         return _image(
             rendered_response(
                 request=request,
                 org=ctx.org,
                 actor=ctx.actor,
-                study=study,
-                series=series,
+                study=instance.study,
+                series=instance.series,
                 instances=[instance],
                 level="instance",
                 frames=None if frame is None else str(frame),
@@ -177,20 +166,6 @@ def _marker(text: str) -> HttpResponse:
     return response
 
 
-def _thumbnail_kept(ctx: PortalContext, instance: Instance) -> bool:
-    # The portal asks the default thumbnail (THUMBNAIL_SIZE square, JPEG): its variant ends so.
-    size = thumbnails.THUMBNAIL_SIZE
-    return (
-        DerivedObject.objects.for_org(ctx.org)
-        .filter(
-            instance=instance,
-            kind=DerivedObject.Kind.THUMBNAIL,
-            variant__endswith=f"-{size}x{size}-jpg",
-        )
-        .exists()
-    )
-
-
 def _thumbnail(
     request: HttpRequest, ctx: PortalContext, study: Study, chosen: Instance | None
 ) -> HttpResponseBase:
@@ -198,7 +173,11 @@ def _thumbnail(
     series thumbnail shows), unless reading it would start a restore."""
     if chosen is None:
         return _marker("No image")
-    if restore_selectors.needs_restore(chosen) and not _thumbnail_kept(ctx, chosen):
+    # The portal asks the default thumbnail (THUMBNAIL_SIZE square, JPEG).
+    kept = study_selectors.thumbnail_kept(
+        org=ctx.org, instance=chosen, size=thumbnails.THUMBNAIL_SIZE
+    )
+    if restore_selectors.needs_restore(chosen) and not kept:
         return _marker("Archived")
     try:
         return thumbnails.thumbnail_response(
@@ -243,16 +222,20 @@ def instance_thumbnail(
     request: HttpRequest, ctx: PortalContext, study_id: int, series_id: int, instance_id: int
 ) -> HttpResponseBase:
     """One instance's thumbnail (``viewport`` up to 512): how the viewer shows a slide."""
-    study = _readable_study(ctx, study_id)
-    series = study_series_get(ctx, study, series_id)
-    instance = _series_instance(ctx, study, series, instance_id)
+    instance = get_or_404(
+        study_selectors.viewer_instance,
+        org=ctx.org,
+        study_id=study_id,
+        series_id=series_id,
+        instance_id=instance_id,
+    )
     try:
         return thumbnails.thumbnail_response(
             request=request,
             org=ctx.org,
             actor=ctx.actor,
-            study=study,
-            series=series,
+            study=instance.study,
+            series=instance.series,
             instance=instance,
         )
     except ServiceError as exc:

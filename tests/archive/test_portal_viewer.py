@@ -697,3 +697,30 @@ def test_download_of_an_archived_series_is_the_restore(
     assert response.status_code == 202
     assert "Nothing in this series can be downloaded right now." in response.content.decode()
     assert RestoreRequest.objects.count() == 1 and not AccessEvent.objects.exists()
+
+
+def test_a_slide_series_is_shown_by_its_instances_thumbnails(
+    client: Client, org: Organization
+) -> None:
+    spec = study_spec("SM")
+    uid = generate_uid()
+    store(
+        org,
+        [
+            make_instance(spec, series_uid=uid, instance_number=n, rows=64, columns=64, frames=2)
+            for n in (1, 2)
+        ],
+    )
+    study = Study.objects.for_org(org).get()
+    series = Series.objects.get()
+    data = viewer_data(client.get(portal("portal-series-view", org, study.pk, series.pk)))
+    expected = [
+        portal("portal-instance-thumbnail", org, study.pk, series.pk, i.pk)
+        for i in instances_of(series)
+    ]
+    assert [s["u"] for s in data["slices"]] == expected
+    assert all(s["slide"] for s in data["slices"]) and data["slideViewport"] == 512
+    assert [p["key"] for p in data["presets"]] == ["own"]
+    shown = image_of(client.get(expected[0], {"viewport": "512,512"}))
+    assert max(shown.shape) == 512  # fitted into the viewport
+    assert AccessEvent.objects.count() == 1
