@@ -24,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -103,8 +104,10 @@ def _storage_error(exc: StorageUnavailable) -> JsonResponse:
 def _image(answer: HttpResponseBase) -> HttpResponseBase:
     if answer.status_code == 200 and "Cache-Control" not in answer:
         # A rendering of an instance never changes; a browser's cache keeps it for the viewer's
-        # scrolling back and forth (private: read with the member's session).
+        # scrolling back and forth (private: read with the member's session). Its media type
+        # follows the Accept header.
         answer["Cache-Control"] = IMAGE_CACHE
+        patch_vary_headers(answer, ["Accept"])
     return answer
 
 

@@ -425,6 +425,7 @@ def test_each_slice_is_one_access_metered_and_audited(
     pixels = image_of(response)
     assert pixels.shape == (128, 128)
     assert response["Cache-Control"] == "private, max-age=300"
+    assert "Accept" in response["Vary"]
     event = AccessEvent.objects.get()
     assert (event.kind, event.bytes, event.instances) == ("retrieve", len(response.content), 1)
     assert event.series_id == series.pk and event.actor_label == owner.user.email

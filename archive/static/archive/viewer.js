@@ -32,7 +32,7 @@
     overlay[node.getAttribute("data-overlay")] = node;
   });
 
-  var KEPT = 120; // images kept in memory (least recently shown dropped first)
+  var KEPT = 64; // images kept in memory (least recently shown dropped first)
   var AHEAD = 4; // slices read ahead in the scrolling direction
   var BEHIND = 2; // and behind it
   var PARALLEL = 3; // reads ahead at once (a browser opens about six per host)
