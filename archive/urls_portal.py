@@ -10,7 +10,6 @@ from archive.locations import views as location_views
 from archive.replicas import views as replica_views
 from archive.restores import views as restore_views
 from archive.retention import views as retention_views
-from archive.studies import viewer as viewer_views
 from archive.studies import views as study_views
 from archive.tiering import views as tiering_views
 
@@ -23,17 +22,17 @@ urlpatterns: list[URLPattern] = [
     # The images: thumbnails, the series viewer and its slices, one series' download.
     path(
         "studies/<int:study_id>/thumbnail/",
-        viewer_views.study_thumbnail,
+        study_views.study_thumbnail,
         name="portal-study-thumbnail",
     ),
     path(
         "studies/<int:study_id>/series/<int:series_id>/thumbnail/",
-        viewer_views.series_thumbnail,
+        study_views.series_thumbnail,
         name="portal-series-thumbnail",
     ),
     path(
         "studies/<int:study_id>/series/<int:series_id>/view/",
-        viewer_views.series_view,
+        study_views.series_view,
         name="portal-series-view",
     ),
     path(
@@ -43,18 +42,18 @@ urlpatterns: list[URLPattern] = [
     ),
     path(
         "studies/<int:study_id>/series/<int:series_id>/instances/<int:instance_id>/rendered/",
-        viewer_views.instance_rendered,
+        study_views.instance_rendered,
         name="portal-instance-rendered",
     ),
     path(
         "studies/<int:study_id>/series/<int:series_id>/instances/<int:instance_id>/frames/"
         "<int:frame>/rendered/",
-        viewer_views.instance_rendered,
+        study_views.instance_rendered,
         name="portal-frame-rendered",
     ),
     path(
         "studies/<int:study_id>/series/<int:series_id>/instances/<int:instance_id>/thumbnail/",
-        viewer_views.instance_thumbnail,
+        study_views.instance_thumbnail,
         name="portal-instance-thumbnail",
     ),
     path(
