@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -553,10 +554,9 @@ def _thumbnail(
     if chosen is None:
         return _marker("No image")
     # The portal asks the default thumbnail (THUMBNAIL_SIZE square, JPEG).
-    kept = study_selectors.thumbnail_kept(
+    if restore_selectors.needs_restore(chosen) and not study_selectors.thumbnail_kept(
         org=ctx.org, instance=chosen, size=thumbnails.THUMBNAIL_SIZE
-    )
-    if restore_selectors.needs_restore(chosen) and not kept:
+    ):
         return _marker("Archived")
     try:
         return thumbnails.thumbnail_response(
@@ -627,10 +627,13 @@ def instance_thumbnail(
 
 
 def _first_number(metadata: dict[str, Any], key: str) -> float | None:
+    """The attribute's first value as a finite number, else None (the index holds what the
+    sender sent: text, NaN, infinities would break the page's JSON)."""
     try:
-        return float(metadata[key]["Value"][0])
+        value = float(metadata[key]["Value"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 def _metadata_int(metadata: dict[str, Any], key: str) -> int:

@@ -725,3 +725,36 @@ def test_a_slide_series_is_shown_by_its_instances_thumbnails(
     shown = image_of(client.get(expected[0], {"viewport": "512,512"}))
     assert max(shown.shape) == 512  # fitted into the viewport
     assert AccessEvent.objects.count() == 1
+
+
+def test_hostile_values_in_the_index_do_not_break_the_page(
+    client: Client, org: Organization
+) -> None:
+    study = seed_ct(org, slices=2)
+    series = series_of(study)
+    first = instances_of(series)[0]
+    metadata = dict(first.metadata)
+    metadata["00281050"] = {"vr": "DS", "Value": ["NaN"]}
+    metadata["00281051"] = {"vr": "DS", "Value": ["Infinity"]}
+    metadata["00280010"] = {"vr": "US", "Value": ["1e999"]}
+    Instance.objects.filter(pk=first.pk).update(metadata=metadata)
+    Study.objects.filter(pk=study.pk).update(patient_name="</script><script>alert(1)</script>")
+    response = client.get(portal("portal-series-view", org, study.pk, series.pk))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<script>alert(1)" not in page
+    match = re.search(
+        r'<script id="viewer-data" type="application/json">(.*?)</script>', page, re.S
+    )
+    assert match
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    data = json.loads(match.group(1), parse_constant=refuse)
+    assert (data["slices"][0]["wc"], data["slices"][0]["ww"], data["slices"][0]["r"]) == (
+        None,
+        None,
+        0,
+    )
+    assert data["overlay"]["patient"] == "</script><script>alert(1)</script>"
