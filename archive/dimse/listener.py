@@ -848,9 +848,12 @@ class StrataSCP:
         if indexer not in ("thread", "process"):
             raise ValueError(f"indexer must be 'thread' or 'process', not {indexer!r}")
         # Process-wide pynetdicom switches: receive data sets to disk, and no per-PDU/DIMSE
-        # logging (it would cost CPU on every fragment and could log identifiers).
+        # logging (it would cost CPU on every fragment), nor any formatting of query and
+        # retrieve identifiers (patient names and IDs must never reach a log).
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.LOG_HANDLER_LEVEL = "none"
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         # Our associations' data sets are received straight into the spool (_ReceiveFile);
         # both replacements fall back to pynetdicom's own behaviour for anything else.
         dimse_messages.NamedTemporaryFile = _named_temporary_file

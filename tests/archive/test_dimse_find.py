@@ -1360,3 +1360,12 @@ def test_findscu_cancel(listener, studies, findscu, slow_find):
 
     assert len(found) == 1
     assert "Cancel" in done.stdout + done.stderr
+
+
+def test_the_listener_never_formats_query_identifiers_for_the_log(listener, caplog):
+    """pynetdicom formats a C-FIND's identifiers for its log unless told not to: patient names
+    and IDs would reach the log (and cost CPU per match)."""
+    from pynetdicom import _config
+
+    assert _config.LOG_REQUEST_IDENTIFIERS is False
+    assert _config.LOG_RESPONSE_IDENTIFIERS is False
