@@ -377,6 +377,7 @@ class AccessEvent(models.Model):
         RETRIEVE = "retrieve", "WADO-RS retrieve"
         METADATA = "metadata", "WADO-RS metadata"
         DOWNLOAD = "download", "Portal download"
+        THUMBNAIL = "thumbnail", "Thumbnail"
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="accesses")
@@ -388,12 +389,22 @@ class AccessEvent(models.Model):
     bytes = models.BigIntegerField(default=0)
     instances = models.PositiveIntegerField(default=0)
     at = models.DateTimeField(default=timezone.now)
+    # Image reads (frames, rendered images, thumbnails) of one series by one reader within one
+    # minute share a row (``archive.index.services.image_read_record``): ``reads`` requests,
+    # ``bytes`` and ``instances`` their sums, ``at`` the first. Null for every other access.
+    reads = models.PositiveIntegerField(default=1)
+    window_key = models.CharField(max_length=120, null=True, blank=True, editable=False)
 
     objects = OrgQuerySet.as_manager()
 
     class Meta:
         ordering = ["-at", "-id"]
         indexes = [models.Index(fields=["organization", "study", "at"], name="access_org_study_at")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "window_key"], name="access_org_window_unique"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.study_id} at {self.at:%Y-%m-%d %H:%M}"

@@ -19,8 +19,9 @@ names it (``archive.ingest.dicom.pixel_bulk_data``).
 The value is found by reading the object's header only (``archive.ingest.dicom.pixel_data_locate``)
 through ``ObjectReader``, then streamed from the same read: constant memory, usually one request
 to the object store. Reading follows the instance retrieve's rules (``archive.dicomweb.wado``):
-archive-tier instances answer 503 with the restore, and every read calls ``access_record`` once
-with the bytes sent.
+archive-tier instances answer 503 with the restore, and every read calls
+``image_read_record`` once with the bytes sent (a viewer's reads of one series in one minute
+share an access-log row).
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ from typing import BinaryIO, cast
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from pydicom.uid import UID
 
-from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable, accepted_ranges, base_url
+from archive.dicomweb.common import (
+    MULTIPART_RELATED,
+    NotAcceptable,
+    accepted_ranges,
+    base_url,
+    transfer_syntax_name,
+)
 from archive.dicomweb.multipart import closing, part_header
 from archive.dicomweb.wado import (
     RestorePending,
@@ -47,7 +53,7 @@ from archive.dicomweb.wado import (
     require_readable,
     restore_pending_response,
 )
-from archive.index.services import access_record
+from archive.index.services import image_read_record
 from archive.ingest.dicom import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     PixelAttribute,
@@ -326,12 +332,6 @@ def pixel_data_offer(
     )
 
 
-def transfer_syntax_name(uid: str) -> str:
-    """``uid`` with pydicom's name for it, as error messages quote it."""
-    name = UID(uid).name if uid else ""
-    return f"{name} ({uid})" if name and name != uid else uid
-
-
 def _attribute_requested(instance: Instance, tag: str) -> PixelAttribute:
     """The attribute ``tag`` names, if the instance's metadata offers it as bulk data; else 404."""
     attribute = pixel_bulk_data_of(instance.metadata or {}, instance.transfer_syntax_uid)
@@ -552,15 +552,15 @@ def pixel_data_response(
         raise
 
     def record(sent_bytes: int, complete: bool) -> None:
-        access_record(
+        image_read_record(
             org=org,
             study=study,
             series=series,
             kind=AccessEvent.Kind.RETRIEVE,
             actor=actor,
+            instance=instance,
             bytes_read=sent_bytes,
             instances=1 if complete else 0,
-            instances_read=[instance],
         )
         if on_recorded is not None:
             on_recorded(sent_bytes)

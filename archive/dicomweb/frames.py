@@ -20,12 +20,13 @@ colour frames as RGB. A syntax that cannot be decoded is a 406 naming it.
 
 Reading follows the instance retrieve's rules (``archive.dicomweb.wado``): another
 organization's UIDs answer 404, an archive-tier instance answers 503 with the restore, and every
-request calls ``access_record`` once with the bytes sent. The bytes read from the object store
+request calls ``image_read_record`` once with the bytes sent (a viewer's reads of one series in
+one minute share an access-log row). The bytes read from the object store
 are sent in ``X-Strata-Store-Bytes`` and logged.
 
 For other code (rendered images, thumbnails): ``frame_bytes`` and ``decoded_frame`` read one frame;
 ``FrameReader`` reads several of one instance with one reader. They do not check the tier or
-record the access: the caller does (``require_readable``, ``access_record``).
+record the access: the caller does (``require_readable``, ``image_read_record``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from archive.dicomweb.bulkdata import (
 )
 from archive.dicomweb.common import MULTIPART_RELATED, NotAcceptable
 from archive.dicomweb.multipart import closing
+from archive.dicomweb.transcode import decodable
 from archive.dicomweb.wado import (
     RestorePending,
     StorageFailed,
@@ -244,16 +246,6 @@ def pixel_description(instance: Instance) -> PixelDescription:
             "Allocated): its frames cannot be told apart.",
         )
     return description
-
-
-def decodable(transfer_syntax_uid: str) -> bool:
-    """Whether frames stored in this transfer syntax can be decoded here (native: trivially)."""
-    if not is_encapsulated(transfer_syntax_uid):
-        return True
-    try:
-        return bool(get_decoder(UID(transfer_syntax_uid)).is_available)
-    except (NotImplementedError, ValueError):
-        return False
 
 
 def _index_of(instance: Instance) -> FrameIndex | None:

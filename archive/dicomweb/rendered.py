@@ -32,8 +32,9 @@ header, for links that cannot set one) and ``iccprofile`` (``no`` only: no profi
 A value that cannot be honoured answers 400 naming the parameter; nothing is rendered.
 
 Reading follows WADO-RS (``archive.dicomweb.wado``): archive-tier instances without a restored
-copy answer 503 with Retry-After and start the restore; ``access_record`` runs once per request
-with the bytes sent; another organization's UIDs answer 404. The object is read by ranges
+copy answer 503 with Retry-After and start the restore; one access is recorded per request with
+the bytes sent (an instance or frame by ``image_read_record``, gathered per reader, series and
+minute; a series or study by ``access_record``); another organization's UIDs answer 404. The object is read by ranges
 (``ObjectReader``; a filesystem store's file in place): the header up to the pixel data, then the
 one frame, never the whole object.
 """
@@ -84,7 +85,7 @@ from archive.dicomweb.wado import (
     require_readable,
     restore_pending_response,
 )
-from archive.index.services import access_record
+from archive.index.services import access_record, image_read_record
 from archive.ingest.dicom import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     VIDEO_TRANSFER_SYNTAXES,
@@ -1048,6 +1049,19 @@ class RenderRequest:
 
 def _record(req: RenderRequest) -> Callable[[int, int], None]:
     def record(sent_bytes: int, instances: int) -> None:
+        if req.single is not None and req.series is not None:
+            # An instance or one of its frames: what a viewer asks for slice by slice.
+            image_read_record(
+                org=req.org,
+                study=req.study,
+                series=req.series,
+                instance=req.single,
+                kind=AccessEvent.Kind.RETRIEVE,
+                actor=req.actor,
+                bytes_read=sent_bytes,
+                instances=instances,
+            )
+            return
         access_record(
             org=req.org,
             study=req.study,

@@ -25,8 +25,8 @@ is purged, of a trashed study, or whose location is removed is deleted by the be
 
 Reading rules as WADO-RS: another organization's UIDs answer 404; an instance that has to be
 rendered from the archive tier answers 503 with Retry-After and starts the restore (a thumbnail
-already kept is served: it lives in the hot tier); ``access_record`` runs once per request with
-the bytes sent.
+already kept is served: it lives in the hot tier); ``image_read_record`` runs once per request
+with the bytes sent, as kind ``thumbnail``, and leaves the images' last-read times alone.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from archive.dicomweb.wado import (
     require_readable,
     restore_pending_response,
 )
-from archive.index.services import access_record
+from archive.index.services import image_read_record
 from archive.ingest.dicom import ROWS_KEY
 from archive.locations.selectors import location_primary
 from archive.models import AccessEvent, DerivedObject, Instance, PendingObject, Series, Study
@@ -516,16 +516,18 @@ def thumbnail_response(
         derived_store(
             org=org, instance=chosen, variant=variant, data=data, media_type=options.media_type
         )
-    # The series shown: a study's thumbnail reads one series, not the study.
-    access_record(
+    # The series shown: a study's thumbnail reads one series, not the study. A thumbnail is
+    # logged and its bytes metered, but it does not mark the images read: a list of studies
+    # with their thumbnails is no sign that the images are needed (tier policies).
+    image_read_record(
         org=org,
         study=study,
         series=chosen.series,
-        kind=AccessEvent.Kind.RETRIEVE,
+        kind=AccessEvent.Kind.THUMBNAIL,
         actor=actor,
         bytes_read=len(data),
         instances=1,
-        instances_read=[chosen],
+        instance=None,
     )
     response = HttpResponse(data, content_type=options.media_type)
     response["Content-Length"] = str(len(data))

@@ -23,13 +23,14 @@ from archive.models import (
     Instance,
     PendingObject,
     RestoreRequest,
+    Series,
     StorageLocation,
     Study,
 )
 from archive.retention.services import study_purge, study_trash
 from archive.storage import StorageUnavailable, store_for
 from archive.storage.s3 import S3Store
-from billing.models import StorageDelta
+from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
 from tests.archive.test_dicomweb_rendered import (
     Stored,
@@ -298,19 +299,27 @@ def test_second_request_is_served_from_the_kept_object_without_decoding(org, rea
     study.refresh_from_db()
     assert (study.instance_count, study.total_bytes) == images_before
     assert not PendingObject.objects.exists()
-    # Both reads are accesses, with the bytes sent.
-    events = AccessEvent.objects.for_org(org)
-    assert [e.bytes for e in events] == [len(first.content)] * 2
+    # Both reads are accesses, with the bytes sent: one line of the access log (one reader, one
+    # series, one minute), each read metered as egress.
+    (event,) = AccessEvent.objects.for_org(org)
+    assert (event.kind, event.reads, event.bytes) == ("thumbnail", 2, 2 * len(first.content))
+    egress = UsageEvent.objects.filter(organization=org, meter="egress.bytes")
+    assert sorted(egress.values_list("quantity", flat=True)) == [len(first.content)] * 2
 
 
-def test_a_series_thumbnail_marks_only_the_instance_shown_read(org, reader):
+def test_a_thumbnail_marks_no_image_read(org, reader):
+    # A list of studies with their thumbnails is no sign that the images are needed: tier
+    # policies count days since the images were last read, and a thumbnail does not reset that.
     datasets = series_of(3)
     stored = Stored(org, datasets)
 
     reader.get(f"{stored.series()}/thumbnail")
+    reader.get(f"{stored.study()}/thumbnail")
 
-    read = dict(Instance.objects.for_org(org).values_list("instance_number", "last_accessed_at"))
-    assert [n for n, at in sorted(read.items()) if at is not None] == [2]
+    assert not Instance.objects.for_org(org).filter(last_accessed_at__isnull=False).exists()
+    assert not Series.objects.for_org(org).filter(last_accessed_at__isnull=False).exists()
+    assert not Study.objects.for_org(org).filter(last_accessed_at__isnull=False).exists()
+    assert AccessEvent.objects.for_org(org).get().reads == 2
 
 
 def test_each_size_and_media_type_is_kept_apart(org, reader, decodes):
