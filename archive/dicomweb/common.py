@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.http import parse_header_parameters
+from pydicom.uid import UID
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -148,6 +149,24 @@ def accepted_ranges(request: HttpRequest) -> list[MediaRange]:
         if q > 0:
             ranges.append(MediaRange(media_type.strip().lower(), params, q))
     return ranges
+
+
+def preferred_ranges(request: HttpRequest) -> list[MediaRange]:
+    """``accepted_ranges``, the most preferred first: by q, ranges of equal q in the order the
+    client wrote them (RFC 9110 12.5.1 leaves that order to the server)."""
+    return sorted(accepted_ranges(request), key=lambda media: -media.q)
+
+
+def accept_asked(request: HttpRequest) -> str:
+    """The Accept header as a 406 quotes it (what was asked), cut to a readable length."""
+    header = request.headers.get("Accept", "")
+    return repr(header if len(header) <= 300 else header[:300] + "...")
+
+
+def transfer_syntax_name(uid: str) -> str:
+    """``uid`` with pydicom's name for it, as error messages quote it."""
+    name = UID(uid).name if uid else ""
+    return f"{name} ({uid})" if name and name != uid else uid
 
 
 def require_json_acceptable(request: HttpRequest) -> None:

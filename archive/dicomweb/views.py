@@ -158,7 +158,8 @@ class SeriesView(DicomWebView):
 
 
 class InstanceView(DicomWebView):
-    """GET /studies/{study}/series/{series}/instances/{instance}: retrieve one instance."""
+    """GET /studies/{study}/series/{series}/instances/{instance}: retrieve one instance (also as
+    single-part ``application/dicom``)."""
 
     permissions_required = {"GET": Perm.IMAGES_READ}
 
@@ -174,6 +175,7 @@ class InstanceView(DicomWebView):
             study=study_row,
             series=series_row,
             instances=[row],
+            single_instance=True,
         )
 
 

@@ -311,6 +311,10 @@ ARCHIVE_SETTLE_SECONDS = env.integer("ARCHIVE_SETTLE_SECONDS", 120, minimum=0)
 # job's failed counter counts every failure).
 STOW_MAX_PARTS = env.integer("STOW_MAX_PARTS", 10000, minimum=1)
 INGEST_MAX_FAILURE_ROWS = env.integer("INGEST_MAX_FAILURE_ROWS", 1000, minimum=0)
+# WADO-RS: an instance transcoded to Explicit (or Implicit) VR Little Endian is built in memory;
+# only instances whose decoded pixel data and stored object both take at most this many bytes
+# are transcoded (larger: 406; transfer-syntax=* sends them as stored).
+WADO_TRANSCODE_MAX_BYTES = env.integer("WADO_TRANSCODE_MAX_BYTES", 256 * 1024 * 1024, minimum=0)
 # C-FIND: matches one query answers; past it the first ones are sent, then 0xA700 says more match.
 DIMSE_FIND_MAX_RESULTS = env.integer("DIMSE_FIND_MAX_RESULTS", 1000, minimum=1)
 # The DICOM connections page: each admitted association and its operations are kept this many
