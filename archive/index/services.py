@@ -120,13 +120,12 @@ def _reader_key(actor: Actor) -> str:
 def _image_read_sql() -> str:
     quote = connection.ops.quote_name
     table = quote(AccessEvent._meta.db_table)
-    columns = ", ".join(
-        quote(AccessEvent._meta.get_field(name).column)
-        for name in (
-            "organization", "study", "series", "kind", "actor_label",
-            "bytes", "instances", "reads", "window_key", "at",
-        )
+    names = (
+        "organization", "study", "series", "kind", "actor_label",
+        "bytes", "instances", "reads", "window_key", "at",
     )  # fmt: skip
+    fields = {f.name: f for f in AccessEvent._meta.concrete_fields}
+    columns = ", ".join(quote(str(fields[name].column)) for name in names)
     return (
         f"INSERT INTO {table} ({columns}) "  # noqa: S608 - names from the model
         "VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
