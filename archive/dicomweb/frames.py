@@ -631,19 +631,28 @@ def frames_response(
             frames.store_bytes,
         )
 
-    response = pixel_data_response(
-        _pieces(frames, numbers, offer),
-        opening=opening,
-        boundary=boundary,
-        reader=frames.reader,
-        content_type=content_type,
-        org=org,
-        actor=actor,
-        study=study,
-        series=series,
-        instance=instance,
-        on_recorded=logged,
-    )
+    try:
+        response = pixel_data_response(
+            _pieces(frames, numbers, offer),
+            opening=opening,
+            boundary=boundary,
+            reader=frames.reader,
+            content_type=content_type,
+            org=org,
+            actor=actor,
+            study=study,
+            series=series,
+            instance=instance,
+            on_recorded=logged,
+        )
+    except NotDecodable as exc:
+        # Found when the first frame is decoded: say what was asked, and what can be sent.
+        raise NotDecodable(
+            f"Not acceptable: asked {request.headers.get('Accept', '')!r}; {exc.message} "
+            f"Can serve: the frames as stored ({transfer_syntax_name(instance.transfer_syntax_uid)}"
+            "), with transfer-syntax=*.",
+            fields={"Accept": ["transfer-syntax=*"]},
+        ) from None
     response[STORE_BYTES_HEADER] = str(store_bytes)
     sizes = [frames.sent_size(n, offer) for n in numbers]
     if None not in sizes:

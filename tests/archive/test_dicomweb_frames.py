@@ -490,6 +490,10 @@ def test_a_syntax_that_cannot_be_decoded_is_406_naming_it_and_sent_as_stored(org
     error = refused.json()["error"]
     assert error["code"] == "not_decodable"
     assert "JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51)" in error["message"]
+    # What was asked, and what can be sent.
+    assert f"asked {UNCOMPRESSED!r}" in error["message"]
+    assert "Can serve: the frames as stored" in error["message"]
+    assert error["fields"]["Accept"] == ["transfer-syntax=*"]
     assert parts_of(stored)[1][0][1] == pydicom_frames_as_stored(ds)[0]
     assert AccessEvent.objects.count() == 1  # the refused request read nothing it recorded
 
