@@ -168,7 +168,23 @@ def image_read_record(
     """
     now = timezone.now()
     window = f"{kind}:{series.pk}:{_reader_key(actor)}:{now:%Y%m%d%H%M}"
+    since = now - TOUCH_RESOLUTION
+    stale = Q(last_accessed_at__isnull=True) | Q(last_accessed_at__lt=since)
     with transaction.atomic():
+        # The row-level writes of this request first; the shared line last: the clients of a
+        # viewer read the same series at once, and each holds the line's lock until its commit.
+        if bytes_read:
+            record_usage(
+                org=org,
+                meter="egress.bytes",
+                quantity=bytes_read,
+                at=now,
+                idempotency_key=f"egress:{request_id or uuid.uuid4().hex}",
+            )
+        if instance is not None and not (
+            instance.last_accessed_at is not None and instance.last_accessed_at >= since
+        ):
+            Instance.objects.for_org(org).filter(stale, pk=instance.pk).update(last_accessed_at=now)
         with connection.cursor() as cursor:
             cursor.execute(
                 _image_read_sql(),
@@ -185,12 +201,6 @@ def image_read_record(
                 ],
             )
             event_id, reads = cursor.fetchone()
-        since = now - TOUCH_RESOLUTION
-        stale = Q(last_accessed_at__isnull=True) | Q(last_accessed_at__lt=since)
-        if instance is not None and not (
-            instance.last_accessed_at is not None and instance.last_accessed_at >= since
-        ):
-            Instance.objects.for_org(org).filter(stale, pk=instance.pk).update(last_accessed_at=now)
         if reads == 1:
             if instance is not None:
                 Study.objects.for_org(org).filter(stale, pk=study.pk).update(last_accessed_at=now)
@@ -208,13 +218,5 @@ def image_read_record(
                     "instances": instances,
                     "gathered": "image reads of this series by this reader in this minute",
                 },
-            )
-        if bytes_read:
-            record_usage(
-                org=org,
-                meter="egress.bytes",
-                quantity=bytes_read,
-                at=now,
-                idempotency_key=f"egress:{request_id or uuid.uuid4().hex}:{event_id}",
             )
     return event_id
