@@ -15,6 +15,7 @@ import pytest
 from django.db import connection
 
 from archive.models import AccessEvent, Instance, RestoreRequest, Series
+from billing.models import UsageEvent
 from tenants.models import Membership, Organization
 from tenants.roles import Role
 from tests.archive.test_portal_viewer import seed_ct
@@ -220,14 +221,21 @@ def test_a_ct_series_in_the_viewer(
     page.keyboard.press("0")
     expect(overlay).not_to_contain_text("Zoom")
 
-    # Every image the browser asked for (thumbnails, slices, read-ahead) is one read recorded,
-    # no more, no less; no slice was asked twice; the pages themselves are none.
+    # Every image the browser asked for (thumbnails, slices, read-ahead) is one read recorded
+    # and metered, no more, no less, on a few access-log lines (one per series, kind and minute);
+    # no slice was asked twice; the pages themselves are none.
     page.wait_for_load_state("networkidle")
     slices = [u for u in images if "/rendered/" in u]
     assert failed == []
     assert len(set(slices)) == len(slices)
     assert len(slices) >= 2 * SLICES  # every slice in two windows at least, read ahead
-    assert AccessEvent.objects.filter(study=study, kind="retrieve").count() == len(images)
+    lines = AccessEvent.objects.filter(study=study)
+    assert sum(line.reads for line in lines) == len(images)
+    assert lines.count() < len(images)
+    # Each read metered once, the other study's list thumbnail included.
+    egress = UsageEvent.objects.filter(organization=org, meter="egress.bytes")
+    everything = AccessEvent.objects.filter(organization=org)
+    assert egress.count() == sum(line.reads for line in everything) == len(images) + 1
     assert last != first
 
     # A phone: the same pages at 390 px.
