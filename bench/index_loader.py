@@ -8,7 +8,9 @@ database (``bench.scratch.ScratchDatabase``) before it calls ``load_studies``. P
 Study ``i`` has one series and one instance, hot tier, 512 KiB; patient ``i // 2`` (about two
 studies per patient, ``patient``) has a Patient ID ``P<8 digits>`` and a name
 ``FAMILY^GIVEN``, one of 12,000 (400 family names x 30 given names with distinct first two
-letters), so a ``FAMILY^GI*`` prefix matches 1 study in 12,000: ~83 at 1M studies.
+letters), so a ``FAMILY^GI*`` prefix matches 1 study in 12,000: ~83 at 1M studies. Each study's
+person-name words (``archive.index.names``, for fuzzy matching) are loaded with it, as ingest
+writes them: two of the patient's name, two of the referring physician's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
+
+from archive.index.names import split_words
 
 if TYPE_CHECKING:
     from archive.models import StorageLocation
@@ -141,6 +145,22 @@ def load_studies(org: Organization, location: StorageLocation, first: int, last:
     _copy("archive_study", STUDY_COLUMNS, (study_row(k) for k in range(count)))
     _copy("archive_series", SERIES_COLUMNS, (series_row(k) for k in range(count)))
     _copy("archive_instance", INSTANCE_COLUMNS, (instance_row(k) for k in range(count)))
+    word_columns = ["organization_id", "study_id", "word"]
+    _copy(
+        "archive_patientnameword",
+        word_columns,
+        (
+            (org.pk, study0 + k, word)
+            for k in range(count)
+            for word in split_words(patient(first + k)[1])
+        ),
+    )
+    referring_words = split_words("WELBY^MARCUS")
+    _copy(
+        "archive_referringphysiciannameword",
+        word_columns,
+        ((org.pk, study0 + k, word) for k in range(count) for word in referring_words),
+    )
     with connection.cursor() as cursor:
         for table in ("archive_study", "archive_series", "archive_instance"):
             cursor.execute(
@@ -148,3 +168,7 @@ def load_studies(org: Organization, location: StorageLocation, first: int, last:
                 f"(SELECT MAX(id) FROM {table}))"
             )
             cursor.execute(f"ANALYZE {table}")
+        # Vacuumed, as autovacuum does after many inserts, so that searches read the words'
+        # indexes only (the visibility map).
+        for table in ("archive_patientnameword", "archive_referringphysiciannameword"):
+            cursor.execute(f"VACUUM ANALYZE {table}")

@@ -9,14 +9,21 @@ rules the C-FIND SCP shares (``archive.index.query``):
 - UID lists: ``StudyInstanceUID=1.2,1.3`` (comma or backslash);
 - ``ModalitiesInStudy=CT,MR``: studies with any of them;
 - an empty value is universal matching: the attribute is only returned.
-``fuzzymatching=true`` is accepted and ignored (fuzzy matching is off). Results come from the
-stored metadata plus computed attributes (counts, modalities, availability, RetrieveURL).
+``fuzzymatching=true`` turns on fuzzy person-name matching for the PN keys (PatientName,
+ReferringPhysicianName, at every level): each word of the value (words split at ``^``, ``=``,
+spaces, commas, periods and hyphens) starts some word of the name, in any order, without regard
+to case or accents: ``PatientName=smi`` finds ``SMITH^JOHN``, ``Smíth^John`` and
+``JONES^SMITHERS``, ``PatientName=joh smi`` finds ``SMITH^JOHN``; ``*`` and ``?`` keep their
+meaning inside a word (``sm?th``). ``fuzzymatching=false`` or none: the exact rules above.
+Results come from the stored metadata plus computed attributes (counts, modalities,
+availability, RetrieveURL).
 
 Every parameter is checked before it reaches SQL, and each problem is a 400 naming it: ``limit``
 and ``offset`` are ASCII whole numbers (``offset`` at most ``MAX_OFFSET``, ``limit`` capped at
 ``MAX_LIMIT``), integer keys stay in the range of DICOM's IS, every UID of a UID list follows the
 archive's UID rule (``archive.ingest.dicom.uid_problem``) and a list holds at least one, no value holds a
-NUL character.
+NUL character, ``fuzzymatching`` is ``true`` or ``false`` and a fuzzy name has at most
+``archive.index.query.FUZZY_WORDS_MAX`` words.
 """
 
 from __future__ import annotations
@@ -99,10 +106,25 @@ def _int_param(name: str, value: str, *, maximum: int | None = None) -> int:
     return number
 
 
-def query_parse(params: QueryDict, *, level: str) -> Query:
-    """Validate the query string; every problem is a 400 that names the parameter."""
+def _fuzzy(params: QueryDict) -> bool:
+    """Whether ``fuzzymatching=true`` was asked for (the name in any case, the last value)."""
+    fuzzy = False
+    for name in params:
+        if name.lower() == "fuzzymatching":
+            value = params.getlist(name)[-1].strip().lower()
+            if value not in ("true", "false"):
+                raise invalid(name, "fuzzymatching must be true or false.")
+            fuzzy = value == "true"
+    return fuzzy
+
+
+def query_parse(params: QueryDict, *, level: str, org: Organization) -> Query:
+    """Validate the query string; every problem is a 400 that names the parameter. ``org``: the
+    organization searched (fuzzy matching reads its name words)."""
     query = Query(level=level)
     allowed = LEVELS[: LEVELS.index(level) + 1]
+    # Read first: it changes how the PN keys before it in the query string match.
+    fuzzy_org = org if _fuzzy(params) else None
     for name in params:
         values = params.getlist(name)
         lowered = name.lower()
@@ -115,9 +137,7 @@ def query_parse(params: QueryDict, *, level: str) -> Query:
             query.offset = _int_param(name, values[-1], maximum=MAX_OFFSET)
             continue
         if lowered == "fuzzymatching":
-            if values[-1].lower() not in ("true", "false"):
-                raise invalid(name, "fuzzymatching must be true or false.")
-            continue
+            continue  # read by _fuzzy
         if lowered == "includefield":
             for item in (v.strip() for value in values for v in value.split(",")):
                 if not item:
@@ -157,7 +177,12 @@ def query_parse(params: QueryDict, *, level: str) -> Query:
         if not value:
             continue  # universal matching: return the attribute, match everything
         condition = key_condition(
-            key, name, value, PREFIX[(level, key.level)], uid_problem=uid_problem
+            key,
+            name,
+            value,
+            PREFIX[(level, key.level)],
+            uid_problem=uid_problem,
+            fuzzy_org=fuzzy_org,
         )
         if condition is not None:
             query.conditions.append(condition)
@@ -244,7 +269,7 @@ def search(
 ) -> SearchResult:
     """Run one QIDO-RS search. ``scope`` rows were already looked up for this organization."""
     scope = scope or Scope()
-    query = query_parse(request.GET, level=level)
+    query = query_parse(request.GET, level=level, org=org)
     base = base_url(request)
     # Trashed studies are out of every search until they are taken out of the trash.
     qs: QuerySet[Any] = level_queryset(org, level)

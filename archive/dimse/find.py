@@ -11,14 +11,17 @@ Matching (PS3.4 C.2.2.2) is the index's, the same rules and SQL as QIDO-RS
 (``archive.index.query``): single value, wildcards ``*`` and ``?`` on text, list of UIDs
 (backslash-separated), ranges on dates and times (``a-b``, ``a-``, ``-b``), universal matching (an
 empty value, or ``*`` alone, returns the attribute without matching on it), person names matched
-without regard to case. The matching keys: ``MATCHING_KEYS`` below.
+without regard to case. The matching keys: ``MATCHING_KEYS`` below. With fuzzy semantic matching
+of person names negotiated (SOP Class Extended Negotiation byte 3 = 1, accepted), PatientName and
+ReferringPhysicianName match as QIDO-RS's ``fuzzymatching=true``: every word of the value starts
+some word of the name, in any order, without regard to case or accents (``archive.index.names``).
 
 Hierarchical and relational queries (PS3.4 C.4.1.2.1, C.4.1.3.2): a query below the top level
 must carry one value of each unique key above its level (PatientID in Patient Root, then
 StudyInstanceUID, then SeriesInstanceUID), unless the caller negotiated relational queries with SOP
 Class Extended Negotiation (byte 1 = 1) and Strata accepted it: ``sop_extended_answer`` is the
-answer (relational queries accepted; combined date-time matching, fuzzy semantic matching of
-person names and timezone adjustment declined) for the listener's EVT_SOP_EXTENDED handler.
+answer (relational queries and fuzzy semantic matching of person names accepted; combined
+date-time matching and timezone adjustment declined) for the listener's EVT_SOP_EXTENDED handler.
 Relational queries may leave out the keys above their level and match on keys of any level above.
 
 The response identifier holds the keys of the request and nothing else, plus QueryRetrieveLevel,
@@ -187,21 +190,30 @@ def matching_keys(model: str, level: str) -> list[str]:
 
 # --- extended negotiation ---------------------------------------------------------------------
 
+# The bytes of the Query/Retrieve service class application information (PS3.4 C.5.1.1.1), from
+# 0: relational queries, combined date-time matching, fuzzy semantic matching of person names,
+# timezone query adjustment.
+RELATIONAL_BYTE = 0
+FUZZY_BYTE = 2
+
 
 def sop_extended_answer(app_info: dict[Any, bytes]) -> dict[UID, bytes]:
     """The SOP Class Extended Negotiation answer (PS3.4 C.5.1.1) for the FIND SOP classes among
     ``app_info`` (the requestor's items: SOP class UID -> service class application information).
 
-    Byte 1 relational-queries: accepted (1) when asked; bytes 2-4 (combined date-time matching,
-    fuzzy semantic matching of person names, timezone query adjustment): not supported (0). The
-    answer has as many bytes as the question, at most four. Other SOP classes are not answered.
+    Byte 1 relational-queries and byte 3 fuzzy semantic matching of person names: accepted (1)
+    when asked; bytes 2 and 4 (combined date-time matching, timezone query adjustment): not
+    supported (0). The answer has as many bytes as the question, at most four. Other SOP classes
+    are not answered.
     """
     answers: dict[UID, bytes] = {}
     for sop_class, info in (app_info or {}).items():
         if str(sop_class) not in MODELS or not info:
             continue
         answer = bytearray(min(len(info), 4))
-        answer[0] = 1 if info[0] == 1 else 0
+        for byte in (RELATIONAL_BYTE, FUZZY_BYTE):
+            if byte < len(answer):
+                answer[byte] = 1 if info[byte] == 1 else 0
         answers[UID(str(sop_class))] = bytes(answer)
     return answers
 
@@ -211,14 +223,24 @@ def on_sop_extended(event: Any) -> dict[UID, bytes]:
     return sop_extended_answer(event.app_info)
 
 
-def relational_negotiated(event: Any, sop_class: str) -> bool:
-    """Whether this association accepted relational queries for ``sop_class``."""
+def _negotiated(event: Any, sop_class: str, byte: int) -> bool:
     try:
         answered = event.assoc.acceptor.sop_class_extended
     except AttributeError:
         return False
     info: bytes | None = answered.get(sop_class) if answered else None
-    return info is not None and len(info) > 0 and info[0] == 1
+    return info is not None and len(info) > byte and info[byte] == 1
+
+
+def relational_negotiated(event: Any, sop_class: str) -> bool:
+    """Whether this association accepted relational queries for ``sop_class``."""
+    return _negotiated(event, sop_class, RELATIONAL_BYTE)
+
+
+def fuzzy_negotiated(event: Any, sop_class: str) -> bool:
+    """Whether this association accepted fuzzy semantic matching of person names for
+    ``sop_class``."""
+    return _negotiated(event, sop_class, FUZZY_BYTE)
 
 
 # --- statuses -----------------------------------------------------------------------------------
@@ -341,8 +363,15 @@ def _elements(identifier: Dataset) -> list[DataElement]:
     return elements
 
 
-def request_parse(identifier: Dataset, *, model: str, relational: bool) -> FindRequest:
-    """Validate the request identifier; every problem is a ``Refused``."""
+def request_parse(
+    identifier: Dataset,
+    *,
+    model: str,
+    relational: bool,
+    fuzzy_org: Organization | None = None,
+) -> FindRequest:
+    """Validate the request identifier; every problem is a ``Refused``. ``fuzzy_org``: the
+    organization searched, when fuzzy semantic matching of person names was negotiated."""
     elements = _elements(identifier)
     levels = MODELS[model]
     if QUERY_RETRIEVE_LEVEL not in identifier:
@@ -401,6 +430,7 @@ def request_parse(identifier: Dataset, *, model: str, relational: bool) -> FindR
                 PREFIX[(request.index_level, key.level)],
                 uid_problem=uid_problem,
                 separator="\\",
+                fuzzy_org=fuzzy_org,
             )
         except ValidationFailed as exc:
             raise Refused(IDENTIFIER_DOES_NOT_MATCH, str(exc.message), tag) from None
@@ -1019,7 +1049,10 @@ def c_find(peer: Peer | None, event: Any) -> Iterator[tuple[Any, Dataset | None]
     try:
         identifier = event.identifier
         request = request_parse(
-            identifier, model=sop_class, relational=relational_negotiated(event, sop_class)
+            identifier,
+            model=sop_class,
+            relational=relational_negotiated(event, sop_class),
+            fuzzy_org=peer.org if fuzzy_negotiated(event, sop_class) else None,
         )
     except Refused as refused:
         _log(peer, "?", 0, refused.status, started)

@@ -918,7 +918,8 @@ class StrataSCP:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_N_ACTION, self._on_n_action),
-            # SOP Class Extended Negotiation: relational queries for C-FIND.
+            # SOP Class Extended Negotiation: relational queries and fuzzy person-name matching
+            # for C-FIND.
             (evt.EVT_SOP_EXTENDED, find.on_sop_extended),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),

@@ -2,6 +2,10 @@
 C-FIND SCP (``archive.dimse.find``): one set of matching rules, run in SQL on the index columns.
 
 - single value: exact; PN attributes (PatientName, ReferringPhysicianName) ignore case;
+- fuzzy person-name matching when the caller asks for it (QIDO-RS ``fuzzymatching=true``, C-FIND
+  by extended negotiation): every word of a PN value starts some word of the name, in any order,
+  without regard to case or accents (``archive.index.names``), found in the index of the
+  attribute's word table (``archive.models.NAME_WORD_MODELS``) rather than by reading the names;
 - wildcards ``*`` and ``?`` on text attributes -> ``LIKE`` with ``%``/``_``/``\\`` escaped
   (``*`` alone is universal matching);
 - ranges on dates and times: ``20260101-20260131``, ``20260101-``, ``-20260131``;
@@ -29,7 +33,8 @@ from django.db.models import F, Lookup, Q, QuerySet, Value
 from django.db.models.functions import Upper
 from pydicom.datadict import tag_for_keyword
 
-from archive.models import Instance, Series, Study
+from archive.index.names import query_words
+from archive.models import NAME_WORD_MODELS, Instance, Series, Study
 from tenants.errors import ValidationFailed
 from tenants.models import Organization
 
@@ -38,6 +43,9 @@ IS_MIN, IS_MAX = -(2**31), 2**31 - 1
 _SIGNED = re.compile(r"[+-]?[0-9]+")
 # The index's levels, top down.
 LEVELS = ("study", "series", "instance")
+
+# A fuzzy person-name query joins the word index once per word: a bound on that work.
+FUZZY_WORDS_MAX = 8
 
 # Why a value is not a UID (None when it is one): ``archive.ingest.dicom.uid_problem``.
 UidCheck = Callable[[str], str | None]
@@ -211,15 +219,60 @@ def value_range(name: str, value: str) -> tuple[str, str, bool]:
     return value, value, False
 
 
+def fuzzy_name_condition(
+    org: Organization, key: Key, name: str, value: str, prefix: str
+) -> Q | None:
+    """Fuzzy matching of a PN key: the studies with a name word starting with each word of
+    ``value`` (``archive.index.names``); None when ``value`` has no word (universal matching).
+
+    One subquery on the organization's words of this attribute per word, each reading the word
+    table's ``..._word_prefix`` index from the word's literal start (PostgreSQL LIKE with pattern
+    operators, SQLite GLOB), so no name is read whole and no other organization's word is seen.
+    The subqueries are nested (the studies of the first word that are among those of the second,
+    ...): the words' studies are intersected on the narrow word rows before any study row is
+    read. At 1M studies ``bara ad`` (20,000 and 33,600 studies, 672 with both) takes 30 ms this
+    way, 235 ms with one ``IN`` per word (which read the 20,000 study rows of the first word).
+    """
+    words = query_words(value)
+    if len(words) > FUZZY_WORDS_MAX:
+        raise invalid(
+            name, f"{name} has {len(words)} words; fuzzy matching takes at most {FUZZY_WORDS_MAX}."
+        )
+    if not words:
+        return None
+    studies: QuerySet[Any] | None = None
+    for word in reversed(words):
+        matching = (
+            NAME_WORD_MODELS[key.column]
+            .objects.filter(organization=org)
+            .filter(case_sensitive_wild(F("word"), word))
+        )
+        if studies is not None:
+            matching = matching.filter(study_id__in=studies)
+        studies = matching.values("study_id")
+    return Q(**{f"{prefix}id__in": studies})
+
+
 def key_condition(
-    key: Key, name: str, value: str, prefix: str, *, uid_problem: UidCheck, separator: str = ","
+    key: Key,
+    name: str,
+    value: str,
+    prefix: str,
+    *,
+    uid_problem: UidCheck,
+    separator: str = ",",
+    fuzzy_org: Organization | None = None,
 ) -> Q | None:
     """The SQL condition of one matching key with a non-empty ``value``; None for universal
     matching. ``name`` is the attribute as the caller named it (for the error), ``prefix`` the
-    relation from the searched model to the key's level (``PREFIX``)."""
+    relation from the searched model to the key's level (``PREFIX``). ``fuzzy_org``: the
+    organization searched when the caller asked for fuzzy person-name matching (None: the exact
+    rules)."""
     as_list, separated, example = _SEPARATORS[separator]
     column = prefix + key.column
     wild = "*" in value or "?" in value
+    if key.kind == "pn" and fuzzy_org is not None:
+        return fuzzy_name_condition(fuzzy_org, key, name, value, prefix)
     if key.kind == "uid":
         if wild:
             raise invalid(name, f"{name} takes UIDs{as_list}, not wildcards.")

@@ -28,6 +28,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from archive.index.names import name_word_rows
 from archive.index.selectors import archive_settings_get
 from archive.ingest.dicom import (
     CANNOT_UNDERSTAND,
@@ -41,7 +42,15 @@ from archive.ingest.dicom import (
     read_header,
 )
 from archive.locations.selectors import location_primary
-from archive.models import FrameIndex, Instance, PendingObject, Series, StorageLocation, Study
+from archive.models import (
+    NAME_WORD_MODELS,
+    FrameIndex,
+    Instance,
+    PendingObject,
+    Series,
+    StorageLocation,
+    Study,
+)
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
@@ -171,9 +180,18 @@ def _study_upsert_locked(org: Organization, header: Header, now: datetime) -> St
         try:
             with transaction.atomic():
                 study = Study.objects.create(**_study_fields(org, header, now))
+                _name_words_create([study])
         except IntegrityError:
             study = Study.objects.for_org(org).select_for_update().get(study_uid=header.study_uid)
     return study
+
+
+def _name_words_create(studies: list[Study]) -> None:
+    """The person-name words of new studies for fuzzy matching (``archive.index.names``), in
+    the transaction that creates them: a study is never searchable without its words. The
+    names are written only when a study is created, so its words never change."""
+    for name_field, model in NAME_WORD_MODELS.items():
+        model.objects.bulk_create(name_word_rows(model, name_field, studies))
 
 
 def _study_fields(org: Organization, header: Header, now: datetime) -> dict[str, Any]:
@@ -333,6 +351,7 @@ def _index(*, org: Organization, location: StorageLocation, items: list[_Stored]
             created = Study.objects.bulk_create(
                 [Study(**_study_fields(org, first[uid], now)) for uid in missing]
             )
+            _name_words_create(created)
             studies.update({s.study_uid: s for s in created})
         series = {
             s.series_uid: s

@@ -616,7 +616,8 @@ def test_extended_negotiation_answer():
         }
     )
 
-    assert answer == {STUDY_ROOT: b"\x01\x00\x00\x00", PATIENT_ROOT: b"\x00"}
+    # Relational queries and fuzzy semantic matching of person names; not the other two.
+    assert answer == {STUDY_ROOT: b"\x01\x00\x01\x00", PATIENT_ROOT: b"\x00"}
 
 
 # --- tenant isolation -------------------------------------------------------------------------
