@@ -9,6 +9,7 @@ which tier a location can serve), which every package that deals with tiers read
 """
 
 from archive.storage.base import (
+    ListedObject,
     ObjectExists,
     ObjectStore,
     RestoreStatus,
@@ -20,6 +21,7 @@ from archive.storage.base import (
 from archive.storage.registry import store_for
 
 __all__ = [
+    "ListedObject",
     "ObjectExists",
     "ObjectStore",
     "RestoreStatus",

@@ -45,6 +45,19 @@ class StoredObject:
 
 
 @dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing (``ObjectStore.iter_objects``).
+
+    ``storage_class``: what the store says about the object's tier, comparable with
+    ``ObjectStore.storage_class_for`` (S3: the storage class; filesystem: the tier's folder).
+    """
+
+    key: str
+    size: int
+    storage_class: str
+
+
+@dataclass(frozen=True)
 class RestoreStatus:
     """Where a restore of an archive-tier object stands.
 
@@ -100,6 +113,18 @@ class ObjectStore(Protocol):
         cannot be opened."""
 
     def delete(self, *, key: str, tier: str) -> None: ...
+
+    def iter_objects(self, *, prefix: str) -> Iterator[ListedObject]:
+        """Every object whose key starts with ``prefix``, in ascending key order (code point
+        order, which is S3's UTF-8 byte order), streamed: S3 one page of keys at a time, the
+        filesystem one directory at a time. An object the filesystem holds in two tiers (a tier
+        change between its link and its finish) is listed once per tier, consecutively. Spool
+        files, restore markers and temporary names are not objects and are not listed. Raises
+        StorageUnavailable when the store cannot be listed."""
+
+    def storage_class_for(self, tier: str) -> str:
+        """The ``storage_class`` under which ``iter_objects`` lists an object of ``tier`` ("" when
+        the store cannot hold that tier)."""
 
     def probe(self) -> str:
         """Write, read back and delete a probe object; returns a human-readable result."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
 import json
 import os
 import shutil
@@ -13,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from io import BufferedReader
 from pathlib import Path
 
+from archive.models import TIERS
 from archive.storage.base import (
     CHUNK,
+    ListedObject,
     ObjectExists,
     RestoreStatus,
     StorageRefused,
@@ -160,6 +163,51 @@ class FilesystemStore:
             self._path(key, tier).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable(str(exc)) from exc
+
+    # --- listing ------------------------------------------------------------------------------
+
+    def iter_objects(self, *, prefix: str) -> Iterator[ListedObject]:
+        # One walk per tier root, merged by key: each walk is in key order, so the merge is too.
+        return heapq.merge(*(self._walk(tier, prefix) for tier in TIERS), key=lambda o: o.key)
+
+    def storage_class_for(self, tier: str) -> str:
+        return tier
+
+    def _walk(self, tier: str, prefix: str) -> Iterator[ListedObject]:
+        head, _, rest = prefix.rpartition("/")
+        if head:
+            self._path(head, tier)  # refuses an unsafe prefix like a key
+        start = self.root / tier / head if head else self.root / tier
+        yield from self._walk_dir(start, f"{head}/" if head else "", rest, tier)
+
+    def _walk_dir(
+        self, directory: Path, key_prefix: str, name_prefix: str, tier: str
+    ) -> Iterator[ListedObject]:
+        """The objects under ``directory`` in key order. A folder sorts as its name plus "/", the
+        character its keys continue with, so that "a-b" (a file) comes before "a/x" as in S3.
+        Names starting with "." are temporary names of a tier change, never objects."""
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(
+                    (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name)
+                    for entry in scan
+                    if entry.name.startswith(name_prefix) and not entry.name.startswith(".")
+                )
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageUnavailable(f"Could not list {directory}: {exc.strerror or exc}") from exc
+        for name in entries:
+            if name.endswith("/"):
+                yield from self._walk_dir(directory / name[:-1], key_prefix + name, "", tier)
+                continue
+            try:
+                size = (directory / name).stat().st_size
+            except FileNotFoundError:
+                continue  # deleted since the folder was read: no longer an object
+            except OSError as exc:
+                raise StorageUnavailable(f"Could not list {name}: {exc.strerror or exc}") from exc
+            yield ListedObject(key=key_prefix + name, size=size, storage_class=tier)
 
     def probe(self) -> str:
         key = f"_probe/{uuid.uuid4().hex}"

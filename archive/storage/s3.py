@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 
 from archive.storage.base import (
     CHUNK,
+    ListedObject,
     ObjectExists,
     RestoreStatus,
     StorageRefused,
@@ -361,6 +362,26 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(str(exc)) from exc
+
+    def iter_objects(self, *, prefix: str) -> Iterator[ListedObject]:
+        # ListObjectsV2 answers in UTF-8 byte order, 1,000 keys a page: one page is held at a time.
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield ListedObject(
+                        key=item["Key"][strip:],
+                        size=int(item["Size"]),
+                        storage_class=item.get("StorageClass") or "STANDARD",
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"Could not list the bucket {self.bucket}: {exc}") from exc
+
+    def storage_class_for(self, tier: str) -> str:
+        return self.storage_classes.get(tier, "")
 
     def probe(self) -> str:
         key = f"_probe/{uuid.uuid4().hex}"
