@@ -1,4 +1,5 @@
-"""Figures as people read them: byte sizes, amounts of money and durations, one way each.
+"""Figures as people read them: byte sizes, amounts of money, durations and person names, one
+way each.
 
 Every page, e-mail, PDF and command output that shows one of these goes through this module,
 so that the portal never says "MB" on one page and "MiB" on the next. It imports nothing else
@@ -17,11 +18,17 @@ Rules:
   ``less than 0.01 USD``; ``None`` (nothing is charged) reads ``not charged``.
 - Durations: ``45 s``, ``3 min 05 s``, ``2 h 07 min``, from 48 hours on ``3 days 4 h`` (the
   smaller units truncated, never rounded up); ``None`` reads ``—``.
+- Person names (DICOM PN, ``Family^Given^Middle^Prefix^Suffix``) read as a PACS worklist shows
+  them: ``Family, Prefix Given Middle, Suffix`` (``Curie^Marie`` reads ``Curie, Marie``;
+  ``Smith^John^A^Dr.^Jr.`` reads ``Smith, Dr. John A, Jr.``). Empty components are left out with
+  their separators (``Curie`` alone reads ``Curie``, ``^Marie`` reads ``Marie``). Of a name's
+  ``=``-separated groups the alphabetic one is shown, else the ideographic, else the phonetic.
+  Case is kept as stored. An empty name reads ``""`` so that templates can ``|default:`` it.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 BYTE_UNITS = [("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)]
 NONE = "—"
@@ -59,6 +66,21 @@ def money_label(amount: Decimal | None, currency: str = "", *, places: int = 2) 
     return f"{text} {currency}" if currency else text
 
 
+def quantity_label(value: Decimal, places: int) -> str:
+    """A quantity rounded half-up to ``places`` decimals, thousands separated: ``1,234.568``,
+    ``25,000``. A negative value that rounds to zero reads as zero."""
+    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return f"{shown.copy_abs() if shown.is_zero() else shown:,.{places}f}"
+
+
+def rate_label(value: Decimal) -> str:
+    """A price per unit as a plan states it: at least 2 decimals, up to 8, no trailing zeros
+    beyond the second (``0.023``, ``0.40``, ``5.00``, ``0.00012345``)."""
+    text = f"{value.quantize(Decimal('1e-8'), rounding=ROUND_HALF_UP):,.8f}"
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
 def duration_label(seconds: int | None) -> str:
     """A duration: ``45 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 days 4 h``."""
     if seconds is None:
@@ -73,3 +95,20 @@ def duration_label(seconds: int | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} days {hours} h"
+
+
+def person_name_label(value: str | None) -> str:
+    """A DICOM person name as people read it: ``Curie^Marie`` -> ``Curie, Marie``.
+
+    Only for display: DICOM answers (QIDO-RS, C-FIND) keep the stored value, as the standard says.
+    """
+    if not value:
+        return ""
+    group = next((g for g in value.split("=") if g.strip(" ^")), "")
+    # A name with more than five components is not valid DICOM; its extra ones are kept after the
+    # suffix rather than dropped, so that nothing stored is hidden.
+    parts = [p.strip() for p in group.split("^")] + [""] * 4
+    family, given, middle, prefix = parts[:4]
+    suffix = " ".join(p for p in parts[4:] if p)
+    first = " ".join(p for p in (prefix, given, middle) if p)
+    return ", ".join(p for p in (family, first, suffix) if p)

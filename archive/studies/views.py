@@ -65,7 +65,7 @@ from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.studies import selectors as study_selectors
 from archive.studies.forms import StudySearchForm
 from tenants.errors import ServiceError
-from tenants.labels import bytes_label, duration_label, money_label
+from tenants.labels import bytes_label, duration_label, money_label, person_name_label
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 
@@ -753,7 +753,7 @@ def series_view(
                 "slices": slices.items,
                 "presets": presets,
                 "overlay": {
-                    "patient": study.patient_name or "",
+                    "patient": person_name_label(study.patient_name),
                     "patientId": study.patient_id or "",
                     "studyDate": study.study_date.isoformat() if study.study_date else "",
                     "series": " · ".join(

@@ -1,5 +1,6 @@
 """Template filters for figures: ``{% load labels %}`` then ``{{ n|bytes_label }}`` (binary units,
-as every page shows bytes; Django's ``filesizeformat`` says "MB" for MiB and is not used)."""
+as every page shows bytes; Django's ``filesizeformat`` says "MB" for MiB and is not used);
+``{{ study.patient_name|person_name }}`` for a DICOM person name (``Curie^Marie`` -> ``Curie, Marie``)."""
 
 from __future__ import annotations
 
@@ -11,3 +12,4 @@ register = template.Library()
 
 register.filter("bytes_label", labels.bytes_label)
 register.filter("duration_label", labels.duration_label)
+register.filter("person_name", labels.person_name_label)

@@ -197,7 +197,7 @@ def test_detail_shows_series_sizes_tiers_and_access_history(
 
     assert response.status_code == 200
     content = response.content.decode()
-    assert "Franklin^Rosalind" in content
+    assert "Franklin, Rosalind" in content
     rows = response.context["series_rows"]
     assert [r["series"].series_number for r in rows] == [1, 2]
     assert [t["tier"] for t in rows[0]["tiers"]] == ["hot"]

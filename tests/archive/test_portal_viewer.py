@@ -223,6 +223,7 @@ def test_another_organizations_ids_are_404(
         response = client.get(address)
         assert response.status_code == 404, name
         assert "Other^Patient" not in response.content.decode()
+        assert "Other, Patient" not in response.content.decode()
     # Their ids under my organization's slug, mixed with mine: 404 as well.
     theirs_series = series_of(theirs)
     theirs_instance = instances_of(theirs_series)[0]
@@ -388,7 +389,7 @@ def test_the_viewer_lists_the_slices_in_order_and_reads_nothing_itself(
         "bone": (400, 1800),
         "brain": (40, 80),
     }
-    assert data["overlay"]["patient"] == "Lovelace^Ada"
+    assert data["overlay"]["patient"] == "Lovelace, Ada"
     assert data["overlay"]["patientId"] == "PAT-4711"
     assert data["overlay"]["series"] == "Se 1 · CT · AX CHEST 5mm"
     page = response.content.decode()

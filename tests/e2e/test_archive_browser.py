@@ -80,7 +80,7 @@ def test_owner_uploads_a_dicom_file_and_finds_the_study(
 
     page.get_by_role("link", name="View studies").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Studies")
-    row = page.locator("#study-table tbody tr").filter(has_text="Lovelace^Ada")
+    row = page.locator("#study-table tbody tr").filter(has_text="Lovelace, Ada")
     expect(row).to_have_count(1)
     expect(row).to_contain_text("CT CHEST W CONTRAST")
     expect(row).to_contain_text("1 / 2")
@@ -88,7 +88,7 @@ def test_owner_uploads_a_dicom_file_and_finds_the_study(
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=SCREENSHOT, full_page=True)
 
-    row.get_by_role("link", name="Lovelace^Ada").click()
+    row.get_by_role("link", name="Lovelace, Ada").click()
     study = Study.objects.for_org(org).get()
     expect(page).to_have_url(f"{live_server.url}/o/{org.slug}/archive/studies/{study.pk}/")
     expect(page.locator("#series-table tbody tr")).to_have_count(1)

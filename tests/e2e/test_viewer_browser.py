@@ -134,7 +134,7 @@ def test_a_ct_series_in_the_viewer(
     page.screenshot(path=SHOTS.format(page="studies", width=1280), full_page=True)
 
     # The study page: each series' thumbnail, its viewer, its download.
-    page.get_by_role("link", name="Lovelace^Ada").click()
+    page.get_by_role("link", name="Lovelace, Ada").click()
     expect(page.locator("#series-table tbody tr")).to_have_count(2)
     series_thumbs = page.locator("#series-table img.thumb")
     for index in range(2):
@@ -153,7 +153,7 @@ def test_a_ct_series_in_the_viewer(
     expect(counter).to_have_text(f"Slice 1 / {SLICES} (Im 1)")
     expect(page.locator("#viewer-window")).to_have_text("Image's own · W 400 L 40")
     overlay = page.locator(".viewer-overlay")
-    expect(overlay).to_contain_text("Lovelace^Ada")
+    expect(overlay).to_contain_text("Lovelace, Ada")
     expect(overlay).to_contain_text("ID PAT-4711")
     expect(overlay).to_contain_text("Se 1 · CT · AX CHEST 5mm")
     first_src = page.locator("#viewer-image").get_attribute("src")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.template import Context, Template
 
-from tenants.labels import bytes_label, duration_label, money_label
+from tenants.labels import bytes_label, duration_label, money_label, person_name_label
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,3 +114,36 @@ def test_the_template_filter_shows_binary_units() -> None:
 def test_the_policy_preview_shows_binary_units() -> None:
     template = (ROOT / "archive/templates/archive/policies_preview.html").read_text()
     assert "|bytes_label" in template and "filesizeformat" not in template
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [
+        (None, ""),
+        ("", ""),
+        ("Curie^Marie", "Curie, Marie"),
+        ("CURIE^MARIE", "CURIE, MARIE"),  # case is kept as stored
+        ("Curie", "Curie"),
+        ("^Marie", "Marie"),
+        ("Curie^Marie^Salomea", "Curie, Marie Salomea"),
+        ("Smith^John^A^Dr.^Jr.", "Smith, Dr. John A, Jr."),
+        ("Doe^^^^", "Doe"),
+        ("^^^^", ""),
+        (" Curie ^ Marie ", "Curie, Marie"),
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada, Tarou"),
+        ("=山田^太郎=やまだ^たろう", "山田, 太郎"),
+        ("==やまだ^たろう", "やまだ, たろう"),
+        ("A^B^C^D^E^F", "A, D B C, E F"),  # invalid extra components are kept, not dropped
+        ("Anonymous", "Anonymous"),
+    ],
+)
+def test_person_name_label_reads_family_comma_given(value: str | None, label: str) -> None:
+    assert person_name_label(value) == label
+
+
+def test_person_name_filter_escapes_what_it_shows() -> None:
+    out = Template("{% load labels %}{{ n|person_name }}").render(
+        Context({"n": "<b>Curie</b>^Marie"})
+    )
+
+    assert out == "&lt;b&gt;Curie&lt;/b&gt;, Marie"
