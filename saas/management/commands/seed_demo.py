@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandParser
 
 from tenants.context import Actor
@@ -20,6 +21,18 @@ STAFF = [
     ("compliance@demo-hospital.example", Role.AUDITOR),
     ("radiologist@demo-hospital.example", Role.MEMBER),
 ]
+
+
+def demo_password_ensure(user: AbstractBaseUser) -> None:
+    """Make the documented demo password sign this account in.
+
+    Checking the password itself rather than ``has_usable_password()``: an account made by
+    ``get_or_create`` has an empty password, which Django counts as usable although nothing
+    matches it, so a database seeded by an older version is repaired by running this again.
+    """
+    if not user.check_password(DEMO_PASSWORD):
+        user.set_password(DEMO_PASSWORD)
+        user.save(update_fields=["password"])
 
 
 class Command(BaseCommand):
@@ -44,17 +57,17 @@ class Command(BaseCommand):
                 slug="demo-hospital",
                 owner_email=DEMO_EMAIL,
                 actor=actor,
+                # With its password given, the owner is not sent a "set your password" email.
+                owner_password=DEMO_PASSWORD,
             )
         owner = User.objects.get(email=DEMO_EMAIL)
-        owner.set_password(DEMO_PASSWORD)
+        demo_password_ensure(owner)
         owner.first_name, owner.last_name = "Dana", "Owner"
         owner.is_staff = owner.is_superuser = True  # the local demo's owner is also platform staff
-        owner.save()
+        owner.save(update_fields=["first_name", "last_name", "is_staff", "is_superuser"])
         for email, role in STAFF:
             user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
-            if not user.has_usable_password():
-                user.set_password(DEMO_PASSWORD)
-                user.save(update_fields=["password"])
+            demo_password_ensure(user)
             Membership.objects.get_or_create(user=user, organization=org, defaults={"role": role})
         second = Organization.objects.filter(slug="demo-imaging-center").first()
         if second is None:
