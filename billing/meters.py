@@ -150,3 +150,29 @@ def billing_quantity(meter: Meter, base_quantity: int, *, hours_in_month: int) -
         # byte-seconds -> byte-hours -> GiB-months
         return Decimal(base_quantity) / Decimal(3600) / Decimal(GIB) / Decimal(hours_in_month)
     return Decimal(base_quantity) / Decimal(meter.divisor)
+
+
+@dataclass(frozen=True)
+class ShownQuantity:
+    """A billing quantity as documents show it: ``value`` in ``unit`` (exact), shown rounded to
+    ``places`` decimals; ``per`` is how the plan's unit price reads (``1,000 requests``)."""
+
+    value: Decimal
+    unit: str
+    places: int
+    per: str
+
+
+# Decimals a quantity in each billing unit is shown with; the exact figure stays in the CSV and
+# the portal's hover. 3 decimals of a GiB-month is about a MiB-month; of an hour, 3.6 seconds.
+_SHOWN_PLACES = {"GiB-month": 3, "GiB": 3, "GiB-day": 3, "hour": 3}
+
+
+def shown_quantity(unit: str, quantity: Decimal) -> ShownQuantity:
+    """How ``quantity`` (in billing unit ``unit``) is shown: counts billed per thousand read as
+    the whole count (``25 × 1,000 requests`` is ``25,000 requests``, priced per 1,000 requests),
+    byte and time units to the decimals of ``_SHOWN_PLACES``, anything else to 3."""
+    size, _, noun = unit.partition(" ")
+    if noun and size.replace(",", "").isdigit():
+        return ShownQuantity(quantity * int(size.replace(",", "")), noun, 0, unit)
+    return ShownQuantity(quantity, unit, _SHOWN_PLACES.get(unit, 3), unit)

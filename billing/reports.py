@@ -45,13 +45,14 @@ from reportlab.platypus import (
 
 from billing.forecast import Forecast, forecast_month
 from billing.invoicing import InvoiceDraft, invoice_compute
-from billing.meters import METERS, STORAGE, TIERS, billing_quantity
+from billing.meters import METERS, STORAGE, TIERS, ShownQuantity, billing_quantity, shown_quantity
 from billing.models import Budget, Invoice
 from billing.periods import check_range, hours_in_month, month_start
 from billing.selectors import usage_daily
+from tenants import labels
 from tenants.csvexport import csv_lines, csv_text
 from tenants.errors import ValidationFailed
-from tenants.labels import money_label
+from tenants.labels import money_label, rate_label
 from tenants.models import Organization
 
 GROUPINGS = ("meter", "tier", "day")
@@ -60,6 +61,10 @@ ISSUER = "Strata"
 ROUNDING_NOTE = (
     "Amounts: each line is rounded half-up to the cent once; every total is the sum of the "
     "rounded lines."
+)
+QUANTITY_NOTE = (
+    "Quantities are shown rounded (GiB units and hours to 3 decimals, counts whole); the CSV "
+    "has them exact."
 )
 STORAGE_NOTE = (
     "Storage: GiB-month = byte-hours / 2^30 / hours in the month. "
@@ -237,6 +242,8 @@ class DocumentLine:
     quantity: Decimal
     unit: str
     amount: Decimal
+    # How the amount was priced (``billing.pricing.price``'s breakdown, as the line stores it).
+    breakdown: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,7 @@ def invoice_document(
                 quantity=quantity_shown(ln.quantity),
                 unit=ln.unit,
                 amount=ln.amount,
+                breakdown=list(ln.breakdown),
             )
             for i, ln in enumerate(source.lines, start=1)
         ]
@@ -326,6 +334,7 @@ def invoice_document(
             quantity=quantity_shown(ln.quantity),
             unit=ln.unit,
             amount=ln.amount,
+            breakdown=list(ln.breakdown or []),
         )
         for ln in sorted(source.lines.all(), key=lambda ln: ln.position)
     ]
@@ -350,6 +359,123 @@ def invoice_document(
         voided_at=source.voided_at,
         void_reason=source.void_reason,
     )
+
+
+# --- how a line reads: quantity, unit, unit price -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineFigures:
+    """An invoice line's columns as the portal, the PDF and the CSV show them.
+
+    ``quantity`` is rounded for reading (``billing.meters.shown_quantity``); ``exact`` is the same
+    figure unrounded (to the 9 places lines store), in the same ``unit``. ``unit_price`` is one
+    rate (``0.023 / GiB-month``) or, for an allowance, tiers, packages or a minimum, one entry
+    per slice of the breakdown the amount was priced from.
+    """
+
+    quantity: str
+    exact: str
+    unit: str
+    unit_price: list[str]
+
+
+def _exact_text(value: Decimal) -> str:
+    text = format(quantity_shown(value).normalize(_WIDE), "f")
+    return text if text not in ("-0", "") else "0"
+
+
+def _decimal(raw: object) -> Decimal | None:
+    try:
+        return Decimal(str(raw))
+    except ArithmeticError:
+        return None
+
+
+def _slice_text(entry: dict[str, str], unit: str) -> str:
+    """One breakdown entry: ``1,024.000 GiB-month at 0.023 / GiB-month``."""
+    label = str(entry.get("label", ""))
+    quantity = _decimal(entry.get("quantity", ""))
+    rate = _decimal(entry.get("unit_price", ""))
+    flat = _decimal(entry.get("flat_fee", "0")) or Decimal(0)
+    shown = shown_quantity(unit, quantity) if quantity is not None and unit else None
+    amount_text = f"{quantity_number(shown)} {shown.unit}" if shown is not None else ""
+    if label == "included":
+        return f"{amount_text} included"
+    if label == "minimum":
+        return (
+            f"minimum {money_label(_decimal(entry.get('amount')))}, usage "
+            f"{money_label(_decimal(entry.get('usage')))}"
+        )
+    if label in ("recomputed", "billed"):
+        return f"{label} {money_label(_decimal(entry.get('amount')))}"
+    if rate is None or shown is None:
+        return label
+    text = f"{amount_text} at {rate_label(rate)} / {shown.per}"
+    if label.startswith("volume tier"):
+        bound = label.removeprefix("volume tier up to ").strip()
+        scope = (
+            f"volume tier up to {quantity_number(shown_quantity(unit, Decimal(bound)))}"
+            if bound
+            else "top volume tier"
+        )
+        text += f" ({scope})"
+    elif "package" in label:
+        text = f"{label} ({amount_text}) at {rate_label(rate)} each"
+    elif label != "per unit":
+        lower, _, upper = label.partition("-")
+        low = Decimal(lower or "0")
+        low_text = quantity_number(shown_quantity(unit, low))
+        high_text = quantity_number(shown_quantity(unit, Decimal(upper))) if upper else ""
+        scope = (
+            f"over {low_text}"
+            if not upper
+            else f"up to {high_text}"
+            if not low
+            else f"{low_text}–{high_text}"
+        )
+        text = f"{scope}: {text}"
+    if flat:
+        text += f" + {rate_label(flat)} flat"
+    return text
+
+
+def quantity_number(shown: ShownQuantity) -> str:
+    """The rounded figure of a shown quantity: ``1,024.000``, ``25,000``."""
+    return labels.quantity_label(shown.value, shown.places)
+
+
+def line_figures(line: DocumentLine) -> LineFigures:
+    """The quantity, unit and unit price columns of ``line`` (see ``LineFigures``)."""
+    entries = [e for e in line.breakdown if isinstance(e, dict)]
+    if not line.unit:
+        return LineFigures("", "", "", [_slice_text(e, "") for e in entries])
+    shown = shown_quantity(line.unit, line.quantity)
+    if len(entries) == 1 and entries[0].get("label") == "per unit":
+        rate = _decimal(entries[0].get("unit_price", ""))
+        prices = [f"{rate_label(rate)} / {shown.per}"] if rate is not None else []
+    elif len(entries) == 1 and str(entries[0].get("label", "")).startswith("not charged"):
+        prices = ["not charged on this plan"]
+    else:
+        prices = [_slice_text(e, line.unit) for e in entries]
+    return LineFigures(
+        quantity=quantity_number(shown),
+        exact=_exact_text(shown.value),
+        unit=shown.unit,
+        unit_price=prices,
+    )
+
+
+def invoice_columns(currency: str) -> list[str]:
+    """The columns of an invoice's lines, the same in the PDF, the CSV and the portal."""
+    return [
+        "#",
+        "Description",
+        "Quantity",
+        "Unit",
+        f"Unit price ({currency})",
+        f"Amount ({currency})",
+    ]
 
 
 # --- the current month ----------------------------------------------------------------------
@@ -457,18 +583,18 @@ def _usage_report_rows(report: UsageReport) -> Iterator[list[Any]]:
         ]
 
 
-INVOICE_CSV_COLUMNS = ["position", "description", "meter", "tier", "quantity", "unit", "amount"]
-
-
 def invoice_csv(doc: InvoiceDocument) -> Iterator[str]:
-    """CSV lines: header lines, one row per line, then subtotal, minimum, adjustments and total
-    in the amount column (each the sum of its lines), then credit notes if any."""
+    """CSV lines: header lines, one row per line in the PDF's columns (``invoice_columns``; the
+    quantity exact rather than rounded, the unit price's slices joined by ``; ``), then subtotal,
+    minimum, adjustments and total in the amount column (each the sum of its lines), then credit
+    notes if any."""
     return csv_lines(_invoice_rows(doc))
 
 
 def _invoice_rows(doc: InvoiceDocument) -> Iterator[list[Any]]:
     org = doc.organization
-    blank = [""] * (len(INVOICE_CSV_COLUMNS) - 1)
+    columns = invoice_columns(doc.currency)
+    blank = [""] * (len(columns) - 2)
     yield ["Issuer", ISSUER]
     yield ["Organization", csv_text(org.name), org.slug]
     yield ["Invoice", doc.number or "DRAFT"]
@@ -481,36 +607,28 @@ def _invoice_rows(doc: InvoiceDocument) -> Iterator[list[Any]]:
         yield ["Voided at", _iso(doc.voided_at)]
         yield ["Void reason", csv_text(doc.void_reason)]
     yield []
-    yield INVOICE_CSV_COLUMNS
+    yield columns
     for ln in doc.lines:
+        figures = line_figures(ln)
         yield [
             ln.position,
             csv_text(ln.description),
-            ln.meter,
-            ln.tier,
-            ln.quantity if ln.unit else "",
-            ln.unit,
+            figures.exact,
+            figures.unit,
+            csv_text("; ".join(figures.unit_price)),
             ln.amount,
         ]
     yield []
-    yield ["Subtotal", *blank[:-1], doc.subtotal]
-    yield ["Minimum commitment", *blank[:-1], doc.minimum_adjustment]
-    yield ["Adjustments", *blank[:-1], doc.adjustments]
-    yield ["Total", *blank[:-1], doc.total]
+    yield ["Subtotal", *blank, doc.subtotal]
+    yield ["Minimum commitment", *blank, doc.minimum_adjustment]
+    yield ["Adjustments", *blank, doc.adjustments]
+    yield ["Total", *blank, doc.total]
     if doc.credit_notes:
         yield []
-        yield ["credit_note", "reason", "created_at", "", "", "", "amount"]
+        yield ["Credit note", "Reason", "Created at (UTC)", "", "", f"Amount ({doc.currency})"]
         for note in doc.credit_notes:
-            yield [
-                note.number,
-                csv_text(note.reason),
-                _iso(note.created_at),
-                "",
-                "",
-                "",
-                note.amount,
-            ]
-        yield ["Total after credit notes", *blank[:-1], doc.total - doc.credited]
+            yield [note.number, csv_text(note.reason), _iso(note.created_at), "", "", note.amount]
+        yield ["Total after credit notes", *blank, doc.total - doc.credited]
 
 
 # --- PDF -------------------------------------------------------------------------------------
@@ -550,6 +668,8 @@ _BODY = ParagraphStyle("StrataBody", parent=_STYLES["BodyText"], fontSize=9, lea
 _SMALL = ParagraphStyle("StrataSmall", parent=_BODY, fontSize=8, leading=10)
 _RIGHT = ParagraphStyle("StrataRight", parent=_BODY, alignment=TA_RIGHT)
 _TITLE = ParagraphStyle("StrataTitle", parent=_STYLES["Title"], alignment=0, fontSize=18)
+_HEAD = ParagraphStyle("StrataHead", parent=_BODY, fontName="Helvetica-Bold")
+_HEAD_RIGHT = ParagraphStyle("StrataHeadRight", parent=_HEAD, alignment=TA_RIGHT)
 _H2 = ParagraphStyle("StrataH2", parent=_STYLES["Heading2"], fontSize=11, spaceBefore=8)
 _GRID = TableStyle(
     [
@@ -601,8 +721,10 @@ def _page_decorator(
             canvas.translate(-A4[0] / 2, -A4[1] / 2)
         canvas.setFont("Helvetica", 7)
         canvas.setFillColor(colors.grey)
-        y = 16 * mm
-        for text in [*footer, f"Page {doc.page}"]:
+        lines = [*footer, f"Page {doc.page}"]
+        # The last line 8 mm above the page's edge, however many lines there are.
+        y = 8 * mm + 3.2 * mm * (len(lines) - 1)
+        for text in lines:
             canvas.drawString(doc.leftMargin, y, text)
             y -= 3.2 * mm
         canvas.restoreState()
@@ -697,23 +819,36 @@ def invoice_pdf(doc: InvoiceDocument) -> bytes:
             )
         )
         story.append(Spacer(1, 3 * mm))
-    rows: list[list[Any]] = [["#", "Description", "Quantity", f"Amount ({doc.currency})"]]
+    rows: list[list[Any]] = [
+        [
+            _p(title, _HEAD_RIGHT if i in (2, 5) else _HEAD)
+            for i, title in enumerate(invoice_columns(doc.currency))
+        ]
+    ]
     for ln in doc.lines:
+        figures = line_figures(ln)
         rows.append(
             [
                 str(ln.position),
                 _p(ln.description),
-                _p(amount_of_unit(ln.quantity, ln.unit), _RIGHT),
+                _p(figures.quantity, _RIGHT),
+                _p(figures.unit),
+                Paragraph("<br/>".join(escape(t) for t in figures.unit_price), _SMALL),
                 money_label(ln.amount),
             ]
         )
     if not doc.lines:
-        rows.append(["", _p("No billable usage in this period."), "", money_label(Decimal(0))])
+        rows.append(
+            ["", _p("No billable usage in this period."), "", "", "", money_label(Decimal(0))]
+        )
     lines_table = Table(
-        rows, colWidths=[10 * mm, 78 * mm, 52 * mm, 30 * mm], repeatRows=1, hAlign="LEFT"
+        rows,
+        colWidths=[8 * mm, 44 * mm, 22 * mm, 20 * mm, 50 * mm, 26 * mm],
+        repeatRows=1,
+        hAlign="LEFT",
     )
     lines_table.setStyle(_GRID)
-    lines_table.setStyle(TableStyle([("ALIGN", (2, 0), (3, -1), "RIGHT")]))
+    lines_table.setStyle(TableStyle([("ALIGN", (5, 0), (5, -1), "RIGHT")]))
     story.append(lines_table)
     story.append(Spacer(1, 4 * mm))
     totals = [
@@ -763,6 +898,7 @@ def invoice_pdf(doc: InvoiceDocument) -> bytes:
         footer=[
             f"{ISSUER} · {doc.organization.slug} · {ref} · {period}",
             ROUNDING_NOTE,
+            QUANTITY_NOTE,
             STORAGE_NOTE,
         ],
         watermark="VOID" if doc.status == "void" else "DRAFT" if doc.is_draft else None,

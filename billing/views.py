@@ -320,6 +320,9 @@ def invoices(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
         draft_period=reports.period_label(draft.period_start, draft.period_end),
         page=page,
         rows=rows,
+        # The badge counts what the table lists: the draft (always shown, on the first page)
+        # and every issued invoice, finalized or void.
+        shown_count=page.paginator.count + 1,
     )
     return render(request, "billing/invoices.html", context)
 
@@ -328,7 +331,7 @@ def _line_rows(doc: reports.InvoiceDocument, trace_url: Any) -> list[dict[str, A
     return [
         {
             "line": line,
-            "quantity": reports.quantity_label(line.quantity) if line.unit else "",
+            "figures": reports.line_figures(line),
             "trace_url": trace_url(line.position) if line.kind == "usage" else None,
         }
         for line in doc.lines
@@ -351,11 +354,12 @@ def _document_page(
         doc=doc,
         invoice=invoice,
         lines=line_rows,
+        columns=reports.invoice_columns(doc.currency),
         csv_url=csv_url,
         pdf_url=pdf_url,
         balance=doc.total - doc.credited,
         period=reports.period_label(doc.period_start, doc.period_end),
-        notes=[reports.ROUNDING_NOTE, reports.STORAGE_NOTE],
+        notes=[reports.ROUNDING_NOTE, reports.QUANTITY_NOTE, reports.STORAGE_NOTE],
     )
     return render(request, "billing/invoice_detail.html", context)
 

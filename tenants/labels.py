@@ -16,6 +16,9 @@ Rules:
 - Money: thousands separators, ``places`` decimals (2, as invoices round), then the currency
   code when there is one (``1,234.50 USD``). An amount above zero that would show as zero reads
   ``less than 0.01 USD``; ``None`` (nothing is charged) reads ``not charged``.
+- Quantities: thousands separators and a fixed number of decimals, rounded half-up
+  (``quantity_label``; billing says how many a unit needs); prices per unit as a plan states
+  them, 2 to 8 decimals (``rate_label``: ``0.023``, ``0.40``).
 - Durations: ``45 s``, ``3 min 05 s``, ``2 h 07 min``, from 48 hours on ``3 days 4 h`` (the
   smaller units truncated, never rounded up); ``None`` reads ``—``.
 - Person names (DICOM PN, ``Family^Given^Middle^Prefix^Suffix``) read as a PACS worklist shows

@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 from pypdf import PdfReader
 
+from billing import reports
 from billing.invoicing import invoice_compute
 from billing.metering import record_usage, storage_delta
 from billing.meters import GIB
@@ -46,7 +47,7 @@ def csv_rows(response) -> list[list[str]]:
 
 
 def line_rows(rows: list[list[str]]) -> list[list[str]]:
-    start = rows.index(["position", "description", "meter", "tier", "quantity", "unit", "amount"])
+    start = rows.index(reports.invoice_columns("USD"))
     out = []
     for row in rows[start + 1 :]:
         if not row:

@@ -166,7 +166,7 @@ def csv_rows(doc: reports.InvoiceDocument) -> list[list[str]]:
 def test_invoice_csv_totals_are_the_sums_of_its_lines(april_invoice):
     rows = csv_rows(reports.invoice_document(april_invoice))
     assert ["Invoice", april_invoice.number] in rows
-    header = rows.index(reports.INVOICE_CSV_COLUMNS)
+    header = rows.index(reports.invoice_columns(april_invoice.currency))
     lines = []
     for row in rows[header + 1 :]:
         if not row:
@@ -183,7 +183,7 @@ def test_draft_csv_is_marked_draft_and_matches_invoice_compute(org):
     draft = invoice_compute(org=org, period_start=APRIL[0])
     rows = csv_rows(reports.invoice_document(draft, as_of=at(2026, 4, 30)))
     assert ["Invoice", "DRAFT"] in rows
-    assert ["Total", "", "", "", "", "", str(draft.total)] in rows
+    assert ["Total", "", "", "", "", str(draft.total)] in rows
 
 
 def test_text_cells_that_look_like_formulas_are_defused(org):
@@ -204,7 +204,7 @@ def test_invoice_pdf_shows_number_period_lines_and_totals(april_invoice):
     for line in april_invoice.lines.all():
         assert line.description in text
         assert reports.money_label(line.amount) in text
-    assert "10 GiB-month" in text
+    assert "10.000 GiB-month" in text
     assert "4.73" in text and "USD" in text
     assert "rounded half-up to the cent once" in text
     assert "GiB-month = byte-hours / 2^30 / hours in the month" in text
@@ -229,7 +229,7 @@ def test_void_invoice_pdf_says_void_and_lists_credit_notes(april_invoice):
     assert "3.48" in text  # 4.73 - 1.25 after credit notes
     rows = csv_rows(doc)
     assert ["Status", "void"] in rows
-    assert ["Total after credit notes", "", "", "", "", "", "3.48"] in rows
+    assert ["Total after credit notes", "", "", "", "", "3.48"] in rows
 
 
 def test_draft_pdf_says_it_is_not_a_final_invoice(org):
