@@ -8,6 +8,7 @@ from archive.analytics import apis as analytics_api
 from archive.dimse import apis as dimse_api
 from archive.ingest import apis as ingest_api
 from archive.locations import apis as locations_api
+from archive.reconcile import apis as reconcile_api
 from archive.replicas import apis as replicas_api
 from archive.restores import apis as restores_api
 from archive.retention import apis as retention_api
@@ -52,6 +53,16 @@ urlpatterns: list[URLPattern] = [
         "storage-locations/<int:location_id>/test/",
         locations_api.LocationTestApi.as_view(),
         name="api-storage-location-test",
+    ),
+    path(
+        "reconciliations/",
+        reconcile_api.ReconciliationListApi.as_view(),
+        name="api-reconciliations",
+    ),
+    path(
+        "reconciliations/<int:reconciliation_id>/",
+        reconcile_api.ReconciliationDetailApi.as_view(),
+        name="api-reconciliation",
     ),
     path(
         "archive-settings/", locations_api.ArchiveSettingsApi.as_view(), name="api-archive-settings"

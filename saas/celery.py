@@ -41,6 +41,11 @@ app.conf.beat_schedule = {
         "task": "archive.tasks.tier_policy_evaluate",
         "schedule": crontab(minute="*/15"),
     },
+    # Daily, one task per organization: index = ledger = object store (archive.reconcile).
+    "archive-reconcile": {
+        "task": "archive.tasks.reconcile_dispatch",
+        "schedule": crontab(minute=20, hour=3),
+    },
     "archive-dimse-activity-purge": {
         "task": "archive.tasks.dimse_activity_purge",
         "schedule": crontab(minute=40),

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from archive.reconcile.views import platform_reconciliations
 from saas import health, views
 from tenants.views import PasswordResetView
 
@@ -56,6 +57,12 @@ urlpatterns = [
         name="password_reset_complete",
     ),
     path("", views.home, name="portal-home"),
+    # Strata staff only: every organization's latest consistency check.
+    path(
+        "platform/reconciliations/",
+        platform_reconciliations,
+        name="platform-reconciliations",
+    ),
     path("invitations/<str:secret>/", include("tenants.urls_invitation")),
     path("o/<slug:org_slug>/", views.dashboard, name="portal-dashboard"),
     path("o/<slug:org_slug>/", include("tenants.urls_portal")),

@@ -32,6 +32,7 @@ EVENT_TYPES: dict[str, str] = {
     "invoice.finalized": "A monthly invoice was finalized.",
     "budget.threshold": "Spend crossed a budget threshold.",
     "restore.ready": "An archived study was restored and is readable.",
+    "reconcile.differences": "The consistency check found index, ledger and stores disagreeing.",
 }
 
 SIGNATURE_HEADER = "Strata-Signature"
