@@ -128,6 +128,10 @@ def _n(value: float) -> str:
     return "0" if text == "-0" else text
 
 
+# Room kept between an x-axis label and the SVG's edge, for fonts wider than the estimate.
+X_LABEL_MARGIN = 4
+
+
 def _text_width(text: str, size: float) -> float:
     # System fonts average a little over half an em per character; enough to lay out labels.
     return len(text) * size * 0.58
@@ -174,7 +178,20 @@ def _y_axis(
     return "".join(parts)
 
 
-def _x_axis(days: Sequence[date], x_of: Callable[[int], float], y: float, plot_width: float) -> str:
+def x_label(text: str, *, x: float, y: float, width: float) -> str:
+    """An x-axis label centred under ``x``, but kept inside the ``width`` of the SVG: one that
+    would cross the right edge ends at ``x``, one that would cross the left edge starts there
+    (an SVG clips what lies outside its view box: the last day read "7 De")."""
+    half = _text_width(text, 11) / 2 + X_LABEL_MARGIN
+    anchor = "end" if x + half > width else "start" if x - half < 0 else "middle"
+    return (
+        f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}" fill="{TEXT}">{escape(text)}</text>'
+    )
+
+
+def _x_axis(
+    days: Sequence[date], x_of: Callable[[int], float], y: float, plot_width: float, width: float
+) -> str:
     """Day labels, thinned so they never overlap; the last day is always labelled."""
     every = max(1, math.ceil(len(days) / max(plot_width / 52, 1)))
     shown = set(range(len(days) - 1, -1, -every))
@@ -185,8 +202,7 @@ def _x_axis(days: Sequence[date], x_of: Callable[[int], float], y: float, plot_w
         x = x_of(i)
         parts.append(
             f'<line x1="{_n(x)}" x2="{_n(x)}" y1="{_n(y)}" y2="{_n(y + 4)}" stroke="{AXIS}"/>'
-            f'<text x="{_n(x)}" y="{_n(y + 16)}" text-anchor="middle" fill="{TEXT}">'
-            f"{escape(day_label(day))}</text>"
+            + x_label(day_label(day), x=x, y=y + 16, width=width)
         )
     parts.append("</g>")
     return "".join(parts)
@@ -344,7 +360,7 @@ def bar_chart(
                 "</rect>"
             )
         parts.append("</g>")
-    parts.append(_x_axis(days, x_of, frame.bottom, frame.plot_width))
+    parts.append(_x_axis(days, x_of, frame.bottom, frame.plot_width, width))
     parts.append("</svg>")
     return Chart("".join(parts), table, label)
 
@@ -409,7 +425,7 @@ def stacked_area_chart(
             )
         parts.append("</g>")
         below = above
-    parts.append(_x_axis(days, x_of, frame.bottom, frame.plot_width))
+    parts.append(_x_axis(days, x_of, frame.bottom, frame.plot_width, width))
     parts.append("</svg>")
     return Chart("".join(parts), table, label)
 

@@ -549,9 +549,38 @@ def audit(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
 @require_safe
 def audit_detail(request: HttpRequest, ctx: PortalContext, event_id: int) -> HttpResponse:
     event = get_or_404(selectors.audit_get, org=ctx.org, event_id=event_id)
-    details = json.dumps(event.details, indent=2, sort_keys=True, ensure_ascii=False)
-    context = {"ctx": ctx, "active_section": "audit", "event": event, "details_json": details}
+    context = {
+        "ctx": ctx,
+        "active_section": "audit",
+        "event": event,
+        "details": audit_detail_rows(event.details),
+    }
     return render(request, "tenants/audit_detail.html", context)
+
+
+def audit_detail_rows(details: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """An event's details as (term, value) rows for a definition list: nested objects flattened
+    to ``outer · inner`` terms in key order, lists of plain values joined, anything empty ``—``.
+    A page of raw JSON (``{}``) is what an auditor should not have to read."""
+    if isinstance(details, dict) and details:
+        rows: list[tuple[str, str]] = []
+        for key in sorted(details, key=str):
+            term = f"{prefix} · {key}" if prefix else str(key)
+            rows += audit_detail_rows(details[key], term)
+        return rows
+    return [(prefix or "Details", _detail_value(details))] if prefix or details else []
+
+
+def _detail_value(value: Any) -> str:
+    if value is None or value == "" or value == [] or value == {}:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(_detail_value(v) for v in value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value)
 
 
 AUDIT_CSV_HEADER = [

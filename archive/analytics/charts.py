@@ -9,7 +9,18 @@ from datetime import date
 from html import escape
 
 from archive.analytics.curve import AccessCurve
-from tenants.charts import ACCENT, AXIS, FONT, GRID, TEXT, Chart, Series, nice_ticks, number_label
+from tenants.charts import (
+    ACCENT,
+    AXIS,
+    FONT,
+    GRID,
+    TEXT,
+    Chart,
+    Series,
+    nice_ticks,
+    number_label,
+    x_label,
+)
 
 SCENARIO_COLORS = {
     "all_hot": "#e4572e",
@@ -109,10 +120,7 @@ def line_chart(
         )
     parts.append('</g><g class="axis axis-x">')
     for i, c in enumerate(categories):
-        parts.append(
-            f'<text x="{_n(x_of(i))}" y="{_n(bottom + 16)}" text-anchor="middle" '
-            f'fill="{TEXT}">{escape(c)}</text>'
-        )
+        parts.append(x_label(c, x=x_of(i), y=bottom + 16, width=width))
     parts.append("</g>")
     for s in series:
         points = [(i, v) for i, v in enumerate(s.values) if v == v]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from tenants import services
 from tenants.context import Actor
 from tenants.models import AuditEvent, Membership, Organization
 from tenants.roles import Role
+from tenants.views import audit_detail_rows
 
 
 def at(day: int, hour: int = 12) -> datetime:
@@ -174,7 +176,12 @@ def test_pagination_is_50_per_page_and_keeps_the_filter(
     assert auditor_client.get(audit_url(org, page="99")).status_code == 200
 
 
-def test_detail_pretty_prints_details(
+def _details_list(content: str) -> list[tuple[str, str]]:
+    section = content[content.index('id="details-heading"') :]
+    return re.findall(r"<dt>(.*?)</dt><dd[^>]*>(.*?)</dd>", section.split("</section>")[0])
+
+
+def test_detail_shows_details_as_a_definition_list(
     auditor_client: Client, org: Organization, owner: Membership
 ) -> None:
     event = services.audit_record(
@@ -182,7 +189,7 @@ def test_detail_pretty_prints_details(
         actor=Actor(user=owner.user, ip="10.1.2.3", user_agent="Firefox"),
         action="member.role_changed",
         target_label="erin@stmary.example",
-        details={"role": {"from": "member", "to": "admin"}},
+        details={"role": {"from": "member", "to": "admin"}, "mfa": True, "note": ""},
     )
     response = auditor_client.get(reverse("portal-audit-detail", args=[org.slug, event.pk]))
     assert response.status_code == 200
@@ -191,7 +198,48 @@ def test_detail_pretty_prints_details(
     assert "10.1.2.3" in content
     assert "Firefox" in content
     assert "owner@stmary.example" in content
-    assert "{\n  &quot;role&quot;: {\n    &quot;from&quot;: &quot;member&quot;," in content
+    assert _details_list(content) == [
+        ("mfa", "yes"),
+        ("note", "—"),
+        ("role · from", "member"),
+        ("role · to", "admin"),
+    ]
+    assert "{" not in content.split('id="details-heading"')[1].split("</section>")[0]
+
+
+def test_detail_without_details_shows_a_dash_not_braces(
+    auditor_client: Client, org: Organization
+) -> None:
+    event = AuditEvent.objects.create(organization=org, action="org.updated", details={})
+
+    content = auditor_client.get(
+        reverse("portal-audit-detail", args=[org.slug, event.pk])
+    ).content.decode()
+
+    details = content.split('id="details-heading"')[1].split("</section>")[0]
+    assert "{}" not in details and "—" in details
+    assert _details_list(content) == []
+
+
+@pytest.mark.parametrize(
+    ("details", "rows"),
+    [
+        ({}, []),
+        (None, []),
+        ([], []),
+        ({"n": 1}, [("n", "1")]),
+        ({"ids": [3, 4]}, [("ids", "3, 4")]),
+        ({"ids": []}, [("ids", "—")]),
+        ({"x": None, "y": False}, [("x", "—"), ("y", "no")]),
+        ({"a": {"b": {"c": "d"}}}, [("a · b · c", "d")]),
+        ({"a": {}}, [("a", "—")]),
+        ({"items": [{"k": 1}]}, [("items", '[{"k": 1}]')]),
+        (["x", "y"], [("Details", "x, y")]),
+        ("text", [("Details", "text")]),
+    ],
+)
+def test_detail_rows_flatten_details(details: Any, rows: list[tuple[str, str]]) -> None:
+    assert audit_detail_rows(details) == rows
 
 
 def read_csv(response: Any) -> list[dict[str, str]]:
