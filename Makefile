@@ -29,7 +29,10 @@ proxy:
 	    echo "nginx is not installed (as root: apt-get install nginx): manage.py serve will run gunicorn alone"; \
 	  fi; }
 
+# .env: this checkout's DEBUG=1 and SECRET_KEY, written once, so that the README's manage.py
+# commands run as written in another shell (saas/localenv.py).
 run: install proxy
+	$(BIN)/python -m saas.localenv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py seed_usage --org demo-hospital --months 12

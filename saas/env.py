@@ -6,6 +6,7 @@ variable and says what was expected, instead of failing later on a request.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,13 +20,45 @@ _env = environ.Env()
 
 # The embedded defaults: a machine with only Python gets a working system.
 DEFAULT_VAR_DIR = BASE_DIR / "var"
-_INSECURE_DEV_KEY = "strata-insecure-development-key-do-not-use-in-production"  # noqa: S105
+INSECURE_DEV_KEY = "strata-insecure-development-key-do-not-use-in-production"  # noqa: S105
+# The embedded broker is a folder (see CELERY_BROKER_TRANSPORT_OPTIONS). It names a host although
+# it needs none: without one, kombu warns "No hostname was supplied" each time it describes the
+# connection (worker and beat start-up, every publish).
+EMBEDDED_BROKER_URL = "filesystem://localhost/"
+# The local settings file `make run` writes (saas/localenv.py); STRATA_ENV_FILE names another.
+DEFAULT_ENV_FILE = BASE_DIR / ".env"
+DEFAULT_ADDR = "127.0.0.1:8000"
 
 
 def _fail(name: str, expected: str, value: str) -> ImproperlyConfigured:
     return ImproperlyConfigured(
         f"Environment variable {name}={value!r} is invalid: expected {expected}."
     )
+
+
+def env_file_read() -> Path | None:
+    """Read the local settings file into the environment; variables already set there win.
+
+    So that the commands of the README work as written after ``make run`` in this checkout
+    (``manage.py create_token`` needs the DEBUG and SECRET_KEY the server runs with).
+    ``STRATA_ENV_FILE`` names another file; set to an empty value it reads none. The default file
+    may be missing (a production host sets its environment), a named one may not.
+    """
+    named = os.environ.get("STRATA_ENV_FILE")
+    if named == "":
+        return None
+    path = Path(named).expanduser() if named else DEFAULT_ENV_FILE
+    if not path.is_file():
+        if named:
+            raise _fail(
+                "STRATA_ENV_FILE", "the path of an existing file (or empty for none)", named
+            )
+        return None
+    environ.Env.read_env(path, overwrite=False)
+    return path
+
+
+ENV_FILE = env_file_read()
 
 
 def raw(name: str) -> str | None:
@@ -177,7 +210,7 @@ def secret_key(debug: bool) -> str:
             raise _fail("SECRET_KEY", "at least 32 characters", "<hidden>")
         return str(value)
     if debug:
-        return _INSECURE_DEV_KEY
+        return INSECURE_DEV_KEY
     raise ImproperlyConfigured("Environment variable SECRET_KEY is required when DEBUG is off.")
 
 
@@ -201,3 +234,49 @@ def email_settings(name: str, *, debug: bool, file_dir: Path) -> dict[str, Any]:
             Path(location).expanduser().resolve() if location else file_dir
         )
     return config
+
+
+ADDR_EXPECTED = "host:port such as 127.0.0.1:8000, 0.0.0.0:8080 or [::1]:8000, or unix:/path"
+# A server listening on these is reached on this machine as localhost.
+_LOCAL_HOSTS = {"127.0.0.1", "::1", "0.0.0.0", "::", "localhost"}  # noqa: S104 - names, not binds
+
+
+def address_split(addr: str) -> tuple[str, int]:
+    """The host and port of a listen address ``host:port`` (``[::1]:port`` for IPv6).
+
+    Raises ``ValueError`` for anything else, so that a typo is refused before a server starts.
+    """
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(addr)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # a bare IPv6 address: which colon starts the port is a guess
+        raise ValueError(addr)
+    if not host or any(ch.isspace() or ch in "/?#@[]" for ch in host):
+        raise ValueError(addr)
+    return host, int(port)
+
+
+def listen_address(name: str, default: str) -> str:
+    """The address the web server listens on (``STRATA_ADDR``): ``host:port`` or ``unix:/path``."""
+    value = string(name, default).strip()
+    if value.startswith("unix:") and len(value) > len("unix:"):
+        return value
+    try:
+        address_split(value)
+    except ValueError:
+        raise _fail(name, ADDR_EXPECTED, value) from None
+    return value
+
+
+def browse_url(addr: str) -> str | None:
+    """The URL a browser on this machine opens for a server listening on ``addr``; None for a
+    unix socket. A loopback or every-interface address is named ``localhost``, as in the
+    default ``ALLOWED_HOSTS``."""
+    if addr.startswith("unix:"):
+        return None
+    host, port = address_split(addr)
+    if host in _LOCAL_HOSTS:
+        host = "localhost"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"

@@ -13,7 +13,12 @@ DEBUG = env.boolean("DEBUG", False)
 SECRET_KEY = env.secret_key(DEBUG)
 ALLOWED_HOSTS = env.csv_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.csv_list("CSRF_TRUSTED_ORIGINS", [])
-SITE_URL = env.string("SITE_URL", "http://localhost:8000").rstrip("/")
+# Where `manage.py serve` listens (its --addr overrides it); the start-up messages name it.
+STRATA_ADDR = env.listen_address("STRATA_ADDR", env.DEFAULT_ADDR)
+# Links in emails: by default the served address, so that another STRATA_ADDR port still works.
+SITE_URL = env.string(
+    "SITE_URL", env.browse_url(STRATA_ADDR) or env.browse_url(env.DEFAULT_ADDR) or ""
+).rstrip("/")
 # The URL API clients reach Strata at (https://pacs.example.org); absolute URLs in DICOMweb answers
 # (BulkDataURI, Location, RetrieveURL) are built from it. Unset: from the request (its Host header,
 # and the server's port when the Host header has none).
@@ -188,7 +193,7 @@ DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "Strata <no-reply@strata.l
 
 # Celery: Redis when REDIS_URL is set, otherwise a broker that needs no server (a folder).
 BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", REDIS_URL or env.EMBEDDED_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(BROKER_DIR / "queue"),

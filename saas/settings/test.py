@@ -11,6 +11,8 @@ import os
 os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("SECRET_KEY", "strata-test-secret-key-0123456789abcdef")
 os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
+# The suite reads no local .env: the DEBUG=1 `make run` writes there would change what it tests.
+os.environ.setdefault("STRATA_ENV_FILE", "")
 
 from saas.settings.base import *  # noqa: E402,F403
 from saas.settings.base import DATABASES, REST_FRAMEWORK  # noqa: E402
@@ -19,7 +21,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_BROKER_URL = "memory://"
+CELERY_BROKER_URL = "memory://localhost/"  # with a host: no "No hostname" warnings
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False

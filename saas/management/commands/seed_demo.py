@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandParser
 
+from saas.env import browse_url
 from tenants.context import Actor
 from tenants.models import Membership, Organization
 from tenants.roles import Role
@@ -99,8 +100,11 @@ class Command(BaseCommand):
                 actor=actor,
             )
         if not options["quiet"]:
+            # The address `manage.py serve` will listen on (STRATA_ADDR), not a fixed port; a
+            # unix socket is reached through the proxy at SITE_URL.
+            url = browse_url(settings.STRATA_ADDR) or f"{settings.SITE_URL}/"
             self.stdout.write(
-                "\nDemo ready: open http://localhost:8000/ and sign in as\n"
+                f"\nDemo ready: open {url} and sign in as\n"
                 f"  email:    {DEMO_EMAIL}\n  password: {DEMO_PASSWORD}\n"
                 f"Organizations: {org.slug}, {second.slug}. Other demo accounts use the same password:\n"
                 + "".join(f"  {email} ({role})\n" for email, role in STAFF)
@@ -111,7 +115,7 @@ class Command(BaseCommand):
                     if not history.skipped
                     else ""
                 )
-                + "Send more: STOW-RS to http://localhost:8000/dicomweb/studies (make a token with dicom:write),\n"
+                + f"Send more: STOW-RS to {url}dicomweb/studies (make a token with dicom:write),\n"
                 + f"or C-STORE to called AE title DEMO_HOSPITAL at localhost:{settings.DICOM_SCP_PORT}.\n"
             )
 

@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from saas.env import ADDR_EXPECTED, address_split, browse_url
 from saas.proxy import (
     PROXY_MODES,
     ProxySettings,
@@ -176,11 +177,26 @@ def web_commands(
     }
 
 
+def start_banner(addr: str, *, front: str, dicom_port: int) -> str:
+    """What serve prints once everything is started: the address it listens on, as given (never
+    a default), and the URL to open on this machine."""
+    url = browse_url(addr)
+    where = f"at {url} (listening on {addr}" if url else f"on {addr} (a unix socket"
+    return (
+        f"Strata running {where}; {front}), DICOM C-STORE on 127.0.0.1 port {dicom_port} "
+        "(Ctrl-C stops all)"
+    )
+
+
 class Command(BaseCommand):
     help = "Start web + Celery worker + beat (the embedded defaults need no other server)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--addr", default=os.environ.get("STRATA_ADDR", "127.0.0.1:8000"))
+        parser.add_argument(
+            "--addr",
+            default=settings.STRATA_ADDR,
+            help="host:port (or unix:/path) to listen on; default STRATA_ADDR, %(default)s.",
+        )
         parser.add_argument(
             "--runserver",
             action="store_true",
@@ -213,6 +229,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        addr = options["addr"] = str(options["addr"]).strip()
+        if not addr.startswith("unix:"):
+            try:
+                address_split(addr)
+            except ValueError:
+                raise CommandError(f"--addr {addr!r}: expected {ADDR_EXPECTED}.") from None
         if options["print_nginx_config"]:
             self.stdout.write(
                 f"# gunicorn for this config: STRATA_PROXY=none manage.py serve --behind-proxy "
@@ -299,10 +321,7 @@ class Command(BaseCommand):
             front = "nginx in front of gunicorn" + (
                 "" if log == "/dev/stdout" else f", access log {log}"
             )
-        self.stdout.write(
-            f"Strata running at http://{options['addr']}/ ({front}), DICOM C-STORE on port "
-            f"{settings.DICOM_SCP_PORT} (Ctrl-C stops all)"
-        )
+        self.stdout.write(start_banner(addr, front=front, dicom_port=settings.DICOM_SCP_PORT))
         try:
             while True:
                 for name, proc in procs.items():
