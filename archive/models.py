@@ -463,7 +463,10 @@ class AccessEvent(models.Model):
     # minute share a row (``archive.index.services.image_read_record``): ``reads`` requests,
     # ``bytes`` and ``instances`` their sums, ``at`` the first. Null for every other access.
     reads = models.PositiveIntegerField(default=1)
-    window_key = models.CharField(max_length=120, null=True, blank=True, editable=False)
+    # Null, not "": the other accesses must never meet in the unique constraint below.
+    window_key = models.CharField(  # noqa: DJ001
+        max_length=120, null=True, blank=True, editable=False
+    )
 
     objects = OrgQuerySet.as_manager()
 
