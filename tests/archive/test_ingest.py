@@ -18,6 +18,7 @@ from archive.models import ArchiveSettings, Instance, PendingObject, Series, Stu
 from archive.storage import StorageUnavailable, store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
 from billing.models import StorageDelta, UsageEvent
+from tests.archive.reconcile_helpers import assert_reconciled
 
 pytestmark = pytest.mark.django_db
 
@@ -68,6 +69,7 @@ def test_ingest_stores_indexes_meters_byte_for_byte(org, ct_study):
         == study.total_bytes
     )
     assert not PendingObject.objects.exists()
+    assert_reconciled(org)
 
 
 def test_identical_resend_is_a_noop_not_billed_twice(org, ct_study):

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from archive.ingest import pipeline
 from archive.models import Instance, InstanceReplica, ReplicaCheck, StorageLocation
+from archive.reconcile import services as reconcile_services
 from archive.replicas import selectors, services
 from archive.replicas.drill import DRILL_MAX_SAMPLE, replica_drill
 from archive.replicas.tasks import replica_tick
@@ -26,6 +27,7 @@ from billing.models import StorageDelta
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed
 from tenants.models import AuditEvent, Organization
+from tests.archive.reconcile_helpers import assert_reconciled
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +79,8 @@ def fs_replica(
         return original(loc)
 
     monkeypatch.setattr(services, "_store", store)
+    # The consistency check lists the same two stores.
+    monkeypatch.setattr(reconcile_services, "store_for", store)
     return location
 
 
@@ -155,6 +159,7 @@ def test_copy_stores_verified_bytes_in_the_replica_tier_and_bills_them(
     }
     # The primary is untouched.
     assert all((archive_root / "hot" / i.object_key).exists() for i in instances)
+    assert_reconciled(org)
 
 
 def test_copy_twice_copies_once_and_bills_once(

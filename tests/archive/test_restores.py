@@ -21,6 +21,7 @@ from billing.models import UsageEvent
 from tenants.context import Actor
 from tenants.models import AuditEvent, WebhookDelivery
 from tenants.services import webhook_endpoint_create
+from tests.archive.reconcile_helpers import assert_reconciled
 from tests.archive.test_dicomweb_support import split_multipart
 from tests.archive.test_restores_support import archive_all, seed_study, study_row, to_tier
 
@@ -127,6 +128,7 @@ def test_read_of_archived_study_restores_it_then_serves_the_bytes(
     parts = split_multipart(ok["Content-Type"], b"".join(ok.streaming_content))
     assert [content for _, content in parts] == seeded.files
     assert RestoreRequest.objects.count() == 1
+    assert_reconciled(org)
 
 
 def test_a_restored_copy_that_expired_needs_a_new_restore(org, reader, slow_restores):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from typing import Any
 
 from django.db.models import F
@@ -12,6 +13,7 @@ from django.utils import timezone
 
 from archive.models import Instance, Series, Study
 from archive.storage import store_for
+from billing.metering import storage_delta
 from tenants.models import Organization
 from tests.archive.test_dicomweb_support import SeededStudy, ingest_study, study
 
@@ -71,6 +73,19 @@ def to_tier(
     size, old = instance.size_bytes, instance.tier
     Instance.objects.filter(pk=instance.pk).update(
         tier=tier, tier_changed_at=since or timezone.now(), restored_until=None
+    )
+    # The ledger follows the bytes, as a tier move's switch writes it.
+    move = f"test-move:{uuid.uuid4().hex}"
+    now = timezone.now()
+    storage_delta(
+        org=instance.organization,
+        tier=old,
+        delta_bytes=-size,
+        at=now,
+        idempotency_key=f"{move}:from",
+    )
+    storage_delta(
+        org=instance.organization, tier=tier, delta_bytes=size, at=now, idempotency_key=f"{move}:to"
     )
     for model, pk in ((Study, instance.study_id), (Series, instance.series_id)):
         model.objects.filter(pk=pk).update(

@@ -17,6 +17,7 @@ from billing.models import StorageDelta, UsageEvent
 from tenants.context import Actor
 from tenants.errors import Conflict, ValidationFailed
 from tenants.models import AuditEvent
+from tests.archive.reconcile_helpers import assert_reconciled
 from tests.archive.test_restores_support import seed_study, study_row, to_tier
 
 pytestmark = pytest.mark.django_db
@@ -142,6 +143,7 @@ def test_purge_deletes_bytes_then_rows_with_ledger_and_early_deletion(org, archi
     assert (
         StorageDelta.objects.for_org(org).filter(idempotency_key__startswith="purge:").count() == 2
     )
+    assert_reconciled(org)
 
 
 def test_early_deletion_is_not_charged_past_the_minimum_duration(org):

@@ -23,6 +23,7 @@ from billing.models import Rollup, StorageDelta, UsageEvent
 from billing.rollups import rollup_run
 from tenants.errors import Conflict, ValidationFailed
 from tenants.models import Organization
+from tests.archive.reconcile_helpers import assert_reconciled
 
 State = TierMove.State
 
@@ -151,6 +152,7 @@ def test_move_switches_index_aggregates_ledger_and_usage(
     assert list(events.values_list("quantity", "dimensions")) == [(3, {"tier": "cold"})]
     # Hot has no minimum storage duration: nothing owed.
     assert not UsageEvent.objects.for_org(org).filter(meter="early_deletion").exists()
+    assert_reconciled(org)
 
 
 def test_running_a_finished_batch_again_changes_nothing(

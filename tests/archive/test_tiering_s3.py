@@ -16,6 +16,7 @@ from archive.storage import store_for
 from archive.tiering import moves as tier_moves
 from tenants.models import Organization
 from tests.archive.conftest_s3 import Bucket
+from tests.archive.reconcile_helpers import assert_reconciled
 from tests.archive.test_tiering import (
     ids,
     ingest,
@@ -87,6 +88,7 @@ def test_in_place_storage_class_change_verified_by_head(
     moves = plan(org, Instance.objects.filter(pk__in=[i.pk for i in instances]), "archive")
     assert tier_moves.moves_execute(org=org, move_ids=ids(moves)).done == 3
     assert {s3_bucket.head(i.object_key)["StorageClass"] for i in instances} == {"DEEP_ARCHIVE"}
+    assert_reconciled(org)
 
 
 def test_store_failing_the_copy_leaves_the_object_readable_in_its_old_tier(
