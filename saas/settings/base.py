@@ -260,6 +260,8 @@ CORS_PREFLIGHT_MAX_AGE = 3600
 # Limits of a JSON request body (tenants.parsers.JSONBodyParser): larger answers 413, deeper 400.
 API_MAX_JSON_BYTES = env.integer("API_MAX_JSON_BYTES", 1024 * 1024, minimum=1024)
 API_MAX_JSON_DEPTH = env.integer("API_MAX_JSON_DEPTH", 32, minimum=4)
+_SYSTEM_FONTS = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
+_MONO_FONTS = 'ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace'
 SPECTACULAR_SETTINGS = {
     "TITLE": "Strata API",
     "DESCRIPTION": "Multi-tenant medical image archive: organizations, members, tokens, audit log, webhooks.",
@@ -268,6 +270,17 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # ReDoc's default fonts come from Google Fonts (the page's head leaves them out, see
+    # saas/templates/drf_spectacular/redoc.html): the portal's system fonts instead.
+    "REDOC_UI_SETTINGS": {
+        "theme": {
+            "typography": {
+                "fontFamily": _SYSTEM_FONTS,
+                "headings": {"fontFamily": _SYSTEM_FONTS},
+                "code": {"fontFamily": _MONO_FONTS},
+            }
+        }
+    },
     "COMPONENT_SPLIT_REQUEST": True,
     "APPEND_COMPONENTS": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
