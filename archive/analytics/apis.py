@@ -239,7 +239,7 @@ class SimulationApi(_AnalyticsApi):
         tags=["analytics"],
         summary="Simulate the next months' cost",
         description="Projects the monthly cost under everything hot, the active policy, the "
-        "candidate rules (when given) and a recommended policy; see the README for the model.",
+        "candidate rules (when given) and a recommended policy; see docs/policies-and-tiers.md for the model.",
         request=SimulationInputSerializer,
         responses={200: SimulationSerializer, **_errors(400)},
     )

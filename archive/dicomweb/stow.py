@@ -8,7 +8,7 @@ in one transaction. Parts are independent: one bad part fails alone, with a PS3.
 reason, and the others are stored; a batch that raises unexpectedly is ingested again part by
 part, so that even a bug fails only the part that triggers it (0x0110), never the request.
 
-Limits (README, "Security"): at most ``settings.STOW_MAX_PARTS`` parts per request (more: 413,
+Limits (docs/security.md): at most ``settings.STOW_MAX_PARTS`` parts per request (more: 413,
 and nothing of the request is ingested as long as the parts before the limit held less than
 ``BATCH_BYTES``); at most ``settings.INGEST_MAX_FAILURE_ROWS`` failure rows per job (the
 job's ``failed`` counter counts them all); an empty part fails on its own without touching disk.

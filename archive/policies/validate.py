@@ -1,6 +1,6 @@
 """The rule language of archive policies and its validation.
 
-A policy is an ordered list of rules (see README, "Archive policies"). Move rules give every
+A policy is an ordered list of rules (see docs/policies-and-tiers.md). Move rules give every
 instance a target tier (the first matching rule decides; a policy never warms data); delete rules
 send whole studies to the trash once their retention has passed. A policy may also hold one
 prefetch rule: when a new study arrives for a patient, or an integration posts an order, the

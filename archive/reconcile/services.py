@@ -70,7 +70,7 @@ INDEX_CHUNK = 2000
 
 
 class Kind:
-    """What a difference says; the README's Operations section says what to do about each."""
+    """What a difference says; docs/operations.md says what to do about each."""
 
     MISSING = "missing_object"  # the index names an object the store does not hold
     SIZE = "size_mismatch"  # the store holds the object with another size

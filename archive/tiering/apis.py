@@ -57,7 +57,7 @@ RULES_HELP = (
     "Ordered list (at most 20) of {name?, conditions: {days_since_last_access, "
     "days_since_study_date, modalities, sop_classes, description_pattern, patient_age_years}, "
     'action: {"type": "move", "tier": warm|cold|archive} or {"type": "delete", '
-    '"after_days": N}}. See the README, "Archive policies".'
+    '"after_days": N}}. See docs/policies-and-tiers.md.'
 )
 
 
