@@ -126,6 +126,11 @@ class UsageRowSerializer(serializers.Serializer):
         help_text="In `unit`; storage GiB-months use the hours of each usage month.",
     )
     unit = serializers.CharField()
+    cost = _money(
+        allow_null=True,
+        help_text="In the report's `currency`: the row's share of its months' invoice amounts "
+        "(usage lines only), rounded to the cent; null when no plan prices the meter.",
+    )
 
     class Meta:
         ref_name = "UsageRow"
@@ -137,6 +142,8 @@ class UsageReportSerializer(serializers.Serializer):
     end = serializers.DateTimeField()
     group_by = serializers.ListField(child=serializers.CharField())
     generated_at = serializers.DateTimeField()
+    currency = serializers.CharField()
+    total_cost = _money(help_text="The sum of the rows' costs.")
     rows = UsageRowSerializer(many=True)
 
     class Meta:

@@ -44,10 +44,11 @@ from reportlab.platypus import (
 )
 
 from billing.forecast import Forecast, forecast_month
-from billing.invoicing import InvoiceDraft, invoice_compute
+from billing.invoicing import InvoiceDraft, invoice_compute, usage_lines
 from billing.meters import METERS, STORAGE, TIERS, ShownQuantity, billing_quantity, shown_quantity
 from billing.models import Budget, Invoice
-from billing.periods import check_range, hours_in_month, month_start
+from billing.periods import check_range, hours_in_month, month_bounds, month_start
+from billing.pricing import round_money
 from billing.selectors import usage_daily
 from tenants import labels
 from tenants.csvexport import csv_lines, csv_text
@@ -61,6 +62,11 @@ ISSUER = "Strata"
 ROUNDING_NOTE = (
     "Amounts: each line is rounded half-up to the cent once; every total is the sum of the "
     "rounded lines."
+)
+COST_NOTE = (
+    "Cost: each month's invoice amount of a meter and tier (month to date for the current "
+    "month; minimum commitment and adjustments excluded) shared among the rows in proportion to "
+    "their usage, each row rounded to the cent."
 )
 QUANTITY_NOTE = (
     "Quantities are shown rounded (GiB units and hours to 3 decimals, counts whole); the CSV "
@@ -108,6 +114,9 @@ class UsageRow:
     unit: str
     # Storage only: byte-seconds / 3600, to 9 decimal places.
     byte_hours: Decimal | None
+    # The row's share of its months' invoice amounts (``usage_costs``), rounded to the cent;
+    # None when no plan prices the meter.
+    cost: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,12 @@ class UsageReport:
     group_by: tuple[str, ...]
     rows: list[UsageRow]
     generated_at: datetime
+    currency: str = "USD"
+
+    @property
+    def total_cost(self) -> Decimal:
+        """The sum of the rows' (rounded) costs."""
+        return sum((r.cost for r in self.rows if r.cost is not None), Decimal("0.00"))
 
 
 def group_by_clean(group_by: Iterable[str]) -> tuple[str, ...]:
@@ -168,8 +183,9 @@ def usage_report(
     start, end = check_range(start, end, max_days=settings.BILLING_MAX_REPORT_DAYS)
     by_tier = "tier" in groups
     by_day = "day" in groups
-    # Base quantities per row and calendar month: storage converts with its own month's hours.
-    acc: dict[tuple[date | None, str, str | None], dict[datetime, int]] = defaultdict(
+    # Base quantities per row, calendar month and dimension: storage converts with its own
+    # month's hours, and costs are shared out per month and dimension (``usage_costs``).
+    acc: dict[tuple[date | None, str, str | None], dict[tuple[datetime, str], int]] = defaultdict(
         lambda: defaultdict(int)
     )
     for row in usage_daily(org=org, start=start, end=end):
@@ -179,20 +195,23 @@ def usage_report(
         row_day = _day(row["day"])
         tier = (tier_of(str(row["dimension_key"])) or None) if by_tier else None
         key = (row_day if by_day else None, meter_key, tier)
-        acc[key][month_start(row_day)] += _int(row["total"])
+        acc[key][(month_start(row_day), str(row["dimension_key"]))] += _int(row["total"])
+    costs = usage_costs(org=org, months={month for parts in acc.values() for month, _ in parts})
     rows: list[UsageRow] = []
-    for (day, meter_key, tier), months in acc.items():
-        base = sum(months.values())
+    for (day, meter_key, tier), parts in acc.items():
+        base = sum(parts.values())
         if not base:
             continue
         meter = METERS[meter_key]
         quantity = sum(
             (
                 billing_quantity(meter, qty, hours_in_month=hours_in_month(month))
-                for month, qty in months.items()
+                for (month, _), qty in parts.items()
             ),
             Decimal(0),
         )
+        shares = [costs.share(month, meter_key, dim, qty) for (month, dim), qty in parts.items()]
+        priced = [share for share in shares if share is not None]
         rows.append(
             UsageRow(
                 meter=meter_key,
@@ -208,6 +227,7 @@ def usage_report(
                     if meter_key == STORAGE
                     else None
                 ),
+                cost=round_money(sum(priced, Decimal(0))) if priced else None,
             )
         )
     meter_order = {k: i for i, k in enumerate(METERS)}
@@ -226,7 +246,46 @@ def usage_report(
         group_by=groups,
         rows=rows,
         generated_at=timezone.now(),
+        currency=costs.currency,
     )
+
+
+@dataclass(frozen=True)
+class MonthCosts:
+    """Each month's usage lines, as the invoice of that month prices them: per (month, meter,
+    dimension) the unrounded amount and the base quantity it was priced from."""
+
+    lines: dict[tuple[datetime, str, str], tuple[Decimal, int]]
+    currency: str
+
+    def share(self, month: datetime, meter: str, dimension_key: str, base: int) -> Decimal | None:
+        """What ``base`` units of the month's usage cost: the line's amount in proportion to
+        them (an allowance or a tier discount shared evenly); None when nothing priced them."""
+        found = self.lines.get((month, meter, dimension_key))
+        if found is None or not found[1]:
+            return None
+        amount, total = found
+        return amount * base / total
+
+
+def usage_costs(*, org: Organization, months: Iterable[datetime]) -> MonthCosts:
+    """The usage lines of each of ``months`` (month-to-date for the current one), computed by the
+    invoice (``billing.invoicing.usage_lines``), so that a report's costs are the invoices'.
+    Minimum commitments and late-usage adjustments belong to no meter and are left out."""
+    lines: dict[tuple[datetime, str, str], tuple[Decimal, int]] = {}
+    currency = ""
+    for month in sorted(set(months)):
+        start, end = month_bounds(month)
+        month_lines, month_currency = usage_lines(org=org, period_start=start, period_end=end)
+        currency = currency or month_currency
+        for line in month_lines:
+            if line.kind != "usage":
+                continue
+            key = (month, line.meter, line.dimension_key)
+            amount, base = lines.get(key, (Decimal(0), 0))
+            # A month split by a plan change has a line per plan: their sum is the month's.
+            lines[key] = (amount + line.unrounded_amount, base + line.base_quantity)
+    return MonthCosts(lines=lines, currency=currency or "USD")
 
 
 # --- invoice documents -----------------------------------------------------------------------
@@ -554,6 +613,8 @@ def _usage_report_rows(report: UsageReport) -> Iterator[list[Any]]:
     yield ["End (UTC, exclusive)", _iso(report.end)]
     yield ["Grouped by", ", ".join(report.group_by)]
     yield ["Generated at", _iso(report.generated_at)]
+    yield ["Currency", report.currency]
+    yield ["Cost", COST_NOTE]
     yield []
     by_tier = "tier" in report.group_by
     by_day = "day" in report.group_by
@@ -567,6 +628,7 @@ def _usage_report_rows(report: UsageReport) -> Iterator[list[Any]]:
         "byte_hours",
         "quantity",
         "unit",
+        "cost",
     ]
     yield columns
     for row in report.rows:
@@ -580,7 +642,10 @@ def _usage_report_rows(report: UsageReport) -> Iterator[list[Any]]:
             "" if row.byte_hours is None else row.byte_hours,
             row.quantity,
             row.unit,
+            "" if row.cost is None else row.cost,
         ]
+    yield []
+    yield ["Total cost", *[""] * (len(columns) - 2), report.total_cost]
 
 
 def invoice_csv(doc: InvoiceDocument) -> Iterator[str]:
@@ -933,6 +998,7 @@ def usage_report_pdf(report: UsageReport) -> bytes:
         *(["Tier"] if by_tier else []),
         "Quantity",
         "Base quantity",
+        f"Cost ({report.currency})",
     ]
     rows: list[list[Any]] = [header]
     for row in report.rows:
@@ -943,28 +1009,42 @@ def usage_report_pdf(report: UsageReport) -> bytes:
                 *([row.tier or "—"] if by_tier else []),
                 _p(amount_of_unit(row.quantity, row.unit), _RIGHT),
                 _p(f"{row.base_quantity:,} {row.base_unit}", _RIGHT),
+                money_label(row.cost),
             ]
         )
     if not report.rows:
-        rows.append([""] * (len(header) - 1) + ["No usage in this range."])
-    fixed = (24 * mm if by_day else 0) + (18 * mm if by_tier else 0)
+        rows.append([""] * (len(header) - 2) + ["No usage in this range.", ""])
+    else:
+        rows.append(["Total", *[""] * (len(header) - 2), money_label(report.total_cost)])
+    fixed = (22 * mm if by_day else 0) + (16 * mm if by_tier else 0) + 22 * mm
     free = 170 * mm - fixed
     widths = [
-        *([24 * mm] if by_day else []),
-        free * 0.3,
-        *([18 * mm] if by_tier else []),
-        free * 0.3,
+        *([22 * mm] if by_day else []),
+        free * 0.28,
+        *([16 * mm] if by_tier else []),
+        free * 0.32,
         free * 0.4,
+        22 * mm,
     ]
     table = Table(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
     table.setStyle(_GRID)
-    table.setStyle(TableStyle([("ALIGN", (-2, 0), (-1, 0), "RIGHT")]))
+    table.setStyle(
+        TableStyle(
+            [
+                ("ALIGN", (-3, 0), (-1, 0), "RIGHT"),
+                ("ALIGN", (-1, 0), (-1, -1), "RIGHT"),
+                ("FONT", (0, -1), (-1, -1), "Helvetica-Bold", 9),
+            ]
+            if report.rows
+            else [("ALIGN", (-3, 0), (-1, 0), "RIGHT")]
+        )
+    )
     story += [
         table,
         Spacer(1, 8 * mm),
         _p(
             "Quantities are derived exactly from the integer base quantities and shown to 9 "
-            "decimal places. Usage of a meter is never added to another meter's.",
+            f"decimal places. Usage of a meter is never added to another meter's. {COST_NOTE}",
             _SMALL,
         ),
     ]

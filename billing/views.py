@@ -716,10 +716,16 @@ def usage(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     context.update(
         report=report,
         rows=[
-            {"row": row, "quantity": reports.quantity_label(row.quantity)}
+            {
+                "row": row,
+                "quantity": reports.quantity_label(row.quantity),
+                "cost": money_label(row.cost),
+            }
             for row in report.rows[:REPORT_PREVIEW_ROWS]
         ],
         truncated=len(report.rows) > REPORT_PREVIEW_ROWS,
+        total_cost=money_label(report.total_cost, report.currency),
+        cost_note=reports.COST_NOTE,
         last_day=(end - timedelta(days=1)).date(),
     )
     return render(request, "billing/usage.html", context)

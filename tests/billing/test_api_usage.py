@@ -109,12 +109,18 @@ def test_csv_export_matches_the_json_report(client, april):
             "byte_hours",
             "quantity",
             "unit",
+            "cost",
         ]
     )
-    body = rows[header + 1 :]
-    assert [(r[0], int(r[3]), r[6]) for r in body] == [
-        (r["meter"], r["base_quantity"], r["quantity"]) for r in rows_json
+    body = rows[header + 1 : rows.index([], header)]
+    assert [(r[0], int(r[3]), r[6], r[8] or None) for r in body] == [
+        (r["meter"], r["base_quantity"], r["quantity"], r["cost"]) for r in rows_json
     ]
+    assert [
+        "Total cost",
+        *[""] * 7,
+        client.get("/api/v1/usage/", params).json()["total_cost"],
+    ] in rows
 
 
 def test_pdf_report_lists_meters_and_quantities(client, april):

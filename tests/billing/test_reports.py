@@ -142,12 +142,15 @@ def test_usage_csv_has_header_lines_and_one_row_per_report_row(org):
             "byte_hours",
             "quantity",
             "unit",
+            "cost",
         ]
     )
-    body = rows[header + 1 :]
+    body = rows[header + 1 : rows.index([], header)]
     assert len(body) == len(report.rows)
     assert body[0][:3] == ["storage", "Storage", "hot"]
     assert D(body[0][6]) == D(10)
+    assert ["Currency", "USD"] in rows
+    assert rows[-1] == ["Total cost", *[""] * 7, str(report.total_cost)]
 
 
 # --- invoice documents -----------------------------------------------------------------------
