@@ -10,10 +10,8 @@ the URL, so another tenant's id answers 404.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
-import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -63,6 +61,7 @@ from archive.restores.views import restore_row
 from archive.retention import selectors as retention_selectors
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.studies import selectors as study_selectors
+from archive.studies import zipnames
 from archive.studies.forms import StudySearchForm
 from tenants.errors import ServiceError
 from tenants.labels import bytes_label, duration_label, money_label, person_name_label
@@ -226,41 +225,20 @@ def zip_stream(entries: Iterable[ZipEntry]) -> Iterator[bytes]:
     yield sink.take()
 
 
-# PS3.5 9.1: digits and dots, at most 64 characters. Only such a UID names a ZIP entry as it is.
-_ZIP_SAFE_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_ZIP_SAFE_MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
-
-
-def zip_name_part(uid: str) -> str:
-    """A UID as a ZIP entry name's folder or file name: as it is when it follows the DICOM UID
-    grammar, else ``uid-`` and a hash of it. Index rows written before UIDs were validated may
-    hold anything; a name made of them must never carry ``/``, ``\\``, ``..`` or a NUL, which an
-    unzip tool would take for a path out of the folder it extracts to."""
-    if len(uid) <= 64 and _ZIP_SAFE_UID.fullmatch(uid):
-        return uid
-    return "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
 def _download_entries(study: Study, instances: QuerySet[Instance]) -> Iterator[ZipEntry]:
+    """The ZIP's members, named as ``archive.studies.zipnames`` lays them out."""
     stores: dict[int, ObjectStore] = {}
-    folder = zip_name_part(study.study_uid)
+    folder = f"{zipnames.patient_folder(study)}/{zipnames.study_folder(study)}"
+    series_folders = zipnames.SeriesFolders()
     for instance in instances.iterator(chunk_size=200):
         store = stores.get(instance.location_id)
         if store is None:
             store = stores[instance.location_id] = store_for(instance.location)
-        series = instance.series
-        series_name = "-".join(
-            part
-            for part in (
-                f"{series.series_number:03d}" if series.series_number is not None else "",
-                series.modality if _ZIP_SAFE_MODALITY.fullmatch(series.modality or "") else "",
-                zip_name_part(series.series_uid),
-            )
-            if part
-        )
+        series_name = series_folders.name(instance.series)
         number = f"{instance.instance_number:05d}-" if instance.instance_number is not None else ""
+        file_name = f"{number}{zipnames.zip_name_part(instance.sop_instance_uid)}.dcm"
         yield ZipEntry(
-            name=f"{folder}/{series_name}/{number}{zip_name_part(instance.sop_instance_uid)}.dcm",
+            name=f"{folder}/{series_name}/{file_name}",
             size=instance.size_bytes,
             modified=instance.received_at,
             chunks=_reader(store, instance),

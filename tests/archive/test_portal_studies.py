@@ -22,6 +22,7 @@ from archive.ingest import pipeline
 from archive.models import AccessEvent, Instance, Series, Study
 from archive.storage import store_for
 from archive.studies.views import ZipEntry, zip_stream
+from archive.studies.zipnames import patient_folder, study_folder
 from archive.synthetic import make_instance, study_spec, to_bytes
 from billing.models import PlanPrice, PricePlan, Rollup, Subscription, UsageEvent
 from tenants.models import AuditEvent, Membership, Organization
@@ -261,7 +262,8 @@ def test_download_streams_the_stored_bytes_and_records_the_read(
         assert zf.testzip() is None
         names = zf.namelist()
         contents = {zf.read(n) for n in names}
-    assert len(names) == 6 and all(n.startswith(f"{study.study_uid}/") for n in names)
+    folder = f"{patient_folder(study)}/{study_folder(study)}/"
+    assert len(names) == 6 and all(n.startswith(folder) for n in names)
     assert contents == set(files)
     for instance in Instance.objects.for_org(org):
         name = next(n for n in names if instance.sop_instance_uid in n)

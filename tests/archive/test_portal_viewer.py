@@ -36,6 +36,7 @@ from archive.models import (
 )
 from archive.retention.services import study_trash
 from archive.storage import store_for
+from archive.studies.zipnames import patient_folder, series_folder, study_folder
 from archive.synthetic import make_instance, study_spec, to_bytes
 from billing.models import PlanPrice, PricePlan, Subscription, UsageEvent
 from tenants.context import Actor
@@ -647,7 +648,10 @@ def test_download_series_streams_its_instances_and_records_the_read(
                 store_for(instance.location).iter_bytes(key=instance.object_key, tier="hot")
             )
             assert zf.read(name) == stored
-            assert name.startswith(f"{study.study_uid}/002-CT-{two.series_uid}/")
+            assert name.startswith(
+                f"{patient_folder(study)}/{study_folder(study)}/{series_folder(two)}/"
+            )
+            assert series_folder(two).startswith("002 CT ")
     assert len(names) == 3
     total = sum(i.size_bytes for i in wanted)
     event = AccessEvent.objects.get()
