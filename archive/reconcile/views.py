@@ -14,10 +14,19 @@ from django.views.decorators.http import require_safe
 
 from archive.models import Reconciliation
 from archive.reconcile import selectors
+from archive.reconcile.services import Kind
 from tenants.labels import bytes_label
 
 # Differences shown per organization; the API has the run's first 500 and the count of all.
 SHOWN = 50
+
+KIND_LABELS = {
+    Kind.MISSING: "Missing from the store",
+    Kind.SIZE: "Size differs",
+    Kind.TIER: "In another tier",
+    Kind.UNINDEXED: "Not in the index",
+    Kind.LEDGER: "Ledger differs from the index",
+}
 
 
 @login_required
@@ -36,6 +45,7 @@ def platform_reconciliations(request: HttpRequest) -> HttpResponse:
                 "differences": [
                     {
                         **d,
+                        "label": KIND_LABELS.get(d["kind"], d["kind"]),
                         "index_label": _size(d.get("index_bytes")),
                         "other_label": _size(d.get("other_bytes")),
                     }
