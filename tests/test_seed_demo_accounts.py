@@ -83,3 +83,18 @@ def test_a_new_owner_who_already_has_a_password_gets_no_set_password_email(
         .objects.get(email="owner@west.example")
         .check_password("a-long-passphrase-9")
     )
+
+
+def test_an_existing_user_with_a_password_made_owner_gets_no_set_password_email(
+    django_capture_on_commit_callbacks,
+) -> None:
+    user = get_user_model().objects.create_user(
+        username="cio@north.example", email="cio@north.example", password="a-long-passphrase-9"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        organization_create(
+            name="North", slug="north", owner_email="CIO@north.example", actor=Actor.system()
+        )
+    assert mail.outbox == []
+    user.refresh_from_db()
+    assert user.check_password("a-long-passphrase-9")
