@@ -27,7 +27,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import reports, selectors, services
+from billing import plans, reports, selectors, services
 from billing.invoicing import DraftLine
 from billing.meters import METERS
 from billing.models import (
@@ -414,6 +414,74 @@ class SubscriptionSerializer(serializers.Serializer):
         ref_name = "Subscription"
 
 
+class RateCardPriceSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    description = serializers.CharField()
+    tier = serializers.CharField(help_text='"" : the tiers without a price of their own.')
+    model = serializers.CharField(help_text="per_unit, graduated, volume or package.")
+    unit = serializers.CharField(help_text="The billing unit prices and allowances are in.")
+    unit_price = serializers.DecimalField(
+        max_digits=18, decimal_places=8, source="price.unit_price"
+    )
+    tiers = serializers.ListField(
+        child=serializers.DictField(),
+        source="price.tiers",
+        help_text='Graduated/volume: [{"up_to": "5" | null, "unit_price": "0.05", "flat_fee": "0"}].',
+    )
+    package_size = serializers.DecimalField(
+        max_digits=18, decimal_places=6, source="price.package_size"
+    )
+    package_price = serializers.DecimalField(
+        max_digits=18, decimal_places=8, source="price.package_price"
+    )
+    included_quantity = serializers.DecimalField(
+        max_digits=18, decimal_places=6, source="price.included_quantity"
+    )
+    prices = serializers.ListField(
+        child=serializers.CharField(), help_text="As the portal and invoices read them."
+    )
+
+    class Meta:
+        ref_name = "RateCardPrice"
+
+
+class RateCardPlanSerializer(serializers.Serializer):
+    code = serializers.SlugField()
+    name = serializers.CharField()
+    currency = serializers.CharField()
+    description = serializers.CharField()
+    monthly_minimum = _money(allow_null=True)
+
+    class Meta:
+        ref_name = "RateCardPlan"
+
+
+class RateCardPeriodSerializer(serializers.Serializer):
+    plan_code = serializers.SlugField(source="plan.code")
+    plan_name = serializers.CharField(source="plan.name")
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField(allow_null=True, help_text="Exclusive; null: open.")
+    changes = serializers.ListField(
+        child=serializers.CharField(), help_text="What changed from the plan before."
+    )
+
+    class Meta:
+        ref_name = "RateCardPeriod"
+
+
+class RateCardSerializer(serializers.Serializer):
+    as_of = serializers.DateTimeField()
+    plan = RateCardPlanSerializer(allow_null=True, help_text="Null: no plan charges the usage.")
+    is_default = serializers.BooleanField(
+        help_text="True when no subscription is in force and the default plan applies."
+    )
+    prices = RateCardPriceSerializer(many=True)
+    history = RateCardPeriodSerializer(many=True, help_text="Subscriptions, oldest first.")
+
+    class Meta:
+        ref_name = "RateCard"
+
+
 # --- downloads -------------------------------------------------------------------------------
 
 
@@ -655,6 +723,19 @@ class InvoiceLineRollupsApi(OrgAPIView):
 
 
 # --- budget ----------------------------------------------------------------------------------
+
+
+class PricePlanApi(OrgAPIView):
+    permissions_required = {"GET": Perm.INVOICES_VIEW}
+
+    @extend_schema(
+        tags=["billing"],
+        summary="The organization's price plan: prices per meter, allowances, minimum, history",
+        responses={200: RateCardSerializer, **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        card = plans.rate_card(org=self.org, now=timezone.now())
+        return Response(RateCardSerializer(card).data)
 
 
 class BudgetApi(OrgAPIView):

@@ -24,6 +24,7 @@ urlpatterns: list[URLPattern] = [
         apis.InvoiceLineRollupsApi.as_view(),
         name="api-invoice-line-rollups",
     ),
+    path("price-plan/", apis.PricePlanApi.as_view(), name="api-price-plan"),
     path("budget/", apis.BudgetApi.as_view(), name="api-budget"),
     path("budget/alerts/", apis.BudgetAlertListApi.as_view(), name="api-budget-alerts"),
     path("platform/plans/", apis.PlatformPlanListApi.as_view(), name="api-platform-plans"),

@@ -23,6 +23,7 @@ urlpatterns = [
         views.invoice_line,
         name="portal-billing-invoice-line",
     ),
+    path("plan/", views.price_plan, name="portal-billing-plan"),
     path("budget/", views.budget, name="portal-billing-budget"),
     path("usage/", views.usage, name="portal-billing-usage"),
 ]

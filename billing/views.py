@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from billing import reports, selectors, services
+from billing import plans, reports, selectors, services
 from billing.forecast import Forecast, forecast_month
 from billing.forms import BudgetForm, UsageReportForm
 from billing.invoicing import DraftLine, invoice_compute
@@ -626,6 +626,16 @@ def draft_line(request: HttpRequest, ctx: PortalContext, position: int) -> HttpR
         back_url=reverse("portal-billing-draft", args=[ctx.org.slug]),
         currency=draft.currency,
     )
+
+
+# --- price plan ------------------------------------------------------------------------------
+
+
+@org_view(Perm.INVOICES_VIEW)
+@require_GET
+def price_plan(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
+    card = plans.rate_card(org=ctx.org, now=_now())
+    return render(request, "billing/price_plan.html", _context(ctx, "plan", card=card))
 
 
 # --- budget ----------------------------------------------------------------------------------

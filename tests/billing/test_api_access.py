@@ -32,6 +32,7 @@ READ_PATHS = [
     "invoices/{invoice}/lines/{line}/rollups/",
     "budget/",
     "budget/alerts/",
+    "price-plan/",
 ]
 OBJECT_PATHS = [p for p in READ_PATHS if "{invoice}" in p]
 

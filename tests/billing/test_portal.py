@@ -129,6 +129,7 @@ VIEW_PAGES: list[tuple[str, bool, tuple[Any, ...]]] = [
     ("portal-billing-draft-csv", False, ()),
     ("portal-billing-draft-pdf", False, ()),
     ("portal-billing-usage", False, ()),
+    ("portal-billing-plan", False, ()),
     ("portal-billing-invoice", True, ()),
     ("portal-billing-invoice-csv", True, ()),
     ("portal-billing-invoice-pdf", True, ()),
