@@ -50,7 +50,9 @@ class RestoreOutputSerializer(serializers.Serializer):
     )
     study = serializers.IntegerField(source="study_id", allow_null=True)
     study_instance_uid = serializers.SerializerMethodField()
-    patient_id = serializers.CharField()
+    patient_id = serializers.SerializerMethodField(
+        help_text="The patient's ID (PatientID): the one asked for, or the restored study's."
+    )
     days = serializers.IntegerField(help_text="Days a restored copy stays readable.")
     instances_total = serializers.IntegerField()
     instances_ready = serializers.IntegerField()
@@ -78,6 +80,12 @@ class RestoreOutputSerializer(serializers.Serializer):
 
     def get_study_instance_uid(self, obj: RestoreRequest) -> str | None:
         return obj.study.study_uid if obj.study is not None else None
+
+    def get_patient_id(self, obj: RestoreRequest) -> str:
+        # A study's restore stores no patient ID of its own; its study has one.
+        if obj.patient_id or obj.study is None:
+            return obj.patient_id
+        return obj.study.patient_id
 
 
 class RestoreDetailSerializer(RestoreOutputSerializer):
@@ -130,7 +138,10 @@ class RestoreEstimateSerializer(serializers.Serializer):
     currency = serializers.CharField()
     plan_name = serializers.CharField()
     rate = serializers.CharField()
-    typical_seconds = serializers.IntegerField(help_text="Typical time until readable.")
+    typical_seconds = serializers.IntegerField(
+        help_text="Typical time until readable: the tier's restore time plus one minute for the "
+        "job that notices it (the restore's Retry-After counts down from this figure)."
+    )
     days = serializers.IntegerField(help_text="Days the restored copies stay readable.")
 
     class Meta:

@@ -56,13 +56,23 @@ def platform_filesystem(org: Organization) -> bool:
     return location_primary(org).kind == "platform" and settings.ARCHIVE_BACKEND != "s3"
 
 
-def retry_after_seconds(restore: RestoreRequest, *, now: datetime | None = None) -> int:
-    """Seconds a client should wait before reading again: what is left of the typical delay,
-    plus one poll interval (the copy is readable once the beat job has seen it)."""
+def restore_wait_seconds(
+    org: Organization, *, requested_at: datetime | None = None, now: datetime | None = None
+) -> int:
+    """Seconds until a restore's images are expected readable: what is left of the typical delay
+    after ``requested_at`` (all of it for a restore not started yet), plus one poll interval (a
+    copy is readable once the beat job has seen it). The one estimate every page, API answer and
+    Retry-After header gives, so that the figure shown before a restore starts is the one shown
+    once it has."""
     now = now or timezone.now()
-    typical = typical_seconds(platform_filesystem=platform_filesystem(restore.organization))
-    left = typical - int((now - restore.requested_at).total_seconds())
-    return max(left, 0) + POLL_SECONDS
+    elapsed = int((now - requested_at).total_seconds()) if requested_at is not None else 0
+    typical = typical_seconds(platform_filesystem=platform_filesystem(org))
+    return max(typical - elapsed, 0) + POLL_SECONDS
+
+
+def retry_after_seconds(restore: RestoreRequest, *, now: datetime | None = None) -> int:
+    """Seconds a client should wait before reading again (``restore_wait_seconds``)."""
+    return restore_wait_seconds(restore.organization, requested_at=restore.requested_at, now=now)
 
 
 def bulk_instances(
@@ -132,7 +142,7 @@ def restore_estimate(
         currency=price.currency,
         plan_name=price.plan_name,
         rate=price.rate,
-        typical_seconds=typical_seconds(platform_filesystem=platform_filesystem(org)),
+        typical_seconds=restore_wait_seconds(org, now=now),
         days=archive_settings_get(org=org).restore_days,
     )
 

@@ -1,7 +1,7 @@
 """Portal pages of restores under ``/o/<slug>/archive/``: in progress and recent, with progress,
 the reason of a timed-out one and what triggered a prefetch (with this month's prefetch cost
 against the prefetch rule's cap); a bulk restore of a study starts only after its estimate (cost
-on the plan, typical time) is shown.
+on the plan, time until readable) is shown.
 
 Thin views: a service in ``archive.restores.services`` writes or refuses with a ``ServiceError``
 (shown as a message), ids go through selectors scoped to the organization in the URL (another
@@ -19,14 +19,28 @@ from django.views.decorators.http import require_http_methods, require_safe
 
 from archive.common.views import get_or_404
 from archive.index import selectors as archive_selectors
-from archive.models import RestoreRequest
+from archive.models import RestoreRequest, Study
 from archive.restores import selectors, services
 from tenants.errors import ServiceError
-from tenants.labels import bytes_label, duration_label, money_label
+from tenants.labels import bytes_label, duration_label, money_label, person_name_label
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
 
 RECENT_RESTORES = 50
+
+
+def study_title(study: Study) -> str:
+    """A study as a person recognises it among a patient's others: ``Curie, Marie · patient
+    PAT10001 · accession ACC1 · 2026-12-07 · CR STUDY`` (a description alone, "CR STUDY", names
+    no one)."""
+    parts = [
+        person_name_label(study.patient_name) or "(no patient name)",
+        f"patient {study.patient_id}" if study.patient_id else "",
+        f"accession {study.accession_number}" if study.accession_number else "",
+        study.study_date.isoformat() if study.study_date else "",
+        study.study_description,
+    ]
+    return " · ".join(p for p in parts if p)
 
 
 def restore_row(restore: RestoreRequest) -> dict[str, Any]:
@@ -34,6 +48,7 @@ def restore_row(restore: RestoreRequest) -> dict[str, Any]:
     percent = int(restore.instances_ready * 100 / total) if total else 100
     return {
         "restore": restore,
+        "study_title": study_title(restore.study) if restore.study is not None else "",
         "size": bytes_label(restore.bytes_total),
         "percent": percent,
         "open": restore.state == RestoreRequest.State.IN_PROGRESS,
@@ -126,6 +141,7 @@ def study_restore(request: HttpRequest, ctx: PortalContext, study_id: int) -> Ht
         "ctx": ctx,
         "active_section": "studies",
         "study": study,
+        "study_title": study_title(study),
         "estimate": estimate,
         "labels": estimate_labels(estimate),
     }

@@ -109,9 +109,7 @@ def series_restore_need(*, org: Organization, series: Series) -> SeriesRestoreNe
         price=restore_selectors.meter_price(
             org=org, meter=restore_selectors.RESTORE_METER, quantity=size
         ),
-        typical_seconds=restore_selectors.typical_seconds(
-            platform_filesystem=restore_selectors.platform_filesystem(org)
-        ),
+        typical_seconds=restore_selectors.restore_wait_seconds(org),
         days=index_selectors.archive_settings_get(org=org).restore_days,
         needing=unreadable,
     )

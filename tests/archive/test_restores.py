@@ -233,7 +233,7 @@ def test_bulk_estimate_shows_cost_and_time_without_starting(
     expected = Decimal(size) / Decimal(2**30) * Decimal("0.02")  # the default plan
     assert Decimal(data["amount"]) == expected.quantize(Decimal("0.000001"))
     assert data["currency"] == "USD" and data["rate"] == "0.02 USD per GiB"
-    assert data["typical_seconds"] == 3600 and data["days"] == 7
+    assert data["typical_seconds"] == 3600 + restore_selectors.POLL_SECONDS and data["days"] == 7
     assert not RestoreRequest.objects.exists()
 
 
