@@ -43,6 +43,18 @@ def job_get(*, org: Organization, job_id: int | str) -> IngestJob:
         raise NotFound("Ingest job not found.") from None
 
 
+def job_source_label(job: IngestJob) -> str:
+    """Where a job's files came from, for the jobs table whose first column already names the
+    kind: an upload by whom and how many files ("Portal upload" twice said nothing), an import
+    its bucket, a STOW-RS or C-STORE job its client."""
+    if job.kind == IngestJob.Kind.UPLOAD:
+        who = job.created_by.email if job.created_by is not None else "a removed user"
+        files = job.total_files or 0
+        return f"{files:,} file{'' if files == 1 else 's'} from {who}"
+    source = job.source.strip()
+    return source if source and source != job.get_kind_display() else "—"
+
+
 def job_failures(*, org: Organization, job: IngestJob) -> QuerySet[IngestFailure]:
     return IngestFailure.objects.for_org(org).filter(job=job).order_by("-id")
 
@@ -51,6 +63,7 @@ def job_failures(*, org: Organization, job: IngestJob) -> QuerySet[IngestFailure
 class JobProgress:
     phase: str
     phase_label: str
+    badge: str  # the badge's style: the phase, or "warning" for a job done with failures
     finished: bool
     processed: int
     percent: int | None
@@ -102,9 +115,15 @@ def job_progress(job: IngestJob, *, now: datetime | None = None) -> JobProgress:
             rate = int(job.bytes_received / seconds)
         if not finished and rate and job.total_bytes and phase == "ingest":
             eta = max(int((job.total_bytes - job.bytes_received) / rate), 0)
+    label, badge = PHASE_LABELS.get(phase, phase.capitalize()), phase
+    if phase == "done" and job.failed:
+        # "Done" alone reads as "all stored"; the files that failed are the ones to look at.
+        label = f"Done with {job.failed:,} failure{'' if job.failed == 1 else 's'}"
+        badge = "warning"
     return JobProgress(
         phase=phase,
-        phase_label=PHASE_LABELS.get(phase, phase.capitalize()),
+        phase_label=label,
+        badge=badge,
         finished=finished,
         processed=processed,
         percent=percent,

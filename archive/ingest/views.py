@@ -47,6 +47,7 @@ def job_payload(job: IngestJob) -> dict[str, Any]:
         "state": job.state,
         "phase": progress.phase,
         "phase_label": progress.phase_label,
+        "badge": progress.badge,
         "finished": progress.finished,
         "percent": progress.percent,
         "total_files": job.total_files,
@@ -75,7 +76,7 @@ def job_payload(job: IngestJob) -> dict[str, Any]:
 
 def _job_rows(ctx: PortalContext) -> list[dict[str, Any]]:
     return [
-        {"job": job, "p": job_payload(job)}
+        {"job": job, "p": job_payload(job), "source": selectors.job_source_label(job)}
         for job in selectors.job_list(org=ctx.org)[:JOBS_SHOWN]
         if job.kind in (IngestJob.Kind.UPLOAD, IngestJob.Kind.IMPORT) or job.received
     ]

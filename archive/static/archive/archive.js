@@ -289,7 +289,7 @@
       box.querySelectorAll("[data-label]").forEach(function (node) {
         node.textContent = data.labels[node.getAttribute("data-label")];
       });
-      badge.className = "badge badge-" + data.phase;
+      badge.className = "badge badge-" + (data.badge || data.phase);
       if (data.percent === null) {
         bar.className = "progress-bar is-indeterminate";
         bar.style.width = "";
