@@ -118,6 +118,7 @@ class Study(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name_plural = "studies"
         constraints = [
             models.UniqueConstraint(fields=["organization", "study_uid"], name="study_uid_unique")
         ]
@@ -308,6 +309,9 @@ class FrameIndex(models.Model):
     problem = models.CharField(max_length=500, blank=True)
 
     objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "frame indexes"
 
     def __str__(self) -> str:
         return f"{self.frames} frame(s) of instance {self.instance_id}"
@@ -505,6 +509,10 @@ class ArchiveSettings(models.Model):
 
     objects = OrgQuerySet.as_manager()
 
+    class Meta:
+        verbose_name = "archive settings"
+        verbose_name_plural = "archive settings"
+
     def __str__(self) -> str:
         return f"archive settings of {self.organization}"
 
@@ -532,6 +540,8 @@ class DicomAE(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "DICOM AE title"
+        verbose_name_plural = "DICOM AE titles"
         ordering = ["ae_title"]
         constraints = [
             models.UniqueConstraint(Upper("ae_title"), name="archive_dicomae_title_upper_unique"),
@@ -566,6 +576,8 @@ class DicomDestination(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "DICOM destination"
+        verbose_name_plural = "DICOM destinations"
         ordering = ["ae_title"]
         constraints = [
             models.UniqueConstraint(
@@ -959,6 +971,8 @@ class DicomAssociation(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "DICOM association"
+        verbose_name_plural = "DICOM associations"
         ordering = ["-started_at", "-id"]
         indexes = [
             models.Index(fields=["organization", "-started_at", "-id"], name="dimse_assoc_org_at"),
@@ -1033,6 +1047,8 @@ class DicomOperation(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "DICOM operation"
+        verbose_name_plural = "DICOM operations"
         ordering = ["-started_at", "-id"]
         indexes = [
             models.Index(fields=["association", "-started_at"], name="dimse_op_assoc_at"),

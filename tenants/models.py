@@ -125,6 +125,8 @@ class ApiToken(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "API token"
+        verbose_name_plural = "API tokens"
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
@@ -210,6 +212,8 @@ class CorsOrigin(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "CORS origin"
+        verbose_name_plural = "CORS origins"
         ordering = ["origin", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -290,6 +294,7 @@ class WebhookDelivery(models.Model):
     objects = OrgQuerySet.as_manager()
 
     class Meta:
+        verbose_name_plural = "webhook deliveries"
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="webhook_delivery_due")]
 
