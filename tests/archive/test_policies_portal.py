@@ -209,3 +209,27 @@ def test_rule_form_round_trip(org, rule):
     normalized = rules_validate(org=org, rules=[rule])
     assert rules_validate(org=org, rules=[row_to_rule(rule_to_row(normalized[0]))]) == normalized
     assert "→" in rule_summary(normalized[0])
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "First policy: CT/MR to cold after 90 days unread, everything to archive after a year.",
+        "Approved by the imaging board!",
+        "no punctuation",
+    ],
+)
+def test_active_note_is_shown_as_written_with_nothing_added(browser, org, note):
+    policy_save(
+        org=org,
+        actor=Actor.system(),
+        rules=[move("warm", modalities=["MR"])],
+        note=note,
+        activate=True,
+    )
+
+    html = browser.get(url(org)).content.decode()
+
+    shown = html.split('id="active-note">')[1].split("</p>")[0]
+    assert shown == f'<span class="muted">Note:</span> {note}'
+    assert ".”." not in html and "”." not in html
