@@ -156,7 +156,35 @@ class BreakdownField(serializers.ListField):
     child = serializers.DictField(child=serializers.CharField())
 
 
-class DraftLineSerializer(serializers.Serializer):
+class LineFiguresSerializer(serializers.Serializer):
+    """A line as the portal, PDF and CSV show it."""
+
+    quantity = serializers.CharField(
+        help_text="Rounded for reading: GiB units and hours to 3 decimals, counts whole."
+    )
+    exact = serializers.CharField(help_text="The same quantity unrounded (9 places at most).")
+    unit = serializers.CharField(help_text="The unit of both (counts: `requests`, not 1,000s).")
+    unit_price = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The rate (`0.023 / GiB-month`), or one entry per slice of the breakdown.",
+    )
+
+    class Meta:
+        ref_name = "InvoiceLineFigures"
+
+
+class _ShownLine:
+    """Adds ``shown`` (``LineFiguresSerializer``) to a line serializer."""
+
+    @extend_schema_field(LineFiguresSerializer)
+    def get_shown(self, obj: Any) -> Any:
+        figures = reports.figures_of(
+            quantity=obj.quantity, unit=obj.unit, breakdown=obj.breakdown or []
+        )
+        return LineFiguresSerializer(figures).data
+
+
+class DraftLineSerializer(_ShownLine, serializers.Serializer):
     position = serializers.IntegerField()
     kind = serializers.CharField(help_text="usage, minimum or adjustment.")
     description = serializers.CharField()
@@ -171,6 +199,7 @@ class DraftLineSerializer(serializers.Serializer):
     unit = serializers.CharField()
     amount = _money()
     breakdown = BreakdownField()
+    shown = serializers.SerializerMethodField()
 
     class Meta:
         ref_name = "DraftInvoiceLine"
@@ -240,7 +269,7 @@ class InvoiceDraftSerializer(serializers.Serializer):
         return str(obj.draft.total - obj.draft.subtotal - obj.draft.minimum_adjustment)
 
 
-class InvoiceLineSerializer(serializers.Serializer):
+class InvoiceLineSerializer(_ShownLine, serializers.Serializer):
     id = serializers.IntegerField()
     position = serializers.IntegerField()
     kind = serializers.CharField(help_text="usage, minimum or adjustment.")
@@ -259,6 +288,7 @@ class InvoiceLineSerializer(serializers.Serializer):
     unit = serializers.CharField()
     amount = _money()
     breakdown = BreakdownField()
+    shown = serializers.SerializerMethodField()
 
     class Meta:
         ref_name = "InvoiceLine"

@@ -506,17 +506,22 @@ def quantity_number(shown: ShownQuantity) -> str:
 
 def line_figures(line: DocumentLine) -> LineFigures:
     """The quantity, unit and unit price columns of ``line`` (see ``LineFigures``)."""
-    entries = [e for e in line.breakdown if isinstance(e, dict)]
-    if not line.unit:
+    return figures_of(quantity=line.quantity, unit=line.unit, breakdown=line.breakdown)
+
+
+def figures_of(*, quantity: Decimal, unit: str, breakdown: Iterable[object]) -> LineFigures:
+    """``line_figures`` of any line: a document's, a stored one's or a draft's."""
+    entries = [e for e in breakdown if isinstance(e, dict)]
+    if not unit:
         return LineFigures("", "", "", [_slice_text(e, "") for e in entries])
-    shown = shown_quantity(line.unit, line.quantity)
+    shown = shown_quantity(unit, quantity)
     if len(entries) == 1 and entries[0].get("label") == "per unit":
         rate = _decimal(entries[0].get("unit_price", ""))
         prices = [f"{rate_label(rate)} / {shown.per}"] if rate is not None else []
     elif len(entries) == 1 and str(entries[0].get("label", "")).startswith("not charged"):
         prices = ["not charged on this plan"]
     else:
-        prices = [_slice_text(e, line.unit) for e in entries]
+        prices = [_slice_text(e, unit) for e in entries]
     return LineFigures(
         quantity=quantity_number(shown),
         exact=_exact_text(shown.value),

@@ -283,3 +283,28 @@ def test_other_organization_invoice_is_404(owner_client, other_org):
         "portal-billing-invoice-pdf",
     ):
         assert owner_client.get(reverse(name, args=[org_slug, theirs.pk])).status_code == 404
+
+
+# --- the API -------------------------------------------------------------------------------------
+
+
+def test_api_lines_carry_what_the_documents_show(token_client, org, invoice, monkeypatch):
+    client = token_client(org, ["usage:read"])
+    body = client.get(f"/api/v1/invoices/{invoice.pk}/").json()
+    api = next(ln for ln in body["lines"] if ln["meter"] == "api.requests")
+    assert api["quantity"] == "25.000000000"  # in billing units, exact, as stored
+    assert api["shown"] == {
+        "quantity": "25,000",
+        "exact": "25000",
+        "unit": "requests",
+        "unit_price": ["1,000 requests included", "24,000 requests at 0.40 / 1,000 requests"],
+    }
+    from django.utils import timezone
+
+    monkeypatch.setattr(timezone, "now", lambda: at(4, 30, 12))
+    draft = client.get("/api/v1/invoices/draft/").json()
+    hot = next(ln for ln in draft["lines"] if ln["description"] == "Storage (hot)")
+    assert hot["shown"]["unit_price"] == [
+        "up to 5.000: 5.000 GiB-month at 0.05 / GiB-month",
+        "over 5.000: 5.000 GiB-month at 0.02 / GiB-month",
+    ]
