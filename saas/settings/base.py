@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from saas import env
+from saas import env, schema
 
 BASE_DIR = env.BASE_DIR
 VAR_DIR = env.DEFAULT_VAR_DIR
@@ -264,7 +264,7 @@ _SYSTEM_FONTS = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",
 _MONO_FONTS = 'ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace'
 SPECTACULAR_SETTINGS = {
     "TITLE": "Strata API",
-    "DESCRIPTION": "Multi-tenant medical image archive: organizations, members, tokens, audit log, webhooks.",
+    "DESCRIPTION": schema.DESCRIPTION,
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -282,6 +282,8 @@ SPECTACULAR_SETTINGS = {
         }
     },
     "COMPONENT_SPLIT_REQUEST": True,
+    # Each endpoint once, not again under /api/v1/o/{org_slug}/ (saas.schema).
+    "PREPROCESSING_HOOKS": ["saas.schema.drop_org_slug_copies"],
     "APPEND_COMPONENTS": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
     },
