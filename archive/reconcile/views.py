@@ -46,8 +46,8 @@ def platform_reconciliations(request: HttpRequest) -> HttpResponse:
                     {
                         **d,
                         "label": KIND_LABELS.get(d["kind"], d["kind"]),
-                        "index_label": _size(d.get("index_bytes")),
-                        "other_label": _size(d.get("other_bytes")),
+                        "index_label": bytes_label(d.get("index_bytes")),
+                        "other_label": bytes_label(d.get("other_bytes")),
                     }
                     for d in run.differences[:SHOWN]
                 ],
@@ -60,7 +60,3 @@ def platform_reconciliations(request: HttpRequest) -> HttpResponse:
         "archive/reconcile/platform.html",
         {"rows": rows, "problems": problems},
     )
-
-
-def _size(value: int | None) -> str:
-    return "—" if value is None else bytes_label(value)
