@@ -238,6 +238,15 @@ def test_a_ct_series_in_the_viewer(
     assert egress.count() == sum(line.reads for line in everything) == len(images) + 1
     assert last != first
 
+    # The study's access history: the slices read are a line with its request count.
+    page.goto(f"{base}/studies/{study.pk}/")
+    history = page.locator("#access-table")
+    expect(history).to_contain_text("requests")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    history.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS.format(page="study-access", width=1280), full_page=True)
+    page.go_back()
+
     # A phone: the same pages at 390 px.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
