@@ -1,9 +1,12 @@
 """What a hospital admin sees in the first hour, at a 1366 px laptop and a 1920 px desktop: the
 charts' last x-axis labels are whole, the audit table fits its card (IP column included) and the
-audit event page lists its details. Screenshots of each page are kept for a look."""
+audit event page lists its details; patient names read "Curie, Marie"; the restore pages name the
+study and give one time; the ingest jobs table names the kind once and counts failures.
+Screenshots of each page are kept for a look."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import import_module
@@ -73,6 +76,13 @@ def _seed(org: Organization) -> None:
         )
 
 
+def _assert_fits_its_card(page: Any, table: Any) -> None:
+    """The table's right edge (its last column) lies inside the card around it."""
+    box = table.bounding_box()
+    card = table.locator("xpath=ancestor::section[contains(@class, 'card')][1]").bounding_box()
+    assert box["x"] + box["width"] <= card["x"] + card["width"] + 0.5, (box, card)
+
+
 def _assert_last_labels_inside(page: Any) -> None:
     extents = page.evaluate(LAST_LABEL_EXTENTS)
     assert extents, "no chart with an x axis on the page"
@@ -109,9 +119,8 @@ def test_first_hour_pages_fit_at_laptop_and_desktop_widths(
         page.screenshot(path=SCREENSHOTS.format(page="analytics", width=width), full_page=True)
 
         page.goto(f"{base}/audit/")
-        table, card = page.locator("#audit-table"), page.locator("#audit-table").locator("..")
-        table_box, card_box = table.bounding_box(), card.bounding_box()
-        assert table_box["x"] + table_box["width"] <= card_box["x"] + card_box["width"] + 0.5
+        _assert_fits_its_card(page, page.locator("#audit-table"))
+        card_box = page.locator("#audit-table").locator("..").bounding_box()
         row = page.locator("#audit-table tbody tr").filter(has_text="pacs-gateway").first
         ip = row.locator("td").last
         expect(ip).to_have_text("2001:db8:85a3:1234:5678:8a2e:370:7334")
@@ -123,3 +132,72 @@ def test_first_hour_pages_fit_at_laptop_and_desktop_widths(
         expect(page.locator("#event-details")).to_contain_text("scopes")
         expect(page.locator("#event-details")).to_contain_text("dicom:read, dicom:write")
         page.screenshot(path=SCREENSHOTS.format(page="audit-event", width=width), full_page=True)
+
+
+def test_study_restore_and_ingest_pages_at_laptop_and_desktop_widths(
+    live_server: Any,
+    browser_page: Any,
+    org: Organization,
+    make_member: Callable[..., Membership],
+    default_plan: None,
+    settings: Any,
+) -> None:
+    from playwright.sync_api import expect
+
+    from archive.models import IngestJob, Study
+    from tests.archive.test_restores_support import archive_all, seed_study, study_row
+
+    settings.ARCHIVE_FS_RESTORE_SECONDS = 60
+    seeded = seed_study(org, n=2)
+    archive_all(org, seeded)
+    study = study_row(org, seeded)
+    Study.objects.filter(pk=study.pk).update(accession_number="ACC-9", study_description="CR STUDY")
+    owner = make_member(org, Role.OWNER, email="alice@stmary.example")
+    IngestJob.objects.create(
+        organization=org,
+        kind=IngestJob.Kind.UPLOAD,
+        state=IngestJob.State.DONE,
+        source="Portal upload",
+        total_files=3,
+        received=3,
+        stored=2,
+        failed=1,
+        created_by=owner.user,
+        started_at=datetime.now(UTC),
+        finished_at=datetime.now(UTC),
+    )
+    page = browser_page
+    sign_in(page, live_server, "alice@stmary.example", org.slug)
+    base = f"{live_server.url}/o/{org.slug}/archive"
+    title = "Lovelace, Ada · patient PAT-R1 · accession ACC-9 · 2025-06-01 · CR STUDY"
+
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+
+        page.goto(f"{base}/studies/")
+        expect(page.locator("#study-table")).to_contain_text("Lovelace, Ada")
+        page.screenshot(path=SCREENSHOTS.format(page="studies", width=width), full_page=True)
+
+        page.goto(f"{base}/studies/{study.pk}/restore/")
+        expect(page.locator("#restore-study")).to_have_text(title)
+        expect(page.locator("#restore-time")).to_have_text("2 min 00 s")
+        page.screenshot(
+            path=SCREENSHOTS.format(page="restore-confirm", width=width), full_page=True
+        )
+
+        page.goto(f"{base}/ingest/")
+        row = page.locator("tr").filter(has_text="Portal upload")
+        expect(row).to_contain_text("3 files from alice@stmary.example")
+        expect(row.locator(".badge")).to_have_text("Done with 1 failure")
+        _assert_fits_its_card(page, page.locator("tbody").filter(has=row).locator(".."))
+        page.screenshot(path=SCREENSHOTS.format(page="ingest", width=width), full_page=True)
+
+    page.goto(f"{base}/studies/{study.pk}/restore/")
+    page.get_by_role("button", name=re.compile("Restore")).click()
+    expect(page.locator(".lead")).to_contain_text(title)
+    expect(page.get_by_role("status").filter(has_text="In progress")).to_contain_text(
+        re.compile(r"Expect the rest in about (2 min 00 s|1 min 5\d s)")
+    )
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        page.screenshot(path=SCREENSHOTS.format(page="restore", width=width), full_page=True)
