@@ -112,6 +112,7 @@ def test_first_hour_pages_fit_at_laptop_and_desktop_widths(
 
         page.goto(f"{base}/")
         _assert_last_labels_inside(page)
+        _assert_fits_its_card(page, page.locator("#recent-activity"))
         page.screenshot(path=SCREENSHOTS.format(page="dashboard", width=width), full_page=True)
 
         page.goto(f"{base}/archive/analytics/")
