@@ -5,6 +5,10 @@ example (it uses dicomweb-client or pynetdicom), unless the line right before it
 
     <!-- example: not run (the reason) -->
 
+A Python example that goes on from the previous one of its page (its ``client``, its UIDs) says
+so with ``<!-- example: continues the Python example above -->``: it runs after that one, in the
+same program.
+
 Every other block is left alone by its language: JSON and plain blocks are illustrations, a
 Python block without a client is library code to read. A block in a shell-like language that is
 not one of the two above (```shell, ```console, ...) is an error: it would be skipped silently.
@@ -19,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+.-]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*example:\s*not run\s*\((?P<reason>.+)\)\s*-->\s*$")
+CONTINUES = re.compile(r"^\s*<!--\s*example:\s*continues\b.*-->\s*$")
 SHELL = {"sh", "bash"}
 SHELL_LIKE = {"shell", "console", "zsh", "shell-session", "terminal", "ksh"}
 CLIENT = re.compile(r"\b(dicomweb_client|DICOMwebClient|pynetdicom)\b")
@@ -31,6 +36,7 @@ class Block:
     lang: str
     text: str
     marker: str | None  # the reason given by a "not run" marker
+    continues: bool = False  # runs after the page's previous Python example, in one program
 
     @property
     def name(self) -> str:
@@ -44,7 +50,7 @@ class Block:
             return "marked"
         if self.lang in SHELL:
             return "shell"
-        if self.lang == "python" and CLIENT.search(self.text):
+        if self.lang == "python" and (self.continues or CLIENT.search(self.text)):
             return "python"
         return "other"
 
@@ -78,6 +84,7 @@ def blocks_of(path: Path) -> list[Block]:
                 lang=opening["lang"].lower(),
                 text="\n".join(lines[i + 1 : end]) + "\n",
                 marker=marker["reason"].strip() if marker else None,
+                continues=CONTINUES.match(before) is not None,
             )
         )
         i = end + 1
@@ -99,4 +106,10 @@ def problems(blocks: list[Block]) -> list[str]:
             )
         if block.marker is not None and not block.marker.strip():
             out.append(f"{block.name}: a 'not run' marker needs its reason")
+        if block.continues and block.kind != "python":
+            out.append(f"{block.name}: only a Python client example can continue another")
+    for path in {block.path for block in blocks}:
+        page = [b for b in blocks if b.path == path and b.kind == "python"]
+        if page and page[0].continues:
+            out.append(f"{page[0].name}: continues, but no Python example comes before it")
     return out
