@@ -70,6 +70,7 @@ class Stage:
     env: dict[str, str]
     replacements: list[tuple[str, str]] = field(default_factory=list)
     assignments: dict[str, str] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)  # what the stand-ins received
 
 
 @dataclass

@@ -35,7 +35,7 @@ from tests.docs.harness import Outcome, Stage, check, environment_for, run
 
 DEMO_SLUG = "demo-hospital"
 # Pages whose examples are being made true against the demo; run once that is done.
-NOT_YET = {"dicom-conformance.md", "policies-and-tiers.md", "restores-and-replicas.md"}
+NOT_YET = {"policies-and-tiers.md", "restores-and-replicas.md"}
 PAGES_RUN = [
     path
     for path in docs.pages()
@@ -111,7 +111,7 @@ def storescp(folder: Path, ae_title: str) -> Iterator[int]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
-        [str(binary), "-aet", ae_title, "-od", str(folder), "-uf", "+B", str(port)],
+        [str(binary), "-aet", ae_title, "-od", str(folder), "-uf", "+B", "+xa", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -216,6 +216,7 @@ def stage(
                     f'"host": "127.0.0.1", "port": {workstation}',
                 ),
             ],
+            folders={"STMARY_PACS": tmp_path / "pacs", "WS-7": tmp_path / "ws7"},
             assignments={
                 "TOKEN": token,
                 "ADMIN_TOKEN": admin_token,
@@ -271,6 +272,22 @@ def invoiced_month(org: Organization) -> None:
     invoice_finalize(org=org, period_start=last_month, actor=Actor.system("tests"))
 
 
+def moved_and_committed(outcomes: list[Outcome], stage: Stage) -> list[str]:
+    """C-MOVE delivered the study to the workstation; the modality's image was committed."""
+    problems = []
+    if not any(stage.folders["WS-7"].iterdir()):
+        problems.append("movescu: the workstation WS-7 received nothing")
+    commitment = next(o for o in outcomes if "send_n_action" in o.block.text)
+    if "committed: ['" not in commitment.output or "failed: []" not in commitment.output:
+        problems.append(f"storage commitment: not committed\n{commitment.output}")
+    return problems
+
+
+# What the examples of a page must have done besides answering 2xx and exiting 0.
+AFTERWARDS: dict[str, Callable[[list[Outcome], Stage], list[str]]] = {
+    "docs/dicom-conformance.md": moved_and_committed,
+}
+
 # What a page's examples need besides the demo and the stand-ins.
 PREPARE: dict[str, Callable[[Organization], None]] = {"docs/billing.md": invoiced_month}
 
@@ -301,6 +318,9 @@ def test_examples_of_the_page_run_against_the_demo(
         outcome = run(block, current)
         outcomes.append(outcome)
         failures.extend(check(outcome))
+    afterwards = AFTERWARDS.get(str(page.relative_to(docs.ROOT)))
+    if afterwards is not None and not failures:
+        failures.extend(afterwards(outcomes, current))
     ran = len(outcomes)
     skipped = len(found) - ran
     SUMMARY[str(page.relative_to(docs.ROOT))] = {
