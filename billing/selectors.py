@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import F, Max, QuerySet, Sum
+from django.db.models import F, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
-from billing.models import Budget, BudgetAlert, Invoice, InvoiceLine, Rollup
+from billing.meters import STORAGE, TIERS
+from billing.models import Budget, BudgetAlert, Invoice, InvoiceLine, Rollup, StorageDelta
 from tenants.errors import NotFound
 from tenants.models import Organization
 
 # SQLite's SUM() overflows past 2^63 (a month of byte-seconds of ~3.1 TiB in one tier); summing
 # quotient and remainder by 10^9 separately keeps both small and the total exact everywhere.
 _SPLIT = 10**9
+HOUR = timedelta(hours=1)
 
 
 def usage_totals(
@@ -72,8 +74,59 @@ def storage_balance_daily(
     return sorted(out, key=lambda r: (str(r["day"]), str(r["tier"])))
 
 
+def stored_bytes_now(*, org: Organization, now: datetime) -> dict[str, int]:
+    """The images' bytes stored per tier at ``now``: the storage ledger's balance (every delta at
+    or before ``now``), so that bytes stored or moved within the hour show at once, as they do in
+    the archive index (the two agree when every byte was metered: ``manage.py reconcile``).
+    Thumbnails (``storage.derived``) are left out, as the index leaves them out. Tiers without a
+    delta are absent (a balance of 0).
+
+    Read as the last complete rolled-up hour's balance plus the deltas from the end of that hour
+    to ``now`` (a range of the ledger's (organization, tier, at) index, not the whole ledger); a
+    delta recorded late for an hour already rolled up shows with the next rollup run.
+
+    What every page showing "stored now" from the ledger reads: the *Usage & billing* overview
+    and the last point of the stored-bytes chart (there and on the dashboard).
+    """
+    dimension = {f"tier={t}": t for t in TIERS}
+    rolled_hours = (
+        Rollup.objects.for_org(org)
+        .filter(meter=STORAGE, dimension_key__in=dimension, hour__lte=now - HOUR)
+        .values("dimension_key")
+        .annotate(last=Max("hour"))
+    )
+    wanted = {(row["dimension_key"], row["last"]) for row in rolled_hours}
+    balances: dict[str, int] = {}
+    since = Q()
+    if wanted:
+        rows = (
+            Rollup.objects.for_org(org)
+            .filter(meter=STORAGE, hour__in={hour for _, hour in wanted})
+            .values_list("dimension_key", "hour", "balance_bytes")
+        )
+        for dim, hour, balance in rows:
+            if (dim, hour) in wanted:
+                tier = dimension[dim]
+                balances[tier] = int(balance or 0)
+                since |= Q(tier=tier, at__gte=hour + HOUR)
+    # Rolled tiers from the end of their last rolled hour, the others (not rolled yet) whole.
+    later = since | ~Q(tier__in=list(balances)) if balances else Q()
+    deltas = (
+        StorageDelta.objects.for_org(org)
+        .filter(later, meter=STORAGE, at__lte=now)
+        .values("tier")
+        .annotate(total=Sum("delta_bytes"))
+        .order_by()
+    )
+    for row in deltas:
+        tier = str(row["tier"])
+        balances[tier] = balances.get(tier, 0) + int(row["total"] or 0)
+    return balances
+
+
 def storage_balance_now(*, org: Organization) -> dict[str, int]:
-    """Bytes per tier at the end of the last rolled-up hour."""
+    """Bytes per tier at the end of the last rolled-up hour (where the forecast carries storage
+    forward from; what pages show as stored now is ``stored_bytes_now``)."""
     latest = (
         Rollup.objects.for_org(org)
         .filter(meter="storage")

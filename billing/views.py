@@ -151,7 +151,9 @@ def usage_panels(*, org: Organization, now: datetime) -> list[UsagePanel]:
 
 
 def storage_chart(*, org: Organization, now: datetime) -> charts.Chart | None:
-    """Bytes stored per tier at the end of each day over the last ``STORAGE_DAYS`` days."""
+    """Bytes stored per tier at the end of each day over the last ``STORAGE_DAYS`` days; the last
+    day (today) is what is stored now (``selectors.stored_bytes_now``, as "Stored now" shows it).
+    Points are labelled as every stored size is (``bytes_label``), whatever the axis unit."""
     days = _days(now, STORAGE_DAYS)
     values: dict[str, list[float]] = defaultdict(lambda: [0.0] * STORAGE_DAYS)
     last = -1  # the last day with a rolled-up hour
@@ -167,6 +169,10 @@ def storage_chart(*, org: Organization, now: datetime) -> charts.Chart | None:
     if last >= 0:
         for tier_values in values.values():
             tier_values[last + 1 :] = [tier_values[last]] * (STORAGE_DAYS - 1 - last)
+    # Today ends later: its point is the ledger's balance now, not its last complete hour's.
+    current = selectors.stored_bytes_now(org=org, now=now)
+    for tier in {*values, *current} & set(TIERS):
+        values[tier][-1] = float(current.get(tier, 0))
     series = _tier_series(values)
     if not series:
         return None
@@ -183,7 +189,8 @@ def storage_chart(*, org: Organization, now: datetime) -> charts.Chart | None:
         ),
         days=days,
         series=scaled,
-        fmt=lambda v: f"{charts.number_label(v)} {unit}",
+        # The divisor is a power of two: scaling back is exact.
+        fmt=lambda v: bytes_label(round(v * divisor)),
         fmt_tick=lambda v: f"{charts.number_label(v)} {unit}",
     )
 
@@ -257,7 +264,7 @@ def overview(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
     forecast = forecast_month(org=ctx.org, now=now)
     budget = selectors.budget_get(org=ctx.org)
     gauge, budget_figures = budget_gauge(forecast, budget)
-    balances = selectors.storage_balance_now(org=ctx.org)
+    balances = selectors.stored_bytes_now(org=ctx.org, now=now)
     rows = meter_rows(forecast)
     context = _context(
         ctx,
