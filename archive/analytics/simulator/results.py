@@ -91,6 +91,14 @@ class MonthCost:
     def exact_total(self) -> Decimal:
         return sum((self.exact or self.components).values(), Decimal(0))
 
+    @property
+    def shown_total(self) -> Decimal:
+        """The month's cost as the chart plots and labels it: as billed (``total``, each
+        component rounded to the cent, like the API's ``total`` and the table), or the exact
+        figure when that is 0.00 but not zero, so that ``money_text`` shows it as the table does
+        (``money_text(total, exact_total)``)."""
+        return self.total if self.total or not self.exact_total else self.exact_total
+
 
 @dataclass
 class Scenario:
@@ -269,7 +277,7 @@ class Simulation:
                 (
                     s.key,
                     s.label,
-                    [float(m.exact_total) for m in s.months],
+                    [float(m.shown_total) for m in s.months],
                     money_text(s.total, s.exact_total),
                 )
                 for s in self.scenarios
