@@ -35,7 +35,6 @@ run: install proxy
 	$(BIN)/python -m saas.localenv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
-	$(BIN)/python manage.py seed_usage --org demo-hospital --months 12
 	$(BIN)/python manage.py serve
 
 test: install

@@ -7,6 +7,7 @@ patient/study/series attributes and pixel data of the requested size. Nothing is
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import random
 from dataclasses import dataclass
@@ -114,15 +115,21 @@ def make_instance(
     ds.PixelRepresentation = 0
     if frames > 1:
         ds.NumberOfFrames = frames
-    # A smooth gradient with a little noise: looks like an image, compresses like one.
-    generator = np.random.default_rng(seed or instance_number)
+    ds.PixelData = _pixels(rows, columns, frames, seed or instance_number)
+    return ds
+
+
+@functools.lru_cache(maxsize=64)
+def _pixels(rows: int, columns: int, frames: int, seed: int) -> bytes:
+    """A smooth gradient with a little noise: looks like an image, compresses like one. The same
+    for the same arguments (kept for reuse: the demo makes hundreds of images of a few shapes)."""
+    generator = np.random.default_rng(seed)
     y, x = np.mgrid[0:rows, 0:columns]
     base = ((x + y) * (4000 / max(rows + columns, 1))).astype(np.uint16)
     pixels = np.repeat(base[None, :, :], frames, axis=0) + generator.integers(
         0, 64, size=(frames, rows, columns), dtype=np.uint16
     )
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    return ds
+    return pixels.astype(np.uint16).tobytes()
 
 
 def to_bytes(ds: Dataset) -> bytes:

@@ -7,6 +7,7 @@ import io
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from tenants.models import Organization
 from tests.archive.reconcile_helpers import assert_reconciled
@@ -21,25 +22,19 @@ def demo_organizations() -> list[Organization]:
 
 
 def test_the_demo_seed_reconciles() -> None:
+    """What ``make run`` seeds: the demo hospitals, the hospital's year and today's images."""
     call_command("seed_demo", quiet=True, history_studies=4)
+    for org in demo_organizations():
+        assert_reconciled(org)
+    call_command("seed_demo", quiet=True, history_studies=4)  # run again: nothing added
     for org in demo_organizations():
         assert_reconciled(org)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "Known difference (issue 15, 'one truth'): seed_usage records a simulated history's "
-        "storage ledger deltas (tens of TB in hot, warm, cold and archive) for studies the index "
-        "does not hold, so the demo hospital's ledger is far above its index and its stores "
-        "(ledger_mismatch in every tier). Strict: this fails as soon as the demo's history is "
-        "made of index rows, ledger deltas and objects together; then remove the mark."
-    ),
-)
-def test_the_demo_with_its_usage_history_reconciles() -> None:
-    """What ``make run`` seeds: the demo hospitals, then a usage history for the hospital."""
+def test_seed_usage_never_puts_a_simulated_ledger_on_the_demo() -> None:
+    """``make run`` seeds the demo alone; seed_usage refuses the hospital, whose year is its own."""
     call_command("seed_demo", quiet=True, history_studies=4)
-    call_command("seed_usage", org="demo-hospital", months=1, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="never on top of an archive"):
+        call_command("seed_usage", org="demo-hospital", months=1, stdout=io.StringIO())
     for org in demo_organizations():
         assert_reconciled(org)

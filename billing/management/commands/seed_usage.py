@@ -1,4 +1,5 @@
-"""Record a realistic usage history for one organization (see ``billing.demo``). Idempotent."""
+"""Record a simulated usage history for an organization without images (see ``billing.demo``).
+Idempotent; refused for an organization whose ledger holds storage of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.utils import timezone
 
 from billing.demo import DEFAULT_SEED, DemoResult, demo_history, generate_usage
 from billing.invoicing import invoice_compute
+from billing.models import StorageDelta
 from billing.rollups import floor_hour
 from tenants.labels import bytes_label
 from tenants.models import Organization
@@ -26,9 +28,10 @@ def months_before(t: datetime, months: int) -> datetime:
 
 class Command(BaseCommand):
     help = (
-        "Record a realistic usage history (ingest, tiering, reads, restores, API) for an "
-        "organization over the last N months up to now, roll it up and print the current "
-        "month's draft invoice. Re-running adds only the hours since the last run."
+        "Record a simulated hospital's usage history (ingest, tiering, reads, restores, API) for "
+        "an organization without images (billing and load tests) over the last N months up to "
+        "now, roll it up and print the current month's draft invoice. Re-running adds only the "
+        "hours since the last run."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -48,6 +51,14 @@ class Command(BaseCommand):
         org = Organization.objects.filter(slug=options["org"]).first()
         if org is None:
             raise CommandError(f"No organization with slug '{options['org']}'.")
+        if StorageDelta.objects.for_org(org).exclude(idempotency_key__startswith="demo:").exists():
+            # A simulated ledger on top of real images would say the organization stores what
+            # its archive does not hold (manage.py reconcile would report it in every tier).
+            raise CommandError(
+                f"{org.slug} has storage of its own: seed_usage records a simulated hospital's "
+                "usage for an organization without images (a billing or load test), never on "
+                "top of an archive. The demo hospital's history comes from seed_demo."
+            )
         months: int = options["months"]
         if not 1 <= months <= 36:
             raise CommandError("--months must be between 1 and 36.")

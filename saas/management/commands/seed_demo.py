@@ -45,7 +45,8 @@ class Command(BaseCommand):
             "--history-studies",
             type=int,
             default=None,
-            help="Studies in the demo hospital's two-year access history (default 240).",
+            help="Studies in the demo hospital's history (default 400: two years of studies, "
+            "the older half imported from its old PACS at go-live).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -67,8 +68,12 @@ class Command(BaseCommand):
         owner.is_staff = owner.is_superuser = True  # the local demo's owner is also platform staff
         owner.save(update_fields=["first_name", "last_name", "is_staff", "is_superuser"])
         for email, role in STAFF:
-            user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
-            demo_password_ensure(user)
+            user, created = User.objects.get_or_create(username=email, defaults={"email": email})
+            if created:
+                user.set_password(DEMO_PASSWORD)
+                user.save(update_fields=["password"])
+            else:
+                demo_password_ensure(user)
             Membership.objects.get_or_create(user=user, organization=org, defaults={"role": role})
         second = Organization.objects.filter(slug="demo-imaging-center").first()
         if second is None:
@@ -78,14 +83,15 @@ class Command(BaseCommand):
                 owner_email=DEMO_EMAIL,
                 actor=actor,
             )
-        studies = self._ingest_demo_studies(org)
-        from archive.demo import demo_access_history
+        # The year comes first: it is the organization's history, before today's images.
+        from saas.demo import demo_year
 
-        history = (
-            demo_access_history(org=org, studies=options["history_studies"])
+        year = (
+            demo_year(org=org, studies=options["history_studies"])
             if options.get("history_studies") is not None
-            else demo_access_history(org=org)
+            else demo_year(org=org)
         )
+        studies = self._ingest_demo_studies(org, again=year.skipped)
         from archive.models import DicomAE
 
         if not DicomAE.objects.filter(ae_title="DEMO_HOSPITAL").exists():
@@ -110,24 +116,27 @@ class Command(BaseCommand):
                 + "".join(f"  {email} ({role})\n" for email, role in STAFF)
                 + f"Demo images: {studies} studies ingested through the pipeline.\n"
                 + (
-                    f"Access history: {history.studies} studies over two years, {history.reads} reads, "
-                    "a first archive policy (see Access analytics).\n"
-                    if not history.skipped
+                    f"Its year on Strata (since {year.go_live:%d %B %Y}): {year.studies} studies "
+                    f"({year.imported} imported from the old PACS), {year.reads} reads, "
+                    f"{year.moved} instances moved by the archive policy, {year.invoices} "
+                    f"invoices; replayed in {year.seconds:.0f} s.\n"
+                    if not year.skipped
                     else ""
                 )
                 + f"Send more: STOW-RS to {url}dicomweb/studies (make a token with dicom:write),\n"
                 + f"or C-STORE to called AE title DEMO_HOSPITAL at localhost:{settings.DICOM_SCP_PORT}.\n"
             )
 
-    def _ingest_demo_studies(self, org: Organization) -> int:
-        """A CT, an MR and a multi-frame tomosynthesis study, generated here and ingested for real."""
+    def _ingest_demo_studies(self, org: Organization, *, again: bool) -> int:
+        """Today's images: a CT, an MR and a multi-frame tomosynthesis study, generated here and
+        ingested for real, after the history (once)."""
         from archive.ingest.pipeline import instance_ingest, spool_chunks
         from archive.locations.selectors import location_primary
         from archive.models import Study
         from archive.storage import store_for
         from archive.synthetic import demo_studies, to_bytes
 
-        if Study.objects.for_org(org).exists():
+        if again:  # seeded before: the history and today's images are there
             return Study.objects.for_org(org).count()
         store = store_for(location_primary(org))
         for datasets in demo_studies():
