@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,9 @@ class Stage:
     replacements: list[tuple[str, str]] = field(default_factory=list)
     assignments: dict[str, str] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)  # what the stand-ins received
+    # Waits until the DICOM listener has indexed and recorded what an example sent (SQLite in
+    # memory is shared between the threads: a write still going on would lock the next request).
+    settle: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -274,6 +278,7 @@ def run(block: Block, stage: Stage, timeout: float = 180.0) -> Outcome:
     finally:
         server.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
+    stage.settle()
     calls = []
     for line in curl_log.read_text().splitlines():
         _, status, method, url = (line.split(" ", 3) + ["", "", ""])[:4]

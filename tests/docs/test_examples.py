@@ -138,8 +138,8 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[int]:
-    """The DICOM listener as ``run_scp`` runs it, in threads of this process; yields its port."""
+def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """The DICOM listener as ``run_scp`` runs it, in threads of this process: (scp, port)."""
     import tempfile
 
     from pynetdicom import _config
@@ -154,7 +154,7 @@ def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[int]:
     scp = StrataSCP(ae_title="STRATA")
     _host, port = scp.start("127.0.0.1", 0)
     try:
-        yield port
+        yield scp, port
     finally:
         scp.stop(grace=5)
 
@@ -164,7 +164,7 @@ def stage(
     live_server: Any,
     settings: Any,
     tmp_path: Path,
-    listener: int,
+    listener: Any,
     moto_endpoint: str,
 ) -> Iterator[Callable[[], Stage]]:
     from archive.storage.s3 import shared_clients_clear
@@ -189,6 +189,15 @@ def stage(
     _, admin_token = token_create(
         org=org, name="Documentation admin", scopes=[Scope.ADMIN.value], actor=Actor.system("tests")
     )
+    scp, port = listener
+
+    def settle() -> None:
+        deadline = time.monotonic() + 60
+        while scp.associations and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert scp.wait_indexed(60), "the listener is still indexing"
+        assert scp.activity.wait_written(30), "the listener is still recording"
+
     receiver = Receiver()
     workdir = tmp_path / "examples"
     workdir.mkdir()
@@ -201,8 +210,8 @@ def stage(
             env=environment_for(token, admin_token, url),
             replacements=[
                 ("http://localhost:8000", url),
-                ("localhost 11112", f"127.0.0.1 {listener}"),
-                ('"localhost", 11112', f'"127.0.0.1", {listener}'),
+                ("localhost 11112", f"127.0.0.1 {port}"),
+                ('"localhost", 11112', f'"127.0.0.1", {port}'),
                 ("https://integrations.your-hospital.org/strata", receiver.url),
                 ("https://s3.eu-west-1.amazonaws.com", moto_endpoint),
                 ("https://s3.eu-central-1.amazonaws.com", moto_endpoint),
@@ -212,6 +221,7 @@ def stage(
                     f'"host": "127.0.0.1", "port": {workstation}',
                 ),
             ],
+            settle=settle,
             folders={"STMARY_PACS": tmp_path / "pacs", "WS-7": tmp_path / "ws7"},
             assignments={
                 "TOKEN": token,
@@ -245,17 +255,21 @@ def buckets(endpoint: str) -> None:
 
 
 def invoiced_month(org: Organization) -> None:
-    """A month already invoiced, as the demo's year of usage has after ``make run``: some images
-    received last month, rolled up and finalized (``seed_demo`` alone makes the current month)."""
+    """A month already invoiced with a line, as the demo's year of usage has: unless the demo
+    has one, some images received last month, rolled up and the month finalized."""
     from datetime import timedelta
 
     from django.utils import timezone
 
     from billing.metering import record_usage
+    from billing.models import Invoice
     from billing.periods import month_start
     from billing.rollups import rollup_run
     from billing.services import invoice_finalize
 
+    newest = Invoice.objects.for_org(org).order_by("-id").first()
+    if newest is not None and newest.lines.exists():
+        return  # the demo has its months invoiced already
     last_month = month_start(month_start(timezone.now()) - timedelta(days=1))
     record_usage(
         org=org,
@@ -279,9 +293,22 @@ def moved_and_committed(outcomes: list[Outcome], stage: Stage) -> list[str]:
     return problems
 
 
+def echoed_and_stored(outcomes: list[Outcome], stage: Stage) -> list[str]:
+    """The destination's test reached the PACS; storescu's image was stored."""
+    problems = []
+    echo = next(o for o in outcomes if "/echo/" in o.block.text)
+    if '"last_echo_ok":true' not in echo.output.replace(" ", ""):
+        problems.append(f"the C-ECHO test of the destination failed\n{echo.output}")
+    store = next(o for o in outcomes if "storescu" in o.block.text)
+    if store.code != 0:
+        problems.append(f"storescu failed\n{store.output}")
+    return problems
+
+
 # What the examples of a page must have done besides answering 2xx and exiting 0.
 AFTERWARDS: dict[str, Callable[[list[Outcome], Stage], list[str]]] = {
     "docs/dicom-conformance.md": moved_and_committed,
+    "docs/images.md": echoed_and_stored,
 }
 
 
