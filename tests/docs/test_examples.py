@@ -314,11 +314,15 @@ AFTERWARDS: dict[str, Callable[[list[Outcome], Stage], list[str]]] = {
 
 def archived_ct_study(org: Organization) -> None:
     """A CT study whose images are in the archive tier, as a year unread leaves one under the
-    demo's policy: the oldest CT study moved as the tiering workers move images."""
+    demo's policy: unless the demo has one, its oldest CT study moved as the tiering workers
+    move images."""
     from archive.models import Instance, Study
     from archive.tiering.moves import move_request, moves_execute
 
-    study = Study.objects.for_org(org).filter(modalities__contains="CT").order_by("study_date")[0]
+    ct = Study.objects.for_org(org).filter(modalities__contains="CT")
+    if ct.filter(bytes_archive__gt=0).exists():
+        return  # the demo's policy archived one already
+    study = ct.order_by("study_date")[0]
     moves = [
         move_request(org=org, instance=instance, to_tier="archive").pk
         for instance in Instance.objects.for_org(org).filter(series__study=study)
