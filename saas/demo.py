@@ -20,6 +20,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -47,6 +49,24 @@ AGREEMENT_MONTHS_BACK = 5
 # evaluates it once a week, on Sunday night at 02:10 UTC, which moves each study within a week of
 # when the beat would (and takes a seventh of the time).
 POLICY_RUN = timedelta(hours=2, minutes=10)
+
+
+# What the services log at INFO for each of the year's runs: a year of it would bury the demo's
+# own summary (``make run`` prints it).
+QUIET_LOGGERS = ("archive.tiering.moves", "archive.tiering.planning", "billing.rollups")
+
+
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @dataclass
@@ -164,10 +184,11 @@ def demo_year(
         # a crash would lose the last commits, and the demo is seeded again from scratch).
         with connection.cursor() as cursor:
             cursor.execute("PRAGMA synchronous=NORMAL")
-    while events:
-        when, _, what, which = heapq.heappop(events)
-        with time_machine.travel(when, tick=False):
-            _step(org, when, what, which, counts)
+    with _quiet(QUIET_LOGGERS):
+        while events:
+            when, _, what, which = heapq.heappop(events)
+            with time_machine.travel(when, tick=False):
+                _step(org, when, what, which, counts)
     # Rows up to now rolled up, with the real clock: the draft and the charts are current.
     rollups.rollup_run()
     result = DemoYear(
