@@ -11,8 +11,8 @@ images:
   are sent as they are acquired.
 - Reads: per modality, a decaying re-read pattern: nearly every study is read in its first
   days; follow-ups weeks later; priors months later; mammography comes back for the yearly
-  comparison. A read of a study that sits in the archive tier would need a restore: the demo's
-  readers do without it.
+  comparison. A read of a study in the archive tier starts its restore, as a WADO-RS retrieve
+  does, and the reader reads it once the restored copy is ready.
 - Policy (active from go-live): studies over a year old and unread for 90 days go to the
   archive tier, CT and MR unread for 90 days to cold, anything unread for 30 days to warm.
 
@@ -32,8 +32,9 @@ from pydicom.uid import generate_uid
 from archive.index.services import access_record
 from archive.ingest.pipeline import instances_ingest, spool_chunks
 from archive.locations.selectors import location_primary
-from archive.models import AccessEvent, PolicyVersion, Study, TierMove
+from archive.models import AccessEvent, Instance, PolicyVersion, RestoreRequest, Study, TierMove
 from archive.policies.versions import policy_active, policy_save
+from archive.restores.services import restore_check, restore_for_read
 from archive.storage import store_for
 from archive.synthetic import make_instance, study_spec, to_bytes
 from archive.tiering.moves import moves_execute
@@ -201,21 +202,33 @@ def study_ingest(*, org: Organization, study: PlannedStudy) -> int:
     return int(study_id)
 
 
-def study_read(*, org: Organization, study_id: int, reader: str) -> bool:
-    """A reader retrieves the whole study (access log, egress, last-accessed times), unless part
-    of it sits in the archive tier, which needs a restore first: then nothing is read."""
+def study_read(*, org: Organization, study_id: int, reader: str) -> str:
+    """A reader retrieves the whole study: the access log, egress and last-accessed times
+    ("read"). Part of it in the archive tier, without a readable restored copy: the read asks for
+    a restore, as a WADO-RS retrieve does, and the reader comes back when it is ready
+    ("restoring")."""
     study = Study.objects.for_org(org).get(pk=study_id)
-    if study.bytes_archive:
-        return False
+    instances = list(Instance.objects.for_org(org).filter(study=study))
+    actor = Actor.system(reader)
+    if restore_for_read(org=org, instances=instances, actor=actor) is not None:
+        return "restoring"
     access_record(
         org=org,
         study=study,
         kind=AccessEvent.Kind.RETRIEVE,
-        actor=Actor.system(reader),
+        actor=actor,
         bytes_read=study.total_bytes,
         instances=study.instance_count,
     )
-    return True
+    return "read"
+
+
+def restores_check(*, org: Organization) -> None:
+    """What the beat's restore poll does: ask the store about every open restore."""
+    for restore in RestoreRequest.objects.for_org(org).filter(
+        state=RestoreRequest.State.IN_PROGRESS
+    ):
+        restore_check(org=org, restore=restore, limit=10_000)
 
 
 def policy_initial(org: Organization) -> int | None:

@@ -1,7 +1,8 @@
 """The demo hospital's year on Strata, replayed through the product's own services.
 
 One story told once: the studies of ``archive.demo``'s plan reach the archive through the ingest
-pipeline, readers retrieve them, the archive policy moves them between tiers every week,
+pipeline, readers retrieve them, the archive policy moves them between tiers every week, a read of an archived study waits
+for its restore,
 billing rolls the metering up and finalizes each month's invoice after its grace days, and the
 hospital changes price plan once. Each step runs with the clock set to the moment it describes
 (``time_machine``), so the index, the objects in the store, the storage ledger, the usage
@@ -34,6 +35,7 @@ from django.utils import timezone
 
 from archive import demo as images
 from archive.models import Study
+from archive.storage.tiers import TIER_CATALOG
 from billing import rollups, services
 from billing.models import PricePlan, RollupMark, Subscription
 from billing.periods import month_start, next_month
@@ -49,6 +51,9 @@ AGREEMENT_MONTHS_BACK = 5
 # evaluates it once a week, on Sunday night at 02:10 UTC, which moves each study within a week of
 # when the beat would (and takes a seventh of the time).
 POLICY_RUN = timedelta(hours=2, minutes=10)
+# An archive-tier restore is ready after the tier's typical time (Deep Archive: 12 hours), a
+# little more here so that the filesystem store's own delay has passed too.
+RESTORE_HOURS = TIER_CATALOG["archive"].restore_hours + 1
 
 
 # What the services log at INFO for each of the year's runs: a year of it would bury the demo's
@@ -75,6 +80,7 @@ class DemoYear:
     studies: int
     imported: int
     reads: int
+    restores: int
     moved: int
     invoices: int
     seconds: float
@@ -142,10 +148,10 @@ def demo_year(
     began = time.perf_counter()
     now = now or timezone.now()
     if Study.objects.for_org(org).exists():
-        return DemoYear(images.go_live_for(now), 0, 0, 0, 0, 0, 0.0, skipped=True)
+        return DemoYear(images.go_live_for(now), 0, 0, 0, 0, 0, 0, 0.0, skipped=True)
     plan = images.history_plan(studies=studies, seed=seed, now=now)
     go_live = plan.go_live
-    counts = {"reads": 0, "moved": 0, "invoices": 0}
+    counts = {"reads": 0, "restores": 0, "moved": 0, "invoices": 0, "later": 0}
     events: list[tuple[datetime, int, str, Any]] = []  # (when, order, what, which)
 
     def at(when: datetime, what: str, which: Any = None) -> None:
@@ -188,7 +194,13 @@ def demo_year(
         while events:
             when, _, what, which = heapq.heappop(events)
             with time_machine.travel(when, tick=False):
-                _step(org, when, what, which, counts)
+                later = _step(org, when, what, which, counts)
+            for then, what_then, which_then in later:
+                if then < now:
+                    heapq.heappush(
+                        events, (then, len(events) + counts["later"], what_then, which_then)
+                    )
+                    counts["later"] += 1
     # Rows up to now rolled up, with the real clock: the draft and the charts are current.
     rollups.rollup_run()
     result = DemoYear(
@@ -196,6 +208,7 @@ def demo_year(
         studies=len(plan.studies),
         imported=sum(1 for s in plan.studies if s.imported),
         reads=counts["reads"],
+        restores=counts["restores"],
         moved=counts["moved"],
         invoices=counts["invoices"],
         seconds=time.perf_counter() - began,
@@ -204,15 +217,26 @@ def demo_year(
     return result
 
 
-def _step(org: Organization, when: datetime, what: str, which: Any, counts: dict[str, int]) -> None:
+def _step(
+    org: Organization, when: datetime, what: str, which: Any, counts: dict[str, int]
+) -> list[tuple[datetime, str, Any]]:
+    """Run one event at its time; the events it leads to later."""
     if what == "ingest":
         images.study_ingest(org=org, study=which)
     elif what == "read":
         study, reader = which
-        if study.study_id is not None and images.study_read(
-            org=org, study_id=study.study_id, reader=reader
-        ):
+        if study.study_id is None:
+            return []
+        outcome = images.study_read(org=org, study_id=study.study_id, reader=reader)
+        if outcome == "read":
             counts["reads"] += 1
+        elif outcome == "restoring":
+            # The restore poll finds the copy ready; the reader comes back an hour later.
+            counts["restores"] += 1
+            ready = when + timedelta(hours=RESTORE_HOURS)
+            return [(ready, "restores", None), (ready + timedelta(hours=1), "read", which)]
+    elif what == "restores":
+        images.restores_check(org=org)
     elif what == "tiering":
         counts["moved"] += images.policy_run(org=org, now=when)
     elif what == "policy":
@@ -233,3 +257,4 @@ def _step(org: Organization, when: datetime, what: str, which: Any, counts: dict
     elif what == "finalize":
         rollups.rollup_run(now=when)
         counts["invoices"] += len(services.invoices_finalize_due(org=org, now=when))
+    return []

@@ -14,7 +14,14 @@ from django.db.models import Sum
 from archive.analytics.curve import access_curve
 from archive.analytics.simulator import simulate
 from archive.demo import INITIAL_POLICY, go_live_for
-from archive.models import AccessEvent, ArchiveSettings, Instance, Study, TierMove
+from archive.models import (
+    AccessEvent,
+    ArchiveSettings,
+    Instance,
+    RestoreRequest,
+    Study,
+    TierMove,
+)
 from billing.metering import storage_balances
 from billing.models import Invoice, Rollup, Subscription, UsageEvent
 from billing.periods import month_start
@@ -66,6 +73,12 @@ def _every_row_carries_the_time_it_describes(org: Organization, year: DemoYear) 
 def _reads_are_the_access_log_and_the_egress(org: Organization, year: DemoYear) -> None:
     reads = AccessEvent.objects.for_org(org)
     assert reads.count() == year.reads > 0
+    # Reads of archived priors waited for their restores, which were metered.
+    restores = RestoreRequest.objects.for_org(org)
+    assert restores.count() == year.restores
+    if year.restores:
+        assert restores.filter(state=RestoreRequest.State.READY).exists()
+        assert UsageEvent.objects.for_org(org).filter(meter="restore.bytes").exists()
     egress = UsageEvent.objects.for_org(org).filter(meter="egress.bytes")
     assert egress.aggregate(s=Sum("quantity"))["s"] == reads.aggregate(s=Sum("bytes"))["s"]
     curve = access_curve(org=org)

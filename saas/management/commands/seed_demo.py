@@ -118,6 +118,7 @@ class Command(BaseCommand):
                 + (
                     f"Its year on Strata (since {year.go_live:%d %B %Y}): {year.studies} studies "
                     f"({year.imported} imported from the old PACS), {year.reads} reads, "
+                    f"{year.restores} restores, "
                     f"{year.moved} instances moved by the archive policy, {year.invoices} "
                     f"invoices; replayed in {year.seconds:.0f} s.\n"
                     if not year.skipped
