@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,9 @@ def _manage(argv: list[str]) -> dict[str, object]:
     except CommandError as exc:
         err.write(f"CommandError: {exc}\n")
         code = exc.returncode or 1
+    except Exception:  # the example fails with the traceback, as manage.py would
+        err.write(traceback.format_exc())
+        code = 1
     return {"stdout": out.getvalue(), "stderr": err.getvalue(), "code": code}
 
 

@@ -17,8 +17,10 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -383,3 +385,74 @@ def test_examples_of_the_page_run_against_the_demo(
             + ")"
         )
     assert not failures, "\n\n".join(failures)
+
+
+# --- the harness itself ------------------------------------------------------------------------
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """``/200``, ``/201``, ``/404``: answers with that status."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        status = int(self.path.strip("/") or 200)
+        body = b'{"id": 7}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def answers() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _outcome(text: str, url: str, workdir: Path) -> Outcome:
+    block = docs.Block(path=workdir / "page.md", line=1, lang="sh", text=text, marker=None)
+    return run(block, Stage(workdir=workdir, env={}, replacements=[("http://localhost:8000", url)]))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_the_harness_fails_a_request_that_is_not_2xx_or_not_the_status_written(
+    answers: str, tmp_path: Path
+) -> None:
+    passed = _outcome(
+        "curl http://localhost:8000/200\ncurl http://localhost:8000/201  # 201\n", answers, tmp_path
+    )
+    assert check(passed) == []
+    assert [(c.status, c.method) for c in passed.calls] == [(200, "GET"), (201, "GET")]
+
+    not_found = _outcome("curl http://localhost:8000/404\necho after\n", answers, tmp_path)
+    assert not_found.code != 0 and "after" not in not_found.output
+    assert "HTTP 404" in check(not_found)[0]
+
+    piped = _outcome(
+        "ID=$(curl -s http://localhost:8000/404 | cat)\necho after\n", answers, tmp_path
+    )
+    assert piped.code != 0 and "after" not in piped.output
+
+    wrong = _outcome("curl http://localhost:8000/200   # 201: created\n", answers, tmp_path)
+    assert wrong.code == 0
+    assert "answered 200, the example says 201" in check(wrong)[0]
+
+    below = _outcome("curl http://localhost:8000/201\n# 200 {...}\n", answers, tmp_path)
+    assert "answered 201, the example says 200" in check(below)[0]
+
+
+def test_manage_py_in_an_example_runs_in_the_test_process(tmp_path: Path) -> None:
+    ok = _outcome(".venv/bin/python manage.py check --fail-level ERROR\n", "", tmp_path)
+    assert ok.code == 0, ok.report()
+    assert "System check identified" in ok.output
+    unknown = _outcome(".venv/bin/python manage.py no_such_command\necho after\n", "", tmp_path)
+    assert unknown.code != 0 and "after" not in unknown.output
