@@ -11,7 +11,8 @@ same program.
 
 Every other block is left alone by its language: JSON and plain blocks are illustrations, a
 Python block without a client is library code to read. A block in a shell-like language that is
-not one of the two above (```shell, ```console, ...) is an error: it would be skipped silently.
+not one of the two above (```shell, ```console, ...), or a block without a language that holds
+commands (curl, manage.py, dcmtk's tools, make), is an error: it would be skipped silently.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ CONTINUES = re.compile(r"^\s*<!--\s*example:\s*continues\b.*-->\s*$")
 SHELL = {"sh", "bash"}
 SHELL_LIKE = {"shell", "console", "zsh", "shell-session", "terminal", "ksh"}
 CLIENT = re.compile(r"\b(dicomweb_client|DICOMwebClient|pynetdicom)\b")
+# A command line in a block without a language: a shell block that lost its label.
+COMMAND = re.compile(
+    r"^\s*(\$\s+)?(curl|\S*python3?\s+manage\.py|manage\.py|findscu|movescu|getscu|storescu|"
+    r"echoscu|make)\s",
+    re.M,
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,15 @@ def problems(blocks: list[Block]) -> list[str]:
             out.append(
                 f"{block.name}: a ```{block.lang} block is neither run nor marked: write it as "
                 "```sh, or put <!-- example: not run (why) --> on the line before its fence"
+            )
+        if (
+            block.lang in ("", "text", "plain")
+            and block.marker is None
+            and COMMAND.search(block.text)
+        ):
+            out.append(
+                f"{block.name}: commands in a block without a language are neither run nor "
+                "marked: write it as ```sh, or put <!-- example: not run (why) --> before it"
             )
         if block.marker is not None and not block.marker.strip():
             out.append(f"{block.name}: a 'not run' marker needs its reason")

@@ -77,7 +77,8 @@ def test_a_new_shell_block_is_run_and_a_marker_skips_it(tmp_path: Path) -> None:
         "Intro\n\n```sh\ncurl $API/organization/\n```\n\n"
         "<!-- example: not run (needs the hospital's VPN) -->\n```bash\nssh pacs\n```\n\n"
         "```console\n$ make run\n```\n\n```python\nfrom pynetdicom import AE\n```\n\n"
-        "```python\ndef verify(): ...\n```\n\n```json\n{}\n```\n"
+        "```python\ndef verify(): ...\n```\n\n```json\n{}\n```\n\n"
+        "```\ncurl $API/tokens/\n```\n\n```\nsaas/    settings\n```\n"
     )
     found = docs.blocks_of(page)
     assert [(b.lang, b.kind) for b in found] == [
@@ -87,9 +88,14 @@ def test_a_new_shell_block_is_run_and_a_marker_skips_it(tmp_path: Path) -> None:
         ("python", "python"),
         ("python", "other"),
         ("json", "other"),
+        ("", "other"),
+        ("", "other"),
     ]
     assert found[1].marker == "needs the hospital's VPN"
-    assert len(docs.problems(found)) == 1 and "```console" in docs.problems(found)[0]
+    problems = docs.problems(found)
+    assert len(problems) == 2
+    assert "```console" in problems[0]
+    assert "page.md:28: commands in a block without a language" in problems[1]
 
 
 # --- the stage: live server, demo, listener, stand-ins -------------------------------------------
