@@ -313,10 +313,20 @@ def echoed_and_stored(outcomes: list[Outcome], stage: Stage) -> list[str]:
     return problems
 
 
+def prefetch_started(outcomes: list[Outcome], stage: Stage) -> list[str]:
+    """The order restored the patient's archived prior, as the answer shown below it says."""
+    order = next(o for o in outcomes if "/prefetch/" in o.block.text)
+    answer = order.output.replace(" ", "")
+    if '"status":"started"' not in answer or '"origin":"prefetch"' not in answer:
+        return [f"the prefetch order started no restore\n{order.output}"]
+    return []
+
+
 # What the examples of a page must have done besides answering 2xx and exiting 0.
 AFTERWARDS: dict[str, Callable[[list[Outcome], Stage], list[str]]] = {
     "docs/dicom-conformance.md": moved_and_committed,
     "docs/images.md": echoed_and_stored,
+    "docs/policies-and-tiers.md": prefetch_started,
 }
 
 
