@@ -1,8 +1,9 @@
 """Month-end forecast: storage carried forward at its current level, other meters on their trend.
 
-For the month containing ``now``: storage byte-seconds so far plus the current balance per tier
-times the hours left; every other meter's month-to-date quantity scaled by total hours / elapsed
-hours (its average hourly rate so far). The projection is priced exactly like an invoice.
+For the month containing ``now``: storage byte-seconds so far plus the balance per tier now
+(``billing.selectors.stored_bytes_now``, what "Stored now" shows) times the hours left; every other
+meter's month-to-date quantity scaled by total hours / elapsed hours (its average hourly rate so
+far). The projection is priced exactly like an invoice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from billing.invoicing import DraftLine, usage_lines
 from billing.meters import STORAGE
 from billing.periods import hours_between, month_bounds
 from billing.rollups import HOUR, floor_hour
-from billing.selectors import storage_balance_now, usage_totals
+from billing.selectors import stored_bytes_now, usage_totals
 from tenants.models import Organization
 
 
@@ -58,7 +59,9 @@ class Forecast:
 def forecast_month(*, org: Organization, now: datetime) -> Forecast:
     start, end = month_bounds(now)
     as_of = min(max(floor_hour(now), start), end)
-    balances = storage_balance_now(org=org)
+    # Storage at its level now, as "Stored now" and the archive index say it, including what was
+    # stored or moved since the last complete hour (the actual lines stop at that hour).
+    balances = stored_bytes_now(org=org, now=now)
 
     def projected_totals(seg_start: datetime, seg_end: datetime) -> dict[tuple[str, str], int]:
         so_far = usage_totals(org=org, start=seg_start, end=min(seg_end, as_of))

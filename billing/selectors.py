@@ -125,8 +125,8 @@ def stored_bytes_now(*, org: Organization, now: datetime) -> dict[str, int]:
 
 
 def storage_balance_now(*, org: Organization) -> dict[str, int]:
-    """Bytes per tier at the end of the last rolled-up hour (where the forecast carries storage
-    forward from; what pages show as stored now is ``stored_bytes_now``)."""
+    """Bytes per tier at the end of the last rolled-up hour (what pages show as stored now, and
+    what the forecast carries forward, is ``stored_bytes_now``: the balance at this moment)."""
     latest = (
         Rollup.objects.for_org(org)
         .filter(meter="storage")

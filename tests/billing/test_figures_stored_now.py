@@ -10,11 +10,13 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from billing.forecast import forecast_month
 from billing.metering import storage_delta
 from billing.meters import DERIVED_STORAGE, GIB, STORAGE
 from billing.models import StorageDelta
+from billing.periods import hours_between, month_bounds
 from billing.rollups import rollup_run
-from billing.selectors import storage_balance_now, stored_bytes_now
+from billing.selectors import storage_balance_now, stored_bytes_now, usage_totals
 from tenants.labels import bytes_label
 from tenants.models import Membership, Organization
 from tests.billing.figures import (
@@ -74,7 +76,7 @@ def test_stored_now_and_the_charts_last_point_include_bytes_stored_within_the_ho
     storage_delta(
         org=org, tier="hot", delta_bytes=GIB, at=fixed_now + timedelta(hours=2), idempotency_key="e"
     )
-    assert storage_balance_now(org=org) == {"hot": 5 * GIB}  # the forecast's starting point
+    assert storage_balance_now(org=org) == {"hot": 5 * GIB}  # the last complete hour's
     assert stored_bytes_now(org=org, now=fixed_now) == {"hot": 8 * GIB, "cold": 2 * GIB}
 
     doc = _billing_page(owner, org)
@@ -170,3 +172,25 @@ def test_stored_bytes_now_is_the_whole_ledgers_balance_whatever_was_rolled_up(
     earlier = fixed_now - 2 * day
     assert stored_bytes_now(org=org, now=earlier) == _ledger_now(org, earlier)
     assert stored_bytes_now(org=org, now=fixed_now - 4 * day) == {}
+
+
+def test_the_forecast_carries_forward_what_is_stored_now(
+    fixed_now: datetime, org: Organization
+) -> None:
+    """ "Storage at today's level": the level now, bytes stored within the hour included, as the
+    archive index and "Stored now" count them; not the last complete hour's."""
+    storage_delta(
+        org=org,
+        tier="hot",
+        delta_bytes=5 * GIB,
+        at=fixed_now - timedelta(days=2),
+        idempotency_key="a",
+    )
+    rollup_run(now=fixed_now)
+    storage_delta(org=org, tier="hot", delta_bytes=3 * GIB, at=fixed_now, idempotency_key="b")
+    forecast = forecast_month(org=org, now=fixed_now)
+    start, end = month_bounds(fixed_now)
+    so_far = usage_totals(org=org, start=start, end=forecast.as_of)[(STORAGE, "tier=hot")]
+    left = hours_between(start, end) - hours_between(start, forecast.as_of)
+    (line,) = [ln for ln in forecast.projected if ln.meter == STORAGE]
+    assert line.base_quantity == so_far + 8 * GIB * left * 3600
