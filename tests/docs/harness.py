@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -76,6 +77,7 @@ class Stage:
     # Waits until the DICOM listener has indexed and recorded what an example sent (SQLite in
     # memory is shared between the threads: a write still going on would lock the next request).
     settle: Callable[[], None] = lambda: None
+    receiver: Any = None  # the webhook receiver (tests.conftest.Receiver)
 
 
 @dataclass

@@ -230,6 +230,7 @@ def stage(
                 ),
             ],
             settle=settle,
+            receiver=receiver,
             folders={"STMARY_PACS": tmp_path / "pacs", "WS-7": tmp_path / "ws7"},
             assignments={
                 "TOKEN": token,
@@ -322,10 +323,40 @@ def prefetch_started(outcomes: list[Outcome], stage: Stage) -> list[str]:
     return []
 
 
+def delivered_and_verified(outcomes: list[Outcome], stage: Stage) -> list[str]:
+    """The test event reaches the receiver (sent as a webhooks worker sends it), and the page's
+    own ``verify`` accepts its signature with the endpoint's secret."""
+    from tenants import webhooks
+    from tenants.models import WebhookDelivery, WebhookEndpoint
+
+    org = Organization.objects.get(slug=DEMO_SLUG)
+    pending = WebhookDelivery.objects.filter(organization=org, event__type="webhook.test")
+    for delivery in pending:
+        webhooks.delivery_attempt(org_id=org.pk, delivery_id=delivery.pk)
+    received = [
+        r for r in stage.receiver.requests if r["headers"].get("strata-event") == "webhook.test"
+    ]
+    if not received:
+        return ["the webhook.test event of the example never reached the receiver"]
+    receiver_code = next(
+        b.text
+        for b in docs.blocks_of(docs.ROOT / "docs/organizations-and-api.md")
+        if "def verify" in b.text
+    )
+    namespace: dict[str, Any] = {}
+    exec(receiver_code, namespace)  # noqa: S102 - the documentation's own receiver code
+    secret = WebhookEndpoint.objects.get(organization=org, url=stage.receiver.url).secret
+    request = received[0]
+    if not namespace["verify"](secret, request["headers"]["strata-signature"], request["body"]):
+        return ["the page's verify() refused the signature of a real delivery"]
+    return []
+
+
 # What the examples of a page must have done besides answering 2xx and exiting 0.
 AFTERWARDS: dict[str, Callable[[list[Outcome], Stage], list[str]]] = {
     "docs/dicom-conformance.md": moved_and_committed,
     "docs/images.md": echoed_and_stored,
+    "docs/organizations-and-api.md": delivered_and_verified,
     "docs/policies-and-tiers.md": prefetch_started,
 }
 
