@@ -497,6 +497,7 @@ def test_the_harness_fails_a_request_that_is_not_2xx_or_not_the_status_written(
     assert "answered 201, the example says 200" in check(below)[0]
 
 
+@pytest.mark.django_db
 def test_manage_py_in_an_example_runs_in_the_test_process(tmp_path: Path) -> None:
     ok = _outcome(".venv/bin/python manage.py check --fail-level ERROR\n", "", tmp_path)
     assert ok.code == 0, ok.report()
