@@ -164,3 +164,27 @@ def chart_last_point(chart: Element) -> dict[str, str]:
     out = {t: last.get(t.capitalize(), bytes_label(0)) for t in TIERS}
     out[TOTAL] = last.get("Total") or next(iter(last.values()))
     return out
+
+
+def form_fields(form: Element) -> dict[str, str]:
+    """What a browser submits of ``form`` without a button: text and hidden inputs, checked
+    boxes, each select's chosen option and each textarea's text."""
+    fields: dict[str, str] = {}
+    for el in form.iter():
+        name = el.attrs.get("name")
+        if not name:
+            continue
+        if el.tag == "input":
+            kind = el.attrs.get("type", "text")
+            if kind in ("submit", "button", "image", "reset", "file"):
+                continue
+            if kind in ("checkbox", "radio") and "checked" not in el.attrs:
+                continue
+            fields[name] = el.attrs.get("value", "on" if kind == "checkbox" else "")
+        elif el.tag == "select":
+            options = el.find_all("option")
+            chosen = [o for o in options if "selected" in o.attrs] or options[:1]
+            fields[name] = chosen[0].attrs.get("value", chosen[0].text) if chosen else ""
+        elif el.tag == "textarea":
+            fields[name] = "".join(c for c in el.children if isinstance(c, str)).strip("\n")
+    return fields

@@ -64,6 +64,7 @@ from tests.billing.figures import (
     chart_last_point,
     chart_table,
     definition,
+    form_fields,
     page,
     tier_figures,
 )
@@ -75,6 +76,7 @@ PRICED_UP = "prices x10,000"
 PASSES = (AS_SEEDED, PRICED_UP)
 PRICE_FACTOR = 10_000
 ACTIVE = SCENARIO_LABELS["active"]
+CANDIDATE = SCENARIO_LABELS["candidate"]
 
 # The tests read what the module's fixture collected; the mark makes the session set the test
 # database up (pytest-django creates it only for the aliases marked tests use).
@@ -202,6 +204,26 @@ def _analytics_page(client: Client, shown: Shown) -> None:
     )
 
 
+def _policy_preview(client: Client, shown: Shown) -> None:
+    """The policy editor opens on the active policy; previewing it unchanged shows the simulator
+    with the active policy and the candidate (the same rules): the same first month."""
+    url = f"/o/{SLUG}/archive/policies/"
+    response = client.get(url)
+    assert response.status_code == 200
+    doc = page(response.content)
+    form = next(
+        f for f in doc.find_all("form") if f.find_all("button", name="intent", value="preview")
+    )
+    preview = client.post(url, {**form_fields(form), "intent": "preview"})
+    assert preview.status_code == 200, preview.content[:2000]
+    simulation = page(preview.content).by_id("simulation")
+    head, rows = chart_table(simulation)
+    for label in (ACTIVE, CANDIDATE):
+        shown.simulator_first_month[f"policy editor preview, {label.lower()}"] = rows[0][
+            1 + head.index(label)
+        ]
+
+
 def _api(org: Organization, shown: Shown) -> None:
     _, secret = token_create(
         org=org, name="figures", scopes=[s.value for s in Scope], actor=Actor.system("tests")
@@ -315,6 +337,7 @@ def seen(
             _budget_page(client, figures)
             _draft_page(client, figures)
             _analytics_page(client, figures)
+            _policy_preview(client, figures)
             _api(org, figures)
         transaction.set_rollback(True)
     for alias in caches:
@@ -461,8 +484,11 @@ def test_the_forecast_is_the_same_on_every_page(shown: Shown) -> None:
 
 
 def test_the_simulators_first_month_is_the_same_on_the_page_and_in_the_api(shown: Shown) -> None:
-    """The page shows the month as billed (to the cent), or to 4 decimals when that is 0.00: it
-    rounds to the cent to the API's ``total``."""
+    """The access analytics page (the chart's point and data table) and the policy editor's
+    preview of the active policy unchanged (the active and the candidate scenario) show the month
+    as billed (to the cent), or to 4 decimals when that is 0.00: it rounds to the cent to the
+    API's ``total``."""
+    assert len(shown.simulator_first_month) == 4, shown.simulator_first_month
     shown_text = _one_value(
         {place: text.removesuffix(" USD") for place, text in shown.simulator_first_month.items()}
     )
