@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,13 @@ def _p(name: str, *perms: str, **kw: Any) -> Page:
 READ, WRITE, STORAGE = Perm.IMAGES_READ, Perm.IMAGES_WRITE, Perm.STORAGE_MANAGE
 INVOICES, WEBHOOKS = Perm.INVOICES_VIEW, Perm.WEBHOOKS_MANAGE
 
+# The usage report of last month and this one so far, a row per tier and day (its widest form).
+_TODAY = date.today()
+USAGE_REPORT = (
+    f"?start={(_TODAY.replace(day=1) - timedelta(days=1)).replace(day=1)}&end={_TODAY}"
+    "&group_by=tier&group_by=day&format=html"
+)
+
 PAGES: list[Page] = [
     _p("portal-home", org=False),
     _p("portal-dashboard"),
@@ -174,6 +181,7 @@ PAGES: list[Page] = [
     _p("portal-billing-invoice-line", INVOICES, args=lambda d: [d.invoice, 1]),
     _p("portal-billing-plan", INVOICES),
     _p("portal-billing-usage", INVOICES),
+    _p("portal-billing-usage", INVOICES, query=USAGE_REPORT, variant="report"),
     _p("portal-billing-budget", Perm.BILLING_MANAGE),
     # The organization: members, tokens, CORS origins, webhooks, audit log.
     _p("portal-members", Perm.MEMBERS_VIEW),
@@ -324,6 +332,17 @@ LAYOUT_PROBLEMS = r"""
       }
     }
   }
+  // Neighbouring x-axis labels of a chart must not run into each other.
+  for (const axis of main.querySelectorAll("svg g.axis-x")) {
+    if (!shown(axis)) continue;
+    const boxes = [...axis.querySelectorAll("text")].map((t) => [t.textContent, t.getBBox()])
+      .filter(([, b]) => b.width > 0).sort((a, b) => a[1].x - b[1].x);
+    for (let i = 1; i < boxes.length; i++) {
+      const [left, a] = boxes[i - 1];
+      const [right, b] = boxes[i];
+      if (a.x + a.width + 2 > b.x) problems.push(`chart labels touch: "${left}" and "${right}"`);
+    }
+  }
   const vw = document.documentElement.clientWidth;
   if (document.documentElement.scrollWidth > vw + 1) {
     problems.push(`the page scrolls sideways: ${document.documentElement.scrollWidth}px > ${vw}px`);
@@ -395,21 +414,32 @@ def _demo_extras(org: Organization) -> Demo:
     actor = Actor.system("manage.py seed_demo")
     demo = Demo()
     owner = get_user_model().objects.get(email=DEMO_EMAIL)
-    studies = list(Study.objects.for_org(org).filter(instance_count__gt=0).order_by("pk"))
-    assert len(studies) >= 4, "seed_demo made fewer studies than the walk needs"
-    shown, archived, trashed, held = studies[0], studies[1], studies[-1], studies[-2]
+    studies = list(
+        Study.objects.for_org(org)
+        .filter(instance_count__gt=0, trashed_at__isnull=True, legal_hold=False)
+        .order_by("pk")
+    )
+    in_archive = set(
+        Instance.objects.for_org(org).filter(tier="archive").values_list("study_id", flat=True)
+    )
+    readable = [s for s in studies if s.pk not in in_archive]
+    archived_ones = [s for s in studies if s.pk in in_archive]
+    assert len(readable) >= 3 + (not archived_ones), "seed_demo made fewer studies than needed"
+    # A study the viewer shows; one in the archive tier (the seed's, else one moved there here),
+    # part of it being restored; one in the trash and one under legal hold.
+    shown, trashed, held = readable[0], readable[-1], readable[-2]
+    archived = archived_ones[0] if archived_ones else readable[1]
     demo.study = shown.pk
     first = Series.objects.filter(study=shown).order_by("series_number", "pk").first()
     assert first is not None
     demo.series = first.pk
-
-    # A study in the archive tier, half of it being restored.
     instances = list(Instance.objects.for_org(org).filter(study=archived).order_by("pk"))
     for instance in instances:
-        to_tier(instance, "archive")
+        if instance.tier != "archive":
+            to_tier(instance, "archive")
     restore = restore_for_read(
         org=org, instances=instances[: max(1, len(instances) // 2)], actor=actor
-    )
+    ) or (RestoreRequest.objects.filter(organization=org).order_by("-pk").first())
     assert restore is not None
     demo.restore = restore.pk
     demo.archived_study = archived.pk
@@ -428,6 +458,7 @@ def _demo_extras(org: Organization) -> Demo:
         received=3,
         stored=2,
         failed=1,
+        total_bytes=3 * 2**20,
         bytes_received=3 * 2**20,
         bytes_stored=2 * 2**20,
         created_by=owner,
@@ -555,7 +586,6 @@ def _demo_extras(org: Organization) -> Demo:
     demo.event = audit.pk
     assert PolicyVersion.objects.filter(organization=org).exists()
     rollup_run(now=datetime.now(UTC))  # the month's usage on the draft, line by line
-    assert RestoreRequest.objects.get(pk=demo.restore).state == RestoreRequest.State.IN_PROGRESS
     return demo
 
 
