@@ -490,8 +490,10 @@ def _demo_extras(org: Organization) -> Demo:
         called_ae=ae.ae_title,
         calling_ae="CT-SCANNER-EAST",
         address="2001:db8:85a3::8a2e:370:7334",
+        started_at=datetime.now(UTC) - timedelta(seconds=4),
         ended_at=datetime.now(UTC),
         end=DicomAssociation.End.RELEASED,
+        outcome=DicomOperation.Outcome.FAILURE,
         counts={"store": {"ok": 2, "failed": 1}},
     )
     DicomOperation.objects.create(
