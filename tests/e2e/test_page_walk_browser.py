@@ -343,6 +343,22 @@ LAYOUT_PROBLEMS = r"""
       if (a.x + a.width + 2 > b.x) problems.push(`chart labels touch: "${left}" and "${right}"`);
     }
   }
+  // A select shows its chosen option whole (a text input scrolls its value; a select cannot).
+  for (const select of main.querySelectorAll("select")) {
+    const chosen = select.selectedOptions[0];
+    if (!shown(select) || !chosen) continue;
+    const s = getComputedStyle(select);
+    const probe = document.createElement("span");
+    Object.assign(probe.style, {font: s.font, whiteSpace: "pre", position: "absolute",
+                                visibility: "hidden"});
+    probe.textContent = chosen.textContent;
+    document.body.appendChild(probe);
+    const room = select.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+    if (probe.getBoundingClientRect().width > room + 1) {
+      problems.push(`select cuts its choice: ${label(select).split(" ")[0]} "${chosen.textContent}"`);
+    }
+    probe.remove();
+  }
   const vw = document.documentElement.clientWidth;
   if (document.documentElement.scrollWidth > vw + 1) {
     problems.push(`the page scrolls sideways: ${document.documentElement.scrollWidth}px > ${vw}px`);
