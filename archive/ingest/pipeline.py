@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import struct
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,12 @@ from django.core.cache import cache
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 
 from archive.index.names import name_word_rows
 from archive.index.selectors import archive_settings_get
@@ -52,6 +59,7 @@ from archive.models import (
     Study,
 )
 from archive.storage import ObjectExists, ObjectStore, StorageUnavailable, store_for
+from archive.storage.tiers import TIER_CATALOG
 from billing.metering import Delta, Usage, record_usage_bulk, storage_delta_bulk
 from tenants.context import Actor
 from tenants.models import Organization
@@ -63,6 +71,11 @@ CHUNK = 1024 * 1024
 # Objects of a batch up to this size are stored PARALLEL_PUTS at a time.
 PARALLEL_PUTS = 4
 PARALLEL_PUT_MAX_BYTES = 16 * 1024 * 1024
+# The File Meta group of an object compared with another is walked in its first bytes only.
+FILE_META_MAX = 64 * 1024
+DIFFERENT_OBJECT = (
+    "A different object is already stored under this SOP Instance UID; it was not overwritten."
+)
 
 
 @dataclass
@@ -585,7 +598,7 @@ def instances_ingest(
         quota = quota or Quota(org)
         to_store: list[tuple[int, Header, str]] = []
         for n, header in candidates:
-            decided = _decide(header, batch[n], existing.get(header.sop_instance_uid), quota)
+            decided = _decide(org, header, batch[n], existing.get(header.sop_instance_uid), quota)
             if decided is not None:
                 results[n] = decided
                 continue
@@ -617,25 +630,244 @@ def instances_ingest(
 
 
 def _decide(
-    header: Header, spooled: Spooled, existing: tuple[str, int] | None, quota: Quota
+    org: Organization,
+    header: Header,
+    spooled: Spooled,
+    existing: tuple[str, int] | None,
+    quota: Quota,
 ) -> IngestResult | None:
     """The outcome decided before storing (duplicate, conflict, over quota), or None: store it.
-    ``existing``: (SHA-256, id) of the instance already indexed under the SOP Instance UID."""
+    ``existing``: (SHA-256, id) of the instance already indexed under the SOP Instance UID (id 0:
+    accepted by the listener, not indexed yet; its object cannot be read)."""
     if existing is not None:
         sha, pk = existing
         if sha == spooled.sha256:
             return _ok("duplicate", header, spooled.size, pk)
-        return _fail(
-            header,
-            DUPLICATE_SOP_INSTANCE,
-            "A different object is already stored under this SOP Instance UID; it was not overwritten.",
-            spooled.size,
+        # Another door writes another File Meta header: compare the data sets (rare, not on
+        # the path of a new object).
+        instance = (
+            Instance.objects.for_org(org).select_related("location").filter(pk=pk).first()
+            if pk
+            else None
         )
+        why = DIFFERENT_OBJECT
+        if instance is not None:
+            with open(spooled.path, "rb") as ours:
+                compared = _compare_with_stored(
+                    iter(lambda: ours.read(CHUNK), b""), spooled.size, instance
+                )
+            if compared is None:
+                return _ok("duplicate", header, spooled.size, instance.pk)
+            why = compared
+        return _fail(header, DUPLICATE_SOP_INSTANCE, why, spooled.size)
     if not quota.take(spooled.size):
         return _fail(
             header, OUT_OF_RESOURCES, "The organization's storage quota is exhausted.", spooled.size
         )
     return None
+
+
+# Explicit VR elements whose length takes 4 bytes (after 2 reserved ones), PS3.5 7.1.2.
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def file_meta_end(head: bytes) -> tuple[int, str] | None:
+    """Where the data set of a Part 10 file starts and its transfer syntax, from the file's first
+    bytes ``head`` (at most ``FILE_META_MAX`` of them are looked at); None when that cannot be
+    told for sure.
+
+    The File Meta group (explicit VR little endian, after the 128-byte preamble and ``DICM``) is
+    walked element by element up to the first element of another group, as pydicom reads it;
+    the group length (0002,0000), when there, must end the group exactly there. So a bogus group
+    length, an element running past ``head`` or the limit, or a file that ends with its File
+    Meta answer None: nothing is read out of bounds and no other bytes pass for the data set.
+    """
+    limit = min(len(head), FILE_META_MAX)
+    if limit < 132 or head[128:132] != b"DICM":
+        return None
+    pos = 132
+    group_end: int | None = None
+    transfer_syntax = ""
+    while pos + 8 <= limit:
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > limit:
+                return None
+            (length,) = struct.unpack_from("<I", head, pos + 8)
+            value_at = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            value_at = pos + 8
+        end = value_at + length  # an undefined length (0xFFFFFFFF) runs past the limit
+        if end > limit:
+            return None
+        if element == 0x0000:
+            if pos != 132 or vr != b"UL" or length != 4:
+                return None
+            group_end = value_at + 4 + struct.unpack_from("<I", head, value_at)[0]
+        elif element == 0x0010:
+            transfer_syntax = head[value_at:end].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = end
+    else:
+        return None  # the File Meta group reaches the limit: no data set after it here
+    if pos == 132 or (group_end is not None and group_end != pos):
+        return None
+    return pos, transfer_syntax
+
+
+def _data_set(
+    chunks: Iterator[bytes],
+) -> tuple[int, str, Iterator[bytes | memoryview]] | None:
+    """The File Meta group's length, the transfer syntax and the data set's bytes (what follows
+    the File Meta group) of a Part 10 object read as ``chunks``; None when its File Meta group
+    cannot be told for sure (``file_meta_end``). Holds at most FILE_META_MAX and a chunk."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= FILE_META_MAX:
+            break
+    found = file_meta_end(head)
+    if found is None:
+        return None
+    end, transfer_syntax = found
+
+    def rest() -> Iterator[bytes | memoryview]:
+        yield memoryview(head)[end:]
+        yield from chunks
+
+    return end, transfer_syntax, rest()
+
+
+class _Stream:
+    """A chunked stream read part by part: one chunk held at a time, read in place."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]):
+        self.chunks = chunks
+        self.left = memoryview(b"")
+
+    def take(self, n: int | None = None) -> Iterator[memoryview]:
+        """The next ``n`` bytes (None: all that is left), fewer where the stream ends."""
+        while n is None or n > 0:
+            if not self.left:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    return
+                self.left = memoryview(chunk)
+                continue
+            part = self.left if n is None else self.left[:n]
+            self.left = self.left[len(part) :]
+            if n is not None:
+                n -= len(part)
+            yield part
+
+
+def _digest(chunks: Iterator[bytes | memoryview]) -> tuple[int, bytes]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.digest()
+
+
+def _is_trailing_padding(head: bytes, size: int, transfer_syntax: str) -> bool:
+    """Whether ``size`` bytes that start with ``head`` are one Data Set Trailing Padding element
+    (FFFC,FFFC), which has no meaning and which senders may leave out (DCMTK does)."""
+    if transfer_syntax == ImplicitVRLittleEndian:
+        return head[:4] == b"\xfc\xff\xfc\xff" and head[4:8] == struct.pack("<I", size - 8)
+    if transfer_syntax == ExplicitVRBigEndian:
+        return head[:8] == b"\xff\xfc\xff\xfcOB\0\0" and head[8:12] == struct.pack(">I", size - 12)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return False  # the padding is inside the deflated stream
+    return (
+        head[:4] == b"\xfc\xff\xfc\xff"
+        and head[4:6] in (b"OB", b"UN")
+        and (head[6:8] == b"\0\0" and head[8:12] == struct.pack("<I", size - 12))
+    )
+
+
+def _same_data_set(
+    one: Iterator[bytes | memoryview],
+    one_size: int,
+    other: Iterator[bytes | memoryview],
+    other_size: int,
+    transfer_syntax: str,
+) -> bool:
+    """Whether two data sets (their bytes in ``transfer_syntax``, of the sizes given) are the same
+    bytes, or the same but for the Data Set Trailing Padding at the end of one of them.
+
+    Streamed whatever their chunk sizes and alignment: compared by SHA-256 digests, which read
+    each chunk in place (comparing unaligned chunks would copy them); constant memory."""
+    extra = abs(one_size - other_size)
+    if 0 < extra < 8:
+        return False
+    a, b = _Stream(one), _Stream(other)
+    common = min(one_size, other_size)
+    if _digest(a.take(common)) != _digest(b.take(common)):
+        return False  # other bytes, or a stream shorter than its size
+    longer, shorter = (a, b) if one_size > other_size else (b, a)
+    if next(shorter.take(1), None) is not None:
+        return False  # longer than its size
+    if not extra:
+        return next(longer.take(1), None) is None
+    head = b"".join(longer.take(12))
+    tail, _ = _digest(longer.take())
+    return len(head) + tail == extra and _is_trailing_padding(head, extra, transfer_syntax)
+
+
+def _ts_name(uid: str) -> str:
+    name = UID(uid).name if uid else "none"
+    return name if name and name != uid else uid[:64]
+
+
+def _compare_with_stored(ours: Iterator[bytes], size: int, instance: Instance) -> str | None:
+    """Compare an object (its bytes ``ours``, ``size`` of them) with the one ``instance`` names:
+    None when their data sets are the same bytes in the same transfer syntax (the same image,
+    only the File Meta headers differ: each door writes its own; one may lack the other's Data
+    Set Trailing Padding), else why the new one is refused. Never raises: an object that cannot
+    be read now is not the same."""
+    if TIER_CATALOG[instance.tier].needs_restore and (
+        instance.restored_until is None or instance.restored_until <= timezone.now()
+    ):
+        return (
+            "Stored object is archived, cannot be compared until restored; the object sent under "
+            "this SOP Instance UID was not stored (nothing was overwritten)."
+        )
+    try:
+        new = _data_set(ours)
+        if new is None:
+            return DIFFERENT_OBJECT
+        new_end, new_ts, new_bytes = new
+        store = store_for(instance.location)
+        stored = _data_set(store.iter_bytes(key=instance.object_key, tier=instance.tier))
+        if stored is None:
+            return DIFFERENT_OBJECT
+        stored_end, stored_ts, stored_bytes = stored
+        if stored_ts != new_ts:
+            return (
+                f"Different transfer syntax than the stored object (stored {_ts_name(stored_ts)}, "
+                f"sent {_ts_name(new_ts)}): {DIFFERENT_OBJECT}"
+            )
+        same = _same_data_set(
+            new_bytes, size - new_end, stored_bytes, instance.size_bytes - stored_end, new_ts
+        )
+        return None if same else DIFFERENT_OBJECT
+    except Exception as exc:  # noqa: BLE001 - a store that fails (any client error): refused
+        logger.warning(
+            "ingest: org %s: could not compare with stored object %s: %s",
+            instance.organization_id,
+            instance.object_key,
+            exc,
+        )
+        return (
+            f"Stored object cannot be read to compare: {exc}; the object sent under this SOP "
+            "Instance UID was not stored (nothing was overwritten)."
+        )[:500]
 
 
 _EXISTING_SQL = (
@@ -690,10 +922,7 @@ def instance_precheck(
         existing = (accepted, 0)
     elif known:
         # One indexed lookup per object on the sender's clock: plain SQL, no ORM compilation.
-        with connection.cursor() as cursor:
-            cursor.execute(_EXISTING_SQL, [org.pk, header.sop_instance_uid])
-            row = cursor.fetchone()
-        existing = (str(row[0]), int(row[1])) if row else None
+        existing = _existing_row(org, header.sop_instance_uid)
     if study_uid != header.study_uid:
         return _fail(
             header,
@@ -703,7 +932,20 @@ def instance_precheck(
         )
     if ready is not None:
         ready()  # the caller completes ``spooled`` (its SHA-256) meanwhile
-    return _decide(header, spooled, existing, quota)
+    if existing is not None and existing[1] == 0 and existing[0] != spooled.sha256:
+        # Accepted but maybe not indexed yet, and another file: its data set can be compared
+        # only once it is indexed (the listener's queue file is the indexer's to remove). Indexed
+        # by now: compare with what the index holds; not yet: refused as a different object.
+        existing = _existing_row(org, header.sop_instance_uid) or existing
+    return _decide(org, header, spooled, existing, quota)
+
+
+def _existing_row(org: Organization, sop_instance_uid: str) -> tuple[str, int] | None:
+    """(SHA-256, id) of the instance indexed under the SOP Instance UID, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(_EXISTING_SQL, [org.pk, sop_instance_uid])
+        row = cursor.fetchone()
+    return (str(row[0]), int(row[1])) if row else None
 
 
 def _store_and_index(
@@ -798,10 +1040,13 @@ def _index_alone(
     try:
         _index_one(org=org, location=location, item=item)
     except IntegrityError:
-        # A concurrent ingest of the same SOP Instance UID won; keep its object, not ours.
-        _discard(store, key, keep_if_indexed=True, org=org)
-        PendingObject.objects.filter(pk=item.pending_id).delete()
-        return _retry_as_duplicate(org, header, spooled)
+        # A concurrent ingest of the same SOP Instance UID won; keep its object, not ours (which
+        # is compared with it first: the spool file went into the store).
+        try:
+            return _retry_as_duplicate(org, header, spooled, store, key)
+        finally:
+            _discard(store, key, keep_if_indexed=True, org=org)
+            PendingObject.objects.filter(pk=item.pending_id).delete()
     except DicomRejected as exc:
         _discard(store, key)
         PendingObject.objects.filter(pk=item.pending_id).delete()
@@ -825,17 +1070,30 @@ def _index_alone(
     return _ok("stored", header, spooled.size, item.instance_id)
 
 
-def _retry_as_duplicate(org: Organization, header: Header, spooled: Spooled) -> IngestResult:
+def _retry_as_duplicate(
+    org: Organization, header: Header, spooled: Spooled, store: ObjectStore, key: str
+) -> IngestResult:
+    """The outcome of an object (stored under ``key``) whose index row lost the race to a
+    concurrent ingest of its SOP Instance UID: a duplicate when it is the same object or the same
+    data set, else refused."""
     existing = (
-        Instance.objects.for_org(org).filter(sop_instance_uid=header.sop_instance_uid).first()
+        Instance.objects.for_org(org)
+        .select_related("location")
+        .filter(sop_instance_uid=header.sop_instance_uid)
+        .first()
     )
     if existing is not None and existing.sha256 == spooled.sha256:
         return _ok("duplicate", header, spooled.size, existing.pk)
-    return _fail(
-        header,
-        DUPLICATE_SOP_INSTANCE,
-        "A different object was stored concurrently under this SOP Instance UID.",
-    )
+    why = "A different object was stored concurrently under this SOP Instance UID."
+    if existing is not None:
+        compared = _compare_with_stored(
+            store.iter_bytes(key=key, tier="hot"), spooled.size, existing
+        )
+        if compared is None:
+            return _ok("duplicate", header, spooled.size, existing.pk)
+        if compared != DIFFERENT_OBJECT:
+            why = compared
+    return _fail(header, DUPLICATE_SOP_INSTANCE, why)
 
 
 def _discard(
