@@ -145,21 +145,27 @@ def _client(
     *,
     guarded: bool = True,
 ) -> Any:
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=region,
-        aws_access_key_id=access_key_id or None,
-        aws_secret_access_key=secret_access_key or None,
-        config=Config(
-            retries={"max_attempts": 4, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            max_pool_connections=32,
-            # A tenant's endpoint is connected to directly: {} (not None) ignores HTTP(S)_PROXY.
-            proxies={} if guarded else None,
-        ),
-    )
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+            config=Config(
+                retries={"max_attempts": 4, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=32,
+                # A tenant's endpoint is connected to directly: {} (not None) ignores HTTP(S)_PROXY.
+                proxies={} if guarded else None,
+            ),
+        )
+    except (BotoCoreError, ValueError) as exc:
+        # Settings boto3 refuses before any request (an access key without its secret, a
+        # malformed endpoint): the store cannot be reached, as when it is down, and every
+        # caller already handles that (a failed reconciliation, a 503, a retried move).
+        raise StorageUnavailable(f"The bucket's client cannot be made: {exc}") from exc
     return guard_client(client) if guarded else client
 
 

@@ -397,3 +397,24 @@ def test_staff_page_is_404_for_anyone_else(client: Any, org: Organization, owner
     assert client.get("/platform/reconciliations/").status_code == 302  # to the sign-in page
     client.force_login(owner.user)
     assert client.get("/platform/reconciliations/").status_code == 404
+
+
+def test_a_bucket_whose_client_cannot_be_made_fails_the_run_with_the_reason(
+    org: Organization, instances: list[Instance]
+) -> None:
+    """An access key saved without its secret: boto3 refuses to build the client; the check
+    says so instead of crashing."""
+    from archive.models import StorageLocation
+
+    StorageLocation.objects.create(
+        organization=org,
+        name="Half-configured bucket",
+        kind=StorageLocation.Kind.S3,
+        role=StorageLocation.Role.REPLICA,
+        bucket="hospital-dr",
+        region="eu-central-1",
+        access_key_id="AKIAEXAMPLE",
+    )
+    run = reconcile_run(org=org)
+    assert run.state == Reconciliation.State.FAILED
+    assert "client cannot be made" in run.error and "hospital-dr" not in run.differences
