@@ -2,7 +2,7 @@
 invoice applies it, and what changed when (its subscriptions, oldest first). Pure reads.
 
 Prices read as the invoice lines show them (``billing.reports``): a rate per billing unit, counts
-billed per thousand as ``0.40 / 1,000 requests``, tiers as ``up to 5.000``, ``over 5.000``.
+billed per thousand as ``0.40 / 1,000 requests``, tiers as ``up to 5``, ``over 5``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class PriceRow:
     model_label: str
     unit: str
     prices: list[str]
-    included: str  # the allowance, e.g. ``10.000 GiB-month``; "" for none
+    included: str  # the allowance, e.g. ``10 GiB-month``; "" for none
     price: PlanPrice
 
 
@@ -57,18 +57,20 @@ class RateCard:
     as_of: datetime
 
 
-def _amount(unit: str, value: Decimal) -> str:
-    shown = shown_quantity(unit, value)
-    return f"{quantity_label(shown.value, shown.places)} {shown.unit}"
-
-
 def _bound(unit: str, value: Decimal) -> str:
+    """A quantity as a rate card states it: a whole number without decimals (``1,024``), a
+    fraction to the unit's places (``0.500``)."""
     shown = shown_quantity(unit, value)
-    return quantity_label(shown.value, shown.places)
+    whole = shown.value == shown.value.to_integral_value()
+    return quantity_label(shown.value, 0 if whole else shown.places)
+
+
+def _amount(unit: str, value: Decimal) -> str:
+    return f"{_bound(unit, value)} {shown_quantity(unit, value).unit}"
 
 
 def price_texts(pp: PlanPrice) -> list[str]:
-    """How a price reads: ``0.023 / GiB-month``; per tier ``up to 5.000: 0.05 / GiB-month``."""
+    """How a price reads: ``0.023 / GiB-month``; per tier ``up to 5: 0.05 / GiB-month``."""
     unit = METERS[pp.meter].billing_unit if pp.meter in METERS else ""
     per = shown_quantity(unit, Decimal(1)).per if unit else ""
     if pp.model == PlanPrice.Model.PACKAGE:

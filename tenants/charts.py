@@ -89,7 +89,9 @@ def number_label(value: float) -> str:
         return f"{value:,.1f}".removesuffix(".0")
     if magnitude >= 1:
         return f"{value:,.2f}".rstrip("0").rstrip(".")
-    return f"{value:.2g}" if magnitude >= 0.001 else f"{value:.1e}"
+    # Below one: two significant digits as a decimal (0.0042, 0.00006), never exponent notation,
+    # which an axis of amounts or quantities should not make a reader decode.
+    return f"{value:.{max(2, 1 - math.floor(math.log10(magnitude)))}f}".rstrip("0").rstrip(".")
 
 
 def nice_ticks(max_value: float, count: int = 4) -> list[float]:

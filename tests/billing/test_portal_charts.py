@@ -153,7 +153,17 @@ def test_nice_ticks(maximum: float, ticks: list[float]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0, "0"), (1234.5, "1,234"), (12.34, "12.3"), (12.0, "12"), (1.5, "1.5"), (0.0042, "0.0042")],
+    [
+        (0, "0"),
+        (1234.5, "1,234"),
+        (12.34, "12.3"),
+        (12.0, "12"),
+        (1.5, "1.5"),
+        (0.0042, "0.0042"),
+        (0.0006, "0.0006"),
+        (0.000123, "0.00012"),
+        (-0.05, "-0.05"),
+    ],
 )
 def test_number_label(value: float, text: str) -> None:
     assert charts.number_label(value) == text

@@ -94,15 +94,15 @@ def test_rate_card_reads_each_price_as_the_invoice_applies_it(org, history):
         "API requests",
     ]
     assert rows["Storage (hot)"].prices == [
-        "up to 1,024.000: 0.023 / GiB-month",
-        "1,024.000–10,240.000: 0.021 / GiB-month",
-        "over 10,240.000: 0.019 / GiB-month",
+        "up to 1,024: 0.023 / GiB-month",
+        "1,024–10,240: 0.021 / GiB-month",
+        "over 10,240: 0.019 / GiB-month",
     ]
     assert rows["Storage (hot)"].model_label == "Graduated tiers"
     assert rows["Storage (other tier)"].prices == ["0.004 / GiB-month"]
     assert rows["Egress"].prices == [
-        "up to 100.000: 0.09 / GiB on all of it",
-        "over 100.000: 0.05 / GiB on all of it + 1.00 flat",
+        "up to 100: 0.09 / GiB on all of it",
+        "over 100: 0.05 / GiB on all of it + 1.00 flat",
     ]
     assert rows["API requests"].prices == ["0.40 / 1,000 requests"]
     assert rows["API requests"].included == "100,000 requests"
@@ -122,12 +122,12 @@ def test_history_says_what_changed_when(org, history):
     assert second.changes == [
         "Plan List 2025 → Hospital 2026.",
         "Storage (every tier): 0.023 / GiB-month → no longer charged",
-        "Egress: 0.09 / GiB → up to 100.000: 0.09 / GiB on all of it; "
-        "over 100.000: 0.05 / GiB on all of it + 1.00 flat",
+        "Egress: 0.09 / GiB → up to 100: 0.09 / GiB on all of it; "
+        "over 100: 0.05 / GiB on all of it + 1.00 flat",
         "Monthly minimum: none → 500.00 USD",
         "Storage (other tier): not charged → 0.004 / GiB-month",
-        "Storage (hot): not charged → up to 1,024.000: 0.023 / GiB-month; "
-        "1,024.000–10,240.000: 0.021 / GiB-month; over 10,240.000: 0.019 / GiB-month",
+        "Storage (hot): not charged → up to 1,024: 0.023 / GiB-month; "
+        "1,024–10,240: 0.021 / GiB-month; over 10,240: 0.019 / GiB-month",
         "Ingested instances: not charged → 2.50 per 10,000 instances started",
         "API requests: not charged → 0.40 / 1,000 requests, 100,000 requests included",
     ]
@@ -183,7 +183,7 @@ def test_portal_page_shows_plan_prices_allowances_minimum_and_history(
     prices = html[
         html.index('id="plan-prices"') : html.index("</table>", html.index("plan-prices"))
     ]
-    assert "<li>1,024.000–10,240.000: 0.021 / GiB-month</li>" in prices
+    assert "<li>1,024–10,240: 0.021 / GiB-month</li>" in prices
     assert "100,000 requests" in prices
     history_table = html[html.index('id="plan-history"') :]
     assert len(re.findall(r"<tr>", history_table)) == 3  # header + two subscriptions
