@@ -10,6 +10,7 @@ import io
 import shutil
 import struct
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from archive.dimse import indexer as dimse_indexer
 from archive.dimse import listener as dimse
 from archive.ingest import pipeline
 from archive.ingest.dicom import DUPLICATE_SOP_INSTANCE, read_header
@@ -431,3 +433,33 @@ def test_an_object_in_a_hospital_bucket_is_compared_through_s3(
     assert (ledger(org), usage(org)) == before
     assert Instance.objects.for_org(org).count() == 1
     assert_reconciled(org)
+
+
+def test_an_accepted_object_not_yet_indexed_is_compared_by_digest_only(
+    listener, org, dicom_ae, monkeypatch
+):
+    """Kept as it was: until the listener's accepted object is indexed, another AE title's copy
+    (another File Meta header) is refused; once it is indexed, the data sets are compared."""
+    release = threading.Event()
+    real = dimse_indexer.db_serial
+
+    def held() -> Any:
+        assert release.wait(30), "the test never released the indexer"
+        return real()
+
+    monkeypatch.setattr(dimse_indexer, "db_serial", held)
+    sent = ct()
+    contexts = [(CTImageStorage, [ExplicitVRLittleEndian])]
+    first = associate(listener, calling="CT-SCANNER-1", contexts=contexts)
+    assert first.send_c_store(sent).Status == 0x0000  # accepted, not indexed
+    second = associate(listener, calling="ROUTER-2", contexts=contexts)
+    assert second.send_c_store(sent).Status == dimse.STATUS_DIFFERENT_OBJECT
+    release.set()
+    first.release()
+    assert listener.scp.wait_indexed(20)
+    assert second.send_c_store(sent).Status == 0x0000  # indexed now: the same data set
+    second.release()
+    listener.wait_idle()
+    assert Instance.objects.for_org(org).count() == 1
+    jobs = IngestJob.objects.for_org(org).order_by("pk")
+    assert [(j.stored, j.duplicate, j.failed) for j in jobs] == [(1, 0, 0), (0, 1, 1)]
