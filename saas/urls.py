@@ -57,6 +57,7 @@ urlpatterns = [
         name="password_reset_complete",
     ),
     path("", views.home, name="portal-home"),
+    path("account/", include("tenants.urls_account")),
     # Strata staff only: every organization's latest consistency check.
     path(
         "platform/reconciliations/",

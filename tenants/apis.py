@@ -35,9 +35,11 @@ from rest_framework.views import APIView
 from tenants import selectors, services
 from tenants.context import Actor
 from tenants.csvexport import audit_events_csv
+from tenants.errors import NotFound, PermissionMissing
 from tenants.models import (
     ApiToken,
     Organization,
+    UserSession,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -50,6 +52,7 @@ from tenants.rest import (
     paginated,
 )
 from tenants.roles import Perm, Role, Scope
+from tenants.useragent import browser_label
 from tenants.webhooks import EVENT_TYPES
 
 # --- OpenAPI plumbing ------------------------------------------------------------------------
@@ -1040,3 +1043,122 @@ class PlatformOrganizationDetailApi(APIView):
                 status=serializer.validated_data["status"],
             )
         return Response(PlatformOrganizationOutputSerializer(org).data)
+
+
+# --- the caller's own signed-in sessions --------------------------------------------------------
+
+
+class SessionOutputSerializer(serializers.ModelSerializer):
+    this_session = serializers.SerializerMethodField(
+        help_text="True for the session that made this request."
+    )
+    browser = serializers.SerializerMethodField(
+        help_text="A short name guessed from the User-Agent, e.g. 'Firefox on Linux'."
+    )
+    method = serializers.CharField(
+        help_text="How the session signed in: 'password', later 'sso:<provider>'."
+    )
+
+    class Meta:
+        model = UserSession
+        fields = [
+            "id",
+            "this_session",
+            "method",
+            "ip",
+            "browser",
+            "user_agent",
+            "created_at",
+            "last_seen_at",
+        ]
+        ref_name = "Session"
+
+    def get_this_session(self, obj: UserSession) -> bool:
+        current = self.context.get("session_key")
+        return bool(current) and obj.session_key == current
+
+    def get_browser(self, obj: UserSession) -> str:
+        return browser_label(obj.user_agent)
+
+
+_SESSIONS_DESCRIPTION = (
+    "Sessions are the browsers signed in to the portal as the caller. They belong to a person, "
+    "so only a signed-in session may read or end them: an API token (which acts for an "
+    "organization, not a person) is refused with 403 `session_required`. Under "
+    "`/api/v1/o/<slug>/`, the slug must be one of the caller's organizations (404 otherwise); "
+    "the sessions listed are the same."
+)
+
+
+class _OwnSessionsView(APIView):
+    """Base of the session endpoints: a signed-in person only, never a token."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if isinstance(request.auth, ApiToken):
+            raise PermissionMissing(
+                "Sessions belong to a person signed in to the portal; an API token has none. "
+                "Call this endpoint with a signed-in session.",
+                code="session_required",
+            )
+        slug = kwargs.get("org_slug")
+        if slug is not None:
+            org = Organization.objects.filter(slug=slug).first()
+            if org is None or selectors.membership_for_user(org=org, user=request.user) is None:
+                raise NotFound("Organization not found.")
+
+
+class SessionListApi(_OwnSessionsView):
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(
+        tags=["sessions"],
+        summary="List your signed-in sessions",
+        description=_SESSIONS_DESCRIPTION,
+        responses={200: SessionOutputSerializer(many=True), **_errors()},
+    )
+    def get(self, request: Request, **kwargs: Any) -> Response:
+        sessions = selectors.user_session_list(user=request.user)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(sessions, request, view=self)
+        context = {"session_key": request._request.session.session_key}
+        data = SessionOutputSerializer(page, many=True, context=context).data
+        return paginator.get_paginated_response(data)
+
+
+class SessionDetailApi(_OwnSessionsView):
+    @extend_schema(
+        tags=["sessions"],
+        summary="One of your signed-in sessions",
+        description=_SESSIONS_DESCRIPTION,
+        responses={200: SessionOutputSerializer, **_errors()},
+    )
+    def get(self, request: Request, session_id: int, **kwargs: Any) -> Response:
+        record = selectors.user_session_get(user=request.user, session_id=session_id)
+        context = {"session_key": request._request.session.session_key}
+        return Response(SessionOutputSerializer(record, context=context).data)
+
+    @extend_schema(
+        tags=["sessions"],
+        summary="End one of your sessions",
+        description=(
+            "The session is deleted from the session store: its browser is signed out on its "
+            "next request. Ending the session that makes the request signs it out too. Audited "
+            "as `session.ended`. Another person's session id answers 404, as does an ended one."
+            + " "
+            + _SESSIONS_DESCRIPTION
+        ),
+        responses={204: None, **_errors()},
+    )
+    def delete(self, request: Request, session_id: int, **kwargs: Any) -> Response:
+        record = selectors.user_session_get(user=request.user, session_id=session_id)
+        is_current = record.session_key == request._request.session.session_key
+        services.user_session_end(
+            user_session=record,
+            actor=Actor.from_request(request._request),
+            reason="ended by its owner (API)",
+        )
+        if is_current:
+            # The session that made this request was the one ended: nothing of it may be saved.
+            request._request.session.flush()
+        return Response(status=status.HTTP_204_NO_CONTENT)

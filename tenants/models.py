@@ -323,3 +323,33 @@ class WebhookAttempt(models.Model):
     @property
     def succeeded(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class UserSession(models.Model):
+    """One signed-in browser session of a person, kept after it ends.
+
+    ``session_key`` names the row of Django's session store (the database backend) so that the
+    session can be ended; it is never shown, never written to the audit log, and is cleared when
+    the session ends. What a person sees of a session is its id, address, browser and times.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="user_sessions"
+    )
+    session_key = models.CharField(max_length=40, blank=True, db_index=True)
+    # "password" today; "sso:<provider>" once single sign-on exists.
+    method = models.CharField(max_length=64, default="password")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    # Who or what ended it: "sign-out", a person's email, "system: <reason>".
+    ended_by = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "ended_at"], name="user_session_open")]
+
+    def __str__(self) -> str:
+        return f"session {self.pk} of user {self.user_id}"

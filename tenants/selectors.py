@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.contrib.sessions.models import Session
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from tenants.errors import NotFound
 from tenants.models import (
@@ -15,6 +17,7 @@ from tenants.models import (
     Invitation,
     Membership,
     Organization,
+    UserSession,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -172,3 +175,27 @@ def webhook_deliveries(
         .prefetch_related("attempts")
         .order_by("-created_at", "-id")
     )
+
+
+# --- signed-in sessions ----------------------------------------------------------------------
+
+
+def user_session_list(*, user: Any) -> QuerySet[UserSession]:
+    """The person's open sessions: not ended, and still in the session store (a session that
+    expired or was timed out is gone from the store, so it is not listed)."""
+    alive = Session.objects.filter(
+        session_key=OuterRef("session_key"), expire_date__gt=timezone.now()
+    )
+    return (
+        UserSession.objects.filter(user=user, ended_at__isnull=True)
+        .exclude(session_key="")
+        .filter(Exists(alive))
+    )
+
+
+def user_session_get(*, user: Any, session_id: int | str) -> UserSession:
+    """One open session of the person; another person's id answers NotFound."""
+    try:
+        return user_session_list(user=user).get(pk=int(session_id))
+    except (UserSession.DoesNotExist, ValueError, OverflowError):
+        raise NotFound("Session not found.") from None

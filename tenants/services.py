@@ -11,7 +11,9 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from datetime import datetime, timedelta
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
@@ -33,6 +35,7 @@ from tenants.models import (
     Invitation,
     Membership,
     Organization,
+    UserSession,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -863,3 +866,150 @@ def webhook_send_test(
             details={"event_id": str(event.id)},
         )
     return event
+
+
+# --- signed-in sessions ----------------------------------------------------------------------
+
+# Keys kept in the Django session of a signed-in person: which UserSession it is and when its
+# last_seen_at was last written (epoch seconds), so that most requests write nothing.
+USER_SESSION_KEY = "strata.user_session"
+# last_seen_at is written at most once per interval and session.
+SESSION_SEEN_INTERVAL_SECONDS = 300
+
+
+def _session_store_delete(session_key: str) -> None:
+    """Delete one session from Django's session store: its browser is signed out at once."""
+    if session_key:
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        store(session_key=session_key).delete()
+
+
+def _orgs_of_user(user: Any) -> list[Organization]:
+    return [
+        m.organization for m in Membership.objects.filter(user=user).select_related("organization")
+    ]
+
+
+def user_session_start(*, request: Any, user: Any, method: str) -> UserSession | None:
+    """Record the session a sign-in just opened (called from the user_logged_in signal).
+
+    ``method`` is "password" or "sso:<provider>". The record's id and the time its activity was
+    written are kept in the session itself, which is saved at the end of the sign-in request.
+    """
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    if session.session_key is None:
+        session.save()
+    actor = Actor.from_request(request)
+    record = UserSession.objects.create(
+        user=user,
+        session_key=session.session_key or "",
+        method=method[:64],
+        ip=actor.ip,
+        user_agent=actor.user_agent[:512],
+    )
+    session[USER_SESSION_KEY] = {"id": record.pk, "seen": time.time()}
+    return record
+
+
+def user_session_seen(*, request: Any, user_id: Any) -> None:
+    """Refresh ``last_seen_at`` of the request's session, at most once per interval.
+
+    Most requests read only the session (already loaded) and write nothing. The session key is
+    written too: it changes when Django cycles it (a password change keeps the person signed in).
+    """
+    session = request.session
+    state = session.get(USER_SESSION_KEY)
+    if not isinstance(state, dict):
+        return
+    now = time.time()
+    seen = state.get("seen")
+    if isinstance(seen, (int, float)) and 0 <= now - seen < SESSION_SEEN_INTERVAL_SECONDS:
+        return
+    record_id = state.get("id")
+    if not isinstance(record_id, int):
+        return
+    UserSession.objects.filter(pk=record_id, user_id=user_id, ended_at__isnull=True).update(
+        last_seen_at=timezone.now(), session_key=session.session_key or ""
+    )
+    session[USER_SESSION_KEY] = {"id": record_id, "seen": now}
+
+
+def user_session_signed_out(*, request: Any, user: Any) -> None:
+    """Mark the request's session ended when its person signs out (user_logged_out)."""
+    session = getattr(request, "session", None)
+    state = session.get(USER_SESSION_KEY) if session is not None else None
+    if user is None or not isinstance(state, dict) or not isinstance(state.get("id"), int):
+        return
+    UserSession.objects.filter(pk=state["id"], user=user, ended_at__isnull=True).update(
+        ended_at=timezone.now(), ended_by="sign-out", session_key=""
+    )
+
+
+def user_session_end(
+    *, user_session: UserSession, actor: Actor, reason: str, org: Organization | None = None
+) -> bool:
+    """End one session: delete it from the session store (its browser is signed out on its next
+    request), mark the record ended and audit ``session.ended``.
+
+    ``org`` is the organization in whose audit log the event goes (an owner's action); without
+    it, the event goes to every organization of the session's person. Ending a session twice
+    is harmless: the second call changes nothing and returns False.
+    """
+    with transaction.atomic():
+        record = (
+            UserSession.objects.select_for_update()
+            .filter(pk=user_session.pk, ended_at__isnull=True)
+            .first()
+        )
+        if record is None:
+            return False
+        session_key = record.session_key
+        record.ended_at = timezone.now()
+        record.ended_by = actor.label[:255]
+        record.session_key = ""
+        record.save(update_fields=["ended_at", "ended_by", "session_key"])
+        user = record.user
+        details = {
+            "session_id": record.pk,
+            "reason": reason[:200],
+            "method": record.method,
+            "session_ip": record.ip,
+            "signed_in_at": record.created_at.isoformat(),
+        }
+        orgs: list[Organization | None] = [org] if org is not None else [*_orgs_of_user(user)]
+        for event_org in orgs or [None]:
+            audit_record(
+                org=event_org,
+                actor=actor,
+                action="session.ended",
+                target=user,
+                target_label=user.email or user.get_username(),
+                details=details,
+            )
+        _session_store_delete(session_key)
+    user_session.ended_at = record.ended_at
+    user_session.ended_by = record.ended_by
+    user_session.session_key = ""
+    return True
+
+
+def sessions_end_for_user(
+    *,
+    user: Any,
+    actor: Actor,
+    reason: str,
+    org: Organization | None = None,
+    keep_session_key: str | None = None,
+) -> int:
+    """End every open session of ``user`` (an owner's action, SCIM deactivation, "end all other
+    sessions" with ``keep_session_key`` the caller's own). Returns how many were ended."""
+    ended = 0
+    records = UserSession.objects.filter(user=user, ended_at__isnull=True).order_by("id")
+    for record in list(records):
+        if keep_session_key and record.session_key == keep_session_key:
+            continue
+        if user_session_end(user_session=record, actor=actor, reason=reason, org=org):
+            ended += 1
+    return ended

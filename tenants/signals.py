@@ -1,12 +1,16 @@
-"""Login audit. Django's auth signals are the one place every login path (portal, admin,
-password reset) passes through, so they are used here for the audit trail only."""
+"""Login audit and the record of signed-in sessions. Django's auth signals are the one place
+every login path (portal, admin, password reset) passes through, so they are used here for the
+audit trail and ``UserSession`` only (tenants.services writes both).
+
+A sign-in path other than the password form (single sign-on) sets ``request.login_method``
+("sso:<provider>") before calling ``login()``; without it the method is "password"."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
 from tenants.context import Actor
@@ -21,14 +25,32 @@ def _orgs_of(user: Any) -> list[Any]:
 
 @receiver(user_logged_in)
 def audit_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    from tenants.services import audit_record
+    from tenants.services import audit_record, user_session_start
 
     actor = Actor.from_request(request) if request is not None else Actor(user=user)
     actor = Actor(user=user, ip=actor.ip, user_agent=actor.user_agent)
+    method = str(getattr(request, "login_method", "") or "password")[:64]
+    record = user_session_start(request=request, user=user, method=method)
+    details: dict[str, Any] = {"method": method}
+    if record is not None:
+        details["session_id"] = record.pk
     for org in _orgs_of(user):
         audit_record(
-            org=org, actor=actor, action="auth.login", target=user, target_label=user.email
+            org=org,
+            actor=actor,
+            action="auth.login",
+            target=user,
+            target_label=user.email,
+            details=details,
         )
+
+
+@receiver(user_logged_out)
+def session_signed_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    from tenants.services import user_session_signed_out
+
+    if request is not None:
+        user_session_signed_out(request=request, user=user)
 
 
 @receiver(user_login_failed)

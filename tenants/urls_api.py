@@ -22,6 +22,8 @@ urlpatterns: list[URLPattern] = [
     path(
         "audit-events/<int:event_id>/", apis.AuditEventDetailApi.as_view(), name="api-audit-event"
     ),
+    path("sessions/", apis.SessionListApi.as_view(), name="api-sessions"),
+    path("sessions/<int:session_id>/", apis.SessionDetailApi.as_view(), name="api-session"),
     path("cors-origins/", apis.CorsOriginListApi.as_view(), name="api-cors-origins"),
     path(
         "cors-origins/<int:origin_id>/", apis.CorsOriginDetailApi.as_view(), name="api-cors-origin"

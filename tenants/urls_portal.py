@@ -10,6 +10,11 @@ urlpatterns: list[URLPattern] = [
     path("members/<int:membership_id>/role/", views.member_role, name="portal-member-role"),
     path("members/<int:membership_id>/remove/", views.member_remove, name="portal-member-remove"),
     path(
+        "members/<int:membership_id>/sessions/end/",
+        views.member_sessions_end,
+        name="portal-member-sessions-end",
+    ),
+    path(
         "invitations/<int:invitation_id>/revoke/",
         views.invitation_revoke,
         name="portal-invitation-revoke",

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
@@ -52,6 +53,7 @@ from tenants.forms import (
 from tenants.models import Invitation, Organization, WebhookEndpoint
 from tenants.portal import PortalContext, org_view
 from tenants.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, Scope
+from tenants.useragent import browser_label
 from tenants.webhooks import EVENT_TYPES
 
 T = TypeVar("T")
@@ -121,6 +123,8 @@ def _members_page(
         "active_section": "members",
         "rows": rows,
         "can_manage": manage,
+        # Signing a member out everywhere is the owners' alone.
+        "can_end_sessions": manage and actor_is_owner,
         "role_choices": [(v, label) for v, label in Role.choices if v in assignable],
         "invite_form": invite_form or InvitationForm(allowed_roles=assignable),
         "invitations": invitations,
@@ -184,6 +188,32 @@ def member_remove(request: HttpRequest, ctx: PortalContext, membership_id: int) 
         messages.success(request, f"{email} was removed from {ctx.org.name}.")
         return redirect("portal-members", ctx.org.slug)
     return render(request, "tenants/member_remove.html", context)
+
+
+@org_view(Perm.MEMBERS_MANAGE)
+@require_POST
+def member_sessions_end(
+    request: HttpRequest, ctx: PortalContext, membership_id: int
+) -> HttpResponse:
+    """An owner signs a member out everywhere: every open session of the member ends."""
+    membership = get_or_404(selectors.member_get, org=ctx.org, membership_id=membership_id)
+    if ctx.membership.role != Role.OWNER:
+        return render(
+            request,
+            "saas/forbidden.html",
+            {"ctx": ctx, "permission_text": "End a member's sessions (owners only)"},
+            status=403,
+        )
+    count = services.sessions_end_for_user(
+        user=membership.user,
+        actor=ctx.actor,
+        reason=f"ended by an owner of {ctx.org.slug}",
+        org=ctx.org,
+        keep_session_key=request.session.session_key,
+    )
+    noun = "session" if count == 1 else "sessions"
+    messages.success(request, f"{count} {noun} of {membership.user.email} ended.")
+    return _redirect_to_top("portal-members", ctx)
 
 
 @org_view(Perm.MEMBERS_MANAGE)
@@ -790,3 +820,61 @@ class PasswordResetView(auth_views.PasswordResetView):
             response.status_code = 429
             return response
         return super().form_valid(form)
+
+
+# --- the member's own account: signed-in sessions ----------------------------------------------
+
+
+def _session_rows(request: HttpRequest) -> list[dict[str, Any]]:
+    current = request.session.session_key
+    rows: list[dict[str, Any]] = [
+        {
+            "session": record,
+            "is_current": bool(current) and record.session_key == current,
+            "browser": browser_label(record.user_agent),
+        }
+        for record in selectors.user_session_list(user=request.user)
+    ]
+    # This device first, then the most recently used.
+    rows.sort(key=lambda r: (not r["is_current"], -r["session"].last_seen_at.timestamp()))
+    return rows
+
+
+@login_required
+@require_safe
+def account(request: HttpRequest) -> HttpResponse:
+    rows = _session_rows(request)
+    context = {
+        "rows": rows,
+        "others": sum(1 for r in rows if not r["is_current"]),
+        "idle_minutes": settings.SESSION_IDLE_TIMEOUT_SECONDS // 60,
+    }
+    return _no_store(render(request, "tenants/account.html", context))
+
+
+@login_required
+@require_POST
+def account_session_end(request: HttpRequest, session_id: int) -> HttpResponse:
+    record = get_or_404(selectors.user_session_get, user=request.user, session_id=session_id)
+    if record.session_key == request.session.session_key:
+        messages.error(request, "This is the session you are using: sign out to end it.")
+        return redirect(reverse("portal-account") + "#main")
+    services.user_session_end(
+        user_session=record, actor=Actor.from_request(request), reason="ended by its owner"
+    )
+    messages.success(request, f"The session from {browser_label(record.user_agent)} ended.")
+    return redirect(reverse("portal-account") + "#main")
+
+
+@login_required
+@require_POST
+def account_sessions_end_others(request: HttpRequest) -> HttpResponse:
+    count = services.sessions_end_for_user(
+        user=request.user,
+        actor=Actor.from_request(request),
+        reason="ended by its owner (all other sessions)",
+        keep_session_key=request.session.session_key,
+    )
+    noun = "session" if count == 1 else "sessions"
+    messages.success(request, f"{count} other {noun} ended.")
+    return redirect(reverse("portal-account") + "#main")

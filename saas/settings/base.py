@@ -60,6 +60,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "saas.middleware.ApiUsageMiddleware",
     "saas.middleware.SessionTimeoutMiddleware",
+    # After the timeout (a timed-out session is gone): last_seen_at of the session's record.
+    "tenants.middleware.SessionSeenMiddleware",
     # Last, as axes asks: turns a sign-in refused for a lockout into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

@@ -133,6 +133,7 @@ USAGE_REPORT = (
 
 PAGES: list[Page] = [
     _p("portal-home", org=False),
+    _p("portal-account", org=False),
     _p("portal-dashboard"),
     # Studies, a study, its series viewer and downloads; an archived study needs a restore first.
     _p("portal-studies", READ),
@@ -227,6 +228,7 @@ EXCLUDED: dict[str, str] = {
     "portal-study-hold": _POST,
     "portal-hold-lift": _POST,
     "portal-member-role": _POST,
+    "portal-member-sessions-end": _POST,
     "portal-invitation-create": _POST,
     "portal-invitation-revoke": _POST,
     "portal-token-revoke": _POST,
@@ -253,12 +255,15 @@ def _url_patterns() -> list[tuple[str, URLPattern]]:
 
 
 def _portal_url_names() -> set[str]:
-    """Named URLs of the portal: under /o/<slug>/, under /platform/, and the portal's home."""
+    """Named URLs of the portal: under /o/<slug>/ and /platform/, the home and the account."""
     return {
         p.name
         for route, p in _url_patterns()
         if p.name
-        and (route.startswith(("o/<slug:org_slug>/", "platform/")) or p.name == "portal-home")
+        and (
+            route.startswith(("o/<slug:org_slug>/", "platform/"))
+            or p.name in ("portal-home", "portal-account")
+        )
     }
 
 
