@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from tenants.context import Actor
 from tenants.models import Organization
 from tenants.roles import Scope
 from tenants.services import token_create
+from tests.archive.test_dimse_retrieve import storescp as dcmtk_storescp
 from tests.conftest import Receiver, require_service
 from tests.docs import blocks as docs
 from tests.docs.harness import Outcome, Stage, check, environment_for, run
@@ -101,36 +100,15 @@ def test_a_new_shell_block_is_run_and_a_marker_skips_it(tmp_path: Path) -> None:
 # --- the stage: live server, demo, listener, stand-ins -------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def storescp(folder: Path, ae_title: str) -> Iterator[int]:
     """A PACS or workstation: dcmtk's storescp on a free port of 127.0.0.1."""
     binary = shutil.which("storescp")
     require_service("dcmtk", binary is not None, "storescp not found (Debian package dcmtk)")
+    assert binary is not None
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(  # noqa: S603
-        [str(binary), "-aet", ae_title, "-od", str(folder), "-uf", "+B", "+xa", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("storescp did not start")
-            time.sleep(0.05)
+    with dcmtk_storescp(binary, folder, ae_title, "+xa") as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
