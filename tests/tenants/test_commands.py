@@ -71,3 +71,10 @@ def test_seed_demo_is_idempotent():
     owner = get_user_model().objects.get(email="owner@demo-hospital.example")
     assert owner.check_password("strata-demo-2026")
     assert Membership.objects.filter(user=owner).count() == 2
+
+
+@pytest.mark.parametrize("count", [0, -5, 5001])
+def test_seed_demo_refuses_a_history_size_out_of_range(count: int) -> None:
+    with pytest.raises(CommandError, match="--history-studies must be between 1 and 5,000"):
+        call_command("seed_demo", quiet=True, history_studies=count)
+    assert not Organization.objects.filter(slug__startswith="demo-").exists()

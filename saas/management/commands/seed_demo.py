@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from saas.env import browse_url
 from tenants.context import Actor
@@ -15,6 +15,8 @@ from tenants.services import organization_create
 
 DEMO_EMAIL = "owner@demo-hospital.example"
 DEMO_PASSWORD = "strata-demo-2026"  # noqa: S105 - a published demo login for the local demo only
+
+MAX_HISTORY_STUDIES = 5000
 
 STAFF = [
     ("radiology.admin@demo-hospital.example", Role.ADMIN),
@@ -50,6 +52,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        count = options.get("history_studies")
+        if count is not None and not 1 <= count <= MAX_HISTORY_STUDIES:
+            # Checked before anything is written: a refused seed leaves no half-made demo.
+            raise CommandError(
+                f"--history-studies must be between 1 and {MAX_HISTORY_STUDIES:,} "
+                f"(each study is real DICOM stored on this machine); got {count}."
+            )
         actor = Actor.system("manage.py seed_demo")
         User = get_user_model()
         org = Organization.objects.filter(slug="demo-hospital").first()
