@@ -35,6 +35,9 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/v1/o/<slug:org_slug>/", include(api_v1)),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
+    path("accounts/sso/", include("tenants.sso.urls_public")),
+    path("accounts/mfa/", include("tenants.mfa.urls_public")),
+    path("scim/v2/", include("tenants.scim.urls")),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "accounts/password-reset/",

@@ -19,6 +19,7 @@ from tenants.labels import bytes_label
 from tenants.models import WebhookEndpoint
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm, Role
+from tenants.signin import sign_in
 
 DASHBOARD_AUDIT_EVENTS = 10
 DASHBOARD_INVITATIONS = 10
@@ -27,6 +28,13 @@ DASHBOARD_INVITATIONS = 10
 class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
     form_class = EmailAuthenticationForm
+
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
+        # The organization's second-factor policy applies here (tenants.signin), not in Django's
+        # own form_valid, which would log the person in at once.
+        return sign_in(
+            self.request, form.get_user(), method="password", next_url=self.get_success_url()
+        )
 
     def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_invalid(form)

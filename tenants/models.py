@@ -52,6 +52,12 @@ class Membership(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set by SCIM (``active: false``) or an owner: the person keeps their history but cannot
+    # sign in to, or act in, this organization; their sessions and API tokens stop at once.
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    # The SCIM resource id the identity provider knows this person by, and its externalId.
+    scim_id = models.UUIDField(null=True, blank=True, unique=True)
+    scim_external_id = models.CharField(max_length=255, blank=True)
 
     objects = OrgQuerySet.as_manager()
 
@@ -337,8 +343,11 @@ class UserSession(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="user_sessions"
     )
     session_key = models.CharField(max_length=40, blank=True, db_index=True)
-    # "password" today; "sso:<provider>" once single sign-on exists.
+    # "password" or "sso:<provider name>".
     method = models.CharField(max_length=64, default="password")
+    # The second factor of the sign-in: "" (none), "totp", "webauthn", "recovery-code", or
+    # "idp:<amr values>" when the identity provider says it did multi-factor authentication.
+    factor = models.CharField(max_length=64, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -353,3 +362,172 @@ class UserSession(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.pk} of user {self.user_id}"
+
+
+class IdentityProvider(models.Model):
+    """The hospital's own identity provider for single sign-on (one per organization).
+
+    OpenID Connect: ``issuer`` is the discovery base (``<issuer>/.well-known/openid-configuration``)
+    and the client secret is kept as a Fernet token (``tenants.crypto``), never in plain text.
+    SAML 2.0: the IdP's metadata, from a URL or pasted XML.
+    ``role_mapping`` maps a value of the IdP's groups claim (or SAML attribute) to a Strata role; a
+    person whose groups map to no role is refused. ``sso_required`` turns password sign-in off for
+    the organization's members except owners (the documented break-glass path).
+    """
+
+    class Protocol(models.TextChoices):
+        OIDC = "oidc", "OpenID Connect"
+        SAML = "saml", "SAML 2.0"
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="identity_provider"
+    )
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.OIDC)
+    # Shown on the sign-in button and recorded as the sign-in method ("sso:<name>").
+    name = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    # OpenID Connect
+    issuer = models.URLField(max_length=500, blank=True)
+    client_id = models.CharField(max_length=255, blank=True)
+    client_secret_encrypted = models.TextField(blank=True)
+    scopes = models.CharField(max_length=255, default="openid email profile")
+    groups_claim = models.CharField(max_length=100, default="groups")
+    # SAML 2.0
+    saml_metadata_url = models.URLField(max_length=500, blank=True)
+    saml_metadata_xml = models.TextField(blank=True)
+    # {"<group value>": "<role>"}; checked against Role on save by the service.
+    role_mapping = models.JSONField(default=dict)
+    sso_required = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_protocol_display()}) for {self.organization_id}"
+
+
+class EmailDomain(models.Model):
+    """An email domain an organization claims for single sign-on.
+
+    Any organization may claim a domain; only one may hold it verified (by a DNS TXT record
+    carrying ``verification_token``, or by the platform staff). Sign-in by email looks up the
+    verified holder of the address's domain.
+    """
+
+    class VerifiedBy(models.TextChoices):
+        DNS = "dns", "DNS TXT record"
+        STAFF = "staff", "Platform staff"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="email_domains"
+    )
+    domain = models.CharField(max_length=253)
+    verification_token = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_by = models.CharField(max_length=8, choices=VerifiedBy.choices, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["domain"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "domain"], name="email_domain_once_per_org"
+            ),
+            models.UniqueConstraint(
+                fields=["domain"],
+                condition=models.Q(verified_at__isnull=False),
+                name="email_domain_verified_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
+
+
+class SsoIdentity(models.Model):
+    """A person as the organization's identity provider names them (OIDC ``sub``, SAML NameID).
+
+    A returning person is found by subject, never by email alone: an email can be reassigned at
+    the IdP, a subject cannot.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="sso_identities"
+    )
+    provider = models.ForeignKey(
+        IdentityProvider, on_delete=models.CASCADE, related_name="identities"
+    )
+    subject = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identities"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "SSO identity"
+        verbose_name_plural = "SSO identities"
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "subject"], name="sso_identity_subject"),
+            models.UniqueConstraint(fields=["provider", "user"], name="sso_identity_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at provider {self.provider_id}"
+
+
+class SecurityPolicy(models.Model):
+    """An organization's sign-in policy: who must use a second factor."""
+
+    class Mfa(models.TextChoices):
+        OFF = "off", "Not required"
+        ADMINS = "admins", "Required for owners and admins"
+        ALL = "all", "Required for all members"
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="security_policy"
+    )
+    mfa_required = models.CharField(max_length=8, choices=Mfa.choices, default=Mfa.OFF)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "security policies"
+
+    def __str__(self) -> str:
+        return f"security policy of {self.organization_id}"
+
+
+class ScimGroup(models.Model):
+    """A group pushed by the identity provider over SCIM; its members get the role that the
+    organization's ``IdentityProvider.role_mapping`` gives the group's display name."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="scim_groups"
+    )
+    scim_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    display_name = models.CharField(max_length=255)
+    external_id = models.CharField(max_length=255, blank=True)
+    members = models.ManyToManyField(Membership, related_name="scim_groups", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "SCIM group"
+        ordering = ["display_name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "display_name"], name="scim_group_name_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name

@@ -1,10 +1,11 @@
 """The signed-in person's own account, under ``/account/``: not scoped to an organization."""
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from tenants import views
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("factors/", include("tenants.mfa.urls_account")),
     path("", views.account, name="portal-account"),
     path(
         "sessions/<int:session_id>/end/",

@@ -1,11 +1,13 @@
 """The REST API, mounted twice by saas.urls: at /api/v1/ (the organization comes from the bearer
 token) and at /api/v1/o/<org_slug>/ (a signed-in session names the organization)."""
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from tenants import apis
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("security/sso/", include("tenants.sso.urls_api")),
+    path("security/mfa/", include("tenants.mfa.urls_api")),
     path("organization/", apis.OrganizationApi.as_view(), name="api-organization"),
     path("members/", apis.MemberListApi.as_view(), name="api-members"),
     path("members/<int:member_id>/", apis.MemberDetailApi.as_view(), name="api-member"),

@@ -1,10 +1,13 @@
 """Portal pages under ``/o/<org_slug>/``; every view takes the organization from the URL."""
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from tenants import views
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("security/", include("tenants.sso.urls_portal")),
+    path("security/mfa/", include("tenants.mfa.urls_portal")),
+    path("security/scim/", include("tenants.scim.urls_portal")),
     path("members/", views.members, name="portal-members"),
     path("members/invite/", views.invitation_create, name="portal-invitation-create"),
     path("members/<int:membership_id>/role/", views.member_role, name="portal-member-role"),

@@ -1,0 +1,1 @@
+"""Second factors: authenticator apps (TOTP), security keys and passkeys (WebAuthn), recovery codes."""
