@@ -40,6 +40,9 @@ class Perm:
     IMAGES_READ = "images.read"
     IMAGES_WRITE = "images.write"
     AUDIT_READ = "audit.read"
+    # Single sign-on, email domains, the second-factor policy and the SCIM token: owners only,
+    # never a token scope (whoever maps IdP groups to roles can make themselves an owner).
+    SECURITY_MANAGE = "security.manage"
 
 
 PERMISSION_DESCRIPTIONS: dict[str, str] = {
@@ -57,6 +60,7 @@ PERMISSION_DESCRIPTIONS: dict[str, str] = {
     Perm.IMAGES_READ: "read images",
     Perm.IMAGES_WRITE: "send images",
     Perm.AUDIT_READ: "read the audit log",
+    Perm.SECURITY_MANAGE: "configure single sign-on, MFA and provisioning",
 }
 
 _MANAGE = {
@@ -73,7 +77,7 @@ _EVERYONE = {Perm.ORG_VIEW, Perm.MEMBERS_VIEW}
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.OWNER: frozenset(set(PERMISSION_DESCRIPTIONS)),
-    Role.ADMIN: frozenset(set(PERMISSION_DESCRIPTIONS)),
+    Role.ADMIN: frozenset(set(PERMISSION_DESCRIPTIONS) - {Perm.SECURITY_MANAGE}),
     Role.BILLING: frozenset(_EVERYONE | {Perm.INVOICES_VIEW, Perm.BILLING_MANAGE}),
     Role.AUDITOR: frozenset(_EVERYONE | {Perm.AUDIT_READ, Perm.INVOICES_VIEW}),
     Role.MEMBER: frozenset(_EVERYONE | {Perm.IMAGES_READ, Perm.IMAGES_WRITE}),
