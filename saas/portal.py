@@ -38,4 +38,10 @@ NAV_SECTIONS: list[dict[str, Any]] = [
         "perm": "webhooks.manage",
     },
     {"key": "audit", "label": "Audit log", "url_name": "portal-audit", "perm": "audit.read"},
+    {
+        "key": "security",
+        "label": "Security",
+        "url_name": "portal-security",
+        "perm": "security.manage",
+    },
 ]

@@ -13,6 +13,7 @@ from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
+from tenants.context import Actor
 from tenants.errors import ServiceError
 from tenants.roles import Role, Scope
 from tenants.webhooks import EVENT_TYPES
@@ -71,6 +72,35 @@ class EmailAuthenticationForm(AuthenticationForm):
             if len(usernames) == 1:
                 return str(usernames[0])
         return value
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        """An organization that requires single sign-on refuses its members' passwords; its
+        owners keep theirs (the break-glass path when the identity provider is down). Each refusal
+        is audited (``auth.password_refused``) in every organization that caused it."""
+        super().confirm_login_allowed(user)
+        from tenants.services import audit_record
+        from tenants.sso.selectors import password_refused_in
+
+        orgs = password_refused_in(user=user)
+        if not orgs:
+            return
+        base = Actor.from_request(self.request) if self.request is not None else Actor()
+        actor = Actor(user=user, ip=base.ip, user_agent=base.user_agent)
+        for org in orgs:
+            audit_record(
+                org=org,
+                actor=actor,
+                action="auth.password_refused",
+                target=user,
+                target_label=user.email,
+                details={"reason": "sso_required"},
+            )
+        names = ", ".join(org.name for org in orgs)
+        raise forms.ValidationError(
+            f"{names} requires single sign-on: choose “Sign in with single sign-on” below and "
+            "enter your work email.",
+            code="sso_required",
+        )
 
 
 class InvitationForm(PortalForm):

@@ -1,30 +1,8 @@
-"""Bucket credentials at rest: Fernet (AES-128-CBC + HMAC-SHA256) with the key from settings."""
+"""Bucket credentials at rest: the platform's one secret box, ``tenants.crypto`` (Fernet with the
+key from ``STORAGE_CREDENTIALS_KEY``)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
+from tenants.crypto import decrypt, encrypt
 
-from cryptography.fernet import Fernet, InvalidToken
-from django.conf import settings
-
-
-def _fernet() -> Fernet:
-    key = settings.STORAGE_CREDENTIALS_KEY
-    # Any passphrase works: it is stretched to the 32 bytes Fernet needs.
-    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()))
-
-
-def encrypt(secret: str) -> str:
-    return _fernet().encrypt(secret.encode()).decode() if secret else ""
-
-
-def decrypt(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return _fernet().decrypt(token.encode()).decode()
-    except InvalidToken:
-        raise ValueError(
-            "The stored credentials cannot be decrypted with STORAGE_CREDENTIALS_KEY."
-        ) from None
+__all__ = ["decrypt", "encrypt"]

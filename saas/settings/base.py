@@ -304,6 +304,10 @@ WEBHOOK_TIMEOUT_SECONDS = env.integer("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
 WEBHOOK_MAX_ATTEMPTS = env.integer("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_RETRY_BASE_SECONDS = env.integer("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=0)
 WEBHOOK_FAILING_AFTER = env.integer("WEBHOOK_FAILING_AFTER", 3, minimum=1)
+# Single sign-on: an organization's identity provider (its issuer and the endpoints its discovery
+# names) must be on a public address over https, unless this is on (development, tests, and an
+# on-premises installation whose IdP is on the hospital's own network).
+SSO_ALLOW_PRIVATE_ISSUERS = env.boolean("SSO_ALLOW_PRIVATE_ISSUERS", DEBUG)
 
 # Archive: the platform's default storage location (hospitals may add their own buckets).
 ARCHIVE_BACKEND = env.choice("ARCHIVE_BACKEND", "FILESYSTEM", ["FILESYSTEM", "S3"]).lower()

@@ -1,5 +1,11 @@
 """Sign-in by single sign-on, under /accounts/sso/: discovery by email, start, callback."""
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from tenants.sso import views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("", views.sso_start, name="sso-start"),
+    path("callback/", views.sso_callback, name="sso-callback"),
+    path("staff/domains/", views.staff_domains, name="sso-staff-domains"),
+]

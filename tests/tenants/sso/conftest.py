@@ -1,0 +1,73 @@
+"""Fixtures of the single sign-on tests: an organization with a verified domain and an OpenID
+Connect provider pointing at a real provider on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tenants import crypto
+from tenants.models import EmailDomain, IdentityProvider, Organization
+from tenants.roles import Role
+from tests.tenants.sso.idp import CLIENT_ID, CLIENT_SECRET, Idp, account, start_idp
+
+CALLBACK = "http://testserver/accounts/sso/callback/"
+MAPPING = {"radiology": Role.MEMBER, "pacs-admins": Role.ADMIN, "strata-owners": Role.OWNER}
+
+
+def verified_domain(org: Organization, domain: str) -> EmailDomain:
+    return EmailDomain.objects.create(
+        organization=org,
+        domain=domain,
+        verification_token="t" * 40,
+        verified_at=timezone.now(),
+        verified_by=EmailDomain.VerifiedBy.STAFF,
+    )
+
+
+def configure_provider(org: Organization, issuer: str, **extra: Any) -> IdentityProvider:
+    values: dict[str, Any] = {
+        "name": "St. Mary Entra ID",
+        "issuer": issuer,
+        "client_id": CLIENT_ID,
+        "client_secret_encrypted": crypto.encrypt(CLIENT_SECRET),
+        "scopes": "openid email profile groups",
+        "groups_claim": "groups",
+        "role_mapping": dict(MAPPING),
+        **extra,
+    }
+    return IdentityProvider.objects.create(organization=org, **values)
+
+
+IDP_ACCOUNTS = [
+    account("sub-ana", "ana@stmary.example", ["radiology"], name="Ana Radiologist"),
+    account("sub-ben", "ben@stmary.example", ["pacs-admins", "radiology"]),
+    account("sub-cid", "cid@stmary.example", ["cafeteria"]),
+    account("sub-dee", "dee@stmary.example", ["radiology"], email_verified=False),
+    account("sub-eve", "eve@elsewhere.example", ["radiology"]),
+    account("sub-own", "owner@stmary.example", ["strata-owners"]),
+]
+
+
+@pytest.fixture(scope="session")
+def idp() -> Iterator[Idp]:
+    server = start_idp(redirect_uri=CALLBACK, accounts=IDP_ACCOUNTS)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sso_org(org: Organization, idp: Idp) -> Organization:
+    verified_domain(org, "stmary.example")
+    configure_provider(org, idp.issuer)
+    return org
+
+
+@pytest.fixture
+def make_provider() -> Callable[..., IdentityProvider]:
+    return configure_provider

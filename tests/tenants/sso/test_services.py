@@ -1,0 +1,182 @@
+"""Single sign-on settings: the provider (validated, secret encrypted, audited) and email
+domains (claimed by any organization, verified by one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tenants import crypto
+from tenants.context import Actor
+from tenants.errors import Conflict, NotFound, ValidationFailed
+from tenants.models import AuditEvent, EmailDomain, Organization
+from tenants.sso import services
+from tests.tenants.sso.conftest import verified_domain
+
+ACTOR = Actor.system("tests")
+
+
+def save(org: Organization, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "name": "Entra ID",
+        "issuer": "https://login.microsoftonline.com/tenant-id/v2.0",
+        "client_id": "app-id",
+        "client_secret": "s3cret-value",
+        "role_mapping": {"radiology": "member"},
+    }
+    values.update(overrides)
+    return services.provider_update(org=org, actor=ACTOR, **values)
+
+
+def test_provider_secret_is_stored_encrypted_and_audited_without_its_value(org: Any) -> None:
+    provider = save(org)
+    assert "s3cret-value" not in provider.client_secret_encrypted
+    assert crypto.decrypt(provider.client_secret_encrypted) == "s3cret-value"
+    event = AuditEvent.objects.get(organization=org, action="sso.provider_update")
+    assert "s3cret-value" not in str(event.details)
+    assert event.details["changes"]["client_secret"] == "changed"
+
+
+def test_empty_secret_keeps_the_stored_one(org: Any) -> None:
+    first = save(org).client_secret_encrypted
+    assert save(org, client_secret=None, name="Renamed").client_secret_encrypted == first
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"issuer": "ftp://idp.example"}, "issuer"),
+        ({"issuer": "https://idp.example/?x=1"}, "issuer"),
+        ({"issuer": ""}, "issuer"),
+        ({"client_id": " "}, "client_id"),
+        ({"client_secret": None}, "client_secret"),
+        ({"scopes": "email profile"}, "scopes"),
+        ({"role_mapping": {"radiology": "superuser"}}, "role_mapping"),
+        ({"role_mapping": {}}, "role_mapping"),
+        ({"role_mapping": {"": "member"}}, "role_mapping"),
+        ({"sso_required": True}, "sso_required"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_provider_bad_input_is_refused_with_the_field(
+    org: Any, overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        save(org, **overrides)
+    assert field in exc.value.fields
+    assert not AuditEvent.objects.filter(action="sso.provider_update").exists()
+
+
+def test_private_issuer_is_refused_when_not_allowed(org: Any, settings: Any) -> None:
+    settings.SSO_ALLOW_PRIVATE_ISSUERS = False
+    with pytest.raises(ValidationFailed) as exc:
+        save(org, issuer="http://127.0.0.1:9000")
+    assert "issuer" in exc.value.fields
+
+
+def test_sso_required_needs_a_verified_domain(org: Any) -> None:
+    verified_domain(org, "stmary.example")
+    assert save(org, sso_required=True).sso_required
+
+
+def test_domain_add_normalizes_and_gives_a_txt_record(org: Any) -> None:
+    record = services.domain_add(org=org, actor=ACTOR, domain=" @StMary.Example. ")
+    assert record.domain == "stmary.example"
+    assert services.domain_txt_name(record) == "_strata-verification.stmary.example"
+    assert services.domain_txt_value(record).endswith(record.verification_token)
+    assert AuditEvent.objects.filter(action="sso.domain_add").count() == 1
+
+
+@pytest.mark.parametrize("value", ["", "not a domain", "localhost", "a..b.example", "x" * 300])
+def test_domain_add_refuses_what_is_not_a_domain(org: Any, value: str) -> None:
+    with pytest.raises(ValidationFailed):
+        services.domain_add(org=org, actor=ACTOR, domain=value)
+
+
+def test_domain_added_twice_is_a_conflict(org: Any) -> None:
+    services.domain_add(org=org, actor=ACTOR, domain="stmary.example")
+    with pytest.raises(Conflict):
+        services.domain_add(org=org, actor=ACTOR, domain="stmary.example")
+
+
+def test_two_organizations_may_claim_a_domain_but_only_one_may_verify_it(
+    org: Any, other_org: Any
+) -> None:
+    mine = services.domain_add(org=org, actor=ACTOR, domain="shared.example")
+    theirs = services.domain_add(org=other_org, actor=ACTOR, domain="shared.example")
+    services.domain_verify_dns(
+        org=org, actor=ACTOR, domain=mine, lookup=lambda name: [services.domain_txt_value(mine)]
+    )
+    with pytest.raises(Conflict) as exc:
+        services.domain_verify_dns(
+            org=other_org,
+            actor=ACTOR,
+            domain=theirs,
+            lookup=lambda name: [services.domain_txt_value(theirs)],
+        )
+    assert exc.value.code == "domain_taken"
+    theirs.refresh_from_db()
+    assert theirs.verified_at is None
+    with pytest.raises(Conflict):
+        services.domain_verify_staff(domain=theirs, actor=ACTOR)
+    # Once verified elsewhere, a new claim is refused outright.
+    third = Organization.objects.create(name="Third", slug="third")
+    with pytest.raises(Conflict):
+        services.domain_add(org=third, actor=ACTOR, domain="shared.example")
+
+
+def test_dns_verification_checks_the_txt_record_name_and_value(org: Any) -> None:
+    record = services.domain_add(org=org, actor=ACTOR, domain="stmary.example")
+    asked: list[str] = []
+
+    def lookup(name: str) -> list[str]:
+        asked.append(name)
+        return ["v=spf1 -all", "strata-domain-verification=wrong"]
+
+    with pytest.raises(ValidationFailed) as exc:
+        services.domain_verify_dns(org=org, actor=ACTOR, domain=record, lookup=lookup)
+    assert exc.value.code == "txt_not_found"
+    assert asked == ["_strata-verification.stmary.example"]
+    record.refresh_from_db()
+    assert record.verified_at is None
+    services.domain_verify_dns(
+        org=org, actor=ACTOR, domain=record, lookup=lambda n: [services.domain_txt_value(record)]
+    )
+    record.refresh_from_db()
+    assert record.verified_by == EmailDomain.VerifiedBy.DNS
+    assert AuditEvent.objects.filter(action="sso.domain_verify").count() == 1
+
+
+def test_dns_verification_of_another_tenants_domain_is_not_found(org: Any, other_org: Any) -> None:
+    record = services.domain_add(org=other_org, actor=ACTOR, domain="other.example")
+    with pytest.raises(NotFound):
+        services.domain_verify_dns(org=org, actor=ACTOR, domain=record, lookup=lambda n: [])
+
+
+def test_last_verified_domain_cannot_be_removed_while_sso_is_required(org: Any) -> None:
+    record = verified_domain(org, "stmary.example")
+    save(org, sso_required=True)
+    with pytest.raises(Conflict):
+        services.domain_remove(org=org, actor=ACTOR, domain=record)
+    assert EmailDomain.objects.filter(pk=record.pk).exists()
+    save(org, sso_required=False)
+    services.domain_remove(org=org, actor=ACTOR, domain=record)
+    assert not EmailDomain.objects.filter(pk=record.pk).exists()
+    assert AuditEvent.objects.filter(action="sso.domain_remove").count() == 1
+
+
+def test_staff_verification_is_recorded_as_staff(org: Any) -> None:
+    record = services.domain_add(org=org, actor=ACTOR, domain="stmary.example")
+    services.domain_verify_staff(domain=record, actor=ACTOR)
+    record.refresh_from_db()
+    assert record.verified_by == EmailDomain.VerifiedBy.STAFF
+    assert record.verified_at is not None and record.verified_at <= timezone.now()
+
+
+def test_storage_credentials_use_the_same_secret_box() -> None:
+    from archive.storage import credentials
+
+    assert credentials.decrypt(crypto.encrypt("x")) == "x"
+    assert crypto.decrypt(credentials.encrypt("y")) == "y"
