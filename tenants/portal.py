@@ -45,7 +45,9 @@ def org_view(
         ) -> HttpResponseBase:
             org = Organization.objects.filter(slug=org_slug).first()
             membership = membership_for_user(org=org, user=request.user) if org else None
-            if org is None or membership is None:
+            # A deactivated membership (SCIM ``active: false``) is no membership: 404 like a
+            # stranger's, until the identity provider reactivates it.
+            if org is None or membership is None or membership.deactivated_at is not None:
                 raise Http404("Organization not found.")
             if not org.is_active:
                 return render(request, "saas/org_inactive.html", {"inactive_org": org}, status=403)

@@ -28,7 +28,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from tenants.context import Actor
 from tenants.errors import NotFound, PermissionMissing, ServiceError, ValidationFailed
 from tenants.models import ApiToken, Organization
-from tenants.roles import PERMISSION_DESCRIPTIONS, PERMISSION_SCOPE
+from tenants.roles import PERMISSION_DESCRIPTIONS, PERMISSION_SCOPE, Scope
 from tenants.selectors import membership_for_user
 
 logger = logging.getLogger(__name__)
@@ -270,6 +270,12 @@ class OrgAPIView(APIView):
         slug = kwargs.get("org_slug")
         if isinstance(request.auth, ApiToken):
             token = request.auth
+            if Scope.SCIM in token.scopes:
+                # The SCIM token provisions members at /scim/v2/ and reads nothing else.
+                raise PermissionMissing(
+                    "A SCIM token may call only the SCIM endpoints under /scim/v2/.",
+                    code="scim_token",
+                )
             if slug is not None and slug != token.organization.slug:
                 raise NotFound("Organization not found.")
             self.org = token.organization
@@ -283,7 +289,8 @@ class OrgAPIView(APIView):
                 )
             org = Organization.objects.filter(slug=slug).first()
             membership = membership_for_user(org=org, user=request.user) if org else None
-            if org is None or membership is None:
+            # A deactivated membership (SCIM ``active: false``) is no membership.
+            if org is None or membership is None or membership.deactivated_at is not None:
                 raise NotFound("Organization not found.")
             if not org.is_active:
                 raise PermissionMissing(

@@ -7,6 +7,8 @@ Only an owner may grant, change or remove the owner role (enforced in services).
 
 from __future__ import annotations
 
+from enum import nonmember
+
 from django.db import models
 
 
@@ -23,6 +25,15 @@ class Scope(models.TextChoices):
     DICOM_WRITE = "dicom:write", "Send images (STOW-RS)"
     USAGE_READ = "usage:read", "Read usage and invoices"
     ADMIN = "admin", "Administer the organization"
+    # The SCIM token's scope, on no other token: not a member of the enum, so that the token
+    # form, the token API and every list of scopes leave it out. Whoever provisions members
+    # through SCIM can map groups to any role, so only an owner creates this token, on the
+    # Security page (tenants.scim); it may call /scim/v2/ and nothing else, and no other token
+    # may call /scim/v2/.
+    SCIM = nonmember("scim")
+
+
+SCIM_SCOPE_LABEL = "Provision members (SCIM)"
 
 
 class Perm:
@@ -43,6 +54,9 @@ class Perm:
     # Single sign-on, email domains, the second-factor policy and the SCIM token: owners only,
     # never a token scope (whoever maps IdP groups to roles can make themselves an owner).
     SECURITY_MANAGE = "security.manage"
+    # The SCIM token's one permission; no role has it (owners manage the token in the portal
+    # through SECURITY_MANAGE).
+    SCIM_PROVISION = "scim.provision"
 
 
 PERMISSION_DESCRIPTIONS: dict[str, str] = {
@@ -61,6 +75,7 @@ PERMISSION_DESCRIPTIONS: dict[str, str] = {
     Perm.IMAGES_WRITE: "send images",
     Perm.AUDIT_READ: "read the audit log",
     Perm.SECURITY_MANAGE: "configure single sign-on, MFA and provisioning",
+    Perm.SCIM_PROVISION: "provision members (SCIM)",
 }
 
 _MANAGE = {
@@ -75,9 +90,11 @@ _MANAGE = {
 }
 _EVERYONE = {Perm.ORG_VIEW, Perm.MEMBERS_VIEW}
 
+_PORTAL = set(PERMISSION_DESCRIPTIONS) - {Perm.SCIM_PROVISION}
+
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    Role.OWNER: frozenset(set(PERMISSION_DESCRIPTIONS)),
-    Role.ADMIN: frozenset(set(PERMISSION_DESCRIPTIONS) - {Perm.SECURITY_MANAGE}),
+    Role.OWNER: frozenset(_PORTAL),
+    Role.ADMIN: frozenset(_PORTAL - {Perm.SECURITY_MANAGE}),
     Role.BILLING: frozenset(_EVERYONE | {Perm.INVOICES_VIEW, Perm.BILLING_MANAGE}),
     Role.AUDITOR: frozenset(_EVERYONE | {Perm.AUDIT_READ, Perm.INVOICES_VIEW}),
     Role.MEMBER: frozenset(_EVERYONE | {Perm.IMAGES_READ, Perm.IMAGES_WRITE}),
@@ -88,6 +105,7 @@ SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
     Scope.DICOM_WRITE: frozenset({Perm.ORG_VIEW, Perm.IMAGES_WRITE}),
     Scope.USAGE_READ: frozenset({Perm.ORG_VIEW, Perm.INVOICES_VIEW}),
     Scope.ADMIN: frozenset(_EVERYONE | _MANAGE | {Perm.AUDIT_READ, Perm.INVOICES_VIEW}),
+    Scope.SCIM: frozenset({Perm.SCIM_PROVISION}),
 }
 
 # Which scope a token needs for a permission, to name it in a 403.

@@ -34,3 +34,13 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     user = factory.SubFactory(UserFactory)
     organization = factory.SubFactory(OrganizationFactory)
     role = Role.MEMBER
+
+
+class ScimGroupFactory(factory.django.DjangoModelFactory):
+    """A group as the identity provider pushes it over SCIM."""
+
+    class Meta:
+        model = "tenants.ScimGroup"
+
+    organization = factory.SubFactory(OrganizationFactory)
+    display_name = factory.Sequence(lambda n: f"Radiology group {n}")
