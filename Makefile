@@ -13,7 +13,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The OpenID Connect provider the single sign-on tests run on loopback (tests/sso_idp): its npm
+# packages, pinned by package-lock.json, when npm is there; without npm those tests skip (and fail
+# under REQUIRE_SERVICES=1).
 install: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then \
+	  test tests/sso_idp/node_modules/.package-lock.json -nt tests/sso_idp/package-lock.json || \
+	    npm ci --prefix tests/sso_idp --no-audit --no-fund --loglevel=error; \
+	else \
+	  echo "npm is not installed: the single sign-on tests that need the OpenID Connect test provider will skip (apt-get install nodejs npm)"; \
+	fi
 
 # nginx, which manage.py serve runs in front of gunicorn: installed with apt-get when missing and
 # run as root; otherwise (no root, no apt) serve runs gunicorn alone and says so.
