@@ -368,6 +368,9 @@ def group_fields_after_patch(
                 ids = ids + [i for i in _member_ids(value) if i not in ids]
             else:
                 ids = _member_ids(value) if value else []
+        elif key in ("id", "schemas", "meta") and op == "replace":
+            # Okta sends the whole group as a replace value, id included; it does not change.
+            return
         elif (match := _MEMBER_FILTER.match(path)) is not None:
             if op != "remove":
                 raise invalid_path(f"{path!r} can only be removed.")
