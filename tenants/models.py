@@ -531,3 +531,7 @@ class ScimGroup(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+# A person's second factors live in their own module; imported here to be part of this app.
+from tenants.mfa.models import RecoveryCode, TotpDevice, WebAuthnCredential  # noqa: E402,F401

@@ -890,11 +890,14 @@ def _orgs_of_user(user: Any) -> list[Organization]:
     ]
 
 
-def user_session_start(*, request: Any, user: Any, method: str) -> UserSession | None:
+def user_session_start(
+    *, request: Any, user: Any, method: str, factor: str = ""
+) -> UserSession | None:
     """Record the session a sign-in just opened (called from the user_logged_in signal).
 
-    ``method`` is "password" or "sso:<provider>". The record's id and the time its activity was
-    written are kept in the session itself, which is saved at the end of the sign-in request.
+    ``method`` is "password" or "sso:<provider>"; ``factor`` the second factor (tenants.signin).
+    The record's id and the time its activity was written are kept in the session itself, which
+    is saved at the end of the sign-in request.
     """
     session = getattr(request, "session", None)
     if session is None:
@@ -906,6 +909,7 @@ def user_session_start(*, request: Any, user: Any, method: str) -> UserSession |
         user=user,
         session_key=session.session_key or "",
         method=method[:64],
+        factor=factor[:64],
         ip=actor.ip,
         user_agent=actor.user_agent[:512],
     )

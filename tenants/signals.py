@@ -30,8 +30,10 @@ def audit_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     actor = Actor.from_request(request) if request is not None else Actor(user=user)
     actor = Actor(user=user, ip=actor.ip, user_agent=actor.user_agent)
     method = str(getattr(request, "login_method", "") or "password")[:64]
-    record = user_session_start(request=request, user=user, method=method)
-    details: dict[str, Any] = {"method": method}
+    # The second factor tenants.signin checked: "", "totp", "webauthn", "recovery-code", "idp:...".
+    factor = str(getattr(request, "login_factor", "") or "")[:64]
+    record = user_session_start(request=request, user=user, method=method, factor=factor)
+    details: dict[str, Any] = {"method": method, "factor": factor}
     if record is not None:
         details["session_id"] = record.pk
     for org in _orgs_of(user):

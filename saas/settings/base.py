@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "saas.input_guard.InputGuardMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A person whose organization requires a second factor and who has none: to enrolment.
+    "tenants.mfa.middleware.MfaEnrolmentMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "saas.middleware.ApiUsageMiddleware",

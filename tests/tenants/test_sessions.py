@@ -63,7 +63,7 @@ def test_sign_in_records_the_session_and_audits_method_address_and_agent(
     assert record.ended_at is None
     event = AuditEvent.objects.for_org(org).get(action="auth.login")
     assert (event.ip, event.user_agent) == ("198.51.100.7", CHROME_MAC)
-    assert event.details == {"method": "password", "session_id": record.pk}
+    assert event.details == {"method": "password", "factor": "", "session_id": record.pk}
     # One auth.login event per sign-in: the existing event was extended, not doubled.
     assert AuditEvent.objects.filter(action="auth.login").count() == 1
 

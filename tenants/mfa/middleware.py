@@ -1,0 +1,57 @@
+"""Takes a person whose organization requires a second factor, and who has none, to enrolment.
+
+``tenants.signin`` marks the session at sign-in (``ENROL_KEY``); until the person adds an
+authenticator app or a security key, every page answers with a redirect to Sign-in factors, and
+the REST API (for this session) with 403. Enrolment, signing out and static files stay open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import reverse
+from django.utils.http import urlencode
+
+from tenants.signin import ENROL_KEY
+
+_OPEN_PREFIXES = (
+    "/account/factors/",
+    "/accounts/logout/",
+    "/accounts/mfa/",
+    "/accounts/login/",
+    "/static/",
+    "/healthz",
+    "/readyz",
+    "/favicon",
+)
+
+
+class MfaEnrolmentMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        session = getattr(request, "session", None)
+        if (
+            session is not None
+            and user is not None
+            and user.is_authenticated
+            and session.get(ENROL_KEY)
+            and not request.path.startswith(_OPEN_PREFIXES)
+        ):
+            message = (
+                "Your organization requires a second factor: add an authenticator app or a "
+                "security key under Your account → Sign-in factors first."
+            )
+            if request.path.startswith(("/api/", "/dicomweb/")):
+                return JsonResponse(
+                    {"error": {"code": "mfa_enrolment_required", "message": message, "fields": {}}},
+                    status=403,
+                )
+            target = reverse("mfa-factors")
+            if request.method in ("GET", "HEAD"):
+                target += "?" + urlencode({"next": request.get_full_path()})
+            return HttpResponseRedirect(target)
+        return self.get_response(request)
