@@ -157,10 +157,13 @@ def scim_token_list(*, org: Organization) -> list[ApiToken]:
 
 
 def scim_activity(*, org: Organization, limit: int = 10) -> QuerySet[AuditEvent]:
-    """The latest provisioning events of the organization (SCIM changes and token refusals)."""
+    """The latest provisioning events of the organization: SCIM changes and the role changes
+    their groups made."""
     return (
         AuditEvent.objects.for_org(org)
-        .filter(Q(action__startswith="scim."))
+        .filter(
+            Q(action__startswith="scim.") | Q(action="member.role_changed", details__source="scim")
+        )
         .order_by("-created_at", "-id")[:limit]
     )
 
