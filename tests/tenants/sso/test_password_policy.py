@@ -80,4 +80,4 @@ def test_idp_down_shows_a_clear_page_pointing_owners_to_the_password(
 def test_login_page_offers_single_sign_on(db: Any) -> None:
     page = Client().get("/accounts/login/").content.decode()
     assert "Sign in with single sign-on" in page
-    assert 'action="/accounts/sso/"' in page
+    assert 'href="/accounts/sso/"' in page
