@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SCIM_MEDIA_TYPE = "application/scim+json"
 DEFAULT_COUNT = 100
 MAX_COUNT = 200
+MAX_START_INDEX = 2**31 - 1
 
 USER_FILTERS = {"username", "externalid", "id", "emails.value", "emails", "active"}
 GROUP_FILTERS = {"displayname", "externalid", "id", "members.value", "members"}
@@ -146,6 +147,8 @@ class ScimView(APIView):
             count = int(params.get("count", str(DEFAULT_COUNT)))
         except ValueError:
             raise invalid_value("startIndex and count must be integers.") from None
+        if start > MAX_START_INDEX:
+            raise invalid_value(f"startIndex is at most {MAX_START_INDEX}.")
         return max(start, 1), min(max(count, 0), MAX_COUNT)
 
 

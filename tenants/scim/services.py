@@ -237,12 +237,17 @@ def scim_user_create(*, org: Organization, actor: Actor, fields: UserFields) -> 
         if user is None:
             if user_model.objects.filter(username__iexact=fields.user_name).exists():
                 raise _uniqueness(f"The userName {fields.user_name!r} is already taken.")
-            user = user_model.objects.create_user(
-                username=fields.user_name,
-                email=fields.user_name,
-                first_name=fields.given_name,
-                last_name=fields.family_name,
-            )
+            try:
+                with transaction.atomic():
+                    user = user_model.objects.create_user(
+                        username=fields.user_name,
+                        email=fields.user_name,
+                        first_name=fields.given_name,
+                        last_name=fields.family_name,
+                    )
+            except IntegrityError:
+                # The same person created by a concurrent request.
+                raise _uniqueness(f"The userName {fields.user_name!r} is already taken.") from None
             # Signs in through the organization's single sign-on, or sets a password with
             # "Forgot password" (the email address is theirs).
             user.set_unusable_password()
@@ -325,7 +330,11 @@ def scim_user_update(
             changes["name"] = True
             user.first_name, user.last_name = fields.given_name, fields.family_name
         if changes:
-            user.save(update_fields=["email", "username", "first_name", "last_name"])
+            try:
+                with transaction.atomic():
+                    user.save(update_fields=["email", "username", "first_name", "last_name"])
+            except IntegrityError:
+                raise _uniqueness(f"The userName {fields.user_name!r} is already taken.") from None
         if fields.external_id != membership.scim_external_id:
             changes["externalId"] = {"from": membership.scim_external_id, "to": fields.external_id}
             membership.scim_external_id = fields.external_id

@@ -279,3 +279,35 @@ def test_another_organizations_member_cannot_be_added_to_a_group(
     )
     assert_scim_error(response, 400, "invalidValue")
     assert ScimGroup.objects.get(scim_id=group["id"]).members.count() == 0
+
+
+ODD_VALUES: list[Any] = [None, 7, True, "x", [], {}, [None], [{"value": 3}], [{"value": None}]]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+@pytest.mark.parametrize("field", ["displayName", "members", "externalId", "schemas"])
+def test_odd_values_in_a_group_create_are_answered_never_a_500(
+    scim: ScimClient, field: str, value: Any
+) -> None:
+    body: dict[str, Any] = {"schemas": [GROUP], "displayName": "Radiology", "members": []}
+    body[field] = value
+    response = scim.post("Groups", body)
+    assert response.status_code in (201, 400), response.content
+    if response.status_code == 400:
+        assert_scim_error(response, 400)
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+@pytest.mark.parametrize("path", ["members", "displayName", "externalId", None])
+@pytest.mark.parametrize("op", ["add", "remove", "replace"])
+def test_odd_values_in_a_group_patch_are_answered_never_a_500(
+    scim: ScimClient, op: str, path: str | None, value: Any
+) -> None:
+    group = new_group(scim, "Radiology")
+    operation: dict[str, Any] = {"op": op, "value": value}
+    if path is not None:
+        operation["path"] = path
+    response = scim.patch(f"Groups/{group['id']}", patch_body(operation))
+    assert response.status_code in (200, 204, 400), response.content
+    if response.status_code == 400:
+        assert_scim_error(response, 400)

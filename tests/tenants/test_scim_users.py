@@ -514,3 +514,48 @@ def test_discovery_endpoints(scim: ScimClient) -> None:
     assert USER in {s["id"] for s in schemas["Resources"]}
     assert scim.get(f"Schemas/{USER}").json()["name"] == "User"
     assert_scim_error(scim.get("Schemas/urn:nope"), 404)
+
+
+ODD_VALUES: list[Any] = [None, 7, 1.5, True, "x", [], {}, [None], [{"value": 3}], {"a": [1]}]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+@pytest.mark.parametrize(
+    "field", ["userName", "name", "externalId", "active", "emails", "schemas", "displayName"]
+)
+def test_odd_values_in_a_create_are_answered_never_a_500(
+    scim: ScimClient, field: str, value: Any
+) -> None:
+    body = user_body("dana@stmary.example")
+    body[field] = value
+    response = scim.post("Users", body)
+    assert response.status_code in (201, 400), response.content
+    if response.status_code == 400:
+        assert_scim_error(response, 400)
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+@pytest.mark.parametrize("key", ["op", "path", "value", "Operations"])
+def test_odd_values_in_a_patch_are_answered_never_a_500(
+    scim: ScimClient, key: str, value: Any
+) -> None:
+    created = create(scim)
+    operation: dict[str, Any] = {"op": "replace", "path": "externalId", "value": "x"}
+    body = patch_body(operation)
+    if key == "Operations":
+        body["Operations"] = value
+    else:
+        operation[key] = value
+    response = scim.patch(f"Users/{created['id']}", body)
+    assert response.status_code in (200, 400), response.content
+    if response.status_code == 400:
+        assert_scim_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["startIndex=99999999999999999999999", "count=-5", "startIndex=-3", "count=" + "9" * 5000],
+)
+def test_odd_paging_is_answered_never_a_500(scim: ScimClient, query: str) -> None:
+    response = scim.get(f"Users?{query}")
+    assert response.status_code in (200, 400), response.content
