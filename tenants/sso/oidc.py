@@ -100,6 +100,19 @@ def issuer_problem(issuer: str) -> str | None:
     return None
 
 
+def endpoint_problem(url: str) -> str | None:
+    """Why an endpoint named by discovery cannot be used, or None. Unlike the issuer, an endpoint
+    may carry a query string (Azure AD B2C names its policy there)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and allow_private()):
+        return "must be an https:// URL"
+    try:
+        netguard.url_check(url, allow_private=allow_private(), lookup=False)
+    except netguard.AddressRefused as exc:
+        return str(exc)
+    return None
+
+
 def _get_json(session: requests.Session, url: str, what: str) -> dict[str, Any]:
     try:
         response = session.get(
@@ -156,7 +169,7 @@ def discover(issuer: str) -> Metadata:
     endpoints: dict[str, str] = {}
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         value = doc.get(name)
-        if not isinstance(value, str) or issuer_problem(value):
+        if not isinstance(value, str) or endpoint_problem(value):
             raise IdpUnavailable(f"The identity provider's discovery document has no valid {name}.")
         endpoints[name] = value
     if str(doc.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):

@@ -192,3 +192,36 @@ def test_callback_refuses_bad_id_tokens(
     assert not Membership.objects.filter(user__email="ana@stmary.example").exists()
     event = AuditEvent.objects.get(organization=sso_org, action="auth.sso_refused")
     assert event.details["reason"] == reason
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+
+def test_discovery_of_the_real_provider_names_its_endpoints(idp: Idp) -> None:
+    metadata = oidc.discover(idp.issuer)
+    assert metadata.issuer == idp.issuer
+    assert metadata.token_endpoint.startswith(idp.issuer)
+    assert len(oidc.fetch_jwks(metadata).keys) >= 1
+
+
+def test_discovery_naming_another_issuer_is_refused(idp: Idp) -> None:
+    with pytest.raises(oidc.OidcError) as exc:
+        oidc.discover(idp.issuer.replace("127.0.0.1", "localhost"))
+    assert exc.value.reason == "issuer_mismatch"
+
+
+def test_unreachable_issuer_is_unavailable() -> None:
+    with pytest.raises(oidc.IdpUnavailable):
+        oidc.discover("http://127.0.0.1:9")
+
+
+def test_private_issuer_is_refused_at_connection_time(settings: Any) -> None:
+    settings.SSO_ALLOW_PRIVATE_ISSUERS = False
+    with pytest.raises(oidc.IdpUnavailable) as exc:
+        oidc.discover("https://127.0.0.1:9")
+    assert "private or internal" in exc.value.message
+
+
+def test_endpoint_with_a_query_string_is_accepted_but_the_issuer_is_not() -> None:
+    assert oidc.endpoint_problem("https://b2c.example/authorize?p=b2c_1_signin") is None
+    assert oidc.issuer_problem("https://b2c.example/?p=x") is not None

@@ -199,3 +199,23 @@ def test_domain_claimed_but_not_verified_does_not_lead_to_the_idp(
     EmailDomain.objects.create(organization=org, domain="stmary.example", verification_token="x")
     response = Client().post("/accounts/sso/", {"email": "ana@stmary.example"})
     assert response.status_code == 400
+
+
+def test_idp_down_at_the_callback_shows_the_unavailable_page(
+    sso_org: Organization, idp: Idp, monkeypatch: Any
+) -> None:
+    from tenants.sso import oidc
+
+    client = Client()
+    back = log_in_at_idp(
+        start(client, "ana@stmary.example")["Location"], email="ana@stmary.example"
+    )
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise oidc.IdpUnavailable("The identity provider did not answer (token request).")
+
+    monkeypatch.setattr(oidc, "exchange_code", down)
+    response = client.get(back.replace("http://testserver", ""))
+    assert response.status_code == 502
+    assert b"is not answering" in response.content
+    assert "_auth_user_id" not in client.session
