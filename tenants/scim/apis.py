@@ -107,6 +107,9 @@ def _as_scim_error(exc: Exception) -> ScimError | None:
 class ScimView(APIView):
     """Base of every SCIM endpoint: the scim token, the organization, SCIM errors."""
 
+    # Not in the OpenAPI document of /api/v1/: SCIM is its own protocol, described by
+    # /scim/v2/Schemas and /scim/v2/ResourceTypes (and docs/scim.md).
+    schema = None
     authentication_classes = [BearerTokenAuthentication]
     permission_classes: list[Any] = []
     throttle_classes = [TokenRateThrottle]
