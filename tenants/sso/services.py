@@ -367,25 +367,17 @@ def _refuse(
     return SsoRefused(message, reason=reason)
 
 
-def sso_sign_in_complete(
+class _Refusal(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def _sign_in_complete(
     *, provider: IdentityProvider, claims: dict[str, Any], actor: Actor
 ) -> SsoResult:
-    """Turn verified ID token ``claims`` into a person of ``provider``'s organization.
-
-    Precondition: ``claims`` come from ``oidc.verify_id_token`` (signature, issuer, audience,
-    expiry and nonce checked).
-
-    - The email must be verified by the IdP (``email_verified`` true, or absent: Entra ID and
-      others omit it for the organization's own accounts) and its domain a verified email domain
-      of this organization.
-    - The person's groups must map to a role; their role follows the mapping at every sign-in
-      (the last owner is never demoted this way).
-    - A returning person is found by subject. The first time, an existing account with that
-      email is linked (the domain is the organization's, verified), else one is created with an
-      unusable password. A deactivated membership is never reactivated.
-
-    Raises ``SsoRefused`` (already audited).
-    """
+    """``sso_sign_in_complete`` without the audit of refusals: a refusal inside the transaction
+    (``_Refusal``) rolls all of it back, then is audited in a transaction of its own."""
     org = provider.organization
     email = str(claims.get("email") or "").strip().lower()
     subject = str(claims["sub"])
@@ -442,22 +434,16 @@ def sso_sign_in_complete(
                 user is not None
                 and SsoIdentity.objects.filter(provider=provider, user=user).exists()
             ):
-                raise _refuse(
-                    provider,
-                    actor,
+                raise _Refusal(
                     "subject_changed",
                     f"The account {email} is already linked to another identity at "
                     f"{provider.name}. Ask an owner of {org.name} to check the account.",
-                    claims,
                 )
             if user is None:
                 if user_model.objects.filter(username__iexact=email).exists():
-                    raise _refuse(
-                        provider,
-                        actor,
+                    raise _Refusal(
                         "username_taken",
                         f"An account named {email} already exists; ask the platform staff.",
-                        claims,
                     )
                 user = user_model.objects.create_user(username=email, email=email)
                 user.set_unusable_password()
@@ -469,8 +455,12 @@ def sso_sign_in_complete(
         membership = Membership.objects.for_org(org).select_for_update().filter(user=user).first()
         person = Actor(user=user, ip=actor.ip, user_agent=actor.user_agent)
         if membership is not None and membership.deactivated_at is not None:
-            transaction.set_rollback(True)
-        elif membership is None:
+            raise _Refusal(
+                "deactivated",
+                f"Your membership of {org.name} has been deactivated. Ask an owner to "
+                "reactivate it.",
+            )
+        if membership is None:
             membership = Membership.objects.create(organization=org, user=user, role=role)
             audit_record(
                 org=org,
@@ -501,15 +491,36 @@ def sso_sign_in_complete(
                     target_label=email,
                     details={"role": {"from": old, "to": role}, "via": "sso group mapping"},
                 )
-        if membership.deactivated_at is None:
-            identity.last_login_at = timezone.now()
-            identity.save(update_fields=["last_login_at"])
-    if membership.deactivated_at is not None:
-        raise _refuse(
-            provider,
-            actor,
-            "deactivated",
-            f"Your membership of {org.name} has been deactivated. Ask an owner to reactivate it.",
-            claims,
-        )
+        identity.last_login_at = timezone.now()
+        identity.save(update_fields=["last_login_at"])
     return SsoResult(user=user, membership=membership, created_user=created_user)
+
+
+def sso_sign_in_complete(
+    *, provider: IdentityProvider, claims: dict[str, Any], actor: Actor
+) -> SsoResult:
+    """Turn verified ID token ``claims`` into a person of ``provider``'s organization.
+
+    Precondition: ``claims`` come from ``oidc.verify_id_token`` (signature, issuer, audience,
+    expiry and nonce checked).
+
+    - The email must be verified by the IdP (``email_verified`` true, or absent: Entra ID and
+      others omit it for the organization's own accounts) and its domain a verified email domain
+      of this organization.
+    - The person's groups must map to a role; their role follows the mapping at every sign-in
+      (the last owner is never demoted this way).
+    - A returning person is found by subject. The first time, an existing account with that
+      email is linked (the domain is the organization's, verified), else one is created with an
+      unusable password. A deactivated membership is never reactivated.
+
+    Raises ``SsoRefused`` (already audited; nothing else of the attempt is kept).
+    """
+    try:
+        try:
+            return _sign_in_complete(provider=provider, claims=claims, actor=actor)
+        except IntegrityError:
+            # A concurrent first sign-in of the same person (or address) won the race; this
+            # one now finds what it created.
+            return _sign_in_complete(provider=provider, claims=claims, actor=actor)
+    except _Refusal as refusal:
+        raise _refuse(provider, actor, refusal.reason, refusal.message, claims) from None

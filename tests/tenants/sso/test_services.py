@@ -180,3 +180,55 @@ def test_storage_credentials_use_the_same_secret_box() -> None:
 
     assert credentials.decrypt(crypto.encrypt("x")) == "x"
     assert crypto.decrypt(credentials.encrypt("y")) == "y"
+
+
+# --- the end of a sign-in, with verified claims --------------------------------------------------
+
+
+def sso_claims(**overrides: Any) -> dict[str, Any]:
+    return {"sub": "sub-ana", "email": "ana@stmary.example", "groups": ["radiology"], **overrides}
+
+
+@pytest.fixture
+def provider(org: Organization) -> Any:
+    verified_domain(org, "stmary.example")
+    return save(org, role_mapping={"radiology": "member", "boss": "owner"})
+
+
+def test_address_relinked_to_another_subject_is_refused_and_the_refusal_is_kept(
+    org: Organization, provider: Any
+) -> None:
+    services.sso_sign_in_complete(provider=provider, claims=sso_claims(), actor=ACTOR)
+    with pytest.raises(services.SsoRefused) as exc:
+        services.sso_sign_in_complete(
+            provider=provider, claims=sso_claims(sub="sub-someone-else"), actor=ACTOR
+        )
+    assert exc.value.reason == "subject_changed"
+    event = AuditEvent.objects.get(action="auth.sso_refused")
+    assert event.details["reason"] == "subject_changed"
+    assert event.organization_id == org.pk
+
+
+def test_the_last_owner_is_not_demoted_by_the_group_mapping(
+    org: Organization, provider: Any
+) -> None:
+    result = services.sso_sign_in_complete(
+        provider=provider, claims=sso_claims(groups=["boss"]), actor=ACTOR
+    )
+    assert result.membership.role == "owner"
+    again = services.sso_sign_in_complete(provider=provider, claims=sso_claims(), actor=ACTOR)
+    assert again.membership.role == "owner"
+
+
+def test_owner_only_when_a_group_maps_to_owner_explicitly(org: Organization, provider: Any) -> None:
+    result = services.sso_sign_in_complete(
+        provider=provider, claims=sso_claims(groups=["radiology", "unmapped"]), actor=ACTOR
+    )
+    assert result.membership.role == "member"
+
+
+def test_groups_claim_as_a_single_string_is_read(org: Organization, provider: Any) -> None:
+    result = services.sso_sign_in_complete(
+        provider=provider, claims=sso_claims(groups="radiology"), actor=ACTOR
+    )
+    assert result.created_user and result.membership.role == "member"
