@@ -423,7 +423,7 @@ def _policy_page(
         "form": form or MfaPolicyForm(initial={"mfa_required": policy.mfa_required}),
         "without": without,
         "without_admins": covered,
-        "affected": selectors.members_without_factor(org=ctx.org, level=policy.mfa_required),
+        "affected": list(selectors.members_without_factor(org=ctx.org, level=policy.mfa_required)),
         "self_has_factor": selectors.has_factor(user=request.user),
     }
     return render(request, "tenants/mfa/policy.html", context, status=status)
