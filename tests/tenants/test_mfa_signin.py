@@ -428,3 +428,16 @@ def test_signing_out_stays_open_while_enrolment_is_required(
 
     assert response.status_code in (200, 302)
     assert not signed_in(client)
+
+
+def test_the_account_page_names_the_factor_of_each_session(
+    org: Organization, member: Membership
+) -> None:
+    TotpDeviceFactory.create(user=member.user)
+    client = Client()
+    password_step(client, member)
+    client.post(reverse("mfa-verify"), {"code": now_code()})
+
+    page = client.get(reverse("portal-account"))
+
+    assert b"Password + authenticator app" in page.content
