@@ -61,17 +61,19 @@ def test_valid_token_gives_its_claims(idp_key: RSAKey) -> None:
     assert verify(sign(idp_key, claims()), idp_key)["sub"] == "sub-ana"
 
 
+# Built when the test runs (a lambda of "now"), not when it is collected: a long suite would
+# otherwise let the valid tokens expire and the future ones become past.
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    ("build", "reason"),
     [
-        (claims(exp=int(time.time()) - 120, iat=int(time.time()) - 600), "expired"),
-        (claims(aud="another-app"), "wrong_audience"),
-        (claims(aud=[CLIENT_ID, "another-app"]), "wrong_audience"),  # several, no azp
-        (claims(nonce="n-replayed"), "wrong_nonce"),
-        (claims(nonce=None), "wrong_nonce"),
-        (claims(iss="https://evil.example"), "wrong_issuer"),
-        (claims(iat=int(time.time()) + 600, exp=int(time.time()) + 900), "issued_in_future"),
-        (claims(exp=None), "expired"),
+        (lambda now: claims(exp=now - 120, iat=now - 600), "expired"),
+        (lambda now: claims(aud="another-app"), "wrong_audience"),
+        (lambda now: claims(aud=[CLIENT_ID, "another-app"]), "wrong_audience"),  # no azp
+        (lambda now: claims(nonce="n-replayed"), "wrong_nonce"),
+        (lambda now: claims(nonce=None), "wrong_nonce"),
+        (lambda now: claims(iss="https://evil.example"), "wrong_issuer"),
+        (lambda now: claims(iat=now + 600, exp=now + 900), "issued_in_future"),
+        (lambda now: claims(exp=None), "expired"),
     ],
     ids=[
         "expired",
@@ -84,9 +86,9 @@ def test_valid_token_gives_its_claims(idp_key: RSAKey) -> None:
         "no-expiry",
     ],
 )
-def test_bad_claims_are_refused(idp_key: RSAKey, payload: dict[str, Any], reason: str) -> None:
+def test_bad_claims_are_refused(idp_key: RSAKey, build: Any, reason: str) -> None:
     with pytest.raises(oidc.OidcError) as exc:
-        verify(sign(idp_key, payload), idp_key)
+        verify(sign(idp_key, build(int(time.time()))), idp_key)
     assert exc.value.reason == reason
 
 
@@ -163,7 +165,7 @@ def test_callback_accepts_a_token_signed_with_the_idps_key(
     ("overrides", "use_other_key", "reason"),
     [
         ({}, True, "bad_signature"),
-        ({"exp": int(time.time()) - 300, "iat": int(time.time()) - 900}, False, "expired"),
+        ({"exp": -300, "iat": -900}, False, "expired"),  # seconds from now
         ({"aud": "another-app"}, False, "wrong_audience"),
         ({"nonce": "not-this-sign-in"}, False, "wrong_nonce"),
     ],
@@ -182,7 +184,8 @@ def test_callback_refuses_bad_id_tokens(
 
     def build(nonce: str) -> str:
         payload = idp_claims(idp, nonce)
-        payload.update(overrides)
+        now = int(time.time())
+        payload.update({k: now + v if k in ("exp", "iat") else v for k, v in overrides.items()})
         return jwt.encode({"alg": "RS256", "kid": "idp-key-1"}, payload, key, algorithms=["RS256"])
 
     client, response = callback_with_token(monkeypatch, idp, build)
