@@ -441,3 +441,39 @@ def test_the_account_page_names_the_factor_of_each_session(
     page = client.get(reverse("portal-account"))
 
     assert b"Password + authenticator app" in page.content
+
+
+# --- security keys at sign-in: bad input -----------------------------------------------------
+
+
+def test_key_options_without_a_pending_sign_in_are_refused(db: Any) -> None:
+    response = Client().post(reverse("mfa-webauthn-options"))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "mfa_pending_expired"
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"credential": {"id": "AAAA", "response": {}}}'])
+def test_a_forged_key_answer_is_refused_audited_and_signs_nobody_in(
+    org: Organization, member: Membership, body: bytes
+) -> None:
+    from tenants.mfa.models import WebAuthnCredential
+
+    WebAuthnCredential.objects.create(
+        user=member.user, name="Key", credential_id="AAAA", public_key=b"\x00"
+    )
+    client = Client()
+    password_step(client, member)
+    options = client.post(reverse("mfa-webauthn-options"))
+    assert options.status_code == 200
+    assert options.json()["allowCredentials"][0]["id"] == "AAAA"
+
+    response = client.post(reverse("mfa-webauthn-verify"), body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "error" in response.json()
+    assert not signed_in(client)
+    # A body that is not JSON is no answer of a key at all: refused, but not audited as one.
+    assert AuditEvent.objects.filter(organization=org, action="mfa.failed").count() == (
+        1 if body != b"{" else 0
+    )
