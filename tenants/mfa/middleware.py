@@ -8,11 +8,13 @@ the REST API (for this session) with 403. Enrolment, signing out and static file
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from tenants.mfa import selectors as mfa_selectors
 from tenants.signin import ENROL_KEY
 
 _OPEN_PREFIXES = (
@@ -40,6 +42,7 @@ class MfaEnrolmentMiddleware:
             and user.is_authenticated
             and session.get(ENROL_KEY)
             and not request.path.startswith(_OPEN_PREFIXES)
+            and self._still_required(request, user)
         ):
             message = (
                 "Your organization requires a second factor: add an authenticator app or a "
@@ -55,3 +58,14 @@ class MfaEnrolmentMiddleware:
                 target += "?" + urlencode({"next": request.get_full_path()})
             return HttpResponseRedirect(target)
         return self.get_response(request)
+
+    @staticmethod
+    def _still_required(request: HttpRequest, user: Any) -> bool:
+        """Checked again on each request of a marked session only: a factor added in another
+        browser, or a policy lifted meanwhile, releases the session."""
+        if mfa_selectors.has_factor(user=user) or not mfa_selectors.organizations_requiring_mfa(
+            user=user
+        ):
+            request.session.pop(ENROL_KEY, None)
+            return False
+        return True

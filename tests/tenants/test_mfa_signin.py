@@ -477,3 +477,18 @@ def test_a_forged_key_answer_is_refused_audited_and_signs_nobody_in(
     assert AuditEvent.objects.filter(organization=org, action="mfa.failed").count() == (
         1 if body != b"{" else 0
     )
+
+
+def test_a_lifted_policy_releases_a_session_waiting_to_enrol(
+    org: Organization, member: Membership
+) -> None:
+    policy = SecurityPolicy.objects.create(organization=org, mfa_required=SecurityPolicy.Mfa.ALL)
+    client = Client()
+    password_step(client, member)
+    assert client.get(f"/o/{org.slug}/").status_code == 302
+
+    policy.mfa_required = SecurityPolicy.Mfa.OFF
+    policy.save()
+
+    assert client.get(f"/o/{org.slug}/").status_code == 200
+    assert signin.ENROL_KEY not in client.session
