@@ -208,6 +208,13 @@ def sso_callback(request: HttpRequest) -> HttpResponse:
         return refuse("no_code", "The identity provider sent no sign-in code.", 400)
     try:
         metadata = oidc.discover(provider.issuer)
+        # RFC 9207: an IdP that names itself in the answer must name the one this sign-in went
+        # to (a mix-up attack sends another IdP's code here).
+        answered_by = request.GET.get("iss")
+        if answered_by is not None and answered_by != metadata.issuer:
+            raise oidc.OidcError(
+                "The sign-in answer comes from another identity provider.", reason="wrong_issuer"
+            )
         tokens = oidc.exchange_code(
             metadata,
             client_id=provider.client_id,

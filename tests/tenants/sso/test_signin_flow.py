@@ -219,3 +219,17 @@ def test_idp_down_at_the_callback_shows_the_unavailable_page(
     assert response.status_code == 502
     assert b"is not answering" in response.content
     assert "_auth_user_id" not in client.session
+
+
+def test_answer_naming_another_issuer_is_refused(sso_org: Organization, idp: Idp) -> None:
+    client = Client()
+    back = log_in_at_idp(
+        start(client, "ana@stmary.example")["Location"], email="ana@stmary.example"
+    )
+    params = query_of(back)
+    assert params["iss"] == idp.issuer  # the provider names itself (RFC 9207)
+    params["iss"] = "https://other-idp.example"
+    response = client.get("/accounts/sso/callback/", params)
+    assert response.status_code == 400
+    assert b"another identity provider" in response.content
+    assert "_auth_user_id" not in client.session
