@@ -15,6 +15,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -23,7 +24,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from tenants import crypto
-from tenants.context import Actor
+from tenants.context import Actor, client_ip
 from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
 from tenants.models import EmailDomain, IdentityProvider
@@ -41,6 +42,9 @@ PENDING_SESSION_KEY = "sso.pending"
 PENDING_TTL_SECONDS = 600
 # Sign-ins a browser may have open at once (several tabs); the oldest is dropped beyond.
 PENDING_MAX = 5
+# Sign-ins one address may start per minute: each one makes Strata fetch the IdP's discovery
+# document, and Strata must not become a way to flood a hospital's IdP.
+STARTS_PER_MINUTE = 20
 
 
 def callback_url(request: HttpRequest) -> str:
@@ -89,6 +93,19 @@ def _unavailable(request: HttpRequest, provider: IdentityProvider, message: str)
 # --- sign-in ----------------------------------------------------------------------------------
 
 
+def _too_many_starts(request: HttpRequest) -> bool:
+    """Count this sign-in start against its address's limit for the current minute (the shared
+    ``throttle`` cache, so that every web process counts against one limit)."""
+    key = f"sso-start:{client_ip(request) or 'unknown'}:{int(time.time() // 60)}"
+    cache = caches["throttle"]
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        count = 1
+    return count > STARTS_PER_MINUTE
+
+
 @require_http_methods(["GET", "POST"])
 def sso_start(request: HttpRequest) -> HttpResponse:
     """Ask for the work email, find the organization that holds its domain, go to its IdP."""
@@ -98,6 +115,9 @@ def sso_start(request: HttpRequest) -> HttpResponse:
         return _page(request, "tenants/sso/start.html", {"form": form, "next": next_url})
     if not form.is_valid():
         return _page(request, "tenants/sso/start.html", {"form": form, "next": next_url}, 400)
+    if _too_many_starts(request):
+        form.add_error(None, "Too many sign-in attempts from your address; wait a minute.")
+        return _page(request, "tenants/sso/start.html", {"form": form, "next": next_url}, 429)
     email = form.cleaned_data["email"].strip().lower()
     provider = selectors.provider_for_email(email=email)
     if provider is None:

@@ -52,6 +52,14 @@ IDP_ACCOUNTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def unlimited_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests start many sign-ins from one address within a minute."""
+    from tenants.sso import views
+
+    monkeypatch.setattr(views, "STARTS_PER_MINUTE", 1_000_000)
+
+
 @pytest.fixture(scope="session")
 def idp() -> Iterator[Idp]:
     server = start_idp(redirect_uri=CALLBACK, accounts=IDP_ACCOUNTS)

@@ -233,3 +233,14 @@ def test_answer_naming_another_issuer_is_refused(sso_org: Organization, idp: Idp
     assert response.status_code == 400
     assert b"another identity provider" in response.content
     assert "_auth_user_id" not in client.session
+
+
+def test_too_many_starts_from_one_address_are_refused(
+    sso_org: Organization, idp: Idp, monkeypatch: Any
+) -> None:
+    from tenants.sso import views
+
+    monkeypatch.setattr(views, "STARTS_PER_MINUTE", 0)
+    response = Client().post("/accounts/sso/", {"email": "ana@stmary.example"})
+    assert response.status_code == 429
+    assert b"Too many sign-in attempts" in response.content
