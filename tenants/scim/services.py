@@ -15,7 +15,8 @@ The identity provider is the source of truth for who belongs to the organization
 - ``DELETE /Users/<id>`` removes the membership (with the same effects first). Microsoft Entra
   ID and Okta deactivate with ``active: false`` and delete only when told to.
 - Group membership decides the role when the organization maps groups to roles
-  (``IdentityProvider.role_mapping``, keyed by group display name, compared case-insensitively):
+  (``IdentityProvider.role_mapping``, keyed by group display name, matched exactly as single
+  sign-on matches its groups claim):
   the highest of the mapped roles (owner, admin, billing, auditor, member in that order; owner
   only when a group maps to it), and member when the person is in no mapped group. Without a
   mapping, groups are kept but roles are left as the portal sets them. The last active owner
@@ -43,10 +44,11 @@ from tenants.roles import Role, Scope
 from tenants.scim.errors import ScimError, invalid_value
 from tenants.services import TOKEN_PREFIX, _hash, audit_record, sessions_end_for_user
 
+# Highest privilege first, as single sign-on ranks the roles of a person's groups.
+from tenants.sso.services import ROLE_PRECEDENCE
+
 logger = logging.getLogger(__name__)
 
-# Highest privilege first: a person in several mapped groups gets the first of these roles.
-ROLE_PRECEDENCE: list[str] = [Role.OWNER, Role.ADMIN, Role.BILLING, Role.AUDITOR, Role.MEMBER]
 SCIM_TOKEN_NAME = "SCIM provisioning"
 
 
@@ -138,13 +140,14 @@ def _refuse_last_owner(*, org: Organization, membership: Membership, what: str) 
 
 
 def role_mapping(*, org: Organization) -> dict[str, str]:
-    """The organization's group display name (case-folded) -> role; empty without a mapping."""
+    """The organization's group display name -> role; empty without a mapping. Names match
+    exactly, as the groups claim of single sign-on does."""
     provider = IdentityProvider.objects.for_org(org).first()
     mapping = provider.role_mapping if provider is not None else {}
     if not isinstance(mapping, dict):
         return {}
     return {
-        str(name).casefold(): role
+        str(name): role
         for name, role in mapping.items()
         if isinstance(role, str) and role in Role.values
     }
@@ -155,7 +158,7 @@ def role_from_groups(mapping: dict[str, str], group_names: Iterable[str]) -> str
     stay as the portal sets them), member when none of the person's groups is mapped."""
     if not mapping:
         return None
-    roles = {mapping[name.casefold()] for name in group_names if name.casefold() in mapping}
+    roles = {mapping[name] for name in group_names if name in mapping}
     for role in ROLE_PRECEDENCE:
         if role in roles:
             return role

@@ -63,7 +63,7 @@ def scim_settings(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
             {
                 "group": g,
                 "members": counts.get(g.pk, 0),
-                "role": role_labels.get(mapping.get(g.display_name.casefold(), ""), ""),
+                "role": role_labels.get(mapping.get(g.display_name, ""), ""),
             }
             for g in groups
         ],
