@@ -90,6 +90,7 @@ def hospital(transactional_db: Any, idp: Idp, monkeypatch: pytest.MonkeyPatch) -
 
 def sso_sign_in(page: Any, base: str, email: str) -> None:
     page.goto(f"{base}/accounts/login/")
+    page.screenshot(path="/tmp/strata-sso-login.png")
     page.get_by_role("link", name="Sign in with single sign-on").click()
     page.get_by_label("Work email").fill(email)
     page.get_by_role("button", name="Continue").click()
@@ -118,6 +119,7 @@ def test_sign_in_with_the_hospitals_idp_creates_the_member(
     sso_sign_in(refused, live_server.url, "cid@stmary.example")
     expect(refused.get_by_role("heading", name="You could not be signed in")).to_be_visible()
     expect(refused.get_by_role("alert")).to_contain_text("in no group that gives access")
+    refused.screenshot(path="/tmp/strata-sso-refused.png")
     assert not Membership.objects.filter(user__email="cid@stmary.example").exists()
     assert AuditEvent.objects.filter(organization=hospital, action="auth.sso_refused").exists()
 
