@@ -62,7 +62,8 @@ def _failure_key(user: Any) -> str:
     return f"mfa-failures:{user.pk}"
 
 
-def _check_throttle(user: Any) -> None:
+def check_throttle(user: Any) -> None:
+    """Refuse (429) every code of a person who gave too many wrong ones lately."""
     if int(cache.get(_failure_key(user), 0)) >= MAX_FAILURES:
         raise TooManyAttempts(
             f"Too many wrong codes. Wait {FAILURE_WINDOW_SECONDS // 60} minutes and try again.",
@@ -124,7 +125,7 @@ def totp_check(*, user: Any, actor: Actor, code: str) -> TotpDevice:
     """The person's authenticator app that shows ``code`` now. A code of a step already used
     (``last_t``) is refused as reused; the step is claimed with a conditional UPDATE, so two
     requests racing with the same code cannot both pass."""
-    _check_throttle(user)
+    check_throttle(user)
     now = timezone.now()
     for device in selectors.totp_list(user=user):
         try:
@@ -294,7 +295,7 @@ def recovery_codes_generate(*, user: Any, actor: Actor) -> list[str]:
 def recovery_code_use(*, user: Any, actor: Actor, code: str) -> int:
     """Spend one recovery code (claimed with a conditional UPDATE: used once, even by two
     requests at the same moment). Returns how many codes are left."""
-    _check_throttle(user)
+    check_throttle(user)
     digest = _recovery_hash(code)
     with transaction.atomic():
         spent = RecoveryCode.objects.filter(

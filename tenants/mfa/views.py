@@ -201,7 +201,7 @@ def webauthn_verify(request: HttpRequest) -> JsonResponse:
     user, state = pending
     actor = _pending_actor(request, user)
     try:
-        services._check_throttle(user)
+        services.check_throttle(user)
         body = _json_body(request)
         try:
             row, sign_count = passkeys.authentication_verify(
