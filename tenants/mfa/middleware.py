@@ -3,6 +3,10 @@
 ``tenants.signin`` marks the session at sign-in (``ENROL_KEY``); until the person adds an
 authenticator app or a security key, every page answers with a redirect to Sign-in factors, and
 the REST API (for this session) with 403. Enrolment, signing out and static files stay open.
+
+It also keeps Django admin's own sign-in form (Strata staff) from skipping the second step: its
+page sends the browser to the portal's sign-in, and a password accepted there anyway for a
+person who has a second factor is undone at once (signed out, sent to the portal's sign-in).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -34,6 +39,8 @@ class MfaEnrolmentMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == reverse("admin:login"):
+            return self._admin_login(request)
         user = getattr(request, "user", None)
         session = getattr(request, "session", None)
         if (
@@ -58,6 +65,24 @@ class MfaEnrolmentMiddleware:
                 target += "?" + urlencode({"next": request.get_full_path()})
             return HttpResponseRedirect(target)
         return self.get_response(request)
+
+    def _admin_login(self, request: HttpRequest) -> HttpResponse:
+        to_portal = (
+            reverse("login") + "?" + urlencode({"next": request.GET.get("next") or "/admin/"})
+        )
+        if request.method in ("GET", "HEAD") and not request.user.is_authenticated:
+            return HttpResponseRedirect(to_portal)
+        # A POST still reaches the admin's form, so that wrong passwords count towards the lockout.
+        response = self.get_response(request)
+        user: Any = request.user
+        if (
+            user.is_authenticated
+            and not getattr(request, "login_factor", "")
+            and mfa_selectors.has_factor(user=user)
+        ):
+            logout(request)
+            return HttpResponseRedirect(to_portal)
+        return response
 
     @staticmethod
     def _still_required(request: HttpRequest, user: Any) -> bool:

@@ -492,3 +492,38 @@ def test_a_lifted_policy_releases_a_session_waiting_to_enrol(
 
     assert client.get(f"/o/{org.slug}/").status_code == 200
     assert signin.ENROL_KEY not in client.session
+
+
+# --- Django admin's own sign-in --------------------------------------------------------------
+
+
+def test_the_admin_sign_in_page_sends_to_the_portals_sign_in(db: Any) -> None:
+    response = Client().get("/admin/login/?next=/admin/tenants/")
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("login") + "?next=%2Fadmin%2Ftenants%2F"
+
+
+def test_the_admin_form_does_not_skip_the_second_factor(member: Membership) -> None:
+    member.user.is_staff = True
+    member.user.save()
+    TotpDeviceFactory.create(user=member.user)
+    client = Client()
+
+    response = client.post("/admin/login/", {"username": member.user.email, "password": PASSWORD})
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+    assert not signed_in(client)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_staff_without_a_factor_still_use_the_admin_form(member: Membership) -> None:
+    member.user.is_staff = True
+    member.user.save()
+    client = Client()
+
+    response = client.post("/admin/login/", {"username": member.user.email, "password": PASSWORD})
+
+    assert response.status_code == 302 and signed_in(client)
+    assert client.get("/admin/").status_code == 200
