@@ -40,8 +40,9 @@ def organization_get(*, organization_id: int | str) -> Organization:
 
 
 def memberships_for_user(*, user: Any) -> QuerySet[Membership]:
+    """The organizations a person may enter: a deactivated membership (SCIM) is none."""
     return (
-        Membership.objects.filter(user=user)
+        Membership.objects.filter(user=user, deactivated_at__isnull=True)
         .select_related("organization")
         .order_by("organization__name")
     )

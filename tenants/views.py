@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import get_user_model, login
+from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
@@ -53,6 +53,7 @@ from tenants.forms import (
 from tenants.models import Invitation, Organization, WebhookEndpoint
 from tenants.portal import PortalContext, org_view
 from tenants.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, Perm, Role, Scope
+from tenants.signin import sign_in
 from tenants.useragent import browser_label
 from tenants.webhooks import EVENT_TYPES
 
@@ -788,10 +789,15 @@ def invitation_accept(request: HttpRequest, secret: str) -> HttpResponse:
             None, "An account with this email address already exists; sign in to accept."
         )
         return render(request, "tenants/invitation.html", context, status=409)
-    # ModelBackend by name: the first backend is axes', which checks lockouts and loads no user.
-    login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
     messages.success(request, f"Your account is ready. Welcome to {org.name}.")
-    return redirect("portal-dashboard", org.slug)
+    # Through the one sign-in seam: an organization that requires a second factor sends the new
+    # member to enrolment before anything else.
+    return sign_in(
+        request,
+        membership.user,
+        method="password",
+        next_url=reverse("portal-dashboard", args=[org.slug]),
+    )
 
 
 # --- password reset ------------------------------------------------------------------------------

@@ -196,6 +196,10 @@ PAGES: list[Page] = [
     _p("portal-webhook-delete", WEBHOOKS, args=lambda d: [d.webhook]),
     _p("portal-audit", Perm.AUDIT_READ),
     _p("portal-audit-detail", Perm.AUDIT_READ, args=lambda d: [d.event]),
+    # Security: single sign-on and email domains, the second-factor policy, SCIM provisioning.
+    _p("portal-security", Perm.SECURITY_MANAGE),
+    _p("portal-security-mfa", Perm.SECURITY_MANAGE),
+    _p("portal-scim", Perm.SECURITY_MANAGE),
     # Strata's staff.
     _p("platform-reconciliations", STAFF_ONLY, org=False),
 ]
@@ -236,6 +240,11 @@ EXCLUDED: dict[str, str] = {
     "portal-webhook-toggle": _POST,
     "portal-webhook-rotate": _POST,
     "portal-webhook-test": _POST,
+    "portal-security-provider": _POST,
+    "portal-security-domain-add": _POST,
+    "portal-security-domain-verify": _POST,
+    "portal-security-domain-remove": _POST,
+    "portal-scim-token-revoke": _POST,
 }
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tenants import services
 from tenants.context import Actor
-from tenants.models import AuditEvent, Invitation, Membership, Organization
+from tenants.models import AuditEvent, Invitation, Membership, Organization, SecurityPolicy
 from tenants.roles import Role
 from tests.factories import PASSWORD, UserFactory
 
@@ -274,3 +274,32 @@ def test_inactive_organization_refuses_acceptance(
     assert response.status_code == 403
     assert f"St. Mary Hospital is {status}" in response.content.decode()
     assert not User.objects.filter(email=INVITED).exists()
+
+
+def test_signup_into_an_organization_requiring_a_second_factor_goes_to_enrolment(
+    org: Organization, invited: tuple[Invitation, str]
+) -> None:
+    _, secret = invited
+    SecurityPolicy.objects.create(organization=org, mfa_required=SecurityPolicy.Mfa.ALL)
+    client = Client()
+    response = client.post(
+        url(secret), {"name": "Rosa Lind", "password1": STRONG, "password2": STRONG}
+    )
+    assert response.status_code == 302
+    # Signed in, but every page leads to enrolment until a factor is added.
+    dashboard = client.get(reverse("portal-dashboard", args=[org.slug]))
+    assert dashboard.status_code == 302
+    assert dashboard["Location"].startswith(reverse("mfa-factors"))
+
+
+def test_a_deactivated_membership_is_not_offered_on_the_home_page(
+    org: Organization, owner: Membership, make_member: Callable[..., Membership]
+) -> None:
+    other = make_member(org, "member", email="leaver@stmary.example")
+    other.deactivated_at = timezone.now()
+    other.save(update_fields=["deactivated_at"])
+    client = Client()
+    client.force_login(other.user)
+    page = client.get(reverse("portal-home"))
+    assert page.status_code == 200
+    assert org.name not in page.content.decode()
