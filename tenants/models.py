@@ -535,3 +535,6 @@ class ScimGroup(models.Model):
 
 # A person's second factors live in their own module; imported here to be part of this app.
 from tenants.mfa.models import RecoveryCode, TotpDevice, WebAuthnCredential  # noqa: E402,F401
+
+# SAML assertion IDs already used live beside single sign-on; imported here to be part of this app.
+from tenants.sso.models import SamlAssertionUse  # noqa: E402,F401

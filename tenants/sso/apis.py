@@ -19,7 +19,8 @@ from tenants.models import ApiToken, EmailDomain, IdentityProvider
 from tenants.rest import OldestFirstPagination, OrgAPIView, error_responses_for, paginated
 from tenants.roles import Perm, Role
 from tenants.sso import selectors, services
-from tenants.sso.views import callback_url
+from tenants.sso.saml import MAX_METADATA_BYTES
+from tenants.sso.views import callback_url, saml_acs_url, saml_sp_entity_id
 
 _errors = error_responses_for(
     {
@@ -55,15 +56,34 @@ class ProviderOutputSerializer(serializers.Serializer):
     groups_claim = serializers.CharField()
     role_mapping = serializers.DictField(child=serializers.ChoiceField(choices=Role.choices))
     sso_required = serializers.BooleanField()
-    redirect_uri = serializers.CharField(help_text="Register this at the identity provider.")
+    redirect_uri = serializers.CharField(
+        help_text="OpenID Connect: register this at the identity provider."
+    )
+    saml_metadata_url = serializers.CharField()
+    has_saml_metadata = serializers.BooleanField(
+        help_text="SAML: the IdP's metadata is stored (fetched from the URL or pasted)."
+    )
+    saml_sp_entity_id = serializers.CharField(
+        help_text="SAML: Strata's entity id for this organization; register it at the IdP."
+    )
+    saml_acs_url = serializers.CharField(
+        help_text="SAML: the Assertion Consumer Service URL (HTTP-POST) to register at the IdP."
+    )
 
     class Meta:
         ref_name = "SsoProvider"
 
 
-def _provider_data(provider: IdentityProvider | None, redirect_uri: str) -> dict[str, Any]:
+def _provider_data(provider: IdentityProvider | None, request: Any, org: Any) -> dict[str, Any]:
+    redirect_uri = callback_url(request)
+    saml_data = {
+        "saml_metadata_url": provider.saml_metadata_url if provider else "",
+        "has_saml_metadata": bool(provider and provider.saml_metadata_xml),
+        "saml_sp_entity_id": saml_sp_entity_id(request, org),
+        "saml_acs_url": saml_acs_url(request),
+    }
     if provider is None:
-        return {
+        return saml_data | {
             "configured": False,
             "protocol": "oidc",
             "name": "",
@@ -77,7 +97,7 @@ def _provider_data(provider: IdentityProvider | None, redirect_uri: str) -> dict
             "sso_required": False,
             "redirect_uri": redirect_uri,
         }
-    return {
+    return saml_data | {
         "configured": True,
         "protocol": provider.protocol,
         "name": provider.name,
@@ -97,9 +117,31 @@ class ProviderApi(_SecurityApi):
     permissions_required = {"GET": Perm.SECURITY_MANAGE, "PUT": Perm.SECURITY_MANAGE}
 
     class InputSerializer(serializers.Serializer):
+        protocol = serializers.ChoiceField(
+            choices=IdentityProvider.Protocol.choices, required=False, default="oidc"
+        )
         name = serializers.CharField(max_length=100)
-        issuer = serializers.CharField(max_length=500)
-        client_id = serializers.CharField(max_length=255)
+        issuer = serializers.CharField(
+            max_length=500, required=False, allow_blank=True, default="", help_text="OpenID Connect"
+        )
+        client_id = serializers.CharField(
+            max_length=255, required=False, allow_blank=True, default="", help_text="OpenID Connect"
+        )
+        saml_metadata_url = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            default="",
+            help_text="SAML: the IdP's metadata URL, fetched when saved.",
+        )
+        saml_metadata_xml = serializers.CharField(
+            max_length=MAX_METADATA_BYTES,
+            required=False,
+            allow_blank=True,
+            default="",
+            trim_whitespace=False,
+            help_text="SAML: the IdP's metadata document, when it has no URL Strata can reach.",
+        )
         client_secret = serializers.CharField(
             max_length=1000,
             required=False,
@@ -122,16 +164,16 @@ class ProviderApi(_SecurityApi):
 
     @extend_schema(
         tags=_TAG,
-        summary="The organization's OpenID Connect provider",
+        summary="The organization's identity provider (OpenID Connect or SAML 2.0)",
         responses={200: ProviderOutputSerializer, **_errors()},
     )
     def get(self, request: Request, **kwargs: Any) -> Response:
         provider = selectors.provider_get(org=self.org)
-        return Response(_provider_data(provider, callback_url(request._request)))
+        return Response(_provider_data(provider, request._request, self.org))
 
     @extend_schema(
         tags=_TAG,
-        summary="Set the organization's OpenID Connect provider",
+        summary="Set the organization's identity provider (OpenID Connect or SAML 2.0)",
         request=InputSerializer,
         responses={200: ProviderOutputSerializer, **_errors(400)},
     )
@@ -141,7 +183,7 @@ class ProviderApi(_SecurityApi):
         data = dict(serializer.validated_data)
         data["client_secret"] = data.get("client_secret") or None
         provider = services.provider_update(org=self.org, actor=self.actor, **data)
-        return Response(_provider_data(provider, callback_url(request._request)))
+        return Response(_provider_data(provider, request._request, self.org))
 
 
 class DomainOutputSerializer(serializers.Serializer):

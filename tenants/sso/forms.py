@@ -8,12 +8,20 @@ from django import forms
 
 from tenants.forms import PortalForm
 from tenants.roles import Role
+from tenants.sso.saml import MAX_METADATA_BYTES
 
 # Blank rows the role mapping editor offers below the saved ones.
 BLANK_MAPPING_ROWS = 3
 
 
 class ProviderForm(PortalForm):
+    protocol = forms.ChoiceField(
+        label="Protocol",
+        choices=[("oidc", "OpenID Connect"), ("saml", "SAML 2.0")],
+        initial="oidc",
+        required=False,  # a form without the choice keeps to OpenID Connect
+        widget=forms.RadioSelect,
+    )
     name = forms.CharField(
         label="Name",
         max_length=100,
@@ -22,6 +30,7 @@ class ProviderForm(PortalForm):
     issuer = forms.CharField(
         label="Issuer URL",
         max_length=500,
+        required=False,
         help_text="The OpenID Connect issuer; Strata reads "
         "<code>&lt;issuer&gt;/.well-known/openid-configuration</code>.",
         widget=forms.URLInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
@@ -29,6 +38,7 @@ class ProviderForm(PortalForm):
     client_id = forms.CharField(
         label="Client id",
         max_length=255,
+        required=False,
         widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
     )
     client_secret = forms.CharField(
@@ -41,15 +51,34 @@ class ProviderForm(PortalForm):
     scopes = forms.CharField(
         label="Scopes",
         max_length=255,
+        required=False,
         initial="openid email profile",
         help_text="Separated by spaces; must include <code>openid</code>.",
+    )
+    saml_metadata_url = forms.CharField(
+        label="SAML metadata URL",
+        max_length=500,
+        required=False,
+        help_text="The IdP's federation metadata URL; Strata fetches it when you save (save again "
+        "to refresh it after the IdP changes its certificate).",
+        widget=forms.URLInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
+    )
+    saml_metadata_xml = forms.CharField(
+        label="SAML metadata XML",
+        max_length=MAX_METADATA_BYTES,
+        required=False,
+        strip=False,
+        help_text="Or paste the IdP's metadata document, when Strata cannot reach its URL. "
+        "Leave empty to keep the saved one.",
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
     )
     groups_claim = forms.CharField(
         label="Groups claim",
         max_length=100,
         initial="groups",
-        help_text="The ID token claim listing the person’s groups or roles "
-        "(Entra ID: <code>groups</code> or <code>roles</code>; Okta and Keycloak: <code>groups</code>).",
+        help_text="The ID token claim (SAML: the attribute) listing the person’s groups or roles "
+        "(Entra ID: <code>groups</code> or <code>roles</code>; Okta and Keycloak: <code>groups</code>; "
+        "Entra ID SAML: <code>http://schemas.microsoft.com/ws/2008/06/identity/claims/groups</code>).",
     )
     enabled = forms.BooleanField(label="Single sign-on is on", required=False, initial=True)
     sso_required = forms.BooleanField(

@@ -32,7 +32,7 @@ def email_domain_of(email: str) -> str:
 
 
 def provider_for_email(*, email: str) -> IdentityProvider | None:
-    """The enabled OpenID Connect provider of the organization that holds ``email``'s domain
+    """The enabled provider (OpenID Connect or SAML 2.0) of the organization that holds ``email``'s domain
     verified, or None. Only one organization can hold a domain verified (a unique constraint)."""
     domain = email_domain_of(email)
     if not domain:
@@ -46,7 +46,7 @@ def provider_for_email(*, email: str) -> IdentityProvider | None:
         return None
     return (
         IdentityProvider.objects.for_org(holder.organization)
-        .filter(enabled=True, protocol=IdentityProvider.Protocol.OIDC)
+        .filter(enabled=True)
         .select_related("organization")
         .first()
     )

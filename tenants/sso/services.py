@@ -61,18 +61,43 @@ def provider_update(
     org: Organization,
     actor: Actor,
     name: str,
-    issuer: str,
-    client_id: str,
+    issuer: str = "",
+    client_id: str = "",
     client_secret: str | None = None,
     scopes: str = "openid email profile",
     groups_claim: str = "groups",
     role_mapping: dict[str, str] | None = None,
     sso_required: bool = False,
     enabled: bool = True,
+    protocol: str = IdentityProvider.Protocol.OIDC,
+    saml_metadata_url: str = "",
+    saml_metadata_xml: str = "",
 ) -> IdentityProvider:
-    """Create or change the organization's OpenID Connect provider. ``client_secret`` None or
-    empty keeps the stored secret (it is write-only); the first save needs one."""
+    """Create or change the organization's identity provider.
+
+    OpenID Connect: ``client_secret`` None or empty keeps the stored secret (it is write-only);
+    the first save needs one. SAML 2.0: the IdP's metadata from ``saml_metadata_url`` (fetched
+    now, through ``tenants.netguard``) or pasted as ``saml_metadata_xml``; the document is kept,
+    and saving again with the URL refreshes it (e.g. after the IdP rolls its certificate)."""
     provider = IdentityProvider.objects.for_org(org).first()
+    if protocol == IdentityProvider.Protocol.SAML:
+        return _saml_provider_update(
+            org=org,
+            actor=actor,
+            provider=provider,
+            name=name,
+            groups_claim=groups_claim,
+            role_mapping=role_mapping,
+            sso_required=sso_required,
+            enabled=enabled,
+            saml_metadata_url=saml_metadata_url,
+            saml_metadata_xml=saml_metadata_xml,
+        )
+    if protocol != IdentityProvider.Protocol.OIDC:
+        raise ValidationFailed(
+            "The identity provider could not be saved.",
+            fields={"protocol": ["Choose OpenID Connect (oidc) or SAML 2.0 (saml)."]},
+        )
     name, issuer, client_id = name.strip(), issuer.strip(), client_id.strip()
     scope_list = scopes.split()
     mapping = (
@@ -119,6 +144,112 @@ def provider_update(
         "sso_required": sso_required,
         "enabled": enabled,
     }
+    return _provider_save(
+        org=org, actor=actor, provider=provider, values=values, client_secret=client_secret
+    )
+
+
+def _common_errors(
+    *,
+    org: Organization,
+    name: str,
+    groups_claim: str,
+    mapping: Any,
+    sso_required: bool,
+    enabled: bool,
+    groups_label: str,
+) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if not name:
+        errors["name"] = ["Enter a name, shown on the sign-in button."]
+    if not groups_claim.strip():
+        errors["groups_claim"] = [groups_label]
+    mapping_errors = _mapping_errors(mapping)
+    if mapping_errors:
+        errors["role_mapping"] = mapping_errors
+    elif not mapping:
+        errors["role_mapping"] = ["Map at least one group to a role: unmapped people are refused."]
+    if sso_required and not EmailDomain.objects.for_org(org).filter(verified_at__isnull=False):
+        errors["sso_required"] = [
+            "Verify an email domain first: without one nobody can sign in with single sign-on."
+        ]
+    if sso_required and not enabled:
+        errors["sso_required"] = ["Single sign-on cannot be required while it is turned off."]
+    return errors
+
+
+def _saml_provider_update(
+    *,
+    org: Organization,
+    actor: Actor,
+    provider: IdentityProvider | None,
+    name: str,
+    groups_claim: str,
+    role_mapping: dict[str, str] | None,
+    sso_required: bool,
+    enabled: bool,
+    saml_metadata_url: str,
+    saml_metadata_xml: str,
+) -> IdentityProvider:
+    from tenants.sso import saml
+
+    name, url, xml = name.strip(), saml_metadata_url.strip(), saml_metadata_xml.strip()
+    mapping = (
+        {str(k).strip(): v for k, v in (role_mapping or {}).items()}
+        if isinstance(role_mapping, dict)
+        else role_mapping
+    )
+    errors = _common_errors(
+        org=org,
+        name=name,
+        groups_claim=groups_claim,
+        mapping=mapping,
+        sso_required=sso_required,
+        enabled=enabled,
+        groups_label="Name the SAML attribute that carries the groups or roles.",
+    )
+    if url:
+        problem = saml.metadata_url_problem(url)
+        if problem:
+            errors["saml_metadata_url"] = [problem]
+        elif not xml:
+            try:
+                xml = saml.metadata_fetch(url)
+            except oidc.OidcError as exc:
+                errors["saml_metadata_url"] = [exc.message]
+    elif not xml and provider is not None and provider.protocol == IdentityProvider.Protocol.SAML:
+        xml = provider.saml_metadata_xml  # keep what was pasted before
+    if not url and not xml:
+        errors["saml_metadata_xml"] = ["Enter the IdP's metadata URL, or paste its metadata XML."]
+    elif xml and "saml_metadata_url" not in errors:
+        try:
+            saml.metadata_parse(xml)
+        except saml.MetadataError as exc:
+            errors["saml_metadata_url" if url else "saml_metadata_xml"] = [str(exc)]
+    if errors:
+        raise ValidationFailed("The identity provider could not be saved.", fields=errors)
+    assert isinstance(mapping, dict)
+    values: dict[str, Any] = {
+        "protocol": IdentityProvider.Protocol.SAML,
+        "name": name[:100],
+        "saml_metadata_url": url[:500],
+        "saml_metadata_xml": xml,
+        "groups_claim": groups_claim.strip()[:100],
+        "role_mapping": dict(sorted(mapping.items())),
+        "sso_required": sso_required,
+        "enabled": enabled,
+    }
+    return _provider_save(org=org, actor=actor, provider=provider, values=values)
+
+
+def _provider_save(
+    *,
+    org: Organization,
+    actor: Actor,
+    provider: IdentityProvider | None,
+    values: dict[str, Any],
+    client_secret: str | None = None,
+) -> IdentityProvider:
     with transaction.atomic():
         created = provider is None
         if provider is None:
@@ -126,9 +257,15 @@ def provider_update(
         changes: dict[str, Any] = {}
         for field, value in values.items():
             old = getattr(provider, field)
-            if created or old != value:
-                changes[field] = {"from": None if created else old, "to": value}
-                setattr(provider, field, value)
+            if not created and old == value:
+                continue
+            # The metadata is a document, not a value for the audit log.
+            changes[field] = (
+                "changed"
+                if field == "saml_metadata_xml"
+                else {"from": None if created else old, "to": value}
+            )
+            setattr(provider, field, value)
         if client_secret:
             provider.client_secret_encrypted = crypto.encrypt(client_secret)
             changes["client_secret"] = "changed"  # never the value

@@ -16,28 +16,31 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import caches
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from tenants import crypto
 from tenants.context import Actor, client_ip
 from tenants.errors import ServiceError
 from tenants.forms import form_apply_service_error
-from tenants.models import EmailDomain, IdentityProvider
+from tenants.models import EmailDomain, IdentityProvider, Organization
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm, Role
 from tenants.signin import sign_in
-from tenants.sso import oidc, selectors, services
+from tenants.sso import oidc, saml, selectors, services
 from tenants.sso.forms import DomainForm, ProviderForm, SsoEmailForm
 from tenants.views import get_or_404
 
 logger = logging.getLogger(__name__)
 
 PENDING_SESSION_KEY = "sso.pending"
+# SAML sign-ins in progress, by RelayState: the provider, the AuthnRequest's id, where to go next.
+SAML_PENDING_SESSION_KEY = "sso.saml.pending"
 # A sign-in started more than this many seconds ago is not finished any more.
 PENDING_TTL_SECONDS = 600
 # Sign-ins a browser may have open at once (several tabs); the oldest is dropped beyond.
@@ -50,6 +53,18 @@ STARTS_PER_MINUTE = 20
 def callback_url(request: HttpRequest) -> str:
     """The redirect URI to register at the identity provider (the same for every organization)."""
     return request.build_absolute_uri(reverse("sso-callback"))
+
+
+def saml_acs_url(request: HttpRequest) -> str:
+    """The Assertion Consumer Service URL to register at a SAML IdP (the same for every
+    organization)."""
+    return request.build_absolute_uri(reverse("sso-saml-acs"))
+
+
+def saml_sp_entity_id(request: HttpRequest, org: Organization) -> str:
+    """Strata's SAML entity id for ``org``: the URL of its service provider metadata. One per
+    organization, so that an assertion meant for one hospital's Strata is refused by another's."""
+    return request.build_absolute_uri(reverse("sso-saml-metadata", args=[org.slug]))
 
 
 def _safe_next(request: HttpRequest, candidate: str) -> str:
@@ -127,6 +142,8 @@ def sso_start(request: HttpRequest) -> HttpResponse:
             "your password, or ask your hospital's Strata owner.",
         )
         return _page(request, "tenants/sso/start.html", {"form": form, "next": next_url}, 400)
+    if provider.protocol == IdentityProvider.Protocol.SAML:
+        return _saml_start(request, provider, next_url)
     try:
         metadata = oidc.discover(provider.issuer)
     except oidc.IdpUnavailable as exc:
@@ -275,13 +292,199 @@ def sso_callback(request: HttpRequest) -> HttpResponse:
     )
 
 
+# --- SAML 2.0 ---------------------------------------------------------------------------------
+
+
+def _pending_prune(pending: dict[str, Any]) -> dict[str, Any]:
+    now = time.time()
+    pending = {
+        k: v
+        for k, v in pending.items()
+        if isinstance(v, dict) and now - float(v.get("at", 0)) < PENDING_TTL_SECONDS
+    }
+    while len(pending) >= PENDING_MAX:
+        pending.pop(min(pending, key=lambda k: float(pending[k]["at"])))
+    return pending
+
+
+def _saml_start(request: HttpRequest, provider: IdentityProvider, next_url: str) -> HttpResponse:
+    """Send the browser to the IdP with an AuthnRequest (HTTP-Redirect binding); its id is kept
+    in this browser's session under a fresh RelayState, answered once at the ACS."""
+    try:
+        idp = saml.metadata_parse(provider.saml_metadata_xml)
+        relay_state = secrets.token_urlsafe(32)
+        request_id, url = saml.authn_request(
+            idp=idp,
+            sp_entity_id=saml_sp_entity_id(request, provider.organization),
+            acs_url=saml_acs_url(request),
+            relay_state=relay_state,
+        )
+    except saml.MetadataError as exc:
+        logger.warning("SAML: metadata of org %s unusable: %s", provider.organization_id, exc)
+        return _unavailable(
+            request, provider, f"The identity provider's SAML metadata cannot be used: {exc}"
+        )
+    except saml.SamlError as exc:
+        return _unavailable(request, provider, exc.message)
+    pending = _pending_prune(dict(request.session.get(SAML_PENDING_SESSION_KEY) or {}))
+    pending[relay_state] = {
+        "provider": provider.pk,
+        "org": provider.organization_id,
+        "request_id": request_id,
+        "next": _safe_next(request, next_url),
+        "at": time.time(),
+    }
+    request.session[SAML_PENDING_SESSION_KEY] = pending
+    return redirect(url)
+
+
+def _saml_pop_pending(request: HttpRequest, relay_state: str) -> dict[str, Any] | None:
+    pending: dict[str, Any] = dict(request.session.get(SAML_PENDING_SESSION_KEY) or {})
+    if not relay_state or relay_state not in pending:
+        return None
+    entry = pending.pop(relay_state)
+    request.session[SAML_PENDING_SESSION_KEY] = pending
+    if (
+        not isinstance(entry, dict)
+        or time.time() - float(entry.get("at", 0)) >= PENDING_TTL_SECONDS
+    ):
+        return None
+    return entry
+
+
+@csrf_exempt  # the IdP's page posts here; the answer is bound to this browser by RelayState
+@require_POST
+def saml_acs(request: HttpRequest) -> HttpResponse:
+    """The Assertion Consumer Service (HTTP-POST binding)."""
+    actor = Actor.from_request(request)
+    relay_state = request.POST.get("RelayState", "")[:200]
+    saml_response = request.POST.get("SAMLResponse", "")
+    entry = _saml_pop_pending(request, relay_state)
+    if entry is None and not request.POST.get("same_site") and saml_response:
+        # A browser does not send the session cookie (SameSite=Lax) with a POST from the IdP's
+        # site: post the same fields once more, now from this site, where it does.
+        return _page(
+            request,
+            "tenants/sso/saml_post.html",
+            {
+                "action": reverse("sso-saml-acs"),
+                "saml_response": saml_response,
+                "relay_state": relay_state,
+            },
+        )
+    if entry is None:
+        services.sign_in_refused(
+            provider=None,
+            org=None,
+            actor=actor,
+            reason="bad_state",
+            message="Unknown, used or expired SAML RelayState.",
+        )
+        return _refused(
+            request,
+            "This sign-in answer does not belong to a sign-in started in this browser, or it was "
+            "used already or is too old. Start the sign-in again.",
+            status=400,
+        )
+    provider = (
+        IdentityProvider.objects.filter(
+            pk=entry["provider"],
+            organization_id=entry["org"],
+            enabled=True,
+            protocol=IdentityProvider.Protocol.SAML,
+        )
+        .select_related("organization")
+        .first()
+    )
+    if provider is None or not provider.organization.is_active:
+        return _refused(request, "Single sign-on is no longer set up for this organization.")
+
+    def refuse(reason: str, message: str, status: int = 403, subject: str = "") -> HttpResponse:
+        services.sign_in_refused(
+            provider=provider,
+            org=provider.organization,
+            actor=actor,
+            reason=reason,
+            message=message,
+            subject=subject,
+        )
+        return _refused(request, message, status=status, provider=provider)
+
+    try:
+        idp = saml.metadata_parse(provider.saml_metadata_xml)
+        assertion = saml.response_validate(
+            saml_response=saml_response,
+            idp=idp,
+            sp_entity_id=saml_sp_entity_id(request, provider.organization),
+            acs_url=saml_acs_url(request),
+            request_id=str(entry["request_id"]),
+            groups_attribute=provider.groups_claim,
+        )
+    except saml.MetadataError as exc:
+        return _unavailable(
+            request, provider, f"The identity provider's SAML metadata cannot be used: {exc}"
+        )
+    except saml.SamlError as exc:
+        return refuse(exc.reason, exc.message, 400)
+    if not saml.assertion_use(
+        provider_id=provider.pk, organization_id=provider.organization_id, assertion=assertion
+    ):
+        return refuse(
+            "replayed",
+            "This sign-in answer was used already. Start the sign-in again.",
+            400,
+            subject=assertion.subject,
+        )
+    claims = {
+        "sub": assertion.subject,
+        "email": assertion.email,
+        provider.groups_claim: assertion.groups,
+    }
+    try:
+        result = services.sso_sign_in_complete(provider=provider, claims=claims, actor=actor)
+    except services.SsoRefused as exc:
+        return _refused(request, exc.message, provider=provider)
+    return sign_in(
+        request,
+        result.user,
+        method=f"sso:{provider.name}",
+        next_url=_safe_next(request, str(entry.get("next") or "")),
+    )
+
+
+@require_safe
+def saml_metadata(request: HttpRequest, org_slug: str) -> HttpResponse:
+    """Strata's service provider metadata for one organization whose provider speaks SAML."""
+    provider = (
+        IdentityProvider.objects.filter(
+            organization__slug=org_slug, protocol=IdentityProvider.Protocol.SAML
+        )
+        .select_related("organization")
+        .first()
+    )
+    if provider is None or not provider.organization.is_active:
+        raise Http404("No SAML single sign-on is set up here.")
+    xml = saml.sp_metadata(
+        entity_id=saml_sp_entity_id(request, provider.organization),
+        acs_url=saml_acs_url(request),
+    )
+    return HttpResponse(xml, content_type="application/samlmetadata+xml")
+
+
 # --- the Security page ------------------------------------------------------------------------
 
 
 def _provider_initial(provider: IdentityProvider | None) -> dict[str, Any]:
     if provider is None:
-        return {"enabled": True, "scopes": "openid email profile", "groups_claim": "groups"}
+        return {
+            "enabled": True,
+            "protocol": "oidc",
+            "scopes": "openid email profile",
+            "groups_claim": "groups",
+        }
     return {
+        "protocol": provider.protocol,
+        "saml_metadata_url": provider.saml_metadata_url,
         "name": provider.name,
         "issuer": provider.issuer,
         "client_id": provider.client_id,
@@ -322,6 +525,8 @@ def _security_page(
         "domain_form": domain_form or DomainForm(),
         "domains": domains,
         "redirect_uri": callback_url(request),
+        "saml_sp_entity_id": saml_sp_entity_id(request, ctx.org),
+        "saml_acs_url": saml_acs_url(request),
         "roles": Role.choices,
     }
     return _page(request, "tenants/sso/security.html", context, status)
@@ -344,6 +549,9 @@ def provider_save(request: HttpRequest, ctx: PortalContext) -> HttpResponse:
             services.provider_update(
                 org=ctx.org,
                 actor=ctx.actor,
+                protocol=form.cleaned_data["protocol"] or IdentityProvider.Protocol.OIDC,
+                saml_metadata_url=form.cleaned_data["saml_metadata_url"],
+                saml_metadata_xml=form.cleaned_data["saml_metadata_xml"],
                 name=form.cleaned_data["name"],
                 issuer=form.cleaned_data["issuer"],
                 client_id=form.cleaned_data["client_id"],
