@@ -277,3 +277,12 @@ def test_sp_metadata_of_an_org_without_saml_is_404(
     )
     assert Client().get(f"/accounts/sso/saml/metadata/{other_org.slug}/").status_code == 404
     assert Client().get("/accounts/sso/saml/metadata/no-such-org/").status_code == 404
+
+
+def test_unusable_stored_metadata_shows_the_idp_unavailable_page(
+    saml_org: Organization,
+) -> None:
+    IdentityProvider.objects.filter(organization=saml_org).update(saml_metadata_xml="<broken")
+    response = Client().post("/accounts/sso/", {"email": ANA.email})
+    assert response.status_code == 502
+    assert b"SAML metadata cannot be used" in response.content
