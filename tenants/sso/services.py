@@ -279,6 +279,13 @@ def _provider_save(
             target_label=provider.name,
             details={"created": created, "changes": changes},
         )
+        if "role_mapping" in changes:
+            # Members provisioned by SCIM hold the role their groups map to: a new mapping
+            # applies to them now, not at their next sign-in. (Imported here: tenants.scim
+            # builds on this module's role ranking.)
+            from tenants.scim.services import scim_roles_recompute
+
+            scim_roles_recompute(org=org, actor=actor)
     return provider
 
 

@@ -283,12 +283,14 @@ def sso_callback(request: HttpRequest) -> HttpResponse:
         return _refused(request, exc.message, provider=provider)
     amr = claims.get("amr")
     idp_amr = [str(v) for v in amr] if isinstance(amr, list) else []
+    acr = claims.get("acr")
     return sign_in(
         request,
         result.user,
         method=f"sso:{provider.name}",
         next_url=_safe_next(request, str(entry.get("next") or "")),
         idp_amr=idp_amr,
+        idp_acr=acr if isinstance(acr, str) else "",
     )
 
 

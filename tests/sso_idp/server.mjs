@@ -71,7 +71,7 @@ async function main() {
       token_endpoint_auth_method: 'client_secret_basic',
     }],
     pkce: { required: () => true },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
+    claims: { openid: ['sub', 'acr', 'amr'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
     scopes: ['openid', 'email', 'profile', 'groups'],
     // Put the claims in the ID token itself, as Entra ID and Keycloak do for the groups claim.
     conformIdTokenClaims: false,
@@ -126,7 +126,11 @@ async function main() {
           res.end(loginPage(details.uid, 'Unknown user or wrong passphrase.'));
           return;
         }
-        await provider.interactionFinished(req, res, { login: { accountId: account.sub } }, { mergeWithLastSubmission: false });
+        // An account may say how the IdP authenticated it (amr, acr), as an IdP that did MFA does.
+        const login = { accountId: account.sub };
+        if (account.amr) login.amr = account.amr;
+        if (account.acr) login.acr = account.acr;
+        await provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
         return;
       }
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });

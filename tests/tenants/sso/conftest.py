@@ -49,6 +49,9 @@ IDP_ACCOUNTS = [
     account("sub-dee", "dee@stmary.example", ["radiology"], email_verified=False),
     account("sub-eve", "eve@elsewhere.example", ["radiology"]),
     account("sub-own", "owner@stmary.example", ["strata-owners"]),
+    # The IdP says how it authenticated these two: with a second factor, and with a password only.
+    account("sub-fay", "fay@stmary.example", ["radiology"], amr=["pwd", "otp"], acr="phr"),
+    account("sub-gus", "gus@stmary.example", ["radiology"], amr=["pwd"]),
 ]
 
 

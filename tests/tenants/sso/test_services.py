@@ -11,7 +11,7 @@ from django.utils import timezone
 from tenants import crypto
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
-from tenants.models import AuditEvent, EmailDomain, Organization
+from tenants.models import AuditEvent, EmailDomain, Organization, ScimGroup
 from tenants.sso import services
 from tests.tenants.sso.conftest import verified_domain
 
@@ -232,3 +232,23 @@ def test_groups_claim_as_a_single_string_is_read(org: Organization, provider: An
         provider=provider, claims=sso_claims(groups="radiology"), actor=ACTOR
     )
     assert result.created_user and result.membership.role == "member"
+
+
+def test_a_new_role_mapping_applies_at_once_to_members_provisioned_by_scim(
+    org: Organization, owner: Any, make_member: Any
+) -> None:
+    from tests.factories import ScimGroupFactory
+
+    save(org)
+    member = make_member(org, "member", email="ana@stmary.example")
+    group: ScimGroup = ScimGroupFactory(organization=org, display_name="pacs-admins")
+    group.members.add(member)
+    # The group maps to no role yet: the member keeps the member role.
+    member.refresh_from_db()
+    assert member.role == "member"
+
+    save(org, role_mapping={"radiology": "member", "pacs-admins": "admin"})
+    member.refresh_from_db()
+    assert member.role == "admin"
+    change = AuditEvent.objects.filter(organization=org, action="member.role_changed").first()
+    assert change is not None and change.details["role"] == {"from": "member", "to": "admin"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.test import Client
 
-from tenants.models import AuditEvent, Membership, Organization, SsoIdentity
+from tenants.models import AuditEvent, Membership, Organization, SsoIdentity, UserSession
 from tenants.roles import Role
 from tests.tenants.sso.idp import Idp, log_in_at_idp, query_of
 
@@ -244,3 +244,39 @@ def test_too_many_starts_from_one_address_are_refused(
     response = Client().post("/accounts/sso/", {"email": "ana@stmary.example"})
     assert response.status_code == 429
     assert b"Too many sign-in attempts" in response.content
+
+
+def _with_authenticator_app(org: Organization, email: str, make_member: Any) -> Membership:
+    from tests.tenants.test_mfa_support import TotpDeviceFactory
+
+    membership = make_member(org, Role.MEMBER, email=email)
+    TotpDeviceFactory(user=membership.user)
+    return membership
+
+
+def test_mfa_done_at_the_idp_counts_and_is_recorded_as_the_factor(
+    sso_org: Organization, idp: Idp, make_member: Any
+) -> None:
+    membership = _with_authenticator_app(sso_org, "fay@stmary.example", make_member)
+    client = Client()
+    response = sign_in_via_idp(client, "fay@stmary.example")
+    # Signed in at once: the ID token says the IdP asked for a second factor (amr pwd + otp).
+    assert response.status_code == 302
+    assert not response["Location"].startswith("/accounts/mfa/")
+    assert client.get(f"/o/{sso_org.slug}/").status_code == 200
+    record = UserSession.objects.get(user=membership.user)
+    assert record.method == "sso:St. Mary Entra ID"
+    assert record.factor.startswith("idp:") and "otp" in record.factor
+
+
+def test_a_password_only_sign_in_at_the_idp_still_asks_for_the_second_factor(
+    sso_org: Organization, idp: Idp, make_member: Any
+) -> None:
+    membership = _with_authenticator_app(sso_org, "gus@stmary.example", make_member)
+    client = Client()
+    response = sign_in_via_idp(client, "gus@stmary.example")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/mfa/")
+    # Not signed in until the code is given.
+    assert client.get(f"/o/{sso_org.slug}/").status_code == 302
+    assert not UserSession.objects.filter(user=membership.user).exists()
