@@ -237,11 +237,9 @@ def test_groups_claim_as_a_single_string_is_read(org: Organization, provider: An
 def test_a_new_role_mapping_applies_at_once_to_members_provisioned_by_scim(
     org: Organization, owner: Any, make_member: Any
 ) -> None:
-    from tests.factories import ScimGroupFactory
-
     save(org)
     member = make_member(org, "member", email="ana@stmary.example")
-    group: ScimGroup = ScimGroupFactory(organization=org, display_name="pacs-admins")
+    group = ScimGroup.objects.create(organization=org, display_name="pacs-admins")
     group.members.add(member)
     # The group maps to no role yet: the member keeps the member role.
     member.refresh_from_db()
