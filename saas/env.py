@@ -258,6 +258,27 @@ def address_split(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def nameservers(name: str) -> list[tuple[str, int]]:
+    """DNS servers as ``ip[:port]`` separated by commas (``[v6]:port`` for IPv6); empty: the
+    system's resolver."""
+    import ipaddress
+
+    found: list[tuple[str, int]] = []
+    for item in csv_list(name, []):
+        try:
+            if item.startswith("[") or item.count(":") == 1:
+                host, port = address_split(item)
+            else:
+                host, port = item, 53
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _fail(
+                name, "DNS server addresses as ip[:port], separated by commas", item
+            ) from None
+        found.append((host, port))
+    return found
+
+
 def listen_address(name: str, default: str) -> str:
     """The address the web server listens on (``STRATA_ADDR``): ``host:port`` or ``unix:/path``."""
     value = string(name, default).strip()

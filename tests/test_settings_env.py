@@ -16,6 +16,8 @@ from saas import env
         (env.redis_url, "REDIS_URL", "http://127.0.0.1:6379", ()),
         (env.throttle_rate, "API_THROTTLE_RATE", "fast", ("10/min",)),
         (env.choice, "LOG_LEVEL", "LOUD", ("INFO", ["INFO", "DEBUG"])),
+        (env.nameservers, "SSO_DNS_NAMESERVERS", "dns.hospital.example", ()),
+        (env.nameservers, "SSO_DNS_NAMESERVERS", "10.0.0.53:99999", ()),
     ],
 )
 def test_bad_values_raise_improperly_configured_naming_the_variable(
@@ -35,6 +37,13 @@ def test_good_values_are_parsed(monkeypatch):
     assert env.boolean("DEBUG", False) is True
     assert env.database("DATABASE_URL", "sqlite:///x")["ENGINE"] == "django.db.backends.postgresql"
     assert env.csv_list("ALLOWED_HOSTS", []) == ["a.example", "b.example"]
+    monkeypatch.setenv("SSO_DNS_NAMESERVERS", "10.0.0.53, 10.0.0.54:5353, [fd00::53]:53, fd00::54")
+    assert env.nameservers("SSO_DNS_NAMESERVERS") == [
+        ("10.0.0.53", 53),
+        ("10.0.0.54", 5353),
+        ("fd00::53", 53),
+        ("fd00::54", 53),
+    ]
 
 
 def test_secret_key_required_without_debug(monkeypatch):

@@ -310,6 +310,9 @@ WEBHOOK_FAILING_AFTER = env.integer("WEBHOOK_FAILING_AFTER", 3, minimum=1)
 # names) must be on a public address over https, unless this is on (development, tests, and an
 # on-premises installation whose IdP is on the hospital's own network).
 SSO_ALLOW_PRIVATE_ISSUERS = env.boolean("SSO_ALLOW_PRIVATE_ISSUERS", DEBUG)
+# The DNS servers that email-domain verification asks for TXT records (``ip[:port]``, comma
+# separated); empty: the system's resolver. An air-gapped installation names its own.
+SSO_DNS_NAMESERVERS = env.nameservers("SSO_DNS_NAMESERVERS")
 
 # Archive: the platform's default storage location (hospitals may add their own buckets).
 ARCHIVE_BACKEND = env.choice("ARCHIVE_BACKEND", "FILESYSTEM", ["FILESYSTEM", "S3"]).lower()

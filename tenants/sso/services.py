@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -348,7 +349,11 @@ def _txt_records(name: str) -> list[str]:
     import dns.exception
     import dns.resolver
 
-    resolver = dns.resolver.Resolver()
+    servers: list[tuple[str, int]] = list(getattr(settings, "SSO_DNS_NAMESERVERS", []))
+    resolver = dns.resolver.Resolver(configure=not servers)
+    if servers:
+        resolver.nameservers = [host for host, _ in servers]
+        resolver.nameserver_ports = dict(servers)
     resolver.lifetime = DNS_TIMEOUT_SECONDS
     try:
         answer = resolver.resolve(name, "TXT")
