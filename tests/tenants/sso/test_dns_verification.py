@@ -31,14 +31,19 @@ class LoopbackDns:
         self.asked: list[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        # Closing a socket does not wake a thread blocked on it: poll, so that close() ends it.
+        self.sock.settimeout(0.1)
+        self.stopped = threading.Event()
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self.stopped.is_set():
             try:
                 wire, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
             except OSError:
                 return
             query = dns.message.from_wire(wire)
@@ -54,6 +59,8 @@ class LoopbackDns:
             self.sock.sendto(answer.to_wire(), peer)
 
     def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
         self.sock.close()
 
 
