@@ -293,6 +293,18 @@ def scim_user_create(*, org: Organization, actor: Actor, fields: UserFields) -> 
     return membership
 
 
+def _membership_locked(*, org: Organization, membership: Membership) -> Membership:
+    """``membership`` read again with its row locked, and its person.
+
+    Precondition: inside a transaction; the caller has checked that it belongs to ``org``."""
+    return (
+        Membership.objects.for_org(org)
+        .select_for_update()
+        .select_related("user")
+        .get(pk=membership.pk)
+    )
+
+
 def scim_user_update(
     *, org: Organization, actor: Actor, membership: Membership, fields: UserFields
 ) -> Membership:
@@ -303,12 +315,7 @@ def scim_user_update(
     fields = _clean_user_fields(fields)
     user_model = get_user_model()
     with transaction.atomic():
-        membership = (
-            Membership.objects.for_org(org)
-            .select_for_update()
-            .select_related("user")
-            .get(pk=membership.pk)
-        )
+        membership = _membership_locked(org=org, membership=membership)
         user = membership.user
         changes: dict[str, Any] = {}
         elsewhere = _belongs_elsewhere(user, org)
@@ -386,12 +393,7 @@ def membership_deactivate(*, org: Organization, actor: Actor, membership: Member
     if membership.organization_id != org.pk:
         raise ScimError(404, "User not found.")
     with transaction.atomic():
-        membership = (
-            Membership.objects.for_org(org)
-            .select_for_update()
-            .select_related("user")
-            .get(pk=membership.pk)
-        )
+        membership = _membership_locked(org=org, membership=membership)
         if membership.deactivated_at is not None:
             return membership
         _refuse_last_owner(org=org, membership=membership, what="deactivated")
@@ -419,12 +421,7 @@ def membership_reactivate(*, org: Organization, actor: Actor, membership: Member
     if membership.organization_id != org.pk:
         raise ScimError(404, "User not found.")
     with transaction.atomic():
-        membership = (
-            Membership.objects.for_org(org)
-            .select_for_update()
-            .select_related("user")
-            .get(pk=membership.pk)
-        )
+        membership = _membership_locked(org=org, membership=membership)
         if membership.deactivated_at is None:
             return membership
         since = membership.deactivated_at
@@ -446,12 +443,7 @@ def scim_user_delete(*, org: Organization, actor: Actor, membership: Membership)
     if membership.organization_id != org.pk:
         raise ScimError(404, "User not found.")
     with transaction.atomic():
-        membership = (
-            Membership.objects.for_org(org)
-            .select_for_update()
-            .select_related("user")
-            .get(pk=membership.pk)
-        )
+        membership = _membership_locked(org=org, membership=membership)
         _refuse_last_owner(org=org, membership=membership, what="removed")
         effects = _cut_off(
             org=org, actor=actor, membership=membership, reason="removed by the identity provider"
