@@ -270,18 +270,34 @@ def membership_change_role(
                 "The last owner cannot be demoted; make someone else owner first.",
                 code="last_owner",
             )
-        old = membership.role
-        membership.role = role
-        membership.save(update_fields=["role"])
-        audit_record(
-            org=org,
-            actor=actor,
-            action="member.role_changed",
-            target=membership,
-            target_label=membership.user.email,
-            details={"role": {"from": old, "to": role}},
-        )
+        member_role_write(org=org, actor=actor, membership=membership, role=role)
     return membership
+
+
+def member_role_write(
+    *,
+    org: Organization,
+    actor: Actor,
+    membership: Membership,
+    role: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Set a member's role and audit it (``member.role_changed``, with ``details`` beside the
+    change). Used by the Members page, single sign-on and SCIM.
+
+    Precondition: inside a transaction holding the membership's row lock, with the last-owner
+    rule already applied by the caller (each source treats it its own way)."""
+    old = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        org=org,
+        actor=actor,
+        action="member.role_changed",
+        target=membership,
+        target_label=membership.user.email,
+        details={"role": {"from": old, "to": role}, **(details or {})},
+    )
 
 
 def membership_remove(*, org: Organization, membership: Membership, actor: Actor) -> None:

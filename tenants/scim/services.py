@@ -42,7 +42,13 @@ from tenants.context import Actor
 from tenants.models import ApiToken, IdentityProvider, Membership, Organization, ScimGroup
 from tenants.roles import Role, Scope
 from tenants.scim.errors import ScimError, invalid_value
-from tenants.services import TOKEN_PREFIX, _hash, audit_record, sessions_end_for_user
+from tenants.services import (
+    TOKEN_PREFIX,
+    _hash,
+    audit_record,
+    member_role_write,
+    sessions_end_for_user,
+)
 
 # Highest privilege first, as single sign-on ranks the roles of a person's groups.
 from tenants.sso.services import ROLE_PRECEDENCE
@@ -187,16 +193,12 @@ def _roles_apply(
         ):
             outcome["kept_last_owner"].append(membership.user.email)
             continue
-        old = membership.role
-        membership.role = role
-        membership.save(update_fields=["role"])
-        audit_record(
+        member_role_write(
             org=org,
             actor=actor,
-            action="member.role_changed",
-            target=membership,
-            target_label=membership.user.email,
-            details={"role": {"from": old, "to": role}, "source": "scim", "groups": names},
+            membership=membership,
+            role=role,
+            details={"source": "scim", "groups": names},
         )
         outcome["changed"].append(membership.user.email)
     return outcome

@@ -24,7 +24,7 @@ from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import EmailDomain, IdentityProvider, Membership, Organization, SsoIdentity
 from tenants.roles import Role
-from tenants.services import audit_record
+from tenants.services import audit_record, member_role_write
 from tenants.sso import oidc
 from tenants.sso.selectors import email_domain_of
 
@@ -629,16 +629,12 @@ def _sign_in_complete(
             if membership.role == Role.OWNER and not owners.exists():
                 logger.info("SSO: last owner of org %s keeps the owner role", org.pk)
             else:
-                old = membership.role
-                membership.role = role
-                membership.save(update_fields=["role"])
-                audit_record(
+                member_role_write(
                     org=org,
                     actor=Actor.system(f"sso:{provider.name}"),
-                    action="member.role_changed",
-                    target=membership,
-                    target_label=email,
-                    details={"role": {"from": old, "to": role}, "via": "sso group mapping"},
+                    membership=membership,
+                    role=role,
+                    details={"via": "sso group mapping"},
                 )
         identity.last_login_at = timezone.now()
         identity.save(update_fields=["last_login_at"])
