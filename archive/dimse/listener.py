@@ -113,6 +113,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from archive.ae_titles.selectors import ae_admit
+from archive.common import threads
 from archive.dimse import activity, commitment, find, retrieve
 from archive.dimse.indexer import (
     Ended,
@@ -899,7 +900,7 @@ class StrataSCP:
         # Writes what each association did (archive.dimse.activity), off the DIMSE path.
         self.activity = activity.Recorder()
         # Flushes and hashes received objects while the handler checks them (two per association).
-        self._syncer = ThreadPoolExecutor(
+        self._syncer = threads.Pool(
             max_workers=2 * max_associations, thread_name_prefix="strata-scp-sync"
         )
 

@@ -47,7 +47,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
@@ -63,6 +63,7 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
+from archive.common import threads
 from archive.storage import ObjectStore, StorageUnavailable
 
 logger = logging.getLogger("archive.dimse")
@@ -394,7 +395,7 @@ class Prefetch:
     def __init__(self, items: Iterable[Item], folder: Path):
         self._items = iter(items)
         self._folder = folder
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-retrieve-spool")
+        self._pool = threads.Pool(max_workers=1, thread_name_prefix="strata-retrieve-spool")
         self._ahead: deque[tuple[Item, Future[Spooled]]] = deque()
         self._ahead_bytes = 0
         self._exhausted = False

@@ -16,7 +16,6 @@ import os
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from archive.common import threads
 from archive.index.names import name_word_rows
 from archive.index.selectors import archive_settings_get
 from archive.ingest.dicom import (
@@ -983,7 +983,7 @@ def _store_and_index(
     outcomes: dict[int, StorageUnavailable | None] = {}
     try:
         if len(small) > 1:
-            with ThreadPoolExecutor(max_workers=min(PARALLEL_PUTS, len(small))) as pool:
+            with threads.Pool(max_workers=min(PARALLEL_PUTS, len(small))) as pool:
                 futures = {n: pool.submit(put, n, key) for n, key in small}
             for future in futures.values():
                 crash = future.exception()

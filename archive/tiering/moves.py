@@ -58,6 +58,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
+from archive.common import threads
 from archive.index.selectors import archive_settings_get
 from archive.models import TIERS, Instance, Series, StorageLocation, Study, TierMove
 from archive.storage import ObjectStore, StorageRefused, StorageUnavailable, store_for, tiers
@@ -356,7 +357,7 @@ def _map(
 ) -> list[Any]:
     if inline or len(moves) <= 1:
         return [fn(m) for m in moves]
-    with ThreadPoolExecutor(max_workers=min(THREADS, len(moves))) as pool:
+    with threads.Pool(max_workers=min(THREADS, len(moves))) as pool:
         return list(pool.map(fn, moves))
 
 
@@ -602,7 +603,7 @@ def _pipeline(
         pool = _Inline()
         advance_group = switch_group = len(copying) + len(verifying)
     else:
-        pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tier-move")
+        pool = threads.Pool(max_workers=THREADS, thread_name_prefix="tier-move")
     try:
         while to_copy or to_verify or running or copied or verified:
             while len(running) < THREADS + QUEUED and (to_verify or to_copy):

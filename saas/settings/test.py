@@ -7,6 +7,7 @@ REQUIRE_SERVICES=1 the test session refuses to run without them (see tests/conft
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("SECRET_KEY", "strata-test-secret-key-0123456789abcdef")
@@ -30,7 +31,16 @@ SSO_ALLOW_PRIVATE_ISSUERS = True  # the tests' OpenID Connect provider listens o
 WEBHOOK_RETRY_BASE_SECONDS = 0
 WEBHOOK_TIMEOUT_SECONDS = 2
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].pop("OPTIONS", None)
+    # The test database is a file, as the embedded default is: Django cannot close a connection
+    # to an in-memory database, and a lock held by another thread's connection fails at once
+    # ("database table is locked") where a file's waits. Each test session has its own file.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"strata-test-{os.getpid()}.sqlite3")
+    }
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF",
+    }
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "100000/min"}}
 # The test client speaks plain HTTP; the production TLS defaults are tested in a subprocess.
 SECURE_SSL_REDIRECT = False
