@@ -29,7 +29,6 @@ BENCH_LARGE_MB=1024 changes the large instance.
 
 from __future__ import annotations
 
-import io
 import os
 import queue
 import random
@@ -45,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.corpus import BOUNDARY, ct_corpus, multipart  # noqa: E402
 from bench.index_loader import SIZE, load_studies, patient, pct  # noqa: E402
 from bench.scratch import ScratchDatabase  # noqa: E402
 from bench.servers import (  # noqa: E402
@@ -65,7 +65,6 @@ STOW_CLIENTS = 4
 LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "1024"))
 STUDY_SIZES = [int(n) for n in os.environ.get("BENCH_STUDIES", "100000,1000000").split(",")]
 QIDO_SAMPLES = 200
-BOUNDARY = "strata-bench-boundary"
 
 SCRATCH_DB = ScratchDatabase(DB_NAME, "ingest.py")
 pg_url = SCRATCH_DB.url
@@ -114,35 +113,6 @@ def bench_org(slug: str, scopes: list[str]) -> tuple[Organization, str]:
     org = Organization.objects.create(name=f"Bench {slug}", slug=slug)
     _, secret = token_create(org=org, name="bench", scopes=scopes, actor=Actor.system("bench"))
     return org, secret
-
-
-def ct_corpus(count: int, per_study: int, *, rows: int = 512, columns: int = 512) -> list[bytes]:
-    """``count`` CT instances (Part 10 bytes), ``per_study`` per study; 512x512 16-bit ~ 512 KB."""
-    from pydicom.uid import generate_uid
-
-    from archive.synthetic import make_instance, study_spec, to_bytes
-
-    rng = random.Random(11)
-    files: list[bytes] = []
-    while len(files) < count:
-        spec = study_spec("CT", rng=rng)
-        series = generate_uid()
-        for n in range(min(per_study, count - len(files))):
-            ds = make_instance(
-                spec, series_uid=series, instance_number=n + 1, rows=rows, columns=columns
-            )
-            files.append(to_bytes(ds))
-    return files
-
-
-def multipart(parts: list[bytes]) -> bytes:
-    out = io.BytesIO()
-    for part in parts:
-        out.write(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        out.write(part)
-        out.write(b"\r\n")
-    out.write(f"--{BOUNDARY}--\r\n".encode())
-    return out.getvalue()
 
 
 # --- STOW-RS throughput ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ BENCHES = [
     "tiering.py",
     "simulator.py",
     "slow_clients.py",
+    "versus.py",
 ]
 
 if __name__ == "__main__":
