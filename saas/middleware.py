@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 class ApiUsageMiddleware:
+    """Meters the request once its answer has been sent.
+
+    The event is written when the server closes the response (after the last byte of a streamed
+    one): its commit, a flush of the database's log, is then not part of the time the client
+    waits. Its time is that of the request; its key is new, so it is counted once.
+    """
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
@@ -31,15 +38,24 @@ class ApiUsageMiddleware:
         response = self.get_response(request)
         org = getattr(request, "strata_org", None)
         if org is not None:
-            # Outside the view's transaction: a failed request is still a request served.
-            record_usage(
-                org=org,
-                meter="api.requests",
-                quantity=1,
-                at=timezone.now(),
-                idempotency_key=f"api:{uuid.uuid4().hex}",
-                dimensions={},
-            )
+            at = timezone.now()
+            key = f"api:{uuid.uuid4().hex}"
+
+            def meter() -> None:
+                # Outside the view's transaction: a failed request is still a request served.
+                try:
+                    record_usage(
+                        org=org,
+                        meter="api.requests",
+                        quantity=1,
+                        at=at,
+                        idempotency_key=key,
+                        dimensions={},
+                    )
+                except Exception:  # the answer is sent: log, as the response's closers are silent
+                    logger.exception("api.requests: the request could not be metered")
+
+            response._resource_closers.append(meter)
         return response
 
 

@@ -24,3 +24,63 @@ def test_rejected_and_unscoped_requests_are_not_metered(org, api_client):
 
 def client_get_health(client) -> int:
     return client.get("/healthz").status_code
+
+
+def close(response) -> None:
+    """Close a response as the WSGI server does, keeping the test's database connection (as
+    Django's test client does)."""
+    from django.core.signals import request_finished
+    from django.db import close_old_connections
+
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
+def test_the_request_is_metered_when_its_answer_has_been_sent(rf, org):
+    """The event is written when the server closes the response, not while the client waits."""
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    from saas.middleware import ApiUsageMiddleware
+
+    def view(request):
+        request.strata_org = org
+        return HttpResponse(b"answer")
+
+    response = ApiUsageMiddleware(view)(rf.get("/api/v1/organization/"))
+    assert not UsageEvent.objects.for_org(org).exists()
+    close(response)
+    event = UsageEvent.objects.for_org(org).get(meter="api.requests")
+    assert event.quantity == 1
+
+    def streaming(request):
+        request.strata_org = org
+        return StreamingHttpResponse(iter([b"a", b"b"]))
+
+    response = ApiUsageMiddleware(streaming)(rf.get("/dicomweb/studies"))
+    assert b"".join(response) == b"ab"
+    assert UsageEvent.objects.for_org(org).count() == 1
+    close(response)
+    assert UsageEvent.objects.for_org(org).count() == 2
+
+
+def test_a_meter_write_that_fails_is_logged_and_the_answer_stands(rf, org, monkeypatch, caplog):
+    from django.http import HttpResponse
+
+    from saas import middleware
+
+    def broken(**kwargs):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(middleware, "record_usage", broken)
+
+    def view(request):
+        request.strata_org = org
+        return HttpResponse(b"answer")
+
+    response = middleware.ApiUsageMiddleware(view)(rf.get("/api/v1/organization/"))
+    close(response)
+    assert response.content == b"answer"
+    assert "could not be metered" in caplog.text
