@@ -11,12 +11,13 @@ person who has a second factor is undone at once (signed out, sent to the portal
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.urls import reverse
+from django.urls import get_urlconf, reverse
 from django.utils.http import urlencode
 
 from tenants.mfa import selectors as mfa_selectors
@@ -34,12 +35,18 @@ _OPEN_PREFIXES = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _admin_login_path(urlconf: Any) -> str:
+    """The admin's login path, reversed once per URL configuration (not at every request)."""
+    return reverse("admin:login", urlconf=urlconf)
+
+
 class MfaEnrolmentMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path == reverse("admin:login"):
+        if request.path == _admin_login_path(get_urlconf()):
             return self._admin_login(request)
         user = getattr(request, "user", None)
         session = getattr(request, "session", None)
