@@ -37,7 +37,8 @@ Per server and round:
 - QIDO-RS study searches, client-observed on a keep-alive session, 200 samples after 10 warm-ups,
   p50/p95: PatientName=PAT* (no match), PatientName=<family name prefix>* (a few studies),
   PatientID=<exact>, StudyDate=<range>, ModalitiesInStudy=CT, StudyInstanceUID=<exact>; for
-  Strata also GET /api/v1/organization/ with a bearer token.
+  Strata also GET /api/v1/organization/ with a bearer token. The HTTP floor next to them: the
+  cheapest answer of each server (Strata's /healthz, Orthanc's /system), the same way.
 - Memory after the ingest: Strata's web server (the gunicorn tree's summed RSS, and summed PSS,
   which counts shared pages once), the listener's and its indexer's RSS; Orthanc's RSS.
 
@@ -672,6 +673,14 @@ def run_strata(corpus: Corpus, work: Path) -> Figures:
             f"{percentile(samples, 95):6.2f} ms",
             flush=True,
         )
+        with requests.Session() as session:
+            samples, _ = latency(session, f"{base}/healthz", {})
+        figures.values["HTTP floor p50 ms"] = percentile(samples, 50)
+        print(
+            f"  GET /healthz (the HTTP floor){'':<7} p50 {percentile(samples, 50):6.2f} ms  p95 "
+            f"{percentile(samples, 95):6.2f} ms",
+            flush=True,
+        )
         web = process_tree(web_pid)
         web_rss = sum(rss_kb(p) for p in web) / 1024
         web_pss = sum(pss_kb(p) for p in web) / 1024
@@ -770,6 +779,14 @@ def run_orthanc(corpus: Corpus, work: Path) -> Figures:
             count,
         )
         measure_qido(figures, corpus, f"{base}/dicom-web", {})
+        with requests.Session() as session:
+            samples, _ = latency(session, f"{base}/system", {})
+        figures.values["HTTP floor p50 ms"] = percentile(samples, 50)
+        print(
+            f"  GET /system (the HTTP floor){'':<8} p50 {percentile(samples, 50):6.2f} ms  p95 "
+            f"{percentile(samples, 95):6.2f} ms",
+            flush=True,
+        )
         rss = rss_kb(orthanc.pid) / 1024
         figures.values["Orthanc RSS MiB"] = rss
         print(f"  memory: Orthanc RSS {rss:.0f} MiB", flush=True)
@@ -869,6 +886,11 @@ def rows(corpus: Corpus) -> list[Row]:
         ),
         Row("API /api/v1/organization/ p95 ms", "API /api/v1/organization/ p95 ms", None),
         Row(
+            "HTTP floor p50 ms (/healthz, /system)",
+            "HTTP floor p50 ms",
+            "HTTP floor p50 ms",
+        ),
+        Row(
             "server RSS MiB (web sum / Orthanc)",
             "web server RSS MiB (sum)",
             "Orthanc RSS MiB",
@@ -936,6 +958,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - any failure to connect means: no PostgreSQL here
         skip(f"needs PostgreSQL on its Unix socket in {PG_SOCKET_DIR} (user postgres): {exc}")
 
+    # Stopped from outside: the servers, databases and folders go all the same (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="strata-bench-versus-"))
     strata: list[Figures] = []
     orthanc: list[Figures] = []
