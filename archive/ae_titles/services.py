@@ -25,17 +25,13 @@ import re
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Upper
 from django.utils import timezone
 from pydicom.uid import UID
-from pynetdicom import AE, build_context, evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import T_CONNECT, AddressInformation, AssociationSocket
 
 from archive.ae_titles import selectors
 from archive.models import DicomAE, DicomDestination
@@ -44,6 +40,10 @@ from tenants.context import Actor
 from tenants.errors import NotFound, ValidationFailed
 from tenants.models import Organization
 from tenants.services import audit_record
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
 
 logger = logging.getLogger(__name__)
 
@@ -543,71 +543,6 @@ def destination_tls_context() -> ssl.SSLContext:
     return context
 
 
-class _PinnedSocket(AssociationSocket):
-    """An association's socket that connects only to the addresses ``tenants.netguard`` checked
-    (it never resolves the host again) and keeps why connecting failed, which pynetdicom's own
-    ``connect`` only logs."""
-
-    checked: list[netguard.AddrInfo]
-    failure: OSError | None = None
-
-    def connect(self, primitive: T_CONNECT) -> None:
-        unused = self.socket
-        try:
-            sock = netguard.connect(self.checked, timeout=self.assoc.connection_timeout)
-            try:
-                if self.tls_args:
-                    context, server_hostname = self.tls_args
-                    # On a connected socket the handshake happens here, within the timeout.
-                    sock = context.wrap_socket(sock, server_hostname=server_hostname)
-                # As pynetdicom's own connect: reads are driven by select() from here on.
-                sock.settimeout(None)
-            except BaseException:
-                sock.close()
-                raise
-        except OSError as exc:
-            self.failure = exc
-            self.socket = None
-            if unused is not None:
-                unused.close()
-            primitive.result = "Evt17"  # transport connection failed
-            self.provider_queue.put(primitive)
-        else:
-            self.socket = sock
-            if unused is not None:
-                unused.close()
-            self.assoc.requestor.address_info = AddressInformation.from_tuple(sock.getsockname())
-            # The address actually connected to (one of the checked ones), for the messages.
-            self.assoc.acceptor.address_info = AddressInformation.from_tuple(sock.getpeername())
-            self._is_connected = True
-            evt.trigger(self.assoc, evt.EVT_CONN_OPEN, {"address": primitive.address_info.as_tuple})
-            primitive.result = "Evt2"  # transport connection confirmed
-            self.provider_queue.put(primitive)
-        finally:
-            self._ready.set()
-
-
-class _PinnedAE(AE):
-    """A requesting AE whose associations connect through ``_PinnedSocket``."""
-
-    def __init__(self, ae_title: str, checked: list[netguard.AddrInfo]) -> None:
-        super().__init__(ae_title=ae_title)
-        self.checked = checked
-        self.sockets: list[_PinnedSocket] = []
-
-    def _create_socket(
-        self,
-        assoc: Association,
-        address: AddressInformation,
-        tls_args: tuple[ssl.SSLContext, str] | None,
-    ) -> AssociationSocket:
-        sock = _PinnedSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        sock.checked = self.checked
-        self.sockets.append(sock)
-        return sock
-
-
 def _connect_failure(exc: OSError, where: str, timeout: float) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or exc.reason or str(exc)
@@ -660,6 +595,12 @@ def destination_associate(
     ARCHIVE_ALLOW_PRIVATE_ENDPOINTS); the connection goes to one of exactly those addresses, TLS
     verifying the certificate against the host name. The caller releases the association.
     """
+    # pynetdicom (some 7 MB beyond pydicom) loads with the first association a process makes
+    # (a C-ECHO test, a C-MOVE), not in every web worker.
+    from pynetdicom import evt
+
+    from archive.ae_titles.association import PinnedAE
+
     timeout = destination_timeout() if timeout is None else timeout
     try:
         checked = netguard.resolve(
@@ -668,7 +609,7 @@ def destination_associate(
     except netguard.AddressRefused as exc:
         raise DestinationUnreachable(f"Refused: {exc}") from None
     where = _where(destination, checked)
-    ae = _PinnedAE(calling_ae_title, checked)
+    ae = PinnedAE(calling_ae_title, checked)
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
@@ -718,6 +659,8 @@ def destination_associate(
 
 
 def _echo(destination: DicomDestination, calling: str) -> tuple[bool, str]:
+    from pynetdicom import build_context  # with the association (destination_associate)
+
     timeout = destination_timeout()
     started = time.monotonic()
     try:

@@ -34,9 +34,6 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import transaction
 from django.db.models import DateTimeField, F, Q, Value
@@ -49,7 +46,6 @@ from archive.locations.services import bucket_errors, endpoint_check
 from archive.models import IngestFailure, IngestJob, StorageLocation
 from archive.storage import ObjectStore, StorageUnavailable, store_for
 from archive.storage.credentials import decrypt, encrypt
-from archive.storage.s3 import guard_client
 from tenants.context import Actor
 from tenants.errors import Conflict, NotFound, ValidationFailed
 from tenants.models import Organization
@@ -660,7 +656,23 @@ def _process_upload(batch: _Batch) -> bool:
 # --- bucket import -----------------------------------------------------------------------------
 
 
+def _s3_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """What a failed S3 request raises (and ``more``). botocore is loaded by then
+    (``_import_client`` made the client); importing it here keeps it out of the processes that
+    never import a bucket."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, *more)
+
+
 def _import_client(params: dict[str, Any]) -> Any:
+    # boto3 and botocore (some 34 MB) load with the first bucket import, not in every web worker
+    # that imports this module for its views.
+    import boto3
+    from botocore.config import Config
+
+    from archive.storage.s3 import guard_client
+
     problem = endpoint_check(params.get("endpoint_url", ""))
     if problem:
         raise _StopJob(problem)
@@ -702,7 +714,7 @@ def _pages(client: Any, params: dict[str, Any], start_after: str) -> Iterator[di
     pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
     try:
         yield from pages
-    except (BotoCoreError, ClientError) as exc:
+    except _s3_errors() as exc:
         raise _list_error(params, exc) from None
 
 
@@ -756,7 +768,7 @@ def _import_object(batch: _Batch, client: Any, key: str, size: int) -> bool:
     label = f"s3://{params['bucket']}/{key}"
     try:
         body = client.get_object(Bucket=params["bucket"], Key=key)["Body"]
-    except (BotoCoreError, ClientError) as exc:
+    except _s3_errors() as exc:
         result = _failed(f"Could not read the object: {exc}", size=size, code=PROCESSING_FAILURE)
         _record(
             batch,
@@ -768,7 +780,7 @@ def _import_object(batch: _Batch, client: Any, key: str, size: int) -> bool:
         return True
     try:
         spooled = _spool(batch, body.iter_chunks(CHUNK))
-    except (BotoCoreError, ClientError, OSError) as exc:
+    except _s3_errors(OSError) as exc:
         result = _failed(f"Reading the object failed: {exc}", size=size, code=PROCESSING_FAILURE)
         _record(
             batch,

@@ -10,15 +10,23 @@ from archive.models import DEFAULT_STORAGE_CLASSES
 from archive.storage.base import ObjectStore
 from archive.storage.credentials import decrypt
 from archive.storage.filesystem import FilesystemStore
-from archive.storage.s3 import S3Store
 
 if TYPE_CHECKING:
     from archive.models import StorageLocation
+    from archive.storage.s3 import S3Store
+
+
+def _s3_store() -> type[S3Store]:
+    # boto3 and botocore (some 34 MB) load with the first S3 store a process uses: web workers
+    # and tasks on the filesystem backend never pay for them.
+    from archive.storage.s3 import S3Store
+
+    return S3Store
 
 
 def platform_store() -> ObjectStore:
     if settings.ARCHIVE_BACKEND == "s3":
-        return S3Store(
+        return _s3_store()(
             bucket=settings.ARCHIVE_S3_BUCKET,
             prefix=settings.ARCHIVE_S3_PREFIX,
             endpoint_url=settings.ARCHIVE_S3_ENDPOINT_URL,
@@ -38,7 +46,7 @@ def platform_store() -> ObjectStore:
 def store_for(location: StorageLocation) -> ObjectStore:
     if location.kind == "platform":
         return platform_store()
-    return S3Store(
+    return _s3_store()(
         bucket=location.bucket,
         prefix=location.prefix,
         endpoint_url=location.endpoint_url or None,

@@ -13,7 +13,6 @@ import hashlib
 import time
 
 import pyotp
-import segno
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 
@@ -55,6 +54,10 @@ def provisioning_uri(secret: str, *, account: str) -> str:
 
 def qr_svg(uri: str) -> str:
     """The ``otpauth://`` URI as an inline SVG QR code, drawn on the server (no script, no CDN)."""
+    # segno (some 9 MB) loads when a person first adds an authenticator app, not in every web
+    # worker.
+    import segno
+
     qr = segno.make(uri, error="m")
     return str(qr.svg_inline(scale=4, dark="#111827", light="#ffffff", title="QR code"))
 

@@ -19,7 +19,7 @@ from tenants import signin
 from tenants.context import Actor
 from tenants.errors import NotFound, ServiceError
 from tenants.forms import form_apply_service_error
-from tenants.mfa import passkeys, selectors, services, totp
+from tenants.mfa import selectors, services, totp
 from tenants.mfa.forms import (
     CodeForm,
     MfaPolicyForm,
@@ -31,6 +31,10 @@ from tenants.mfa.forms import (
 from tenants.models import SecurityPolicy
 from tenants.portal import PortalContext, org_view
 from tenants.roles import Perm
+
+# tenants.mfa.passkeys is imported in the security-key views themselves (below): py_webauthn
+# (some 23 MB with its ASN.1 and CBOR parsers) loads with the first ceremony, not in every web
+# worker.
 
 _TOTP_SETUP_KEY = "mfa_totp_setup"
 # A WebAuthn answer is a few kilobytes; anything much larger is not one.
@@ -176,6 +180,8 @@ def cancel(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def webauthn_options(request: HttpRequest) -> JsonResponse:
+    from tenants.mfa import passkeys  # py_webauthn: see the imports above
+
     pending = signin.pending_sign_in(request)
     if pending is None:
         return _json_error(
@@ -193,6 +199,8 @@ def webauthn_options(request: HttpRequest) -> JsonResponse:
 
 @require_POST
 def webauthn_verify(request: HttpRequest) -> JsonResponse:
+    from tenants.mfa import passkeys  # py_webauthn: see the imports above
+
     pending = signin.pending_sign_in(request)
     if pending is None:
         return _json_error(
@@ -309,6 +317,8 @@ def webauthn_add(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def webauthn_register_options(request: HttpRequest) -> JsonResponse:
+    from tenants.mfa import passkeys  # py_webauthn: see the imports above
+
     existing = list(selectors.webauthn_list(user=request.user))
     options = passkeys.registration_options(request, user=request.user, existing=existing)
     return JsonResponse(json.loads(options))
@@ -317,6 +327,8 @@ def webauthn_register_options(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_POST
 def webauthn_register(request: HttpRequest) -> JsonResponse:
+    from tenants.mfa import passkeys  # py_webauthn: see the imports above
+
     try:
         body = _json_body(request)
         form = WebAuthnAddForm({"name": body.get("name") or ""})

@@ -76,6 +76,12 @@ def gunicorn_command(
     and marks the stream as terminated; streamed responses (WADO-RS) are passed through.
     ``behind_proxy``: ``addr`` is nginx's private upstream, and the client's address comes from
     nginx's X-Real-IP (saas.proxy.behind_proxy).
+
+    The master loads the application before it forks the workers (``--preload``; the hooks in
+    saas.gunicorn_conf close what loading opened and freeze the loaded objects), so the workers
+    share its pages copy-on-write: the web tier's memory is about one loaded Django plus each
+    worker's own requests, not that many times the whole application. ``reload``
+    (development) loads in each worker instead, as gunicorn's ``--reload`` needs.
     """
     command = [
         sys.executable,
@@ -104,12 +110,21 @@ def gunicorn_command(
         ACCESS_LOG_FORMAT,
         "--logger-class",
         "saas.proxy.QuerylessGunicornLogger",
+        "--config",
+        "python:saas.gunicorn_conf",
     ]
     if addr.startswith("unix:"):
         # Only this account may connect (the socket's directory is private too).
         command += ["--umask", "0o077"]
     if reload:
         command.append("--reload")
+    else:
+        # Graceful reload (SIGHUP to the master) re-reads gunicorn's settings and replaces the
+        # workers with new ones forked from the master, which keeps the application it loaded at
+        # start: HUP does not pick up new code or a changed Django setting. After a deploy,
+        # restart the server (manage.py serve, or the service), or upgrade gunicorn's master in
+        # place (USR2, then TERM to the old master once the new one serves).
+        command.append("--preload")
     return command
 
 
