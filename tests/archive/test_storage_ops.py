@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ KEY = "org-1/study/series/sop.dcm"
 
 def put(store: Any, data: bytes, tier: str = "hot", key: str = KEY) -> str:
     sha = hashlib.sha256(data).hexdigest()
-    path = store.spool_dir() / "upload.part"
+    # A name of its own: the S3 store's spool folder is shared by every process on the machine.
+    path = store.spool_dir() / f"upload-{uuid.uuid4().hex}.part"
     path.write_bytes(data)
     store.put_file(key=key, path=path, tier=tier, sha256=sha)
     return sha
