@@ -27,8 +27,9 @@ class ApiUsageMiddleware:
     """Meters the request once its answer has been sent.
 
     The event is written when the server closes the response (after the last byte of a streamed
-    one): its commit, a flush of the database's log, is then not part of the time the client
-    waits. Its time is that of the request; its key is new, so it is counted once.
+    one): the client has its answer before the insert and its commit. The worker's thread (and a
+    kept-alive connection's next request) still waits for them. The event's time is that of the
+    request; its key is new, so it is counted once.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
