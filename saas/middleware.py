@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -56,7 +56,8 @@ class ApiUsageMiddleware:
                 except Exception:  # the answer is sent: log, as the response's closers are silent
                     logger.exception("api.requests: the request could not be metered")
 
-            response._resource_closers.append(meter)
+            # Django's own list of what close() runs (FileResponse adds its file to it).
+            cast(Any, response)._resource_closers.append(meter)
         return response
 
 

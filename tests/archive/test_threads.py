@@ -6,13 +6,14 @@ import threading
 
 import pytest
 from django.db import connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from archive.common import threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _query() -> tuple[object, int]:
+def _query() -> tuple[BaseDatabaseWrapper, int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         (one,) = cursor.fetchone()
@@ -29,7 +30,7 @@ def test_a_pool_task_closes_the_connection_its_thread_opened() -> None:
 
 
 def test_a_failing_task_closes_its_connection_too() -> None:
-    opened: list[object] = []
+    opened: list[BaseDatabaseWrapper] = []
 
     def fail() -> None:
         opened.append(_query()[0])
