@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import requests
 from django.db import connection
 
+from bench.servers import free_port, process_tree
 from saas import gunicorn_conf
 from saas.management.commands import serve
 
@@ -147,25 +147,6 @@ def test_pre_fork_without_preload_touches_no_django_state(monkeypatch):
         gc.unfreeze()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _open_files(pid: int) -> list[str]:
     names = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -187,7 +168,7 @@ def test_preloaded_gunicorn_serves_from_every_worker_with_its_own_database_conne
         timeout=300,
     )
     assert migrated.returncode == 0, migrated.stderr.decode()[-2000:]
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(  # noqa: S603
         serve.gunicorn_command(f"127.0.0.1:{port}", workers=2, threads=1),
@@ -210,7 +191,7 @@ def test_preloaded_gunicorn_serves_from_every_worker_with_its_own_database_conne
         # New connections each time, so that both workers answer some of them.
         answers = [requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10) for _ in range(20)]
         assert {a.status_code for a in answers} == {200}
-        workers = _children(process.pid)
+        workers = process_tree(process.pid)[1:]  # the master's children
         assert len(workers) == 2
         database = str(tmp_path / "db.sqlite3")
         # Only the workers opened the database; the master that loaded the application did not.
